@@ -1,0 +1,60 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+use weir_wire::WireError;
+
+/// Everything a partition log can answer with instead of success.
+///
+/// Operating errors (bad batch from a client, disk error, corrupt file) are variants here;
+/// programming errors are assertions. Every variant that concerns a file names it.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    #[error("{operation} {}: {source}", path.display())]
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("corrupt data in {} at byte {position}: {reason}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+
+    #[error(
+        "offset {offset} is out of range: the log holds [{log_start_offset}, {log_end_offset})"
+    )]
+    OffsetOutOfRange {
+        offset: i64,
+        log_start_offset: i64,
+        log_end_offset: i64,
+    },
+
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] WireError),
+
+    #[error("log {} is offline after an earlier I/O error: {reason}", path.display())]
+    LogOffline { path: PathBuf, reason: String },
+
+    #[error("log {} is being truncated; appends are refused until it is done", path.display())]
+    Truncating { path: PathBuf },
+
+    #[error("log {} is closed", path.display())]
+    Closed { path: PathBuf },
+
+    #[error("invalid storage configuration: {0}")]
+    InvalidConfig(String),
+
+    #[error("log directory {} belongs to {found}, not {expected}", path.display())]
+    WrongLog {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

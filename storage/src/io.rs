@@ -1,0 +1,255 @@
+//! The one place where the storage engine touches glommio's file API.
+//!
+//! Segment data goes through `DmaFile` (O_DIRECT): every write starts on a page boundary
+//! and covers whole pages, from a DMA buffer. Small files (indexes, checkpoints) use the
+//! same path and are replaced atomically: write a temporary file, sync it, rename it over
+//! the old one, sync the directory.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use glommio::io::{Directory, DmaFile, OpenOptions};
+
+use crate::config::PAGE_BYTES;
+use crate::{Result, StorageError};
+
+pub(crate) type SegmentFile = DmaFile;
+
+fn io_error(
+    operation: &'static str,
+    path: &Path,
+    error: impl Into<std::io::Error>,
+) -> StorageError {
+    StorageError::Io {
+        operation,
+        path: path.to_path_buf(),
+        source: error.into(),
+    }
+}
+
+pub(crate) fn align_down(value: u64) -> u64 {
+    value - value % PAGE_BYTES
+}
+
+pub(crate) fn align_up(value: u64) -> u64 {
+    value.div_ceil(PAGE_BYTES) * PAGE_BYTES
+}
+
+/// Creates `path` (and parents) if missing, syncing the parent so the new entry survives.
+pub(crate) async fn ensure_dir(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path).map_err(|e| io_error("creating directory", path, e))?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent).await?;
+    }
+    Ok(())
+}
+
+/// Makes the directory's entries (created, renamed, removed files) durable.
+pub(crate) async fn sync_dir(path: &Path) -> Result<()> {
+    let dir = Directory::open(path)
+        .await
+        .map_err(|e| io_error("opening directory", path, e))?;
+    dir.sync()
+        .await
+        .map_err(|e| io_error("syncing directory", path, e))?;
+    dir.close()
+        .await
+        .map_err(|e| io_error("closing directory", path, e))
+}
+
+/// Opens an existing segment for reading and writing.
+pub(crate) async fn open_segment(path: &Path) -> Result<SegmentFile> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await
+        .map_err(|e| io_error("opening segment", path, e))
+}
+
+/// Creates a new, empty segment, reserving `preallocate_bytes` on disk when given. The
+/// caller syncs the directory.
+pub(crate) async fn create_segment(
+    path: &Path,
+    preallocate_bytes: Option<u64>,
+) -> Result<SegmentFile> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(path)
+        .await
+        .map_err(|e| io_error("creating segment", path, e))?;
+    if let Some(bytes) = preallocate_bytes {
+        preallocate(&file, path, bytes).await?;
+    }
+    Ok(file)
+}
+
+/// Reserves blocks up to `bytes` without changing what reads return: unwritten blocks read
+/// as zeros, which recovery takes for the end of the data.
+pub(crate) async fn preallocate(file: &SegmentFile, path: &Path, bytes: u64) -> Result<()> {
+    file.pre_allocate(bytes, false)
+        .await
+        .map_err(|e| io_error("preallocating segment", path, e))
+}
+
+pub(crate) async fn file_size(file: &SegmentFile, path: &Path) -> Result<u64> {
+    file.file_size()
+        .await
+        .map_err(|e| io_error("reading size of", path, e))
+}
+
+pub(crate) async fn truncate(file: &SegmentFile, path: &Path, bytes: u64) -> Result<()> {
+    file.truncate(bytes)
+        .await
+        .map_err(|e| io_error("truncating", path, e))
+}
+
+pub(crate) async fn fdatasync(file: &SegmentFile, path: &Path) -> Result<()> {
+    file.fdatasync()
+        .await
+        .map_err(|e| io_error("syncing", path, e))
+}
+
+/// Reads `len` bytes at `position` (any alignment) into a fresh `Bytes`. Fewer bytes come
+/// back only at the end of the file.
+pub(crate) async fn read_at(
+    file: &SegmentFile,
+    path: &Path,
+    position: u64,
+    len: usize,
+) -> Result<Bytes> {
+    let start = align_down(position);
+    let skip = (position - start) as usize;
+    let aligned_len = align_up(skip as u64 + len as u64) as usize;
+    let read = file
+        .read_at_aligned(start, aligned_len)
+        .await
+        .map_err(|e| io_error("reading", path, e))?;
+    let available = read.len().saturating_sub(skip).min(len);
+    // One copy out of the DMA buffer: glommio's buffers cannot cross threads, and a
+    // returned `Bytes` may be sent to another shard.
+    let mut out = BytesMut::with_capacity(available);
+    out.extend_from_slice(&read[skip..skip + available]);
+    Ok(out.freeze())
+}
+
+/// Writes `parts`, concatenated, at the page-aligned `position`, padding the last page
+/// with zeros. Returns once the write completed (not synced).
+pub(crate) async fn write_pages(
+    file: &SegmentFile,
+    path: &Path,
+    position: u64,
+    parts: &[&[u8]],
+) -> Result<()> {
+    assert_eq!(
+        position % PAGE_BYTES,
+        0,
+        "unaligned segment write at {position} in {}",
+        path.display()
+    );
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let padded = align_up(len as u64) as usize;
+    let mut buffer = file.alloc_dma_buffer(padded);
+    let bytes = buffer.as_bytes_mut();
+    let mut at = 0;
+    for part in parts {
+        bytes[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    bytes[len..].fill(0);
+    let written = file
+        .write_at(buffer, position)
+        .await
+        .map_err(|e| io_error("writing", path, e))?;
+    if written != padded {
+        // O_DIRECT writes to a regular file are not expected to be short; if one is, the
+        // page contents are unknown and the log must not continue as if they were written.
+        let message = format!("short write: {written} of {padded} bytes at {position}");
+        return Err(io_error(
+            "writing",
+            path,
+            std::io::Error::new(ErrorKind::WriteZero, message),
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces `dir/name` with `contents` so that after a crash either the old or the new
+/// contents are there, never a mix.
+pub(crate) async fn write_file_atomically(dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    let temporary = dir.join(format!("{name}.tmp"));
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&temporary)
+        .await
+        .map_err(|e| io_error("creating", &temporary, e))?;
+    write_pages(&file, &temporary, 0, &[contents]).await?;
+    truncate(&file, &temporary, contents.len() as u64).await?;
+    fdatasync(&file, &temporary).await?;
+    file.close()
+        .await
+        .map_err(|e| io_error("closing", &temporary, e))?;
+    glommio::io::rename(&temporary, &path)
+        .await
+        .map_err(|e| io_error("renaming", &temporary, e))?;
+    sync_dir(dir).await
+}
+
+/// Reads a whole small file, or `None` when it does not exist. Larger than `bytes_max` is
+/// reported as corruption: weir never writes such a file.
+pub(crate) async fn read_small_file(path: &Path, bytes_max: usize) -> Result<Option<Vec<u8>>> {
+    let file = match DmaFile::open(path).await {
+        Ok(file) => file,
+        Err(error) => {
+            let error: std::io::Error = error.into();
+            if error.kind() == ErrorKind::NotFound {
+                return Ok(None);
+            }
+            return Err(io_error("opening", path, error));
+        }
+    };
+    let size = file_size(&file, path).await?;
+    if size > bytes_max as u64 {
+        let reason = format!("file of {size} bytes exceeds the {bytes_max} bytes weir writes");
+        return Err(StorageError::Corrupt {
+            path: path.to_path_buf(),
+            position: 0,
+            reason,
+        });
+    }
+    let contents = read_at(&file, path, 0, size as usize).await?;
+    file.close()
+        .await
+        .map_err(|e| io_error("closing", path, e))?;
+    Ok(Some(contents.to_vec()))
+}
+
+/// Removes a file; one that is already gone is not an error (removal is retried after a
+/// crash).
+pub(crate) async fn remove_file(path: &Path) -> Result<()> {
+    match glommio::io::remove(path).await {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let error: std::io::Error = error.into();
+            if error.kind() == ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(io_error("removing", path, error))
+            }
+        }
+    }
+}
+
+pub(crate) fn segment_path(dir: &Path, base_offset: i64, extension: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{extension}"))
+}

@@ -1,0 +1,1468 @@
+//! The partition log: appends, reads, durability, rolls, retention, truncation, recovery.
+//!
+//! **Invariant:** a log is mutated only by tasks of its owning shard, and no `RefCell`
+//! borrow of its state is held across an `.await`: other tasks of the shard run there.
+//!
+//! Appending is split in two. The synchronous half validates the batch, assigns its
+//! offsets, queues it as pending and puts it in the shard cache, so that readers see it
+//! at once. The asynchronous half makes it reach the file: whoever holds the log's I/O
+//! lock writes *every* pending batch and, when asked for durability, syncs once for all of
+//! them. Appenders that find the lock taken queue on it and usually find, once they hold
+//! it, that their batch was already written and synced by the one before: that is group
+//! commit, with no thread and no timer.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use event_listener::Event;
+use glommio::GlommioError;
+use glommio::sync::{Permit, Semaphore};
+use weir_wire::batch::{self, BatchHeader, LOG_OVERHEAD_BYTES};
+use weir_wire::{Compression, RecordIter};
+
+use crate::cache::{CacheRead, LogId};
+use crate::checkpoint::{self, CHECKPOINT_BYTES_MAX, PartitionMetadata};
+use crate::config::{FlushPolicy, LogConfig, PAGE_BYTES};
+use crate::epoch::LeaderEpochCache;
+use crate::io::{self, SegmentFile};
+use crate::scan::{self, ScanEnd};
+use crate::segment::{self, ActiveSegment, LOG_EXTENSION, OpenSegment, SealedSegment};
+use crate::shard::ShardStorage;
+use crate::{Result, StorageError};
+
+const PARTITION_METADATA_FILE: &str = "partition.metadata";
+const EPOCH_CHECKPOINT_FILE: &str = "leader-epoch-checkpoint";
+
+/// Who a log directory belongs to; checked against the directory's metadata on open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogIdentity {
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// What an append assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+}
+
+/// The first record at or after a timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampOffset {
+    pub offset: i64,
+    pub timestamp: i64,
+}
+
+/// How far an append must get before it completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// Written to the segment file (on the device, maybe only in its cache).
+    Written,
+    /// Written and covered by an fdatasync that started after the write completed.
+    Durable,
+}
+
+/// A batch with assigned offsets that is not yet written to its segment.
+#[derive(Debug, Clone)]
+struct PendingBatch {
+    header: BatchHeader,
+    bytes: Bytes,
+}
+
+/// The window of a segment a sequential reader read last, kept for its next read.
+#[derive(Debug)]
+struct ReadAhead {
+    file: Rc<SegmentFile>,
+    start: u64,
+    bytes: Bytes,
+}
+
+#[derive(Debug)]
+struct LogState {
+    sealed: Vec<SealedSegment>,
+    active: ActiveSegment,
+    /// The offset the next appended batch gets: the log end offset.
+    next_offset: i64,
+    /// Every batch before this offset is durable.
+    durable_offset: i64,
+    pending: VecDeque<PendingBatch>,
+    pending_bytes: u64,
+    metadata: PartitionMetadata,
+    epochs: LeaderEpochCache,
+    epochs_dirty: bool,
+    /// Set by the first failed write or sync. Nothing is appended after it: after a
+    /// failed fsync the kernel may have dropped the dirty pages, so retrying could report
+    /// lost data as durable.
+    offline: Option<String>,
+    closed: bool,
+    truncating: bool,
+    roll_requested: bool,
+    write_behind_running: bool,
+    last_sync_at: Instant,
+    readahead: Option<ReadAhead>,
+    stats: LogStats,
+}
+
+/// Counters of the I/O a log did since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub batches_appended: u64,
+    pub bytes_appended: u64,
+    /// Page-aligned writes to segment files.
+    pub writes: u64,
+    /// fdatasync calls on segment files: with group commit, fewer than durable appends.
+    pub syncs: u64,
+    pub rolls: u64,
+}
+
+/// One partition's log. Open it with [`Log::open`]; share it within the shard as `Rc`.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    shard: Rc<ShardStorage>,
+    id: LogId,
+    state: RefCell<LogState>,
+    io: IoLock,
+}
+
+/// Held by whoever writes, syncs, rolls, truncates, deletes segments or closes. Every
+/// release fires `released`, so appenders waiting for durability re-check whether the
+/// holder already wrote and synced their batch, instead of queueing for the lock one by
+/// one (a queue would let one writer re-take the lock for each of its own batches while
+/// the others wait, and group commit would degrade to a sync per batch).
+#[derive(Debug)]
+struct IoLock {
+    semaphore: Semaphore,
+    released: Event,
+}
+
+struct IoGuard<'a> {
+    _permit: Permit<'a>,
+    released: &'a Event,
+}
+
+impl Drop for IoGuard<'_> {
+    fn drop(&mut self) {
+        // Woken tasks run only after this task yields, by when the permit is released.
+        self.released.notify(usize::MAX);
+    }
+}
+
+/// Where a read is served from, decided without awaiting.
+enum ReadSource {
+    Memory(Vec<Bytes>),
+    Segment {
+        file: Rc<SegmentFile>,
+        path: PathBuf,
+        position: u64,
+        readable_bytes: u64,
+    },
+    Sealed(SealedSegment),
+}
+
+enum TimestampStart {
+    Nowhere,
+    Offset(i64),
+    Sealed(SealedSegment),
+}
+
+/// One step of the writer, decided without awaiting.
+enum WriteStep {
+    Roll,
+    Write(Vec<PendingBatch>),
+    Done,
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating it when missing, and recovers it: a torn tail is
+    /// cut off, missing or stale indexes are rebuilt, leftovers of interrupted deletions
+    /// are removed.
+    pub async fn open(
+        dir: &Path,
+        identity: &LogIdentity,
+        config: LogConfig,
+        shard: Rc<ShardStorage>,
+    ) -> Result<Rc<Log>> {
+        config.validate()?;
+        io::ensure_dir(dir).await?;
+        let metadata = load_or_create_metadata(dir, identity).await?;
+        let bases = list_segments(dir, metadata.log_start_offset).await?;
+        let mut epochs = load_epochs(dir).await?;
+        let mut sealed = Vec::with_capacity(bases.len());
+        for base in bases.iter().take(bases.len().saturating_sub(1)) {
+            sealed.push(SealedSegment::recover(dir, *base, &config).await?);
+        }
+        let mut epochs_dirty = false;
+        let active = match bases.last() {
+            Some(base) => {
+                let (active, scan) = ActiveSegment::recover(dir, *base, &config).await?;
+                // A crash may have come before the checkpoint caught up with the tail.
+                for (epoch, start) in scan.iter().flat_map(|scan| &scan.epoch_starts) {
+                    epochs_dirty |= epochs.assign(*epoch, *start);
+                }
+                active
+            }
+            None => {
+                let active = ActiveSegment::create(dir, metadata.log_start_offset, &config).await?;
+                io::sync_dir(dir).await?;
+                active
+            }
+        };
+        check_continuity(dir, &sealed, &active)?;
+        let next_offset = active.next_offset;
+        epochs_dirty |= epochs.truncate_from_end(next_offset);
+        let mut metadata = metadata;
+        let first_base = sealed.first().map_or(active.base_offset, |s| s.base_offset);
+        metadata.log_start_offset = metadata.log_start_offset.max(first_base).min(next_offset);
+        let log = Rc::new(Log {
+            dir: dir.to_path_buf(),
+            id: shard.allocate_log_id(),
+            shard,
+            config,
+            io: IoLock {
+                semaphore: Semaphore::new(1),
+                released: Event::new(),
+            },
+            state: RefCell::new(LogState {
+                sealed,
+                active,
+                next_offset,
+                durable_offset: next_offset,
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                metadata,
+                epochs,
+                epochs_dirty,
+                offline: None,
+                closed: false,
+                truncating: false,
+                roll_requested: false,
+                write_behind_running: false,
+                last_sync_at: Instant::now(),
+                readahead: None,
+                stats: LogStats::default(),
+            }),
+        });
+        for segment in log
+            .state
+            .borrow()
+            .sealed
+            .iter()
+            .filter(|s| s.open.borrow().is_some())
+        {
+            log.shard.opened_segment(&segment.open);
+        }
+        log.write_epochs_if_dirty().await?;
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// The offset the next batch will get (Kafka's log end offset).
+    pub fn log_end_offset(&self) -> i64 {
+        self.state.borrow().next_offset
+    }
+
+    /// The first offset a reader may ask for.
+    pub fn log_start_offset(&self) -> i64 {
+        self.state.borrow().metadata.log_start_offset
+    }
+
+    /// Every batch before this offset survives a crash.
+    pub fn durable_offset(&self) -> i64 {
+        self.state.borrow().durable_offset
+    }
+
+    /// Bytes of batches in the log, written or pending.
+    pub fn size_bytes(&self) -> u64 {
+        let state = self.state.borrow();
+        state.sealed.iter().map(|s| s.size_bytes).sum::<u64>()
+            + state.active.data_bytes
+            + state.pending_bytes
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.state.borrow().sealed.len() + 1
+    }
+
+    /// Base offsets of the segments, oldest first (the last is the active one).
+    pub fn segment_base_offsets(&self) -> Vec<i64> {
+        let state = self.state.borrow();
+        state
+            .sealed
+            .iter()
+            .map(|s| s.base_offset)
+            .chain([state.active.base_offset])
+            .collect()
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.state.borrow().stats
+    }
+
+    pub fn leader_epochs(&self) -> LeaderEpochCache {
+        self.state.borrow().epochs.clone()
+    }
+
+    /// Appends one batch, assigning its base offset and writing `leader_epoch` into it.
+    /// The CRC is checked, never recomputed. With `every-batch` this completes once the
+    /// batch is durable; otherwise once it is queued (or written, when too much is queued).
+    pub async fn append(self: &Rc<Self>, batch: BytesMut, leader_epoch: i32) -> Result<AppendInfo> {
+        let info = self.enqueue(batch, leader_epoch)?;
+        let next_offset = info.last_offset + 1;
+        match self.config.flush {
+            FlushPolicy::EveryBatch => self.wait_until(next_offset, Reach::Durable).await?,
+            FlushPolicy::Interval { .. } | FlushPolicy::Never => {
+                self.write_behind(next_offset).await?
+            }
+        }
+        Ok(info)
+    }
+
+    fn enqueue(&self, mut batch: BytesMut, leader_epoch: i32) -> Result<AppendInfo> {
+        let mut header = batch::validate(&batch, self.config.batch_bytes_max as usize)?;
+        let mut state = self.state.borrow_mut();
+        state.check_writable(&self.dir)?;
+        let base_offset = state.next_offset;
+        batch::assign_offset_and_epoch(&mut batch, base_offset, leader_epoch);
+        header.base_offset = base_offset;
+        header.partition_leader_epoch = leader_epoch;
+        let bytes = batch.freeze();
+        if state.epochs.assign(leader_epoch, base_offset) {
+            state.epochs_dirty = true;
+        }
+        state.next_offset = header.next_offset();
+        state.pending_bytes += bytes.len() as u64;
+        state.stats.batches_appended += 1;
+        state.stats.bytes_appended += bytes.len() as u64;
+        self.shard.cache.borrow_mut().insert(
+            self.id,
+            base_offset,
+            header.next_offset(),
+            bytes.clone(),
+        );
+        state.pending.push_back(PendingBatch { header, bytes });
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: header.last_offset(),
+            max_timestamp: header.max_timestamp,
+        })
+    }
+
+    /// For the policies that do not sync per batch: start writing in the background once a
+    /// write's worth is pending, and make appenders wait once several are.
+    async fn write_behind(self: &Rc<Self>, next_offset: i64) -> Result<()> {
+        let chunk = u64::from(self.config.write_chunk_bytes);
+        let (pending, running) = {
+            let state = self.state.borrow();
+            (state.pending_bytes, state.write_behind_running)
+        };
+        if pending >= 4 * chunk {
+            return self.wait_until(next_offset, Reach::Written).await;
+        }
+        if pending >= chunk && !running {
+            self.state.borrow_mut().write_behind_running = true;
+            let log = self.clone();
+            glommio::spawn_local(async move {
+                let target = log.log_end_offset();
+                // A failure marks the log offline; the next append reports it.
+                let _ = log.wait_until(target, Reach::Written).await;
+                log.state.borrow_mut().write_behind_running = false;
+            })
+            .detach();
+        }
+        Ok(())
+    }
+
+    /// Writes, and syncs, everything appended so far.
+    pub async fn flush(&self) -> Result<()> {
+        let target = self.log_end_offset();
+        self.wait_until(target, Reach::Durable).await
+    }
+
+    /// Periodic work the owning shard calls every few milliseconds: writes what is pending
+    /// for the write-behind policies, and syncs when an `interval` policy's time is up.
+    pub async fn tick(&self) -> Result<()> {
+        let (pending, unsynced, since_sync) = {
+            let state = self.state.borrow();
+            let unsynced = state.durable_offset < state.next_offset;
+            (
+                !state.pending.is_empty(),
+                unsynced,
+                state.last_sync_at.elapsed(),
+            )
+        };
+        let target = self.log_end_offset();
+        match self.config.flush {
+            FlushPolicy::EveryBatch => Ok(()),
+            FlushPolicy::Interval { interval_ms }
+                if unsynced && since_sync >= Duration::from_millis(interval_ms) =>
+            {
+                self.wait_until(target, Reach::Durable).await
+            }
+            FlushPolicy::Interval { .. } | FlushPolicy::Never if pending => {
+                self.wait_until(target, Reach::Written).await
+            }
+            FlushPolicy::Interval { .. } | FlushPolicy::Never => Ok(()),
+        }
+    }
+
+    /// Seals the active segment (if it holds anything) and starts a new one.
+    pub async fn roll(&self) -> Result<()> {
+        let _permit = self.lock().await?;
+        self.state.borrow_mut().roll_requested = true;
+        self.flush_locked(Reach::Written).await
+    }
+
+    /// Waits until every batch before `target` has reached `reach`, doing the I/O itself
+    /// when nobody else is.
+    async fn wait_until(&self, target: i64, reach: Reach) -> Result<()> {
+        loop {
+            if self.reached(target, reach)? {
+                return Ok(());
+            }
+            // Listen before trying the lock, so a release in between is not missed.
+            let released = self.io.released.listen();
+            if let Some(_guard) = self.try_lock()? {
+                self.flush_locked(reach).await?;
+                continue;
+            }
+            released.await;
+        }
+    }
+
+    fn reached(&self, target: i64, reach: Reach) -> Result<bool> {
+        let state = self.state.borrow();
+        if let Some(reason) = &state.offline {
+            return Err(StorageError::LogOffline {
+                path: self.dir.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let done = match reach {
+            Reach::Written => state.active.next_offset,
+            Reach::Durable => state.durable_offset,
+        };
+        Ok(done >= target || target > state.next_offset)
+    }
+
+    async fn lock(&self) -> Result<IoGuard<'_>> {
+        let permit =
+            self.io
+                .semaphore
+                .acquire_permit(1)
+                .await
+                .map_err(|_| StorageError::Closed {
+                    path: self.dir.clone(),
+                })?;
+        Ok(IoGuard {
+            _permit: permit,
+            released: &self.io.released,
+        })
+    }
+
+    fn try_lock(&self) -> Result<Option<IoGuard<'_>>> {
+        match self.io.semaphore.try_acquire_permit(1) {
+            Ok(permit) => Ok(Some(IoGuard {
+                _permit: permit,
+                released: &self.io.released,
+            })),
+            Err(GlommioError::Closed(_)) => Err(StorageError::Closed {
+                path: self.dir.clone(),
+            }),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Writes every pending batch (rolling where needed) and, for `Durable`, syncs them.
+    /// The caller holds the I/O lock. A failure takes the log offline.
+    async fn flush_locked(&self, reach: Reach) -> Result<()> {
+        let result = self.flush_locked_inner(reach).await;
+        if let Err(error) = &result {
+            let mut state = self.state.borrow_mut();
+            if state.offline.is_none()
+                && matches!(
+                    error,
+                    StorageError::Io { .. } | StorageError::Corrupt { .. }
+                )
+            {
+                tracing::error!(log = %self.dir.display(), %error, "taking the log offline");
+                state.offline = Some(error.to_string());
+            }
+        }
+        result
+    }
+
+    async fn flush_locked_inner(&self, reach: Reach) -> Result<()> {
+        loop {
+            match self.next_write_step() {
+                WriteStep::Roll => self.roll_locked().await?,
+                WriteStep::Write(batches) => self.write_locked(batches).await?,
+                WriteStep::Done => break,
+            }
+        }
+        if reach == Reach::Durable {
+            self.sync_locked().await?;
+        }
+        Ok(())
+    }
+
+    fn next_write_step(&self) -> WriteStep {
+        let mut state = self.state.borrow_mut();
+        if state.active.is_empty() {
+            // Nothing to seal: an explicit roll of an empty segment is a no-op.
+            state.roll_requested = false;
+        }
+        let active = &state.active;
+        let Some(first) = state.pending.front() else {
+            return if state.roll_requested {
+                WriteStep::Roll
+            } else {
+                WriteStep::Done
+            };
+        };
+        if !active.is_empty()
+            && (state.roll_requested || self.needs_roll(active, 0, &first.header, true))
+        {
+            return WriteStep::Roll;
+        }
+        let mut planned_bytes = 0u64;
+        let mut batches = Vec::new();
+        for pending in &state.pending {
+            let len = pending.bytes.len() as u64;
+            let full = planned_bytes + len > u64::from(self.config.write_chunk_bytes);
+            if !batches.is_empty()
+                && (full || self.needs_roll(active, planned_bytes, &pending.header, false))
+            {
+                break;
+            }
+            planned_bytes += len;
+            batches.push(pending.clone());
+        }
+        WriteStep::Write(batches)
+    }
+
+    /// Whether `header`'s batch must go to a new segment, given `planned_bytes` already
+    /// headed for the active one. Age counts only for the first batch of a write.
+    fn needs_roll(
+        &self,
+        active: &ActiveSegment,
+        planned_bytes: u64,
+        header: &BatchHeader,
+        first: bool,
+    ) -> bool {
+        let size = active.data_bytes + planned_bytes + header.total_bytes() as u64;
+        let relative_last = header.last_offset() - active.base_offset;
+        size > self.config.segment_bytes
+            || active.index.entry_count() >= self.config.index_entries_max as usize
+            || relative_last > i64::from(u32::MAX)
+            || (first
+                && active.created_at.elapsed() >= Duration::from_millis(self.config.segment_ms))
+    }
+
+    /// Writes `batches` behind the active segment's data: one page-aligned write that
+    /// starts with the tail page.
+    async fn write_locked(&self, batches: Vec<PendingBatch>) -> Result<()> {
+        let (file, path, position, tail_page) = {
+            let state = self.state.borrow();
+            let active = &state.active;
+            (
+                active.file.clone(),
+                active.path.clone(),
+                io::align_down(active.data_bytes),
+                active.tail_page.clone(),
+            )
+        };
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(batches.len() + 1);
+        parts.push(&tail_page);
+        parts.extend(batches.iter().map(|b| &b.bytes[..]));
+        for batch in &batches {
+            // Checked right before it is written, as it was on append: memory can rot too.
+            assert_eq!(
+                batch::compute_crc(&batch.bytes),
+                batch.header.crc,
+                "batch at offset {} changed in memory",
+                batch.header.base_offset
+            );
+        }
+        io::write_pages(&file, &path, position, &parts).await?;
+        let mut state = self.state.borrow_mut();
+        let written: u64 = batches.iter().map(|b| b.bytes.len() as u64).sum();
+        let active = &mut state.active;
+        for batch in &batches {
+            assert!(
+                batch.header.base_offset >= active.next_offset,
+                "offsets must increase: batch at {} after {} in {}",
+                batch.header.base_offset,
+                active.next_offset,
+                active.path.display()
+            );
+            active.index.observe(
+                active.base_offset,
+                &batch.header,
+                active.data_bytes,
+                self.config.index_interval_bytes,
+            );
+            active.data_bytes += batch.bytes.len() as u64;
+            active.next_offset = batch.header.next_offset();
+        }
+        active.tail_page = tail_of(&parts, (active.data_bytes % PAGE_BYTES) as usize);
+        for _ in 0..batches.len() {
+            state.pending.pop_front();
+        }
+        state.pending_bytes -= written;
+        state.stats.writes += 1;
+        Ok(())
+    }
+
+    async fn sync_locked(&self) -> Result<()> {
+        self.write_epochs_if_dirty().await?;
+        let (file, path, written) = {
+            let state = self.state.borrow();
+            if state.durable_offset >= state.active.next_offset {
+                return Ok(());
+            }
+            (
+                state.active.file.clone(),
+                state.active.path.clone(),
+                state.active.next_offset,
+            )
+        };
+        io::fdatasync(&file, &path).await?;
+        let mut state = self.state.borrow_mut();
+        state.durable_offset = state.durable_offset.max(written);
+        state.last_sync_at = Instant::now();
+        state.stats.syncs += 1;
+        Ok(())
+    }
+
+    /// Seals the active segment and starts the next one where it ended.
+    async fn roll_locked(&self) -> Result<()> {
+        self.sync_locked().await?;
+        // Seal first (cut the preallocated space, write the index files), then create the
+        // next segment: a crash in between leaves the sealed one last, and it is recovered
+        // as the active segment. The other order could leave a preallocated, index-less
+        // segment in the middle of the log, which recovery must call corrupt.
+        let old = self.state.borrow().active.clone();
+        let next_offset = old.next_offset;
+        let sealed = old.seal(&self.dir).await?;
+        let fresh = ActiveSegment::create(&self.dir, next_offset, &self.config).await?;
+        io::sync_dir(&self.dir).await?;
+        self.shard.opened_segment(&sealed.open);
+        let mut state = self.state.borrow_mut();
+        state.active = fresh;
+        state.sealed.push(sealed);
+        state.roll_requested = false;
+        state.readahead = None;
+        state.stats.rolls += 1;
+        Ok(())
+    }
+
+    async fn write_epochs_if_dirty(&self) -> Result<()> {
+        let contents = {
+            let mut state = self.state.borrow_mut();
+            if !state.epochs_dirty {
+                return Ok(());
+            }
+            state.epochs_dirty = false;
+            checkpoint::encode_epochs(&state.epochs)
+        };
+        io::write_file_atomically(&self.dir, EPOCH_CHECKPOINT_FILE, &contents).await
+    }
+
+    /// Reads whole batches from the one holding `offset`, up to `max_bytes` (at least one
+    /// batch when there is one) and stopping before any batch that reaches `max_offset`
+    /// (a high watermark). Recent batches come from the shard cache without a copy.
+    pub async fn read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<Vec<Bytes>> {
+        let source = self.read_source(offset, max_bytes, max_offset)?;
+        match source {
+            ReadSource::Memory(batches) => Ok(batches),
+            ReadSource::Segment {
+                file,
+                path,
+                position,
+                readable_bytes,
+            } => {
+                self.read_segment(
+                    &file,
+                    &path,
+                    position,
+                    readable_bytes,
+                    offset,
+                    max_bytes,
+                    max_offset,
+                )
+                .await
+            }
+            ReadSource::Sealed(segment) => {
+                let open = self.open_sealed(&segment).await?;
+                let position = open.index.position_for(segment.base_offset, offset);
+                let (path, size) = (&segment.path, segment.size_bytes);
+                self.read_segment(
+                    &open.file, path, position, size, offset, max_bytes, max_offset,
+                )
+                .await
+            }
+        }
+    }
+
+    fn read_source(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<ReadSource> {
+        let state = self.state.borrow();
+        if state.closed {
+            return Err(StorageError::Closed {
+                path: self.dir.clone(),
+            });
+        }
+        let log_start_offset = state.metadata.log_start_offset;
+        if offset < log_start_offset || offset > state.next_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset,
+                log_end_offset: state.next_offset,
+            });
+        }
+        if offset >= max_offset.min(state.next_offset) {
+            return Ok(ReadSource::Memory(Vec::new()));
+        }
+        if let CacheRead::Hit(batches) = self
+            .shard
+            .cache
+            .borrow()
+            .read(self.id, offset, max_bytes, max_offset)
+        {
+            return Ok(ReadSource::Memory(batches));
+        }
+        if offset >= state.active.next_offset {
+            return Ok(ReadSource::Memory(read_pending(
+                &state.pending,
+                offset,
+                max_bytes,
+                max_offset,
+            )));
+        }
+        if offset >= state.active.base_offset {
+            let active = &state.active;
+            return Ok(ReadSource::Segment {
+                file: active.file.clone(),
+                path: active.path.clone(),
+                position: active.index.position_for(active.base_offset, offset),
+                readable_bytes: active.data_bytes,
+            });
+        }
+        // The first sealed segment that still has batches at or after the offset: offsets
+        // may have gaps between segments.
+        let index = state.sealed.partition_point(|s| s.next_offset <= offset);
+        if let Some(segment) = state.sealed.get(index) {
+            return Ok(ReadSource::Sealed(segment.clone()));
+        }
+        let active = &state.active;
+        Ok(ReadSource::Segment {
+            file: active.file.clone(),
+            path: active.path.clone(),
+            position: 0,
+            readable_bytes: active.data_bytes,
+        })
+    }
+
+    /// A sealed segment's file and index, opened on demand. The segment may leave the log
+    /// (retention) while this awaits; what it returns stays readable regardless.
+    async fn open_sealed(&self, segment: &SealedSegment) -> Result<Rc<OpenSegment>> {
+        let (open, newly) = segment.opened(&self.dir, &self.config).await?;
+        if newly {
+            self.shard.opened_segment(&segment.open);
+        }
+        Ok(open)
+    }
+
+    /// Reads batches from a segment file starting at `position` (an index entry at or
+    /// before the batch holding `offset`), through the read-ahead window.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_segment(
+        &self,
+        file: &Rc<SegmentFile>,
+        path: &Path,
+        mut position: u64,
+        readable_bytes: u64,
+        offset: i64,
+        max_bytes: usize,
+        max_offset: i64,
+    ) -> Result<Vec<Bytes>> {
+        let mut window = self.take_readahead(file, position);
+        let mut found = Vec::new();
+        let mut found_bytes = 0usize;
+        let corrupt = |position: u64, reason: String| StorageError::Corrupt {
+            path: path.to_path_buf(),
+            position,
+            reason,
+        };
+        while position < readable_bytes {
+            let remaining = readable_bytes - position;
+            let prefix = self
+                .window_slice(
+                    &mut window,
+                    file,
+                    path,
+                    position,
+                    LOG_OVERHEAD_BYTES.min(remaining as usize),
+                    readable_bytes,
+                )
+                .await?;
+            let total = batch::peek_total_bytes(&prefix).unwrap_or(0);
+            if total < batch::BATCH_HEADER_BYTES as i64
+                || total > i64::from(self.config.batch_bytes_max)
+                || total as u64 > remaining
+            {
+                return Err(corrupt(
+                    position,
+                    format!("batch length {total} is invalid with {remaining} bytes of data left"),
+                ));
+            }
+            let total = total as usize;
+            if !found.is_empty() && found_bytes + total > max_bytes {
+                break;
+            }
+            let bytes = self
+                .window_slice(&mut window, file, path, position, total, readable_bytes)
+                .await?;
+            let header = batch::validate(&bytes, self.config.batch_bytes_max as usize)
+                .map_err(|e| corrupt(position, e.to_string()))?;
+            if header.next_offset() > max_offset {
+                break;
+            }
+            if header.next_offset() > offset {
+                found_bytes += total;
+                found.push(bytes);
+            }
+            position += total as u64;
+        }
+        if let Some(window) = window {
+            self.state.borrow_mut().readahead = Some(window);
+        }
+        Ok(found)
+    }
+
+    fn take_readahead(&self, file: &Rc<SegmentFile>, position: u64) -> Option<ReadAhead> {
+        let mut state = self.state.borrow_mut();
+        let window = state.readahead.take()?;
+        let covers = Rc::ptr_eq(&window.file, file)
+            && window.start <= position
+            && position < window.start + window.bytes.len() as u64;
+        covers.then_some(window)
+    }
+
+    /// The bytes `[position, position + len)`, from the window when it covers them, else
+    /// from a fresh read of `readahead_bytes` (or more) that becomes the window.
+    async fn window_slice(
+        &self,
+        window: &mut Option<ReadAhead>,
+        file: &Rc<SegmentFile>,
+        path: &Path,
+        position: u64,
+        len: usize,
+        readable_bytes: u64,
+    ) -> Result<Bytes> {
+        let covered = window.as_ref().is_some_and(|w| {
+            w.start <= position && position + len as u64 <= w.start + w.bytes.len() as u64
+        });
+        if !covered {
+            let want = (self.config.readahead_bytes as usize).max(len);
+            let want = want.min((readable_bytes - position) as usize).max(len);
+            let bytes = io::read_at(file, path, position, want).await?;
+            if bytes.len() < len {
+                let reason = format!("file ends after {} of {len} bytes", bytes.len());
+                return Err(StorageError::Corrupt {
+                    path: path.to_path_buf(),
+                    position,
+                    reason,
+                });
+            }
+            *window = Some(ReadAhead {
+                file: file.clone(),
+                start: position,
+                bytes,
+            });
+        }
+        let Some(w) = window.as_ref() else {
+            unreachable!("window was just filled")
+        };
+        let from = (position - w.start) as usize;
+        Ok(w.bytes.slice(from..from + len))
+    }
+
+    /// The first record whose timestamp is at or after `timestamp` (Kafka ListOffsets by
+    /// time), or `None` when every record is older. Within compressed batches, which weir
+    /// cannot decode yet, the answer is the batch's first offset and its max timestamp.
+    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<TimestampOffset>> {
+        let start = match self.timestamp_search_start(timestamp)? {
+            TimestampStart::Nowhere => return Ok(None),
+            TimestampStart::Offset(offset) => offset,
+            TimestampStart::Sealed(segment) => {
+                let open = self.open_sealed(&segment).await?;
+                open.index
+                    .start_offset_for_timestamp(segment.base_offset, timestamp)
+            }
+        };
+        let mut offset = start.max(self.log_start_offset());
+        loop {
+            let batches = self
+                .read(offset, self.config.readahead_bytes as usize, i64::MAX)
+                .await?;
+            if batches.is_empty() {
+                return Ok(None);
+            }
+            for bytes in &batches {
+                let header = BatchHeader::parse(bytes)?;
+                let found = (header.max_timestamp >= timestamp)
+                    .then(|| first_record_at_or_after(bytes, &header, timestamp, offset))
+                    .flatten();
+                if found.is_some() {
+                    return Ok(found);
+                }
+                offset = header.next_offset();
+            }
+        }
+    }
+
+    /// Where to start looking for `timestamp`: every batch before it is older.
+    fn timestamp_search_start(&self, timestamp: i64) -> Result<TimestampStart> {
+        let state = self.state.borrow();
+        if state.closed {
+            return Err(StorageError::Closed {
+                path: self.dir.clone(),
+            });
+        }
+        if let Some(segment) = state.sealed.iter().find(|s| s.max_timestamp >= timestamp) {
+            return Ok(TimestampStart::Sealed(segment.clone()));
+        }
+        let active = &state.active;
+        if active.index.max_timestamp >= timestamp {
+            let start = active
+                .index
+                .start_offset_for_timestamp(active.base_offset, timestamp);
+            return Ok(TimestampStart::Offset(start));
+        }
+        let pending = state
+            .pending
+            .iter()
+            .find(|p| p.header.max_timestamp >= timestamp);
+        Ok(pending.map_or(TimestampStart::Nowhere, |p| {
+            TimestampStart::Offset(p.header.base_offset)
+        }))
+    }
+
+    /// Cuts the log so that it ends before `offset`: every batch holding `offset` or a
+    /// later one is removed (a batch is never split, so the new end can be lower). At or
+    /// below the log start, the log is emptied and restarts at `offset`. Replication needs
+    /// this when a follower's tail diverges from its new leader's. Appends are refused
+    /// while it runs.
+    pub async fn truncate_to(&self, offset: i64) -> Result<()> {
+        let _permit = self.lock().await?;
+        self.flush_locked(Reach::Written).await?;
+        {
+            let mut state = self.state.borrow_mut();
+            state.check_writable(&self.dir)?;
+            if offset >= state.next_offset {
+                return Ok(());
+            }
+            assert!(
+                state.pending.is_empty(),
+                "pending batches survived a flush under the I/O lock"
+            );
+            state.truncating = true;
+            state.readahead = None;
+        }
+        let result = self.truncate_locked(offset).await;
+        let mut state = self.state.borrow_mut();
+        state.truncating = false;
+        if let Err(error) = &result {
+            state.offline.get_or_insert_with(|| error.to_string());
+        }
+        result
+    }
+
+    async fn truncate_locked(&self, offset: i64) -> Result<()> {
+        let log_start_offset = self.log_start_offset();
+        if offset <= log_start_offset {
+            return self.restart_at(offset).await;
+        }
+        // Segments that begin at or after the offset go entirely; the one before it
+        // becomes the active segment again, cut at the first batch reaching the offset.
+        let (doomed, target) = {
+            let state = self.state.borrow();
+            let bases: Vec<i64> = state
+                .sealed
+                .iter()
+                .map(|s| s.base_offset)
+                .chain([state.active.base_offset])
+                .collect();
+            let keep = bases.partition_point(|base| *base < offset);
+            (bases[keep..].to_vec(), bases[keep - 1])
+        };
+        let path = io::segment_path(&self.dir, target, LOG_EXTENSION);
+        let file = io::open_segment(&path).await?;
+        let size = io::file_size(&file, &path).await?;
+        let scan = scan::scan_segment(
+            &file,
+            &path,
+            target,
+            size,
+            segment::scan_settings(&self.config, Some(offset)),
+        )
+        .await?;
+        if let ScanEnd::Invalid { reason } = &scan.end {
+            return Err(StorageError::Corrupt {
+                path,
+                position: scan.end_position,
+                reason: reason.clone(),
+            });
+        }
+        if scan.next_offset < log_start_offset {
+            // The cut batch also holds the log start (moved into it by record deletion):
+            // nothing readable is left, and the log must not end before it starts.
+            drop(file);
+            return self.restart_at(log_start_offset).await;
+        }
+        io::truncate(&file, &path, scan.end_position).await?;
+        io::fdatasync(&file, &path).await?;
+        drop(file);
+        for base in &doomed {
+            segment::remove_segment_files(&self.dir, *base).await?;
+        }
+        segment::remove_index_files(&self.dir, target).await?;
+        io::sync_dir(&self.dir).await?;
+        let (active, _) = ActiveSegment::recover(&self.dir, target, &self.config).await?;
+        let new_end = active.next_offset;
+        {
+            let mut state = self.state.borrow_mut();
+            state.sealed.retain(|s| s.base_offset < target);
+            state.active = active;
+            state.next_offset = new_end;
+            state.durable_offset = new_end;
+            if state.epochs.truncate_from_end(new_end) {
+                state.epochs_dirty = true;
+            }
+        }
+        self.shard.cache.borrow_mut().truncate(self.id, new_end);
+        self.write_epochs_if_dirty().await
+    }
+
+    /// Empties the log and starts it again at `offset` (Kafka's truncate-fully-and-start-at).
+    async fn restart_at(&self, offset: i64) -> Result<()> {
+        let bases = self.segment_base_offsets();
+        let mut metadata = self.state.borrow().metadata.clone();
+        metadata.log_start_offset = offset;
+        io::write_file_atomically(
+            &self.dir,
+            PARTITION_METADATA_FILE,
+            &checkpoint::encode_partition_metadata(&metadata),
+        )
+        .await?;
+        for base in bases {
+            segment::remove_segment_files(&self.dir, base).await?;
+        }
+        let active = ActiveSegment::create(&self.dir, offset, &self.config).await?;
+        io::sync_dir(&self.dir).await?;
+        {
+            let mut state = self.state.borrow_mut();
+            state.sealed.clear();
+            state.active = active;
+            state.next_offset = offset;
+            state.durable_offset = offset;
+            state.metadata = metadata;
+            state.epochs = LeaderEpochCache::default();
+            state.epochs_dirty = true;
+        }
+        self.shard.cache.borrow_mut().remove_log(self.id);
+        self.write_epochs_if_dirty().await
+    }
+
+    /// Deletes sealed segments that retention no longer keeps: older than `retention_ms`
+    /// (by their newest timestamp, against `now_ms`), beyond `retention_bytes` (oldest
+    /// first), or wholly before the log start offset. The active segment is never deleted.
+    /// Returns the number of segments deleted.
+    pub async fn apply_retention(&self, now_ms: i64) -> Result<usize> {
+        self.delete_old_segments(Some(now_ms)).await
+    }
+
+    /// Deletes the oldest sealed segments: those wholly before the log start, and with
+    /// `retention_now_ms`, those the retention settings no longer keep.
+    async fn delete_old_segments(&self, retention_now_ms: Option<i64>) -> Result<usize> {
+        let _permit = self.lock().await?;
+        let doomed = {
+            let state = self.state.borrow();
+            state.check_writable(&self.dir)?;
+            self.segments_to_delete(&state, retention_now_ms)
+        };
+        if doomed == 0 {
+            return Ok(0);
+        }
+        let new_start = {
+            let state = self.state.borrow();
+            let next_base = state
+                .sealed
+                .get(doomed)
+                .map_or(state.active.base_offset, |s| s.base_offset);
+            state.metadata.log_start_offset.max(next_base)
+        };
+        self.move_log_start(new_start).await?;
+        let removed: Vec<SealedSegment> = self.state.borrow_mut().sealed.drain(..doomed).collect();
+        for segment in &removed {
+            segment::remove_segment_files(&self.dir, segment.base_offset).await?;
+        }
+        io::sync_dir(&self.dir).await?;
+        Ok(removed.len())
+    }
+
+    fn segments_to_delete(&self, state: &LogState, retention_now_ms: Option<i64>) -> usize {
+        let total: u64 =
+            state.sealed.iter().map(|s| s.size_bytes).sum::<u64>() + state.active.data_bytes;
+        let retention_bytes = self
+            .config
+            .retention_bytes
+            .filter(|_| retention_now_ms.is_some());
+        let mut excess = retention_bytes.map_or(0, |limit| total.saturating_sub(limit));
+        let expired_before = retention_now_ms.and_then(|now_ms| {
+            self.config
+                .retention_ms
+                .map(|ms| now_ms.saturating_sub(ms as i64))
+        });
+        let mut doomed = 0;
+        for segment in &state.sealed {
+            let below_start = segment.next_offset <= state.metadata.log_start_offset;
+            let expired = expired_before
+                .is_some_and(|limit| segment.max_timestamp >= 0 && segment.max_timestamp < limit);
+            let too_big = excess >= segment.size_bytes && excess > 0;
+            if !(below_start || expired || too_big) {
+                break;
+            }
+            excess = excess.saturating_sub(segment.size_bytes);
+            doomed += 1;
+        }
+        doomed
+    }
+
+    /// Moves the log start offset forward to `offset` (Kafka DeleteRecords): earlier
+    /// offsets become unreadable at once, and whole segments before it are deleted.
+    pub async fn advance_log_start_offset(&self, offset: i64) -> Result<()> {
+        {
+            let state = self.state.borrow();
+            if offset > state.next_offset {
+                let log_start_offset = state.metadata.log_start_offset;
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset,
+                    log_end_offset: state.next_offset,
+                });
+            }
+        }
+        {
+            let _permit = self.lock().await?;
+            self.move_log_start(offset).await?;
+        }
+        self.delete_old_segments(None).await.map(|_| ())
+    }
+
+    /// Persists a new log start offset, then forgets what lies before it.
+    async fn move_log_start(&self, offset: i64) -> Result<()> {
+        let mut metadata = self.state.borrow().metadata.clone();
+        if offset <= metadata.log_start_offset {
+            return Ok(());
+        }
+        metadata.log_start_offset = offset;
+        let contents = checkpoint::encode_partition_metadata(&metadata);
+        io::write_file_atomically(&self.dir, PARTITION_METADATA_FILE, &contents).await?;
+        {
+            let mut state = self.state.borrow_mut();
+            state.metadata = metadata;
+            if state.epochs.truncate_from_start(offset) {
+                state.epochs_dirty = true;
+            }
+        }
+        self.shard.cache.borrow_mut().remove_before(self.id, offset);
+        self.write_epochs_if_dirty().await
+    }
+
+    /// Scans every segment completely, checking every batch's length, CRC and offsets.
+    /// Returns the number of batches; corruption is an error naming the file and position.
+    pub async fn verify(&self) -> Result<u64> {
+        self.flush().await?;
+        let _permit = self.lock().await?;
+        let segments: Vec<(i64, u64)> = {
+            let state = self.state.borrow();
+            state
+                .sealed
+                .iter()
+                .map(|s| (s.base_offset, s.size_bytes))
+                .chain([(state.active.base_offset, state.active.data_bytes)])
+                .collect()
+        };
+        let mut batches = 0;
+        for (base, data_bytes) in segments {
+            let path = io::segment_path(&self.dir, base, LOG_EXTENSION);
+            let file = io::open_segment(&path).await?;
+            let scan = scan::scan_segment(
+                &file,
+                &path,
+                base,
+                data_bytes,
+                segment::scan_settings(&self.config, None),
+            )
+            .await?;
+            segment::check_scanned_to_end(&path, &scan, data_bytes)?;
+            batches += scan.batches;
+        }
+        Ok(batches)
+    }
+
+    /// Writes and syncs everything, then leaves the files so the next open needs no
+    /// recovery scan. Every later call on this log answers `Closed`.
+    pub async fn close(&self) -> Result<()> {
+        let _permit = self.lock().await?;
+        if self.state.borrow().closed {
+            return Ok(());
+        }
+        self.flush_locked(Reach::Durable).await?;
+        let active = {
+            let mut state = self.state.borrow_mut();
+            state.closed = true;
+            state.readahead = None;
+            state.active.clone()
+        };
+        self.shard.cache.borrow_mut().remove_log(self.id);
+        active.close_cleanly(&self.dir).await?;
+        self.io.semaphore.close();
+        Ok(())
+    }
+}
+
+impl LogState {
+    fn check_writable(&self, dir: &Path) -> Result<()> {
+        if let Some(reason) = &self.offline {
+            return Err(StorageError::LogOffline {
+                path: dir.to_path_buf(),
+                reason: reason.clone(),
+            });
+        }
+        if self.closed {
+            return Err(StorageError::Closed {
+                path: dir.to_path_buf(),
+            });
+        }
+        if self.truncating {
+            return Err(StorageError::Truncating {
+                path: dir.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Pending batches from the one holding `offset`, within the read limits.
+fn read_pending(
+    pending: &VecDeque<PendingBatch>,
+    offset: i64,
+    max_bytes: usize,
+    max_offset: i64,
+) -> Vec<Bytes> {
+    let start = pending.partition_point(|p| p.header.next_offset() <= offset);
+    let mut found: Vec<Bytes> = Vec::new();
+    let mut total = 0;
+    for batch in pending.range(start..) {
+        let fits = found.is_empty() || total + batch.bytes.len() <= max_bytes;
+        if batch.header.next_offset() > max_offset || !fits {
+            break;
+        }
+        total += batch.bytes.len();
+        found.push(batch.bytes.clone());
+    }
+    found
+}
+
+/// The last `len` bytes of the concatenation of `parts`.
+fn tail_of(parts: &[&[u8]], len: usize) -> Vec<u8> {
+    let mut tail = Vec::with_capacity(len);
+    let mut needed = len;
+    for part in parts.iter().rev() {
+        if needed == 0 {
+            break;
+        }
+        let take = needed.min(part.len());
+        tail.splice(0..0, part[part.len() - take..].iter().copied());
+        needed -= take;
+    }
+    tail
+}
+
+/// Within a batch whose max timestamp reaches `timestamp`, the first record at or after
+/// `from_offset` that does. A compressed batch (not decodable here yet) answers with its
+/// first offset and max timestamp: never later than the true answer.
+fn first_record_at_or_after(
+    bytes: &[u8],
+    header: &BatchHeader,
+    timestamp: i64,
+    from_offset: i64,
+) -> Option<TimestampOffset> {
+    if header.attributes.compression() != Some(Compression::None) {
+        let offset = header.base_offset.max(from_offset);
+        return Some(TimestampOffset {
+            offset,
+            timestamp: header.max_timestamp,
+        });
+    }
+    RecordIter::new(bytes)
+        .ok()?
+        .map_while(|record| record.ok())
+        .find(|record| record.timestamp >= timestamp && record.offset >= from_offset)
+        .map(|record| TimestampOffset {
+            offset: record.offset,
+            timestamp: record.timestamp,
+        })
+}
+
+async fn load_or_create_metadata(dir: &Path, identity: &LogIdentity) -> Result<PartitionMetadata> {
+    let path = dir.join(PARTITION_METADATA_FILE);
+    let Some(bytes) = io::read_small_file(&path, CHECKPOINT_BYTES_MAX).await? else {
+        let metadata = PartitionMetadata {
+            topic: identity.topic.clone(),
+            partition: identity.partition,
+            log_start_offset: 0,
+        };
+        io::write_file_atomically(
+            dir,
+            PARTITION_METADATA_FILE,
+            &checkpoint::encode_partition_metadata(&metadata),
+        )
+        .await?;
+        return Ok(metadata);
+    };
+    let metadata =
+        checkpoint::decode_partition_metadata(&bytes).map_err(|reason| StorageError::Corrupt {
+            path: path.clone(),
+            position: 0,
+            reason,
+        })?;
+    if metadata.topic != identity.topic || metadata.partition != identity.partition {
+        return Err(StorageError::WrongLog {
+            path: dir.to_path_buf(),
+            expected: format!("{}-{}", identity.topic, identity.partition),
+            found: format!("{}-{}", metadata.topic, metadata.partition),
+        });
+    }
+    Ok(metadata)
+}
+
+async fn load_epochs(dir: &Path) -> Result<LeaderEpochCache> {
+    let path = dir.join(EPOCH_CHECKPOINT_FILE);
+    match io::read_small_file(&path, CHECKPOINT_BYTES_MAX).await? {
+        None => Ok(LeaderEpochCache::default()),
+        Some(bytes) => checkpoint::decode_epochs(&bytes).map_err(|reason| StorageError::Corrupt {
+            path,
+            position: 0,
+            reason,
+        }),
+    }
+}
+
+/// The base offsets of the directory's segments, oldest first, after removing what an
+/// interrupted operation left: temporary files, index files without a segment, and
+/// segments wholly before the log start offset.
+async fn list_segments(dir: &Path, log_start_offset: i64) -> Result<Vec<i64>> {
+    let entries = std::fs::read_dir(dir).map_err(|source| StorageError::Io {
+        operation: "listing",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut bases = Vec::new();
+    let mut leftovers = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| StorageError::Io {
+            operation: "listing",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            leftovers.push(entry.path());
+        } else if let Some(base) = parse_segment_name(&name, LOG_EXTENSION) {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    for entry in std::fs::read_dir(dir)
+        .map_err(|source| StorageError::Io {
+            operation: "listing",
+            path: dir.to_path_buf(),
+            source,
+        })?
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let orphan = [segment::INDEX_EXTENSION, segment::TIME_INDEX_EXTENSION]
+            .iter()
+            .filter_map(|extension| parse_segment_name(&name, extension))
+            .any(|base| bases.binary_search(&base).is_err());
+        if orphan {
+            leftovers.push(entry.path());
+        }
+    }
+    // A segment is wholly before the log start when the next one starts at or before it.
+    let below_start = bases
+        .windows(2)
+        .take_while(|pair| pair[1] <= log_start_offset)
+        .count();
+    for base in bases.drain(..below_start) {
+        segment::remove_segment_files(dir, base).await?;
+    }
+    for path in &leftovers {
+        io::remove_file(path).await?;
+    }
+    if below_start > 0 || !leftovers.is_empty() {
+        io::sync_dir(dir).await?;
+    }
+    Ok(bases)
+}
+
+fn parse_segment_name(name: &str, extension: &str) -> Option<i64> {
+    let stem = name.strip_suffix(extension)?.strip_suffix('.')?;
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok())?
+}
+
+/// Segments must not overlap: each ends at or before the next begins.
+fn check_continuity(dir: &Path, sealed: &[SealedSegment], active: &ActiveSegment) -> Result<()> {
+    let ends = sealed
+        .iter()
+        .map(|s| (s.base_offset, s.next_offset, s.size_bytes));
+    let starts = sealed
+        .iter()
+        .skip(1)
+        .map(|s| s.base_offset)
+        .chain([active.base_offset]);
+    for ((base, next, size), next_base) in ends.zip(starts) {
+        if next > next_base {
+            return Err(StorageError::Corrupt {
+                path: dir.join(format!("{base:020}.{LOG_EXTENSION}")),
+                position: size,
+                reason: format!(
+                    "segment ends at offset {next} after the next begins at {next_base}"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,414 @@
+//! Segments: the files a partition log is made of.
+//!
+//! `<base offset, 20 digits>.log` holds batches back to back. The last segment is the
+//! active one, appended to; the others are sealed and never change until retention
+//! deletes them or truncation reopens one.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::config::LogConfig;
+use crate::index::{self, IndexFileHeader, IndexKind, SegmentIndex};
+use crate::io::{self, SegmentFile};
+use crate::scan::{self, Scan, ScanEnd, ScanSettings};
+use crate::{Result, StorageError};
+
+pub(crate) const LOG_EXTENSION: &str = "log";
+pub(crate) const INDEX_EXTENSION: &str = "index";
+pub(crate) const TIME_INDEX_EXTENSION: &str = "timeindex";
+
+/// The segment being appended to. Its indexes live in memory only.
+#[derive(Debug, Clone)]
+pub(crate) struct ActiveSegment {
+    pub base_offset: i64,
+    pub path: PathBuf,
+    pub file: Rc<SegmentFile>,
+    /// The exact end of the batches written so far.
+    pub data_bytes: u64,
+    /// The written bytes of the last, partly filled page (`data_bytes % PAGE_BYTES` of
+    /// them): the next write starts at that page and rewrites it with more data behind.
+    pub tail_page: Vec<u8>,
+    pub index: SegmentIndex,
+    /// The offset after the last batch written to the file.
+    pub next_offset: i64,
+    pub created_at: Instant,
+}
+
+/// A segment that no longer changes. Its file and offset index are opened on demand and
+/// closed again when the shard's open-segment budget needs the room.
+#[derive(Debug, Clone)]
+pub(crate) struct SealedSegment {
+    pub base_offset: i64,
+    pub next_offset: i64,
+    pub max_timestamp: i64,
+    pub size_bytes: u64,
+    pub path: PathBuf,
+    pub open: Rc<OpenSlot>,
+}
+
+pub(crate) type OpenSlot = RefCell<Option<Rc<OpenSegment>>>;
+
+/// An opened segment file with its offset index, ready for reads.
+#[derive(Debug)]
+pub(crate) struct OpenSegment {
+    pub file: Rc<SegmentFile>,
+    pub index: SegmentIndex,
+}
+
+pub(crate) fn scan_settings(config: &LogConfig, stop_at_offset: Option<i64>) -> ScanSettings {
+    ScanSettings {
+        batch_bytes_max: config.batch_bytes_max as usize,
+        index_interval_bytes: config.index_interval_bytes,
+        stop_at_offset,
+    }
+}
+
+impl ActiveSegment {
+    /// Creates an empty segment file based at `base_offset`. The caller syncs the directory.
+    pub async fn create(dir: &Path, base_offset: i64, config: &LogConfig) -> Result<ActiveSegment> {
+        let path = io::segment_path(dir, base_offset, LOG_EXTENSION);
+        let preallocate = config.preallocate.then_some(config.segment_bytes);
+        let file = io::create_segment(&path, preallocate).await?;
+        // Index files left by an earlier segment of the same name must never be trusted.
+        remove_index_files(dir, base_offset).await?;
+        Ok(ActiveSegment {
+            base_offset,
+            path,
+            file: Rc::new(file),
+            data_bytes: 0,
+            tail_page: Vec::new(),
+            index: SegmentIndex::new(),
+            next_offset: base_offset,
+            created_at: Instant::now(),
+        })
+    }
+
+    /// Opens the last segment of a log. After a clean close its index files describe it
+    /// exactly and are trusted; otherwise it is scanned, and everything from the first
+    /// batch that fails validation on is cut off (it was never acknowledged durable).
+    /// Returns the segment and, when it was scanned, the scan.
+    pub async fn recover(
+        dir: &Path,
+        base_offset: i64,
+        config: &LogConfig,
+    ) -> Result<(ActiveSegment, Option<Scan>)> {
+        let path = io::segment_path(dir, base_offset, LOG_EXTENSION);
+        let file = io::open_segment(&path).await?;
+        let file_bytes = io::file_size(&file, &path).await?;
+        let (index, next_offset, data_bytes, scan) =
+            match load_trusted_index(dir, base_offset, file_bytes, config).await? {
+                Some((header, index)) => (index, header.next_offset, header.log_bytes, None),
+                None => {
+                    let scan = scan::scan_segment(
+                        &file,
+                        &path,
+                        base_offset,
+                        file_bytes,
+                        scan_settings(config, None),
+                    )
+                    .await?;
+                    if let ScanEnd::Invalid { reason } = &scan.end {
+                        tracing::warn!(
+                            segment = %path.display(),
+                            position = scan.end_position,
+                            reason = %reason,
+                            "cutting off the segment's unacknowledged tail"
+                        );
+                    }
+                    if scan.end_position < file_bytes {
+                        io::truncate(&file, &path, scan.end_position).await?;
+                        io::fdatasync(&file, &path).await?;
+                    }
+                    (
+                        scan.index.clone(),
+                        scan.next_offset,
+                        scan.end_position,
+                        Some(scan),
+                    )
+                }
+            };
+        // From here on the segment changes: its index files would become stale.
+        remove_index_files(dir, base_offset).await?;
+        if config.preallocate {
+            io::preallocate(&file, &path, config.segment_bytes).await?;
+        }
+        let tail_page = read_tail_page(&file, &path, data_bytes).await?;
+        let segment = ActiveSegment {
+            base_offset,
+            path,
+            file: Rc::new(file),
+            data_bytes,
+            tail_page,
+            index,
+            next_offset,
+            created_at: Instant::now(),
+        };
+        Ok((segment, scan))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data_bytes == 0
+    }
+
+    /// Makes this segment sealed: data synced, the file cut to the data's exact size, the
+    /// index files written. The caller has written and synced every batch of it.
+    pub async fn seal(self, dir: &Path) -> Result<SealedSegment> {
+        io::truncate(&self.file, &self.path, self.data_bytes).await?;
+        io::fdatasync(&self.file, &self.path).await?;
+        write_index_files(
+            dir,
+            self.base_offset,
+            self.next_offset,
+            self.data_bytes,
+            &self.index,
+        )
+        .await?;
+        let open = OpenSegment {
+            file: self.file,
+            index: self.index,
+        };
+        let max_timestamp = open.index.max_timestamp;
+        Ok(SealedSegment {
+            base_offset: self.base_offset,
+            next_offset: self.next_offset,
+            max_timestamp,
+            size_bytes: self.data_bytes,
+            path: self.path,
+            open: Rc::new(RefCell::new(Some(Rc::new(open)))),
+        })
+    }
+
+    /// Cuts the file to its data and writes the index files, so the next open trusts them
+    /// instead of scanning (a clean close).
+    pub async fn close_cleanly(self, dir: &Path) -> Result<()> {
+        io::truncate(&self.file, &self.path, self.data_bytes).await?;
+        io::fdatasync(&self.file, &self.path).await?;
+        write_index_files(
+            dir,
+            self.base_offset,
+            self.next_offset,
+            self.data_bytes,
+            &self.index,
+        )
+        .await
+    }
+}
+
+impl SealedSegment {
+    /// Opens a sealed segment of a log being opened: its facts come from the header of its
+    /// offset index, or, when that is missing or does not match the file, from a scan that
+    /// also rebuilds the index files. A sealed segment that does not scan cleanly to its end
+    /// is corrupt: that is reported, never skipped.
+    pub async fn recover(
+        dir: &Path,
+        base_offset: i64,
+        config: &LogConfig,
+    ) -> Result<SealedSegment> {
+        let path = io::segment_path(dir, base_offset, LOG_EXTENSION);
+        let file_bytes = std::fs::metadata(&path)
+            .map_err(|source| StorageError::Io {
+                operation: "reading size of",
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        let index_path = io::segment_path(dir, base_offset, INDEX_EXTENSION);
+        let header = io::read_small_file(&index_path, index_file_bytes_max(config))
+            .await?
+            .and_then(|bytes| index::decode_index_header(&bytes).ok())
+            .filter(|h| {
+                h.kind == IndexKind::Offset
+                    && h.base_offset == base_offset
+                    && h.log_bytes == file_bytes
+            });
+        let (next_offset, max_timestamp, open) = match header {
+            Some(header) => (header.next_offset, header.max_timestamp, None),
+            None => {
+                tracing::warn!(segment = %path.display(), "rebuilding missing or stale index");
+                let (file, scan) =
+                    rebuild_sealed(dir, &path, base_offset, file_bytes, config).await?;
+                let open = OpenSegment {
+                    file: Rc::new(file),
+                    index: scan.index.clone(),
+                };
+                (
+                    scan.next_offset,
+                    scan.index.max_timestamp,
+                    Some(Rc::new(open)),
+                )
+            }
+        };
+        Ok(SealedSegment {
+            base_offset,
+            next_offset,
+            max_timestamp,
+            size_bytes: file_bytes,
+            path,
+            open: Rc::new(RefCell::new(open)),
+        })
+    }
+
+    /// The opened file and offset index, opening them when closed. Returns whether it had
+    /// to open them (the caller then counts it against the open-segment budget).
+    pub async fn opened(&self, dir: &Path, config: &LogConfig) -> Result<(Rc<OpenSegment>, bool)> {
+        if let Some(open) = self.open.borrow().as_ref() {
+            return Ok((open.clone(), false));
+        }
+        let loaded = load_trusted_index(dir, self.base_offset, self.size_bytes, config).await?;
+        let open = match loaded {
+            Some((_, index)) => OpenSegment {
+                file: Rc::new(io::open_segment(&self.path).await?),
+                index,
+            },
+            None => {
+                tracing::warn!(segment = %self.path.display(), "rebuilding damaged index");
+                let (file, scan) =
+                    rebuild_sealed(dir, &self.path, self.base_offset, self.size_bytes, config)
+                        .await?;
+                OpenSegment {
+                    file: Rc::new(file),
+                    index: scan.index,
+                }
+            }
+        };
+        let open = Rc::new(open);
+        *self.open.borrow_mut() = Some(open.clone());
+        Ok((open, true))
+    }
+}
+
+/// Scans a sealed segment completely and rewrites its index files. The scan must reach the
+/// end of the file: anything else is corruption inside data that was sealed.
+async fn rebuild_sealed(
+    dir: &Path,
+    path: &Path,
+    base_offset: i64,
+    file_bytes: u64,
+    config: &LogConfig,
+) -> Result<(SegmentFile, Scan)> {
+    let file = io::open_segment(path).await?;
+    let scan = scan::scan_segment(
+        &file,
+        path,
+        base_offset,
+        file_bytes,
+        scan_settings(config, None),
+    )
+    .await?;
+    check_scanned_to_end(path, &scan, file_bytes)?;
+    write_index_files(dir, base_offset, scan.next_offset, file_bytes, &scan.index).await?;
+    Ok((file, scan))
+}
+
+/// A sealed segment's scan must end exactly at its size with nothing invalid before.
+pub(crate) fn check_scanned_to_end(path: &Path, scan: &Scan, data_bytes: u64) -> Result<()> {
+    let reason = match &scan.end {
+        ScanEnd::Invalid { reason } => reason.clone(),
+        _ if scan.end_position != data_bytes => "zeroed bytes inside sealed data".to_string(),
+        _ => return Ok(()),
+    };
+    Err(StorageError::Corrupt {
+        path: path.to_path_buf(),
+        position: scan.end_position,
+        reason,
+    })
+}
+
+/// An index file holds at most `index_entries_max` entries of at most 12 bytes.
+fn index_file_bytes_max(config: &LogConfig) -> usize {
+    index::INDEX_HEADER_BYTES + config.index_entries_max as usize * 12 + (1 << 16)
+}
+
+/// The index of a segment closed cleanly, if its files are there and match it exactly.
+async fn load_trusted_index(
+    dir: &Path,
+    base_offset: i64,
+    file_bytes: u64,
+    config: &LogConfig,
+) -> Result<Option<(IndexFileHeader, SegmentIndex)>> {
+    let mut index = SegmentIndex::new();
+    let mut offset_header = None;
+    for kind in [IndexKind::Offset, IndexKind::Time] {
+        let extension = if kind == IndexKind::Offset {
+            INDEX_EXTENSION
+        } else {
+            TIME_INDEX_EXTENSION
+        };
+        let path = io::segment_path(dir, base_offset, extension);
+        let Some(bytes) = io::read_small_file(&path, index_file_bytes_max(config)).await? else {
+            return Ok(None);
+        };
+        let Ok(header) = index::decode_index_header(&bytes) else {
+            return Ok(None);
+        };
+        let matches = header.kind == kind
+            && header.base_offset == base_offset
+            && header.log_bytes == file_bytes;
+        if !matches || index::decode_index_entries(&bytes, &header, &mut index).is_err() {
+            return Ok(None);
+        }
+        offset_header.get_or_insert(header);
+    }
+    Ok(offset_header.map(|header| (header, index)))
+}
+
+async fn write_index_files(
+    dir: &Path,
+    base_offset: i64,
+    next_offset: i64,
+    log_bytes: u64,
+    index: &SegmentIndex,
+) -> Result<()> {
+    for (kind, extension) in [
+        (IndexKind::Offset, INDEX_EXTENSION),
+        (IndexKind::Time, TIME_INDEX_EXTENSION),
+    ] {
+        let contents = index::encode_index_file(kind, index, base_offset, next_offset, log_bytes);
+        let name = format!("{base_offset:020}.{extension}");
+        io::write_file_atomically(dir, &name, &contents).await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn remove_index_files(dir: &Path, base_offset: i64) -> Result<()> {
+    for extension in [INDEX_EXTENSION, TIME_INDEX_EXTENSION] {
+        io::remove_file(&io::segment_path(dir, base_offset, extension)).await?;
+    }
+    Ok(())
+}
+
+/// Removes every file of a segment.
+pub(crate) async fn remove_segment_files(dir: &Path, base_offset: i64) -> Result<()> {
+    io::remove_file(&io::segment_path(dir, base_offset, LOG_EXTENSION)).await?;
+    remove_index_files(dir, base_offset).await
+}
+
+/// The bytes of the last, partly filled page before `data_bytes`.
+pub(crate) async fn read_tail_page(
+    file: &SegmentFile,
+    path: &Path,
+    data_bytes: u64,
+) -> Result<Vec<u8>> {
+    let start = io::align_down(data_bytes);
+    if start == data_bytes {
+        return Ok(Vec::new());
+    }
+    let page: Bytes = io::read_at(file, path, start, (data_bytes - start) as usize).await?;
+    if page.len() as u64 != data_bytes - start {
+        let reason = format!(
+            "last page holds {} bytes, expected {}",
+            page.len(),
+            data_bytes - start
+        );
+        return Err(StorageError::Corrupt {
+            path: path.to_path_buf(),
+            position: start,
+            reason,
+        });
+    }
+    Ok(page.to_vec())
+}

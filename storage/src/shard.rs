@@ -1,0 +1,69 @@
+//! What the logs of one shard share: the cache of recent batches and the budget of
+//! sealed segments kept open.
+//!
+//! **Invariant:** a `ShardStorage` and its logs are used from one thread only (they are
+//! `!Send`); other shards reach a log by asking its owner.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
+
+use crate::cache::{BatchCache, LogId};
+use crate::config::ShardStorageConfig;
+use crate::segment::OpenSlot;
+
+#[derive(Debug)]
+pub struct ShardStorage {
+    config: ShardStorageConfig,
+    pub(crate) cache: RefCell<BatchCache>,
+    /// Sealed segments opened for reads, oldest first. Closing one drops its file and
+    /// index; readers holding them finish with their own references.
+    open_segments: RefCell<VecDeque<Weak<OpenSlot>>>,
+    next_log_id: Cell<u64>,
+}
+
+impl ShardStorage {
+    pub fn new(config: ShardStorageConfig) -> Rc<ShardStorage> {
+        Rc::new(ShardStorage {
+            cache: RefCell::new(BatchCache::new(config.cache_bytes)),
+            open_segments: RefCell::new(VecDeque::new()),
+            next_log_id: Cell::new(0),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &ShardStorageConfig {
+        &self.config
+    }
+
+    /// Bytes the batch cache holds now.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.borrow().used_bytes()
+    }
+
+    pub(crate) fn allocate_log_id(&self) -> LogId {
+        let id = self.next_log_id.get();
+        self.next_log_id.set(id + 1);
+        LogId(id)
+    }
+
+    /// Counts a freshly opened sealed segment, closing the oldest ones beyond the budget.
+    pub(crate) fn opened_segment(&self, slot: &Rc<OpenSlot>) {
+        let mut open = self.open_segments.borrow_mut();
+        open.retain(|weak| weak.upgrade().is_some_and(|slot| slot.borrow().is_some()));
+        open.push_back(Rc::downgrade(slot));
+        while open.len() > self.config.open_segments_max {
+            if let Some(slot) = open.pop_front().and_then(|weak| weak.upgrade()) {
+                slot.borrow_mut().take();
+            }
+        }
+    }
+
+    /// Sealed segments open now.
+    pub fn open_segments(&self) -> usize {
+        let open = self.open_segments.borrow();
+        open.iter()
+            .filter(|weak| weak.upgrade().is_some_and(|slot| slot.borrow().is_some()))
+            .count()
+    }
+}

@@ -1,0 +1,177 @@
+//! Proves that a log written with `every-batch` loses nothing it acknowledged when its
+//! process is killed with SIGKILL at random moments, again and again: after every restart
+//! every acknowledged batch is there, in order and byte-identical, and appends continue.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use weir_storage::{Log, ShardStorage, ShardStorageConfig};
+use weir_tests::{crash_batch_stored, crash_log_config, crash_log_identity};
+use weir_wire::BatchHeader;
+
+const KILLS: usize = 60;
+
+/// A small deterministic generator, so a failing run can be repeated from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
+
+fn spawn_writer(dir: &Path) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crash-writer"))
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start crash-writer");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, receiver)
+}
+
+/// SIGKILL, as `kill -9` sends it (`Child::kill` sends SIGKILL on Unix), then reap.
+fn kill(child: &mut Child) {
+    child.kill().expect("kill -9 the writer");
+    child.wait().expect("reap the killed writer");
+}
+
+/// Reads the whole log in-process and checks every acknowledged batch against its
+/// expected bytes. Returns the log end offset.
+fn check_log(dir: &Path, acknowledged: &[i64]) -> i64 {
+    let executor = LocalExecutorBuilder::new(Placement::Unbound)
+        .make()
+        .expect("glommio executor");
+    let dir = dir.to_path_buf();
+    let acknowledged = acknowledged.to_vec();
+    executor.run(async move {
+        let shard = ShardStorage::new(ShardStorageConfig::default());
+        let log = Log::open(&dir, &crash_log_identity(), crash_log_config(), shard)
+            .await
+            .expect("recover log");
+        let mut stored = Vec::new();
+        let mut offset = 0;
+        loop {
+            let batches = log.read(offset, 1 << 20, i64::MAX).await.expect("read log");
+            let Some(last) = batches.last() else { break };
+            offset = BatchHeader::parse(last).expect("header").next_offset();
+            stored.extend(batches);
+        }
+        let mut expected_base = 0;
+        for batch in &stored {
+            let header = BatchHeader::parse(batch).expect("header");
+            assert_eq!(
+                header.base_offset, expected_base,
+                "batches must be contiguous and in order"
+            );
+            assert_eq!(
+                &batch[..],
+                &crash_batch_stored(header.base_offset)[..],
+                "batch at {} differs",
+                header.base_offset
+            );
+            expected_base = header.next_offset();
+        }
+        let present: std::collections::HashSet<i64> = stored
+            .iter()
+            .map(|b| BatchHeader::parse(b).expect("header").base_offset)
+            .collect();
+        for base in &acknowledged {
+            assert!(
+                present.contains(base),
+                "acknowledged batch at {base} was lost"
+            );
+        }
+        let end = log.log_end_offset();
+        log.close().await.expect("close after check");
+        end
+    })
+}
+
+#[test]
+fn acknowledged_batches_survive_repeated_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    println!("seed {seed}");
+    let mut rng = Rng(seed);
+    let mut acknowledged = Vec::new();
+    let mut kills_after_acks = 0;
+    for round in 0..KILLS {
+        let (mut child, lines) = spawn_writer(dir.path());
+        // Some kills land during recovery itself, most while appending.
+        let delay = Duration::from_millis(if round % 5 == 0 {
+            rng.below(15)
+        } else {
+            20 + rng.below(150)
+        });
+        let deadline = Instant::now() + delay;
+        let mut acked_this_round = 0;
+        while let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+            match lines.recv_timeout(wait) {
+                Ok(line) => {
+                    if let Some(base) = line.strip_prefix("acked ") {
+                        acknowledged.push(base.parse::<i64>().expect("acked offset"));
+                        acked_this_round += 1;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("crash-writer exited on its own in round {round}")
+                }
+            }
+        }
+        kill(&mut child);
+        // Lines already printed before the kill are acknowledgements too.
+        while let Ok(line) = lines.try_recv() {
+            if let Some(base) = line.strip_prefix("acked ") {
+                acknowledged.push(base.parse::<i64>().expect("acked offset"));
+                acked_this_round += 1;
+            }
+        }
+        if acked_this_round > 0 {
+            kills_after_acks += 1;
+        }
+        let end = check_log(dir.path(), &acknowledged);
+        assert!(
+            acknowledged.last().is_none_or(|last| end > *last),
+            "round {round}: log end {end} is not past the last ack"
+        );
+    }
+    assert!(
+        kills_after_acks >= 40,
+        "only {kills_after_acks} kills interrupted an appending writer"
+    );
+    let segments = std::fs::read_dir(dir.path())
+        .expect("list")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log"))
+        })
+        .count();
+    assert!(
+        segments > 3,
+        "the writer should have rolled segments, found {segments}"
+    );
+    println!(
+        "{} acknowledged batches survived {KILLS} kills across {segments} segments",
+        acknowledged.len()
+    );
+}
