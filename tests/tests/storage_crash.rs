@@ -13,7 +13,7 @@ use weir_storage::{Log, ShardStorage, ShardStorageConfig};
 use weir_tests::{crash_batch_stored, crash_log_config, crash_log_identity};
 use weir_wire::BatchHeader;
 
-const KILLS: usize = 60;
+const KILLS: usize = 70;
 
 /// A small deterministic generator, so a failing run can be repeated from its seed.
 struct Rng(u64);
@@ -116,35 +116,42 @@ fn acknowledged_batches_survive_repeated_kill_9() {
     let mut kills_after_acks = 0;
     for round in 0..KILLS {
         let (mut child, lines) = spawn_writer(dir.path());
-        // Some kills land during recovery itself, most while appending.
-        let delay = Duration::from_millis(if round % 5 == 0 {
-            rng.below(15)
-        } else {
-            20 + rng.below(150)
-        });
-        let deadline = Instant::now() + delay;
         let mut acked_this_round = 0;
-        while let Some(wait) = deadline.checked_duration_since(Instant::now()) {
-            match lines.recv_timeout(wait) {
-                Ok(line) => {
-                    if let Some(base) = line.strip_prefix("acked ") {
-                        acknowledged.push(base.parse::<i64>().expect("acked offset"));
-                        acked_this_round += 1;
+        let mut record = |line: String, acked: &mut usize| {
+            if let Some(base) = line.strip_prefix("acked ") {
+                acknowledged.push(base.parse::<i64>().expect("acked offset"));
+                *acked += 1;
+            }
+        };
+        if round % 5 == 0 {
+            // Some kills land while the writer opens and recovers the log.
+            std::thread::sleep(Duration::from_millis(rng.below(15)));
+        } else {
+            // The others land while it appends: wait for its first acknowledgement, then
+            // let it run for a random while.
+            while acked_this_round == 0 {
+                match lines.recv_timeout(Duration::from_secs(20)) {
+                    Ok(line) => record(line, &mut acked_this_round),
+                    Err(error) => {
+                        panic!("round {round}: no acknowledgement from crash-writer: {error}")
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => break,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("crash-writer exited on its own in round {round}")
+            }
+            let deadline = Instant::now() + Duration::from_millis(rng.below(100));
+            while let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+                match lines.recv_timeout(wait) {
+                    Ok(line) => record(line, &mut acked_this_round),
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        panic!("round {round}: crash-writer exited")
+                    }
                 }
             }
         }
         kill(&mut child);
         // Lines already printed before the kill are acknowledgements too.
         while let Ok(line) = lines.try_recv() {
-            if let Some(base) = line.strip_prefix("acked ") {
-                acknowledged.push(base.parse::<i64>().expect("acked offset"));
-                acked_this_round += 1;
-            }
+            record(line, &mut acked_this_round);
         }
         if acked_this_round > 0 {
             kills_after_acks += 1;
