@@ -28,6 +28,43 @@ fn io_error(
     }
 }
 
+thread_local! {
+    /// Devices whose I/O-polling support glommio has already probed on this thread.
+    static PROBED_DEVICES: std::cell::RefCell<std::collections::HashSet<u64>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+/// Makes glommio decide correctly whether `dir`'s device supports polled I/O.
+///
+/// glommio probes a device the first time a thread opens a `DmaFile` on it, by reading
+/// from that file, and caches the answer for the thread. When that file is empty the
+/// read succeeds trivially and the device is taken for pollable; every later read then
+/// fails with EOPNOTSUPP on devices that are not (seen on virtio disks). Opening a file
+/// with real data first makes the probe's read reach the device.
+pub async fn probe_direct_io(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let device = std::fs::metadata(dir)
+        .map_err(|e| io_error("inspecting", dir, e))?
+        .dev();
+    if PROBED_DEVICES.with(|probed| probed.borrow().contains(&device)) {
+        return Ok(());
+    }
+    let path = dir.join(".weir-direct-io-probe");
+    std::fs::write(&path, vec![0u8; PAGE_BYTES as usize])
+        .map_err(|e| io_error("writing", &path, e))?;
+    let opened = DmaFile::open(&path)
+        .await
+        .map_err(|e| io_error("opening", &path, e));
+    if let Ok(file) = opened {
+        file.close()
+            .await
+            .map_err(|e| io_error("closing", &path, e))?;
+    }
+    std::fs::remove_file(&path).map_err(|e| io_error("removing", &path, e))?;
+    PROBED_DEVICES.with(|probed| probed.borrow_mut().insert(device));
+    Ok(())
+}
+
 pub(crate) fn align_down(value: u64) -> u64 {
     value - value % PAGE_BYTES
 }
@@ -39,13 +76,13 @@ pub(crate) fn align_up(value: u64) -> u64 {
 /// Creates `path` (and parents) if missing, syncing the parent so the new entry survives.
 pub(crate) async fn ensure_dir(path: &Path) -> Result<()> {
     if path.is_dir() {
-        return Ok(());
+        return probe_direct_io(path).await;
     }
     std::fs::create_dir_all(path).map_err(|e| io_error("creating directory", path, e))?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(parent).await?;
     }
-    Ok(())
+    probe_direct_io(path).await
 }
 
 /// Makes the directory's entries (created, renamed, removed files) durable.
@@ -140,6 +177,67 @@ pub(crate) async fn read_at(
     Ok(out.freeze())
 }
 
+/// A page-aligned write prepared in a DMA buffer, ready to be submitted.
+pub(crate) struct PageWrite {
+    buffer: glommio::io::DmaBuffer,
+    position: u64,
+}
+
+impl std::fmt::Debug for PageWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PageWrite {{ position: {}, bytes: {} }}",
+            self.position,
+            self.buffer.len()
+        )
+    }
+}
+
+impl PageWrite {
+    /// Copies the first `len` bytes of `parts`, concatenated, into a DMA buffer for the
+    /// page-aligned `position`, zero-padding the last page.
+    pub fn new(file: &SegmentFile, position: u64, parts: &[&[u8]], len: usize) -> PageWrite {
+        assert_eq!(
+            position % PAGE_BYTES,
+            0,
+            "unaligned segment write at {position}"
+        );
+        let padded = align_up(len as u64) as usize;
+        let mut buffer = file.alloc_dma_buffer(padded);
+        let bytes = buffer.as_bytes_mut();
+        let mut at = 0;
+        for part in parts {
+            let take = part.len().min(len - at);
+            bytes[at..at + take].copy_from_slice(&part[..take]);
+            at += take;
+            if at == len {
+                break;
+            }
+        }
+        assert_eq!(at, len, "parts hold fewer than the {len} bytes to write");
+        bytes[len..].fill(0);
+        PageWrite { buffer, position }
+    }
+
+    /// Writes the pages. Returns once the write completed (not synced).
+    pub async fn submit(self, file: &SegmentFile, path: &Path) -> Result<()> {
+        let (position, padded) = (self.position, self.buffer.len());
+        let written = file
+            .write_at(self.buffer, position)
+            .await
+            .map_err(|e| io_error("writing", path, e))?;
+        if written != padded {
+            // O_DIRECT writes to a regular file are not expected to be short; if one is, the
+            // page contents are unknown and the log must not continue as if they were written.
+            let message = format!("short write: {written} of {padded} bytes at {position}");
+            let error = std::io::Error::new(ErrorKind::WriteZero, message);
+            return Err(io_error("writing", path, error));
+        }
+        Ok(())
+    }
+}
+
 /// Writes `parts`, concatenated, at the page-aligned `position`, padding the last page
 /// with zeros. Returns once the write completed (not synced).
 pub(crate) async fn write_pages(
@@ -148,37 +246,10 @@ pub(crate) async fn write_pages(
     position: u64,
     parts: &[&[u8]],
 ) -> Result<()> {
-    assert_eq!(
-        position % PAGE_BYTES,
-        0,
-        "unaligned segment write at {position} in {}",
-        path.display()
-    );
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let padded = align_up(len as u64) as usize;
-    let mut buffer = file.alloc_dma_buffer(padded);
-    let bytes = buffer.as_bytes_mut();
-    let mut at = 0;
-    for part in parts {
-        bytes[at..at + part.len()].copy_from_slice(part);
-        at += part.len();
-    }
-    bytes[len..].fill(0);
-    let written = file
-        .write_at(buffer, position)
+    let len = parts.iter().map(|p| p.len()).sum();
+    PageWrite::new(file, position, parts, len)
+        .submit(file, path)
         .await
-        .map_err(|e| io_error("writing", path, e))?;
-    if written != padded {
-        // O_DIRECT writes to a regular file are not expected to be short; if one is, the
-        // page contents are unknown and the log must not continue as if they were written.
-        let message = format!("short write: {written} of {padded} bytes at {position}");
-        return Err(io_error(
-            "writing",
-            path,
-            std::io::Error::new(ErrorKind::WriteZero, message),
-        ));
-    }
-    Ok(())
 }
 
 /// Replaces `dir/name` with `contents` so that after a crash either the old or the new

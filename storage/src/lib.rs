@@ -27,5 +27,6 @@ pub use checkpoint::PartitionMetadata;
 pub use config::{FlushPolicy, LogConfig, PAGE_BYTES, SEGMENT_BYTES_MAX, ShardStorageConfig};
 pub use epoch::{EpochEntry, LeaderEpochCache};
 pub use error::{Result, StorageError};
+pub use io::probe_direct_io;
 pub use log::{AppendInfo, Log, LogIdentity, LogStats, TimestampOffset};
 pub use shard::ShardStorage;

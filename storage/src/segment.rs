@@ -27,11 +27,16 @@ pub(crate) struct ActiveSegment {
     pub base_offset: i64,
     pub path: PathBuf,
     pub file: Rc<SegmentFile>,
-    /// The exact end of the batches written so far.
+    /// The exact end of the batches wholly written so far: readers may read up to here.
     pub data_bytes: u64,
-    /// The written bytes of the last, partly filled page (`data_bytes % PAGE_BYTES` of
-    /// them): the next write starts at that page and rewrites it with more data behind.
+    /// The end of the batches for which writes are planned (in flight or done).
+    pub planned_bytes: u64,
+    /// The bytes of the last, partly filled page of the planned data
+    /// (`planned_bytes % PAGE_BYTES` of them): the next write starts at that page and
+    /// rewrites it with more data behind.
     pub tail_page: Vec<u8>,
+    /// Whether the tail page holds planned bytes no write has carried to disk yet.
+    pub tail_unwritten: bool,
     pub index: SegmentIndex,
     /// The offset after the last batch written to the file.
     pub next_offset: i64,
@@ -80,7 +85,9 @@ impl ActiveSegment {
             path,
             file: Rc::new(file),
             data_bytes: 0,
+            planned_bytes: 0,
             tail_page: Vec::new(),
+            tail_unwritten: false,
             index: SegmentIndex::new(),
             next_offset: base_offset,
             created_at: Instant::now(),
@@ -142,7 +149,9 @@ impl ActiveSegment {
             path,
             file: Rc::new(file),
             data_bytes,
+            planned_bytes: data_bytes,
             tail_page,
+            tail_unwritten: false,
             index,
             next_offset,
             created_at: Instant::now(),
@@ -150,13 +159,15 @@ impl ActiveSegment {
         Ok((segment, scan))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.data_bytes == 0
-    }
-
     /// Makes this segment sealed: data synced, the file cut to the data's exact size, the
     /// index files written. The caller has written and synced every batch of it.
     pub async fn seal(self, dir: &Path) -> Result<SealedSegment> {
+        assert_eq!(
+            self.planned_bytes,
+            self.data_bytes,
+            "sealing {} with writes outstanding",
+            self.path.display()
+        );
         io::truncate(&self.file, &self.path, self.data_bytes).await?;
         io::fdatasync(&self.file, &self.path).await?;
         write_index_files(
