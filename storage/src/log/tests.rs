@@ -256,6 +256,62 @@ fn concurrent_appenders_share_syncs() {
 }
 
 #[test]
+fn interval_and_never_policies_write_behind_and_sync_on_tick() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let interval = FlushPolicy::Interval { interval_ms: 20 };
+        let log = open(
+            &dir.path().join("interval"),
+            LogConfig {
+                flush: interval,
+                ..small_config()
+            },
+            1 << 20,
+        )
+        .await;
+        log.append(batch(0, 1, 100, 0), 0).await.unwrap();
+        assert_eq!(
+            (log.log_end_offset(), log.durable_offset()),
+            (1, 0),
+            "not synced on append"
+        );
+        log.tick().await.unwrap();
+        assert_eq!(log.stats().syncs, 0, "not synced before the interval is up");
+        glommio::timer::sleep(Duration::from_millis(25)).await;
+        log.tick().await.unwrap();
+        assert_eq!((log.durable_offset(), log.stats().syncs), (1, 1));
+
+        let log = open(
+            &dir.path().join("never"),
+            LogConfig {
+                flush: FlushPolicy::Never,
+                ..small_config()
+            },
+            1 << 20,
+        )
+        .await;
+        log.append(batch(0, 1, 100, 0), 0).await.unwrap();
+        assert_eq!(
+            log.stats().writes,
+            0,
+            "a small append waits for a write's worth"
+        );
+        log.tick().await.unwrap();
+        assert_eq!(
+            (log.stats().writes, log.stats().syncs, log.durable_offset()),
+            (1, 0, 0)
+        );
+        // Past a write's worth, appends start writing in the background.
+        for seed in 1..40 {
+            log.append(batch(seed, 1, 1000, 0), 0).await.unwrap();
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        assert!(log.stats().writes > 2, "{:?}", log.stats());
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn segments_roll_by_size_by_age_and_on_request() {
     run(|| async {
         let dir = tempfile::tempdir().unwrap();
