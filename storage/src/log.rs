@@ -157,6 +157,8 @@ pub struct Log {
     id: LogId,
     state: RefCell<LogState>,
     io: IoLock,
+    /// Fired on every append and whenever the durable offset advances.
+    changed: Event,
 }
 
 /// Held by whoever writes, syncs, rolls, truncates, deletes segments or closes. Every
@@ -257,6 +259,7 @@ impl Log {
                 semaphore: Semaphore::new(1),
                 released: Event::new(),
             },
+            changed: Event::new(),
             state: RefCell::new(LogState {
                 sealed,
                 active,
@@ -349,15 +352,49 @@ impl Log {
     /// The CRC is checked, never recomputed. With `every-batch` this completes once the
     /// batch is durable; otherwise once it is queued (or written, when too much is queued).
     pub async fn append(self: &Rc<Self>, batch: BytesMut, leader_epoch: i32) -> Result<AppendInfo> {
+        let info = self.start_append(batch, leader_epoch)?;
+        self.finish_append(&info).await?;
+        Ok(info)
+    }
+
+    /// The synchronous half of [`Log::append`]: validates the batch, assigns its offsets and
+    /// makes it readable. Batches get offsets in the order of these calls, so a caller that
+    /// must keep an order (one connection's produce requests) calls this in that order and
+    /// awaits [`Log::finish_append`] afterwards.
+    pub fn start_append(&self, batch: BytesMut, leader_epoch: i32) -> Result<AppendInfo> {
         let info = self.enqueue(batch, leader_epoch)?;
+        self.changed.notify(usize::MAX);
+        Ok(info)
+    }
+
+    /// The asynchronous half of [`Log::append`]: with `every-batch`, waits until the batch
+    /// is durable; otherwise starts writing in the background once enough is pending.
+    pub async fn finish_append(self: &Rc<Self>, info: &AppendInfo) -> Result<()> {
         let next_offset = info.last_offset + 1;
         match self.config.flush {
-            FlushPolicy::EveryBatch => self.wait_until(next_offset, Reach::Durable).await?,
+            FlushPolicy::EveryBatch => self.wait_until(next_offset, Reach::Durable).await,
             FlushPolicy::Interval { .. } | FlushPolicy::Never => {
-                self.write_behind(next_offset).await?
+                self.write_behind(next_offset).await
             }
         }
-        Ok(info)
+    }
+
+    /// Waits, without forcing a sync, until every batch before `offset` is durable (for
+    /// the `interval` policy, until the next periodic sync).
+    pub async fn wait_durable(&self, offset: i64) -> Result<()> {
+        loop {
+            let changed = self.changed.listen();
+            if self.reached(offset, Reach::Durable)? {
+                return Ok(());
+            }
+            changed.await;
+        }
+    }
+
+    /// Fires whenever a batch is appended or the durable offset advances, for readers that
+    /// wait for new data (long-polling fetches). Listen, then check, then await.
+    pub fn listen_changes(&self) -> event_listener::EventListener {
+        self.changed.listen()
     }
 
     fn enqueue(&self, mut batch: BytesMut, leader_epoch: i32) -> Result<AppendInfo> {
@@ -785,6 +822,7 @@ impl Log {
         state.durable_offset = state.durable_offset.max(written);
         state.last_sync_at = Instant::now();
         state.stats.syncs += 1;
+        self.changed.notify(usize::MAX);
         Ok(())
     }
 

@@ -282,6 +282,49 @@ pub fn validate(bytes: &[u8], max_bytes: usize) -> Result<BatchHeader, WireError
     Ok(header)
 }
 
+/// The byte ranges of the batches in `bytes`, which must hold whole batches back to back,
+/// each at most `batch_bytes_max` long. Only the length fields are checked here; validate
+/// each batch before trusting it.
+pub fn split_batches(
+    bytes: &[u8],
+    batch_bytes_max: usize,
+) -> Result<Vec<std::ops::Range<usize>>, WireError> {
+    let mut ranges = Vec::with_capacity(bytes.len() / BATCH_HEADER_BYTES + 1);
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        let total = peek_total_bytes(rest).ok_or(WireError::Truncated {
+            what: "record batch length",
+            needed: LOG_OVERHEAD_BYTES,
+            available: rest.len(),
+        })?;
+        if total < BATCH_HEADER_BYTES as i64 {
+            let batch_length = (total - LOG_OVERHEAD_BYTES as i64) as i32;
+            return Err(WireError::InvalidBatchLength {
+                batch_length,
+                reason: "shorter than a record batch header",
+            });
+        }
+        if total > batch_bytes_max as i64 {
+            return Err(WireError::BatchTooLarge {
+                size: total as usize,
+                max: batch_bytes_max,
+            });
+        }
+        let total = total as usize;
+        if total > rest.len() {
+            return Err(WireError::Truncated {
+                what: "record batch",
+                needed: total,
+                available: rest.len(),
+            });
+        }
+        ranges.push(at..at + total);
+        at += total;
+    }
+    Ok(ranges)
+}
+
 /// The CRC-32C of a whole batch's covered bytes (attributes to end).
 pub fn compute_crc(batch: &[u8]) -> u32 {
     crc32c::crc32c(batch.get(field::CRC_START..).unwrap_or_default())
@@ -393,9 +436,24 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn concatenated_batches_split_at_their_boundaries() {
+        let (a, b) = (sample(), sample());
+        let mut both = a.clone();
+        both.extend_from_slice(&b);
+        assert_eq!(
+            split_batches(&both, 1 << 20).unwrap(),
+            vec![0..a.len(), a.len()..a.len() + b.len()]
+        );
+        assert!(split_batches(&both[..both.len() - 1], 1 << 20).is_err());
+        assert!(split_batches(&both, 10).is_err());
+        assert!(split_batches(&[], 10).unwrap().is_empty());
+    }
+
     quickcheck! {
         fn random_bytes_never_panic(bytes: Vec<u8>) -> bool {
             let _ = validate(&bytes, 1 << 16);
+            let _ = split_batches(&bytes, 1 << 16);
             let _ = BatchHeader::parse(&bytes);
             let _ = peek_total_bytes(&bytes);
             true

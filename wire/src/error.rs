@@ -40,4 +40,13 @@ pub enum WireError {
 
     #[error("compressed record batches ({codec}) cannot be decoded here")]
     CompressedRecords { codec: &'static str },
+
+    #[error("frame of {size} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge { size: usize, max: usize },
+
+    #[error("invalid frame: {reason}")]
+    InvalidFrame { reason: &'static str },
+
+    #[error("invalid flatbuffer: {reason}")]
+    InvalidFlatbuffer { reason: String },
 }

@@ -10,11 +10,13 @@
 //!   CRC so that appending never recomputes it.
 //! - [`record`]: the records inside an uncompressed batch, and a builder for batches.
 //! - [`varint`]: the zig-zag varints the record format uses.
+//! - [`native`]: frames of weir's native protocol and its flatbuffers schema.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod batch;
 mod error;
+pub mod native;
 pub mod record;
 pub mod varint;
 
