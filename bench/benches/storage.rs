@@ -2,7 +2,7 @@
 //! same run.
 //!
 //! `cargo bench -p weir-bench --bench storage` measures the raw limits of the device under
-//! `WEIR_BENCH_DIR` (default `target/weir-bench-data`), runs the criterion throughput
+//! `BENCH_DATA_DIR` (default `target/weir-bench-data`), runs the criterion throughput
 //! groups, then the append latency runs, and prints a summary with every ratio (also
 //! written to `target/weir-bench/storage.json`).
 
@@ -29,7 +29,7 @@ fn workspace_target() -> PathBuf {
 }
 
 fn bench_dir() -> PathBuf {
-    std::env::var_os("WEIR_BENCH_DIR")
+    std::env::var_os("BENCH_DATA_DIR")
         .map_or_else(|| workspace_target().join("weir-bench-data"), PathBuf::from)
 }
 

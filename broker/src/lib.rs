@@ -1,3 +1,15 @@
-//! The weir broker: executors, shards, listeners, coordinators, config, metrics.
-//!
-//! Only the command-line entry exists so far; see `src/main.rs`.
+//! The weir broker: executors and shards, the channel mesh between them, the native
+//! protocol's listeners, metadata, committed offsets, configuration and metrics.
+//! See `docs/ARCHITECTURE.md`.
+
+pub mod boot;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metadata;
+pub mod metrics;
+pub mod native;
+pub mod offsets;
+pub mod router;
+pub mod shard;
+pub mod topic;

@@ -1,8 +1,10 @@
 //! The `weir` command.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use weir_broker::config::{BrokerConfig, FlagOverrides};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,21 +21,50 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve {
-        /// Where partitions are stored.
-        #[arg(long, default_value = "./weir-data")]
-        data_dir: PathBuf,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        native_listen: Option<SocketAddr>,
+        #[arg(long)]
+        kafka_listen: Option<SocketAddr>,
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+        /// Shards, one per core (default: every core).
+        #[arg(long)]
+        cores: Option<usize>,
+        /// A TOML configuration file (see docs/CONFIG.md).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
-        Command::Serve { data_dir } => {
-            std::fs::create_dir_all(&data_dir)?;
-            anyhow::bail!(
-                "weir serve: the data directory {} is ready, but the network broker is not built yet \
-                 (only the storage engine is); see README.md",
-                data_dir.display()
-            )
+        Command::Serve {
+            data_dir,
+            native_listen,
+            kafka_listen,
+            http_listen,
+            cores,
+            config,
+        } => {
+            let flags = FlagOverrides {
+                data_dir,
+                native_listen,
+                kafka_listen,
+                http_listen,
+                cores,
+            };
+            let env = std::env::vars().filter(|(k, _)| k != "WEIR_LOG");
+            let config = BrokerConfig::load(config.as_deref(), env, &flags)?;
+            weir_broker::boot::serve(config)
         }
     }
 }

@@ -49,7 +49,12 @@ pub async fn probe_direct_io(dir: &Path) -> Result<()> {
     if PROBED_DEVICES.with(|probed| probed.borrow().contains(&device)) {
         return Ok(());
     }
-    let path = dir.join(".weir-direct-io-probe");
+    // Each thread probes with its own file: shards probe the same directory at once.
+    let path = dir.join(format!(
+        ".weir-direct-io-probe-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     std::fs::write(&path, vec![0u8; PAGE_BYTES as usize])
         .map_err(|e| io_error("writing", &path, e))?;
     let opened = DmaFile::open(&path)

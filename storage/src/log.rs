@@ -220,6 +220,12 @@ impl Log {
         shard: Rc<ShardStorage>,
     ) -> Result<Rc<Log>> {
         config.validate()?;
+        // glommio opens relative paths against no directory (EBADF): work with absolute ones.
+        let dir = &std::path::absolute(dir).map_err(|source| StorageError::Io {
+            operation: "resolving",
+            path: dir.to_path_buf(),
+            source,
+        })?;
         io::ensure_dir(dir).await?;
         let metadata = load_or_create_metadata(dir, identity).await?;
         let bases = list_segments(dir, metadata.log_start_offset).await?;

@@ -1,0 +1,205 @@
+//! Starting and stopping the broker: one pinned glommio executor per shard, the channel
+//! mesh between them, listeners, and a graceful stop on SIGTERM or SIGINT.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
+
+use crate::config::BrokerConfig;
+use crate::router::{self, Envelope, Router};
+use crate::shard::Shard;
+
+/// How long a stopping shard waits for its in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What all shards share: the stop flag (set by signals) and start/stop barriers.
+#[derive(Debug, Default)]
+struct Lifecycle {
+    shutdown: Arc<AtomicBool>,
+    ready: Arc<AtomicBool>,
+    started: AtomicUsize,
+    drained: AtomicUsize,
+}
+
+/// Runs the broker until SIGTERM or SIGINT, then stops it gracefully.
+pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    config.data_dir = std::fs::canonicalize(&config.data_dir)?;
+    config.native_listen = claim_port(config.native_listen).context("native listener")?;
+    config.http_listen = claim_port(config.http_listen).context("http listener")?;
+    let shards = config.shard_count();
+    let lifecycle = Arc::new(Lifecycle::default());
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, lifecycle.shutdown.clone())
+            .context("installing signal handlers")?;
+    }
+    let config = Arc::new(config);
+    let mesh = router::mesh(shards);
+    let mut handles = Vec::with_capacity(shards);
+    for id in 0..shards {
+        let cpu = config.cpus.get(id).copied().unwrap_or(id);
+        let (config, mesh, lifecycle) = (config.clone(), mesh.clone(), lifecycle.clone());
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("weir-shard-{id}"))
+            .spawn(move || async move { run_shard(id, shards, config, mesh, lifecycle).await })
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("starting shard {id} on CPU {cpu} (weir needs io_uring and locked memory; see README)"))?;
+        handles.push(handle);
+    }
+    let mut failure = None;
+    for (id, handle) in handles.into_iter().enumerate() {
+        let result = handle
+            .join()
+            .map_err(|e| anyhow::anyhow!("shard {id} stopped: {e}"))
+            .and_then(|r| r);
+        if let Err(error) = result {
+            lifecycle.shutdown.store(true, Ordering::Release);
+            failure.get_or_insert(error.context(format!("shard {id}")));
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+fn glommio_error<T>(error: glommio::GlommioError<T>) -> anyhow::Error {
+    anyhow::anyhow!(std::io::Error::from(error))
+}
+
+/// Resolves port 0 to a free port and checks that no other process listens on the
+/// address: every shard then binds it with SO_REUSEPORT, which would otherwise let a
+/// second broker share the port silently.
+fn claim_port(address: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let probe =
+        StdListener::bind(address).with_context(|| format!("{address} is not available"))?;
+    Ok(probe.local_addr()?)
+}
+
+async fn run_shard(
+    id: usize,
+    count: usize,
+    config: Arc<BrokerConfig>,
+    mesh: glommio::channels::channel_mesh::FullMesh<Envelope>,
+    lifecycle: Arc<Lifecycle>,
+) -> anyhow::Result<()> {
+    let (senders, receivers) = mesh
+        .join()
+        .await
+        .map_err(|e| glommio_error(e).context("joining the shard mesh"))?;
+    let router = Router::new(id, senders);
+    let shard = Shard::new(
+        id,
+        count,
+        config.clone(),
+        router.clone(),
+        lifecycle.shutdown.clone(),
+    )?;
+    router.serve(shard.clone(), receivers);
+    let executor = glommio::executor();
+    let requests = executor.create_task_queue(
+        Shares::Static(1000),
+        Latency::Matters(Duration::from_millis(1)),
+        "requests",
+    );
+    let background =
+        executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
+    let started = start(&shard, &config, &lifecycle, requests, background).await;
+    if let Err(error) = &started {
+        tracing::error!(
+            shard = id,
+            error = format!("{error:#}"),
+            "shard failed to start; stopping the broker"
+        );
+        lifecycle.shutdown.store(true, Ordering::Release);
+    }
+    while !lifecycle.shutdown.load(Ordering::Acquire) {
+        glommio::timer::sleep(Duration::from_millis(config.tick_ms)).await;
+    }
+    stop(&shard, &lifecycle, count).await;
+    started
+}
+
+async fn start(
+    shard: &Rc<Shard>,
+    config: &BrokerConfig,
+    lifecycle: &Lifecycle,
+    requests: glommio::TaskQueueHandle,
+    background: glommio::TaskQueueHandle,
+) -> anyhow::Result<()> {
+    weir_storage::probe_direct_io(&config.data_dir).await?;
+    if shard.id == 0 {
+        shard.start_controller().await.context("loading metadata")?;
+    } else {
+        while shard.image().version == 0 && !shard.shutting_down() {
+            let changed = shard.metadata_changed.listen();
+            if shard.image().version == 0 {
+                changed.await;
+            }
+        }
+    }
+    let listener = glommio::net::TcpListener::bind(config.native_listen)
+        .map_err(|e| glommio_error(e).context(format!("binding {}", config.native_listen)))?;
+    glommio::spawn_local_into(
+        crate::native::serve_listener(shard.clone(), listener),
+        requests,
+    )
+    .map_err(glommio_error)?
+    .detach();
+    glommio::spawn_local_into(shard.clone().run_background(), background)
+        .map_err(glommio_error)?
+        .detach();
+    lifecycle.started.fetch_add(1, Ordering::AcqRel);
+    if shard.id == 0 {
+        let http = glommio::net::TcpListener::bind(config.http_listen)
+            .map_err(|e| glommio_error(e).context(format!("binding {}", config.http_listen)))?;
+        glommio::spawn_local_into(
+            crate::http::serve(shard.clone(), http, lifecycle.ready.clone()),
+            requests,
+        )
+        .map_err(glommio_error)?
+        .detach();
+        while lifecycle.started.load(Ordering::Acquire) < shard.count && !shard.shutting_down() {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        lifecycle.ready.store(true, Ordering::Release);
+        announce(config, shard.count);
+    }
+    Ok(())
+}
+
+/// Tells whoever started the broker (people, scripts, tests) where it serves.
+fn announce(config: &BrokerConfig, shards: usize) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(
+        stdout,
+        "weir serving native={} http={} shards={shards} data_dir={}",
+        config.native_listen,
+        config.http_listen,
+        config.data_dir.display()
+    );
+    let _ = stdout.flush();
+}
+
+/// Stops accepting (the listeners watch the flag), waits for this shard's in-flight
+/// requests, waits for every shard to get there (they may still call this one), then
+/// closes the logs.
+async fn stop(shard: &Rc<Shard>, lifecycle: &Lifecycle, count: usize) {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while shard.requests_in_flight() > 0 && Instant::now() < deadline {
+        let drained = shard.drained.listen();
+        if shard.requests_in_flight() > 0 {
+            futures_lite::future::or(drained, glommio::timer::sleep(Duration::from_millis(10)))
+                .await;
+        }
+    }
+    lifecycle.drained.fetch_add(1, Ordering::AcqRel);
+    while lifecycle.drained.load(Ordering::Acquire) < count && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    shard.close().await;
+}

@@ -1,0 +1,353 @@
+//! The broker's settings: defaults, then a TOML file, then `WEIR_*` environment
+//! variables, then command-line flags, each overriding the one before. An unknown key in
+//! any of them is an error, so that a misspelt setting (say, a flush policy) is never
+//! silently ignored. Every key is documented with its default in `docs/CONFIG.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use weir_storage::{FlushPolicy, LogConfig, ShardStorageConfig};
+
+/// Prefix of the environment variables that set configuration keys.
+pub const ENV_PREFIX: &str = "WEIR_";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Where partitions and metadata are stored.
+    pub data_dir: PathBuf,
+    /// This broker's id (a single node is node 0).
+    pub node_id: i32,
+    /// Where the native protocol listens.
+    pub native_listen: SocketAddr,
+    /// Reserved for the Kafka-protocol gateway (not served yet).
+    pub kafka_listen: SocketAddr,
+    /// Where `/metrics`, `/health` and `/ready` are served.
+    pub http_listen: SocketAddr,
+    /// The host clients are told to connect to; empty means the native listen address
+    /// (or 127.0.0.1 when that is a wildcard address).
+    pub advertised_host: String,
+    /// Shards (one executor per core); 0 means every core.
+    pub cores: usize,
+    /// CPUs to pin shards to, in shard order; empty means CPUs 0, 1, ...
+    pub cpus: Vec<usize>,
+    /// The largest frame a client may send (Kafka's `socket.request.max.bytes`).
+    pub frame_bytes_max: usize,
+    /// Bytes of requests a shard holds at once; beyond it, the shard stops reading
+    /// sockets until responses are written (backpressure).
+    pub shard_memory_bytes: usize,
+    /// Requests one connection may have in flight.
+    pub connection_requests_max: usize,
+    /// Connections one shard accepts at once.
+    pub shard_connections_max: usize,
+    /// Byte budget of each shard's cache of recent batches.
+    pub cache_bytes: u64,
+    /// Sealed segments each shard keeps open.
+    pub open_segments_max: usize,
+    /// Partitions of a topic created without a count.
+    pub default_partitions: i32,
+    /// Partitions of the internal topic holding committed offsets (fixed at creation).
+    pub offsets_topic_partitions: i32,
+    /// Period of each shard's background tick (write-behind, interval syncs, shutdown).
+    pub tick_ms: u64,
+    /// Period of retention checks (Kafka's `log.retention.check.interval.ms`).
+    pub retention_check_ms: u64,
+    /// Topic defaults (overridable per topic): see `docs/CONFIG.md`.
+    pub log_segment_bytes: u64,
+    pub log_segment_ms: u64,
+    /// -1 keeps data forever.
+    pub log_retention_ms: i64,
+    /// -1 means no size limit.
+    pub log_retention_bytes: i64,
+    /// `every-batch`, `interval(MS)` or `never`.
+    pub log_flush: String,
+    pub log_index_interval_bytes: u32,
+    pub log_batch_bytes_max: u32,
+    pub log_preallocate: bool,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> BrokerConfig {
+        let log = LogConfig::default();
+        BrokerConfig {
+            data_dir: PathBuf::from("./weir-data"),
+            node_id: 0,
+            native_listen: SocketAddr::from(([0, 0, 0, 0], 9192)),
+            kafka_listen: SocketAddr::from(([0, 0, 0, 0], 9092)),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 9644)),
+            advertised_host: String::new(),
+            cores: 0,
+            cpus: Vec::new(),
+            frame_bytes_max: 100 << 20,
+            shard_memory_bytes: 512 << 20,
+            connection_requests_max: 1024,
+            shard_connections_max: 10_000,
+            cache_bytes: ShardStorageConfig::default().cache_bytes,
+            open_segments_max: ShardStorageConfig::default().open_segments_max,
+            default_partitions: 1,
+            offsets_topic_partitions: 8,
+            tick_ms: 5,
+            retention_check_ms: 300_000,
+            log_segment_bytes: log.segment_bytes,
+            log_segment_ms: log.segment_ms,
+            log_retention_ms: log.retention_ms.map_or(-1, |ms| ms as i64),
+            log_retention_bytes: log.retention_bytes.map_or(-1, |bytes| bytes as i64),
+            log_flush: log.flush.to_string(),
+            log_index_interval_bytes: log.index_interval_bytes,
+            log_batch_bytes_max: log.batch_bytes_max,
+            log_preallocate: log.preallocate,
+        }
+    }
+}
+
+/// Settings given as command-line flags, which override everything else.
+#[derive(Debug, Clone, Default)]
+pub struct FlagOverrides {
+    pub data_dir: Option<PathBuf>,
+    pub native_listen: Option<SocketAddr>,
+    pub kafka_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub cores: Option<usize>,
+}
+
+impl BrokerConfig {
+    /// Layers the file (if any), the environment and the flags over the defaults, then
+    /// validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        environment: impl IntoIterator<Item = (String, String)>,
+        flags: &FlagOverrides,
+    ) -> anyhow::Result<BrokerConfig> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading config file {}: {e}", path.display()))?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in environment {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            table.insert(key.to_ascii_lowercase(), env_value(&value));
+        }
+        let mut config: BrokerConfig = toml::Value::Table(table).try_into().map_err(|e| {
+            anyhow::anyhow!("configuration (file, then {ENV_PREFIX}* environment): {e}")
+        })?;
+        config.apply(flags);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, flags: &FlagOverrides) {
+        if let Some(dir) = &flags.data_dir {
+            self.data_dir = dir.clone();
+        }
+        if let Some(address) = flags.native_listen {
+            self.native_listen = address;
+        }
+        if let Some(address) = flags.kafka_listen {
+            self.kafka_listen = address;
+        }
+        if let Some(address) = flags.http_listen {
+            self.http_listen = address;
+        }
+        if let Some(cores) = flags.cores {
+            self.cores = cores;
+        }
+    }
+
+    /// Checks every limit and the relations between settings.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+        anyhow::ensure!(
+            self.cores <= available,
+            "cores = {} but this machine has {available}",
+            self.cores
+        );
+        anyhow::ensure!(
+            self.cpus.is_empty() || self.cpus.len() >= self.shard_count(),
+            "cpus lists {} CPUs for {} shards",
+            self.cpus.len(),
+            self.shard_count()
+        );
+        anyhow::ensure!(
+            self.cpus.iter().all(|cpu| *cpu < available),
+            "cpus names a CPU this machine lacks"
+        );
+        anyhow::ensure!(
+            self.frame_bytes_max >= 1024,
+            "frame_bytes_max must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.shard_memory_bytes >= self.frame_bytes_max,
+            "shard_memory_bytes ({}) must hold at least one frame of frame_bytes_max ({})",
+            self.shard_memory_bytes,
+            self.frame_bytes_max
+        );
+        anyhow::ensure!(
+            self.connection_requests_max > 0,
+            "connection_requests_max must be positive"
+        );
+        anyhow::ensure!(
+            self.shard_connections_max > 0,
+            "shard_connections_max must be positive"
+        );
+        anyhow::ensure!(
+            self.default_partitions > 0,
+            "default_partitions must be positive"
+        );
+        anyhow::ensure!(
+            self.offsets_topic_partitions > 0,
+            "offsets_topic_partitions must be positive"
+        );
+        anyhow::ensure!(
+            self.tick_ms > 0 && self.tick_ms <= 1000,
+            "tick_ms must be within 1..=1000"
+        );
+        self.log_config()?.validate()?;
+        Ok(())
+    }
+
+    /// Shards this broker runs.
+    pub fn shard_count(&self) -> usize {
+        if self.cores == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.cores
+        }
+    }
+
+    /// The log settings topics get unless they override them.
+    pub fn log_config(&self) -> anyhow::Result<LogConfig> {
+        Ok(LogConfig {
+            segment_bytes: self.log_segment_bytes,
+            segment_ms: self.log_segment_ms,
+            retention_ms: u64::try_from(self.log_retention_ms).ok(),
+            retention_bytes: u64::try_from(self.log_retention_bytes).ok(),
+            flush: self.log_flush.parse::<FlushPolicy>()?,
+            index_interval_bytes: self.log_index_interval_bytes,
+            batch_bytes_max: self.log_batch_bytes_max,
+            preallocate: self.log_preallocate,
+            ..LogConfig::default()
+        })
+    }
+
+    pub fn storage_config(&self) -> ShardStorageConfig {
+        ShardStorageConfig {
+            cache_bytes: self.cache_bytes,
+            open_segments_max: self.open_segments_max,
+        }
+    }
+
+    /// The host clients should connect to.
+    pub fn advertised_host(&self) -> String {
+        if !self.advertised_host.is_empty() {
+            return self.advertised_host.clone();
+        }
+        let ip = self.native_listen.ip();
+        if ip.is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            ip.to_string()
+        }
+    }
+}
+
+/// An environment value as TOML would read it (`2`, `true`, `[1, 2]`), else a string.
+fn env_value(text: &str) -> toml::Value {
+    let wrapped = format!("value = {text}");
+    toml::from_str::<toml::Table>(&wrapped)
+        .ok()
+        .and_then(|mut table| table.remove("value"))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        flags: FlagOverrides,
+    ) -> anyhow::Result<BrokerConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        BrokerConfig::load(file.map(|_| path.as_path()), env, &flags)
+    }
+
+    #[test]
+    fn defaults_serve_a_single_node_from_weir_data() {
+        let config = load(None, &[], FlagOverrides::default()).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("./weir-data"));
+        assert_eq!(
+            (
+                config.native_listen.port(),
+                config.kafka_listen.port(),
+                config.http_listen.port()
+            ),
+            (9192, 9092, 9644)
+        );
+        assert_eq!(config.log_config().unwrap().flush, FlushPolicy::EveryBatch);
+    }
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        let file = "cores = 1\nlog_flush = \"never\"\ndefault_partitions = 3\n";
+        let env = [
+            ("WEIR_LOG_FLUSH", "interval(50)"),
+            ("WEIR_DEFAULT_PARTITIONS", "5"),
+            ("PATH", "/bin"),
+        ];
+        let flags = FlagOverrides {
+            data_dir: Some("/tmp/x".into()),
+            ..FlagOverrides::default()
+        };
+        let config = load(Some(file), &env, flags).unwrap();
+        assert_eq!(config.cores, 1);
+        assert_eq!(config.log_flush, "interval(50)");
+        assert_eq!(config.default_partitions, 5);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            (Some("log_flsh = \"never\""), &[], "unknown field"),
+            (None, &[("WEIR_LOG_FLSH", "never")], "unknown field"),
+            (None, &[("WEIR_LOG_FLUSH", "sometimes")], "flush policy"),
+            (None, &[("WEIR_FRAME_BYTES_MAX", "10")], "frame_bytes_max"),
+            (None, &[("WEIR_CORES", "1000")], "cores"),
+            (Some("cores = \"two\""), &[], "invalid type"),
+        ];
+        for (file, env, expected) in cases {
+            let error = load(*file, env, FlagOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{file:?} {env:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let documented =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/CONFIG.md"))
+                .unwrap();
+        let defaults = toml::Table::try_from(BrokerConfig::default()).unwrap();
+        for key in defaults.keys() {
+            assert!(
+                documented.contains(&format!("`{key}`")),
+                "docs/CONFIG.md does not document {key}"
+            );
+        }
+    }
+}

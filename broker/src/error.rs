@@ -1,0 +1,65 @@
+//! What the broker answers instead of success, and the protocol error code for each.
+
+use thiserror::Error;
+use weir_storage::StorageError;
+use weir_wire::WireError;
+use weir_wire::native::schema::ErrorCode;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    #[error("unknown topic or partition {topic}-{partition}")]
+    UnknownTopicOrPartition { topic: String, partition: i32 },
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    #[error("topic {0} already exists")]
+    TopicAlreadyExists(String),
+    #[error("invalid topic: {0}")]
+    InvalidTopic(String),
+    #[error("invalid partitions: {0}")]
+    InvalidPartitions(String),
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("invalid group: {0}")]
+    InvalidGroup(String),
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] WireError),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl BrokerError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BrokerError::UnknownTopicOrPartition { .. } | BrokerError::UnknownTopic(_) => {
+                ErrorCode::UnknownTopicOrPartition
+            }
+            BrokerError::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
+            BrokerError::InvalidTopic(_) => ErrorCode::InvalidTopic,
+            BrokerError::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
+            BrokerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
+            BrokerError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            BrokerError::InvalidGroup(_) => ErrorCode::InvalidGroup,
+            BrokerError::InvalidBatch(WireError::BatchTooLarge { .. }) => ErrorCode::BatchTooLarge,
+            BrokerError::InvalidBatch(_) => ErrorCode::CorruptBatch,
+            BrokerError::Storage(StorageError::InvalidBatch(WireError::BatchTooLarge {
+                ..
+            })) => ErrorCode::BatchTooLarge,
+            BrokerError::Storage(StorageError::InvalidBatch(_)) => ErrorCode::CorruptBatch,
+            BrokerError::Storage(StorageError::OffsetOutOfRange { .. }) => {
+                ErrorCode::OffsetOutOfRange
+            }
+            BrokerError::Storage(_) => ErrorCode::StorageError,
+            BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
+            BrokerError::Internal(_) => ErrorCode::Unknown,
+        }
+    }
+}
+
+pub type BrokerResult<T> = Result<T, BrokerError>;

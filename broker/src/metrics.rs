@@ -1,0 +1,284 @@
+//! Per-shard metrics, rendered as Prometheus text by the HTTP endpoint.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::router::{PartitionStatus, TopicPartition};
+
+/// The request kinds counted separately.
+pub const APIS: &[&str] = &[
+    "handshake",
+    "metadata",
+    "create_topic",
+    "delete_topic",
+    "produce",
+    "fetch",
+    "list_offsets",
+    "commit_offsets",
+    "fetch_offsets",
+    "list_groups",
+];
+
+#[derive(Debug)]
+struct ApiMetrics {
+    requests: u64,
+    errors: u64,
+    latency_ns: Histogram<u64>,
+}
+
+/// Counters of one shard. Updated only by that shard's tasks.
+#[derive(Debug)]
+pub struct ShardMetrics {
+    apis: RefCell<Vec<ApiMetrics>>,
+    pub bytes_in: Cell<u64>,
+    pub bytes_out: Cell<u64>,
+    pub connections: Cell<u64>,
+    pub connections_total: Cell<u64>,
+    pub memory_in_use: Cell<u64>,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> ShardMetrics {
+        let histogram = || match Histogram::new_with_bounds(1, 60_000_000_000, 2) {
+            Ok(histogram) => histogram,
+            Err(error) => unreachable!("constant histogram bounds are valid: {error}"),
+        };
+        let apis = APIS
+            .iter()
+            .map(|_| ApiMetrics {
+                requests: 0,
+                errors: 0,
+                latency_ns: histogram(),
+            })
+            .collect();
+        ShardMetrics {
+            apis: RefCell::new(apis),
+            bytes_in: Cell::new(0),
+            bytes_out: Cell::new(0),
+            connections: Cell::new(0),
+            connections_total: Cell::new(0),
+            memory_in_use: Cell::new(0),
+        }
+    }
+}
+
+impl ShardMetrics {
+    pub fn record(&self, api: &str, latency: Duration, failed: bool) {
+        let Some(index) = APIS.iter().position(|a| *a == api) else {
+            return;
+        };
+        let mut apis = self.apis.borrow_mut();
+        let metrics = &mut apis[index];
+        metrics.requests += 1;
+        metrics.errors += u64::from(failed);
+        metrics
+            .latency_ns
+            .saturating_record(latency.as_nanos() as u64);
+    }
+
+    pub fn add(cell: &Cell<u64>, amount: u64) {
+        cell.set(cell.get() + amount);
+    }
+
+    pub fn snapshot(
+        &self,
+        shard: usize,
+        cache_bytes: u64,
+        partitions: BTreeMap<TopicPartition, PartitionStatus>,
+    ) -> ShardMetricsSnapshot {
+        let apis = self.apis.borrow();
+        ShardMetricsSnapshot {
+            shard,
+            apis: APIS
+                .iter()
+                .zip(apis.iter())
+                .map(|(name, m)| ApiSnapshot {
+                    api: name,
+                    requests: m.requests,
+                    errors: m.errors,
+                    latency_ns: m.latency_ns.clone(),
+                })
+                .collect(),
+            bytes_in: self.bytes_in.get(),
+            bytes_out: self.bytes_out.get(),
+            connections: self.connections.get(),
+            connections_total: self.connections_total.get(),
+            memory_in_use: self.memory_in_use.get(),
+            cache_bytes,
+            partitions,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiSnapshot {
+    pub api: &'static str,
+    pub requests: u64,
+    pub errors: u64,
+    pub latency_ns: Histogram<u64>,
+}
+
+/// A copy of one shard's metrics, sent to the shard serving `/metrics`.
+#[derive(Debug)]
+pub struct ShardMetricsSnapshot {
+    pub shard: usize,
+    pub apis: Vec<ApiSnapshot>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connections: u64,
+    pub connections_total: u64,
+    pub memory_in_use: u64,
+    pub cache_bytes: u64,
+    pub partitions: BTreeMap<TopicPartition, PartitionStatus>,
+}
+
+/// Prometheus text exposition of every shard's snapshot.
+pub fn render(snapshots: &[ShardMetricsSnapshot]) -> String {
+    let mut out = String::new();
+    let mut family =
+        |name: &str, kind: &str, help: &str, samples: &mut dyn Iterator<Item = (String, f64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+    let per_api = |f: fn(&ApiSnapshot) -> f64| {
+        snapshots
+            .iter()
+            .flat_map(move |s| {
+                s.apis
+                    .iter()
+                    .map(move |a| (format!("{{shard=\"{}\",api=\"{}\"}}", s.shard, a.api), f(a)))
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "weir_requests_total",
+        "counter",
+        "Requests handled.",
+        &mut per_api(|a| a.requests as f64).into_iter(),
+    );
+    family(
+        "weir_request_errors_total",
+        "counter",
+        "Requests answered with an error.",
+        &mut per_api(|a| a.errors as f64).into_iter(),
+    );
+    let mut latency = Vec::new();
+    for s in snapshots {
+        for a in s.apis.iter().filter(|a| a.requests > 0) {
+            for quantile in [0.5, 0.9, 0.99, 0.999] {
+                let seconds = a.latency_ns.value_at_quantile(quantile) as f64 / 1e9;
+                latency.push((
+                    format!(
+                        "{{shard=\"{}\",api=\"{}\",quantile=\"{quantile}\"}}",
+                        s.shard, a.api
+                    ),
+                    seconds,
+                ));
+            }
+            let sum = a.latency_ns.mean() * a.latency_ns.len() as f64 / 1e9;
+            latency.push((
+                format!("_sum{{shard=\"{}\",api=\"{}\"}}", s.shard, a.api),
+                sum,
+            ));
+            latency.push((
+                format!("_count{{shard=\"{}\",api=\"{}\"}}", s.shard, a.api),
+                a.latency_ns.len() as f64,
+            ));
+        }
+    }
+    family(
+        "weir_request_latency_seconds",
+        "summary",
+        "Request latency, from a whole frame read to its response queued.",
+        &mut latency.into_iter(),
+    );
+    let per_shard = |f: fn(&ShardMetricsSnapshot) -> u64| {
+        snapshots
+            .iter()
+            .map(move |s| (format!("{{shard=\"{}\"}}", s.shard), f(s) as f64))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "weir_bytes_in_total",
+        "counter",
+        "Request bytes read.",
+        &mut per_shard(|s| s.bytes_in).into_iter(),
+    );
+    family(
+        "weir_bytes_out_total",
+        "counter",
+        "Response bytes written.",
+        &mut per_shard(|s| s.bytes_out).into_iter(),
+    );
+    family(
+        "weir_connections",
+        "gauge",
+        "Open client connections.",
+        &mut per_shard(|s| s.connections).into_iter(),
+    );
+    family(
+        "weir_connections_total",
+        "counter",
+        "Client connections accepted.",
+        &mut per_shard(|s| s.connections_total).into_iter(),
+    );
+    family(
+        "weir_shard_memory_bytes",
+        "gauge",
+        "Bytes of requests held against the shard's memory budget.",
+        &mut per_shard(|s| s.memory_in_use).into_iter(),
+    );
+    family(
+        "weir_cache_bytes",
+        "gauge",
+        "Bytes in the shard's batch cache.",
+        &mut per_shard(|s| s.cache_bytes).into_iter(),
+    );
+    let per_partition = |f: fn(&PartitionStatus) -> f64| {
+        snapshots
+            .iter()
+            .flat_map(move |s| {
+                s.partitions.iter().map(move |(tp, status)| {
+                    (
+                        format!(
+                            "{{shard=\"{}\",topic=\"{}\",partition=\"{}\"}}",
+                            s.shard, tp.topic, tp.partition
+                        ),
+                        f(status),
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "weir_partition_log_end_offset",
+        "gauge",
+        "Offset the next record will get.",
+        &mut per_partition(|p| p.log_end_offset as f64).into_iter(),
+    );
+    family(
+        "weir_partition_high_watermark",
+        "gauge",
+        "Offset up to which consumers may read.",
+        &mut per_partition(|p| p.high_watermark as f64).into_iter(),
+    );
+    family(
+        "weir_partition_log_start_offset",
+        "gauge",
+        "First offset still stored.",
+        &mut per_partition(|p| p.log_start_offset as f64).into_iter(),
+    );
+    family(
+        "weir_partition_size_bytes",
+        "gauge",
+        "Bytes stored.",
+        &mut per_partition(|p| p.size_bytes as f64).into_iter(),
+    );
+    out
+}

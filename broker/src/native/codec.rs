@@ -1,0 +1,340 @@
+//! Native requests decoded into owned values, and responses encoded into frames.
+//!
+//! Decoding copies only the small header fields; record batches are cut out of the
+//! frame's payload as `BytesMut` views of the buffer they were read into.
+
+use bytes::{Bytes, BytesMut};
+use flatbuffers::{FlatBufferBuilder, WIPOffset};
+use weir_wire::native::schema::{self, Acks, ErrorCode, OffsetSpec};
+use weir_wire::native::{self, encode_prefix};
+
+use crate::error::{BrokerError, BrokerResult};
+use crate::router::TopicPartition;
+
+/// A request with everything it needs owned, so its handling can outlive the frame header.
+#[derive(Debug)]
+pub enum NativeRequest {
+    Handshake {
+        client_id: String,
+        min_version: u16,
+        max_version: u16,
+    },
+    Metadata {
+        topics: Option<Vec<String>>,
+    },
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        configs: Vec<(String, String)>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    Produce {
+        acks: Acks,
+        partitions: Vec<(TopicPartition, BytesMut)>,
+    },
+    Fetch {
+        max_wait_ms: i32,
+        min_bytes: i32,
+        max_bytes: i32,
+        partitions: Vec<(TopicPartition, i64, i32)>,
+    },
+    ListOffsets {
+        partitions: Vec<(TopicPartition, OffsetSpec, i64)>,
+    },
+    CommitOffsets {
+        group: String,
+        offsets: Vec<(TopicPartition, i64, String)>,
+    },
+    FetchOffsets {
+        group: String,
+        topics: Option<Vec<(String, Option<Vec<i32>>)>>,
+    },
+    ListGroups,
+}
+
+impl NativeRequest {
+    pub fn api(&self) -> &'static str {
+        match self {
+            NativeRequest::Handshake { .. } => "handshake",
+            NativeRequest::Metadata { .. } => "metadata",
+            NativeRequest::CreateTopic { .. } => "create_topic",
+            NativeRequest::DeleteTopic { .. } => "delete_topic",
+            NativeRequest::Produce { .. } => "produce",
+            NativeRequest::Fetch { .. } => "fetch",
+            NativeRequest::ListOffsets { .. } => "list_offsets",
+            NativeRequest::CommitOffsets { .. } => "commit_offsets",
+            NativeRequest::FetchOffsets { .. } => "fetch_offsets",
+            NativeRequest::ListGroups => "list_groups",
+        }
+    }
+}
+
+fn configs(
+    entries: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<schema::ConfigEntry<'_>>>>,
+) -> Vec<(String, String)> {
+    entries
+        .into_iter()
+        .flatten()
+        .map(|e| (e.key().to_string(), e.value().to_string()))
+        .collect()
+}
+
+fn invalid(message: &str) -> BrokerError {
+    BrokerError::InvalidRequest(message.to_string())
+}
+
+/// Decodes a verified request. `payload` is the frame's payload; produce requests take
+/// their record batches out of it.
+pub fn decode(request: &schema::Request<'_>, payload: BytesMut) -> BrokerResult<NativeRequest> {
+    use schema::RequestBody as Body;
+    Ok(match request.body_type() {
+        Body::HandshakeRequest => {
+            let r = request
+                .body_as_handshake_request()
+                .ok_or_else(|| invalid("handshake body"))?;
+            NativeRequest::Handshake {
+                client_id: r.client_id().unwrap_or_default().to_string(),
+                min_version: r.min_version(),
+                max_version: r.max_version(),
+            }
+        }
+        Body::MetadataRequest => {
+            let r = request
+                .body_as_metadata_request()
+                .ok_or_else(|| invalid("metadata body"))?;
+            NativeRequest::Metadata {
+                topics: r.topics().map(|t| t.iter().map(str::to_string).collect()),
+            }
+        }
+        Body::CreateTopicRequest => {
+            let r = request
+                .body_as_create_topic_request()
+                .ok_or_else(|| invalid("create topic body"))?;
+            NativeRequest::CreateTopic {
+                name: r.name().to_string(),
+                partitions: r.partitions(),
+                configs: configs(r.configs()),
+            }
+        }
+        Body::DeleteTopicRequest => {
+            let r = request
+                .body_as_delete_topic_request()
+                .ok_or_else(|| invalid("delete topic body"))?;
+            NativeRequest::DeleteTopic {
+                name: r.name().to_string(),
+            }
+        }
+        Body::ProduceRequest => decode_produce(request, payload)?,
+        Body::FetchRequest => {
+            let r = request
+                .body_as_fetch_request()
+                .ok_or_else(|| invalid("fetch body"))?;
+            let partitions = r
+                .topics()
+                .into_iter()
+                .flatten()
+                .flat_map(|t| {
+                    t.partitions().into_iter().flatten().map(move |p| {
+                        (
+                            TopicPartition {
+                                topic: t.name().to_string(),
+                                partition: p.partition(),
+                            },
+                            p.offset(),
+                            p.max_bytes(),
+                        )
+                    })
+                })
+                .collect();
+            NativeRequest::Fetch {
+                max_wait_ms: r.max_wait_ms(),
+                min_bytes: r.min_bytes(),
+                max_bytes: r.max_bytes(),
+                partitions,
+            }
+        }
+        Body::ListOffsetsRequest => {
+            let r = request
+                .body_as_list_offsets_request()
+                .ok_or_else(|| invalid("list offsets body"))?;
+            let partitions = r
+                .topics()
+                .into_iter()
+                .flatten()
+                .flat_map(|t| {
+                    t.partitions().into_iter().flatten().map(move |p| {
+                        (
+                            TopicPartition {
+                                topic: t.name().to_string(),
+                                partition: p.partition(),
+                            },
+                            p.spec(),
+                            p.timestamp(),
+                        )
+                    })
+                })
+                .collect();
+            NativeRequest::ListOffsets { partitions }
+        }
+        Body::CommitOffsetsRequest => {
+            let r = request
+                .body_as_commit_offsets_request()
+                .ok_or_else(|| invalid("commit body"))?;
+            let offsets = r
+                .topics()
+                .into_iter()
+                .flatten()
+                .flat_map(|t| {
+                    t.partitions().into_iter().flatten().map(move |p| {
+                        let tp = TopicPartition {
+                            topic: t.name().to_string(),
+                            partition: p.partition(),
+                        };
+                        (tp, p.offset(), p.metadata().unwrap_or_default().to_string())
+                    })
+                })
+                .collect();
+            NativeRequest::CommitOffsets {
+                group: r.group().to_string(),
+                offsets,
+            }
+        }
+        Body::FetchOffsetsRequest => {
+            let r = request
+                .body_as_fetch_offsets_request()
+                .ok_or_else(|| invalid("fetch offsets body"))?;
+            let topics = r.topics().map(|topics| {
+                topics
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.name().to_string(),
+                            t.partitions().map(|p| p.iter().collect()),
+                        )
+                    })
+                    .collect()
+            });
+            NativeRequest::FetchOffsets {
+                group: r.group().to_string(),
+                topics,
+            }
+        }
+        Body::ListGroupsRequest => NativeRequest::ListGroups,
+        _ => return Err(invalid("unknown request type")),
+    })
+}
+
+/// Cuts each partition's records out of the payload. Slices must not overlap.
+fn decode_produce(
+    request: &schema::Request<'_>,
+    mut payload: BytesMut,
+) -> BrokerResult<NativeRequest> {
+    let r = request
+        .body_as_produce_request()
+        .ok_or_else(|| invalid("produce body"))?;
+    let payload_length = payload.len();
+    let mut slices = Vec::new();
+    for topic in r.topics().into_iter().flatten() {
+        for partition in topic.partitions().into_iter().flatten() {
+            let range = native::payload_range(partition.records(), payload_length)?;
+            let tp = TopicPartition {
+                topic: topic.name().to_string(),
+                partition: partition.partition(),
+            };
+            slices.push((range, slices.len(), tp));
+        }
+    }
+    slices.sort_by_key(|(range, _, _)| range.start);
+    if slices
+        .windows(2)
+        .any(|pair| pair[0].0.end > pair[1].0.start)
+    {
+        return Err(invalid("produce record slices overlap"));
+    }
+    let mut consumed = 0;
+    let mut partitions: Vec<(usize, TopicPartition, BytesMut)> = Vec::with_capacity(slices.len());
+    for (range, order, tp) in slices {
+        let _skipped = payload.split_to(range.start - consumed);
+        partitions.push((order, tp, payload.split_to(range.len())));
+        consumed = range.end;
+    }
+    partitions.sort_by_key(|(order, _, _)| *order);
+    Ok(NativeRequest::Produce {
+        acks: r.acks(),
+        partitions: partitions.into_iter().map(|(_, tp, b)| (tp, b)).collect(),
+    })
+}
+
+/// Builds response frames: the flatbuffer header, then payload parts.
+pub struct ResponseWriter {
+    pub builder: FlatBufferBuilder<'static>,
+    pub payload: Vec<Bytes>,
+    payload_length: usize,
+}
+
+impl ResponseWriter {
+    pub fn new() -> ResponseWriter {
+        ResponseWriter {
+            builder: FlatBufferBuilder::with_capacity(1024),
+            payload: Vec::new(),
+            payload_length: 0,
+        }
+    }
+
+    /// Adds record batches to the payload and returns the slice that refers to them.
+    pub fn add_records(&mut self, batches: Vec<Bytes>) -> schema::PayloadSlice {
+        let offset = self.payload_length;
+        let length: usize = batches.iter().map(Bytes::len).sum();
+        self.payload_length += length;
+        self.payload.extend(batches);
+        schema::PayloadSlice::new(offset as u32, length as u32)
+    }
+
+    pub fn string(&mut self, text: &str) -> WIPOffset<&'static str> {
+        self.builder.create_string(text)
+    }
+
+    /// Finishes a response around `body` and returns the frame's parts.
+    pub fn finish(
+        mut self,
+        request_id: u64,
+        error: Option<&BrokerError>,
+        body: Option<(schema::ResponseBody, WIPOffset<flatbuffers::UnionWIPOffset>)>,
+    ) -> Vec<Bytes> {
+        let error_message = error.map(|e| self.builder.create_string(&e.to_string()));
+        let (body_type, body) =
+            body.map_or((schema::ResponseBody::NONE, None), |(t, b)| (t, Some(b)));
+        let response = schema::Response::create(
+            &mut self.builder,
+            &schema::ResponseArgs {
+                request_id,
+                error: error.map_or(ErrorCode::None, BrokerError::code),
+                error_message,
+                body_type,
+                body,
+            },
+        );
+        self.builder.finish(response, Some("WEIR"));
+        let header = self.builder.finished_data();
+        let mut head = BytesMut::with_capacity(native::FRAME_PREFIX_BYTES + header.len());
+        head.extend_from_slice(&encode_prefix(header.len(), self.payload_length));
+        head.extend_from_slice(header);
+        let mut parts = Vec::with_capacity(1 + self.payload.len());
+        parts.push(head.freeze());
+        parts.extend(self.payload);
+        parts
+    }
+}
+
+/// The code and message of a per-partition error, for result tables.
+pub fn error_fields(
+    writer: &mut ResponseWriter,
+    error: Option<&BrokerError>,
+) -> (ErrorCode, Option<WIPOffset<&'static str>>) {
+    match error {
+        None => (ErrorCode::None, None),
+        Some(error) => (error.code(), Some(writer.string(&error.to_string()))),
+    }
+}

@@ -1,0 +1,974 @@
+//! What each native request does. Dispatch runs in the connection's arrival order and
+//! starts whatever must keep that order (a produce request's appends); the returned
+//! future finishes the request and builds its response.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use weir_wire::native::PROTOCOL_VERSION;
+use weir_wire::native::schema::{self, Acks, ErrorCode, OffsetSpec};
+
+use super::codec::{self, NativeRequest, ResponseWriter, error_fields};
+use crate::error::{BrokerError, BrokerResult};
+use crate::metadata::OFFSETS_TOPIC;
+use crate::offsets;
+use crate::router::{PartitionStatus, Pending, ShardAnswer, ShardCall, TopicPartition};
+use crate::shard::Shard;
+
+/// A response frame, and whether it reports a failure (for metrics).
+pub struct Reply {
+    pub parts: Vec<Bytes>,
+    pub failed: bool,
+}
+
+/// Finishes a request: its API name and its response (none for acks=none produce).
+pub type ReplyFuture = Pin<Box<dyn Future<Output = (&'static str, Option<Reply>)>>>;
+
+/// The longest a fetch may wait for data, whatever it asks for.
+const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// The response to a frame whose header could not be decoded: request id 0.
+pub fn fatal_response(message: &str) -> Vec<Bytes> {
+    let error = BrokerError::InvalidRequest(message.to_string());
+    ResponseWriter::new().finish(0, Some(&error), None)
+}
+
+fn error_reply(api: &'static str, request_id: u64, error: &BrokerError) -> ReplyFuture {
+    let parts = ResponseWriter::new().finish(request_id, Some(error), None);
+    Box::pin(std::future::ready((
+        api,
+        Some(Reply {
+            parts,
+            failed: true,
+        }),
+    )))
+}
+
+fn unexpected(answer: ShardAnswer) -> BrokerError {
+    BrokerError::Internal(format!("unexpected shard answer {answer:?}"))
+}
+
+pub async fn dispatch(
+    shard: &Rc<Shard>,
+    request: schema::Request<'_>,
+    payload: BytesMut,
+) -> ReplyFuture {
+    let request_id = request.request_id();
+    let request = match codec::decode(&request, payload) {
+        Ok(request) => request,
+        Err(error) => return error_reply("handshake", request_id, &error),
+    };
+    let api = request.api();
+    if shard.shutting_down() {
+        return error_reply(api, request_id, &BrokerError::ShuttingDown);
+    }
+    if let NativeRequest::Produce { acks, partitions } = request {
+        let started = start_produce(shard, partitions, acks).await;
+        let shard = shard.clone();
+        return Box::pin(
+            async move { (api, finish_produce(&shard, request_id, acks, started).await) },
+        );
+    }
+    let shard = shard.clone();
+    Box::pin(async move {
+        let result = handle(&shard, request_id, request).await;
+        let reply = match result {
+            Ok(parts) => Reply {
+                parts,
+                failed: false,
+            },
+            Err(error) => Reply {
+                parts: ResponseWriter::new().finish(request_id, Some(&error), None),
+                failed: true,
+            },
+        };
+        (api, Some(reply))
+    })
+}
+
+async fn handle(
+    shard: &Rc<Shard>,
+    request_id: u64,
+    request: NativeRequest,
+) -> BrokerResult<Vec<Bytes>> {
+    match request {
+        NativeRequest::Handshake {
+            client_id,
+            min_version,
+            max_version,
+        } => handshake(shard, request_id, &client_id, min_version, max_version),
+        NativeRequest::Metadata { topics } => metadata(shard, request_id, topics).await,
+        NativeRequest::CreateTopic {
+            name,
+            partitions,
+            configs,
+        } => {
+            let partitions = if partitions <= 0 {
+                shard.config.default_partitions
+            } else {
+                partitions
+            };
+            admin(
+                shard,
+                request_id,
+                ShardCall::CreateTopic {
+                    name,
+                    partitions,
+                    configs,
+                },
+                schema::ResponseBody::CreateTopicResponse,
+            )
+            .await
+        }
+        NativeRequest::DeleteTopic { name } => {
+            admin(
+                shard,
+                request_id,
+                ShardCall::DeleteTopic { name },
+                schema::ResponseBody::DeleteTopicResponse,
+            )
+            .await
+        }
+        NativeRequest::Fetch {
+            max_wait_ms,
+            min_bytes,
+            max_bytes,
+            partitions,
+        } => {
+            fetch(
+                shard,
+                request_id,
+                max_wait_ms,
+                min_bytes,
+                max_bytes,
+                partitions,
+            )
+            .await
+        }
+        NativeRequest::ListOffsets { partitions } => {
+            list_offsets(shard, request_id, partitions).await
+        }
+        NativeRequest::CommitOffsets { group, offsets } => {
+            commit_offsets(shard, request_id, group, offsets).await
+        }
+        NativeRequest::FetchOffsets { group, topics } => {
+            fetch_offsets(shard, request_id, group, topics).await
+        }
+        NativeRequest::ListGroups => list_groups(shard, request_id).await,
+        NativeRequest::Produce { .. } => {
+            Err(BrokerError::Internal("produce is dispatched apart".into()))
+        }
+    }
+}
+
+fn handshake(
+    shard: &Shard,
+    request_id: u64,
+    client_id: &str,
+    min: u16,
+    max: u16,
+) -> BrokerResult<Vec<Bytes>> {
+    if !(min..=max).contains(&PROTOCOL_VERSION) {
+        return Err(BrokerError::InvalidRequest(format!(
+            "client {client_id:?} speaks versions {min}..={max}; this broker speaks {PROTOCOL_VERSION}"
+        )));
+    }
+    let mut w = ResponseWriter::new();
+    let broker_version = w.string(env!("CARGO_PKG_VERSION"));
+    let body = schema::HandshakeResponse::create(
+        &mut w.builder,
+        &schema::HandshakeResponseArgs {
+            version: PROTOCOL_VERSION,
+            broker_version: Some(broker_version),
+            max_frame_bytes: shard.config.frame_bytes_max as u32,
+            node_id: shard.config.node_id,
+        },
+    );
+    Ok(w.finish(
+        request_id,
+        None,
+        Some((
+            schema::ResponseBody::HandshakeResponse,
+            body.as_union_value(),
+        )),
+    ))
+}
+
+/// Starts each partition's appends in request order (local appends are spawned in order;
+/// remote ones are queued at their owner in order).
+async fn start_produce(
+    shard: &Rc<Shard>,
+    partitions: Vec<(TopicPartition, BytesMut)>,
+    acks: Acks,
+) -> Vec<(TopicPartition, BrokerResult<Pending>)> {
+    let mut started = Vec::with_capacity(partitions.len());
+    for (partition, mut records) in partitions {
+        let pending = async {
+            let owner = shard.owner(&partition)?;
+            let ranges = weir_wire::batch::split_batches(&records, shard.config.frame_bytes_max)?;
+            let mut batches = Vec::with_capacity(ranges.len());
+            for range in ranges {
+                batches.push(records.split_to(range.len()));
+            }
+            shard
+                .router
+                .start(
+                    shard,
+                    owner,
+                    ShardCall::Produce {
+                        partition: partition.clone(),
+                        batches,
+                        acks,
+                    },
+                )
+                .await
+        }
+        .await;
+        started.push((partition, pending));
+    }
+    started
+}
+
+async fn finish_produce(
+    shard: &Rc<Shard>,
+    request_id: u64,
+    acks: Acks,
+    started: Vec<(TopicPartition, BrokerResult<Pending>)>,
+) -> Option<Reply> {
+    let mut results = Vec::with_capacity(started.len());
+    for (partition, pending) in started {
+        let result = match pending {
+            Ok(pending) => match pending.wait().await {
+                Ok(ShardAnswer::Produce(result)) => result,
+                Ok(other) => Err(unexpected(other)),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &result {
+            tracing::debug!(%partition, %error, "produce failed");
+        }
+        results.push((partition, result));
+    }
+    if acks == Acks::None {
+        return None;
+    }
+    let failed = results.iter().any(|(_, r)| r.is_err());
+    let mut w = ResponseWriter::new();
+    let mut topics = Vec::new();
+    for (topic, group) in group_by_topic(results) {
+        let partitions: Vec<_> = group
+            .into_iter()
+            .map(|(partition, result)| {
+                let (error, error_message) = error_fields(&mut w, result.as_ref().err());
+                let (base_offset, log_start_offset) = result.as_ref().map_or((-1, -1), |r| *r);
+                schema::ProducePartitionResult::create(
+                    &mut w.builder,
+                    &schema::ProducePartitionResultArgs {
+                        partition,
+                        error,
+                        error_message,
+                        base_offset,
+                        log_start_offset,
+                    },
+                )
+            })
+            .collect();
+        let name = w.string(&topic);
+        let partitions = w.builder.create_vector(&partitions);
+        topics.push(schema::ProduceTopicResult::create(
+            &mut w.builder,
+            &schema::ProduceTopicResultArgs {
+                name: Some(name),
+                partitions: Some(partitions),
+            },
+        ));
+    }
+    let topics = w.builder.create_vector(&topics);
+    let body = schema::ProduceResponse::create(
+        &mut w.builder,
+        &schema::ProduceResponseArgs {
+            topics: Some(topics),
+        },
+    );
+    let _ = shard;
+    Some(Reply {
+        parts: w.finish(
+            request_id,
+            None,
+            Some((schema::ResponseBody::ProduceResponse, body.as_union_value())),
+        ),
+        failed,
+    })
+}
+
+/// Groups per-partition results by topic, keeping the first-seen topic order.
+fn group_by_topic<T>(results: Vec<(TopicPartition, T)>) -> Vec<(String, Vec<(i32, T)>)> {
+    let mut grouped: Vec<(String, Vec<(i32, T)>)> = Vec::new();
+    for (tp, value) in results {
+        match grouped.iter_mut().find(|(topic, _)| *topic == tp.topic) {
+            Some((_, group)) => group.push((tp.partition, value)),
+            None => grouped.push((tp.topic, vec![(tp.partition, value)])),
+        }
+    }
+    grouped
+}
+
+async fn admin(
+    shard: &Rc<Shard>,
+    request_id: u64,
+    call: ShardCall,
+    body_type: schema::ResponseBody,
+) -> BrokerResult<Vec<Bytes>> {
+    match shard.router.call(shard, 0, call).await? {
+        ShardAnswer::Admin(result) => result?,
+        other => return Err(unexpected(other)),
+    }
+    let mut w = ResponseWriter::new();
+    let body = match body_type {
+        schema::ResponseBody::CreateTopicResponse => {
+            schema::CreateTopicResponse::create(&mut w.builder, &schema::CreateTopicResponseArgs {})
+                .as_union_value()
+        }
+        _ => {
+            schema::DeleteTopicResponse::create(&mut w.builder, &schema::DeleteTopicResponseArgs {})
+                .as_union_value()
+        }
+    };
+    Ok(w.finish(request_id, None, Some((body_type, body))))
+}
+
+/// Starts `call` for each partition at its owner, then awaits every answer.
+async fn fan_out<T>(
+    shard: &Rc<Shard>,
+    partitions: Vec<TopicPartition>,
+    call: impl Fn(TopicPartition) -> ShardCall,
+    answer: impl Fn(ShardAnswer) -> BrokerResult<T>,
+) -> Vec<(TopicPartition, BrokerResult<T>)> {
+    let mut pending = Vec::with_capacity(partitions.len());
+    for partition in partitions {
+        let started = match shard.owner(&partition) {
+            Ok(owner) => {
+                shard
+                    .router
+                    .start(shard, owner, call(partition.clone()))
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        pending.push((partition, started));
+    }
+    let mut results = Vec::with_capacity(pending.len());
+    for (partition, started) in pending {
+        let result = match started {
+            Ok(pending) => pending.wait().await.and_then(&answer),
+            Err(error) => Err(error),
+        };
+        results.push((partition, result));
+    }
+    results
+}
+
+async fn metadata(
+    shard: &Rc<Shard>,
+    request_id: u64,
+    topics: Option<Vec<String>>,
+) -> BrokerResult<Vec<Bytes>> {
+    let image = shard.image();
+    let names = topics.unwrap_or_else(|| image.topics.keys().cloned().collect());
+    let partitions: Vec<TopicPartition> = names
+        .iter()
+        .filter_map(|name| image.topic(name))
+        .flat_map(|t| {
+            (0..t.partition_count()).map(|p| TopicPartition {
+                topic: t.name.clone(),
+                partition: p,
+            })
+        })
+        .collect();
+    let statuses = fan_out(
+        shard,
+        partitions,
+        |partition| ShardCall::PartitionStatus { partition },
+        |answer| match answer {
+            ShardAnswer::PartitionStatus(result) => result,
+            other => Err(unexpected(other)),
+        },
+    )
+    .await;
+    let mut w = ResponseWriter::new();
+    let host = w.string(&shard.config.advertised_host());
+    let broker = schema::BrokerInfo::create(
+        &mut w.builder,
+        &schema::BrokerInfoArgs {
+            node_id: shard.config.node_id,
+            host: Some(host),
+            native_port: i32::from(shard.config.native_listen.port()),
+            kafka_port: i32::from(shard.config.kafka_listen.port()),
+        },
+    );
+    let brokers = w.builder.create_vector(&[broker]);
+    let mut topic_infos = Vec::with_capacity(names.len());
+    for name in &names {
+        let info = topic_info(&mut w, shard, &image, name, &statuses);
+        topic_infos.push(info);
+    }
+    let topics = w.builder.create_vector(&topic_infos);
+    let body = schema::MetadataResponse::create(
+        &mut w.builder,
+        &schema::MetadataResponseArgs {
+            brokers: Some(brokers),
+            topics: Some(topics),
+        },
+    );
+    Ok(w.finish(
+        request_id,
+        None,
+        Some((
+            schema::ResponseBody::MetadataResponse,
+            body.as_union_value(),
+        )),
+    ))
+}
+
+fn topic_info<'a>(
+    w: &mut ResponseWriter,
+    shard: &Shard,
+    image: &crate::metadata::MetadataImage,
+    name: &str,
+    statuses: &[(TopicPartition, BrokerResult<PartitionStatus>)],
+) -> flatbuffers::WIPOffset<schema::TopicInfo<'a>> {
+    let name_offset = w.string(name);
+    let Some(topic) = image.topic(name) else {
+        let args = schema::TopicInfoArgs {
+            name: Some(name_offset),
+            error: ErrorCode::UnknownTopicOrPartition,
+            ..Default::default()
+        };
+        return schema::TopicInfo::create(&mut w.builder, &args);
+    };
+    let partitions: Vec<_> = statuses
+        .iter()
+        .filter(|(tp, _)| tp.topic == name)
+        .map(|(tp, status)| {
+            let status = status.as_ref().ok();
+            schema::PartitionInfo::create(
+                &mut w.builder,
+                &schema::PartitionInfoArgs {
+                    partition: tp.partition,
+                    leader: shard.config.node_id,
+                    shard: topic.owner(tp.partition).map_or(-1, |s| s as i32),
+                    log_start_offset: status.map_or(-1, |s| s.log_start_offset),
+                    high_watermark: status.map_or(-1, |s| s.high_watermark),
+                    size_bytes: status.map_or(-1, |s| s.size_bytes as i64),
+                },
+            )
+        })
+        .collect();
+    let configs: Vec<_> = topic
+        .configs
+        .iter()
+        .map(|(key, value)| {
+            let (key, value) = (w.string(key), w.string(value));
+            schema::ConfigEntry::create(
+                &mut w.builder,
+                &schema::ConfigEntryArgs {
+                    key: Some(key),
+                    value: Some(value),
+                },
+            )
+        })
+        .collect();
+    let partitions = w.builder.create_vector(&partitions);
+    let configs = w.builder.create_vector(&configs);
+    schema::TopicInfo::create(
+        &mut w.builder,
+        &schema::TopicInfoArgs {
+            name: Some(name_offset),
+            error: ErrorCode::None,
+            internal: topic.internal,
+            partitions: Some(partitions),
+            configs: Some(configs),
+        },
+    )
+}
+
+type FetchResults = Vec<(TopicPartition, BrokerResult<(Vec<Bytes>, PartitionStatus)>)>;
+
+/// Reads each partition at its owner; if fewer than `min_bytes` came back, waits for any
+/// of them to get new data (or `max_wait_ms`) and reads again.
+async fn fetch(
+    shard: &Rc<Shard>,
+    request_id: u64,
+    max_wait_ms: i32,
+    min_bytes: i32,
+    max_bytes: i32,
+    partitions: Vec<(TopicPartition, i64, i32)>,
+) -> BrokerResult<Vec<Bytes>> {
+    let wait = Duration::from_millis(u64::try_from(max_wait_ms).unwrap_or(0)).min(FETCH_WAIT_MAX);
+    let deadline = Instant::now() + wait;
+    loop {
+        let results = read_partitions(shard, &partitions).await;
+        let total: usize = results
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .flat_map(|(b, _)| b)
+            .map(Bytes::len)
+            .sum();
+        let any_error = results.iter().any(|(_, r)| r.is_err());
+        let remaining = deadline.checked_duration_since(Instant::now());
+        if total >= min_bytes.max(0) as usize
+            || any_error
+            || remaining.is_none()
+            || shard.shutting_down()
+        {
+            return Ok(fetch_response(request_id, results, max_bytes));
+        }
+        let watched: Vec<(TopicPartition, i64)> = partitions
+            .iter()
+            .map(|(tp, offset, _)| (tp.clone(), *offset))
+            .collect();
+        wait_for_data(shard, watched, remaining.unwrap_or_default()).await;
+    }
+}
+
+async fn read_partitions(
+    shard: &Rc<Shard>,
+    partitions: &[(TopicPartition, i64, i32)],
+) -> FetchResults {
+    let offsets: std::collections::HashMap<TopicPartition, (i64, i32)> = partitions
+        .iter()
+        .map(|(tp, offset, max)| (tp.clone(), (*offset, *max)))
+        .collect();
+    fan_out(
+        shard,
+        partitions.iter().map(|(tp, _, _)| tp.clone()).collect(),
+        |partition| {
+            let (offset, max_bytes) = offsets.get(&partition).copied().unwrap_or((0, 0));
+            ShardCall::Fetch {
+                partition,
+                offset,
+                max_bytes: max_bytes.max(0) as usize,
+            }
+        },
+        |answer| match answer {
+            ShardAnswer::Fetch(result) => result,
+            other => Err(unexpected(other)),
+        },
+    )
+    .await
+}
+
+/// Waits until a shard owning one of the partitions reports new data, or the timeout.
+async fn wait_for_data(
+    shard: &Rc<Shard>,
+    partitions: Vec<(TopicPartition, i64)>,
+    timeout: Duration,
+) {
+    let mut by_owner: std::collections::BTreeMap<usize, Vec<(TopicPartition, i64)>> =
+        Default::default();
+    for (tp, offset) in partitions {
+        if let Ok(owner) = shard.owner(&tp) {
+            by_owner.entry(owner).or_default().push((tp, offset));
+        }
+    }
+    let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
+    for (owner, partitions) in by_owner {
+        if let Ok(pending) = shard
+            .router
+            .start(
+                shard,
+                owner,
+                ShardCall::Watch {
+                    partitions,
+                    timeout,
+                },
+            )
+            .await
+        {
+            waits.push(Box::pin(async move {
+                let _ = pending.wait().await;
+            }));
+        }
+    }
+    let any = futures_lite::future::poll_fn(|cx| {
+        if waits.is_empty() || waits.iter_mut().any(|w| w.as_mut().poll(cx).is_ready()) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    });
+    futures_lite::future::or(any, glommio::timer::sleep(timeout)).await;
+}
+
+fn fetch_response(request_id: u64, results: FetchResults, max_bytes: i32) -> Vec<Bytes> {
+    let mut w = ResponseWriter::new();
+    let mut budget = max_bytes.max(0) as usize;
+    let mut first = true;
+    let mut topics = Vec::new();
+    for (topic, group) in group_by_topic(results) {
+        let mut partitions = Vec::with_capacity(group.len());
+        for (partition, result) in group {
+            let (error, error_message) = error_fields(&mut w, result.as_ref().err());
+            let (batches, status) = match result {
+                Ok((batches, status)) => (batches, Some(status)),
+                Err(_) => (Vec::new(), None),
+            };
+            let bytes: usize = batches.iter().map(Bytes::len).sum();
+            // The response's byte limit is soft: the first partition with data is always
+            // included whole, so a consumer makes progress.
+            let batches = if first || bytes <= budget {
+                batches
+            } else {
+                Vec::new()
+            };
+            let taken: usize = batches.iter().map(Bytes::len).sum();
+            first &= taken == 0;
+            budget = budget.saturating_sub(taken);
+            let records = w.add_records(batches);
+            partitions.push(schema::FetchPartitionResult::create(
+                &mut w.builder,
+                &schema::FetchPartitionResultArgs {
+                    partition,
+                    error,
+                    error_message,
+                    high_watermark: status.map_or(-1, |s| s.high_watermark),
+                    log_start_offset: status.map_or(-1, |s| s.log_start_offset),
+                    records: Some(&records),
+                },
+            ));
+        }
+        let name = w.string(&topic);
+        let partitions = w.builder.create_vector(&partitions);
+        topics.push(schema::FetchTopicResult::create(
+            &mut w.builder,
+            &schema::FetchTopicResultArgs {
+                name: Some(name),
+                partitions: Some(partitions),
+            },
+        ));
+    }
+    let topics = w.builder.create_vector(&topics);
+    let body = schema::FetchResponse::create(
+        &mut w.builder,
+        &schema::FetchResponseArgs {
+            topics: Some(topics),
+        },
+    );
+    w.finish(
+        request_id,
+        None,
+        Some((schema::ResponseBody::FetchResponse, body.as_union_value())),
+    )
+}
+
+async fn list_offsets(
+    shard: &Rc<Shard>,
+    request_id: u64,
+    partitions: Vec<(TopicPartition, OffsetSpec, i64)>,
+) -> BrokerResult<Vec<Bytes>> {
+    let specs: std::collections::HashMap<TopicPartition, (OffsetSpec, i64)> = partitions
+        .iter()
+        .map(|(tp, spec, ts)| (tp.clone(), (*spec, *ts)))
+        .collect();
+    let results = fan_out(
+        shard,
+        partitions.into_iter().map(|(tp, _, _)| tp).collect(),
+        |partition| {
+            let (spec, timestamp) = specs
+                .get(&partition)
+                .copied()
+                .unwrap_or((OffsetSpec::Latest, -1));
+            ShardCall::ListOffsets {
+                partition,
+                spec,
+                timestamp,
+            }
+        },
+        |answer| match answer {
+            ShardAnswer::ListOffsets(result) => result,
+            other => Err(unexpected(other)),
+        },
+    )
+    .await;
+    let mut w = ResponseWriter::new();
+    let mut topics = Vec::new();
+    for (topic, group) in group_by_topic(results) {
+        let partitions: Vec<_> = group
+            .into_iter()
+            .map(|(partition, result)| {
+                let (error, error_message) = error_fields(&mut w, result.as_ref().err());
+                let (offset, timestamp) = result.as_ref().map_or((-1, -1), |r| *r);
+                schema::ListOffsetsPartitionResult::create(
+                    &mut w.builder,
+                    &schema::ListOffsetsPartitionResultArgs {
+                        partition,
+                        error,
+                        error_message,
+                        offset,
+                        timestamp,
+                    },
+                )
+            })
+            .collect();
+        let name = w.string(&topic);
+        let partitions = w.builder.create_vector(&partitions);
+        topics.push(schema::ListOffsetsTopicResult::create(
+            &mut w.builder,
+            &schema::ListOffsetsTopicResultArgs {
+                name: Some(name),
+                partitions: Some(partitions),
+            },
+        ));
+    }
+    let topics = w.builder.create_vector(&topics);
+    let body = schema::ListOffsetsResponse::create(
+        &mut w.builder,
+        &schema::ListOffsetsResponseArgs {
+            topics: Some(topics),
+        },
+    );
+    Ok(w.finish(
+        request_id,
+        None,
+        Some((
+            schema::ResponseBody::ListOffsetsResponse,
+            body.as_union_value(),
+        )),
+    ))
+}
+
+/// The shard holding `group`'s committed offsets.
+fn group_owner(shard: &Shard, group: &str) -> BrokerResult<usize> {
+    offsets::validate_group(group)?;
+    let image = shard.image();
+    let topic = image
+        .topic(OFFSETS_TOPIC)
+        .ok_or(BrokerError::ShuttingDown)?;
+    let partition = offsets::partition_for(group, topic.partition_count());
+    topic
+        .owner(partition)
+        .ok_or_else(|| BrokerError::Internal("offsets partition without owner".into()))
+}
+
+async fn commit_offsets(
+    shard: &Rc<Shard>,
+    request_id: u64,
+    group: String,
+    offsets: Vec<(TopicPartition, i64, String)>,
+) -> BrokerResult<Vec<Bytes>> {
+    let owner = group_owner(shard, &group)?;
+    let image = shard.image();
+    let (known, unknown): (Vec<_>, Vec<_>) = offsets.into_iter().partition(|(tp, offset, _)| {
+        *offset >= 0
+            && image
+                .topic(&tp.topic)
+                .is_some_and(|t| (0..t.partition_count()).contains(&tp.partition))
+    });
+    let committed: Vec<TopicPartition> = known.iter().map(|(tp, _, _)| tp.clone()).collect();
+    let result = match shard
+        .router
+        .call(
+            shard,
+            owner,
+            ShardCall::CommitOffsets {
+                group,
+                offsets: known,
+            },
+        )
+        .await?
+    {
+        ShardAnswer::CommitOffsets(result) => result,
+        other => Err(unexpected(other)),
+    };
+    let mut results: Vec<(TopicPartition, ErrorCode)> = committed
+        .into_iter()
+        .map(|tp| {
+            (
+                tp,
+                result
+                    .as_ref()
+                    .map_or_else(BrokerError::code, |_| ErrorCode::None),
+            )
+        })
+        .collect();
+    results.extend(unknown.into_iter().map(|(tp, offset, _)| {
+        (
+            tp,
+            if offset < 0 {
+                ErrorCode::InvalidRequest
+            } else {
+                ErrorCode::UnknownTopicOrPartition
+            },
+        )
+    }));
+    let mut w = ResponseWriter::new();
+    let mut topics = Vec::new();
+    for (topic, group) in group_by_topic(results) {
+        let partitions: Vec<_> = group
+            .into_iter()
+            .map(|(partition, error)| {
+                schema::CommitPartitionResult::create(
+                    &mut w.builder,
+                    &schema::CommitPartitionResultArgs { partition, error },
+                )
+            })
+            .collect();
+        let name = w.string(&topic);
+        let partitions = w.builder.create_vector(&partitions);
+        topics.push(schema::CommitTopicResult::create(
+            &mut w.builder,
+            &schema::CommitTopicResultArgs {
+                name: Some(name),
+                partitions: Some(partitions),
+            },
+        ));
+    }
+    let topics = w.builder.create_vector(&topics);
+    let body = schema::CommitOffsetsResponse::create(
+        &mut w.builder,
+        &schema::CommitOffsetsResponseArgs {
+            topics: Some(topics),
+        },
+    );
+    Ok(w.finish(
+        request_id,
+        None,
+        Some((
+            schema::ResponseBody::CommitOffsetsResponse,
+            body.as_union_value(),
+        )),
+    ))
+}
+
+async fn fetch_offsets(
+    shard: &Rc<Shard>,
+    request_id: u64,
+    group: String,
+    topics: Option<Vec<(String, Option<Vec<i32>>)>>,
+) -> BrokerResult<Vec<Bytes>> {
+    let owner = group_owner(shard, &group)?;
+    let committed = match shard
+        .router
+        .call(shard, owner, ShardCall::FetchOffsets { group })
+        .await?
+    {
+        ShardAnswer::FetchOffsets(result) => result?,
+        other => return Err(unexpected(other)),
+    };
+    let lookup = |tp: &TopicPartition| {
+        committed
+            .iter()
+            .find(|c| c.partition == *tp)
+            .map(|c| (c.offset, c.metadata.clone()))
+    };
+    let wanted: Vec<(TopicPartition, Option<(i64, String)>)> = match topics {
+        None => committed
+            .iter()
+            .map(|c| (c.partition.clone(), Some((c.offset, c.metadata.clone()))))
+            .collect(),
+        Some(topics) => {
+            let image = shard.image();
+            topics
+                .into_iter()
+                .flat_map(|(topic, partitions)| {
+                    let partitions = partitions.unwrap_or_else(|| match image.topic(&topic) {
+                        Some(t) => (0..t.partition_count()).collect(),
+                        None => committed
+                            .iter()
+                            .filter(|c| c.partition.topic == topic)
+                            .map(|c| c.partition.partition)
+                            .collect(),
+                    });
+                    partitions.into_iter().map(move |partition| TopicPartition {
+                        topic: topic.clone(),
+                        partition,
+                    })
+                })
+                .map(|tp| {
+                    let found = lookup(&tp);
+                    (tp, found)
+                })
+                .collect()
+        }
+    };
+    let mut w = ResponseWriter::new();
+    let mut topic_offsets = Vec::new();
+    for (topic, group) in group_by_topic(wanted) {
+        let partitions: Vec<_> = group
+            .into_iter()
+            .map(|(partition, found)| {
+                let metadata = found.as_ref().map(|(_, m)| w.string(m));
+                schema::CommittedPartition::create(
+                    &mut w.builder,
+                    &schema::CommittedPartitionArgs {
+                        partition,
+                        offset: found.map_or(-1, |(o, _)| o),
+                        metadata,
+                        error: ErrorCode::None,
+                    },
+                )
+            })
+            .collect();
+        let name = w.string(&topic);
+        let partitions = w.builder.create_vector(&partitions);
+        topic_offsets.push(schema::CommittedTopic::create(
+            &mut w.builder,
+            &schema::CommittedTopicArgs {
+                name: Some(name),
+                partitions: Some(partitions),
+            },
+        ));
+    }
+    let topics = w.builder.create_vector(&topic_offsets);
+    let body = schema::FetchOffsetsResponse::create(
+        &mut w.builder,
+        &schema::FetchOffsetsResponseArgs {
+            topics: Some(topics),
+        },
+    );
+    Ok(w.finish(
+        request_id,
+        None,
+        Some((
+            schema::ResponseBody::FetchOffsetsResponse,
+            body.as_union_value(),
+        )),
+    ))
+}
+
+async fn list_groups(shard: &Rc<Shard>, request_id: u64) -> BrokerResult<Vec<Bytes>> {
+    let mut groups = Vec::new();
+    for owner in 0..shard.count {
+        match shard
+            .router
+            .call(shard, owner, ShardCall::ListGroups)
+            .await?
+        {
+            ShardAnswer::ListGroups(found) => groups.extend(found),
+            other => return Err(unexpected(other)),
+        }
+    }
+    groups.sort();
+    groups.dedup();
+    let mut w = ResponseWriter::new();
+    let names: Vec<_> = groups.iter().map(|g| w.string(g)).collect();
+    let groups = w.builder.create_vector(&names);
+    let body = schema::ListGroupsResponse::create(
+        &mut w.builder,
+        &schema::ListGroupsResponseArgs {
+            groups: Some(groups),
+        },
+    );
+    Ok(w.finish(
+        request_id,
+        None,
+        Some((
+            schema::ResponseBody::ListGroupsResponse,
+            body.as_union_value(),
+        )),
+    ))
+}

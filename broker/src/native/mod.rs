@@ -1,0 +1,7 @@
+//! The native protocol's front door: listeners, connections, request handlers.
+
+mod codec;
+mod connection;
+mod handlers;
+
+pub use connection::{serve_listener, write_parts};

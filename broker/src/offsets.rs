@@ -1,0 +1,245 @@
+//! Committed consumer-group offsets, kept in the internal topic `__consumer_offsets`.
+//!
+//! A group's commits go to partition `crc32c(group) % partitions` of that topic, owned by
+//! one shard, which appends them (synced before the commit is answered) and keeps the
+//! latest per (group, topic, partition) in memory, rebuilt by replaying its partitions
+//! at start. Record layouts are in `docs/FORMAT.md`.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use weir_storage::Log;
+use weir_wire::{BatchBuilder, BatchHeader, RecordIter};
+
+use crate::error::{BrokerError, BrokerResult};
+use crate::metadata::now_ms;
+use crate::router::{Committed, TopicPartition};
+
+const FORMAT_VERSION: u16 = 1;
+/// Kafka's limit on a group id is 255 bytes in practice; metadata is capped like Kafka's
+/// `offset.metadata.max.bytes` (4096).
+pub const GROUP_BYTES_MAX: usize = 255;
+pub const METADATA_BYTES_MAX: usize = 4096;
+
+/// The offsets partition holding `group`'s commits.
+pub fn partition_for(group: &str, partitions: i32) -> i32 {
+    (crc32c::crc32c(group.as_bytes()) % partitions.max(1) as u32) as i32
+}
+
+pub fn validate_group(group: &str) -> BrokerResult<()> {
+    if group.is_empty() || group.len() > GROUP_BYTES_MAX {
+        return Err(BrokerError::InvalidGroup(format!(
+            "group id must be 1 to {GROUP_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
+type Key = (String, String, i32);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Commit {
+    offset: i64,
+    metadata: String,
+}
+
+/// One offsets partition: its log and the latest commit per key.
+#[derive(Debug)]
+pub struct OffsetsPartition {
+    log: Rc<Log>,
+    latest: BTreeMap<Key, Commit>,
+}
+
+impl OffsetsPartition {
+    /// Replays the partition's log into memory.
+    pub async fn load(log: Rc<Log>) -> BrokerResult<OffsetsPartition> {
+        let mut latest = BTreeMap::new();
+        let mut offset = log.log_start_offset();
+        loop {
+            let batches = log.read(offset, 1 << 20, i64::MAX).await?;
+            let Some(last) = batches.last() else { break };
+            offset = BatchHeader::parse(last)?.next_offset();
+            for batch in &batches {
+                for record in RecordIter::new(batch)? {
+                    let record = record?;
+                    let (Some(key), Some(value)) = (record.key, record.value) else {
+                        continue;
+                    };
+                    let (key, commit) = decode(key, value).ok_or_else(|| {
+                        BrokerError::Internal(format!(
+                            "undecodable commit at offset {} of {}",
+                            record.offset,
+                            log.dir().display()
+                        ))
+                    })?;
+                    latest.insert(key, commit);
+                }
+            }
+        }
+        Ok(OffsetsPartition { log, latest })
+    }
+
+    /// Queues the commits as one batch and makes them current at once, so that commits
+    /// take effect in the order they are queued. The caller awaits durability with
+    /// `Log::finish_append` before acknowledging.
+    pub fn start_commit(
+        &mut self,
+        group: &str,
+        offsets: &[(TopicPartition, i64, String)],
+    ) -> BrokerResult<Option<(Rc<Log>, weir_storage::AppendInfo)>> {
+        if offsets.is_empty() {
+            return Ok(None);
+        }
+        let timestamp = now_ms();
+        let mut builder = BatchBuilder::new(timestamp);
+        for (partition, offset, metadata) in offsets {
+            if metadata.len() > METADATA_BYTES_MAX {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "offset metadata over {METADATA_BYTES_MAX} bytes"
+                )));
+            }
+            let (key, value) = encode(group, partition, *offset, metadata);
+            builder.append(timestamp, Some(&key), Some(&value), &[]);
+        }
+        let info = self.log.start_append(builder.build(), 0)?;
+        for (partition, offset, metadata) in offsets {
+            let key = (
+                group.to_string(),
+                partition.topic.clone(),
+                partition.partition,
+            );
+            self.latest.insert(
+                key,
+                Commit {
+                    offset: *offset,
+                    metadata: metadata.clone(),
+                },
+            );
+        }
+        Ok(Some((self.log.clone(), info)))
+    }
+
+    pub fn committed(&self, group: &str) -> Vec<Committed> {
+        let from = (group.to_string(), String::new(), i32::MIN);
+        self.latest
+            .range(from..)
+            .take_while(|((g, _, _), _)| g == group)
+            .map(|((_, topic, partition), commit)| Committed {
+                partition: TopicPartition {
+                    topic: topic.clone(),
+                    partition: *partition,
+                },
+                offset: commit.offset,
+                metadata: commit.metadata.clone(),
+            })
+            .collect()
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = &str> {
+        let mut last: Option<&str> = None;
+        self.latest.keys().filter_map(move |(group, _, _)| {
+            let new = last != Some(group.as_str());
+            last = Some(group.as_str());
+            new.then_some(group.as_str())
+        })
+    }
+}
+
+fn put_string(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// key: `version u16 | group (u16 length, UTF-8) | topic (same) | partition i32`;
+/// value: `version u16 | offset i64 | commit timestamp i64 | metadata (u16 length, UTF-8)`.
+fn encode(
+    group: &str,
+    partition: &TopicPartition,
+    offset: i64,
+    metadata: &str,
+) -> (Vec<u8>, Vec<u8>) {
+    let mut key = FORMAT_VERSION.to_be_bytes().to_vec();
+    put_string(&mut key, group);
+    put_string(&mut key, &partition.topic);
+    key.extend_from_slice(&partition.partition.to_be_bytes());
+    let mut value = FORMAT_VERSION.to_be_bytes().to_vec();
+    value.extend_from_slice(&offset.to_be_bytes());
+    value.extend_from_slice(&now_ms().to_be_bytes());
+    put_string(&mut value, metadata);
+    (key, value)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn i32(&mut self) -> Option<i32> {
+        self.take(4)
+            .and_then(|b| b.try_into().ok())
+            .map(i32::from_be_bytes)
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        self.take(8)
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_be_bytes)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = usize::from(self.u16()?);
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+}
+
+fn decode(key: &[u8], value: &[u8]) -> Option<(Key, Commit)> {
+    let mut key = Reader(key);
+    let mut value = Reader(value);
+    if key.u16()? != FORMAT_VERSION || value.u16()? != FORMAT_VERSION {
+        return None;
+    }
+    let decoded_key = (key.string()?, key.string()?, key.i32()?);
+    let offset = value.i64()?;
+    let _timestamp = value.i64()?;
+    let metadata = value.string()?;
+    Some((decoded_key, Commit { offset, metadata }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quickcheck::quickcheck;
+
+    quickcheck! {
+        fn commit_records_round_trip(group: String, topic: String, partition: i32, offset: i64, metadata: String) -> bool {
+            let tp = TopicPartition { topic: topic.clone(), partition };
+            let (key, value) = encode(&group, &tp, offset, &metadata);
+            decode(&key, &value) == Some(((group, topic, partition), Commit { offset, metadata }))
+        }
+
+        fn random_commit_bytes_never_panic(key: Vec<u8>, value: Vec<u8>) -> bool {
+            let _ = decode(&key, &value);
+            true
+        }
+    }
+
+    #[test]
+    fn groups_spread_over_partitions_stably() {
+        assert_eq!(
+            partition_for("orders-service", 8),
+            partition_for("orders-service", 8)
+        );
+        let used: std::collections::HashSet<i32> = (0..100)
+            .map(|i| partition_for(&format!("g{i}"), 8))
+            .collect();
+        assert_eq!(used.len(), 8);
+    }
+}

@@ -1,0 +1,272 @@
+//! Calls between shards, over glommio's channel mesh created at boot.
+//!
+//! **Invariant:** a partition is touched only by its owning shard; other shards send it a
+//! `ShardCall` and await the `ShardAnswer`. Record bytes travel as `Bytes`/`BytesMut`,
+//! which move between cores without being copied.
+//!
+//! Calls are started in the order a connection needs them (a produce request's appends)
+//! and awaited later: a remote call is in the owner's queue once `start` returns, and the
+//! owner starts handling calls in arrival order. A local call is spawned as a task, and
+//! glommio runs a queue's tasks in spawn order, so local appends keep the order too.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use weir_wire::native::schema::{Acks, OffsetSpec};
+
+use crate::error::{BrokerError, BrokerResult};
+use crate::metadata::MetadataImage;
+use crate::metrics::ShardMetricsSnapshot;
+
+/// Messages in flight between two shards at most (per direction). A full channel makes
+/// the sender wait: backpressure between cores.
+pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// A request for the shard that owns what it names.
+#[derive(Debug)]
+pub enum ShardCall {
+    Produce {
+        partition: TopicPartition,
+        batches: Vec<BytesMut>,
+        acks: Acks,
+    },
+    Fetch {
+        partition: TopicPartition,
+        offset: i64,
+        max_bytes: usize,
+    },
+    /// Answers once any listed partition has data at or after its offset, or at the timeout.
+    Watch {
+        partitions: Vec<(TopicPartition, i64)>,
+        timeout: Duration,
+    },
+    ListOffsets {
+        partition: TopicPartition,
+        spec: OffsetSpec,
+        timestamp: i64,
+    },
+    PartitionStatus {
+        partition: TopicPartition,
+    },
+    CommitOffsets {
+        group: String,
+        offsets: Vec<(TopicPartition, i64, String)>,
+    },
+    FetchOffsets {
+        group: String,
+    },
+    ListGroups,
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        configs: Vec<(String, String)>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    ApplyMetadata {
+        image: Arc<MetadataImage>,
+    },
+    Metrics,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+    pub log_end_offset: i64,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct Committed {
+    pub partition: TopicPartition,
+    pub offset: i64,
+    pub metadata: String,
+}
+
+/// The owner's answer to a `ShardCall`, variant for variant.
+#[derive(Debug)]
+pub enum ShardAnswer {
+    Produce(BrokerResult<(i64, i64)>),
+    Fetch(BrokerResult<(Vec<Bytes>, PartitionStatus)>),
+    Watched,
+    ListOffsets(BrokerResult<(i64, i64)>),
+    PartitionStatus(BrokerResult<PartitionStatus>),
+    CommitOffsets(BrokerResult<()>),
+    FetchOffsets(BrokerResult<Vec<Committed>>),
+    ListGroups(Vec<String>),
+    Admin(BrokerResult<()>),
+    Metrics(Box<ShardMetricsSnapshot>),
+}
+
+/// What travels on the mesh.
+#[derive(Debug)]
+pub enum Envelope {
+    Call {
+        from: usize,
+        id: u64,
+        call: ShardCall,
+    },
+    Answer {
+        id: u64,
+        answer: ShardAnswer,
+    },
+}
+
+/// An answer to await.
+#[derive(Debug)]
+pub enum Pending {
+    Local(glommio::Task<ShardAnswer>),
+    Remote(LocalReceiver<ShardAnswer>),
+}
+
+impl Pending {
+    pub async fn wait(self) -> BrokerResult<ShardAnswer> {
+        match self {
+            Pending::Local(task) => Ok(task.await),
+            Pending::Remote(receiver) => receiver.recv().await.ok_or(BrokerError::ShuttingDown),
+        }
+    }
+}
+
+/// Handles calls addressed to this shard.
+pub trait CallHandler: 'static {
+    fn handle(
+        self: Rc<Self>,
+        call: ShardCall,
+    ) -> impl std::future::Future<Output = ShardAnswer> + 'static;
+}
+
+/// This shard's end of the mesh.
+#[derive(Debug)]
+pub struct Router {
+    me: usize,
+    senders: Senders<Envelope>,
+    next_id: Cell<u64>,
+    waiting: RefCell<HashMap<u64, LocalSender<ShardAnswer>>>,
+}
+
+impl Router {
+    /// Wraps this shard's mesh senders. The mesh orders peers by executor creation, and
+    /// shards are created in order, so peer ids are shard ids; checked here.
+    pub fn new(me: usize, senders: Senders<Envelope>) -> Rc<Router> {
+        assert_eq!(senders.peer_id(), me, "mesh peer id differs from shard id");
+        Rc::new(Router {
+            me,
+            senders,
+            next_id: Cell::new(0),
+            waiting: RefCell::new(HashMap::new()),
+        })
+    }
+
+    pub fn shard_id(&self) -> usize {
+        self.me
+    }
+
+    /// Starts `call` on `shard`. For a remote shard the call is queued there when this
+    /// returns; the answer is awaited through the returned `Pending`.
+    pub async fn start<H: CallHandler>(
+        &self,
+        handler: &Rc<H>,
+        shard: usize,
+        call: ShardCall,
+    ) -> BrokerResult<Pending> {
+        if shard == self.me {
+            let handler = handler.clone();
+            return Ok(Pending::Local(glommio::spawn_local(handler.handle(call))));
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (sender, receiver) = local_channel::new_bounded(1);
+        self.waiting.borrow_mut().insert(id, sender);
+        let envelope = Envelope::Call {
+            from: self.me,
+            id,
+            call,
+        };
+        if self.senders.send_to(shard, envelope).await.is_err() {
+            self.waiting.borrow_mut().remove(&id);
+            return Err(BrokerError::ShuttingDown);
+        }
+        Ok(Pending::Remote(receiver))
+    }
+
+    /// Starts and awaits.
+    pub async fn call<H: CallHandler>(
+        &self,
+        handler: &Rc<H>,
+        shard: usize,
+        call: ShardCall,
+    ) -> BrokerResult<ShardAnswer> {
+        self.start(handler, shard, call).await?.wait().await
+    }
+
+    /// Serves the mesh: calls from other shards are started in arrival order, answers are
+    /// handed to whoever waits for them. Runs until the mesh closes.
+    pub fn serve<H: CallHandler>(
+        self: &Rc<Self>,
+        handler: Rc<H>,
+        mut receivers: Receivers<Envelope>,
+    ) {
+        for (peer, receiver) in receivers.streams() {
+            let (router, handler) = (self.clone(), handler.clone());
+            glommio::spawn_local(async move {
+                while let Some(envelope) = receiver.recv().await {
+                    router.receive(&handler, peer, envelope);
+                }
+            })
+            .detach();
+        }
+    }
+
+    fn receive<H: CallHandler>(self: &Rc<Self>, handler: &Rc<H>, peer: usize, envelope: Envelope) {
+        match envelope {
+            Envelope::Call { from, id, call } => {
+                debug_assert_eq!(from, peer);
+                let (router, handler) = (self.clone(), handler.clone());
+                glommio::spawn_local(async move {
+                    let answer = handler.handle(call).await;
+                    // A closed mesh means the caller's shard is gone: nobody to tell.
+                    let _ = router
+                        .senders
+                        .send_to(from, Envelope::Answer { id, answer })
+                        .await;
+                })
+                .detach();
+            }
+            Envelope::Answer { id, answer } => {
+                if let Some(sender) = self.waiting.borrow_mut().remove(&id) {
+                    let _ = sender.try_send(answer);
+                }
+            }
+        }
+    }
+
+    pub fn close(&self) {
+        self.senders.close();
+    }
+}
+
+/// Builds the full mesh every shard joins at boot.
+pub fn mesh(shards: usize) -> glommio::channels::channel_mesh::FullMesh<Envelope> {
+    glommio::channels::channel_mesh::MeshBuilder::full(shards, MESH_CHANNEL_CAPACITY)
+}

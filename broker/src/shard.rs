@@ -1,0 +1,636 @@
+//! One shard: a core's share of the broker. It owns some partitions (as recorded in the
+//! metadata), answers calls about them from every shard, and serves client connections.
+//!
+//! **Invariant:** a partition's log is mutated only by its owning shard.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use event_listener::{Event, EventListener};
+use glommio::sync::Semaphore;
+use weir_storage::{FlushPolicy, Log, LogConfig, LogIdentity, ShardStorage};
+use weir_wire::native::schema::{Acks, OffsetSpec};
+
+use crate::config::BrokerConfig;
+use crate::error::{BrokerError, BrokerResult};
+use crate::metadata::{MetadataImage, MetadataLog, MetadataRecord, OFFSETS_TOPIC};
+use crate::metrics::ShardMetrics;
+use crate::offsets::{self, OffsetsPartition};
+use crate::router::{
+    CallHandler, Committed, PartitionStatus, Router, ShardAnswer, ShardCall, TopicPartition,
+};
+use crate::topic;
+
+#[derive(Debug)]
+pub struct Shard {
+    pub id: usize,
+    pub count: usize,
+    pub config: Arc<BrokerConfig>,
+    log_defaults: LogConfig,
+    pub storage: Rc<ShardStorage>,
+    pub router: Rc<Router>,
+    partitions: RefCell<BTreeMap<TopicPartition, Rc<Log>>>,
+    offsets: RefCell<BTreeMap<i32, Rc<RefCell<OffsetsPartition>>>>,
+    metadata: RefCell<Arc<MetadataImage>>,
+    /// Fired when a new metadata image is applied.
+    pub metadata_changed: Event,
+    /// Shard 0 only: the metadata log, taken out while an admin operation runs.
+    controller: RefCell<Option<MetadataLog>>,
+    controller_lock: Semaphore,
+    pub metrics: ShardMetrics,
+    /// Bytes of requests this shard may hold; readers wait for permits (backpressure).
+    pub memory: Rc<Semaphore>,
+    pub shutdown: Arc<AtomicBool>,
+    in_flight: Cell<usize>,
+    pub drained: Event,
+}
+
+/// Consumers may read up to here: what is durable, unless the topic opted out of syncing.
+pub fn high_watermark(log: &Log) -> i64 {
+    match log.config().flush {
+        FlushPolicy::Never => log.log_end_offset(),
+        FlushPolicy::EveryBatch | FlushPolicy::Interval { .. } => log.durable_offset(),
+    }
+}
+
+fn status(log: &Log) -> PartitionStatus {
+    PartitionStatus {
+        log_start_offset: log.log_start_offset(),
+        high_watermark: high_watermark(log),
+        log_end_offset: log.log_end_offset(),
+        size_bytes: log.size_bytes(),
+    }
+}
+
+impl CallHandler for Shard {
+    async fn handle(self: Rc<Self>, call: ShardCall) -> ShardAnswer {
+        self.answer(call).await
+    }
+}
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        count: usize,
+        config: Arc<BrokerConfig>,
+        router: Rc<Router>,
+        shutdown: Arc<AtomicBool>,
+    ) -> anyhow::Result<Rc<Shard>> {
+        Ok(Rc::new(Shard {
+            id,
+            count,
+            log_defaults: config.log_config()?,
+            storage: ShardStorage::new(config.storage_config()),
+            memory: Rc::new(Semaphore::new(config.shard_memory_bytes as u64)),
+            config,
+            router,
+            partitions: RefCell::new(BTreeMap::new()),
+            offsets: RefCell::new(BTreeMap::new()),
+            metadata: RefCell::new(Arc::new(MetadataImage::default())),
+            metadata_changed: Event::new(),
+            controller: RefCell::new(None),
+            controller_lock: Semaphore::new(1),
+            metrics: ShardMetrics::default(),
+            shutdown,
+            in_flight: Cell::new(0),
+            drained: Event::new(),
+        }))
+    }
+
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.metadata.borrow().clone()
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request from its frame being read to its response being queued; shutdown
+    /// waits for the count to reach zero.
+    pub fn request_started(&self) {
+        self.in_flight.set(self.in_flight.get() + 1);
+    }
+
+    pub fn request_finished(&self) {
+        self.in_flight.set(self.in_flight.get() - 1);
+        if self.in_flight.get() == 0 {
+            self.drained.notify(usize::MAX);
+        }
+    }
+
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
+    /// The shard that owns `partition`, from the current metadata.
+    pub fn owner(&self, partition: &TopicPartition) -> BrokerResult<usize> {
+        self.metadata
+            .borrow()
+            .topic(&partition.topic)
+            .and_then(|t| t.owner(partition.partition))
+            .ok_or_else(|| unknown(partition))
+    }
+
+    fn log(&self, partition: &TopicPartition) -> BrokerResult<Rc<Log>> {
+        self.partitions
+            .borrow()
+            .get(partition)
+            .cloned()
+            .ok_or_else(|| unknown(partition))
+    }
+
+    async fn answer(self: Rc<Self>, call: ShardCall) -> ShardAnswer {
+        match call {
+            ShardCall::Produce {
+                partition,
+                batches,
+                acks,
+            } => ShardAnswer::Produce(self.produce(&partition, batches, acks).await),
+            ShardCall::Fetch {
+                partition,
+                offset,
+                max_bytes,
+            } => ShardAnswer::Fetch(self.fetch(&partition, offset, max_bytes).await),
+            ShardCall::Watch {
+                partitions,
+                timeout,
+            } => {
+                self.watch(&partitions, timeout).await;
+                ShardAnswer::Watched
+            }
+            ShardCall::ListOffsets {
+                partition,
+                spec,
+                timestamp,
+            } => ShardAnswer::ListOffsets(self.list_offsets(&partition, spec, timestamp).await),
+            ShardCall::PartitionStatus { partition } => {
+                ShardAnswer::PartitionStatus(self.log(&partition).map(|l| status(&l)))
+            }
+            ShardCall::CommitOffsets { group, offsets } => {
+                ShardAnswer::CommitOffsets(self.commit_offsets(&group, offsets).await)
+            }
+            ShardCall::FetchOffsets { group } => {
+                ShardAnswer::FetchOffsets(self.fetch_offsets(&group))
+            }
+            ShardCall::ListGroups => ShardAnswer::ListGroups(self.groups()),
+            ShardCall::CreateTopic {
+                name,
+                partitions,
+                configs,
+            } => ShardAnswer::Admin(self.create_topic(&name, partitions, configs).await),
+            ShardCall::DeleteTopic { name } => ShardAnswer::Admin(self.delete_topic(&name).await),
+            ShardCall::ApplyMetadata { image } => {
+                ShardAnswer::Admin(self.apply_metadata(image).await)
+            }
+            ShardCall::Metrics => {
+                let partitions = self
+                    .partitions
+                    .borrow()
+                    .iter()
+                    .map(|(tp, log)| (tp.clone(), status(log)))
+                    .collect();
+                ShardAnswer::Metrics(Box::new(self.metrics.snapshot(
+                    self.id,
+                    self.storage.cache_bytes(),
+                    partitions,
+                )))
+            }
+        }
+    }
+
+    /// Appends a request's batches for one partition. All are checked before any is
+    /// appended, so a request is applied whole or not at all. Returns the first batch's
+    /// base offset and the log start offset.
+    async fn produce(
+        &self,
+        partition: &TopicPartition,
+        batches: Vec<BytesMut>,
+        acks: Acks,
+    ) -> BrokerResult<(i64, i64)> {
+        let log = self.log(partition)?;
+        let batch_bytes_max = log.config().batch_bytes_max as usize;
+        if batches.len() > 1 {
+            for batch in &batches {
+                weir_wire::batch::validate(batch, batch_bytes_max)?;
+            }
+        }
+        let mut first_offset = None;
+        let mut last = None;
+        for batch in batches {
+            let info = log.start_append(batch, 0)?;
+            first_offset.get_or_insert(info.base_offset);
+            last = Some(info);
+        }
+        let last = last.ok_or_else(|| {
+            BrokerError::InvalidRequest(format!("no record batches for {partition}"))
+        })?;
+        log.finish_append(&last).await?;
+        if acks == Acks::All && matches!(log.config().flush, FlushPolicy::Interval { .. }) {
+            log.wait_durable(last.last_offset + 1).await?;
+        }
+        Ok((
+            first_offset.unwrap_or(last.base_offset),
+            log.log_start_offset(),
+        ))
+    }
+
+    async fn fetch(
+        &self,
+        partition: &TopicPartition,
+        offset: i64,
+        max_bytes: usize,
+    ) -> BrokerResult<(Vec<bytes::Bytes>, PartitionStatus)> {
+        let log = self.log(partition)?;
+        let status = status(&log);
+        let batches = log.read(offset, max_bytes, status.high_watermark).await?;
+        Ok((batches, status))
+    }
+
+    /// Waits until one of the partitions has data readable at its offset, or the timeout.
+    async fn watch(&self, partitions: &[(TopicPartition, i64)], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs: Vec<(Rc<Log>, i64)> = partitions
+                .iter()
+                .filter_map(|(tp, offset)| Some((self.log(tp).ok()?, *offset)))
+                .collect();
+            let listeners: Vec<EventListener> =
+                logs.iter().map(|(log, _)| log.listen_changes()).collect();
+            let ready = logs
+                .iter()
+                .any(|(log, offset)| high_watermark(log) > *offset);
+            let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            if ready || logs.is_empty() || self.shutting_down() {
+                return;
+            }
+            let changed = futures_lite::future::or(
+                async {
+                    any_of(listeners).await;
+                    true
+                },
+                async {
+                    glommio::timer::sleep(remaining).await;
+                    false
+                },
+            );
+            if !changed.await {
+                return;
+            }
+        }
+    }
+
+    async fn list_offsets(
+        &self,
+        partition: &TopicPartition,
+        spec: OffsetSpec,
+        timestamp: i64,
+    ) -> BrokerResult<(i64, i64)> {
+        let log = self.log(partition)?;
+        match spec {
+            OffsetSpec::Earliest => Ok((log.log_start_offset(), -1)),
+            OffsetSpec::Latest => Ok((high_watermark(&log), -1)),
+            _ => {
+                let found = log.offset_for_timestamp(timestamp).await?;
+                let hw = high_watermark(&log);
+                Ok(found
+                    .filter(|f| f.offset < hw)
+                    .map_or((-1, -1), |f| (f.offset, f.timestamp)))
+            }
+        }
+    }
+
+    fn offsets_partition(&self, group: &str) -> BrokerResult<Rc<RefCell<OffsetsPartition>>> {
+        let partitions = self
+            .image()
+            .topic(OFFSETS_TOPIC)
+            .map_or(1, |t| t.partition_count());
+        let index = offsets::partition_for(group, partitions);
+        self.offsets.borrow().get(&index).cloned().ok_or_else(|| {
+            BrokerError::Internal(format!(
+                "shard {} does not hold {OFFSETS_TOPIC}-{index}",
+                self.id
+            ))
+        })
+    }
+
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: Vec<(TopicPartition, i64, String)>,
+    ) -> BrokerResult<()> {
+        offsets::validate_group(group)?;
+        let store = self.offsets_partition(group)?;
+        let pending = store.borrow_mut().start_commit(group, &offsets)?;
+        match pending {
+            Some((log, info)) => Ok(log.finish_append(&info).await?),
+            None => Ok(()),
+        }
+    }
+
+    fn fetch_offsets(&self, group: &str) -> BrokerResult<Vec<Committed>> {
+        offsets::validate_group(group)?;
+        Ok(self.offsets_partition(group)?.borrow().committed(group))
+    }
+
+    fn groups(&self) -> Vec<String> {
+        let stores: Vec<_> = self.offsets.borrow().values().cloned().collect();
+        stores
+            .iter()
+            .flat_map(|s| s.borrow().groups().map(str::to_string).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Shard 0, at start: opens the metadata log, creates the internal topics it lacks and
+    /// moves partitions of shards that no longer exist.
+    pub async fn start_controller(self: &Rc<Self>) -> BrokerResult<()> {
+        assert_eq!(self.id, 0, "only shard 0 is the controller");
+        let mut log = MetadataLog::open(&self.config.data_dir, self.storage.clone()).await?;
+        for record in log.image().reassignments(self.count) {
+            log.append(record).await?;
+        }
+        if log.image().topic(OFFSETS_TOPIC).is_none() {
+            let partitions = self.config.offsets_topic_partitions as usize;
+            let record = MetadataRecord::TopicCreated {
+                name: OFFSETS_TOPIC.into(),
+                shards: log.image().assign(partitions, self.count),
+                configs: vec![
+                    ("retention.ms".into(), "-1".into()),
+                    ("flush.policy".into(), "every-batch".into()),
+                ],
+                internal: true,
+            };
+            log.append(record).await?;
+        }
+        let image = Arc::new(log.image().clone());
+        *self.controller.borrow_mut() = Some(log);
+        self.broadcast(image).await
+    }
+
+    /// Hands every shard the new image and waits until each has applied it.
+    async fn broadcast(self: &Rc<Self>, image: Arc<MetadataImage>) -> BrokerResult<()> {
+        let mut pending = Vec::with_capacity(self.count);
+        for shard in 0..self.count {
+            pending.push(
+                self.router
+                    .start(
+                        self,
+                        shard,
+                        ShardCall::ApplyMetadata {
+                            image: image.clone(),
+                        },
+                    )
+                    .await?,
+            );
+        }
+        for answer in pending {
+            match answer.wait().await? {
+                ShardAnswer::Admin(result) => result?,
+                other => {
+                    return Err(BrokerError::Internal(format!(
+                        "unexpected answer {other:?}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one metadata change on the controller: append the record, then broadcast.
+    async fn change_metadata(
+        self: &Rc<Self>,
+        decide: impl FnOnce(&MetadataImage) -> BrokerResult<MetadataRecord>,
+    ) -> BrokerResult<()> {
+        if self.id != 0 {
+            return Err(BrokerError::Internal(
+                "metadata changes run on shard 0".into(),
+            ));
+        }
+        let _permit = self
+            .controller_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| BrokerError::ShuttingDown)?;
+        let mut log = self
+            .controller
+            .borrow_mut()
+            .take()
+            .ok_or(BrokerError::ShuttingDown)?;
+        let result = match decide(log.image()) {
+            Ok(record) => log
+                .append(record)
+                .await
+                .map(|image| Arc::new(image.clone())),
+            Err(error) => Err(error),
+        };
+        *self.controller.borrow_mut() = Some(log);
+        self.broadcast(result?).await
+    }
+
+    async fn create_topic(
+        self: &Rc<Self>,
+        name: &str,
+        partitions: i32,
+        configs: Vec<(String, String)>,
+    ) -> BrokerResult<()> {
+        topic::validate_topic_name(name).map_err(BrokerError::InvalidTopic)?;
+        if name.starts_with("__") {
+            return Err(BrokerError::InvalidTopic(format!(
+                "{name}: names starting with __ are reserved"
+            )));
+        }
+        if !(1..=topic::TOPIC_PARTITIONS_MAX).contains(&partitions) {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "{partitions} is not within 1..={}",
+                topic::TOPIC_PARTITIONS_MAX
+            )));
+        }
+        let overrides = configs.iter().cloned().collect();
+        topic::log_config(&self.log_defaults, &overrides).map_err(BrokerError::InvalidConfig)?;
+        let count = self.count;
+        self.change_metadata(|image| {
+            if image.topic(name).is_some() {
+                return Err(BrokerError::TopicAlreadyExists(name.to_string()));
+            }
+            let shards = image.assign(partitions as usize, count);
+            Ok(MetadataRecord::TopicCreated {
+                name: name.to_string(),
+                shards,
+                configs,
+                internal: false,
+            })
+        })
+        .await
+    }
+
+    async fn delete_topic(self: &Rc<Self>, name: &str) -> BrokerResult<()> {
+        self.change_metadata(|image| match image.topic(name) {
+            None => Err(BrokerError::UnknownTopic(name.to_string())),
+            Some(topic) if topic.internal => {
+                Err(BrokerError::InvalidTopic(format!("{name} is internal")))
+            }
+            Some(_) => Ok(MetadataRecord::TopicDeleted {
+                name: name.to_string(),
+            }),
+        })
+        .await
+    }
+
+    /// Makes this shard's partitions match `image`: opens the ones it now owns, closes the
+    /// ones it no longer does, and deletes the directories of deleted topics.
+    async fn apply_metadata(&self, image: Arc<MetadataImage>) -> BrokerResult<()> {
+        let owned: Vec<(TopicPartition, Arc<crate::metadata::TopicImage>)> = image
+            .topics
+            .values()
+            .flat_map(|t| {
+                t.shards
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, shard)| **shard as usize == self.id)
+                    .map(move |(p, _)| {
+                        (
+                            TopicPartition {
+                                topic: t.name.clone(),
+                                partition: p as i32,
+                            },
+                            t.clone(),
+                        )
+                    })
+            })
+            .collect();
+        let stale: Vec<TopicPartition> = self
+            .partitions
+            .borrow()
+            .keys()
+            .filter(|tp| !owned.iter().any(|(o, _)| o == *tp))
+            .cloned()
+            .collect();
+        for partition in stale {
+            self.close_partition(&partition, image.topic(&partition.topic).is_none())
+                .await?;
+        }
+        for (partition, topic) in owned {
+            if !self.partitions.borrow().contains_key(&partition) {
+                self.open_partition(&partition, &topic).await?;
+            }
+        }
+        *self.metadata.borrow_mut() = image;
+        self.metadata_changed.notify(usize::MAX);
+        Ok(())
+    }
+
+    fn partition_dir(&self, partition: &TopicPartition) -> std::path::PathBuf {
+        self.config.data_dir.join(partition.to_string())
+    }
+
+    async fn open_partition(
+        &self,
+        partition: &TopicPartition,
+        topic: &crate::metadata::TopicImage,
+    ) -> BrokerResult<()> {
+        let config = topic::log_config(&self.log_defaults, &topic.configs)
+            .map_err(BrokerError::InvalidConfig)?;
+        let identity = LogIdentity {
+            topic: partition.topic.clone(),
+            partition: partition.partition,
+        };
+        let log = Log::open(
+            &self.partition_dir(partition),
+            &identity,
+            config,
+            self.storage.clone(),
+        )
+        .await?;
+        if partition.topic == OFFSETS_TOPIC {
+            let store = OffsetsPartition::load(log.clone()).await?;
+            self.offsets
+                .borrow_mut()
+                .insert(partition.partition, Rc::new(RefCell::new(store)));
+        }
+        self.partitions.borrow_mut().insert(partition.clone(), log);
+        Ok(())
+    }
+
+    async fn close_partition(&self, partition: &TopicPartition, delete: bool) -> BrokerResult<()> {
+        let log = self.partitions.borrow_mut().remove(partition);
+        if let Some(log) = log {
+            log.close().await?;
+        }
+        if delete {
+            let dir = self.partition_dir(partition);
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| BrokerError::Internal(format!("deleting {}: {e}", dir.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Background work, every `tick_ms`: write-behind and interval syncs; retention every
+    /// `retention_check_ms`. Returns when shutdown begins.
+    pub async fn run_background(self: Rc<Self>) {
+        let tick = Duration::from_millis(self.config.tick_ms);
+        let retention_every = Duration::from_millis(self.config.retention_check_ms);
+        let mut last_retention = Instant::now();
+        while !self.shutting_down() {
+            glommio::timer::sleep(tick).await;
+            let logs: Vec<Rc<Log>> = self.partitions.borrow().values().cloned().collect();
+            for log in &logs {
+                if let Err(error) = log.tick().await {
+                    tracing::error!(log = %log.dir().display(), %error, "background write failed");
+                }
+            }
+            if last_retention.elapsed() >= retention_every {
+                last_retention = Instant::now();
+                for log in &logs {
+                    if let Err(error) = log.apply_retention(crate::metadata::now_ms()).await {
+                        tracing::error!(log = %log.dir().display(), %error, "retention failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes every log (flushing it), then the metadata log.
+    pub async fn close(&self) {
+        let logs: Vec<Rc<Log>> = std::mem::take(&mut *self.partitions.borrow_mut())
+            .into_values()
+            .collect();
+        for log in logs {
+            if let Err(error) = log.close().await {
+                tracing::error!(log = %log.dir().display(), %error, "closing failed");
+            }
+        }
+        let controller = self.controller.borrow_mut().take();
+        if let Some(Err(error)) = match controller {
+            Some(log) => Some(log.close().await),
+            None => None,
+        } {
+            tracing::error!(%error, "closing the metadata log failed");
+        }
+    }
+}
+
+fn unknown(partition: &TopicPartition) -> BrokerError {
+    BrokerError::UnknownTopicOrPartition {
+        topic: partition.topic.clone(),
+        partition: partition.partition,
+    }
+}
+
+/// Completes when any of the listeners fires.
+async fn any_of(mut listeners: Vec<EventListener>) {
+    futures_lite::future::poll_fn(|cx| {
+        for listener in &mut listeners {
+            if std::pin::Pin::new(listener).poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
