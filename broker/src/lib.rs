@@ -3,6 +3,7 @@
 //! See `docs/ARCHITECTURE.md`.
 
 pub mod boot;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use weir_broker::cli::{self, Brokers, ConsumeArgs, GroupCommand, ProduceArgs, TopicCommand};
 use weir_broker::config::{BrokerConfig, FlagOverrides};
 
 #[derive(Debug, Parser)]
@@ -19,7 +20,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the broker.
+    /// Run the broker (a complete single node by default, data in ./weir-data).
     Serve {
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -35,6 +36,34 @@ enum Command {
         /// A TOML configuration file (see docs/CONFIG.md).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+    /// Produce lines of stdin as records.
+    Produce {
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(flatten)]
+        args: ProduceArgs,
+    },
+    /// Print records of a topic.
+    Consume {
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(flatten)]
+        args: ConsumeArgs,
+    },
+    /// Consumer groups: committed offsets and lag.
+    Group {
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(subcommand)]
+        command: GroupCommand,
     },
 }
 
@@ -65,6 +94,19 @@ fn main() -> anyhow::Result<()> {
             let env = std::env::vars().filter(|(k, _)| k != "WEIR_LOG");
             let config = BrokerConfig::load(config.as_deref(), env, &flags)?;
             weir_broker::boot::serve(config)
+        }
+        Command::Topic { brokers, command } => {
+            cli::run(move || cli::topic(brokers.brokers, command))
+        }
+        Command::Produce { brokers, args } => {
+            let lines = cli::stdin_lines()?;
+            let count = cli::run(move || cli::produce(brokers.brokers, args, lines))?;
+            eprintln!("produced {count} records");
+            Ok(())
+        }
+        Command::Consume { brokers, args } => cli::run(move || cli::consume(brokers.brokers, args)),
+        Command::Group { brokers, command } => {
+            cli::run(move || cli::group(brokers.brokers, command))
         }
     }
 }

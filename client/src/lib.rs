@@ -1,2 +1,21 @@
-//! The native Rust client (producer, consumer, admin). Not built yet: it arrives with the
-//! broker's native protocol.
+//! weir's native Rust client: a pipelined connection, a client for every request, a
+//! batching producer and a consumer. Runs on glommio, like the broker.
+
+mod client;
+mod connection;
+mod consumer;
+mod error;
+pub mod io;
+mod partitioner;
+mod producer;
+
+pub use client::{
+    Client, CommittedOffset, FetchSpec, FetchedPartition, Metadata, OffsetQuery, PartitionMeta,
+    ProduceResult, TopicMeta,
+};
+pub use connection::{Connection, ResponseFrame};
+pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};
+pub use error::{ClientError, ClientResult};
+pub use partitioner::murmur2;
+pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord};
+pub use weir_wire::native::schema::{Acks, ErrorCode, OffsetSpec};

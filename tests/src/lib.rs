@@ -1,5 +1,7 @@
 //! Helpers shared by weir's cross-crate tests and their helper processes.
 
+pub mod broker;
+
 use bytes::BytesMut;
 use weir_storage::{FlushPolicy, LogConfig, LogIdentity};
 use weir_wire::BatchBuilder;

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::StaticPermit;
@@ -80,7 +80,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
         let mut writer = writer;
         while let Some(out) = outgoing.recv().await {
             let bytes: usize = out.parts.iter().map(Bytes::len).sum();
-            if let Err(error) = write_parts(&mut writer, fd, &out.parts).await {
+            if let Err(error) = weir_client::io::write_parts(&mut writer, fd, &out.parts).await {
                 tracing::debug!(%error, "writing a response failed");
                 break;
             }
@@ -267,52 +267,5 @@ impl FrameReader {
         }
         let _prefix = self.buffer.split_to(FRAME_PREFIX_BYTES);
         Ok(Some(self.buffer.split_to(len)))
-    }
-}
-
-/// Writes `parts` in order with vectored sends (one `sendmsg` for many buffers: record
-/// batches are written from where storage holds them, not copied into one buffer). When
-/// the socket is full, waits through glommio for the part at hand, then continues.
-pub async fn write_parts(
-    writer: &mut WriteHalf<TcpStream>,
-    fd: std::os::fd::RawFd,
-    parts: &[Bytes],
-) -> std::io::Result<()> {
-    use nix::sys::socket::{MsgFlags, SockaddrStorage, sendmsg};
-    use std::io::IoSlice;
-    let (mut index, mut offset) = (0usize, 0usize);
-    loop {
-        while index < parts.len() && offset == parts[index].len() {
-            (index, offset) = (index + 1, 0);
-        }
-        if index == parts.len() {
-            return Ok(());
-        }
-        let slices: Vec<IoSlice<'_>> = std::iter::once(&parts[index][offset..])
-            .chain(parts[index + 1..].iter().map(|p| &p[..]))
-            .take(64)
-            .map(IoSlice::new)
-            .collect();
-        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-        match sendmsg::<SockaddrStorage>(fd, &slices, &[], flags, None) {
-            Ok(mut sent) => {
-                while sent > 0 && index < parts.len() {
-                    let left = parts[index].len() - offset;
-                    if sent >= left {
-                        sent -= left;
-                        (index, offset) = (index + 1, 0);
-                    } else {
-                        offset += sent;
-                        sent = 0;
-                    }
-                }
-            }
-            Err(nix::errno::Errno::EAGAIN) => {
-                writer.write_all(&parts[index][offset..]).await?;
-                (index, offset) = (index + 1, 0);
-            }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(errno) => return Err(std::io::Error::from(errno)),
-        }
     }
 }

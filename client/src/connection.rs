@@ -1,0 +1,216 @@
+//! One pipelined connection to a broker: requests carry ids, responses are matched to
+//! them whatever order they come back in.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
+use futures_lite::io::{AsyncReadExt, ReadHalf};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::TcpStream;
+use weir_wire::native::schema;
+use weir_wire::native::{self, FRAME_PREFIX_BYTES};
+
+use crate::error::{ClientError, ClientResult};
+
+/// The largest response frame accepted: responses are bounded by what was asked for.
+pub const RESPONSE_FRAME_BYTES_MAX: usize = 1 << 30;
+/// Requests queued for writing at once.
+const OUTGOING_CAPACITY: usize = 1024;
+
+/// A response frame: its verified header and its payload.
+#[derive(Debug, Clone)]
+pub struct ResponseFrame {
+    pub header: Bytes,
+    pub payload: Bytes,
+}
+
+impl ResponseFrame {
+    pub fn response(&self) -> ClientResult<schema::Response<'_>> {
+        Ok(native::parse_response(&self.header)?)
+    }
+
+    /// The response, or the error the broker put in it.
+    pub fn checked(&self) -> ClientResult<schema::Response<'_>> {
+        let response = self.response()?;
+        if response.error() != schema::ErrorCode::None {
+            return Err(ClientError::broker(
+                response.error(),
+                response.error_message(),
+            ));
+        }
+        Ok(response)
+    }
+
+    /// The bytes of a payload slice of this frame.
+    pub fn slice(&self, slice: Option<&schema::PayloadSlice>) -> ClientResult<Bytes> {
+        match slice {
+            None => Ok(Bytes::new()),
+            Some(slice) => Ok(self
+                .payload
+                .slice(native::payload_range(slice, self.payload.len())?)),
+        }
+    }
+}
+
+type Waiters = Rc<RefCell<HashMap<u64, LocalSender<ClientResult<ResponseFrame>>>>>;
+
+#[derive(Debug)]
+pub struct Connection {
+    address: String,
+    outgoing: LocalSender<Vec<Bytes>>,
+    waiters: Waiters,
+    next_id: Cell<u64>,
+    failure: Rc<RefCell<Option<String>>>,
+    _reader: glommio::task::JoinHandle<()>,
+    _writer: glommio::task::JoinHandle<()>,
+}
+
+impl Connection {
+    pub async fn connect(address: &str) -> ClientResult<Rc<Connection>> {
+        let stream = TcpStream::connect(address)
+            .await
+            .map_err(|e| ClientError::Connect {
+                address: address.to_string(),
+                source: e.into(),
+            })?;
+        let _ = stream.set_nodelay(true);
+        let fd = stream.as_raw_fd();
+        let (reader, mut writer) = futures_lite::io::split(stream);
+        let (outgoing, requests) = local_channel::new_bounded::<Vec<Bytes>>(OUTGOING_CAPACITY);
+        let waiters: Waiters = Rc::new(RefCell::new(HashMap::new()));
+        let failure = Rc::new(RefCell::new(None));
+        let writer_failure = failure.clone();
+        let writer_task = glommio::spawn_local(async move {
+            while let Some(parts) = requests.recv().await {
+                if let Err(error) = crate::io::write_parts(&mut writer, fd, &parts).await {
+                    writer_failure.borrow_mut().get_or_insert(error.to_string());
+                    break;
+                }
+            }
+        })
+        .detach();
+        let (reader_waiters, reader_failure) = (waiters.clone(), failure.clone());
+        let reader_task = glommio::spawn_local(async move {
+            let error = read_responses(reader, &reader_waiters).await;
+            reader_failure.borrow_mut().get_or_insert(error.clone());
+            for (_, waiter) in reader_waiters.borrow_mut().drain() {
+                let _ = waiter.try_send(Err(ClientError::ConnectionLost(error.clone())));
+            }
+        })
+        .detach();
+        Ok(Rc::new(Connection {
+            address: address.to_string(),
+            outgoing,
+            waiters,
+            next_id: Cell::new(1),
+            failure,
+            _reader: reader_task,
+            _writer: writer_task,
+        }))
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.failure.borrow().is_some()
+    }
+
+    /// Sends a request whose body `build` creates, with `payload` after the header, and
+    /// awaits its response (or, with `expect_response` false, only its sending).
+    pub async fn request(
+        &self,
+        body_type: schema::RequestBody,
+        build: impl FnOnce(&mut FlatBufferBuilder<'static>) -> WIPOffset<UnionWIPOffset>,
+        payload: Vec<Bytes>,
+        expect_response: bool,
+    ) -> ClientResult<Option<ResponseFrame>> {
+        if let Some(error) = self.failure.borrow().as_ref() {
+            return Err(ClientError::ConnectionLost(error.clone()));
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let mut builder = FlatBufferBuilder::with_capacity(256);
+        let body = build(&mut builder);
+        let request = schema::Request::create(
+            &mut builder,
+            &schema::RequestArgs {
+                request_id: id,
+                body_type,
+                body: Some(body),
+            },
+        );
+        builder.finish(request, Some("WEIR"));
+        let header = builder.finished_data();
+        let payload_length: usize = payload.iter().map(Bytes::len).sum();
+        let mut head = BytesMut::with_capacity(FRAME_PREFIX_BYTES + header.len());
+        head.extend_from_slice(&native::encode_prefix(header.len(), payload_length));
+        head.extend_from_slice(header);
+        let mut parts = Vec::with_capacity(1 + payload.len());
+        parts.push(head.freeze());
+        parts.extend(payload);
+        let receiver = expect_response.then(|| {
+            let (sender, receiver) = local_channel::new_bounded(1);
+            self.waiters.borrow_mut().insert(id, sender);
+            receiver
+        });
+        self.outgoing
+            .send(parts)
+            .await
+            .map_err(|_| ClientError::ConnectionLost("writer stopped".into()))?;
+        let Some(receiver) = receiver else {
+            return Ok(None);
+        };
+        match receiver.recv().await {
+            Some(result) => result.map(Some),
+            None => Err(ClientError::ConnectionLost(
+                self.failure.borrow().clone().unwrap_or_default(),
+            )),
+        }
+    }
+}
+
+/// Reads response frames and hands each to its waiter. Returns why it stopped.
+async fn read_responses(mut reader: ReadHalf<TcpStream>, waiters: &Waiters) -> String {
+    loop {
+        let mut prefix = [0u8; FRAME_PREFIX_BYTES];
+        if let Err(error) = reader.read_exact(&mut prefix).await {
+            return format!("reading from the broker: {error}");
+        }
+        let prefix = match native::decode_prefix(&prefix, RESPONSE_FRAME_BYTES_MAX) {
+            Ok(prefix) => prefix,
+            Err(error) => return error.to_string(),
+        };
+        let mut body = BytesMut::zeroed(prefix.remaining());
+        if let Err(error) = reader.read_exact(&mut body).await {
+            return format!("reading from the broker: {error}");
+        }
+        let header = body.split_to(prefix.header_length).freeze();
+        let frame = ResponseFrame {
+            header,
+            payload: body.freeze(),
+        };
+        let (id, fatal) = match frame.response() {
+            Ok(response) => (response.request_id(), response.request_id() == 0),
+            Err(error) => return error.to_string(),
+        };
+        if fatal {
+            let message = frame
+                .response()
+                .ok()
+                .and_then(|r| r.error_message().map(str::to_string));
+            return format!(
+                "the broker closed the connection: {}",
+                message.unwrap_or_default()
+            );
+        }
+        if let Some(waiter) = waiters.borrow_mut().remove(&id) {
+            let _ = waiter.try_send(Ok(frame));
+        }
+    }
+}

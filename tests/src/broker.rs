@@ -1,0 +1,176 @@
+//! Real `weir serve` processes for tests: each on free ports with its own data directory,
+//! stopped by PID when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// How long a broker may take to announce that it serves.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct BrokerProcess {
+    binary: PathBuf,
+    data_dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    /// The native protocol address, HOST:PORT.
+    pub native: String,
+    pub http: String,
+}
+
+impl BrokerProcess {
+    /// Starts `binary serve` on ports chosen by the OS, with `cores` shards and extra
+    /// arguments, and waits for its `weir serving` line.
+    pub fn start(
+        binary: impl AsRef<Path>,
+        data_dir: &Path,
+        cores: usize,
+        extra: &[&str],
+    ) -> anyhow::Result<BrokerProcess> {
+        let binary = binary.as_ref();
+        let mut args = vec![
+            "serve".to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--native-listen".into(),
+            "127.0.0.1:0".into(),
+            "--http-listen".into(),
+            "127.0.0.1:0".into(),
+            "--cores".into(),
+            cores.to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut broker = BrokerProcess {
+            binary: binary.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            args,
+            child: None,
+            native: String::new(),
+            http: String::new(),
+        };
+        broker.launch()?;
+        Ok(broker)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let mut child = Command::new(&self.binary)
+            .args(&self.args)
+            .env("WEIR_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        let stdout = child.stdout.take().context("broker stdout")?;
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        self.child = Some(child);
+        let line = receiver
+            .recv_timeout(START_TIMEOUT)
+            .context("the broker did not announce itself")?;
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .map(str::to_string)
+                .with_context(|| format!("no {name} in {line:?}"))
+        };
+        self.native = field("native=")?;
+        self.http = field("http=")?;
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("broker not running")
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .context("sending SIGTERM")?;
+        Ok(child.wait()?)
+    }
+
+    /// Starts again on the same data directory (new ports).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            self.terminate()?;
+        }
+        self.launch()
+    }
+
+    /// Runs `binary ARGS --brokers NATIVE`, feeding `stdin`.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+        use std::io::Write;
+        let mut child = Command::new(&self.binary)
+            .args(args)
+            .args(["--brokers", &self.native])
+            .env("WEIR_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut input = child.stdin.take().context("cli stdin")?;
+        let text = stdin.unwrap_or_default().to_string();
+        let writer = std::thread::spawn(move || input.write_all(text.as_bytes()));
+        let output = child.wait_with_output()?;
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("stdin writer panicked"))??;
+        Ok(output)
+    }
+
+    /// Like `cli`, but fails unless the command succeeds; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        let output = self.cli(args, stdin)?;
+        if !output.status.success() {
+            bail!(
+                "weir {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
+    /// GETs a path of the HTTP endpoint; returns (status line, body).
+    pub fn http_get(&self, path: &str) -> anyhow::Result<(String, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.http)?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: weir\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response.split_once("\r\n\r\n").context("no HTTP head")?;
+        Ok((
+            head.lines().next().unwrap_or_default().to_string(),
+            body.to_string(),
+        ))
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
