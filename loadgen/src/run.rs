@@ -1,0 +1,729 @@
+//! One loadgen run: producers and consumers on glommio executors, a progress line while
+//! they run, and a report.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use weir_bench::Percentiles;
+use weir_bench::percentiles::nanos_histogram;
+use weir_client::{Acks, Client, ErrorCode, FetchSpec, OffsetQuery, murmur2};
+use weir_wire::{BatchBuilder, BatchHeader, RecordIter};
+
+use crate::message::{self, Message};
+use crate::verify::{self, Receipts, Verdict};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Native,
+    Kafka,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcksArg {
+    None,
+    Leader,
+    All,
+}
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct Config {
+    /// Broker address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:9192")]
+    pub brokers: String,
+    #[arg(long, value_enum, default_value = "native")]
+    pub protocol: Protocol,
+    #[arg(long, default_value = "loadgen")]
+    pub topic: String,
+    /// Partitions of the topic (created when missing).
+    #[arg(long, default_value = "1")]
+    pub partitions: i32,
+    #[arg(long, default_value = "1024")]
+    pub message_bytes: usize,
+    /// With this, message sizes are uniform in [message-bytes, message-bytes-max].
+    #[arg(long)]
+    pub message_bytes_max: Option<usize>,
+    #[arg(long, value_enum, default_value = "all")]
+    pub acks: AcksArg,
+    /// Open loop at this total rate; without it, closed loop at full speed.
+    #[arg(long)]
+    pub rate_mb_s: Option<f64>,
+    #[arg(long, default_value = "10")]
+    pub duration_s: f64,
+    /// Stop after this many messages per producer instead of after the duration.
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Latencies and throughput of the first seconds are not counted.
+    #[arg(long, default_value = "1")]
+    pub warmup_s: f64,
+    #[arg(long, default_value = "1")]
+    pub producers: u32,
+    #[arg(long, default_value = "1")]
+    pub consumers: u32,
+    /// Only `none`: the native protocol stores what it is given, and loadgen builds
+    /// uncompressed batches until codecs arrive with the Kafka gateway.
+    #[arg(long, default_value = "none")]
+    pub compression: String,
+    /// A partition's batch is sent at this size ...
+    #[arg(long, default_value = "16384")]
+    pub batch_bytes: usize,
+    /// ... or when its first message waited this long.
+    #[arg(long, default_value = "1")]
+    pub linger_ms: f64,
+    /// Produce requests in flight per producer.
+    #[arg(long, default_value = "16")]
+    pub in_flight: usize,
+    /// Distinct keys (0: no keys, batches rotate over partitions).
+    #[arg(long, default_value = "0")]
+    pub key_cardinality: u64,
+    /// Executors (threads) the producers and consumers are spread over.
+    #[arg(long, default_value = "1")]
+    pub threads: usize,
+    /// How long consumers may take, after producing ends, to receive everything.
+    #[arg(long, default_value = "15")]
+    pub drain_timeout_s: f64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print no progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub config: Config,
+    /// Messages produced (acknowledged, or sent with acks none) during the whole run.
+    pub messages: u64,
+    pub messages_per_s: f64,
+    /// Produce throughput after the warm-up, in MB/s (10^6 bytes of message values).
+    pub throughput_mb_s: f64,
+    pub consumed: u64,
+    pub consume_throughput_mb_s: f64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub corrupt: u64,
+    pub produce_errors: u64,
+    pub produce_latency_us: Percentiles,
+    pub end_to_end_latency_us: Percentiles,
+    pub ok: bool,
+}
+
+/// Counters every task updates, read by the progress line and the stop logic.
+#[derive(Debug, Default)]
+struct Shared {
+    produced: AtomicU64,
+    produced_bytes: AtomicU64,
+    consumed: AtomicU64,
+    errors: AtomicU64,
+    producers_done: AtomicU64,
+    /// Messages consumers must receive; known once every producer is done.
+    expected: AtomicU64,
+    stop_consuming: AtomicBool,
+}
+
+struct ProducerOutcome {
+    id: u32,
+    expected: Vec<bool>,
+    latency: Histogram<u64>,
+    bytes_after_warmup: u64,
+    finished_ns: u64,
+}
+
+struct ConsumerOutcome {
+    receipts: Receipts,
+    latency: Histogram<u64>,
+    bytes: u64,
+}
+
+enum Outcome {
+    Producer(ProducerOutcome),
+    Consumer(ConsumerOutcome),
+}
+
+fn acks(arg: AcksArg) -> Acks {
+    match arg {
+        AcksArg::None => Acks::None,
+        AcksArg::Leader => Acks::Leader,
+        AcksArg::All => Acks::All,
+    }
+}
+
+fn executor() -> anyhow::Result<glommio::LocalExecutor> {
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .make()
+        .map_err(|e| anyhow::anyhow!(std::io::Error::from(e)))
+}
+
+/// Runs the load described by `config` and reports on it.
+pub fn run(config: Config) -> anyhow::Result<Report> {
+    if config.protocol == Protocol::Kafka {
+        bail!("--protocol kafka needs the Kafka gateway, which is not built yet");
+    }
+    if config.compression != "none" {
+        bail!(
+            "--compression {}: only none is supported until codecs arrive",
+            config.compression
+        );
+    }
+    if config.message_bytes < message::MESSAGE_HEADER_BYTES
+        || config.batch_bytes == 0
+        || config.threads == 0
+    {
+        bail!(
+            "--message-bytes must be at least {} and --batch-bytes, --threads positive",
+            message::MESSAGE_HEADER_BYTES
+        );
+    }
+    let starts = executor()?.run(prepare(config.clone()))?;
+    let shared = Arc::new(Shared {
+        expected: AtomicU64::new(u64::MAX),
+        ..Shared::default()
+    });
+    let epoch = Instant::now();
+    let mut threads = Vec::with_capacity(config.threads);
+    for thread in 0..config.threads {
+        let (config, shared, starts) = (config.clone(), shared.clone(), starts.clone());
+        threads.push(
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .name(&format!("loadgen-{thread}"))
+                .spawn(
+                    move || async move { run_thread(thread, config, shared, epoch, starts).await },
+                )
+                .map_err(|e| anyhow::anyhow!(std::io::Error::from(e)))?,
+        );
+    }
+    watch(&config, &shared, epoch);
+    let mut outcomes = Vec::new();
+    for thread in threads {
+        outcomes.extend(
+            thread
+                .join()
+                .map_err(|e| anyhow::anyhow!("loadgen thread: {e}"))??,
+        );
+    }
+    Ok(report(config, &shared, outcomes))
+}
+
+/// Creates the topic when missing and returns each partition's log end: consumers start
+/// there, so they see exactly this run's messages.
+async fn prepare(config: Config) -> anyhow::Result<Vec<i64>> {
+    let client = Client::connect(&config.brokers)
+        .await
+        .context("connecting")?;
+    match client.partition_count(&config.topic).await {
+        Ok(count) if count == config.partitions => {}
+        Ok(count) => bail!(
+            "topic {} has {count} partitions, not {}",
+            config.topic,
+            config.partitions
+        ),
+        Err(_) => client
+            .create_topic(&config.topic, config.partitions, &[])
+            .await
+            .context("creating the topic")?,
+    }
+    let partitions: Vec<(String, i32)> = (0..config.partitions)
+        .map(|p| (config.topic.clone(), p))
+        .collect();
+    let mut ends = vec![0; config.partitions as usize];
+    for (_, partition, offset, _) in client
+        .list_offsets(&partitions, OffsetQuery::Latest)
+        .await?
+    {
+        ends[partition as usize] = offset;
+    }
+    Ok(ends)
+}
+
+async fn run_thread(
+    thread: usize,
+    config: Config,
+    shared: Arc<Shared>,
+    epoch: Instant,
+    starts: Vec<i64>,
+) -> anyhow::Result<Vec<Outcome>> {
+    let client = Client::connect(&config.brokers)
+        .await
+        .context("connecting")?;
+    let mut tasks = Vec::new();
+    for id in (0..config.producers).filter(|p| *p as usize % config.threads == thread) {
+        let (client, config, shared) = (client.clone(), config.clone(), shared.clone());
+        tasks.push(glommio::spawn_local(async move {
+            produce(id, client, config, shared, epoch)
+                .await
+                .map(Outcome::Producer)
+        }));
+    }
+    for id in (0..config.consumers).filter(|c| *c as usize % config.threads == thread) {
+        let partitions: Vec<(i32, i64)> = (0..config.partitions)
+            .filter(|p| (*p as u32) % config.consumers == id)
+            .map(|p| (p, starts[p as usize]))
+            .collect();
+        let (client, config, shared) = (client.clone(), config.clone(), shared.clone());
+        tasks.push(glommio::spawn_local(async move {
+            consume(partitions, client, config, shared, epoch)
+                .await
+                .map(Outcome::Consumer)
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await?);
+    }
+    Ok(outcomes)
+}
+
+fn nanos_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+/// A partition's batch being filled: the builder and, per message, its sequence and
+/// intended send time.
+struct OpenBatch {
+    builder: BatchBuilder,
+    messages: Vec<(u64, u64)>,
+    bytes: u64,
+    opened_ns: u64,
+}
+
+struct ProducerState {
+    expected: Vec<bool>,
+    latency: Histogram<u64>,
+    bytes_after_warmup: u64,
+}
+
+async fn produce(
+    id: u32,
+    client: Client,
+    config: Config,
+    shared: Arc<Shared>,
+    epoch: Instant,
+) -> anyhow::Result<ProducerOutcome> {
+    let warmup_ns = (config.warmup_s * 1e9) as u64;
+    let end_ns = (config.duration_s * 1e9) as u64;
+    let interval_ns = config.rate_mb_s.map(|rate| {
+        let per_producer = rate * 1e6 / f64::from(config.producers);
+        (mean_message_bytes(&config) as f64 / per_producer * 1e9) as u64
+    });
+    let linger_ns = (config.linger_ms * 1e6) as u64;
+    let state = Rc::new(RefCell::new(ProducerState {
+        expected: Vec::new(),
+        latency: nanos_histogram(),
+        bytes_after_warmup: 0,
+    }));
+    let in_flight = Rc::new(glommio::sync::Semaphore::new(config.in_flight as u64));
+    let mut open: HashMap<i32, OpenBatch> = HashMap::new();
+    let mut value = Vec::with_capacity(config.message_bytes_max.unwrap_or(config.message_bytes));
+    let (mut sequence, mut next_ns, mut rotation) = (0u64, nanos_since(epoch), id as i32);
+    loop {
+        let now = nanos_since(epoch);
+        let done = now >= end_ns || config.messages.is_some_and(|limit| sequence >= limit);
+        if done {
+            break;
+        }
+        // Open loop: every message due by now, each stamped with its intended time.
+        // Closed loop: one message, sent as soon as in-flight room allows.
+        let due = match interval_ns {
+            Some(_) if next_ns > now => 0,
+            Some(interval) => ((now - next_ns) / interval.max(1) + 1).min(10_000),
+            None => 1,
+        };
+        for _ in 0..due {
+            let intended = if interval_ns.is_some() {
+                next_ns
+            } else {
+                nanos_since(epoch)
+            };
+            let size = message_size(&config, sequence);
+            message::encode(
+                &mut value,
+                Message {
+                    producer: id,
+                    sequence,
+                    sent_ns: intended,
+                },
+                size,
+            );
+            let partition = match config.key_cardinality {
+                0 => rotation % config.partitions,
+                cardinality => {
+                    (murmur2(format!("key-{}", sequence % cardinality).as_bytes()) & 0x7fff_ffff)
+                        % config.partitions
+                }
+            };
+            let key = (config.key_cardinality > 0)
+                .then(|| format!("key-{}", sequence % config.key_cardinality));
+            let batch = open.entry(partition).or_insert_with(|| OpenBatch {
+                builder: BatchBuilder::new(intended as i64),
+                messages: Vec::new(),
+                bytes: 0,
+                opened_ns: now,
+            });
+            batch.builder.append(
+                intended as i64,
+                key.as_deref().map(str::as_bytes),
+                Some(&value),
+                &[],
+            );
+            batch.messages.push((sequence, intended));
+            batch.bytes += value.len() as u64;
+            state.borrow_mut().expected.push(false);
+            sequence += 1;
+            next_ns += interval_ns.unwrap_or(0);
+            if batch.builder.size_bytes() >= config.batch_bytes {
+                let batch = open.remove(&partition).expect("batch just filled");
+                send(
+                    &client, &config, &shared, &state, &in_flight, partition, batch, epoch,
+                    warmup_ns,
+                )
+                .await?;
+                rotation += 1;
+            }
+        }
+        let lingering: Vec<i32> = open
+            .iter()
+            .filter(|(_, b)| nanos_since(epoch) >= b.opened_ns + linger_ns)
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in lingering {
+            if let Some(batch) = open.remove(&partition) {
+                send(
+                    &client, &config, &shared, &state, &in_flight, partition, batch, epoch,
+                    warmup_ns,
+                )
+                .await?;
+                rotation += 1;
+            }
+        }
+        if let Some(_interval) = interval_ns {
+            let wake = open
+                .values()
+                .map(|b| b.opened_ns + linger_ns)
+                .min()
+                .unwrap_or(next_ns)
+                .min(next_ns);
+            let now = nanos_since(epoch);
+            if wake > now {
+                glommio::timer::sleep(Duration::from_nanos(wake - now)).await;
+            }
+        }
+    }
+    for (partition, batch) in std::mem::take(&mut open) {
+        send(
+            &client, &config, &shared, &state, &in_flight, partition, batch, epoch, warmup_ns,
+        )
+        .await?;
+    }
+    let _all = in_flight.acquire_permit(config.in_flight as u64).await;
+    shared.producers_done.fetch_add(1, Ordering::AcqRel);
+    let state = Rc::try_unwrap(state)
+        .map_err(|_| anyhow::anyhow!("a produce request outlived its producer"))?
+        .into_inner();
+    Ok(ProducerOutcome {
+        id,
+        expected: state.expected,
+        latency: state.latency,
+        bytes_after_warmup: state.bytes_after_warmup,
+        finished_ns: nanos_since(epoch),
+    })
+}
+
+fn mean_message_bytes(config: &Config) -> usize {
+    config
+        .message_bytes_max
+        .map_or(config.message_bytes, |max| (config.message_bytes + max) / 2)
+}
+
+/// The size of message `sequence`: fixed, or spread uniformly over the range.
+fn message_size(config: &Config, sequence: u64) -> usize {
+    match config.message_bytes_max {
+        Some(max) if max > config.message_bytes => {
+            let spread = (max - config.message_bytes + 1) as u64;
+            config.message_bytes
+                + (sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as usize % spread as usize
+        }
+        _ => config.message_bytes,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    client: &Client,
+    config: &Config,
+    shared: &Arc<Shared>,
+    state: &Rc<RefCell<ProducerState>>,
+    in_flight: &Rc<glommio::sync::Semaphore>,
+    partition: i32,
+    batch: OpenBatch,
+    epoch: Instant,
+    warmup_ns: u64,
+) -> anyhow::Result<()> {
+    let permit = in_flight
+        .clone()
+        .acquire_static_permit(1)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (client, topic, acks, shared, state) = (
+        client.clone(),
+        config.topic.clone(),
+        acks(config.acks),
+        shared.clone(),
+        state.clone(),
+    );
+    let records = vec![(topic, partition, batch.builder.build().freeze())];
+    glommio::spawn_local(async move {
+        let result = client.produce(acks, 30_000, records).await;
+        let acked = match &result {
+            Ok(_) if acks == Acks::None => true,
+            Ok(results) => results.first().is_some_and(|r| r.error == ErrorCode::None),
+            Err(_) => false,
+        };
+        let now = nanos_since(epoch);
+        let mut state = state.borrow_mut();
+        if acked {
+            for (sequence, intended) in &batch.messages {
+                state.expected[*sequence as usize] = true;
+                if *intended >= warmup_ns {
+                    state
+                        .latency
+                        .saturating_record(now.saturating_sub(*intended).max(1));
+                }
+            }
+            if batch.opened_ns >= warmup_ns {
+                state.bytes_after_warmup += batch.bytes;
+            }
+            shared
+                .produced
+                .fetch_add(batch.messages.len() as u64, Ordering::Relaxed);
+            shared
+                .produced_bytes
+                .fetch_add(batch.bytes, Ordering::Relaxed);
+        } else {
+            shared
+                .errors
+                .fetch_add(batch.messages.len() as u64, Ordering::Relaxed);
+        }
+        drop(permit);
+    })
+    .detach();
+    Ok(())
+}
+
+async fn consume(
+    partitions: Vec<(i32, i64)>,
+    client: Client,
+    config: Config,
+    shared: Arc<Shared>,
+    epoch: Instant,
+) -> anyhow::Result<ConsumerOutcome> {
+    let warmup_ns = (config.warmup_s * 1e9) as u64;
+    let mut outcome = ConsumerOutcome {
+        receipts: Receipts::default(),
+        latency: nanos_histogram(),
+        bytes: 0,
+    };
+    let mut positions: HashMap<i32, i64> = partitions.iter().copied().collect();
+    while !partitions.is_empty() && !shared.stop_consuming.load(Ordering::Acquire) {
+        let spec = FetchSpec {
+            max_wait_ms: 100,
+            min_bytes: 1,
+            max_bytes: 16 << 20,
+            partitions: positions
+                .iter()
+                .map(|(p, o)| (config.topic.clone(), *p, *o, 4 << 20))
+                .collect(),
+        };
+        for fetched in client.fetch(&spec).await.context("fetching")? {
+            if fetched.error != ErrorCode::None {
+                bail!(
+                    "fetch {}-{}: {:?} {}",
+                    fetched.topic,
+                    fetched.partition,
+                    fetched.error,
+                    fetched.error_message
+                );
+            }
+            let position = positions.get(&fetched.partition).copied().unwrap_or(0);
+            let before = outcome.receipts.received + outcome.receipts.corrupt;
+            let next = receive(
+                &fetched.records,
+                fetched.partition,
+                position,
+                epoch,
+                warmup_ns,
+                &mut outcome,
+            )?;
+            positions.insert(fetched.partition, next.max(position));
+            let received = outcome.receipts.received + outcome.receipts.corrupt - before;
+            shared.consumed.fetch_add(received, Ordering::Relaxed);
+        }
+    }
+    Ok(outcome)
+}
+
+/// Verifies and counts the messages of `records` at or after `position`; returns the
+/// offset after the last batch.
+fn receive(
+    records: &Bytes,
+    partition: i32,
+    position: i64,
+    epoch: Instant,
+    warmup_ns: u64,
+    outcome: &mut ConsumerOutcome,
+) -> anyhow::Result<i64> {
+    let mut next = position;
+    let mut at = 0;
+    while at < records.len() {
+        let header = BatchHeader::parse(&records[at..])?;
+        let batch = &records[at..at + header.total_bytes()];
+        let now = nanos_since(epoch);
+        for record in RecordIter::new(batch)? {
+            let record = record?;
+            if record.offset < position {
+                continue;
+            }
+            let value = record.value.unwrap_or_default();
+            match message::decode(value) {
+                Some(message) => {
+                    outcome
+                        .receipts
+                        .record(partition, message.producer, message.sequence);
+                    outcome.bytes += value.len() as u64;
+                    if message.sent_ns >= warmup_ns {
+                        outcome
+                            .latency
+                            .saturating_record(now.saturating_sub(message.sent_ns).max(1));
+                    }
+                }
+                None => outcome.receipts.corrupt += 1,
+            }
+        }
+        next = header.next_offset();
+        at += header.total_bytes();
+    }
+    Ok(next)
+}
+
+/// Prints a progress line each second until producers are done, then lets consumers
+/// drain until they received everything expected or the drain timeout passes.
+fn watch(config: &Config, shared: &Shared, epoch: Instant) {
+    let mut last = (Instant::now(), 0u64);
+    let mut drain_deadline = None;
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let produced = shared.produced.load(Ordering::Relaxed);
+        if !config.quiet && last.0.elapsed() >= Duration::from_secs(1) {
+            let bytes = shared.produced_bytes.load(Ordering::Relaxed);
+            let rate = (bytes - last.1) as f64 / 1e6 / last.0.elapsed().as_secs_f64();
+            eprintln!(
+                "[{:5.1}s] produced {produced} messages, {rate:.1} MB/s, errors {}",
+                epoch.elapsed().as_secs_f64(),
+                shared.errors.load(Ordering::Relaxed)
+            );
+            last = (Instant::now(), bytes);
+        }
+        if shared.producers_done.load(Ordering::Acquire) < u64::from(config.producers) {
+            continue;
+        }
+        let deadline = *drain_deadline.get_or_insert_with(|| {
+            Instant::now() + Duration::from_secs_f64(config.drain_timeout_s)
+        });
+        shared.expected.store(produced, Ordering::Release);
+        let received_all = shared.consumed.load(Ordering::Relaxed) >= produced;
+        if received_all || Instant::now() >= deadline || config.consumers == 0 {
+            shared.stop_consuming.store(true, Ordering::Release);
+            return;
+        }
+    }
+}
+
+fn report(config: Config, shared: &Shared, outcomes: Vec<Outcome>) -> Report {
+    let mut expected = HashMap::new();
+    let mut produce_latency = nanos_histogram();
+    let mut end_to_end = nanos_histogram();
+    let mut receipts = Receipts::default();
+    let (mut bytes_after_warmup, mut finished_ns, mut consumed_bytes) = (0u64, 0u64, 0u64);
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Producer(p) => {
+                let _ = produce_latency.add(&p.latency);
+                bytes_after_warmup += p.bytes_after_warmup;
+                finished_ns = finished_ns.max(p.finished_ns);
+                expected.insert(p.id, p.expected);
+            }
+            Outcome::Consumer(c) => {
+                let _ = end_to_end.add(&c.latency);
+                consumed_bytes += c.bytes;
+                receipts.merge(c.receipts);
+            }
+        }
+    }
+    let verdict = if config.consumers > 0 {
+        verify::verdict(&receipts, &expected)
+    } else {
+        Verdict::default()
+    };
+    let measured_s = (finished_ns as f64 / 1e9 - config.warmup_s).max(1e-9);
+    let messages = shared.produced.load(Ordering::Relaxed);
+    Report {
+        messages,
+        messages_per_s: messages as f64 / (finished_ns as f64 / 1e9).max(1e-9),
+        throughput_mb_s: bytes_after_warmup as f64 / 1e6 / measured_s,
+        consumed: receipts.received,
+        consume_throughput_mb_s: consumed_bytes as f64 / 1e6 / (finished_ns as f64 / 1e9).max(1e-9),
+        lost: verdict.lost,
+        duplicates: verdict.duplicates,
+        out_of_order: verdict.out_of_order,
+        corrupt: verdict.corrupt,
+        produce_errors: shared.errors.load(Ordering::Relaxed),
+        produce_latency_us: Percentiles::from_nanos(&produce_latency),
+        end_to_end_latency_us: Percentiles::from_nanos(&end_to_end),
+        ok: verdict.ok() && shared.errors.load(Ordering::Relaxed) == 0,
+        config,
+    }
+}
+
+impl Report {
+    /// The human table.
+    pub fn table(&self) -> String {
+        let row = |name: &str, p: &Percentiles| {
+            format!(
+                "{name:<22} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0}\n",
+                p.p50, p.p90, p.p99, p.p999, p.p9999, p.max
+            )
+        };
+        let mut out = format!(
+            "messages {}  ({:.0}/s)  produce {:.1} MB/s  consume {:.1} MB/s\nlost {}  duplicates {}  out of order {}  corrupt {}  produce errors {}  => {}\n\n",
+            self.messages,
+            self.messages_per_s,
+            self.throughput_mb_s,
+            self.consume_throughput_mb_s,
+            self.lost,
+            self.duplicates,
+            self.out_of_order,
+            self.corrupt,
+            self.produce_errors,
+            if self.ok { "OK" } else { "FAILED" }
+        );
+        out += &format!(
+            "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            "latency (us)", "p50", "p90", "p99", "p99.9", "p99.99", "max"
+        );
+        out += &row("produce ack", &self.produce_latency_us);
+        out += &row("end to end", &self.end_to_end_latency_us);
+        out
+    }
+}
