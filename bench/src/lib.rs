@@ -6,5 +6,6 @@
 
 pub mod limits;
 pub mod percentiles;
+pub mod process;
 
 pub use percentiles::Percentiles;

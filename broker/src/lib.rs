@@ -2,6 +2,7 @@
 //! protocol's listeners, metadata, committed offsets, configuration and metrics.
 //! See `docs/ARCHITECTURE.md`.
 
+pub mod bench;
 pub mod boot;
 pub mod cli;
 pub mod config;

@@ -58,6 +58,11 @@ enum Command {
         #[command(flatten)]
         args: ConsumeArgs,
     },
+    /// Measure the machine's limits, and weir against them.
+    Bench {
+        #[command(subcommand)]
+        command: weir_broker::bench::BenchCommand,
+    },
     /// Consumer groups: committed offsets and lag.
     Group {
         #[command(flatten)]
@@ -108,5 +113,6 @@ fn main() -> anyhow::Result<()> {
         Command::Group { brokers, command } => {
             cli::run(move || cli::group(brokers.brokers, command))
         }
+        Command::Bench { command } => weir_broker::bench::run(command),
     }
 }

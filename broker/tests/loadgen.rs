@@ -29,6 +29,8 @@ fn config(brokers: String) -> Config {
         drain_timeout_s: 20.0,
         json: true,
         quiet: true,
+        topic_configs: vec![],
+        from_beginning: false,
     }
 }
 

@@ -99,6 +99,13 @@ pub struct Config {
     /// Print no progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// A config for the topic when loadgen creates it, KEY=VALUE (repeatable).
+    #[arg(long = "topic-config")]
+    pub topic_configs: Vec<String>,
+    /// Consumers start at the earliest offset and, with no producers, stop once they
+    /// reach the log end as it was at start (reading what is stored, from disk).
+    #[arg(long)]
+    pub from_beginning: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -146,6 +153,9 @@ struct ConsumerOutcome {
     receipts: Receipts,
     latency: Histogram<u64>,
     bytes: u64,
+    /// When the consumer first and last received data (ns since the epoch).
+    first_ns: Option<u64>,
+    last_ns: u64,
 }
 
 enum Outcome {
@@ -187,7 +197,11 @@ pub fn run(config: Config) -> anyhow::Result<Report> {
             message::MESSAGE_HEADER_BYTES
         );
     }
-    let starts = executor()?.run(prepare(config.clone()))?;
+    let (starts, ends) = executor()?.run(prepare(config.clone()))?;
+    // Producer ids carry a per-run nonce, so runs that share a topic never look like each
+    // other's duplicates.
+    let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let nonce = (clock.map_or(1, |d| d.subsec_nanos()) & 0xff_ffff) << 8;
     let shared = Arc::new(Shared {
         expected: AtomicU64::new(u64::MAX),
         ..Shared::default()
@@ -195,13 +209,14 @@ pub fn run(config: Config) -> anyhow::Result<Report> {
     let epoch = Instant::now();
     let mut threads = Vec::with_capacity(config.threads);
     for thread in 0..config.threads {
-        let (config, shared, starts) = (config.clone(), shared.clone(), starts.clone());
+        let (config, shared) = (config.clone(), shared.clone());
+        let offsets = (starts.clone(), ends.clone());
         threads.push(
             LocalExecutorBuilder::new(Placement::Unbound)
                 .name(&format!("loadgen-{thread}"))
-                .spawn(
-                    move || async move { run_thread(thread, config, shared, epoch, starts).await },
-                )
+                .spawn(move || async move {
+                    run_thread(thread, nonce, config, shared, epoch, offsets).await
+                })
                 .map_err(|e| anyhow::anyhow!(std::io::Error::from(e)))?,
         );
     }
@@ -217,9 +232,10 @@ pub fn run(config: Config) -> anyhow::Result<Report> {
     Ok(report(config, &shared, outcomes))
 }
 
-/// Creates the topic when missing and returns each partition's log end: consumers start
-/// there, so they see exactly this run's messages.
-async fn prepare(config: Config) -> anyhow::Result<Vec<i64>> {
+/// Creates the topic when missing and returns, per partition, where consumers start and
+/// the log end now: consumers start at the end (seeing exactly this run's messages), or
+/// with `--from-beginning` at the earliest offset.
+async fn prepare(config: Config) -> anyhow::Result<(Vec<i64>, Vec<i64>)> {
     let client = Client::connect(&config.brokers)
         .await
         .context("connecting")?;
@@ -230,30 +246,54 @@ async fn prepare(config: Config) -> anyhow::Result<Vec<i64>> {
             config.topic,
             config.partitions
         ),
-        Err(_) => client
-            .create_topic(&config.topic, config.partitions, &[])
-            .await
-            .context("creating the topic")?,
+        Err(_) => {
+            let configs = config
+                .topic_configs
+                .iter()
+                .map(|c| {
+                    let pair = c
+                        .split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()));
+                    pair.with_context(|| format!("--topic-config {c:?} is not KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            client
+                .create_topic(&config.topic, config.partitions, &configs)
+                .await
+                .context("creating the topic")?
+        }
     }
     let partitions: Vec<(String, i32)> = (0..config.partitions)
         .map(|p| (config.topic.clone(), p))
         .collect();
-    let mut ends = vec![0; config.partitions as usize];
-    for (_, partition, offset, _) in client
-        .list_offsets(&partitions, OffsetQuery::Latest)
-        .await?
-    {
-        ends[partition as usize] = offset;
+    let ends = offsets(&client, &partitions, OffsetQuery::Latest).await?;
+    let starts = if config.from_beginning {
+        offsets(&client, &partitions, OffsetQuery::Earliest).await?
+    } else {
+        ends.clone()
+    };
+    Ok((starts, ends))
+}
+
+async fn offsets(
+    client: &Client,
+    partitions: &[(String, i32)],
+    query: OffsetQuery,
+) -> anyhow::Result<Vec<i64>> {
+    let mut found = vec![0; partitions.len()];
+    for (_, partition, offset, _) in client.list_offsets(partitions, query).await? {
+        found[partition as usize] = offset;
     }
-    Ok(ends)
+    Ok(found)
 }
 
 async fn run_thread(
     thread: usize,
+    nonce: u32,
     config: Config,
     shared: Arc<Shared>,
     epoch: Instant,
-    starts: Vec<i64>,
+    (starts, ends): (Vec<i64>, Vec<i64>),
 ) -> anyhow::Result<Vec<Outcome>> {
     let client = Client::connect(&config.brokers)
         .await
@@ -262,15 +302,15 @@ async fn run_thread(
     for id in (0..config.producers).filter(|p| *p as usize % config.threads == thread) {
         let (client, config, shared) = (client.clone(), config.clone(), shared.clone());
         tasks.push(glommio::spawn_local(async move {
-            produce(id, client, config, shared, epoch)
+            produce(nonce | id, client, config, shared, epoch)
                 .await
                 .map(Outcome::Producer)
         }));
     }
     for id in (0..config.consumers).filter(|c| *c as usize % config.threads == thread) {
-        let partitions: Vec<(i32, i64)> = (0..config.partitions)
+        let partitions: Vec<(i32, i64, i64)> = (0..config.partitions)
             .filter(|p| (*p as u32) % config.consumers == id)
-            .map(|p| (p, starts[p as usize]))
+            .map(|p| (p, starts[p as usize], ends[p as usize]))
             .collect();
         let (client, config, shared) = (client.clone(), config.clone(), shared.clone());
         tasks.push(glommio::spawn_local(async move {
@@ -523,7 +563,7 @@ async fn send(
 }
 
 async fn consume(
-    partitions: Vec<(i32, i64)>,
+    partitions: Vec<(i32, i64, i64)>,
     client: Client,
     config: Config,
     shared: Arc<Shared>,
@@ -534,9 +574,21 @@ async fn consume(
         receipts: Receipts::default(),
         latency: nanos_histogram(),
         bytes: 0,
+        first_ns: None,
+        last_ns: 0,
     };
-    let mut positions: HashMap<i32, i64> = partitions.iter().copied().collect();
+    let mut positions: HashMap<i32, i64> = partitions
+        .iter()
+        .map(|(p, start, _)| (*p, *start))
+        .collect();
+    let catch_up_only = config.from_beginning && config.producers == 0;
     while !partitions.is_empty() && !shared.stop_consuming.load(Ordering::Acquire) {
+        let caught_up = partitions
+            .iter()
+            .all(|(p, _, end)| positions.get(p).is_some_and(|at| at >= end));
+        if catch_up_only && caught_up {
+            break;
+        }
         let spec = FetchSpec {
             max_wait_ms: 100,
             min_bytes: 1,
@@ -568,6 +620,10 @@ async fn consume(
             )?;
             positions.insert(fetched.partition, next.max(position));
             let received = outcome.receipts.received + outcome.receipts.corrupt - before;
+            if received > 0 {
+                outcome.first_ns.get_or_insert(nanos_since(epoch));
+                outcome.last_ns = nanos_since(epoch);
+            }
             shared.consumed.fetch_add(received, Ordering::Relaxed);
         }
     }
@@ -642,7 +698,9 @@ fn watch(config: &Config, shared: &Shared, epoch: Instant) {
             Instant::now() + Duration::from_secs_f64(config.drain_timeout_s)
         });
         shared.expected.store(produced, Ordering::Release);
-        let received_all = shared.consumed.load(Ordering::Relaxed) >= produced;
+        // Consumers catching up on stored data stop by themselves, at the end they saw.
+        let catch_up_only = config.from_beginning && config.producers == 0;
+        let received_all = !catch_up_only && shared.consumed.load(Ordering::Relaxed) >= produced;
         if received_all || Instant::now() >= deadline || config.consumers == 0 {
             shared.stop_consuming.store(true, Ordering::Release);
             return;
@@ -656,6 +714,7 @@ fn report(config: Config, shared: &Shared, outcomes: Vec<Outcome>) -> Report {
     let mut end_to_end = nanos_histogram();
     let mut receipts = Receipts::default();
     let (mut bytes_after_warmup, mut finished_ns, mut consumed_bytes) = (0u64, 0u64, 0u64);
+    let (mut consume_first_ns, mut consume_last_ns) = (u64::MAX, 0u64);
     for outcome in outcomes {
         match outcome {
             Outcome::Producer(p) => {
@@ -666,6 +725,8 @@ fn report(config: Config, shared: &Shared, outcomes: Vec<Outcome>) -> Report {
             }
             Outcome::Consumer(c) => {
                 let _ = end_to_end.add(&c.latency);
+                consume_first_ns = consume_first_ns.min(c.first_ns.unwrap_or(u64::MAX));
+                consume_last_ns = consume_last_ns.max(c.last_ns);
                 consumed_bytes += c.bytes;
                 receipts.merge(c.receipts);
             }
@@ -683,7 +744,9 @@ fn report(config: Config, shared: &Shared, outcomes: Vec<Outcome>) -> Report {
         messages_per_s: messages as f64 / (finished_ns as f64 / 1e9).max(1e-9),
         throughput_mb_s: bytes_after_warmup as f64 / 1e6 / measured_s,
         consumed: receipts.received,
-        consume_throughput_mb_s: consumed_bytes as f64 / 1e6 / (finished_ns as f64 / 1e9).max(1e-9),
+        consume_throughput_mb_s: consumed_bytes as f64
+            / 1e6
+            / (consume_last_ns.saturating_sub(consume_first_ns) as f64 / 1e9).max(1e-9),
         lost: verdict.lost,
         duplicates: verdict.duplicates,
         out_of_order: verdict.out_of_order,

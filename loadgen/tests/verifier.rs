@@ -311,6 +311,8 @@ fn run_against(fault: Fault) -> weir_loadgen::Report {
         drain_timeout_s: 2.0,
         json: false,
         quiet: true,
+        topic_configs: vec![],
+        from_beginning: false,
     };
     weir_loadgen::run(config).expect("loadgen ran")
 }

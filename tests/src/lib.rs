@@ -1,6 +1,7 @@
 //! Helpers shared by weir's cross-crate tests and their helper processes.
 
-pub mod broker;
+/// Real `weir serve` processes (shared with the benchmarks).
+pub use weir_bench::process as broker;
 
 use bytes::BytesMut;
 use weir_storage::{FlushPolicy, LogConfig, LogIdentity};

@@ -1,5 +1,5 @@
-//! Real `weir serve` processes for tests: each on free ports with its own data directory,
-//! stopped by PID when dropped.
+//! Real `weir serve` processes for benchmarks and tests: each on free ports with its own
+//! data directory, stopped by PID when dropped.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct BrokerProcess {
     binary: PathBuf,
     data_dir: PathBuf,
+    env: Vec<(String, String)>,
     args: Vec<String>,
     child: Option<Child>,
     /// The native protocol address, HOST:PORT.
@@ -31,6 +32,17 @@ impl BrokerProcess {
         data_dir: &Path,
         cores: usize,
         extra: &[&str],
+    ) -> anyhow::Result<BrokerProcess> {
+        BrokerProcess::start_with_env(binary, data_dir, cores, extra, &[])
+    }
+
+    /// Like `start`, with extra environment variables (`WEIR_*` settings).
+    pub fn start_with_env(
+        binary: impl AsRef<Path>,
+        data_dir: &Path,
+        cores: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
     ) -> anyhow::Result<BrokerProcess> {
         let binary = binary.as_ref();
         let mut args = vec![
@@ -48,6 +60,10 @@ impl BrokerProcess {
         let mut broker = BrokerProcess {
             binary: binary.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             args,
             child: None,
             native: String::new(),
@@ -61,6 +77,7 @@ impl BrokerProcess {
         let mut child = Command::new(&self.binary)
             .args(&self.args)
             .env("WEIR_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;

@@ -1,0 +1,356 @@
+//! `weir bench limits` and `weir bench compare`: the machine's own limits, and a fixed
+//! suite of loadgen scenarios against a freshly started broker, each figure reported as
+//! a ratio to the limit that bounds it. See `docs/BENCHMARKS.md`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde::Serialize;
+use weir_bench::limits::{self, DiskLimits, DiskOptions, NetworkLimits, NetworkOptions};
+use weir_bench::process::BrokerProcess;
+use weir_loadgen::{AcksArg, Config, Protocol, Report};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Measure the machine's limits on the data directory's device and on loopback.
+    Limits {
+        #[arg(long, default_value = "./weir-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the limits, then run the loadgen suite against a fresh broker.
+    Compare {
+        /// Scratch directory for the limits and the broker's data (emptied first).
+        #[arg(long, default_value = "./weir-bench")]
+        data_dir: PathBuf,
+        /// Runs of each scenario; figures are their median.
+        #[arg(long, default_value = "3")]
+        runs: usize,
+        /// Shards of the broker under test.
+        #[arg(long, default_value = "1")]
+        cores: usize,
+        /// CPUs to pin the broker's shards to (comma-separated); default CPU 0, 1, ...
+        #[arg(long)]
+        broker_cpus: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct Limits {
+    #[serde(flatten)]
+    pub disk: DiskLimits,
+    #[serde(flatten)]
+    pub network: NetworkLimits,
+}
+
+pub fn measure_limits(dir: &Path) -> anyhow::Result<Limits> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let disk = limits::measure_disk(dir, DiskOptions::default())?;
+    let network = limits::measure_network(NetworkOptions::default())?;
+    Ok(Limits { disk, network })
+}
+
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Limits { data_dir, json } => {
+            let limits = measure_limits(&data_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&limits)?);
+            } else {
+                print!("{}", limits_table(&limits));
+            }
+            Ok(())
+        }
+        BenchCommand::Compare {
+            data_dir,
+            runs,
+            cores,
+            broker_cpus,
+            json,
+        } => compare(&data_dir, runs, cores, broker_cpus, json),
+    }
+}
+
+fn limits_table(limits: &Limits) -> String {
+    let (d, n) = (&limits.disk, &limits.network);
+    format!(
+        "O_DIRECT sequential write   {:>10.1} MB/s\nO_DIRECT sequential read    {:>10.1} MB/s\n\
+         16 KiB write+fdatasync      p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us\n\
+         loopback TCP, one stream    {:>10.1} MB/s\nloopback round trip         p50 {:.1} us  p99 {:.1} us\n",
+        d.direct_write_mb_s,
+        d.direct_read_mb_s,
+        d.fdatasync_us.p50,
+        d.fdatasync_us.p99,
+        d.fdatasync_us.p999,
+        n.loopback_tcp_mb_s,
+        n.loopback_rtt_us.p50,
+        n.loopback_rtt_us.p99
+    )
+}
+
+/// One figure of the suite: per-run values, their median, and the ratio to its limit.
+#[derive(Debug, Serialize)]
+struct Figure {
+    scenario: &'static str,
+    name: &'static str,
+    unit: &'static str,
+    runs: Vec<f64>,
+    median: f64,
+    limit_name: &'static str,
+    limit: f64,
+    ratio: f64,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A scenario: how to configure loadgen for run `n`, and which figures to take.
+struct Scenario {
+    name: &'static str,
+    config: fn(&str, usize) -> Config,
+    figures: &'static [(&'static str, &'static str, fn(&Report) -> f64, &'static str)],
+}
+
+fn base(brokers: &str, topic: String) -> Config {
+    Config {
+        brokers: brokers.to_string(),
+        protocol: Protocol::Native,
+        topic,
+        partitions: 1,
+        message_bytes: 1024,
+        message_bytes_max: None,
+        acks: AcksArg::All,
+        rate_mb_s: None,
+        duration_s: 6.0,
+        messages: None,
+        warmup_s: 1.0,
+        producers: 1,
+        consumers: 1,
+        compression: "none".into(),
+        batch_bytes: 64 << 10,
+        linger_ms: 1.0,
+        in_flight: 64,
+        key_cardinality: 0,
+        threads: 1,
+        drain_timeout_s: 30.0,
+        json: true,
+        quiet: true,
+        topic_configs: vec![],
+        from_beginning: false,
+    }
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "durable produce, open loop 200 MB/s (every-batch, acks=all, 1 KiB)",
+        config: |b, n| Config {
+            rate_mb_s: Some(200.0),
+            duration_s: 8.0,
+            warmup_s: 2.0,
+            ..base(b, format!("durable-rate-{n}"))
+        },
+        figures: &[
+            (
+                "produce MB/s",
+                "MB/s",
+                |r| r.throughput_mb_s,
+                "offered_rate_mb_s",
+            ),
+            (
+                "produce ack p50",
+                "us",
+                |r| r.produce_latency_us.p50,
+                "fdatasync_us.p50",
+            ),
+            (
+                "produce ack p99",
+                "us",
+                |r| r.produce_latency_us.p99,
+                "fdatasync_us.p99",
+            ),
+            (
+                "produce ack p99.9",
+                "us",
+                |r| r.produce_latency_us.p999,
+                "fdatasync_us.p999",
+            ),
+            (
+                "end to end p99",
+                "us",
+                |r| r.end_to_end_latency_us.p99,
+                "fdatasync_us.p99",
+            ),
+        ],
+    },
+    Scenario {
+        name: "durable produce, closed loop (every-batch, acks=all, 1 KiB)",
+        config: |b, n| base(b, format!("durable-max-{n}")),
+        figures: &[(
+            "produce MB/s",
+            "MB/s",
+            |r| r.throughput_mb_s,
+            "direct_write_mb_s",
+        )],
+    },
+    Scenario {
+        name: "max produce, closed loop (flush never, acks=leader, 1 KiB)",
+        config: |b, n| Config {
+            acks: AcksArg::Leader,
+            topic_configs: vec!["flush.policy=never".into()],
+            ..base(b, format!("never-max-{n}"))
+        },
+        figures: &[
+            (
+                "produce MB/s",
+                "MB/s",
+                |r| r.throughput_mb_s,
+                "loopback_tcp_mb_s",
+            ),
+            (
+                "tail consume MB/s",
+                "MB/s",
+                |r| r.consume_throughput_mb_s,
+                "loopback_tcp_mb_s",
+            ),
+            (
+                "end to end p99",
+                "us",
+                |r| r.end_to_end_latency_us.p99,
+                "loopback_rtt_us.p99",
+            ),
+        ],
+    },
+    Scenario {
+        name: "consume from disk (1.5 GB stored, cache 256 MiB)",
+        config: |b, _| Config {
+            producers: 0,
+            from_beginning: true,
+            ..base(b, "stored".into())
+        },
+        figures: &[(
+            "consume MB/s",
+            "MB/s",
+            |r| r.consume_throughput_mb_s,
+            "direct_read_mb_s",
+        )],
+    },
+];
+
+fn limit_value(limits: &Limits, name: &str) -> f64 {
+    let (d, n) = (&limits.disk, &limits.network);
+    match name {
+        "direct_write_mb_s" => d.direct_write_mb_s,
+        "direct_read_mb_s" => d.direct_read_mb_s,
+        "fdatasync_us.p50" => d.fdatasync_us.p50,
+        "fdatasync_us.p99" => d.fdatasync_us.p99,
+        "fdatasync_us.p999" => d.fdatasync_us.p999,
+        "loopback_tcp_mb_s" => n.loopback_tcp_mb_s,
+        "loopback_rtt_us.p99" => n.loopback_rtt_us.p99,
+        "offered_rate_mb_s" => 200.0,
+        _ => f64::NAN,
+    }
+}
+
+fn compare(
+    root: &Path,
+    runs: usize,
+    cores: usize,
+    broker_cpus: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(root);
+    let limits = measure_limits(&root.join("limits"))?;
+    eprint!("{}", limits_table(&limits));
+    let binary = std::env::current_exe().context("locating the weir binary")?;
+    let cpus = broker_cpus.map(|c| format!("[{c}]"));
+    let env: Vec<(&str, &str)> = cpus.iter().map(|c| ("WEIR_CPUS", c.as_str())).collect();
+    let broker = BrokerProcess::start_with_env(&binary, &root.join("broker"), cores, &[], &env)?;
+    fill_stored_topic(&broker.native)?;
+    let mut figures = Vec::new();
+    for scenario in SCENARIOS {
+        let mut reports = Vec::with_capacity(runs);
+        for n in 0..runs {
+            eprintln!("{} (run {})", scenario.name, n + 1);
+            let report = weir_loadgen::run((scenario.config)(&broker.native, n))?;
+            anyhow::ensure!(
+                report.ok,
+                "{}: verification failed\n{}",
+                scenario.name,
+                report.table()
+            );
+            reports.push(report);
+        }
+        for (name, unit, take, limit_name) in scenario.figures {
+            let values: Vec<f64> = reports.iter().map(take).collect();
+            let limit = limit_value(&limits, limit_name);
+            let median = median(&values);
+            figures.push(Figure {
+                scenario: scenario.name,
+                name,
+                unit,
+                runs: values,
+                median,
+                limit_name,
+                limit,
+                ratio: median / limit,
+            });
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "limits": limits, "figures": figures })
+            )?
+        );
+    } else {
+        print!("{}", figures_table(&figures));
+    }
+    Ok(())
+}
+
+/// Stores 1.5 GB for the consume-from-disk scenario: more than the broker's cache.
+fn fill_stored_topic(brokers: &str) -> anyhow::Result<()> {
+    let fill = Config {
+        acks: AcksArg::Leader,
+        consumers: 0,
+        messages: Some(1_500_000),
+        duration_s: 600.0,
+        warmup_s: 0.0,
+        topic_configs: vec!["flush.policy=never".into()],
+        ..base(brokers, "stored".into())
+    };
+    let report = weir_loadgen::run(fill)?;
+    anyhow::ensure!(report.ok, "filling the stored topic failed");
+    Ok(())
+}
+
+fn figures_table(figures: &[Figure]) -> String {
+    let mut out = String::new();
+    let mut scenario = "";
+    for f in figures {
+        if f.scenario != scenario {
+            scenario = f.scenario;
+            out += &format!("\n{scenario}\n");
+        }
+        let runs: Vec<String> = f.runs.iter().map(|v| format!("{v:.1}")).collect();
+        out += &format!(
+            "  {:<20} median {:>10.1} {:<5} runs [{}]  ratio {:.3} to {} ({:.1})\n",
+            f.name,
+            f.median,
+            f.unit,
+            runs.join(", "),
+            f.ratio,
+            f.limit_name,
+            f.limit
+        );
+    }
+    out
+}
