@@ -111,11 +111,14 @@ fn median(values: &[f64]) -> f64 {
     sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// A figure to take from each run: name, unit, how to read it, the limit it is compared to.
+type FigureSpec = (&'static str, &'static str, fn(&Report) -> f64, &'static str);
+
 /// A scenario: how to configure loadgen for run `n`, and which figures to take.
 struct Scenario {
     name: &'static str,
     config: fn(&str, usize) -> Config,
-    figures: &'static [(&'static str, &'static str, fn(&Report) -> f64, &'static str)],
+    figures: &'static [FigureSpec],
 }
 
 fn base(brokers: &str, topic: String) -> Config {
