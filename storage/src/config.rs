@@ -83,7 +83,8 @@ pub struct LogConfig {
     /// slower (p50 ~450 us against ~330 us appending, docs/BENCHMARKS.md), because each
     /// write converts extents and the sync journals that.
     pub preallocate: bool,
-    /// The most bytes one write to a segment carries; appends beyond it wait (backpressure).
+    /// The most bytes one write to a segment carries. Appends under a write-behind policy
+    /// wait once four writes' worth is pending (backpressure).
     pub write_chunk_bytes: u32,
     /// Bytes read at once from a segment for a reader, kept for its next sequential read.
     pub readahead_bytes: u32,
@@ -101,7 +102,7 @@ impl Default for LogConfig {
             index_entries_max: (10 << 20) / 8,
             batch_bytes_max: (1 << 20) + 12,
             preallocate: false,
-            write_chunk_bytes: 1 << 20,
+            write_chunk_bytes: 4 << 20,
             readahead_bytes: 1 << 20,
         }
     }

@@ -186,6 +186,7 @@ pub(crate) async fn read_at(
 pub(crate) struct PageWrite {
     buffer: glommio::io::DmaBuffer,
     position: u64,
+    len: usize,
 }
 
 impl std::fmt::Debug for PageWrite {
@@ -222,7 +223,16 @@ impl PageWrite {
         }
         assert_eq!(at, len, "parts hold fewer than the {len} bytes to write");
         bytes[len..].fill(0);
-        PageWrite { buffer, position }
+        PageWrite {
+            buffer,
+            position,
+            len,
+        }
+    }
+
+    /// The bytes to write (without the zero padding).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buffer.as_bytes()[..self.len]
     }
 
     /// Writes the pages. Returns once the write completed (not synced).

@@ -77,10 +77,11 @@ struct PendingBatch {
     position: u64,
 }
 
-/// Writes to a segment in flight at once. Two keep the device busy while the next write's
-/// buffer is filled (one alone left it idle for the copy: 64% of raw bandwidth with 1 MiB
-/// batches, against 80%+ with two; see docs/BENCHMARKS.md).
-const WRITES_IN_FLIGHT_MAX: usize = 2;
+/// Writes to a segment in flight at once. More than one keeps the device busy while the
+/// next write's buffer is filled: with one, `never` with 1 MiB batches reached 0.64 of raw
+/// write bandwidth; with two 0.86; four with 4 MiB writes carry the broker's never-flush
+/// produce path from ~715 to ~940 MB/s (docs/BENCHMARKS.md).
+const WRITES_IN_FLIGHT_MAX: usize = 4;
 
 /// A planned write, its buffer filled, not yet submitted.
 struct PlannedWrite {
@@ -92,6 +93,12 @@ struct PlannedWrite {
     written_end: u64,
     /// The page-aligned end of the bytes it writes.
     range_end: u64,
+}
+
+/// An fdatasync in flight and the offset it makes durable.
+struct PendingSync {
+    task: glommio::Task<Result<()>>,
+    covered: i64,
 }
 
 struct InFlightWrite {
@@ -134,6 +141,9 @@ struct LogState {
     last_sync_at: Instant,
     readahead: Option<ReadAhead>,
     stats: LogStats,
+    /// Seals running in the background (see `roll_locked`). Dropping the log cancels them,
+    /// as a crash would stop them.
+    sealing: Vec<glommio::Task<()>>,
 }
 
 /// Counters of the I/O a log did since it was opened.
@@ -159,6 +169,10 @@ pub struct Log {
     io: IoLock,
     /// Fired on every append and whenever the durable offset advances.
     changed: Event,
+    /// Fired whenever the durable offset advances.
+    durable_advanced: Event,
+    /// Set by a background seal that failed; the log is offline from then on.
+    seal_failure: Rc<RefCell<Option<String>>>,
 }
 
 /// Held by whoever writes, syncs, rolls, truncates, deletes segments or closes. Every
@@ -266,6 +280,8 @@ impl Log {
                 released: Event::new(),
             },
             changed: Event::new(),
+            durable_advanced: Event::new(),
+            seal_failure: Rc::new(RefCell::new(None)),
             state: RefCell::new(LogState {
                 sealed,
                 active,
@@ -285,6 +301,7 @@ impl Log {
                 last_sync_at: Instant::now(),
                 readahead: None,
                 stats: LogStats::default(),
+                sealing: Vec::new(),
             }),
         });
         for segment in log
@@ -403,7 +420,18 @@ impl Log {
         self.changed.listen()
     }
 
+    /// A failed background seal takes the log offline like any failed write.
+    fn absorb_seal_failure(&self) {
+        if let Some(reason) = self.seal_failure.borrow().as_ref() {
+            self.state
+                .borrow_mut()
+                .offline
+                .get_or_insert_with(|| reason.clone());
+        }
+    }
+
     fn enqueue(&self, mut batch: BytesMut, leader_epoch: i32) -> Result<AppendInfo> {
+        self.absorb_seal_failure();
         let mut header = batch::validate(&batch, self.config.batch_bytes_max as usize)?;
         let mut state = self.state.borrow_mut();
         state.check_writable(&self.dir)?;
@@ -499,7 +527,7 @@ impl Log {
     pub async fn roll(&self) -> Result<()> {
         let _permit = self.lock().await?;
         self.state.borrow_mut().roll_requested = true;
-        self.flush_locked(Reach::Written).await
+        self.flush_locked(Reach::Written, i64::MAX).await
     }
 
     /// Waits until every batch before `target` has reached `reach`, doing the I/O itself
@@ -511,18 +539,21 @@ impl Log {
             }
             // Listen before trying the lock, so a release in between is not missed.
             let released = self.io.released.listen();
+            let durable = self.durable_advanced.listen();
             if let Some(_guard) = self.try_lock()? {
                 // Let appenders that are ready to run (often the ones the last sync released)
                 // queue their batches first, so that this write and sync carry them too.
                 futures_lite::future::yield_now().await;
-                self.flush_locked(reach).await?;
+                self.flush_locked(reach, target).await?;
                 continue;
             }
-            released.await;
+            // Whoever holds the lock may keep it for several syncs under load: wake for each.
+            futures_lite::future::or(released, durable).await;
         }
     }
 
     fn reached(&self, target: i64, reach: Reach) -> Result<bool> {
+        self.absorb_seal_failure();
         let state = self.state.borrow();
         if let Some(reason) = &state.offline {
             return Err(StorageError::LogOffline {
@@ -567,8 +598,8 @@ impl Log {
 
     /// Writes every pending batch (rolling where needed) and, for `Durable`, syncs them.
     /// The caller holds the I/O lock. A failure takes the log offline.
-    async fn flush_locked(&self, reach: Reach) -> Result<()> {
-        let result = self.flush_locked_inner(reach).await;
+    async fn flush_locked(&self, reach: Reach, target: i64) -> Result<()> {
+        let result = self.flush_locked_inner(reach, target).await;
         if let Err(error) = &result {
             let mut state = self.state.borrow_mut();
             if state.offline.is_none()
@@ -584,18 +615,43 @@ impl Log {
         result
     }
 
-    async fn flush_locked_inner(&self, reach: Reach) -> Result<()> {
+    /// Under load the pipelined syncs would go on as long as batches keep arriving, so the
+    /// holder stops once its own `target` is durable; a waiting appender takes over.
+    async fn flush_locked_inner(&self, reach: Reach, target: i64) -> Result<()> {
+        let mut sync: Option<PendingSync> = None;
+        loop {
+            self.write_pending(&mut sync).await?;
+            if reach == Reach::Written {
+                return self.finish_sync(&mut sync).await;
+            }
+            let (written, durable) = {
+                let state = self.state.borrow();
+                (state.active.next_offset, state.durable_offset)
+            };
+            match sync.take() {
+                Some(pending) => sync = self.sync_or_write(pending).await?,
+                None if durable >= written || durable >= target => return Ok(()),
+                None => sync = Some(self.start_sync(written).await?),
+            }
+        }
+    }
+
+    /// Writes every pending batch, rolling where needed (after the sync in flight, if any,
+    /// is done: a roll needs the old segment durable).
+    async fn write_pending(&self, sync: &mut Option<PendingSync>) -> Result<()> {
         let mut in_flight = VecDeque::new();
         loop {
             match self.next_write_step() {
                 WriteStep::Roll => {
                     self.complete_writes(&mut in_flight, 0).await?;
+                    self.finish_sync(sync).await?;
                     self.roll_locked().await?;
                 }
                 WriteStep::Write(write) => {
                     // A write may rewrite the last page of the one before it (the tail page):
                     // those two must not be in flight together, or the device could apply
-                    // the older one last.
+                    // the older one last. (A sync in flight alongside is fine: the rewritten
+                    // page holds the synced bytes unchanged.)
                     if in_flight
                         .back()
                         .is_some_and(|w: &InFlightWrite| w.range_end > write.start)
@@ -620,14 +676,70 @@ impl Log {
                     self.complete_writes(&mut in_flight, WRITES_IN_FLIGHT_MAX - 1)
                         .await?;
                 }
-                WriteStep::Done => break,
+                WriteStep::Done => return self.complete_writes(&mut in_flight, 0).await,
             }
         }
-        self.complete_writes(&mut in_flight, 0).await?;
-        if reach == Reach::Durable {
-            self.sync_locked().await?;
+    }
+
+    /// Starts an fdatasync covering every batch before `written` (all of them written:
+    /// their writes completed before this is submitted).
+    async fn start_sync(&self, written: i64) -> Result<PendingSync> {
+        self.write_epochs_if_dirty().await?;
+        let (file, path) = {
+            let state = self.state.borrow();
+            (state.active.file.clone(), state.active.path.clone())
+        };
+        let task = glommio::spawn_local(async move { io::fdatasync(&file, &path).await });
+        Ok(PendingSync {
+            task,
+            covered: written,
+        })
+    }
+
+    /// Waits for the sync in flight, unless batches arrive first: those are written while
+    /// the sync runs, so the next sync can start as soon as this one ends. Returns the sync
+    /// still in flight, if it is.
+    async fn sync_or_write(&self, pending: PendingSync) -> Result<Option<PendingSync>> {
+        let appended = self.changed.listen();
+        if self.has_unplanned_batches() {
+            return Ok(Some(pending));
+        }
+        let PendingSync { mut task, covered } = pending;
+        let finished = futures_lite::future::or(async { Some((&mut task).await) }, async {
+            appended.await;
+            None
+        })
+        .await;
+        match finished {
+            Some(result) => {
+                result?;
+                self.mark_durable(covered);
+                Ok(None)
+            }
+            None => Ok(Some(PendingSync { task, covered })),
+        }
+    }
+
+    async fn finish_sync(&self, sync: &mut Option<PendingSync>) -> Result<()> {
+        if let Some(PendingSync { task, covered }) = sync.take() {
+            task.await?;
+            self.mark_durable(covered);
         }
         Ok(())
+    }
+
+    fn has_unplanned_batches(&self) -> bool {
+        let state = self.state.borrow();
+        state.pending.len() > state.planned_batches
+    }
+
+    fn mark_durable(&self, covered: i64) {
+        let mut state = self.state.borrow_mut();
+        state.durable_offset = state.durable_offset.max(covered);
+        state.last_sync_at = Instant::now();
+        state.stats.syncs += 1;
+        self.changed.notify(usize::MAX);
+        self.durable_advanced.notify(usize::MAX);
     }
 
     /// Plans the next write: takes unplanned pending batches (up to a write's worth, never
@@ -692,20 +804,32 @@ impl Log {
         let mut parts: Vec<&[u8]> = Vec::with_capacity(planned + 1);
         parts.push(&active.tail_page);
         let mut position = active.planned_bytes;
+        let mut checks = Vec::with_capacity(planned);
         for batch in batches {
-            // Checked right before it is written, as it was on append: memory can rot too.
-            assert_eq!(
-                batch::compute_crc(&batch.bytes),
-                batch.header.crc,
-                "batch at offset {} of {} changed in memory",
-                batch.header.base_offset,
-                active.path.display()
-            );
             batch.position = position;
+            checks.push((
+                position,
+                &batch.bytes,
+                batch.header.crc,
+                batch.header.base_offset,
+            ));
             position += batch.bytes.len() as u64;
             parts.push(&batch.bytes);
         }
         let pages = io::PageWrite::new(&active.file, start, &parts, (written_end - start) as usize);
+        for (position, bytes, crc, base_offset) in checks {
+            // Checked right before it is written, as it was on append: memory can rot too.
+            // Where the whole batch is in the write, the check reads the very bytes about
+            // to be written, while they are still in cache from the copy.
+            let from = (position - start) as usize;
+            let written = pages.bytes().get(from..from + bytes.len()).unwrap_or(bytes);
+            assert_eq!(
+                batch::compute_crc(written),
+                crc,
+                "batch at offset {base_offset} of {} changed in memory",
+                active.path.display()
+            );
+        }
         let tail_page = tail_of(&parts, (new_end % PAGE_BYTES) as usize);
         active.tail_page = tail_page;
         active.planned_bytes = new_end;
@@ -824,34 +948,53 @@ impl Log {
             )
         };
         io::fdatasync(&file, &path).await?;
-        let mut state = self.state.borrow_mut();
-        state.durable_offset = state.durable_offset.max(written);
-        state.last_sync_at = Instant::now();
-        state.stats.syncs += 1;
-        self.changed.notify(usize::MAX);
+        self.mark_durable(written);
         Ok(())
     }
 
     /// Seals the active segment and starts the next one where it ended.
     async fn roll_locked(&self) -> Result<()> {
         self.sync_locked().await?;
-        // Seal first (cut the preallocated space, write the index files), then create the
-        // next segment: a crash in between leaves the sealed one last, and it is recovered
-        // as the active segment. The other order could leave a preallocated, index-less
-        // segment in the middle of the log, which recovery must call corrupt.
+        // The old segment becomes sealed for readers at once; cutting its page padding and
+        // writing its index files happens in the background, so appends to the new segment
+        // do not wait for those syncs. A crash before that finishes leaves an index-less
+        // segment ending in zeros, which recovery finishes sealing.
         let old = self.state.borrow().active.clone();
-        let next_offset = old.next_offset;
-        let sealed = old.seal(&self.dir).await?;
-        let fresh = ActiveSegment::create(&self.dir, next_offset, &self.config).await?;
+        let sealed = old.sealed_view();
+        let fresh = ActiveSegment::create(&self.dir, old.next_offset, &self.config).await?;
         io::sync_dir(&self.dir).await?;
         self.shard.opened_segment(&sealed.open);
+        let (dir, failure) = (self.dir.clone(), self.seal_failure.clone());
+        let sealing = glommio::spawn_local(async move {
+            if let Err(error) = old.finish_seal(&dir).await {
+                tracing::error!(segment = %old.path.display(), %error, "sealing failed");
+                failure.borrow_mut().get_or_insert(error.to_string());
+            }
+        });
         let mut state = self.state.borrow_mut();
         state.active = fresh;
         state.sealed.push(sealed);
+        state.sealing.push(sealing);
         state.roll_requested = false;
         state.readahead = None;
         state.stats.rolls += 1;
         Ok(())
+    }
+
+    /// Waits for background seals; operations that delete, cut or close segments need
+    /// their files settled first.
+    async fn await_seals(&self) -> Result<()> {
+        let sealing = std::mem::take(&mut self.state.borrow_mut().sealing);
+        for seal in sealing {
+            seal.await;
+        }
+        match self.seal_failure.borrow().as_ref() {
+            Some(reason) => Err(StorageError::LogOffline {
+                path: self.dir.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     async fn write_epochs_if_dirty(&self) -> Result<()> {
@@ -1153,7 +1296,8 @@ impl Log {
     /// while it runs.
     pub async fn truncate_to(&self, offset: i64) -> Result<()> {
         let _permit = self.lock().await?;
-        self.flush_locked(Reach::Written).await?;
+        self.flush_locked(Reach::Written, i64::MAX).await?;
+        self.await_seals().await?;
         {
             let mut state = self.state.borrow_mut();
             state.check_writable(&self.dir)?;
@@ -1284,6 +1428,7 @@ impl Log {
     /// `retention_now_ms`, those the retention settings no longer keep.
     async fn delete_old_segments(&self, retention_now_ms: Option<i64>) -> Result<usize> {
         let _permit = self.lock().await?;
+        self.await_seals().await?;
         let doomed = {
             let state = self.state.borrow();
             state.check_writable(&self.dir)?;
@@ -1383,6 +1528,7 @@ impl Log {
     pub async fn verify(&self) -> Result<u64> {
         self.flush().await?;
         let _permit = self.lock().await?;
+        self.await_seals().await?;
         let segments: Vec<(i64, u64)> = {
             let state = self.state.borrow();
             state
@@ -1417,7 +1563,8 @@ impl Log {
         if self.state.borrow().closed {
             return Ok(());
         }
-        self.flush_locked(Reach::Durable).await?;
+        self.flush_locked(Reach::Durable, i64::MAX).await?;
+        self.await_seals().await?;
         let active = {
             let mut state = self.state.borrow_mut();
             state.closed = true;

@@ -159,15 +159,34 @@ impl ActiveSegment {
         Ok((segment, scan))
     }
 
-    /// Makes this segment sealed: data synced, the file cut to the data's exact size, the
-    /// index files written. The caller has written and synced every batch of it.
-    pub async fn seal(self, dir: &Path) -> Result<SealedSegment> {
+    /// What this segment is once sealed, for reads: its facts and its open file and index.
+    /// Nothing is written; [`ActiveSegment::finish_seal`] makes the files match.
+    pub fn sealed_view(&self) -> SealedSegment {
         assert_eq!(
             self.planned_bytes,
             self.data_bytes,
             "sealing {} with writes outstanding",
             self.path.display()
         );
+        let open = OpenSegment {
+            file: self.file.clone(),
+            index: self.index.clone(),
+        };
+        SealedSegment {
+            base_offset: self.base_offset,
+            next_offset: self.next_offset,
+            max_timestamp: self.index.max_timestamp,
+            size_bytes: self.data_bytes,
+            path: self.path.clone(),
+            open: Rc::new(RefCell::new(Some(Rc::new(open)))),
+        }
+    }
+
+    /// Makes the files of a segment that was sealed match: the padding of its last page
+    /// cut off (and any preallocated space), the index files written. Until this is done a
+    /// crash leaves the segment without index files and with a zero tail, which recovery
+    /// recognizes and finishes the same way.
+    pub async fn finish_seal(&self, dir: &Path) -> Result<()> {
         io::truncate(&self.file, &self.path, self.data_bytes).await?;
         io::fdatasync(&self.file, &self.path).await?;
         write_index_files(
@@ -177,20 +196,7 @@ impl ActiveSegment {
             self.data_bytes,
             &self.index,
         )
-        .await?;
-        let open = OpenSegment {
-            file: self.file,
-            index: self.index,
-        };
-        let max_timestamp = open.index.max_timestamp;
-        Ok(SealedSegment {
-            base_offset: self.base_offset,
-            next_offset: self.next_offset,
-            max_timestamp,
-            size_bytes: self.data_bytes,
-            path: self.path,
-            open: Rc::new(RefCell::new(Some(Rc::new(open)))),
-        })
+        .await
     }
 
     /// Cuts the file to its data and writes the index files, so the next open trusts them
@@ -236,8 +242,8 @@ impl SealedSegment {
                     && h.base_offset == base_offset
                     && h.log_bytes == file_bytes
             });
-        let (next_offset, max_timestamp, open) = match header {
-            Some(header) => (header.next_offset, header.max_timestamp, None),
+        let (next_offset, max_timestamp, size_bytes, open) = match header {
+            Some(header) => (header.next_offset, header.max_timestamp, file_bytes, None),
             None => {
                 tracing::warn!(segment = %path.display(), "rebuilding missing or stale index");
                 let (file, scan) =
@@ -246,9 +252,11 @@ impl SealedSegment {
                     file: Rc::new(file),
                     index: scan.index.clone(),
                 };
+                let max_timestamp = scan.index.max_timestamp;
                 (
                     scan.next_offset,
-                    scan.index.max_timestamp,
+                    max_timestamp,
+                    scan.end_position,
                     Some(Rc::new(open)),
                 )
             }
@@ -257,7 +265,7 @@ impl SealedSegment {
             base_offset,
             next_offset,
             max_timestamp,
-            size_bytes: file_bytes,
+            size_bytes,
             path,
             open: Rc::new(RefCell::new(open)),
         })
@@ -310,9 +318,49 @@ async fn rebuild_sealed(
         scan_settings(config, None),
     )
     .await?;
-    check_scanned_to_end(path, &scan, file_bytes)?;
-    write_index_files(dir, base_offset, scan.next_offset, file_bytes, &scan.index).await?;
+    if scan.end == ScanEnd::EndOfData && scan.end_position < file_bytes {
+        // A seal cut short by a crash: the data is whole and only zeros (page padding,
+        // preallocation) follow. Anything else there is corruption.
+        finish_interrupted_seal(&file, path, &scan, file_bytes).await?;
+    } else {
+        check_scanned_to_end(path, &scan, file_bytes)?;
+    }
+    write_index_files(
+        dir,
+        base_offset,
+        scan.next_offset,
+        scan.end_position,
+        &scan.index,
+    )
+    .await?;
     Ok((file, scan))
+}
+
+/// Checks that everything after the scanned data is zero, then cuts it off.
+async fn finish_interrupted_seal(
+    file: &SegmentFile,
+    path: &Path,
+    scan: &Scan,
+    file_bytes: u64,
+) -> Result<()> {
+    const CHUNK_BYTES: u64 = 1 << 20;
+    let mut position = scan.end_position;
+    while position < file_bytes {
+        let len = CHUNK_BYTES.min(file_bytes - position) as usize;
+        let bytes = io::read_at(file, path, position, len).await?;
+        if let Some(at) = bytes.iter().position(|b| *b != 0) {
+            let reason = "bytes after the last valid batch of a sealed segment".to_string();
+            return Err(StorageError::Corrupt {
+                path: path.to_path_buf(),
+                position: position + at as u64,
+                reason,
+            });
+        }
+        position += len as u64;
+    }
+    tracing::warn!(segment = %path.display(), "finishing a seal interrupted by a crash");
+    io::truncate(file, path, scan.end_position).await?;
+    io::fdatasync(file, path).await
 }
 
 /// A sealed segment's scan must end exactly at its size with nothing invalid before.

@@ -340,6 +340,8 @@ fn segments_roll_by_size_by_age_and_on_request() {
         for base in log.segment_base_offsets() {
             assert!(dir.path().join(format!("{base:020}.log")).exists());
         }
+        // Sealing finishes in the background; verify waits for it.
+        log.verify().await.unwrap();
         let sealed = &log.segment_base_offsets()[..log.segment_count() - 1];
         for base in sealed {
             let size = std::fs::metadata(dir.path().join(format!("{base:020}.log")))
@@ -558,6 +560,57 @@ async fn read_all_result(log: &Log) -> Result<usize> {
         offset = BatchHeader::parse(last)?.next_offset();
         count += batches.len();
     }
+}
+
+#[test]
+fn a_seal_cut_short_by_a_crash_is_finished_on_open_and_garbage_is_not() {
+    run(|| async {
+        for garbage in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = open(dir.path(), small_config(), 0).await;
+            for seed in 0..200 {
+                log.append(batch(seed, 1, 1000, 0), 0).await.unwrap();
+            }
+            let before = read_all(&log, 0).await;
+            log.close().await.unwrap();
+            // What a crash between roll and seal leaves: no index files, a padded tail.
+            assert!(log.segment_count() > 2);
+            let base = log.segment_base_offsets()[1];
+            for extension in ["index", "timeindex"] {
+                std::fs::remove_file(dir.path().join(format!("{base:020}.{extension}"))).unwrap();
+            }
+            let segment = dir.path().join(format!("{base:020}.log"));
+            let size = std::fs::metadata(&segment).unwrap().len();
+            let mut tail = vec![0u8; 3000];
+            if garbage {
+                tail[1500] = 7;
+            }
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&segment)
+                .unwrap()
+                .write_all(&tail)
+                .unwrap();
+            let reopened = Log::open(dir.path(), &identity(), small_config(), shard(0)).await;
+            if garbage {
+                let error = reopened.unwrap_err();
+                assert!(
+                    matches!(error, StorageError::Corrupt { position, .. } if position == size + 1500),
+                    "{error}"
+                );
+                continue;
+            }
+            let log = reopened.unwrap();
+            assert_eq!(read_all(&log, 0).await, before);
+            assert_eq!(
+                std::fs::metadata(&segment).unwrap().len(),
+                size,
+                "the padding is cut off again"
+            );
+            assert!(dir.path().join(format!("{base:020}.index")).exists());
+        }
+    });
 }
 
 #[test]
