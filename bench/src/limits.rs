@@ -155,6 +155,85 @@ impl<'a> SyncSampler<'a> {
     }
 }
 
+/// An ideal durable stream on the device: messages of `message_bytes` arrive at
+/// `rate_mb_s`; one writer appends everything that has arrived as one O_DIRECT write and
+/// fdatasyncs it, again and again (perfect group commit, nothing else to do). Each
+/// message's latency runs from its arrival to the end of the sync that covered it, so
+/// the device's stalls under sustained load count as they do for a broker. This is the
+/// floor for a durable produce at that rate.
+pub fn measure_durable_stream(
+    dir: &Path,
+    rate_mb_s: f64,
+    message_bytes: usize,
+    duration: Duration,
+) -> anyhow::Result<Percentiles> {
+    let path = dir.join(".weir-limits-stream");
+    let executor = LocalExecutorBuilder::new(Placement::Unbound)
+        .make()
+        .map_err(std::io::Error::from)
+        .context("starting glommio")?;
+    let result = executor.run(async {
+        weir_storage::probe_direct_io(dir).await?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .dma_open(&path)
+            .await
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let latency = durable_stream(&file, rate_mb_s, message_bytes, duration).await;
+        file.close().await.map_err(std::io::Error::from)?;
+        latency
+    });
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+async fn durable_stream(
+    file: &DmaFile,
+    rate_mb_s: f64,
+    message_bytes: usize,
+    duration: Duration,
+) -> anyhow::Result<Percentiles> {
+    /// The first second is not counted.
+    const WARMUP_NS: u64 = 1_000_000_000;
+    const WRITE_BYTES_MAX: usize = 4 << 20;
+    let interval_ns = (message_bytes as f64 * 1e9 / (rate_mb_s * 1e6)).max(1.0);
+    let per_write = (WRITE_BYTES_MAX / message_bytes.max(1)).max(1) as u64;
+    let mut histogram = nanos_histogram();
+    let (mut taken, mut position) = (0u64, 0u64);
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let now = started.elapsed().as_nanos() as u64;
+        let arrived = (now as f64 / interval_ns) as u64 + 1;
+        if arrived == taken {
+            glommio::timer::sleep(Duration::from_nanos(
+                (taken as f64 * interval_ns) as u64 - now,
+            ))
+            .await;
+            continue;
+        }
+        let upto = arrived.min(taken + per_write);
+        let bytes = ((upto - taken) as usize * message_bytes).div_ceil(4096) * 4096;
+        let mut buffer = file.alloc_dma_buffer(bytes);
+        buffer.as_bytes_mut().fill(7);
+        file.write_at(buffer, position).await.map_err(io)?;
+        file.fdatasync().await.map_err(io)?;
+        let done = started.elapsed().as_nanos() as u64;
+        for message in taken..upto {
+            let arrival = (message as f64 * interval_ns) as u64;
+            if arrival >= WARMUP_NS {
+                histogram.saturating_record(done - arrival);
+            }
+        }
+        position += bytes as u64;
+        taken = upto;
+    }
+    Ok(Percentiles::from_nanos(&histogram))
+}
+
 /// What one loopback TCP connection carries.
 #[derive(Debug, Clone, Serialize)]
 pub struct NetworkLimits {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Subcommand;
 use serde::Serialize;
+use weir_bench::Percentiles;
 use weir_bench::limits::{self, DiskLimits, DiskOptions, NetworkLimits, NetworkOptions};
 use weir_bench::process::BrokerProcess;
 use weir_loadgen::{AcksArg, Config, Protocol, Report};
@@ -45,13 +46,27 @@ pub struct Limits {
     pub disk: DiskLimits,
     #[serde(flatten)]
     pub network: NetworkLimits,
+    /// The ideal durable stream of 1 KiB messages at 200 MB/s on this device
+    /// (`weir_bench::limits::measure_durable_stream`): the floor for durable produce latency.
+    pub ideal_durable_stream_us: Percentiles,
 }
+
+/// The rate of the durable open-loop scenario, and of its ideal-stream limit.
+const DURABLE_RATE_MB_S: f64 = 200.0;
 
 pub fn measure_limits(dir: &Path) -> anyhow::Result<Limits> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The ideal stream goes first: after the bandwidth tests the device is still flushing
+    // a gigabyte, and its stalls then would be the bandwidth test's, not the stream's.
+    let duration = std::time::Duration::from_secs(6);
+    let ideal = limits::measure_durable_stream(dir, DURABLE_RATE_MB_S, 1024, duration)?;
     let disk = limits::measure_disk(dir, DiskOptions::default())?;
     let network = limits::measure_network(NetworkOptions::default())?;
-    Ok(Limits { disk, network })
+    Ok(Limits {
+        disk,
+        network,
+        ideal_durable_stream_us: ideal,
+    })
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -80,7 +95,8 @@ fn limits_table(limits: &Limits) -> String {
     format!(
         "O_DIRECT sequential write   {:>10.1} MB/s\nO_DIRECT sequential read    {:>10.1} MB/s\n\
          16 KiB write+fdatasync      p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us\n\
-         loopback TCP, one stream    {:>10.1} MB/s\nloopback round trip         p50 {:.1} us  p99 {:.1} us\n",
+         loopback TCP, one stream    {:>10.1} MB/s\nloopback round trip         p50 {:.1} us  p99 {:.1} us\n\
+         ideal durable stream        p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us (1 KiB at 200 MB/s)\n",
         d.direct_write_mb_s,
         d.direct_read_mb_s,
         d.fdatasync_us.p50,
@@ -88,7 +104,10 @@ fn limits_table(limits: &Limits) -> String {
         d.fdatasync_us.p999,
         n.loopback_tcp_mb_s,
         n.loopback_rtt_us.p50,
-        n.loopback_rtt_us.p99
+        n.loopback_rtt_us.p99,
+        limits.ideal_durable_stream_us.p50,
+        limits.ideal_durable_stream_us.p99,
+        limits.ideal_durable_stream_us.p999
     )
 }
 
@@ -119,6 +138,8 @@ struct Scenario {
     name: &'static str,
     config: fn(&str, usize) -> Config,
     figures: &'static [FigureSpec],
+    /// Reads the stored topic, which is filled just before.
+    reads_stored: bool,
 }
 
 fn base(brokers: &str, topic: String) -> Config {
@@ -152,13 +173,16 @@ fn base(brokers: &str, topic: String) -> Config {
 
 const SCENARIOS: &[Scenario] = &[
     Scenario {
-        name: "durable produce, open loop 200 MB/s (every-batch, acks=all, 1 KiB)",
+        name: "durable produce, open loop 200 MB/s (every-batch, acks=all, 1 KiB, 16 KiB batches)",
         config: |b, n| Config {
-            rate_mb_s: Some(200.0),
+            rate_mb_s: Some(DURABLE_RATE_MB_S),
             duration_s: 8.0,
             warmup_s: 2.0,
+            batch_bytes: 16 << 10,
+            consumers: 0,
             ..base(b, format!("durable-rate-{n}"))
         },
+        reads_stored: false,
         figures: &[
             (
                 "produce MB/s",
@@ -170,31 +194,57 @@ const SCENARIOS: &[Scenario] = &[
                 "produce ack p50",
                 "us",
                 |r| r.produce_latency_us.p50,
-                "fdatasync_us.p50",
+                "ideal_durable_stream_us.p50",
             ),
             (
                 "produce ack p99",
                 "us",
                 |r| r.produce_latency_us.p99,
-                "fdatasync_us.p99",
+                "ideal_durable_stream_us.p99",
             ),
             (
                 "produce ack p99.9",
                 "us",
                 |r| r.produce_latency_us.p999,
-                "fdatasync_us.p999",
+                "ideal_durable_stream_us.p999",
+            ),
+        ],
+    },
+    Scenario {
+        name: "durable produce and consume, open loop 200 MB/s (every-batch, acks=all, 16 KiB batches)",
+        config: |b, n| Config {
+            rate_mb_s: Some(DURABLE_RATE_MB_S),
+            duration_s: 8.0,
+            warmup_s: 2.0,
+            batch_bytes: 16 << 10,
+            ..base(b, format!("durable-consume-{n}"))
+        },
+        reads_stored: false,
+        figures: &[
+            (
+                "produce ack p99",
+                "us",
+                |r| r.produce_latency_us.p99,
+                "ideal_durable_stream_us.p99",
+            ),
+            (
+                "end to end p50",
+                "us",
+                |r| r.end_to_end_latency_us.p50,
+                "ideal_durable_stream_us.p50",
             ),
             (
                 "end to end p99",
                 "us",
                 |r| r.end_to_end_latency_us.p99,
-                "fdatasync_us.p99",
+                "ideal_durable_stream_us.p99",
             ),
         ],
     },
     Scenario {
         name: "durable produce, closed loop (every-batch, acks=all, 1 KiB)",
         config: |b, n| base(b, format!("durable-max-{n}")),
+        reads_stored: false,
         figures: &[(
             "produce MB/s",
             "MB/s",
@@ -203,24 +253,47 @@ const SCENARIOS: &[Scenario] = &[
         )],
     },
     Scenario {
-        name: "max produce, closed loop (flush never, acks=leader, 1 KiB)",
+        name: "max produce, closed loop, no consumers (flush never, acks=leader, 1 KiB, 256 KiB batches)",
         config: |b, n| Config {
             acks: AcksArg::Leader,
             topic_configs: vec!["flush.policy=never".into()],
+            consumers: 0,
+            // Throughput runs batch as Kafka producers tuned for it do (batch.size 256 KiB);
+            // 16 requests in flight measured best here (64 let pending data pile up).
+            batch_bytes: 256 << 10,
+            in_flight: 16,
             ..base(b, format!("never-max-{n}"))
         },
+        reads_stored: false,
+        figures: &[(
+            "produce MB/s",
+            "MB/s",
+            |r| r.throughput_mb_s,
+            "loopback_tcp_mb_s",
+        )],
+    },
+    Scenario {
+        name: "produce and consume from the tail, open loop 200 MB/s (flush never, acks=leader)",
+        config: |b, n| Config {
+            acks: AcksArg::Leader,
+            topic_configs: vec!["flush.policy=never".into()],
+            rate_mb_s: Some(200.0),
+            batch_bytes: 16 << 10,
+            ..base(b, format!("never-tail-{n}"))
+        },
+        reads_stored: false,
         figures: &[
-            (
-                "produce MB/s",
-                "MB/s",
-                |r| r.throughput_mb_s,
-                "loopback_tcp_mb_s",
-            ),
             (
                 "tail consume MB/s",
                 "MB/s",
                 |r| r.consume_throughput_mb_s,
-                "loopback_tcp_mb_s",
+                "offered_rate_mb_s",
+            ),
+            (
+                "end to end p50",
+                "us",
+                |r| r.end_to_end_latency_us.p50,
+                "loopback_rtt_us.p50",
             ),
             (
                 "end to end p99",
@@ -237,6 +310,7 @@ const SCENARIOS: &[Scenario] = &[
             from_beginning: true,
             ..base(b, "stored".into())
         },
+        reads_stored: true,
         figures: &[(
             "consume MB/s",
             "MB/s",
@@ -255,8 +329,12 @@ fn limit_value(limits: &Limits, name: &str) -> f64 {
         "fdatasync_us.p99" => d.fdatasync_us.p99,
         "fdatasync_us.p999" => d.fdatasync_us.p999,
         "loopback_tcp_mb_s" => n.loopback_tcp_mb_s,
+        "loopback_rtt_us.p50" => n.loopback_rtt_us.p50,
         "loopback_rtt_us.p99" => n.loopback_rtt_us.p99,
-        "offered_rate_mb_s" => 200.0,
+        "offered_rate_mb_s" => DURABLE_RATE_MB_S,
+        "ideal_durable_stream_us.p50" => limits.ideal_durable_stream_us.p50,
+        "ideal_durable_stream_us.p99" => limits.ideal_durable_stream_us.p99,
+        "ideal_durable_stream_us.p999" => limits.ideal_durable_stream_us.p999,
         _ => f64::NAN,
     }
 }
@@ -275,13 +353,23 @@ fn compare(
     let cpus = broker_cpus.map(|c| format!("[{c}]"));
     let env: Vec<(&str, &str)> = cpus.iter().map(|c| ("WEIR_CPUS", c.as_str())).collect();
     let broker = BrokerProcess::start_with_env(&binary, &root.join("broker"), cores, &[], &env)?;
-    fill_stored_topic(&broker.native)?;
     let mut figures = Vec::new();
     for scenario in SCENARIOS {
+        if scenario.reads_stored {
+            fill_stored_topic(&broker.native)?;
+        }
+        // Let the device finish writing back what the last scenario wrote.
+        std::thread::sleep(std::time::Duration::from_secs(2));
         let mut reports = Vec::with_capacity(runs);
         for n in 0..runs {
             eprintln!("{} (run {})", scenario.name, n + 1);
-            let report = weir_loadgen::run((scenario.config)(&broker.native, n))?;
+            let config = (scenario.config)(&broker.native, n);
+            let topic = config.topic.clone();
+            let report = weir_loadgen::run(config)?;
+            // Runs write gigabytes: delete each run's topic so the suite fits the disk.
+            if !scenario.reads_stored {
+                delete_topic(&broker.native, &topic)?;
+            }
             anyhow::ensure!(
                 report.ok,
                 "{}: verification failed\n{}",
@@ -289,6 +377,9 @@ fn compare(
                 report.table()
             );
             reports.push(report);
+        }
+        if scenario.reads_stored {
+            delete_topic(&broker.native, "stored")?;
         }
         for (name, unit, take, limit_name) in scenario.figures {
             let values: Vec<f64> = reports.iter().map(take).collect();
@@ -317,6 +408,15 @@ fn compare(
         print!("{}", figures_table(&figures));
     }
     Ok(())
+}
+
+fn delete_topic(brokers: &str, topic: &str) -> anyhow::Result<()> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    crate::cli::run(move || async move {
+        let client = weir_client::Client::connect(&brokers).await?;
+        client.delete_topic(&topic).await?;
+        anyhow::Ok(())
+    })
 }
 
 /// Stores 1.5 GB for the consume-from-disk scenario: more than the broker's cache.

@@ -95,12 +95,6 @@ struct PlannedWrite {
     range_end: u64,
 }
 
-/// An fdatasync in flight and the offset it makes durable.
-struct PendingSync {
-    task: glommio::Task<Result<()>>,
-    covered: i64,
-}
-
 struct InFlightWrite {
     task: glommio::Task<Result<()>>,
     written_end: u64,
@@ -615,43 +609,43 @@ impl Log {
         result
     }
 
-    /// Under load the pipelined syncs would go on as long as batches keep arriving, so the
-    /// holder stops once its own `target` is durable; a waiting appender takes over.
+    /// Writes what is pending and syncs, until `target` (or, for `Written`, everything
+    /// pending) is there. The holder stops once its own batch is durable: waiting appenders
+    /// take over, so nobody's answer waits behind a busy stream of others'.
+    ///
+    /// Writes are not overlapped with the sync in flight: measured here, writing batches
+    /// while an fdatasync ran made the syncs slower (the device flush waits for them too)
+    /// and produce p50 at 200 MB/s of 16 KiB batches went from ~0.85 ms to ~4 ms.
     async fn flush_locked_inner(&self, reach: Reach, target: i64) -> Result<()> {
-        let mut sync: Option<PendingSync> = None;
         loop {
-            self.write_pending(&mut sync).await?;
+            self.write_pending().await?;
             if reach == Reach::Written {
-                return self.finish_sync(&mut sync).await;
+                return Ok(());
             }
             let (written, durable) = {
                 let state = self.state.borrow();
                 (state.active.next_offset, state.durable_offset)
             };
-            match sync.take() {
-                Some(pending) => sync = self.sync_or_write(pending).await?,
-                None if durable >= written || durable >= target => return Ok(()),
-                None => sync = Some(self.start_sync(written).await?),
+            if durable >= written || durable >= target {
+                return Ok(());
             }
+            self.sync_locked().await?;
         }
     }
 
-    /// Writes every pending batch, rolling where needed (after the sync in flight, if any,
-    /// is done: a roll needs the old segment durable).
-    async fn write_pending(&self, sync: &mut Option<PendingSync>) -> Result<()> {
+    /// Writes every pending batch, rolling where needed.
+    async fn write_pending(&self) -> Result<()> {
         let mut in_flight = VecDeque::new();
         loop {
             match self.next_write_step() {
                 WriteStep::Roll => {
                     self.complete_writes(&mut in_flight, 0).await?;
-                    self.finish_sync(sync).await?;
                     self.roll_locked().await?;
                 }
                 WriteStep::Write(write) => {
                     // A write may rewrite the last page of the one before it (the tail page):
                     // those two must not be in flight together, or the device could apply
-                    // the older one last. (A sync in flight alongside is fine: the rewritten
-                    // page holds the synced bytes unchanged.)
+                    // the older one last.
                     if in_flight
                         .back()
                         .is_some_and(|w: &InFlightWrite| w.range_end > write.start)
@@ -679,58 +673,6 @@ impl Log {
                 WriteStep::Done => return self.complete_writes(&mut in_flight, 0).await,
             }
         }
-    }
-
-    /// Starts an fdatasync covering every batch before `written` (all of them written:
-    /// their writes completed before this is submitted).
-    async fn start_sync(&self, written: i64) -> Result<PendingSync> {
-        self.write_epochs_if_dirty().await?;
-        let (file, path) = {
-            let state = self.state.borrow();
-            (state.active.file.clone(), state.active.path.clone())
-        };
-        let task = glommio::spawn_local(async move { io::fdatasync(&file, &path).await });
-        Ok(PendingSync {
-            task,
-            covered: written,
-        })
-    }
-
-    /// Waits for the sync in flight, unless batches arrive first: those are written while
-    /// the sync runs, so the next sync can start as soon as this one ends. Returns the sync
-    /// still in flight, if it is.
-    async fn sync_or_write(&self, pending: PendingSync) -> Result<Option<PendingSync>> {
-        let appended = self.changed.listen();
-        if self.has_unplanned_batches() {
-            return Ok(Some(pending));
-        }
-        let PendingSync { mut task, covered } = pending;
-        let finished = futures_lite::future::or(async { Some((&mut task).await) }, async {
-            appended.await;
-            None
-        })
-        .await;
-        match finished {
-            Some(result) => {
-                result?;
-                self.mark_durable(covered);
-                Ok(None)
-            }
-            None => Ok(Some(PendingSync { task, covered })),
-        }
-    }
-
-    async fn finish_sync(&self, sync: &mut Option<PendingSync>) -> Result<()> {
-        if let Some(PendingSync { task, covered }) = sync.take() {
-            task.await?;
-            self.mark_durable(covered);
-        }
-        Ok(())
-    }
-
-    fn has_unplanned_batches(&self) -> bool {
-        let state = self.state.borrow();
-        state.pending.len() > state.planned_batches
     }
 
     fn mark_durable(&self, covered: i64) {
