@@ -102,7 +102,7 @@ impl Default for LogConfig {
             index_entries_max: (10 << 20) / 8,
             batch_bytes_max: (1 << 20) + 12,
             preallocate: false,
-            write_chunk_bytes: 4 << 20,
+            write_chunk_bytes: 2 << 20,
             readahead_bytes: 1 << 20,
         }
     }

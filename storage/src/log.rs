@@ -77,10 +77,12 @@ struct PendingBatch {
     position: u64,
 }
 
-/// Writes to a segment in flight at once. More than one keeps the device busy while the
-/// next write's buffer is filled: with one, `never` with 1 MiB batches reached 0.64 of raw
-/// write bandwidth; with two 0.86; four with 4 MiB writes carry the broker's never-flush
-/// produce path from ~715 to ~940 MB/s (docs/BENCHMARKS.md).
+/// Writes to a segment in flight at once (each up to `write_chunk_bytes`, 2 MiB by
+/// default). More than one keeps the device busy while the next write's buffer is filled:
+/// with one 1 MiB write, `never` with 1 MiB batches reached 0.64 of raw write bandwidth.
+/// Four of 2 MiB measured best for both the storage benchmark (~1450 MB/s) and the
+/// broker's never-flush produce path (~1100 MB/s), and fit glommio's 10 MiB of
+/// registered I/O memory (4 MiB writes did not, and measured slower). docs/BENCHMARKS.md.
 const WRITES_IN_FLIGHT_MAX: usize = 4;
 
 /// A planned write, its buffer filled, not yet submitted.
@@ -165,6 +167,8 @@ pub struct Log {
     changed: Event,
     /// Fired whenever the durable offset advances.
     durable_advanced: Event,
+    /// Fired whenever a write completes (and when the background writer stops).
+    written: Event,
     /// Set by a background seal that failed; the log is offline from then on.
     seal_failure: Rc<RefCell<Option<String>>>,
 }
@@ -275,6 +279,7 @@ impl Log {
             },
             changed: Event::new(),
             durable_advanced: Event::new(),
+            written: Event::new(),
             seal_failure: Rc::new(RefCell::new(None)),
             state: RefCell::new(LogState {
                 sealed,
@@ -390,9 +395,7 @@ impl Log {
         let next_offset = info.last_offset + 1;
         match self.config.flush {
             FlushPolicy::EveryBatch => self.wait_until(next_offset, Reach::Durable).await,
-            FlushPolicy::Interval { .. } | FlushPolicy::Never => {
-                self.write_behind(next_offset).await
-            }
+            FlushPolicy::Interval { .. } | FlushPolicy::Never => self.write_behind().await,
         }
     }
 
@@ -461,27 +464,52 @@ impl Log {
 
     /// For the policies that do not sync per batch: start writing in the background once a
     /// write's worth is pending, and make appenders wait once several are.
-    async fn write_behind(self: &Rc<Self>, next_offset: i64) -> Result<()> {
+    async fn write_behind(self: &Rc<Self>) -> Result<()> {
         let chunk = u64::from(self.config.write_chunk_bytes);
-        let (pending, running) = {
-            let state = self.state.borrow();
-            (state.pending_bytes, state.write_behind_running)
-        };
-        if pending >= 4 * chunk {
-            return self.wait_until(next_offset, Reach::Written).await;
+        let pending = self.state.borrow().pending_bytes;
+        if pending >= chunk {
+            self.start_write_behind();
         }
-        if pending >= chunk && !running {
-            self.state.borrow_mut().write_behind_running = true;
-            let log = self.clone();
-            glommio::spawn_local(async move {
-                let target = log.log_end_offset();
-                // A failure marks the log offline; the next append reports it.
-                let _ = log.wait_until(target, Reach::Written).await;
-                log.state.borrow_mut().write_behind_running = false;
-            })
-            .detach();
+        if pending < 4 * chunk {
+            return Ok(());
         }
-        Ok(())
+        // Backpressure: past four writes' worth pending, wait until the writer brought it
+        // under two, not until everything is written: the writer then keeps the device
+        // busy while this appender queues more (waiting for a full drain left the device
+        // idle a third of the time).
+        loop {
+            let written = self.written.listen();
+            {
+                let state = self.state.borrow();
+                if let Some(reason) = &state.offline {
+                    return Err(StorageError::LogOffline {
+                        path: self.dir.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                if state.pending_bytes < 2 * chunk {
+                    return Ok(());
+                }
+            }
+            self.start_write_behind();
+            written.await;
+        }
+    }
+
+    /// Starts the background writer unless it runs.
+    fn start_write_behind(self: &Rc<Self>) {
+        if std::mem::replace(&mut self.state.borrow_mut().write_behind_running, true) {
+            return;
+        }
+        let log = self.clone();
+        glommio::spawn_local(async move {
+            let target = log.log_end_offset();
+            // A failure marks the log offline; appenders see it.
+            let _ = log.wait_until(target, Reach::Written).await;
+            log.state.borrow_mut().write_behind_running = false;
+            log.written.notify(usize::MAX);
+        })
+        .detach();
     }
 
     /// Writes, and syncs, everything appended so far.
@@ -872,6 +900,7 @@ impl Log {
                 state.pending.pop_front();
             }
             state.stats.writes += 1;
+            self.written.notify(usize::MAX);
         }
         Ok(())
     }
