@@ -49,7 +49,35 @@ const SYNC_WRITE_BYTES: usize = 16 << 10;
 
 /// Measures the disk under `dir` (a scratch file is created there and removed).
 pub fn measure_disk(dir: &Path, options: DiskOptions) -> anyhow::Result<DiskLimits> {
-    let path = dir.join(".weir-limits-scratch");
+    on_scratch_file(dir, ".weir-limits-scratch", |file| async move {
+        // The device's bandwidth drifts by a quarter between runs; its limit is the best of
+        // three trials.
+        let mut direct_write_mb_s: f64 = 0.0;
+        let mut direct_read_mb_s: f64 = 0.0;
+        for _ in 0..BANDWIDTH_TRIALS {
+            file.truncate(0).await.map_err(io)?;
+            direct_write_mb_s =
+                direct_write_mb_s.max(write_bandwidth(&file, options.bandwidth_bytes).await?);
+            direct_read_mb_s =
+                direct_read_mb_s.max(read_bandwidth(&file, options.bandwidth_bytes).await?);
+        }
+        let fdatasync_us = sync_latency(&file, options.sync_samples).await?;
+        Ok(DiskLimits {
+            direct_write_mb_s,
+            direct_read_mb_s,
+            fdatasync_us,
+        })
+    })
+}
+
+/// Runs `measure` on a fresh O_DIRECT scratch file `name` in `dir`, on a glommio executor
+/// of its own, then closes and removes the file.
+fn on_scratch_file<T, F, Fut>(dir: &Path, name: &str, measure: F) -> anyhow::Result<T>
+where
+    F: FnOnce(std::rc::Rc<DmaFile>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let path = dir.join(name);
     let executor = LocalExecutorBuilder::new(Placement::Unbound)
         .make()
         .map_err(std::io::Error::from)
@@ -65,24 +93,10 @@ pub fn measure_disk(dir: &Path, options: DiskOptions) -> anyhow::Result<DiskLimi
             .await
             .map_err(std::io::Error::from)
             .with_context(|| format!("creating {}", path.display()))?;
-        // The device's bandwidth drifts by a quarter between runs; its limit is the best of
-        // three trials.
-        let mut direct_write_mb_s: f64 = 0.0;
-        let mut direct_read_mb_s: f64 = 0.0;
-        for _ in 0..BANDWIDTH_TRIALS {
-            file.truncate(0).await.map_err(io)?;
-            direct_write_mb_s =
-                direct_write_mb_s.max(write_bandwidth(&file, options.bandwidth_bytes).await?);
-            direct_read_mb_s =
-                direct_read_mb_s.max(read_bandwidth(&file, options.bandwidth_bytes).await?);
-        }
-        let fdatasync_us = sync_latency(&file, options.sync_samples).await?;
-        file.close().await.map_err(std::io::Error::from)?;
-        anyhow::Ok(DiskLimits {
-            direct_write_mb_s,
-            direct_read_mb_s,
-            fdatasync_us,
-        })
+        let file = std::rc::Rc::new(file);
+        let measured = measure(file.clone()).await;
+        file.close_rc().await.map_err(std::io::Error::from)?;
+        measured
     });
     let _ = std::fs::remove_file(&path);
     result
@@ -177,28 +191,9 @@ pub fn measure_durable_stream(
     message_bytes: usize,
     duration: Duration,
 ) -> anyhow::Result<Percentiles> {
-    let path = dir.join(".weir-limits-stream");
-    let executor = LocalExecutorBuilder::new(Placement::Unbound)
-        .make()
-        .map_err(std::io::Error::from)
-        .context("starting glommio")?;
-    let result = executor.run(async {
-        weir_storage::probe_direct_io(dir).await?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .dma_open(&path)
-            .await
-            .map_err(std::io::Error::from)
-            .with_context(|| format!("creating {}", path.display()))?;
-        let latency = durable_stream(&file, rate_mb_s, message_bytes, duration).await;
-        file.close().await.map_err(std::io::Error::from)?;
-        latency
-    });
-    let _ = std::fs::remove_file(&path);
-    result
+    on_scratch_file(dir, ".weir-limits-stream", |file| async move {
+        durable_stream(&file, rate_mb_s, message_bytes, duration).await
+    })
 }
 
 async fn durable_stream(

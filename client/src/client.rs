@@ -81,6 +81,39 @@ pub struct CommittedOffset {
     pub metadata: String,
 }
 
+type Builder = flatbuffers::FlatBufferBuilder<'static>;
+type TableVector<T> =
+    flatbuffers::WIPOffset<flatbuffers::Vector<'static, flatbuffers::ForwardsUOffset<T>>>;
+
+/// One table per topic holding its partitions' tables, topics in first-seen order: the
+/// shape of every per-partition request.
+fn per_topic<P: 'static, T: 'static>(
+    b: &mut Builder,
+    entries: Vec<(&str, flatbuffers::WIPOffset<P>)>,
+    topic: impl Fn(
+        &mut Builder,
+        flatbuffers::WIPOffset<&'static str>,
+        TableVector<P>,
+    ) -> flatbuffers::WIPOffset<T>,
+) -> TableVector<T> {
+    let mut grouped: Vec<(&str, Vec<flatbuffers::WIPOffset<P>>)> = Vec::new();
+    for (name, entry) in entries {
+        match grouped.iter_mut().find(|(t, _)| *t == name) {
+            Some((_, partitions)) => partitions.push(entry),
+            None => grouped.push((name, vec![entry])),
+        }
+    }
+    let topics: Vec<_> = grouped
+        .into_iter()
+        .map(|(name, partitions)| {
+            let name = b.create_string(name);
+            let partitions = b.create_vector(&partitions);
+            topic(b, name, partitions)
+        })
+        .collect();
+    b.create_vector(&topics)
+}
+
 /// A client of one broker.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -302,35 +335,24 @@ impl Client {
             offset += bytes.len() as u32;
         }
         let build = |b: &mut flatbuffers::FlatBufferBuilder<'static>| {
-            let mut topics: Vec<(String, Vec<_>)> = Vec::new();
-            for ((topic, partition, _), slice) in records.iter().zip(&slices) {
-                let entry = schema::ProducePartition::create(
-                    b,
-                    &schema::ProducePartitionArgs {
+            let entries = records
+                .iter()
+                .zip(&slices)
+                .map(|((topic, partition, _), slice)| {
+                    let args = schema::ProducePartitionArgs {
                         partition: *partition,
                         records: Some(slice),
-                    },
-                );
-                match topics.iter_mut().find(|(t, _)| t == topic) {
-                    Some((_, partitions)) => partitions.push(entry),
-                    None => topics.push((topic.clone(), vec![entry])),
-                }
-            }
-            let topics: Vec<_> = topics
-                .into_iter()
-                .map(|(name, partitions)| {
-                    let name = b.create_string(&name);
-                    let partitions = b.create_vector(&partitions);
-                    schema::ProduceTopic::create(
-                        b,
-                        &schema::ProduceTopicArgs {
-                            name: Some(name),
-                            partitions: Some(partitions),
-                        },
-                    )
+                    };
+                    (topic.as_str(), schema::ProducePartition::create(b, &args))
                 })
                 .collect();
-            let topics = b.create_vector(&topics);
+            let topics = per_topic(b, entries, |b, name, partitions| {
+                let args = schema::ProduceTopicArgs {
+                    name: Some(name),
+                    partitions: Some(partitions),
+                };
+                schema::ProduceTopic::create(b, &args)
+            });
             schema::ProduceRequest::create(
                 b,
                 &schema::ProduceRequestArgs {
@@ -379,34 +401,25 @@ impl Client {
 
     pub async fn fetch(&self, spec: &FetchSpec) -> ClientResult<Vec<FetchedPartition>> {
         let build = |b: &mut flatbuffers::FlatBufferBuilder<'static>| {
-            let mut topics: Vec<(String, Vec<_>)> = Vec::new();
-            for (topic, partition, offset, max_bytes) in &spec.partitions {
-                let args = schema::FetchPartitionArgs {
-                    partition: *partition,
-                    offset: *offset,
-                    max_bytes: *max_bytes,
-                };
-                let entry = schema::FetchPartition::create(b, &args);
-                match topics.iter_mut().find(|(t, _)| t == topic) {
-                    Some((_, partitions)) => partitions.push(entry),
-                    None => topics.push((topic.clone(), vec![entry])),
-                }
-            }
-            let topics: Vec<_> = topics
-                .into_iter()
-                .map(|(name, partitions)| {
-                    let name = b.create_string(&name);
-                    let partitions = b.create_vector(&partitions);
-                    schema::FetchTopic::create(
-                        b,
-                        &schema::FetchTopicArgs {
-                            name: Some(name),
-                            partitions: Some(partitions),
-                        },
-                    )
+            let entries = spec
+                .partitions
+                .iter()
+                .map(|(topic, partition, offset, max_bytes)| {
+                    let args = schema::FetchPartitionArgs {
+                        partition: *partition,
+                        offset: *offset,
+                        max_bytes: *max_bytes,
+                    };
+                    (topic.as_str(), schema::FetchPartition::create(b, &args))
                 })
                 .collect();
-            let topics = b.create_vector(&topics);
+            let topics = per_topic(b, entries, |b, name, partitions| {
+                let args = schema::FetchTopicArgs {
+                    name: Some(name),
+                    partitions: Some(partitions),
+                };
+                schema::FetchTopic::create(b, &args)
+            });
             let args = schema::FetchRequestArgs {
                 max_wait_ms: spec.max_wait_ms,
                 min_bytes: spec.min_bytes,
@@ -450,36 +463,27 @@ impl Client {
             OffsetQuery::Timestamp(ts) => (OffsetSpec::Timestamp, ts),
         };
         let build = |b: &mut flatbuffers::FlatBufferBuilder<'static>| {
-            let mut topics: Vec<(String, Vec<_>)> = Vec::new();
-            for (topic, partition) in partitions {
-                let entry = schema::ListOffsetsPartition::create(
-                    b,
-                    &schema::ListOffsetsPartitionArgs {
+            let entries = partitions
+                .iter()
+                .map(|(topic, partition)| {
+                    let args = schema::ListOffsetsPartitionArgs {
                         partition: *partition,
                         spec,
                         timestamp,
-                    },
-                );
-                match topics.iter_mut().find(|(t, _)| t == topic) {
-                    Some((_, list)) => list.push(entry),
-                    None => topics.push((topic.clone(), vec![entry])),
-                }
-            }
-            let topics: Vec<_> = topics
-                .into_iter()
-                .map(|(name, list)| {
-                    let name = b.create_string(&name);
-                    let list = b.create_vector(&list);
-                    schema::ListOffsetsTopic::create(
-                        b,
-                        &schema::ListOffsetsTopicArgs {
-                            name: Some(name),
-                            partitions: Some(list),
-                        },
+                    };
+                    (
+                        topic.as_str(),
+                        schema::ListOffsetsPartition::create(b, &args),
                     )
                 })
                 .collect();
-            let topics = b.create_vector(&topics);
+            let topics = per_topic(b, entries, |b, name, list| {
+                let args = schema::ListOffsetsTopicArgs {
+                    name: Some(name),
+                    partitions: Some(list),
+                };
+                schema::ListOffsetsTopic::create(b, &args)
+            });
             schema::ListOffsetsRequest::create(
                 b,
                 &schema::ListOffsetsRequestArgs {
@@ -518,37 +522,25 @@ impl Client {
         offsets: &[(String, i32, i64)],
     ) -> ClientResult<()> {
         let build = |b: &mut flatbuffers::FlatBufferBuilder<'static>| {
-            let mut topics: Vec<(String, Vec<_>)> = Vec::new();
-            for (topic, partition, offset) in offsets {
-                let entry = schema::CommitPartition::create(
-                    b,
-                    &schema::CommitPartitionArgs {
+            let entries = offsets
+                .iter()
+                .map(|(topic, partition, offset)| {
+                    let args = schema::CommitPartitionArgs {
                         partition: *partition,
                         offset: *offset,
                         metadata: None,
-                    },
-                );
-                match topics.iter_mut().find(|(t, _)| t == topic) {
-                    Some((_, list)) => list.push(entry),
-                    None => topics.push((topic.clone(), vec![entry])),
-                }
-            }
-            let topics: Vec<_> = topics
-                .into_iter()
-                .map(|(name, list)| {
-                    let name = b.create_string(&name);
-                    let list = b.create_vector(&list);
-                    schema::CommitTopic::create(
-                        b,
-                        &schema::CommitTopicArgs {
-                            name: Some(name),
-                            partitions: Some(list),
-                        },
-                    )
+                    };
+                    (topic.as_str(), schema::CommitPartition::create(b, &args))
                 })
                 .collect();
+            let topics = per_topic(b, entries, |b, name, list| {
+                let args = schema::CommitTopicArgs {
+                    name: Some(name),
+                    partitions: Some(list),
+                };
+                schema::CommitTopic::create(b, &args)
+            });
             let group = b.create_string(group);
-            let topics = b.create_vector(&topics);
             schema::CommitOffsetsRequest::create(
                 b,
                 &schema::CommitOffsetsRequestArgs {

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
 use weir_wire::native::PROTOCOL_VERSION;
 use weir_wire::native::schema::{self, Acks, ErrorCode, OffsetSpec};
 
@@ -258,36 +259,29 @@ async fn finish_produce(
     }
     let failed = results.iter().any(|(_, r)| r.is_err());
     let mut w = ResponseWriter::new();
-    let mut topics = Vec::new();
-    for (topic, group) in group_by_topic(results) {
-        let partitions: Vec<_> = group
-            .into_iter()
-            .map(|(partition, result)| {
-                let (error, error_message) = error_fields(&mut w, result.as_ref().err());
-                let (base_offset, log_start_offset) = result.as_ref().map_or((-1, -1), |r| *r);
-                schema::ProducePartitionResult::create(
-                    &mut w.builder,
-                    &schema::ProducePartitionResultArgs {
-                        partition,
-                        error,
-                        error_message,
-                        base_offset,
-                        log_start_offset,
-                    },
-                )
-            })
-            .collect();
-        let name = w.string(&topic);
-        let partitions = w.builder.create_vector(&partitions);
-        topics.push(schema::ProduceTopicResult::create(
-            &mut w.builder,
-            &schema::ProduceTopicResultArgs {
+    let topics = per_topic(
+        &mut w,
+        results,
+        |w, partition, result| {
+            let (error, error_message) = error_fields(w, result.as_ref().err());
+            let (base_offset, log_start_offset) = result.as_ref().map_or((-1, -1), |r| *r);
+            let args = schema::ProducePartitionResultArgs {
+                partition,
+                error,
+                error_message,
+                base_offset,
+                log_start_offset,
+            };
+            schema::ProducePartitionResult::create(&mut w.builder, &args)
+        },
+        |b, name, partitions| {
+            let args = schema::ProduceTopicResultArgs {
                 name: Some(name),
                 partitions: Some(partitions),
-            },
-        ));
-    }
-    let topics = w.builder.create_vector(&topics);
+            };
+            schema::ProduceTopicResult::create(b, &args)
+        },
+    );
     let body = schema::ProduceResponse::create(
         &mut w.builder,
         &schema::ProduceResponseArgs {
@@ -303,6 +297,33 @@ async fn finish_produce(
         ),
         failed,
     })
+}
+
+type TableVector<T> = WIPOffset<Vector<'static, ForwardsUOffset<T>>>;
+
+/// One table per topic, each holding one table per partition, topics in first-seen order:
+/// the shape of every per-partition response.
+fn per_topic<V, P: 'static, T: 'static>(
+    w: &mut ResponseWriter,
+    results: Vec<(TopicPartition, V)>,
+    mut partition: impl FnMut(&mut ResponseWriter, i32, V) -> WIPOffset<P>,
+    topic: impl Fn(
+        &mut FlatBufferBuilder<'static>,
+        WIPOffset<&'static str>,
+        TableVector<P>,
+    ) -> WIPOffset<T>,
+) -> TableVector<T> {
+    let mut topics = Vec::new();
+    for (name, group) in group_by_topic(results) {
+        let partitions: Vec<_> = group
+            .into_iter()
+            .map(|(p, value)| partition(w, p, value))
+            .collect();
+        let name = w.string(&name);
+        let partitions = w.builder.create_vector(&partitions);
+        topics.push(topic(&mut w.builder, name, partitions));
+    }
+    w.builder.create_vector(&topics)
 }
 
 /// Groups per-partition results by topic, keeping the first-seen topic order.
@@ -608,11 +629,11 @@ fn fetch_response(request_id: u64, results: FetchResults, max_bytes: i32) -> Vec
     let mut w = ResponseWriter::new();
     let mut budget = max_bytes.max(0) as usize;
     let mut first = true;
-    let mut topics = Vec::new();
-    for (topic, group) in group_by_topic(results) {
-        let mut partitions = Vec::with_capacity(group.len());
-        for (partition, result) in group {
-            let (error, error_message) = error_fields(&mut w, result.as_ref().err());
+    let topics = per_topic(
+        &mut w,
+        results,
+        |w, partition, result| {
+            let (error, error_message) = error_fields(w, result.as_ref().err());
             let (batches, status) = match result {
                 Ok((batches, status)) => (batches, Some(status)),
                 Err(_) => (Vec::new(), None),
@@ -629,29 +650,24 @@ fn fetch_response(request_id: u64, results: FetchResults, max_bytes: i32) -> Vec
             first &= taken == 0;
             budget = budget.saturating_sub(taken);
             let records = w.add_records(batches);
-            partitions.push(schema::FetchPartitionResult::create(
-                &mut w.builder,
-                &schema::FetchPartitionResultArgs {
-                    partition,
-                    error,
-                    error_message,
-                    high_watermark: status.map_or(-1, |s| s.high_watermark),
-                    log_start_offset: status.map_or(-1, |s| s.log_start_offset),
-                    records: Some(&records),
-                },
-            ));
-        }
-        let name = w.string(&topic);
-        let partitions = w.builder.create_vector(&partitions);
-        topics.push(schema::FetchTopicResult::create(
-            &mut w.builder,
-            &schema::FetchTopicResultArgs {
+            let args = schema::FetchPartitionResultArgs {
+                partition,
+                error,
+                error_message,
+                high_watermark: status.map_or(-1, |s| s.high_watermark),
+                log_start_offset: status.map_or(-1, |s| s.log_start_offset),
+                records: Some(&records),
+            };
+            schema::FetchPartitionResult::create(&mut w.builder, &args)
+        },
+        |b, name, partitions| {
+            let args = schema::FetchTopicResultArgs {
                 name: Some(name),
                 partitions: Some(partitions),
-            },
-        ));
-    }
-    let topics = w.builder.create_vector(&topics);
+            };
+            schema::FetchTopicResult::create(b, &args)
+        },
+    );
     let body = schema::FetchResponse::create(
         &mut w.builder,
         &schema::FetchResponseArgs {
@@ -695,36 +711,29 @@ async fn list_offsets(
     )
     .await;
     let mut w = ResponseWriter::new();
-    let mut topics = Vec::new();
-    for (topic, group) in group_by_topic(results) {
-        let partitions: Vec<_> = group
-            .into_iter()
-            .map(|(partition, result)| {
-                let (error, error_message) = error_fields(&mut w, result.as_ref().err());
-                let (offset, timestamp) = result.as_ref().map_or((-1, -1), |r| *r);
-                schema::ListOffsetsPartitionResult::create(
-                    &mut w.builder,
-                    &schema::ListOffsetsPartitionResultArgs {
-                        partition,
-                        error,
-                        error_message,
-                        offset,
-                        timestamp,
-                    },
-                )
-            })
-            .collect();
-        let name = w.string(&topic);
-        let partitions = w.builder.create_vector(&partitions);
-        topics.push(schema::ListOffsetsTopicResult::create(
-            &mut w.builder,
-            &schema::ListOffsetsTopicResultArgs {
+    let topics = per_topic(
+        &mut w,
+        results,
+        |w, partition, result| {
+            let (error, error_message) = error_fields(w, result.as_ref().err());
+            let (offset, timestamp) = result.as_ref().map_or((-1, -1), |r| *r);
+            let args = schema::ListOffsetsPartitionResultArgs {
+                partition,
+                error,
+                error_message,
+                offset,
+                timestamp,
+            };
+            schema::ListOffsetsPartitionResult::create(&mut w.builder, &args)
+        },
+        |b, name, partitions| {
+            let args = schema::ListOffsetsTopicResultArgs {
                 name: Some(name),
                 partitions: Some(partitions),
-            },
-        ));
-    }
-    let topics = w.builder.create_vector(&topics);
+            };
+            schema::ListOffsetsTopicResult::create(b, &args)
+        },
+    );
     let body = schema::ListOffsetsResponse::create(
         &mut w.builder,
         &schema::ListOffsetsResponseArgs {
@@ -806,28 +815,23 @@ async fn commit_offsets(
         )
     }));
     let mut w = ResponseWriter::new();
-    let mut topics = Vec::new();
-    for (topic, group) in group_by_topic(results) {
-        let partitions: Vec<_> = group
-            .into_iter()
-            .map(|(partition, error)| {
-                schema::CommitPartitionResult::create(
-                    &mut w.builder,
-                    &schema::CommitPartitionResultArgs { partition, error },
-                )
-            })
-            .collect();
-        let name = w.string(&topic);
-        let partitions = w.builder.create_vector(&partitions);
-        topics.push(schema::CommitTopicResult::create(
-            &mut w.builder,
-            &schema::CommitTopicResultArgs {
+    let topics = per_topic(
+        &mut w,
+        results,
+        |w, partition, error| {
+            schema::CommitPartitionResult::create(
+                &mut w.builder,
+                &schema::CommitPartitionResultArgs { partition, error },
+            )
+        },
+        |b, name, partitions| {
+            let args = schema::CommitTopicResultArgs {
                 name: Some(name),
                 partitions: Some(partitions),
-            },
-        ));
-    }
-    let topics = w.builder.create_vector(&topics);
+            };
+            schema::CommitTopicResult::create(b, &args)
+        },
+    );
     let body = schema::CommitOffsetsResponse::create(
         &mut w.builder,
         &schema::CommitOffsetsResponseArgs {
@@ -896,34 +900,28 @@ async fn fetch_offsets(
         }
     };
     let mut w = ResponseWriter::new();
-    let mut topic_offsets = Vec::new();
-    for (topic, group) in group_by_topic(wanted) {
-        let partitions: Vec<_> = group
-            .into_iter()
-            .map(|(partition, found)| {
-                let metadata = found.as_ref().map(|(_, m)| w.string(m));
-                schema::CommittedPartition::create(
-                    &mut w.builder,
-                    &schema::CommittedPartitionArgs {
-                        partition,
-                        offset: found.map_or(-1, |(o, _)| o),
-                        metadata,
-                        error: ErrorCode::None,
-                    },
-                )
-            })
-            .collect();
-        let name = w.string(&topic);
-        let partitions = w.builder.create_vector(&partitions);
-        topic_offsets.push(schema::CommittedTopic::create(
-            &mut w.builder,
-            &schema::CommittedTopicArgs {
+    let topics = per_topic(
+        &mut w,
+        wanted,
+        |w, partition, found: Option<(i64, String)>| {
+            let metadata = found.as_ref().map(|(_, m)| w.string(m));
+            let offset = found.map_or(-1, |(o, _)| o);
+            let args = schema::CommittedPartitionArgs {
+                partition,
+                offset,
+                metadata,
+                error: ErrorCode::None,
+            };
+            schema::CommittedPartition::create(&mut w.builder, &args)
+        },
+        |b, name, partitions| {
+            let args = schema::CommittedTopicArgs {
                 name: Some(name),
                 partitions: Some(partitions),
-            },
-        ));
-    }
-    let topics = w.builder.create_vector(&topic_offsets);
+            };
+            schema::CommittedTopic::create(b, &args)
+        },
+    );
     let body = schema::FetchOffsetsResponse::create(
         &mut w.builder,
         &schema::FetchOffsetsResponseArgs {
