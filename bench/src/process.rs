@@ -21,6 +21,8 @@ pub struct BrokerProcess {
     child: Option<Child>,
     /// The native protocol address, HOST:PORT.
     pub native: String,
+    /// The Kafka protocol address, HOST:PORT.
+    pub kafka: String,
     pub http: String,
 }
 
@@ -51,6 +53,8 @@ impl BrokerProcess {
             data_dir.display().to_string(),
             "--native-listen".into(),
             "127.0.0.1:0".into(),
+            "--kafka-listen".into(),
+            "127.0.0.1:0".into(),
             "--http-listen".into(),
             "127.0.0.1:0".into(),
             "--cores".into(),
@@ -67,6 +71,7 @@ impl BrokerProcess {
             args,
             child: None,
             native: String::new(),
+            kafka: String::new(),
             http: String::new(),
         };
         broker.launch()?;
@@ -99,7 +104,18 @@ impl BrokerProcess {
                 .with_context(|| format!("no {name} in {line:?}"))
         };
         self.native = field("native=")?;
+        self.kafka = field("kafka=")?;
         self.http = field("http=")?;
+        // A restart keeps the ports: Kafka clients reconnect to the addresses they know.
+        for (flag, address) in [
+            ("--native-listen", &self.native),
+            ("--kafka-listen", &self.kafka),
+            ("--http-listen", &self.http),
+        ] {
+            if let Some(at) = self.args.iter().position(|a| a == flag) {
+                self.args[at + 1] = address.clone();
+            }
+        }
         Ok(())
     }
 
@@ -130,7 +146,7 @@ impl BrokerProcess {
         Ok(child.wait()?)
     }
 
-    /// Starts again on the same data directory (new ports).
+    /// Starts again on the same data directory and ports.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {
             self.terminate()?;

@@ -15,6 +15,9 @@ use crate::config::BrokerConfig;
 use crate::router::{self, Envelope, Router};
 use crate::shard::Shard;
 
+/// How long a starting broker waits for a busy port to be released.
+const PORT_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a stopping shard waits for its in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -33,6 +36,7 @@ pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     config.data_dir = std::fs::canonicalize(&config.data_dir)?;
     config.native_listen = claim_port(config.native_listen).context("native listener")?;
+    config.kafka_listen = claim_port(config.kafka_listen).context("Kafka listener")?;
     config.http_listen = claim_port(config.http_listen).context("http listener")?;
     let shards = config.shard_count();
     let lifecycle = Arc::new(Lifecycle::default());
@@ -74,10 +78,25 @@ fn glommio_error<T>(error: glommio::GlommioError<T>) -> anyhow::Error {
 /// Resolves port 0 to a free port and checks that no other process listens on the
 /// address: every shard then binds it with SO_REUSEPORT, which would otherwise let a
 /// second broker share the port silently.
+///
+/// A port a broker just stopped using can stay busy for a moment: the kernel tears down
+/// the stopped process's io_uring instance (and releases the listeners its pending
+/// accepts hold) after the process has exited. So a busy port is retried for a while.
 fn claim_port(address: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let probe =
-        StdListener::bind(address).with_context(|| format!("{address} is not available"))?;
-    Ok(probe.local_addr()?)
+    let deadline = Instant::now() + PORT_WAIT;
+    loop {
+        match StdListener::bind(address) {
+            Ok(probe) => return Ok(probe.local_addr()?),
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("{address} is not available"));
+            }
+        }
+    }
 }
 
 async fn run_shard(
@@ -142,10 +161,18 @@ async fn start(
             }
         }
     }
-    let listener = glommio::net::TcpListener::bind(config.native_listen)
-        .map_err(|e| glommio_error(e).context(format!("binding {}", config.native_listen)))?;
+    let native = crate::net::bind(config.native_listen)
+        .map_err(|e| anyhow::Error::from(e).context(format!("binding {}", config.native_listen)))?;
     glommio::spawn_local_into(
-        crate::native::serve_listener(shard.clone(), listener),
+        crate::net::serve_listener(shard.clone(), native, crate::native::serve_connection),
+        requests,
+    )
+    .map_err(glommio_error)?
+    .detach();
+    let kafka = crate::net::bind(config.kafka_listen)
+        .map_err(|e| anyhow::Error::from(e).context(format!("binding {}", config.kafka_listen)))?;
+    glommio::spawn_local_into(
+        crate::net::serve_listener(shard.clone(), kafka, crate::kafka::serve_connection),
         requests,
     )
     .map_err(glommio_error)?
@@ -155,8 +182,9 @@ async fn start(
         .detach();
     lifecycle.started.fetch_add(1, Ordering::AcqRel);
     if shard.id == 0 {
-        let http = glommio::net::TcpListener::bind(config.http_listen)
-            .map_err(|e| glommio_error(e).context(format!("binding {}", config.http_listen)))?;
+        let http = crate::net::bind(config.http_listen).map_err(|e| {
+            anyhow::Error::from(e).context(format!("binding {}", config.http_listen))
+        })?;
         glommio::spawn_local_into(
             crate::http::serve(shard.clone(), http, lifecycle.ready.clone()),
             requests,
@@ -177,8 +205,9 @@ fn announce(config: &BrokerConfig, shards: usize) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(
         stdout,
-        "weir serving native={} http={} shards={shards} data_dir={}",
+        "weir serving native={} kafka={} http={} shards={shards} data_dir={}",
         config.native_listen,
+        config.kafka_listen,
         config.http_listen,
         config.data_dir.display()
     );

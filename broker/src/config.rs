@@ -21,7 +21,7 @@ pub struct BrokerConfig {
     pub node_id: i32,
     /// Where the native protocol listens.
     pub native_listen: SocketAddr,
-    /// Reserved for the Kafka-protocol gateway (not served yet).
+    /// Where the Kafka protocol gateway listens.
     pub kafka_listen: SocketAddr,
     /// Where `/metrics`, `/health` and `/ready` are served.
     pub http_listen: SocketAddr,
@@ -47,6 +47,11 @@ pub struct BrokerConfig {
     pub open_segments_max: usize,
     /// Partitions of a topic created without a count.
     pub default_partitions: i32,
+    /// Whether a Kafka client's metadata request for a missing topic creates it (Kafka's
+    /// `auto.create.topics.enable`).
+    pub auto_create_topics_enable: bool,
+    /// Partitions of a topic created that way.
+    pub auto_create_topics_partitions: i32,
     /// Partitions of the internal topic holding committed offsets (fixed at creation).
     pub offsets_topic_partitions: i32,
     /// Period of each shard's background tick (write-behind, interval syncs, shutdown).
@@ -86,6 +91,8 @@ impl Default for BrokerConfig {
             cache_bytes: ShardStorageConfig::default().cache_bytes,
             open_segments_max: ShardStorageConfig::default().open_segments_max,
             default_partitions: 1,
+            auto_create_topics_enable: true,
+            auto_create_topics_partitions: 4,
             offsets_topic_partitions: 8,
             tick_ms: 5,
             retention_check_ms: 300_000,
@@ -197,8 +204,8 @@ impl BrokerConfig {
             "shard_connections_max must be positive"
         );
         anyhow::ensure!(
-            self.default_partitions > 0,
-            "default_partitions must be positive"
+            self.default_partitions > 0 && self.auto_create_topics_partitions > 0,
+            "default_partitions and auto_create_topics_partitions must be positive"
         );
         anyhow::ensure!(
             self.offsets_topic_partitions > 0,

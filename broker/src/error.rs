@@ -30,6 +30,10 @@ pub enum BrokerError {
     Storage(#[from] StorageError),
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// An error only the Kafka protocol has (consumer group membership, idempotent
+    /// producers), with its Kafka error code.
+    #[error("{message}")]
+    Kafka { code: i16, message: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -57,7 +61,18 @@ impl BrokerError {
             }
             BrokerError::Storage(_) => ErrorCode::StorageError,
             BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
+            BrokerError::Kafka { .. } => ErrorCode::InvalidRequest,
             BrokerError::Internal(_) => ErrorCode::Unknown,
+        }
+    }
+}
+
+impl BrokerError {
+    /// A Kafka protocol error: `ResponseError` names the code.
+    pub fn kafka(error: kafka_protocol::ResponseError, message: impl Into<String>) -> BrokerError {
+        BrokerError::Kafka {
+            code: error.code(),
+            message: message.into(),
         }
     }
 }

@@ -21,11 +21,20 @@ use crate::error::{BrokerError, BrokerResult};
 pub const METADATA_TOPIC: &str = "__cluster_metadata";
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// Producer ids are handed out from blocks of this many, each reserved by one record.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+
 /// One change to the metadata. Stored as the value of one record, rkyv-encoded.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub enum MetadataRecord {
+    /// The first record of a new cluster.
+    ClusterCreated {
+        cluster_id: String,
+    },
     TopicCreated {
         name: String,
+        /// The topic's id (a UUID): it tells a topic from an earlier one of the same name.
+        id: [u8; 16],
         shards: Vec<u32>,
         configs: Vec<(String, String)>,
         internal: bool,
@@ -38,11 +47,26 @@ pub enum MetadataRecord {
         name: String,
         shards: Vec<u32>,
     },
+    /// New partitions at the end of a topic, with their owners.
+    PartitionsAdded {
+        name: String,
+        shards: Vec<u32>,
+    },
+    /// The topic's configuration overrides, replaced whole.
+    TopicConfigsChanged {
+        name: String,
+        configs: Vec<(String, String)>,
+    },
+    /// Producer ids below `end` are reserved (handed out or lost in a crash: never reused).
+    ProducerIdsReserved {
+        end: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicImage {
     pub name: String,
+    pub id: [u8; 16],
     /// The owning shard of each partition, by partition index.
     pub shards: Vec<u32>,
     pub configs: BTreeMap<String, String>,
@@ -67,7 +91,10 @@ impl TopicImage {
 pub struct MetadataImage {
     /// Records applied so far.
     pub version: u64,
+    pub cluster_id: String,
     pub topics: BTreeMap<String, Arc<TopicImage>>,
+    /// Producer ids below this are reserved.
+    pub producer_ids_end: i64,
 }
 
 impl MetadataImage {
@@ -77,14 +104,19 @@ impl MetadataImage {
         let mut next = self.clone();
         next.version += 1;
         match record {
+            MetadataRecord::ClusterCreated { cluster_id } => {
+                next.cluster_id = cluster_id.clone();
+            }
             MetadataRecord::TopicCreated {
                 name,
+                id,
                 shards,
                 configs,
                 internal,
             } => {
                 let topic = TopicImage {
                     name: name.clone(),
+                    id: *id,
                     shards: shards.clone(),
                     configs: configs.iter().cloned().collect(),
                     internal: *internal,
@@ -97,14 +129,34 @@ impl MetadataImage {
                 next.topics.remove(name);
             }
             MetadataRecord::PartitionsMoved { name, shards } => {
-                if let Some(topic) = next.topics.get_mut(name) {
-                    let mut moved = (**topic).clone();
-                    moved.shards = shards.clone();
-                    *topic = Arc::new(moved);
-                }
+                next.change_topic(name, |topic| topic.shards = shards.clone());
+            }
+            MetadataRecord::PartitionsAdded { name, shards } => {
+                next.change_topic(name, |topic| topic.shards.extend_from_slice(shards));
+            }
+            MetadataRecord::TopicConfigsChanged { name, configs } => {
+                next.change_topic(name, |topic| {
+                    topic.configs = configs.iter().cloned().collect();
+                });
+            }
+            MetadataRecord::ProducerIdsReserved { end } => {
+                next.producer_ids_end = next.producer_ids_end.max(*end);
             }
         }
         next
+    }
+
+    fn change_topic(&mut self, name: &str, change: impl FnOnce(&mut TopicImage)) {
+        if let Some(topic) = self.topics.get_mut(name) {
+            let mut changed = (**topic).clone();
+            change(&mut changed);
+            *topic = Arc::new(changed);
+        }
+    }
+
+    /// The topic with this id.
+    pub fn topic_by_id(&self, id: &[u8; 16]) -> Option<&Arc<TopicImage>> {
+        self.topics.values().find(|t| t.id == *id)
     }
 
     pub fn topic(&self, name: &str) -> Option<&Arc<TopicImage>> {
@@ -245,6 +297,11 @@ fn decode(value: &[u8]) -> BrokerResult<MetadataRecord> {
     rkyv::from_bytes::<MetadataRecord, rancor::Error>(&aligned).map_err(|e| corrupt(&e.to_string()))
 }
 
+/// A fresh random id (UUID version 4).
+pub fn random_id() -> [u8; 16] {
+    *uuid::Uuid::new_v4().as_bytes()
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -258,6 +315,7 @@ mod tests {
     fn created(name: &str, shards: &[u32]) -> MetadataRecord {
         MetadataRecord::TopicCreated {
             name: name.into(),
+            id: random_id(),
             shards: shards.to_vec(),
             configs: vec![],
             internal: false,

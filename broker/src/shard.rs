@@ -355,10 +355,18 @@ impl Shard {
         for record in log.image().reassignments(self.count) {
             log.append(record).await?;
         }
+        if log.image().cluster_id.is_empty() {
+            let cluster_id = uuid::Uuid::from_bytes(crate::metadata::random_id())
+                .simple()
+                .to_string();
+            log.append(MetadataRecord::ClusterCreated { cluster_id })
+                .await?;
+        }
         if log.image().topic(OFFSETS_TOPIC).is_none() {
             let partitions = self.config.offsets_topic_partitions as usize;
             let record = MetadataRecord::TopicCreated {
                 name: OFFSETS_TOPIC.into(),
+                id: crate::metadata::random_id(),
                 shards: log.image().assign(partitions, self.count),
                 configs: vec![
                     ("retention.ms".into(), "-1".into()),
@@ -461,6 +469,7 @@ impl Shard {
             let shards = image.assign(partitions as usize, count);
             Ok(MetadataRecord::TopicCreated {
                 name: name.to_string(),
+                id: crate::metadata::random_id(),
                 shards,
                 configs,
                 internal: false,

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
@@ -14,9 +14,8 @@ use weir_wire::native::schema::{self, Acks, ErrorCode, OffsetSpec};
 
 use super::codec::{self, NativeRequest, ResponseWriter, error_fields};
 use crate::error::{BrokerError, BrokerResult};
-use crate::metadata::OFFSETS_TOPIC;
-use crate::offsets;
-use crate::router::{PartitionStatus, Pending, ShardAnswer, ShardCall, TopicPartition};
+use crate::ops::{self, Appended, FetchPartition, FetchResults, StartedProduce};
+use crate::router::{PartitionStatus, ShardCall, TopicPartition};
 use crate::shard::Shard;
 
 /// A response frame, and whether it reports a failure (for metrics).
@@ -27,9 +26,6 @@ pub struct Reply {
 
 /// Finishes a request: its API name and its response (none for acks=none produce).
 pub type ReplyFuture = Pin<Box<dyn Future<Output = (&'static str, Option<Reply>)>>>;
-
-/// The longest a fetch may wait for data, whatever it asks for.
-const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// The response to a frame whose header could not be decoded: request id 0.
 pub fn fatal_response(message: &str) -> Vec<Bytes> {
@@ -48,10 +44,6 @@ fn error_reply(api: &'static str, request_id: u64, error: &BrokerError) -> Reply
     )))
 }
 
-fn unexpected(answer: ShardAnswer) -> BrokerError {
-    BrokerError::Internal(format!("unexpected shard answer {answer:?}"))
-}
-
 pub async fn dispatch(
     shard: &Rc<Shard>,
     request: schema::Request<'_>,
@@ -67,11 +59,12 @@ pub async fn dispatch(
         return error_reply(api, request_id, &BrokerError::ShuttingDown);
     }
     if let NativeRequest::Produce { acks, partitions } = request {
-        let started = start_produce(shard, partitions, acks).await;
-        let shard = shard.clone();
-        return Box::pin(
-            async move { (api, finish_produce(&shard, request_id, acks, started).await) },
-        );
+        let partitions = partitions
+            .into_iter()
+            .map(|(tp, records)| (tp, ops::split_batches(shard, records)))
+            .collect();
+        let started = ops::start_produce(shard, partitions, acks).await;
+        return Box::pin(async move { (api, finish_produce(request_id, acks, started).await) });
     }
     let shard = shard.clone();
     Box::pin(async move {
@@ -198,62 +191,8 @@ fn handshake(
     ))
 }
 
-/// Starts each partition's appends in request order (local appends are spawned in order;
-/// remote ones are queued at their owner in order).
-async fn start_produce(
-    shard: &Rc<Shard>,
-    partitions: Vec<(TopicPartition, BytesMut)>,
-    acks: Acks,
-) -> Vec<(TopicPartition, BrokerResult<Pending>)> {
-    let mut started = Vec::with_capacity(partitions.len());
-    for (partition, mut records) in partitions {
-        let pending = async {
-            let owner = shard.owner(&partition)?;
-            let ranges = weir_wire::batch::split_batches(&records, shard.config.frame_bytes_max)?;
-            let mut batches = Vec::with_capacity(ranges.len());
-            for range in ranges {
-                batches.push(records.split_to(range.len()));
-            }
-            shard
-                .router
-                .start(
-                    shard,
-                    owner,
-                    ShardCall::Produce {
-                        partition: partition.clone(),
-                        batches,
-                        acks,
-                    },
-                )
-                .await
-        }
-        .await;
-        started.push((partition, pending));
-    }
-    started
-}
-
-async fn finish_produce(
-    shard: &Rc<Shard>,
-    request_id: u64,
-    acks: Acks,
-    started: Vec<(TopicPartition, BrokerResult<Pending>)>,
-) -> Option<Reply> {
-    let mut results = Vec::with_capacity(started.len());
-    for (partition, pending) in started {
-        let result = match pending {
-            Ok(pending) => match pending.wait().await {
-                Ok(ShardAnswer::Produce(result)) => result,
-                Ok(other) => Err(unexpected(other)),
-                Err(error) => Err(error),
-            },
-            Err(error) => Err(error),
-        };
-        if let Err(error) = &result {
-            tracing::debug!(%partition, %error, "produce failed");
-        }
-        results.push((partition, result));
-    }
+async fn finish_produce(request_id: u64, acks: Acks, started: StartedProduce) -> Option<Reply> {
+    let results = ops::finish_produce(started).await;
     if acks == Acks::None {
         return None;
     }
@@ -262,9 +201,11 @@ async fn finish_produce(
     let topics = per_topic(
         &mut w,
         results,
-        |w, partition, result| {
+        |w, partition, result: BrokerResult<Appended>| {
             let (error, error_message) = error_fields(w, result.as_ref().err());
-            let (base_offset, log_start_offset) = result.as_ref().map_or((-1, -1), |r| *r);
+            let (base_offset, log_start_offset) = result
+                .as_ref()
+                .map_or((-1, -1), |a| (a.base_offset, a.log_start_offset));
             let args = schema::ProducePartitionResultArgs {
                 partition,
                 error,
@@ -288,7 +229,6 @@ async fn finish_produce(
             topics: Some(topics),
         },
     );
-    let _ = shard;
     Some(Reply {
         parts: w.finish(
             request_id,
@@ -314,7 +254,7 @@ fn per_topic<V, P: 'static, T: 'static>(
     ) -> WIPOffset<T>,
 ) -> TableVector<T> {
     let mut topics = Vec::new();
-    for (name, group) in group_by_topic(results) {
+    for (name, group) in ops::group_by_topic(results) {
         let partitions: Vec<_> = group
             .into_iter()
             .map(|(p, value)| partition(w, p, value))
@@ -326,28 +266,13 @@ fn per_topic<V, P: 'static, T: 'static>(
     w.builder.create_vector(&topics)
 }
 
-/// Groups per-partition results by topic, keeping the first-seen topic order.
-fn group_by_topic<T>(results: Vec<(TopicPartition, T)>) -> Vec<(String, Vec<(i32, T)>)> {
-    let mut grouped: Vec<(String, Vec<(i32, T)>)> = Vec::new();
-    for (tp, value) in results {
-        match grouped.iter_mut().find(|(topic, _)| *topic == tp.topic) {
-            Some((_, group)) => group.push((tp.partition, value)),
-            None => grouped.push((tp.topic, vec![(tp.partition, value)])),
-        }
-    }
-    grouped
-}
-
 async fn admin(
     shard: &Rc<Shard>,
     request_id: u64,
     call: ShardCall,
     body_type: schema::ResponseBody,
 ) -> BrokerResult<Vec<Bytes>> {
-    match shard.router.call(shard, 0, call).await? {
-        ShardAnswer::Admin(result) => result?,
-        other => return Err(unexpected(other)),
-    }
+    ops::admin(shard, call).await?;
     let mut w = ResponseWriter::new();
     let body = match body_type {
         schema::ResponseBody::CreateTopicResponse => {
@@ -362,37 +287,6 @@ async fn admin(
     Ok(w.finish(request_id, None, Some((body_type, body))))
 }
 
-/// Starts `call` for each partition at its owner, then awaits every answer.
-async fn fan_out<T>(
-    shard: &Rc<Shard>,
-    partitions: Vec<TopicPartition>,
-    call: impl Fn(TopicPartition) -> ShardCall,
-    answer: impl Fn(ShardAnswer) -> BrokerResult<T>,
-) -> Vec<(TopicPartition, BrokerResult<T>)> {
-    let mut pending = Vec::with_capacity(partitions.len());
-    for partition in partitions {
-        let started = match shard.owner(&partition) {
-            Ok(owner) => {
-                shard
-                    .router
-                    .start(shard, owner, call(partition.clone()))
-                    .await
-            }
-            Err(error) => Err(error),
-        };
-        pending.push((partition, started));
-    }
-    let mut results = Vec::with_capacity(pending.len());
-    for (partition, started) in pending {
-        let result = match started {
-            Ok(pending) => pending.wait().await.and_then(&answer),
-            Err(error) => Err(error),
-        };
-        results.push((partition, result));
-    }
-    results
-}
-
 async fn metadata(
     shard: &Rc<Shard>,
     request_id: u64,
@@ -400,26 +294,7 @@ async fn metadata(
 ) -> BrokerResult<Vec<Bytes>> {
     let image = shard.image();
     let names = topics.unwrap_or_else(|| image.topics.keys().cloned().collect());
-    let partitions: Vec<TopicPartition> = names
-        .iter()
-        .filter_map(|name| image.topic(name))
-        .flat_map(|t| {
-            (0..t.partition_count()).map(|p| TopicPartition {
-                topic: t.name.clone(),
-                partition: p,
-            })
-        })
-        .collect();
-    let statuses = fan_out(
-        shard,
-        partitions,
-        |partition| ShardCall::PartitionStatus { partition },
-        |answer| match answer {
-            ShardAnswer::PartitionStatus(result) => result,
-            other => Err(unexpected(other)),
-        },
-    )
-    .await;
+    let statuses = ops::partition_statuses(shard, ops::partitions_of(shard, &names)).await;
     let mut w = ResponseWriter::new();
     let host = w.string(&shard.config.advertised_host());
     let broker = schema::BrokerInfo::create(
@@ -517,10 +392,7 @@ fn topic_info<'a>(
     )
 }
 
-type FetchResults = Vec<(TopicPartition, BrokerResult<(Vec<Bytes>, PartitionStatus)>)>;
-
-/// Reads each partition at its owner; if fewer than `min_bytes` came back, waits for any
-/// of them to get new data (or `max_wait_ms`) and reads again.
+/// Reads the partitions (waiting as `ops::fetch` does) and answers with their batches.
 async fn fetch(
     shard: &Rc<Shard>,
     request_id: u64,
@@ -529,106 +401,22 @@ async fn fetch(
     max_bytes: i32,
     partitions: Vec<(TopicPartition, i64, i32)>,
 ) -> BrokerResult<Vec<Bytes>> {
-    let wait = Duration::from_millis(u64::try_from(max_wait_ms).unwrap_or(0)).min(FETCH_WAIT_MAX);
-    let deadline = Instant::now() + wait;
-    loop {
-        let results = read_partitions(shard, &partitions).await;
-        let total: usize = results
-            .iter()
-            .filter_map(|(_, r)| r.as_ref().ok())
-            .flat_map(|(b, _)| b)
-            .map(Bytes::len)
-            .sum();
-        let any_error = results.iter().any(|(_, r)| r.is_err());
-        let remaining = deadline.checked_duration_since(Instant::now());
-        if total >= min_bytes.max(0) as usize
-            || any_error
-            || remaining.is_none()
-            || shard.shutting_down()
-        {
-            return Ok(fetch_response(request_id, results, max_bytes));
-        }
-        let watched: Vec<(TopicPartition, i64)> = partitions
-            .iter()
-            .map(|(tp, offset, _)| (tp.clone(), *offset))
-            .collect();
-        wait_for_data(shard, watched, remaining.unwrap_or_default()).await;
-    }
-}
-
-async fn read_partitions(
-    shard: &Rc<Shard>,
-    partitions: &[(TopicPartition, i64, i32)],
-) -> FetchResults {
-    let offsets: std::collections::HashMap<TopicPartition, (i64, i32)> = partitions
-        .iter()
-        .map(|(tp, offset, max)| (tp.clone(), (*offset, *max)))
+    let wait = Duration::from_millis(u64::try_from(max_wait_ms).unwrap_or(0));
+    let partitions: Vec<FetchPartition> = partitions
+        .into_iter()
+        .map(|(partition, offset, max_bytes)| FetchPartition {
+            partition,
+            offset,
+            max_bytes,
+        })
         .collect();
-    fan_out(
-        shard,
-        partitions.iter().map(|(tp, _, _)| tp.clone()).collect(),
-        |partition| {
-            let (offset, max_bytes) = offsets.get(&partition).copied().unwrap_or((0, 0));
-            ShardCall::Fetch {
-                partition,
-                offset,
-                max_bytes: max_bytes.max(0) as usize,
-            }
-        },
-        |answer| match answer {
-            ShardAnswer::Fetch(result) => result,
-            other => Err(unexpected(other)),
-        },
-    )
-    .await
+    let mut results = ops::fetch(shard, wait, min_bytes, &partitions).await;
+    ops::limit_response_bytes(&mut results, max_bytes);
+    Ok(fetch_response(request_id, results))
 }
 
-/// Waits until a shard owning one of the partitions reports new data, or the timeout.
-async fn wait_for_data(
-    shard: &Rc<Shard>,
-    partitions: Vec<(TopicPartition, i64)>,
-    timeout: Duration,
-) {
-    let mut by_owner: std::collections::BTreeMap<usize, Vec<(TopicPartition, i64)>> =
-        Default::default();
-    for (tp, offset) in partitions {
-        if let Ok(owner) = shard.owner(&tp) {
-            by_owner.entry(owner).or_default().push((tp, offset));
-        }
-    }
-    let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
-    for (owner, partitions) in by_owner {
-        if let Ok(pending) = shard
-            .router
-            .start(
-                shard,
-                owner,
-                ShardCall::Watch {
-                    partitions,
-                    timeout,
-                },
-            )
-            .await
-        {
-            waits.push(Box::pin(async move {
-                let _ = pending.wait().await;
-            }));
-        }
-    }
-    let any = futures_lite::future::poll_fn(|cx| {
-        if waits.is_empty() || waits.iter_mut().any(|w| w.as_mut().poll(cx).is_ready()) {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    });
-    futures_lite::future::or(any, glommio::timer::sleep(timeout)).await;
-}
-
-fn fetch_response(request_id: u64, results: FetchResults, max_bytes: i32) -> Vec<Bytes> {
+fn fetch_response(request_id: u64, results: FetchResults) -> Vec<Bytes> {
     let mut w = ResponseWriter::new();
-    let mut budget = max_bytes.max(0) as usize;
-    let mut first = true;
     let topics = per_topic(
         &mut w,
         results,
@@ -638,17 +426,6 @@ fn fetch_response(request_id: u64, results: FetchResults, max_bytes: i32) -> Vec
                 Ok((batches, status)) => (batches, Some(status)),
                 Err(_) => (Vec::new(), None),
             };
-            let bytes: usize = batches.iter().map(Bytes::len).sum();
-            // The response's byte limit is soft: the first partition with data is always
-            // included whole, so a consumer makes progress.
-            let batches = if first || bytes <= budget {
-                batches
-            } else {
-                Vec::new()
-            };
-            let taken: usize = batches.iter().map(Bytes::len).sum();
-            first &= taken == 0;
-            budget = budget.saturating_sub(taken);
             let records = w.add_records(batches);
             let args = schema::FetchPartitionResultArgs {
                 partition,
@@ -686,30 +463,7 @@ async fn list_offsets(
     request_id: u64,
     partitions: Vec<(TopicPartition, OffsetSpec, i64)>,
 ) -> BrokerResult<Vec<Bytes>> {
-    let specs: std::collections::HashMap<TopicPartition, (OffsetSpec, i64)> = partitions
-        .iter()
-        .map(|(tp, spec, ts)| (tp.clone(), (*spec, *ts)))
-        .collect();
-    let results = fan_out(
-        shard,
-        partitions.into_iter().map(|(tp, _, _)| tp).collect(),
-        |partition| {
-            let (spec, timestamp) = specs
-                .get(&partition)
-                .copied()
-                .unwrap_or((OffsetSpec::Latest, -1));
-            ShardCall::ListOffsets {
-                partition,
-                spec,
-                timestamp,
-            }
-        },
-        |answer| match answer {
-            ShardAnswer::ListOffsets(result) => result,
-            other => Err(unexpected(other)),
-        },
-    )
-    .await;
+    let results = ops::list_offsets(shard, partitions).await;
     let mut w = ResponseWriter::new();
     let topics = per_topic(
         &mut w,
@@ -750,70 +504,17 @@ async fn list_offsets(
     ))
 }
 
-/// The shard holding `group`'s committed offsets.
-fn group_owner(shard: &Shard, group: &str) -> BrokerResult<usize> {
-    offsets::validate_group(group)?;
-    let image = shard.image();
-    let topic = image
-        .topic(OFFSETS_TOPIC)
-        .ok_or(BrokerError::ShuttingDown)?;
-    let partition = offsets::partition_for(group, topic.partition_count());
-    topic
-        .owner(partition)
-        .ok_or_else(|| BrokerError::Internal("offsets partition without owner".into()))
-}
-
 async fn commit_offsets(
     shard: &Rc<Shard>,
     request_id: u64,
     group: String,
     offsets: Vec<(TopicPartition, i64, String)>,
 ) -> BrokerResult<Vec<Bytes>> {
-    let owner = group_owner(shard, &group)?;
-    let image = shard.image();
-    let (known, unknown): (Vec<_>, Vec<_>) = offsets.into_iter().partition(|(tp, offset, _)| {
-        *offset >= 0
-            && image
-                .topic(&tp.topic)
-                .is_some_and(|t| (0..t.partition_count()).contains(&tp.partition))
-    });
-    let committed: Vec<TopicPartition> = known.iter().map(|(tp, _, _)| tp.clone()).collect();
-    let result = match shard
-        .router
-        .call(
-            shard,
-            owner,
-            ShardCall::CommitOffsets {
-                group,
-                offsets: known,
-            },
-        )
+    let results: Vec<(TopicPartition, ErrorCode)> = ops::commit_offsets(shard, group, offsets)
         .await?
-    {
-        ShardAnswer::CommitOffsets(result) => result,
-        other => Err(unexpected(other)),
-    };
-    let mut results: Vec<(TopicPartition, ErrorCode)> = committed
         .into_iter()
-        .map(|tp| {
-            (
-                tp,
-                result
-                    .as_ref()
-                    .map_or_else(BrokerError::code, |_| ErrorCode::None),
-            )
-        })
+        .map(|(tp, result)| (tp, result.map_or_else(|e| e.code(), |()| ErrorCode::None)))
         .collect();
-    results.extend(unknown.into_iter().map(|(tp, offset, _)| {
-        (
-            tp,
-            if offset < 0 {
-                ErrorCode::InvalidRequest
-            } else {
-                ErrorCode::UnknownTopicOrPartition
-            },
-        )
-    }));
     let mut w = ResponseWriter::new();
     let topics = per_topic(
         &mut w,
@@ -854,15 +555,7 @@ async fn fetch_offsets(
     group: String,
     topics: Option<Vec<(String, Option<Vec<i32>>)>>,
 ) -> BrokerResult<Vec<Bytes>> {
-    let owner = group_owner(shard, &group)?;
-    let committed = match shard
-        .router
-        .call(shard, owner, ShardCall::FetchOffsets { group })
-        .await?
-    {
-        ShardAnswer::FetchOffsets(result) => result?,
-        other => return Err(unexpected(other)),
-    };
+    let committed = ops::committed_offsets(shard, group).await?;
     let lookup = |tp: &TopicPartition| {
         committed
             .iter()
@@ -939,19 +632,7 @@ async fn fetch_offsets(
 }
 
 async fn list_groups(shard: &Rc<Shard>, request_id: u64) -> BrokerResult<Vec<Bytes>> {
-    let mut groups = Vec::new();
-    for owner in 0..shard.count {
-        match shard
-            .router
-            .call(shard, owner, ShardCall::ListGroups)
-            .await?
-        {
-            ShardAnswer::ListGroups(found) => groups.extend(found),
-            other => return Err(unexpected(other)),
-        }
-    }
-    groups.sort();
-    groups.dedup();
+    let groups = ops::list_groups(shard).await?;
     let mut w = ResponseWriter::new();
     let names: Vec<_> = groups.iter().map(|g| w.string(g)).collect();
     let groups = w.builder.create_vector(&names);

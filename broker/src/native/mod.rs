@@ -4,4 +4,4 @@ mod codec;
 mod connection;
 mod handlers;
 
-pub use connection::serve_listener;
+pub use connection::serve_connection;

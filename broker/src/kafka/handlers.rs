@@ -1,0 +1,142 @@
+//! What each Kafka request does. `dispatch` runs in the connection's arrival order and
+//! starts whatever must keep that order (a produce request's appends); the returned
+//! future finishes the request and encodes its response.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseKind,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::codec::{self, Request};
+use super::{fetch, produce, topics, versions};
+use crate::shard::Shard;
+
+/// A response frame, and whether it reports a failure (for metrics).
+pub struct Reply {
+    pub parts: Vec<Bytes>,
+    pub failed: bool,
+    pub close_after: bool,
+}
+
+/// Finishes a request: its API name and its response (none for acks=0 produce).
+pub type ReplyFuture = Pin<Box<dyn Future<Output = (&'static str, Option<Reply>)>>>;
+
+/// What a handler hands back: the response body and whether it reports a failure.
+pub type Answer = (ResponseKind, bool);
+
+/// The metrics name of each API.
+fn api_name(api: ApiKey) -> &'static str {
+    match api {
+        ApiKey::Produce => "kafka_produce",
+        ApiKey::Fetch => "kafka_fetch",
+        ApiKey::ListOffsets => "kafka_list_offsets",
+        ApiKey::Metadata => "kafka_metadata",
+        ApiKey::ApiVersions => "kafka_api_versions",
+        ApiKey::CreateTopics => "kafka_create_topics",
+        ApiKey::DeleteTopics => "kafka_delete_topics",
+        _ => "kafka_other",
+    }
+}
+
+pub fn str_bytes(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_string())
+}
+
+/// Encodes `body` as the response to `header`; an encoding failure (a bug: a field set
+/// that the version lacks) closes the connection rather than sending garbage.
+pub fn reply(header: &RequestHeader, api: ApiKey, body: &ResponseKind, failed: bool) -> Reply {
+    match codec::encode(header.correlation_id, api, header.request_api_version, body) {
+        Ok(frame) => Reply {
+            parts: vec![frame.freeze()],
+            failed,
+            close_after: false,
+        },
+        Err(error) => {
+            tracing::error!(?api, version = header.request_api_version, %error, "encoding a Kafka response failed");
+            Reply {
+                parts: Vec::new(),
+                failed: true,
+                close_after: true,
+            }
+        }
+    }
+}
+
+pub async fn dispatch(shard: &Rc<Shard>, request: Request) -> ReplyFuture {
+    let api = request.api;
+    let name = api_name(api);
+    let header = request.header.clone();
+    if let RequestKind::Produce(_) = request.body {
+        let finish = produce::start(shard, request).await;
+        return Box::pin(async move { (name, finish.await) });
+    }
+    let shard = shard.clone();
+    Box::pin(async move {
+        let (body, failed) = match request.body {
+            RequestKind::ApiVersions(_) => (ResponseKind::ApiVersions(api_versions(0)), false),
+            RequestKind::Metadata(body) => {
+                topics::metadata(&shard, header.request_api_version, body).await
+            }
+            RequestKind::CreateTopics(body) => {
+                topics::create_topics(&shard, header.request_api_version, body).await
+            }
+            RequestKind::DeleteTopics(body) => {
+                topics::delete_topics(&shard, header.request_api_version, body).await
+            }
+            RequestKind::ListOffsets(body) => {
+                topics::list_offsets(&shard, header.request_api_version, body).await
+            }
+            RequestKind::Fetch(body) => {
+                let parts = fetch::fetch(&shard, &header, body).await;
+                return (name, Some(parts));
+            }
+            other => {
+                // Decoding only lets through what `versions::SUPPORTED` lists.
+                tracing::error!(?api, "no handler for an advertised API");
+                let _ = other;
+                return (
+                    name,
+                    Some(Reply {
+                        parts: Vec::new(),
+                        failed: true,
+                        close_after: true,
+                    }),
+                );
+            }
+        };
+        (name, Some(reply(&header, api, &body, failed)))
+    })
+}
+
+fn api_versions(error: i16) -> ApiVersionsResponse {
+    let api_keys = versions::SUPPORTED
+        .iter()
+        .map(|(api, min, max)| {
+            ApiVersion::default()
+                .with_api_key(*api as i16)
+                .with_min_version(*min)
+                .with_max_version(*max)
+        })
+        .collect();
+    ApiVersionsResponse::default()
+        .with_error_code(error)
+        .with_api_keys(api_keys)
+}
+
+/// The answer to an ApiVersions request of a version this broker does not serve: version
+/// 0 of the response, `UNSUPPORTED_VERSION` and the versions it does serve, so the client
+/// can retry with one of them.
+pub fn api_versions_unsupported(header: &RequestHeader) -> Vec<Bytes> {
+    let body = ResponseKind::ApiVersions(api_versions(ResponseError::UnsupportedVersion.code()));
+    match codec::encode(header.correlation_id, ApiKey::ApiVersions, 0, &body) {
+        Ok(frame) => vec![frame.freeze()],
+        Err(_) => Vec::new(),
+    }
+}

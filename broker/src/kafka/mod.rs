@@ -1,0 +1,15 @@
+//! The Kafka protocol's front door (port 9092): unmodified Kafka clients produce,
+//! consume, run consumer groups and administer topics. Requests are decoded and
+//! responses encoded by the `kafka-protocol` crate; the work is done by `crate::ops`,
+//! the same operations the native protocol calls.
+
+pub mod codec;
+mod connection;
+mod errors;
+mod fetch;
+mod handlers;
+mod produce;
+mod topics;
+pub mod versions;
+
+pub use connection::serve_connection;

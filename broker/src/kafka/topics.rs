@@ -1,0 +1,397 @@
+//! Metadata, offsets by time, and creating and deleting topics.
+
+use std::rc::Rc;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ResponseKind,
+    TopicName,
+};
+use uuid::Uuid;
+use weir_wire::native::schema::OffsetSpec;
+
+use super::errors;
+use super::handlers::{Answer, str_bytes};
+use crate::error::{BrokerError, BrokerResult};
+use crate::metadata::{MetadataImage, TopicImage};
+use crate::ops;
+use crate::router::{ShardCall, TopicPartition};
+use crate::shard::Shard;
+use crate::topic;
+
+/// Kafka's special ListOffsets timestamps.
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
+
+pub fn topic_name(name: &str) -> TopicName {
+    TopicName(str_bytes(name))
+}
+
+fn error_message(error: &BrokerError) -> Option<kafka_protocol::protocol::StrBytes> {
+    Some(str_bytes(&errors::message(error)))
+}
+
+/// The brokers a client should talk to: this one.
+pub fn brokers(shard: &Shard) -> Vec<MetadataResponseBroker> {
+    vec![
+        MetadataResponseBroker::default()
+            .with_node_id(BrokerId(shard.config.node_id))
+            .with_host(str_bytes(&shard.config.advertised_host()))
+            .with_port(i32::from(shard.config.kafka_listen.port())),
+    ]
+}
+
+pub async fn metadata(shard: &Rc<Shard>, version: i16, request: MetadataRequest) -> Answer {
+    let mut image = shard.image();
+    // Version 0 asks for every topic with an empty list; later versions with null.
+    let wanted: Option<Vec<(Option<String>, Uuid)>> = match request.topics {
+        Some(topics) if !(version == 0 && topics.is_empty()) => Some(
+            topics
+                .into_iter()
+                .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
+                .collect(),
+        ),
+        _ => None,
+    };
+    let auto_create = (version < 4 || request.allow_auto_topic_creation)
+        && shard.config.auto_create_topics_enable;
+    let mut created_any = false;
+    if let (Some(wanted), true) = (&wanted, auto_create) {
+        for name in wanted.iter().filter_map(|(name, _)| name.as_deref()) {
+            if image.topic(name).is_none() && auto_create_topic(shard, name).await {
+                created_any = true;
+            }
+        }
+    }
+    if created_any {
+        image = shard.image();
+    }
+    let topics = match wanted {
+        None => image
+            .topics
+            .values()
+            .map(|t| topic_metadata(shard, version, Some(&t.name), Some(t)))
+            .collect(),
+        Some(wanted) => wanted
+            .iter()
+            .map(|(name, id)| {
+                let found = match name {
+                    Some(name) => image.topic(name),
+                    None => image.topic_by_id(id.as_bytes()),
+                };
+                topic_metadata(shard, version, name.as_deref(), found)
+            })
+            .collect(),
+    };
+    let mut response = MetadataResponse::default()
+        .with_brokers(brokers(shard))
+        .with_topics(topics);
+    if version >= 1 {
+        response = response.with_controller_id(BrokerId(shard.config.node_id));
+    }
+    if version >= 2 {
+        response = response.with_cluster_id(Some(str_bytes(&image.cluster_id)));
+    }
+    (ResponseKind::Metadata(response), false)
+}
+
+/// Creates a topic a client asked for by name, as Kafka's `auto.create.topics.enable`
+/// does. Returns whether it now exists (created here or concurrently).
+async fn auto_create_topic(shard: &Rc<Shard>, name: &str) -> bool {
+    let call = ShardCall::CreateTopic {
+        name: name.to_string(),
+        partitions: shard.config.auto_create_topics_partitions,
+        configs: Vec::new(),
+    };
+    match ops::admin(shard, call).await {
+        Ok(()) | Err(BrokerError::TopicAlreadyExists(_)) => true,
+        Err(error) => {
+            tracing::debug!(topic = name, %error, "auto-creating a topic failed");
+            false
+        }
+    }
+}
+
+fn topic_metadata(
+    shard: &Shard,
+    version: i16,
+    name: Option<&str>,
+    topic: Option<&std::sync::Arc<TopicImage>>,
+) -> MetadataResponseTopic {
+    let Some(topic) = topic else {
+        let error = if name.is_some() {
+            ResponseError::UnknownTopicOrPartition
+        } else {
+            ResponseError::UnknownTopicId
+        };
+        return MetadataResponseTopic::default()
+            .with_name(name.map(topic_name))
+            .with_error_code(error.code());
+    };
+    let node = BrokerId(shard.config.node_id);
+    let partitions = (0..topic.partition_count())
+        .map(|index| {
+            let mut partition = MetadataResponsePartition::default()
+                .with_partition_index(index)
+                .with_leader_id(node)
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node]);
+            if version >= 7 {
+                partition = partition.with_leader_epoch(0);
+            }
+            partition
+        })
+        .collect();
+    let mut response = MetadataResponseTopic::default()
+        .with_name(Some(topic_name(&topic.name)))
+        .with_partitions(partitions);
+    if version >= 1 {
+        response = response.with_is_internal(topic.internal);
+    }
+    if version >= 10 {
+        response = response.with_topic_id(Uuid::from_bytes(topic.id));
+    }
+    response
+}
+
+pub async fn list_offsets(shard: &Rc<Shard>, version: i16, request: ListOffsetsRequest) -> Answer {
+    let mut queries = Vec::new();
+    let mut refused: Vec<(TopicPartition, BrokerResult<(i64, i64)>)> = Vec::new();
+    for topic in request.topics {
+        for partition in topic.partitions {
+            let tp = TopicPartition {
+                topic: topic.name.0.to_string(),
+                partition: partition.partition_index,
+            };
+            let spec = match partition.timestamp {
+                LATEST => (OffsetSpec::Latest, -1),
+                EARLIEST | EARLIEST_LOCAL => (OffsetSpec::Earliest, -1),
+                LATEST_TIERED => {
+                    // Nothing is tiered: Kafka answers "no offset".
+                    refused.push((tp, Ok((-1, -1))));
+                    continue;
+                }
+                MAX_TIMESTAMP => {
+                    let error = BrokerError::kafka(
+                        ResponseError::UnsupportedVersion,
+                        "the max-timestamp lookup (-3) is not supported",
+                    );
+                    refused.push((tp, Err(error)));
+                    continue;
+                }
+                ts if ts >= 0 => (OffsetSpec::Timestamp, ts),
+                ts => {
+                    let error = BrokerError::InvalidRequest(format!("timestamp {ts}"));
+                    refused.push((tp, Err(error)));
+                    continue;
+                }
+            };
+            queries.push((tp, spec.0, spec.1));
+        }
+    }
+    let mut results = ops::list_offsets(shard, queries).await;
+    results.extend(refused);
+    let failed = results.iter().any(|(_, r)| r.is_err());
+    let topics = ops::group_by_topic(results)
+        .into_iter()
+        .map(|(name, partitions)| {
+            let partitions = partitions
+                .into_iter()
+                .map(|(index, result)| {
+                    let mut response =
+                        ListOffsetsPartitionResponse::default().with_partition_index(index);
+                    match result {
+                        Ok((offset, timestamp)) => {
+                            response = response.with_offset(offset).with_timestamp(timestamp);
+                            if version >= 4 && offset >= 0 {
+                                response = response.with_leader_epoch(0);
+                            }
+                        }
+                        Err(error) => response = response.with_error_code(errors::code(&error)),
+                    }
+                    response
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(topic_name(&name))
+                .with_partitions(partitions)
+        })
+        .collect();
+    let response = ListOffsetsResponse::default().with_topics(topics);
+    (ResponseKind::ListOffsets(response), failed)
+}
+
+/// A topic to create, as asked, checked before anything is created.
+fn creatable(
+    shard: &Shard,
+    image: &MetadataImage,
+    topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> BrokerResult<(i32, Vec<(String, String)>)> {
+    let name = topic.name.0.as_str();
+    topic::validate_topic_name(name).map_err(BrokerError::InvalidTopic)?;
+    if image.topic(name).is_some() {
+        return Err(BrokerError::TopicAlreadyExists(name.to_string()));
+    }
+    if !matches!(topic.replication_factor, -1 | 1) {
+        return Err(BrokerError::kafka(
+            ResponseError::InvalidReplicationFactor,
+            format!(
+                "replication factor {} is larger than the 1 broker available",
+                topic.replication_factor
+            ),
+        ));
+    }
+    let partitions = if !topic.assignments.is_empty() {
+        let node = BrokerId(shard.config.node_id);
+        if topic.assignments.iter().any(|a| a.broker_ids != [node]) {
+            return Err(BrokerError::kafka(
+                ResponseError::InvalidReplicaAssignment,
+                format!("every replica must be on broker {}", node.0),
+            ));
+        }
+        topic.assignments.len() as i32
+    } else if topic.num_partitions == -1 {
+        shard.config.default_partitions
+    } else {
+        topic.num_partitions
+    };
+    if !(1..=topic::TOPIC_PARTITIONS_MAX).contains(&partitions) {
+        return Err(BrokerError::InvalidPartitions(format!(
+            "{partitions} is not within 1..={}",
+            topic::TOPIC_PARTITIONS_MAX
+        )));
+    }
+    let configs: Vec<(String, String)> = topic
+        .configs
+        .iter()
+        .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
+        .collect();
+    let overrides = configs.iter().cloned().collect();
+    topic::log_config(
+        &shard
+            .config
+            .log_config()
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?,
+        &overrides,
+    )
+    .map_err(BrokerError::InvalidConfig)?;
+    Ok((partitions, configs))
+}
+
+pub async fn create_topics(
+    shard: &Rc<Shard>,
+    version: i16,
+    request: CreateTopicsRequest,
+) -> Answer {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let name = topic.name.0.to_string();
+        let checked = creatable(shard, &shard.image(), topic);
+        let outcome = match checked {
+            Ok((partitions, configs)) if !request.validate_only => {
+                let call = ShardCall::CreateTopic {
+                    name: name.clone(),
+                    partitions,
+                    configs,
+                };
+                ops::admin(shard, call).await.map(|()| partitions)
+            }
+            other => other.map(|(partitions, _)| partitions),
+        };
+        let mut result = CreatableTopicResult::default()
+            .with_name(topic_name(&name))
+            .with_error_message(None)
+            .with_configs(None);
+        match outcome {
+            Ok(partitions) => {
+                if version >= 5 {
+                    result = result
+                        .with_num_partitions(partitions)
+                        .with_replication_factor(1);
+                }
+                if version >= 7 {
+                    let id = shard.image().topic(&name).map_or([0; 16], |t| t.id);
+                    result = result.with_topic_id(Uuid::from_bytes(id));
+                }
+            }
+            Err(error) => {
+                result = result
+                    .with_error_code(errors::code(&error))
+                    .with_error_message(error_message(&error));
+            }
+        }
+        results.push(result);
+    }
+    let failed = results.iter().any(|r| r.error_code != 0);
+    let response = CreateTopicsResponse::default().with_topics(results);
+    (ResponseKind::CreateTopics(response), failed)
+}
+
+pub async fn delete_topics(
+    shard: &Rc<Shard>,
+    version: i16,
+    request: DeleteTopicsRequest,
+) -> Answer {
+    // Up to version 5 topics come by name; version 6 names them or gives their ids.
+    let wanted: Vec<(Option<String>, Uuid)> = if version >= 6 {
+        request
+            .topics
+            .into_iter()
+            .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
+            .collect()
+    } else {
+        request
+            .topic_names
+            .into_iter()
+            .map(|n| (Some(n.0.to_string()), Uuid::nil()))
+            .collect()
+    };
+    let mut results = Vec::with_capacity(wanted.len());
+    for (name, id) in wanted {
+        let image = shard.image();
+        let found = match &name {
+            Some(name) => image.topic(name).cloned(),
+            None => image.topic_by_id(id.as_bytes()).cloned(),
+        };
+        let outcome = match &found {
+            Some(topic) => {
+                let call = ShardCall::DeleteTopic {
+                    name: topic.name.clone(),
+                };
+                ops::admin(shard, call).await
+            }
+            None if name.is_none() => Err(BrokerError::kafka(
+                ResponseError::UnknownTopicId,
+                format!("no topic has id {id}"),
+            )),
+            None => Err(BrokerError::UnknownTopic(name.clone().unwrap_or_default())),
+        };
+        let name = name.or_else(|| found.as_ref().map(|t| t.name.clone()));
+        let mut result = DeletableTopicResult::default().with_name(name.as_deref().map(topic_name));
+        if version >= 6 {
+            result = result.with_topic_id(found.map_or(id, |t| Uuid::from_bytes(t.id)));
+        }
+        if let Err(error) = outcome {
+            result = result.with_error_code(errors::code(&error));
+            if version >= 5 {
+                result = result.with_error_message(error_message(&error));
+            }
+        }
+        results.push(result);
+    }
+    let failed = results.iter().any(|r| r.error_code != 0);
+    let response = DeleteTopicsResponse::default().with_responses(results);
+    (ResponseKind::DeleteTopics(response), failed)
+}

@@ -1,0 +1,55 @@
+//! The Kafka APIs and versions the gateway serves: exactly what ApiVersions advertises.
+//!
+//! Each range starts at the oldest version the `kafka-protocol` crate decodes and ends at
+//! the newest one whose every field the gateway honours; every version in every range is
+//! exercised by `broker/tests/kafka_versions.rs`.
+
+use kafka_protocol::messages::ApiKey;
+
+/// `(api, min version, max version)`, in api-key order.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 11),
+    (ApiKey::Fetch, 4, 16),
+    (ApiKey::ListOffsets, 1, 9),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+];
+
+pub fn range(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(a, _, _)| *a == api)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+pub fn supports(api: ApiKey, version: i16) -> bool {
+    range(api).is_some_and(|(min, max)| (min..=max).contains(&version))
+}
+
+/// "3..=10", or "none" for an API the gateway does not serve.
+pub fn describe(api: ApiKey) -> String {
+    range(api).map_or_else(|| "none".into(), |(min, max)| format!("{min}..={max}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An advertised version the crate cannot decode would fail every client that picks
+    /// it.
+    #[test]
+    fn advertised_ranges_lie_within_what_the_codec_decodes() {
+        for (api, min, max) in SUPPORTED {
+            let codec = api.valid_versions();
+            assert!(
+                codec.min <= *min && *max <= codec.max && min <= max,
+                "{api:?} {min}..={max} vs codec {codec:?}"
+            );
+        }
+        let mut keys: Vec<i16> = SUPPORTED.iter().map(|(a, _, _)| *a as i16).collect();
+        keys.dedup();
+        assert!(keys.is_sorted() && keys.len() == SUPPORTED.len());
+    }
+}

@@ -1,0 +1,225 @@
+//! What both front doors share: accepting connections, a request's hold on the shard's
+//! memory budget, and the task that writes responses.
+//!
+//! A reader takes as many permits from the shard's memory budget as a frame has bytes
+//! before reading it (waiting, and so not reading the socket, while the budget is spent)
+//! plus one of the connection's in-flight slots. The permits return when the response
+//! has been written.
+
+use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures_lite::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::{Semaphore, StaticPermit};
+
+use crate::metrics::ShardMetrics;
+use crate::shard::Shard;
+
+/// A response ready to be written, holding its request's memory until then.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub parts: Vec<Bytes>,
+    pub permit: Option<StaticPermit>,
+    pub close_after: bool,
+}
+
+/// What the writer task receives, in the order it must write: a response that is
+/// ready, or one still being computed (the Kafka protocol answers in request order).
+pub type Queued = Pin<Box<dyn Future<Output = Option<Outgoing>>>>;
+
+/// Binds a listener the way every shard shares a port: SO_REUSEPORT, so each shard
+/// accepts its own connections, and SO_REUSEADDR, so a restarted broker can bind again
+/// while connections it closed linger in TIME_WAIT (glommio's own `bind` sets only the
+/// first, and Linux then refuses the port for a minute after, say, an HTTP scrape).
+pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&SockAddr::from(address))?;
+    socket.listen(1024)?;
+    let fd = socket.into_raw_fd();
+    // SAFETY: `fd` is a bound, listening TCP socket that nothing else owns: `into_raw_fd`
+    // gave up the only handle to it, and the listener takes ownership.
+    #[allow(unsafe_code)]
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    Ok(listener)
+}
+
+/// Accepts connections on this shard's listener until shutdown, serving each with
+/// `serve`.
+pub async fn serve_listener<F, Fut>(shard: Rc<Shard>, listener: TcpListener, serve: F)
+where
+    F: Fn(Rc<Shard>, TcpStream) -> Fut,
+    Fut: Future<Output = ()> + 'static,
+{
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            while !shard.shutting_down() {
+                glommio::timer::sleep(std::time::Duration::from_millis(shard.config.tick_ms)).await;
+            }
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else { return };
+        match accepted {
+            Ok(stream)
+                if shard.metrics.connections.get() < shard.config.shard_connections_max as u64 =>
+            {
+                let _ = stream.set_nodelay(true);
+                let connection = serve(shard.clone(), stream);
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    ShardMetrics::add(&shard.metrics.connections, 1);
+                    ShardMetrics::add(&shard.metrics.connections_total, 1);
+                    connection.await;
+                    let connections = &shard.metrics.connections;
+                    connections.set(connections.get() - 1);
+                })
+                .detach();
+            }
+            Ok(stream) => {
+                tracing::warn!(
+                    limit = shard.config.shard_connections_max,
+                    "refusing a connection: shard at its limit"
+                );
+                drop(stream);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Runs one connection: `read_requests` reads frames and queues each request's pending
+/// response; a writer task sends them in queue order. Returns once both are done, with the
+/// reason the reader stopped (if it was not the peer closing) and the peer's address.
+pub async fn run_connection<F, Fut>(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    read_requests: F,
+) -> Result<(), (String, String)>
+where
+    F: FnOnce(Rc<Shard>, ReadHalf<TcpStream>, Rc<LocalSender<Queued>>) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+    let fd = stream.as_raw_fd();
+    let (reader, writer) = futures_lite::io::split(stream);
+    let (responses, queue) =
+        local_channel::new_bounded::<Queued>(shard.config.connection_requests_max);
+    let writer_task = spawn_writer(shard.clone(), writer, fd, queue);
+    // The reader's future owns the only long-lived sender: when it ends, the writer
+    // drains what is queued and stops.
+    let result = read_requests(shard, reader, Rc::new(responses)).await;
+    writer_task.await;
+    result.map_err(|reason| (reason, peer))
+}
+
+/// Writes queued responses in queue order until the queue closes or a response asks
+/// for the connection to close.
+fn spawn_writer(
+    shard: Rc<Shard>,
+    mut writer: WriteHalf<TcpStream>,
+    fd: RawFd,
+    queue: LocalReceiver<Queued>,
+) -> glommio::Task<()> {
+    glommio::spawn_local(async move {
+        while let Some(queued) = queue.recv().await {
+            let Some(out) = queued.await else { continue };
+            let bytes: usize = out.parts.iter().map(Bytes::len).sum();
+            if let Err(error) = weir_client::io::write_parts(&mut writer, fd, &out.parts).await {
+                tracing::debug!(%error, "writing a response failed");
+                break;
+            }
+            ShardMetrics::add(&shard.metrics.bytes_out, bytes as u64);
+            drop(out.permit);
+            if out.close_after {
+                break;
+            }
+        }
+        let _ = writer.close().await;
+    })
+}
+
+/// A request's share of the shard's memory budget and its connection's in-flight slot.
+/// The budget permit moves into the response (`take_permit`) and returns when the
+/// response is written; the slot and the accounting return on drop.
+#[derive(Debug)]
+pub struct MemoryHold {
+    shard: Rc<Shard>,
+    bytes: u64,
+    permit: Option<StaticPermit>,
+    _slot: StaticPermit,
+}
+
+impl MemoryHold {
+    /// Waits for `bytes` of the shard's budget and one of the connection's slots.
+    pub async fn acquire(
+        shard: &Rc<Shard>,
+        slots: &Rc<Semaphore>,
+        bytes: u64,
+    ) -> Result<MemoryHold, String> {
+        let permit = shard
+            .memory
+            .acquire_static_permit(bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        let slot = slots
+            .acquire_static_permit(1)
+            .await
+            .map_err(|e| e.to_string())?;
+        ShardMetrics::add(&shard.metrics.memory_in_use, bytes);
+        Ok(MemoryHold {
+            shard: shard.clone(),
+            bytes,
+            permit: Some(permit),
+            _slot: slot,
+        })
+    }
+
+    pub fn take_permit(&mut self) -> Option<StaticPermit> {
+        self.permit.take()
+    }
+}
+
+impl Drop for MemoryHold {
+    fn drop(&mut self) {
+        let metrics = &self.shard.metrics;
+        metrics
+            .memory_in_use
+            .set(metrics.memory_in_use.get().saturating_sub(self.bytes));
+    }
+}
+
+/// Counts a request in flight for as long as it lives, even if its task is cancelled
+/// (a Kafka connection that closes drops the responses it has not written).
+#[derive(Debug)]
+pub struct InFlight(Rc<Shard>);
+
+impl InFlight {
+    pub fn start(shard: &Rc<Shard>) -> InFlight {
+        shard.request_started();
+        InFlight(shard.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}

@@ -1,0 +1,433 @@
+//! The broker's operations, whatever the protocol: both front doors (native and Kafka)
+//! decode a request, call these, and encode what they return.
+//!
+//! Per-partition work goes to the partition's owning shard; these functions fan it out
+//! and gather the answers in request order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use weir_wire::native::schema::{Acks, OffsetSpec};
+
+use crate::error::{BrokerError, BrokerResult};
+use crate::metadata::OFFSETS_TOPIC;
+use crate::offsets;
+use crate::router::{Committed, PartitionStatus, Pending, ShardAnswer, ShardCall, TopicPartition};
+use crate::shard::Shard;
+
+/// The longest a fetch may wait for data, whatever it asks for.
+pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
+
+pub fn unexpected(answer: ShardAnswer) -> BrokerError {
+    BrokerError::Internal(format!("unexpected shard answer {answer:?}"))
+}
+
+/// Where a produce request's appends landed: the first batch's base offset and the log
+/// start offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+/// A produce request's appends, started at their owners in request order.
+pub type StartedProduce = Vec<(TopicPartition, BrokerResult<Pending>)>;
+
+/// Starts each partition's appends in request order (local appends are spawned in order;
+/// remote ones are queued at their owner in order). `batches` holds each partition's
+/// record batches, already split.
+pub async fn start_produce(
+    shard: &Rc<Shard>,
+    partitions: Vec<(TopicPartition, BrokerResult<Vec<BytesMut>>)>,
+    acks: Acks,
+) -> StartedProduce {
+    let mut started = Vec::with_capacity(partitions.len());
+    for (partition, batches) in partitions {
+        let pending = async {
+            let batches = batches?;
+            let owner = shard.owner(&partition)?;
+            let call = ShardCall::Produce {
+                partition: partition.clone(),
+                batches,
+                acks,
+            };
+            shard.router.start(shard, owner, call).await
+        }
+        .await;
+        started.push((partition, pending));
+    }
+    started
+}
+
+/// Splits a partition's record bytes into batches (no copy).
+pub fn split_batches(shard: &Shard, mut records: BytesMut) -> BrokerResult<Vec<BytesMut>> {
+    let ranges = weir_wire::batch::split_batches(&records, shard.config.frame_bytes_max)?;
+    let mut batches = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        batches.push(records.split_to(range.len()));
+    }
+    Ok(batches)
+}
+
+/// Awaits each partition's appends.
+pub async fn finish_produce(
+    started: StartedProduce,
+) -> Vec<(TopicPartition, BrokerResult<Appended>)> {
+    let mut results = Vec::with_capacity(started.len());
+    for (partition, pending) in started {
+        let result = match pending {
+            Ok(pending) => match pending.wait().await {
+                Ok(ShardAnswer::Produce(result)) => result.map(|(base, start)| Appended {
+                    base_offset: base,
+                    log_start_offset: start,
+                }),
+                Ok(other) => Err(unexpected(other)),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &result {
+            tracing::debug!(%partition, %error, "produce failed");
+        }
+        results.push((partition, result));
+    }
+    results
+}
+
+/// Starts `call` for each partition at its owner, then awaits every answer.
+pub async fn fan_out<T>(
+    shard: &Rc<Shard>,
+    partitions: Vec<TopicPartition>,
+    call: impl Fn(TopicPartition) -> ShardCall,
+    answer: impl Fn(ShardAnswer) -> BrokerResult<T>,
+) -> Vec<(TopicPartition, BrokerResult<T>)> {
+    let mut pending = Vec::with_capacity(partitions.len());
+    for partition in partitions {
+        let started = match shard.owner(&partition) {
+            Ok(owner) => {
+                shard
+                    .router
+                    .start(shard, owner, call(partition.clone()))
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        pending.push((partition, started));
+    }
+    let mut results = Vec::with_capacity(pending.len());
+    for (partition, started) in pending {
+        let result = match started {
+            Ok(pending) => pending.wait().await.and_then(&answer),
+            Err(error) => Err(error),
+        };
+        results.push((partition, result));
+    }
+    results
+}
+
+/// The partitions of `names` that exist, in order.
+pub fn partitions_of(shard: &Shard, names: &[String]) -> Vec<TopicPartition> {
+    let image = shard.image();
+    names
+        .iter()
+        .filter_map(|name| image.topic(name))
+        .flat_map(|t| {
+            (0..t.partition_count()).map(|p| TopicPartition {
+                topic: t.name.clone(),
+                partition: p,
+            })
+        })
+        .collect()
+}
+
+pub async fn partition_statuses(
+    shard: &Rc<Shard>,
+    partitions: Vec<TopicPartition>,
+) -> Vec<(TopicPartition, BrokerResult<PartitionStatus>)> {
+    fan_out(
+        shard,
+        partitions,
+        |partition| ShardCall::PartitionStatus { partition },
+        |answer| match answer {
+            ShardAnswer::PartitionStatus(result) => result,
+            other => Err(unexpected(other)),
+        },
+    )
+    .await
+}
+
+/// A partition's part of a fetch request.
+#[derive(Debug, Clone)]
+pub struct FetchPartition {
+    pub partition: TopicPartition,
+    pub offset: i64,
+    pub max_bytes: i32,
+}
+
+/// Each partition's batches and status, or its error.
+pub type FetchResults = Vec<(TopicPartition, BrokerResult<(Vec<Bytes>, PartitionStatus)>)>;
+
+/// Reads each partition at its owner; if fewer than `min_bytes` came back, waits for any
+/// of them to get new data (or `max_wait`) and reads again.
+pub async fn fetch(
+    shard: &Rc<Shard>,
+    max_wait: Duration,
+    min_bytes: i32,
+    partitions: &[FetchPartition],
+) -> FetchResults {
+    let deadline = Instant::now() + max_wait.min(FETCH_WAIT_MAX);
+    loop {
+        let results = read_partitions(shard, partitions).await;
+        let total: usize = results
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .flat_map(|(b, _)| b)
+            .map(Bytes::len)
+            .sum();
+        let any_error = results.iter().any(|(_, r)| r.is_err());
+        let remaining = deadline.checked_duration_since(Instant::now());
+        if total >= min_bytes.max(0) as usize
+            || any_error
+            || remaining.is_none()
+            || shard.shutting_down()
+        {
+            return results;
+        }
+        let watched: Vec<(TopicPartition, i64)> = partitions
+            .iter()
+            .map(|p| (p.partition.clone(), p.offset))
+            .collect();
+        wait_for_data(shard, watched, remaining.unwrap_or_default()).await;
+    }
+}
+
+async fn read_partitions(shard: &Rc<Shard>, partitions: &[FetchPartition]) -> FetchResults {
+    let wanted: HashMap<TopicPartition, (i64, i32)> = partitions
+        .iter()
+        .map(|p| (p.partition.clone(), (p.offset, p.max_bytes)))
+        .collect();
+    fan_out(
+        shard,
+        partitions.iter().map(|p| p.partition.clone()).collect(),
+        |partition| {
+            let (offset, max_bytes) = wanted.get(&partition).copied().unwrap_or((0, 0));
+            ShardCall::Fetch {
+                partition,
+                offset,
+                max_bytes: max_bytes.max(0) as usize,
+            }
+        },
+        |answer| match answer {
+            ShardAnswer::Fetch(result) => result,
+            other => Err(unexpected(other)),
+        },
+    )
+    .await
+}
+
+/// Waits until a shard owning one of the partitions reports new data, or the timeout.
+async fn wait_for_data(
+    shard: &Rc<Shard>,
+    partitions: Vec<(TopicPartition, i64)>,
+    timeout: Duration,
+) {
+    let mut by_owner: BTreeMap<usize, Vec<(TopicPartition, i64)>> = BTreeMap::new();
+    for (tp, offset) in partitions {
+        if let Ok(owner) = shard.owner(&tp) {
+            by_owner.entry(owner).or_default().push((tp, offset));
+        }
+    }
+    let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
+    for (owner, partitions) in by_owner {
+        let call = ShardCall::Watch {
+            partitions,
+            timeout,
+        };
+        if let Ok(pending) = shard.router.start(shard, owner, call).await {
+            waits.push(Box::pin(async move {
+                let _ = pending.wait().await;
+            }));
+        }
+    }
+    let any = futures_lite::future::poll_fn(|cx| {
+        if waits.is_empty() || waits.iter_mut().any(|w| w.as_mut().poll(cx).is_ready()) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    });
+    futures_lite::future::or(any, glommio::timer::sleep(timeout)).await;
+}
+
+/// Trims fetched batches to a response's byte limit. The limit is soft: the first
+/// partition with data is always included whole, so a consumer makes progress; a later
+/// partition that does not fit gets no batches.
+pub fn limit_response_bytes(results: &mut FetchResults, max_bytes: i32) {
+    let mut budget = max_bytes.max(0) as usize;
+    let mut first = true;
+    for (_, result) in results.iter_mut() {
+        let Ok((batches, _)) = result else { continue };
+        let bytes: usize = batches.iter().map(Bytes::len).sum();
+        if !first && bytes > budget {
+            batches.clear();
+        }
+        let taken: usize = batches.iter().map(Bytes::len).sum();
+        first &= taken == 0;
+        budget = budget.saturating_sub(taken);
+    }
+}
+
+/// `(offset, timestamp)` per partition; `(-1, -1)` when a timestamp lookup finds nothing.
+pub async fn list_offsets(
+    shard: &Rc<Shard>,
+    partitions: Vec<(TopicPartition, OffsetSpec, i64)>,
+) -> Vec<(TopicPartition, BrokerResult<(i64, i64)>)> {
+    let specs: HashMap<TopicPartition, (OffsetSpec, i64)> = partitions
+        .iter()
+        .map(|(tp, spec, ts)| (tp.clone(), (*spec, *ts)))
+        .collect();
+    fan_out(
+        shard,
+        partitions.into_iter().map(|(tp, _, _)| tp).collect(),
+        |partition| {
+            let (spec, timestamp) = specs
+                .get(&partition)
+                .copied()
+                .unwrap_or((OffsetSpec::Latest, -1));
+            ShardCall::ListOffsets {
+                partition,
+                spec,
+                timestamp,
+            }
+        },
+        |answer| match answer {
+            ShardAnswer::ListOffsets(result) => result,
+            other => Err(unexpected(other)),
+        },
+    )
+    .await
+}
+
+/// Runs an admin call on the controller (shard 0).
+pub async fn admin(shard: &Rc<Shard>, call: ShardCall) -> BrokerResult<()> {
+    match shard.router.call(shard, 0, call).await? {
+        ShardAnswer::Admin(result) => result,
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The shard holding `group`'s committed offsets (and, for the Kafka protocol, its
+/// coordinator).
+pub fn group_owner(shard: &Shard, group: &str) -> BrokerResult<usize> {
+    offsets::validate_group(group)?;
+    let image = shard.image();
+    let topic = image
+        .topic(OFFSETS_TOPIC)
+        .ok_or(BrokerError::ShuttingDown)?;
+    let partition = offsets::partition_for(group, topic.partition_count());
+    topic
+        .owner(partition)
+        .ok_or_else(|| BrokerError::Internal("offsets partition without owner".into()))
+}
+
+/// Commits offsets for `group`. Offsets of unknown partitions, and negative offsets, are
+/// refused one by one; the rest are committed together.
+pub async fn commit_offsets(
+    shard: &Rc<Shard>,
+    group: String,
+    offsets: Vec<(TopicPartition, i64, String)>,
+) -> BrokerResult<Vec<(TopicPartition, BrokerResult<()>)>> {
+    let owner = group_owner(shard, &group)?;
+    let image = shard.image();
+    let mut results = Vec::with_capacity(offsets.len());
+    let mut known = Vec::with_capacity(offsets.len());
+    for (tp, offset, metadata) in offsets {
+        let exists = image
+            .topic(&tp.topic)
+            .is_some_and(|t| (0..t.partition_count()).contains(&tp.partition));
+        if offset < 0 {
+            results.push((
+                tp,
+                Err(BrokerError::InvalidRequest(format!(
+                    "negative offset {offset}"
+                ))),
+            ));
+        } else if !exists {
+            let error = BrokerError::UnknownTopicOrPartition {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+            };
+            results.push((tp, Err(error)));
+        } else {
+            known.push((tp, offset, metadata));
+        }
+    }
+    let committed: Vec<TopicPartition> = known.iter().map(|(tp, _, _)| tp.clone()).collect();
+    let call = ShardCall::CommitOffsets {
+        group,
+        offsets: known,
+    };
+    let result = match shard.router.call(shard, owner, call).await? {
+        ShardAnswer::CommitOffsets(result) => result,
+        other => Err(unexpected(other)),
+    };
+    let mut all: Vec<(TopicPartition, BrokerResult<()>)> = committed
+        .into_iter()
+        .map(|tp| {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(error) => Err(BrokerError::Internal(error.to_string())),
+            };
+            (tp, outcome)
+        })
+        .collect();
+    all.extend(results);
+    Ok(all)
+}
+
+/// Everything `group` has committed.
+pub async fn committed_offsets(shard: &Rc<Shard>, group: String) -> BrokerResult<Vec<Committed>> {
+    let owner = group_owner(shard, &group)?;
+    match shard
+        .router
+        .call(shard, owner, ShardCall::FetchOffsets { group })
+        .await?
+    {
+        ShardAnswer::FetchOffsets(result) => result,
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Every group with committed offsets, sorted.
+pub async fn list_groups(shard: &Rc<Shard>) -> BrokerResult<Vec<String>> {
+    let mut groups = Vec::new();
+    for owner in 0..shard.count {
+        match shard
+            .router
+            .call(shard, owner, ShardCall::ListGroups)
+            .await?
+        {
+            ShardAnswer::ListGroups(found) => groups.extend(found),
+            other => return Err(unexpected(other)),
+        }
+    }
+    groups.sort();
+    groups.dedup();
+    Ok(groups)
+}
+
+/// Groups per-partition results by topic, keeping the first-seen topic order.
+pub fn group_by_topic<T>(results: Vec<(TopicPartition, T)>) -> Vec<(String, Vec<(i32, T)>)> {
+    let mut grouped: Vec<(String, Vec<(i32, T)>)> = Vec::new();
+    for (tp, value) in results {
+        match grouped.iter_mut().find(|(topic, _)| *topic == tp.topic) {
+            Some((_, group)) => group.push((tp.partition, value)),
+            None => grouped.push((tp.topic, vec![(tp.partition, value)])),
+        }
+    }
+    grouped
+}
