@@ -54,6 +54,13 @@ pub struct BrokerConfig {
     pub auto_create_topics_partitions: i32,
     /// Partitions of the internal topic holding committed offsets (fixed at creation).
     pub offsets_topic_partitions: i32,
+    /// How long the first rebalance of an empty group waits for more members (Kafka's
+    /// `group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay_ms: u64,
+    /// Bounds on a group member's session timeout (Kafka's `group.min.session.timeout.ms`
+    /// and `group.max.session.timeout.ms`).
+    pub group_min_session_timeout_ms: u64,
+    pub group_max_session_timeout_ms: u64,
     /// Period of each shard's background tick (write-behind, interval syncs, shutdown).
     pub tick_ms: u64,
     /// Period of retention checks (Kafka's `log.retention.check.interval.ms`).
@@ -94,6 +101,9 @@ impl Default for BrokerConfig {
             auto_create_topics_enable: true,
             auto_create_topics_partitions: 4,
             offsets_topic_partitions: 8,
+            group_initial_rebalance_delay_ms: 3_000,
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 1_800_000,
             tick_ms: 5,
             retention_check_ms: 300_000,
             log_segment_bytes: log.segment_bytes,
@@ -206,6 +216,10 @@ impl BrokerConfig {
         anyhow::ensure!(
             self.default_partitions > 0 && self.auto_create_topics_partitions > 0,
             "default_partitions and auto_create_topics_partitions must be positive"
+        );
+        anyhow::ensure!(
+            self.group_min_session_timeout_ms <= self.group_max_session_timeout_ms,
+            "group_min_session_timeout_ms must not exceed group_max_session_timeout_ms"
         );
         anyhow::ensure!(
             self.offsets_topic_partitions > 0,

@@ -7,6 +7,7 @@ pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod group;
 pub mod http;
 pub mod kafka;
 pub mod metadata;

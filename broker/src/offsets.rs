@@ -37,6 +37,9 @@ pub fn validate_group(group: &str) -> BrokerResult<()> {
 
 type Key = (String, String, i32);
 
+/// An append started on the offsets log, to await with `Log::finish_append`.
+pub type PendingAppend = (Rc<Log>, weir_storage::AppendInfo);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Commit {
     offset: i64,
@@ -62,17 +65,24 @@ impl OffsetsPartition {
             for batch in &batches {
                 for record in RecordIter::new(batch)? {
                     let record = record?;
-                    let (Some(key), Some(value)) = (record.key, record.value) else {
-                        continue;
-                    };
-                    let (key, commit) = decode(key, value).ok_or_else(|| {
+                    let Some(key) = record.key else { continue };
+                    let undecodable = || {
                         BrokerError::Internal(format!(
                             "undecodable commit at offset {} of {}",
                             record.offset,
                             log.dir().display()
                         ))
-                    })?;
-                    latest.insert(key, commit);
+                    };
+                    let key = decode_key(key).ok_or_else(undecodable)?;
+                    match record.value {
+                        Some(value) => {
+                            latest.insert(key, decode_value(value).ok_or_else(undecodable)?);
+                        }
+                        // A tombstone: the group or partition's offsets were deleted.
+                        None => {
+                            latest.remove(&key);
+                        }
+                    }
                 }
             }
         }
@@ -86,7 +96,7 @@ impl OffsetsPartition {
         &mut self,
         group: &str,
         offsets: &[(TopicPartition, i64, String)],
-    ) -> BrokerResult<Option<(Rc<Log>, weir_storage::AppendInfo)>> {
+    ) -> BrokerResult<Option<PendingAppend>> {
         if offsets.is_empty() {
             return Ok(None);
         }
@@ -117,6 +127,38 @@ impl OffsetsPartition {
             );
         }
         Ok(Some((self.log.clone(), info)))
+    }
+
+    /// Queues tombstones for the group's commits (of `only` these partitions, if given)
+    /// and forgets them at once. Returns the partitions whose commits are deleted.
+    pub fn start_delete(
+        &mut self,
+        group: &str,
+        only: Option<&[TopicPartition]>,
+    ) -> BrokerResult<(Vec<TopicPartition>, Option<PendingAppend>)> {
+        let deleted: Vec<TopicPartition> = self
+            .committed(group)
+            .into_iter()
+            .map(|c| c.partition)
+            .filter(|tp| only.is_none_or(|only| only.contains(tp)))
+            .collect();
+        if deleted.is_empty() {
+            return Ok((deleted, None));
+        }
+        let timestamp = now_ms();
+        let mut builder = BatchBuilder::new(timestamp);
+        for partition in &deleted {
+            builder.append(timestamp, Some(&encode_key(group, partition)), None, &[]);
+        }
+        let info = self.log.start_append(builder.build(), 0)?;
+        for partition in &deleted {
+            self.latest.remove(&(
+                group.to_string(),
+                partition.topic.clone(),
+                partition.partition,
+            ));
+        }
+        Ok((deleted, Some((self.log.clone(), info))))
     }
 
     pub fn committed(&self, group: &str) -> Vec<Committed> {
@@ -150,18 +192,24 @@ fn put_string(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(text.as_bytes());
 }
 
+fn encode_key(group: &str, partition: &TopicPartition) -> Vec<u8> {
+    let mut key = FORMAT_VERSION.to_be_bytes().to_vec();
+    put_string(&mut key, group);
+    put_string(&mut key, &partition.topic);
+    key.extend_from_slice(&partition.partition.to_be_bytes());
+    key
+}
+
 /// key: `version u16 | group (u16 length, UTF-8) | topic (same) | partition i32`;
-/// value: `version u16 | offset i64 | commit timestamp i64 | metadata (u16 length, UTF-8)`.
+/// value: `version u16 | offset i64 | commit timestamp i64 | metadata (u16 length, UTF-8)`,
+/// or none: a tombstone.
 fn encode(
     group: &str,
     partition: &TopicPartition,
     offset: i64,
     metadata: &str,
 ) -> (Vec<u8>, Vec<u8>) {
-    let mut key = FORMAT_VERSION.to_be_bytes().to_vec();
-    put_string(&mut key, group);
-    put_string(&mut key, &partition.topic);
-    key.extend_from_slice(&partition.partition.to_be_bytes());
+    let key = encode_key(group, partition);
     let mut value = FORMAT_VERSION.to_be_bytes().to_vec();
     value.extend_from_slice(&offset.to_be_bytes());
     value.extend_from_slice(&now_ms().to_be_bytes());
@@ -200,17 +248,23 @@ impl Reader<'_> {
     }
 }
 
-fn decode(key: &[u8], value: &[u8]) -> Option<(Key, Commit)> {
+fn decode_key(key: &[u8]) -> Option<Key> {
     let mut key = Reader(key);
-    let mut value = Reader(value);
-    if key.u16()? != FORMAT_VERSION || value.u16()? != FORMAT_VERSION {
+    if key.u16()? != FORMAT_VERSION {
         return None;
     }
-    let decoded_key = (key.string()?, key.string()?, key.i32()?);
+    Some((key.string()?, key.string()?, key.i32()?))
+}
+
+fn decode_value(value: &[u8]) -> Option<Commit> {
+    let mut value = Reader(value);
+    if value.u16()? != FORMAT_VERSION {
+        return None;
+    }
     let offset = value.i64()?;
     let _timestamp = value.i64()?;
     let metadata = value.string()?;
-    Some((decoded_key, Commit { offset, metadata }))
+    Some(Commit { offset, metadata })
 }
 
 #[cfg(test)]
@@ -222,11 +276,11 @@ mod tests {
         fn commit_records_round_trip(group: String, topic: String, partition: i32, offset: i64, metadata: String) -> bool {
             let tp = TopicPartition { topic: topic.clone(), partition };
             let (key, value) = encode(&group, &tp, offset, &metadata);
-            decode(&key, &value) == Some(((group, topic, partition), Commit { offset, metadata }))
+            decode_key(&key) == Some((group, topic, partition)) && decode_value(&value) == Some(Commit { offset, metadata })
         }
 
         fn random_commit_bytes_never_panic(key: Vec<u8>, value: Vec<u8>) -> bool {
-            let _ = decode(&key, &value);
+            let _ = (decode_key(&key), decode_value(&value));
             true
         }
     }

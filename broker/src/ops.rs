@@ -14,9 +14,13 @@ use bytes::{Bytes, BytesMut};
 use weir_wire::native::schema::{Acks, OffsetSpec};
 
 use crate::error::{BrokerError, BrokerResult};
+use crate::group::GroupState;
 use crate::metadata::OFFSETS_TOPIC;
 use crate::offsets;
-use crate::router::{Committed, PartitionStatus, Pending, ShardAnswer, ShardCall, TopicPartition};
+use crate::router::{
+    Committed, GroupAnswer, GroupCall, MemberClaim, PartitionStatus, Pending, ShardAnswer,
+    ShardCall, TopicPartition,
+};
 use crate::shard::Shard;
 
 /// The longest a fetch may wait for data, whatever it asks for.
@@ -339,6 +343,7 @@ pub fn group_owner(shard: &Shard, group: &str) -> BrokerResult<usize> {
 pub async fn commit_offsets(
     shard: &Rc<Shard>,
     group: String,
+    member: MemberClaim,
     offsets: Vec<(TopicPartition, i64, String)>,
 ) -> BrokerResult<Vec<(TopicPartition, BrokerResult<()>)>> {
     let owner = group_owner(shard, &group)?;
@@ -369,6 +374,7 @@ pub async fn commit_offsets(
     let committed: Vec<TopicPartition> = known.iter().map(|(tp, _, _)| tp.clone()).collect();
     let call = ShardCall::CommitOffsets {
         group,
+        member,
         offsets: known,
     };
     let result = match shard.router.call(shard, owner, call).await? {
@@ -380,6 +386,10 @@ pub async fn commit_offsets(
         .map(|tp| {
             let outcome = match &result {
                 Ok(()) => Ok(()),
+                Err(BrokerError::Kafka { code, message }) => Err(BrokerError::Kafka {
+                    code: *code,
+                    message: message.clone(),
+                }),
                 Err(error) => Err(BrokerError::Internal(error.to_string())),
             };
             (tp, outcome)
@@ -402,8 +412,9 @@ pub async fn committed_offsets(shard: &Rc<Shard>, group: String) -> BrokerResult
     }
 }
 
-/// Every group with committed offsets, sorted.
-pub async fn list_groups(shard: &Rc<Shard>) -> BrokerResult<Vec<String>> {
+/// Every group (with members or committed offsets), sorted by name, with its state and
+/// protocol type.
+pub async fn list_groups(shard: &Rc<Shard>) -> BrokerResult<Vec<(String, GroupState, String)>> {
     let mut groups = Vec::new();
     for owner in 0..shard.count {
         match shard
@@ -415,9 +426,43 @@ pub async fn list_groups(shard: &Rc<Shard>) -> BrokerResult<Vec<String>> {
             other => return Err(unexpected(other)),
         }
     }
-    groups.sort();
-    groups.dedup();
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    groups.dedup_by(|a, b| a.0 == b.0);
     Ok(groups)
+}
+
+/// Calls the coordinator of `group` (the owner of its offsets partition).
+pub async fn group_call(
+    shard: &Rc<Shard>,
+    group: &str,
+    call: GroupCall,
+) -> BrokerResult<GroupAnswer> {
+    let owner = group_owner(shard, group)?;
+    match shard
+        .router
+        .call(shard, owner, ShardCall::Group(call))
+        .await?
+    {
+        ShardAnswer::Group(answer) => Ok(answer),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Deletes a group's committed offsets for these partitions; returns those it deleted.
+pub async fn delete_offsets(
+    shard: &Rc<Shard>,
+    group: String,
+    partitions: Vec<TopicPartition>,
+) -> BrokerResult<Vec<TopicPartition>> {
+    let owner = group_owner(shard, &group)?;
+    let call = ShardCall::DeleteOffsets {
+        group,
+        partitions: Some(partitions),
+    };
+    match shard.router.call(shard, owner, call).await? {
+        ShardAnswer::DeleteOffsets(result) => result,
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Groups per-partition results by topic, keeping the first-seen topic order.

@@ -20,7 +20,12 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use weir_wire::native::schema::{Acks, OffsetSpec};
 
+use kafka_protocol::ResponseError;
+
 use crate::error::{BrokerError, BrokerResult};
+use crate::group::{
+    GroupDescription, GroupState, JoinRequest, JoinResult, SyncRequest, SyncResult,
+};
 use crate::metadata::MetadataImage;
 use crate::metrics::ShardMetricsSnapshot;
 
@@ -68,8 +73,16 @@ pub enum ShardCall {
     },
     CommitOffsets {
         group: String,
+        member: MemberClaim,
         offsets: Vec<(TopicPartition, i64, String)>,
     },
+    /// Deletes a group's committed offsets: all of them, or those of these partitions.
+    DeleteOffsets {
+        group: String,
+        partitions: Option<Vec<TopicPartition>>,
+    },
+    /// Membership of a consumer group (its coordinator is the owner of its offsets).
+    Group(GroupCall),
     FetchOffsets {
         group: String,
     },
@@ -86,6 +99,61 @@ pub enum ShardCall {
         image: Arc<MetadataImage>,
     },
     Metrics,
+}
+
+/// Who commits offsets: a member of a generation of the group, or (member id empty,
+/// generation -1) a client outside group membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberClaim {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub generation: i32,
+}
+
+impl MemberClaim {
+    pub fn none() -> MemberClaim {
+        MemberClaim {
+            member_id: String::new(),
+            instance_id: None,
+            generation: -1,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum GroupCall {
+    Join {
+        group: String,
+        request: JoinRequest,
+    },
+    Sync {
+        group: String,
+        request: SyncRequest,
+    },
+    Heartbeat {
+        group: String,
+        member: MemberClaim,
+    },
+    Leave {
+        group: String,
+        members: Vec<(String, Option<String>)>,
+    },
+    Describe {
+        group: String,
+    },
+    Delete {
+        group: String,
+    },
+}
+
+#[derive(Debug)]
+pub enum GroupAnswer {
+    Join(JoinResult),
+    Sync(SyncResult),
+    Heartbeat(Result<(), ResponseError>),
+    Leave(Vec<Result<(), ResponseError>>),
+    Describe(Option<GroupDescription>),
+    Delete(Result<(), ResponseError>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +181,10 @@ pub enum ShardAnswer {
     PartitionStatus(BrokerResult<PartitionStatus>),
     CommitOffsets(BrokerResult<()>),
     FetchOffsets(BrokerResult<Vec<Committed>>),
-    ListGroups(Vec<String>),
+    /// Groups with their state and protocol type.
+    ListGroups(Vec<(String, GroupState, String)>),
+    DeleteOffsets(BrokerResult<Vec<TopicPartition>>),
+    Group(GroupAnswer),
     Admin(BrokerResult<()>),
     Metrics(Box<ShardMetricsSnapshot>),
 }

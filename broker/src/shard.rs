@@ -13,18 +13,24 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use event_listener::{Event, EventListener};
 use glommio::sync::Semaphore;
+use kafka_protocol::ResponseError;
 use weir_storage::{FlushPolicy, Log, LogConfig, LogIdentity, ShardStorage};
 use weir_wire::native::schema::{Acks, OffsetSpec};
 
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, BrokerResult};
+use crate::group::{Coordinator, GroupLimits, GroupState};
 use crate::metadata::{MetadataImage, MetadataLog, MetadataRecord, OFFSETS_TOPIC};
 use crate::metrics::ShardMetrics;
 use crate::offsets::{self, OffsetsPartition};
 use crate::router::{
-    CallHandler, Committed, PartitionStatus, Router, ShardAnswer, ShardCall, TopicPartition,
+    CallHandler, Committed, GroupAnswer, GroupCall, MemberClaim, PartitionStatus, Router,
+    ShardAnswer, ShardCall, TopicPartition,
 };
 use crate::topic;
+
+/// How often group sessions and join deadlines are checked.
+const GROUP_TICK: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 pub struct Shard {
@@ -43,6 +49,8 @@ pub struct Shard {
     controller: RefCell<Option<MetadataLog>>,
     controller_lock: Semaphore,
     pub metrics: ShardMetrics,
+    /// Consumer groups whose offsets partition this shard owns.
+    pub groups: Coordinator,
     /// Bytes of requests this shard may hold; readers wait for permits (backpressure).
     pub memory: Rc<Semaphore>,
     pub shutdown: Arc<AtomicBool>,
@@ -81,6 +89,11 @@ impl Shard {
         router: Rc<Router>,
         shutdown: Arc<AtomicBool>,
     ) -> anyhow::Result<Rc<Shard>> {
+        let limits = GroupLimits {
+            min_session_timeout_ms: config.group_min_session_timeout_ms,
+            max_session_timeout_ms: config.group_max_session_timeout_ms,
+            initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
+        };
         Ok(Rc::new(Shard {
             id,
             count,
@@ -96,6 +109,7 @@ impl Shard {
             controller: RefCell::new(None),
             controller_lock: Semaphore::new(1),
             metrics: ShardMetrics::default(),
+            groups: Coordinator::new(limits),
             shutdown,
             in_flight: Cell::new(0),
             drained: Event::new(),
@@ -171,9 +185,15 @@ impl Shard {
             ShardCall::PartitionStatus { partition } => {
                 ShardAnswer::PartitionStatus(self.log(&partition).map(|l| status(&l)))
             }
-            ShardCall::CommitOffsets { group, offsets } => {
-                ShardAnswer::CommitOffsets(self.commit_offsets(&group, offsets).await)
+            ShardCall::CommitOffsets {
+                group,
+                member,
+                offsets,
+            } => ShardAnswer::CommitOffsets(self.commit_offsets(&group, &member, offsets).await),
+            ShardCall::DeleteOffsets { group, partitions } => {
+                ShardAnswer::DeleteOffsets(self.delete_offsets(&group, partitions.as_deref()).await)
             }
+            ShardCall::Group(call) => ShardAnswer::Group(self.group_call(call).await),
             ShardCall::FetchOffsets { group } => {
                 ShardAnswer::FetchOffsets(self.fetch_offsets(&group))
             }
@@ -323,9 +343,18 @@ impl Shard {
     async fn commit_offsets(
         &self,
         group: &str,
+        member: &MemberClaim,
         offsets: Vec<(TopicPartition, i64, String)>,
     ) -> BrokerResult<()> {
         offsets::validate_group(group)?;
+        self.groups
+            .check_commit(
+                group,
+                &member.member_id,
+                member.instance_id.as_deref(),
+                member.generation,
+            )
+            .map_err(|error| BrokerError::kafka(error, format!("commit to group {group}")))?;
         let store = self.offsets_partition(group)?;
         let pending = store.borrow_mut().start_commit(group, &offsets)?;
         match pending {
@@ -334,17 +363,78 @@ impl Shard {
         }
     }
 
+    async fn delete_offsets(
+        &self,
+        group: &str,
+        partitions: Option<&[TopicPartition]>,
+    ) -> BrokerResult<Vec<TopicPartition>> {
+        offsets::validate_group(group)?;
+        let store = self.offsets_partition(group)?;
+        let (deleted, pending) = store.borrow_mut().start_delete(group, partitions)?;
+        if let Some((log, info)) = pending {
+            log.finish_append(&info).await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn group_call(&self, call: GroupCall) -> GroupAnswer {
+        match call {
+            GroupCall::Join { group, request } => {
+                GroupAnswer::Join(self.groups.join(&group, request).await)
+            }
+            GroupCall::Sync { group, request } => {
+                GroupAnswer::Sync(self.groups.sync(&group, request).await)
+            }
+            GroupCall::Heartbeat { group, member } => {
+                GroupAnswer::Heartbeat(self.groups.heartbeat(
+                    &group,
+                    &member.member_id,
+                    member.instance_id.as_deref(),
+                    member.generation,
+                ))
+            }
+            GroupCall::Leave { group, members } => {
+                GroupAnswer::Leave(self.groups.leave(&group, &members))
+            }
+            GroupCall::Describe { group } => GroupAnswer::Describe(self.groups.describe(&group)),
+            GroupCall::Delete { group } => {
+                let known = self.groups.describe(&group).is_some()
+                    || self.fetch_offsets(&group).is_ok_and(|c| !c.is_empty());
+                if !known {
+                    return GroupAnswer::Delete(Err(ResponseError::GroupIdNotFound));
+                }
+                if let Err(error) = self.groups.delete(&group) {
+                    return GroupAnswer::Delete(Err(error));
+                }
+                match self.delete_offsets(&group, None).await {
+                    Ok(_) => GroupAnswer::Delete(Ok(())),
+                    Err(error) => {
+                        tracing::error!(%group, %error, "deleting a group's offsets failed");
+                        GroupAnswer::Delete(Err(ResponseError::KafkaStorageError))
+                    }
+                }
+            }
+        }
+    }
+
     fn fetch_offsets(&self, group: &str) -> BrokerResult<Vec<Committed>> {
         offsets::validate_group(group)?;
         Ok(self.offsets_partition(group)?.borrow().committed(group))
     }
 
-    fn groups(&self) -> Vec<String> {
+    /// Groups this shard coordinates, and groups with offsets committed here but no
+    /// membership (listed as `Empty`).
+    fn groups(&self) -> Vec<(String, GroupState, String)> {
+        let mut groups = self.groups.list();
         let stores: Vec<_> = self.offsets.borrow().values().cloned().collect();
-        stores
-            .iter()
-            .flat_map(|s| s.borrow().groups().map(str::to_string).collect::<Vec<_>>())
-            .collect()
+        for store in &stores {
+            for name in store.borrow().groups() {
+                if !groups.iter().any(|(g, _, _)| g == name) {
+                    groups.push((name.to_string(), GroupState::Empty, String::new()));
+                }
+            }
+        }
+        groups
     }
 
     /// Shard 0, at start: opens the metadata log, creates the internal topics it lacks and
@@ -585,8 +675,13 @@ impl Shard {
         let tick = Duration::from_millis(self.config.tick_ms);
         let retention_every = Duration::from_millis(self.config.retention_check_ms);
         let mut last_retention = Instant::now();
+        let mut last_group_tick = Instant::now();
         while !self.shutting_down() {
             glommio::timer::sleep(tick).await;
+            if last_group_tick.elapsed() >= GROUP_TICK {
+                last_group_tick = Instant::now();
+                self.groups.tick();
+            }
             let logs: Vec<Rc<Log>> = self.partitions.borrow().values().cloned().collect();
             for log in &logs {
                 if let Err(error) = log.tick().await {
@@ -602,6 +697,8 @@ impl Shard {
                 }
             }
         }
+        // Requests waiting in a rebalance would hold the drain up for minutes.
+        self.groups.release_waiters();
     }
 
     /// Closes every log (flushing it), then the metadata log.

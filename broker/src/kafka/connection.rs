@@ -22,7 +22,12 @@ use crate::net::{self, InFlight, MemoryHold, Outgoing, Queued};
 use crate::shard::Shard;
 
 pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
-    if let Err((reason, peer)) = net::run_connection(shard, stream, read_requests).await {
+    // Kafka reports a group member's host as `/address`.
+    let client_host: Rc<str> = stream
+        .peer_addr()
+        .map_or_else(|_| "/unknown".into(), |a| format!("/{}", a.ip()).into());
+    let read = move |shard, reader, responses| read_requests(shard, reader, responses, client_host);
+    if let Err((reason, peer)) = net::run_connection(shard, stream, read).await {
         // A client that sent something unusable learns why only from the broker's log
         // (the protocol has no way to say it); warn so an operator can find it.
         tracing::warn!(%peer, %reason, "closing Kafka connection");
@@ -34,6 +39,7 @@ async fn read_requests(
     shard: Rc<Shard>,
     mut reader: ReadHalf<TcpStream>,
     responses: Rc<LocalSender<Queued>>,
+    client_host: Rc<str>,
 ) -> Result<(), String> {
     let (shard, responses) = (&shard, &*responses);
     let slots = Rc::new(glommio::sync::Semaphore::new(
@@ -78,7 +84,7 @@ async fn read_requests(
             Err(error) => return Err(error.to_string()),
         };
         let in_flight = InFlight::start(shard);
-        let reply = handlers::dispatch(shard, request).await;
+        let reply = handlers::dispatch(shard, request, &client_host).await;
         let shard = shard.clone();
         let task = glommio::spawn_local(async move {
             let _in_flight = in_flight;

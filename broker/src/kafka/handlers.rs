@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::codec::{self, Request};
-use super::{fetch, produce, topics, versions};
+use super::{fetch, groups, produce, topics, versions};
 use crate::shard::Shard;
 
 /// A response frame, and whether it reports a failure (for metrics).
@@ -41,6 +41,17 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::ApiVersions => "kafka_api_versions",
         ApiKey::CreateTopics => "kafka_create_topics",
         ApiKey::DeleteTopics => "kafka_delete_topics",
+        ApiKey::FindCoordinator => "kafka_find_coordinator",
+        ApiKey::JoinGroup => "kafka_join_group",
+        ApiKey::SyncGroup => "kafka_sync_group",
+        ApiKey::Heartbeat => "kafka_heartbeat",
+        ApiKey::LeaveGroup => "kafka_leave_group",
+        ApiKey::OffsetCommit => "kafka_offset_commit",
+        ApiKey::OffsetFetch => "kafka_offset_fetch",
+        ApiKey::ListGroups => "kafka_list_groups",
+        ApiKey::DescribeGroups => "kafka_describe_groups",
+        ApiKey::DeleteGroups => "kafka_delete_groups",
+        ApiKey::OffsetDelete => "kafka_offset_delete",
         _ => "kafka_other",
     }
 }
@@ -69,7 +80,7 @@ pub fn reply(header: &RequestHeader, api: ApiKey, body: &ResponseKind, failed: b
     }
 }
 
-pub async fn dispatch(shard: &Rc<Shard>, request: Request) -> ReplyFuture {
+pub async fn dispatch(shard: &Rc<Shard>, request: Request, client_host: &str) -> ReplyFuture {
     let api = request.api;
     let name = api_name(api);
     let header = request.header.clone();
@@ -78,8 +89,25 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request) -> ReplyFuture {
         return Box::pin(async move { (name, finish.await) });
     }
     let shard = shard.clone();
+    let client_host = client_host.to_string();
     Box::pin(async move {
+        let version = header.request_api_version;
         let (body, failed) = match request.body {
+            RequestKind::FindCoordinator(body) => groups::find_coordinator(&shard, version, body),
+            RequestKind::JoinGroup(body) => {
+                groups::join_group(&shard, &header, &client_host, body).await
+            }
+            RequestKind::SyncGroup(body) => groups::sync_group(&shard, version, body).await,
+            RequestKind::Heartbeat(body) => groups::heartbeat(&shard, body).await,
+            RequestKind::LeaveGroup(body) => groups::leave_group(&shard, version, body).await,
+            RequestKind::OffsetCommit(body) => groups::offset_commit(&shard, body).await,
+            RequestKind::OffsetFetch(body) => groups::offset_fetch(&shard, version, body).await,
+            RequestKind::ListGroups(body) => groups::list_groups(&shard, version, body).await,
+            RequestKind::DescribeGroups(body) => {
+                groups::describe_groups(&shard, version, body).await
+            }
+            RequestKind::DeleteGroups(body) => groups::delete_groups(&shard, body).await,
+            RequestKind::OffsetDelete(body) => groups::offset_delete(&shard, body).await,
             RequestKind::ApiVersions(_) => (ResponseKind::ApiVersions(api_versions(0)), false),
             RequestKind::Metadata(body) => {
                 topics::metadata(&shard, header.request_api_version, body).await

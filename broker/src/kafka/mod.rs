@@ -7,6 +7,7 @@ pub mod codec;
 mod connection;
 mod errors;
 mod fetch;
+mod groups;
 mod handlers;
 mod produce;
 mod topics;

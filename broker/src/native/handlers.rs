@@ -15,7 +15,7 @@ use weir_wire::native::schema::{self, Acks, ErrorCode, OffsetSpec};
 use super::codec::{self, NativeRequest, ResponseWriter, error_fields};
 use crate::error::{BrokerError, BrokerResult};
 use crate::ops::{self, Appended, FetchPartition, FetchResults, StartedProduce};
-use crate::router::{PartitionStatus, ShardCall, TopicPartition};
+use crate::router::{MemberClaim, PartitionStatus, ShardCall, TopicPartition};
 use crate::shard::Shard;
 
 /// A response frame, and whether it reports a failure (for metrics).
@@ -510,11 +510,12 @@ async fn commit_offsets(
     group: String,
     offsets: Vec<(TopicPartition, i64, String)>,
 ) -> BrokerResult<Vec<Bytes>> {
-    let results: Vec<(TopicPartition, ErrorCode)> = ops::commit_offsets(shard, group, offsets)
-        .await?
-        .into_iter()
-        .map(|(tp, result)| (tp, result.map_or_else(|e| e.code(), |()| ErrorCode::None)))
-        .collect();
+    let results: Vec<(TopicPartition, ErrorCode)> =
+        ops::commit_offsets(shard, group, MemberClaim::none(), offsets)
+            .await?
+            .into_iter()
+            .map(|(tp, result)| (tp, result.map_or_else(|e| e.code(), |()| ErrorCode::None)))
+            .collect();
     let mut w = ResponseWriter::new();
     let topics = per_topic(
         &mut w,
@@ -634,7 +635,7 @@ async fn fetch_offsets(
 async fn list_groups(shard: &Rc<Shard>, request_id: u64) -> BrokerResult<Vec<Bytes>> {
     let groups = ops::list_groups(shard).await?;
     let mut w = ResponseWriter::new();
-    let names: Vec<_> = groups.iter().map(|g| w.string(g)).collect();
+    let names: Vec<_> = groups.iter().map(|(g, _, _)| w.string(g)).collect();
     let groups = w.builder.create_vector(&names);
     let body = schema::ListGroupsResponse::create(
         &mut w.builder,
