@@ -16,6 +16,7 @@ pub mod native;
 pub mod net;
 pub mod offsets;
 pub mod ops;
+pub mod producers;
 pub mod router;
 pub mod shard;
 pub mod topic;

@@ -95,6 +95,8 @@ pub enum ShardCall {
     DeleteTopic {
         name: String,
     },
+    /// Shard 0: reserves the next block of producer ids.
+    ReserveProducerIds,
     ApplyMetadata {
         image: Arc<MetadataImage>,
     },
@@ -186,6 +188,8 @@ pub enum ShardAnswer {
     DeleteOffsets(BrokerResult<Vec<TopicPartition>>),
     Group(GroupAnswer),
     Admin(BrokerResult<()>),
+    /// A block of producer ids, `start..end`.
+    ProducerIds(BrokerResult<(i64, i64)>),
     Metrics(Box<ShardMetricsSnapshot>),
 }
 

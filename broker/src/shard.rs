@@ -23,11 +23,16 @@ use crate::group::{Coordinator, GroupLimits, GroupState};
 use crate::metadata::{MetadataImage, MetadataLog, MetadataRecord, OFFSETS_TOPIC};
 use crate::metrics::ShardMetrics;
 use crate::offsets::{self, OffsetsPartition};
+use crate::producers::{ProducerTable, SequenceCheck};
 use crate::router::{
     CallHandler, Committed, GroupAnswer, GroupCall, MemberClaim, PartitionStatus, Router,
     ShardAnswer, ShardCall, TopicPartition,
 };
 use crate::topic;
+
+/// How far back a partition's idempotent-producer state is rebuilt (in offsets, within
+/// the active segment). A producer whose batches are all older is treated as new.
+const PRODUCER_REBUILD_OFFSETS: i64 = 100_000;
 
 /// How often group sessions and join deadlines are checked.
 const GROUP_TICK: Duration = Duration::from_millis(100);
@@ -42,6 +47,11 @@ pub struct Shard {
     pub router: Rc<Router>,
     partitions: RefCell<BTreeMap<TopicPartition, Rc<Log>>>,
     offsets: RefCell<BTreeMap<i32, Rc<RefCell<OffsetsPartition>>>>,
+    /// Idempotent producers' sequence state per partition, loaded on first use.
+    producers: RefCell<BTreeMap<TopicPartition, ProducerTable>>,
+    producer_loads: Semaphore,
+    /// This shard's block of producer ids: the next one and the end.
+    producer_ids: Cell<(i64, i64)>,
     metadata: RefCell<Arc<MetadataImage>>,
     /// Fired when a new metadata image is applied.
     pub metadata_changed: Event,
@@ -104,6 +114,9 @@ impl Shard {
             router,
             partitions: RefCell::new(BTreeMap::new()),
             offsets: RefCell::new(BTreeMap::new()),
+            producers: RefCell::new(BTreeMap::new()),
+            producer_loads: Semaphore::new(1),
+            producer_ids: Cell::new((0, 0)),
             metadata: RefCell::new(Arc::new(MetadataImage::default())),
             metadata_changed: Event::new(),
             controller: RefCell::new(None),
@@ -204,6 +217,9 @@ impl Shard {
                 configs,
             } => ShardAnswer::Admin(self.create_topic(&name, partitions, configs).await),
             ShardCall::DeleteTopic { name } => ShardAnswer::Admin(self.delete_topic(&name).await),
+            ShardCall::ReserveProducerIds => {
+                ShardAnswer::ProducerIds(self.reserve_producer_ids().await)
+            }
             ShardCall::ApplyMetadata { image } => {
                 ShardAnswer::Admin(self.apply_metadata(image).await)
             }
@@ -224,8 +240,10 @@ impl Shard {
     }
 
     /// Appends a request's batches for one partition. All are checked before any is
-    /// appended, so a request is applied whole or not at all. Returns the first batch's
-    /// base offset and the log start offset.
+    /// appended, so a request is applied whole or not at all. A batch an idempotent
+    /// producer already sent (a retry) is not appended again; it answers with the offset
+    /// it got the first time. Returns the first batch's base offset and the log start
+    /// offset.
     async fn produce(
         &self,
         partition: &TopicPartition,
@@ -234,29 +252,108 @@ impl Shard {
     ) -> BrokerResult<(i64, i64)> {
         let log = self.log(partition)?;
         let batch_bytes_max = log.config().batch_bytes_max as usize;
-        if batches.len() > 1 {
-            for batch in &batches {
-                weir_wire::batch::validate(batch, batch_bytes_max)?;
+        let mut headers = Vec::with_capacity(batches.len());
+        for batch in &batches {
+            // `start_append` checks the CRC; a request of several batches is checked whole
+            // first so that none is appended if one is bad.
+            let header = if batches.len() > 1 {
+                weir_wire::batch::validate(batch, batch_bytes_max)?
+            } else {
+                weir_wire::BatchHeader::parse(batch)?
+            };
+            weir_wire::check_client_batch(batch)?;
+            headers.push(header);
+        }
+        if headers.iter().any(|h| h.producer_id >= 0) {
+            self.load_producers(partition, &log).await?;
+        }
+        // From here to the last `start_append` nothing awaits: the sequence checks and
+        // the appends they allow happen as one step.
+        let (first_offset, last_append, durable_needed) = {
+            let mut producers = self.producers.borrow_mut();
+            // Present once loaded, which happened above if any batch is a producer's.
+            let mut table = producers.get_mut(partition);
+            let mut checks = Vec::with_capacity(headers.len());
+            for header in &headers {
+                let check = match &table {
+                    Some(table) => table.check(header).map_err(|error| {
+                        BrokerError::kafka(error, format!("batch for {partition}"))
+                    })?,
+                    None => SequenceCheck::Append,
+                };
+                checks.push(check);
             }
-        }
-        let mut first_offset = None;
-        let mut last = None;
-        for batch in batches {
-            let info = log.start_append(batch, 0)?;
-            first_offset.get_or_insert(info.base_offset);
-            last = Some(info);
-        }
-        let last = last.ok_or_else(|| {
+            let mut first_offset = None;
+            let mut last_append = None;
+            let mut durable_needed = 0;
+            for ((batch, header), check) in batches.into_iter().zip(&headers).zip(checks) {
+                match check {
+                    SequenceCheck::Append => {
+                        let info = log.start_append(batch, 0)?;
+                        if let Some(table) = table.as_mut() {
+                            table.record(header, info.base_offset);
+                        }
+                        first_offset.get_or_insert(info.base_offset);
+                        durable_needed = info.last_offset + 1;
+                        last_append = Some(info);
+                    }
+                    SequenceCheck::Duplicate { base_offset } => {
+                        first_offset.get_or_insert(base_offset);
+                        durable_needed = durable_needed
+                            .max(base_offset + i64::from(header.last_offset_delta) + 1);
+                    }
+                }
+            }
+            (first_offset, last_append, durable_needed)
+        };
+        let first_offset = first_offset.ok_or_else(|| {
             BrokerError::InvalidRequest(format!("no record batches for {partition}"))
         })?;
-        log.finish_append(&last).await?;
-        if acks == Acks::All && matches!(log.config().flush, FlushPolicy::Interval { .. }) {
-            log.wait_durable(last.last_offset + 1).await?;
+        match &last_append {
+            Some(last) => log.finish_append(last).await?,
+            // Only retries: the originals may still be on their way to disk.
+            None if log.config().flush != FlushPolicy::Never => {
+                log.wait_durable(durable_needed).await?;
+            }
+            None => {}
         }
-        Ok((
-            first_offset.unwrap_or(last.base_offset),
-            log.log_start_offset(),
-        ))
+        if acks == Acks::All && matches!(log.config().flush, FlushPolicy::Interval { .. }) {
+            log.wait_durable(durable_needed).await?;
+        }
+        Ok((first_offset, log.log_start_offset()))
+    }
+
+    /// Rebuilds the partition's idempotent-producer state from its recent batches, once,
+    /// before its first idempotent batch since the partition was opened. Loads run one at
+    /// a time, in arrival order, so requests waiting here keep their order.
+    async fn load_producers(&self, partition: &TopicPartition, log: &Rc<Log>) -> BrokerResult<()> {
+        if self.producers.borrow().contains_key(partition) {
+            return Ok(());
+        }
+        let _turn = self
+            .producer_loads
+            .acquire_permit(1)
+            .await
+            .map_err(|_| BrokerError::ShuttingDown)?;
+        if self.producers.borrow().contains_key(partition) {
+            return Ok(());
+        }
+        let mut table = ProducerTable::default();
+        let active_base = log.segment_base_offsets().last().copied().unwrap_or(0);
+        let mut offset = active_base
+            .max(log.log_end_offset() - PRODUCER_REBUILD_OFFSETS)
+            .max(log.log_start_offset());
+        loop {
+            let batches = log.read(offset, 1 << 20, i64::MAX).await?;
+            let Some(last) = batches.last() else { break };
+            offset = weir_wire::BatchHeader::parse(last)?.next_offset();
+            for batch in &batches {
+                let header = weir_wire::BatchHeader::parse(batch)?;
+                table.record(&header, header.base_offset);
+            }
+        }
+        self.producers.borrow_mut().insert(partition.clone(), table);
+        Ok(())
     }
 
     async fn fetch(
@@ -531,6 +628,40 @@ impl Shard {
         self.broadcast(result?).await
     }
 
+    /// Shard 0: reserves the next block of producer ids in the metadata log, so that no id
+    /// is handed out twice, even across restarts.
+    async fn reserve_producer_ids(self: &Rc<Self>) -> BrokerResult<(i64, i64)> {
+        let end = Cell::new(0);
+        self.change_metadata(|image| {
+            let next = image.producer_ids_end + crate::metadata::PRODUCER_ID_BLOCK;
+            end.set(next);
+            Ok(MetadataRecord::ProducerIdsReserved { end: next })
+        })
+        .await?;
+        Ok((end.get() - crate::metadata::PRODUCER_ID_BLOCK, end.get()))
+    }
+
+    /// A producer id never handed out before, from this shard's block.
+    pub async fn new_producer_id(self: &Rc<Self>) -> BrokerResult<i64> {
+        let (next, end) = self.producer_ids.get();
+        if next < end {
+            self.producer_ids.set((next + 1, end));
+            return Ok(next);
+        }
+        match self
+            .router
+            .call(self, 0, ShardCall::ReserveProducerIds)
+            .await?
+        {
+            ShardAnswer::ProducerIds(result) => {
+                let (start, end) = result?;
+                self.producer_ids.set((start + 1, end));
+                Ok(start)
+            }
+            other => Err(crate::ops::unexpected(other)),
+        }
+    }
+
     async fn create_topic(
         self: &Rc<Self>,
         name: &str,
@@ -658,6 +789,7 @@ impl Shard {
 
     async fn close_partition(&self, partition: &TopicPartition, delete: bool) -> BrokerResult<()> {
         let log = self.partitions.borrow_mut().remove(partition);
+        self.producers.borrow_mut().remove(partition);
         if let Some(log) = log {
             log.close().await?;
         }

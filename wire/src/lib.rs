@@ -22,4 +22,4 @@ pub mod varint;
 
 pub use batch::{Attributes, BatchHeader, Compression, TimestampType};
 pub use error::WireError;
-pub use record::{BatchBuilder, Header, Record, RecordIter};
+pub use record::{BatchBuilder, Header, Record, RecordIter, check_client_batch};

@@ -17,6 +17,49 @@ use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader, Compression, field};
 use crate::varint::{decode_varint, decode_varlong, encode_varint, encode_varlong, varint_len};
 use crate::{Attributes, WireError};
 
+/// Checks what a client's batch says about its records, beyond the header and CRC that
+/// `batch::validate` checks: at least one record, `lastOffsetDelta` = count - 1, and for
+/// an uncompressed batch, records that are well formed, numbered 0, 1, 2, ... and fill the
+/// batch exactly. (Compressed records are stored as sent; their count is checked.)
+pub fn check_client_batch(batch: &[u8]) -> Result<(), WireError> {
+    let header = BatchHeader::parse(batch)?;
+    if header.records_count <= 0 {
+        return Err(WireError::InvalidField {
+            field: "records count",
+            value: i64::from(header.records_count),
+        });
+    }
+    if header.last_offset_delta != header.records_count - 1 {
+        return Err(WireError::InvalidField {
+            field: "last offset delta",
+            value: i64::from(header.last_offset_delta),
+        });
+    }
+    if header.attributes.compression() != Some(Compression::None) {
+        return Ok(());
+    }
+    let mut records = RecordIter::new(batch)?;
+    for expected in 0..i64::from(header.records_count) {
+        let record = records.next().ok_or(WireError::MalformedRecord {
+            index: expected as usize,
+            reason: "fewer records than the count",
+        })??;
+        if record.offset - header.base_offset != expected {
+            return Err(WireError::MalformedRecord {
+                index: expected as usize,
+                reason: "offset delta out of sequence",
+            });
+        }
+    }
+    if !records.rest.is_empty() {
+        return Err(WireError::MalformedRecord {
+            index: header.records_count as usize,
+            reason: "bytes after the last record",
+        });
+    }
+    Ok(())
+}
+
 /// One record header: a string key and an optional value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header<'a> {
@@ -301,7 +344,55 @@ mod tests {
         assert_eq!((records[1].key, records[1].value), (None, None));
     }
 
+    #[test]
+    fn client_batches_must_number_their_records() {
+        let mut builder = BatchBuilder::new(0);
+        builder.append(0, Some(b"a"), Some(b"1"), &[]);
+        builder.append(0, Some(b"b"), Some(b"2"), &[]);
+        let good = builder.build();
+        assert_eq!(check_client_batch(&good), Ok(()));
+        // A lastOffsetDelta that disagrees with the count.
+        let mut bad = good.clone();
+        bad[23..27].copy_from_slice(&5i32.to_be_bytes());
+        assert!(matches!(
+            check_client_batch(&bad),
+            Err(WireError::InvalidField {
+                field: "last offset delta",
+                ..
+            })
+        ));
+        // A count of zero.
+        let mut empty = good.clone();
+        empty[57..61].copy_from_slice(&0i32.to_be_bytes());
+        assert!(check_client_batch(&empty).is_err());
+        // The second record's offset delta (its 3rd byte: length, attributes, timestamp
+        // delta, offset delta) claims 0 again.
+        let mut renumbered = good.clone();
+        let first_len = usize::from(renumbered[BATCH_HEADER_BYTES]) / 2;
+        let second = BATCH_HEADER_BYTES + 1 + first_len;
+        assert_eq!(renumbered[second + 3], 2, "zig-zag 1");
+        renumbered[second + 3] = 0;
+        assert_eq!(
+            check_client_batch(&renumbered),
+            Err(WireError::MalformedRecord {
+                index: 1,
+                reason: "offset delta out of sequence"
+            })
+        );
+    }
+
     quickcheck! {
+        fn client_batch_check_never_panics(position: usize, byte: u8) -> bool {
+            let mut builder = BatchBuilder::new(0);
+            builder.append(0, Some(b"a"), Some(b"bb"), &[]);
+            builder.append(1, None, Some(b"ccc"), &[]);
+            let mut batch = builder.build();
+            let at = position % batch.len();
+            batch[at] = byte;
+            let _ = check_client_batch(&batch);
+            true
+        }
+
         fn builder_and_iterator_agree(values: Vec<(Option<Vec<u8>>, Vec<u8>, u16)>) -> TestResult {
             if values.is_empty() {
                 return TestResult::discard();

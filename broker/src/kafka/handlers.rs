@@ -52,6 +52,13 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeGroups => "kafka_describe_groups",
         ApiKey::DeleteGroups => "kafka_delete_groups",
         ApiKey::OffsetDelete => "kafka_offset_delete",
+        ApiKey::InitProducerId => "kafka_init_producer_id",
+        ApiKey::DescribeConfigs => "kafka_describe_configs",
+        ApiKey::AlterConfigs => "kafka_alter_configs",
+        ApiKey::IncrementalAlterConfigs => "kafka_incremental_alter_configs",
+        ApiKey::CreatePartitions => "kafka_create_partitions",
+        ApiKey::DeleteRecords => "kafka_delete_records",
+        ApiKey::DescribeCluster => "kafka_describe_cluster",
         _ => "kafka_other",
     }
 }
@@ -108,6 +115,7 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, client_host: &str) ->
             }
             RequestKind::DeleteGroups(body) => groups::delete_groups(&shard, body).await,
             RequestKind::OffsetDelete(body) => groups::offset_delete(&shard, body).await,
+            RequestKind::InitProducerId(body) => produce::init_producer_id(&shard, body).await,
             RequestKind::ApiVersions(_) => (ResponseKind::ApiVersions(api_versions(0)), false),
             RequestKind::Metadata(body) => {
                 topics::metadata(&shard, header.request_api_version, body).await
@@ -166,5 +174,20 @@ pub fn api_versions_unsupported(header: &RequestHeader) -> Vec<Bytes> {
     match codec::encode(header.correlation_id, ApiKey::ApiVersions, 0, &body) {
         Ok(frame) => vec![frame.freeze()],
         Err(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every served API has its own line in `/metrics`.
+    #[test]
+    fn every_served_api_has_a_metrics_name() {
+        for (api, _, _) in versions::SUPPORTED {
+            let name = api_name(*api);
+            assert_ne!(name, "kafka_other", "{api:?}");
+            assert!(crate::metrics::APIS.contains(&name), "{name}");
+        }
     }
 }

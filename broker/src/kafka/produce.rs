@@ -9,11 +9,14 @@ use std::rc::Rc;
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ApiKey, ProduceResponse, RequestHeader, RequestKind, ResponseKind};
+use kafka_protocol::messages::{
+    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceResponse, ProducerId,
+    RequestHeader, RequestKind, ResponseKind,
+};
 use weir_wire::native::schema::Acks;
 
 use super::codec::Request;
-use super::handlers::{Reply, reply, str_bytes};
+use super::handlers::{Answer, Reply, reply, str_bytes};
 use super::{errors, topics};
 use crate::error::{BrokerError, BrokerResult};
 use crate::ops::{self, Appended};
@@ -178,6 +181,44 @@ fn partition_response(
             } else {
                 response
             }
+        }
+    }
+}
+
+/// InitProducerId for idempotent producers: a new producer id with epoch 0, or (v3+, a
+/// producer that hit a sequence error) the same id with its epoch bumped. Transactional
+/// ids need a transaction coordinator, which does not exist yet.
+pub async fn init_producer_id(shard: &Rc<Shard>, request: InitProducerIdRequest) -> Answer {
+    let mut response = InitProducerIdResponse::default()
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    if request
+        .transactional_id
+        .as_ref()
+        .is_some_and(|t| !t.is_empty())
+    {
+        response.error_code = ResponseError::InvalidRequest.code();
+        return (ResponseKind::InitProducerId(response), true);
+    }
+    let (id, epoch) = (request.producer_id.0, request.producer_epoch);
+    if id >= 0 && (0..i16::MAX - 1).contains(&epoch) {
+        response.producer_id = ProducerId(id);
+        response.producer_epoch = epoch + 1;
+        return (ResponseKind::InitProducerId(response), false);
+    }
+    match shard.new_producer_id().await {
+        Ok(id) => {
+            response.producer_id = ProducerId(id);
+            response.producer_epoch = 0;
+            (ResponseKind::InitProducerId(response), false)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no producer id");
+            response.error_code = match error {
+                BrokerError::ShuttingDown => ResponseError::CoordinatorNotAvailable.code(),
+                other => errors::code(&other),
+            };
+            (ResponseKind::InitProducerId(response), true)
         }
     }
 }
