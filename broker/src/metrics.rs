@@ -136,6 +136,7 @@ impl ShardMetrics {
             memory_in_use: self.memory_in_use.get(),
             cache_bytes,
             partitions,
+            group_offsets: Vec::new(),
         }
     }
 }
@@ -160,6 +161,8 @@ pub struct ShardMetricsSnapshot {
     pub memory_in_use: u64,
     pub cache_bytes: u64,
     pub partitions: BTreeMap<TopicPartition, PartitionStatus>,
+    /// Committed offsets of the groups whose offsets this shard keeps.
+    pub group_offsets: Vec<(String, TopicPartition, i64)>,
 }
 
 /// Prometheus text exposition of every shard's snapshot.
@@ -299,6 +302,40 @@ pub fn render(snapshots: &[ShardMetricsSnapshot]) -> String {
         "gauge",
         "First offset still stored.",
         &mut per_partition(|p| p.log_start_offset as f64).into_iter(),
+    );
+    // A group's lag on a partition: what is readable beyond its committed offset.
+    let high_watermarks: BTreeMap<&TopicPartition, i64> = snapshots
+        .iter()
+        .flat_map(|s| s.partitions.iter().map(|(tp, p)| (tp, p.high_watermark)))
+        .collect();
+    let per_group = |value: &dyn Fn(&TopicPartition, i64) -> Option<f64>| {
+        snapshots
+            .iter()
+            .flat_map(|s| &s.group_offsets)
+            .filter_map(|(group, tp, offset)| {
+                let labels = format!(
+                    "{{group=\"{group}\",topic=\"{}\",partition=\"{}\"}}",
+                    tp.topic, tp.partition
+                );
+                Some((labels, value(tp, *offset)?))
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "weir_group_committed_offset",
+        "gauge",
+        "The offset a consumer group committed for a partition.",
+        &mut per_group(&|_, offset| Some(offset as f64)).into_iter(),
+    );
+    family(
+        "weir_group_lag",
+        "gauge",
+        "Records readable in a partition beyond the group's committed offset.",
+        &mut per_group(&|tp, offset| {
+            let hw = high_watermarks.get(tp)?;
+            Some((hw - offset).max(0) as f64)
+        })
+        .into_iter(),
     );
     family(
         "weir_partition_size_bytes",

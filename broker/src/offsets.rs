@@ -177,6 +177,20 @@ impl OffsetsPartition {
             .collect()
     }
 
+    /// Every committed offset here: group, partition, offset.
+    pub fn all(&self) -> Vec<(String, TopicPartition, i64)> {
+        self.latest
+            .iter()
+            .map(|((group, topic, partition), commit)| {
+                let tp = TopicPartition {
+                    topic: topic.clone(),
+                    partition: *partition,
+                };
+                (group.clone(), tp, commit.offset)
+            })
+            .collect()
+    }
+
     pub fn groups(&self) -> impl Iterator<Item = &str> {
         let mut last: Option<&str> = None;
         self.latest.keys().filter_map(move |(group, _, _)| {

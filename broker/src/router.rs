@@ -95,6 +95,21 @@ pub enum ShardCall {
     DeleteTopic {
         name: String,
     },
+    /// Shard 0: replaces a topic's config overrides.
+    AlterTopicConfigs {
+        name: String,
+        configs: Vec<(String, String)>,
+    },
+    /// Shard 0: grows a topic to `count` partitions.
+    CreatePartitions {
+        name: String,
+        count: i32,
+    },
+    /// Moves a partition's log start offset up to `offset` (-1: the high watermark).
+    DeleteRecords {
+        partition: TopicPartition,
+        offset: i64,
+    },
     /// Shard 0: reserves the next block of producer ids.
     ReserveProducerIds,
     ApplyMetadata {
@@ -188,6 +203,8 @@ pub enum ShardAnswer {
     DeleteOffsets(BrokerResult<Vec<TopicPartition>>),
     Group(GroupAnswer),
     Admin(BrokerResult<()>),
+    /// The new log start offset.
+    DeleteRecords(BrokerResult<i64>),
     /// A block of producer ids, `start..end`.
     ProducerIds(BrokerResult<(i64, i64)>),
     Metrics(Box<ShardMetricsSnapshot>),

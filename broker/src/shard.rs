@@ -42,7 +42,7 @@ pub struct Shard {
     pub id: usize,
     pub count: usize,
     pub config: Arc<BrokerConfig>,
-    log_defaults: LogConfig,
+    pub log_defaults: LogConfig,
     pub storage: Rc<ShardStorage>,
     pub router: Rc<Router>,
     partitions: RefCell<BTreeMap<TopicPartition, Rc<Log>>>,
@@ -217,6 +217,15 @@ impl Shard {
                 configs,
             } => ShardAnswer::Admin(self.create_topic(&name, partitions, configs).await),
             ShardCall::DeleteTopic { name } => ShardAnswer::Admin(self.delete_topic(&name).await),
+            ShardCall::AlterTopicConfigs { name, configs } => {
+                ShardAnswer::Admin(self.alter_topic_configs(&name, configs).await)
+            }
+            ShardCall::CreatePartitions { name, count } => {
+                ShardAnswer::Admin(self.create_partitions(&name, count).await)
+            }
+            ShardCall::DeleteRecords { partition, offset } => {
+                ShardAnswer::DeleteRecords(self.delete_records(&partition, offset).await)
+            }
             ShardCall::ReserveProducerIds => {
                 ShardAnswer::ProducerIds(self.reserve_producer_ids().await)
             }
@@ -230,11 +239,12 @@ impl Shard {
                     .iter()
                     .map(|(tp, log)| (tp.clone(), status(log)))
                     .collect();
-                ShardAnswer::Metrics(Box::new(self.metrics.snapshot(
-                    self.id,
-                    self.storage.cache_bytes(),
-                    partitions,
-                )))
+                let mut snapshot =
+                    self.metrics
+                        .snapshot(self.id, self.storage.cache_bytes(), partitions);
+                let stores: Vec<_> = self.offsets.borrow().values().cloned().collect();
+                snapshot.group_offsets = stores.iter().flat_map(|s| s.borrow().all()).collect();
+                ShardAnswer::Metrics(Box::new(snapshot))
             }
         }
     }
@@ -628,6 +638,75 @@ impl Shard {
         self.broadcast(result?).await
     }
 
+    async fn alter_topic_configs(
+        self: &Rc<Self>,
+        name: &str,
+        configs: Vec<(String, String)>,
+    ) -> BrokerResult<()> {
+        let overrides = configs.iter().cloned().collect();
+        topic::log_config(&self.log_defaults, &overrides).map_err(BrokerError::InvalidConfig)?;
+        self.change_metadata(|image| match image.topic(name) {
+            None => Err(BrokerError::UnknownTopic(name.to_string())),
+            Some(topic) if topic.internal => {
+                Err(BrokerError::InvalidTopic(format!("{name} is internal")))
+            }
+            Some(_) => Ok(MetadataRecord::TopicConfigsChanged {
+                name: name.to_string(),
+                configs,
+            }),
+        })
+        .await
+    }
+
+    /// Grows a topic to `count` partitions (Kafka's CreatePartitions; never shrinks).
+    async fn create_partitions(self: &Rc<Self>, name: &str, count: i32) -> BrokerResult<()> {
+        let shard_count = self.count;
+        self.change_metadata(|image| {
+            let topic = image
+                .topic(name)
+                .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+            let current = topic.partition_count();
+            if topic.internal {
+                return Err(BrokerError::InvalidTopic(format!("{name} is internal")));
+            }
+            if count <= current {
+                return Err(BrokerError::InvalidPartitions(format!(
+                    "{name} has {current} partitions; the count can only grow"
+                )));
+            }
+            if count > topic::TOPIC_PARTITIONS_MAX {
+                return Err(BrokerError::InvalidPartitions(format!(
+                    "{count} is over the limit of {}",
+                    topic::TOPIC_PARTITIONS_MAX
+                )));
+            }
+            Ok(MetadataRecord::PartitionsAdded {
+                name: name.to_string(),
+                shards: image.assign((count - current) as usize, shard_count),
+            })
+        })
+        .await
+    }
+
+    /// Moves a partition's log start offset forward (Kafka's DeleteRecords); -1 means the
+    /// high watermark. Returns the new log start offset.
+    async fn delete_records(&self, partition: &TopicPartition, offset: i64) -> BrokerResult<i64> {
+        let log = self.log(partition)?;
+        let hw = high_watermark(&log);
+        let offset = if offset == -1 { hw } else { offset };
+        if offset < 0 || offset > hw {
+            return Err(BrokerError::Storage(
+                weir_storage::StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: log.log_start_offset(),
+                    log_end_offset: hw,
+                },
+            ));
+        }
+        log.advance_log_start_offset(offset).await?;
+        Ok(log.log_start_offset())
+    }
+
     /// Shard 0: reserves the next block of producer ids in the metadata log, so that no id
     /// is handed out twice, even across restarts.
     async fn reserve_producer_ids(self: &Rc<Self>) -> BrokerResult<(i64, i64)> {
@@ -746,8 +825,17 @@ impl Shard {
                 .await?;
         }
         for (partition, topic) in owned {
-            if !self.partitions.borrow().contains_key(&partition) {
-                self.open_partition(&partition, &topic).await?;
+            let open = self.partitions.borrow().get(&partition).cloned();
+            match open {
+                None => self.open_partition(&partition, &topic).await?,
+                Some(log) => {
+                    // The topic's configs may have changed (AlterConfigs).
+                    let config = topic::log_config(&self.log_defaults, &topic.configs)
+                        .map_err(BrokerError::InvalidConfig)?;
+                    if log.config() != config {
+                        log.set_config(config)?;
+                    }
+                }
             }
         }
         *self.metadata.borrow_mut() = image;

@@ -49,12 +49,34 @@ pub const TOPIC_CONFIG_KEYS: &[(&str, &str)] = &[
     ("cleanup.policy", "delete (compaction is not built yet)"),
 ];
 
+/// The value of each topic config key under `config`, in `TOPIC_CONFIG_KEYS` order, as
+/// DescribeConfigs reports it.
+pub fn config_values(config: &LogConfig) -> Vec<(&'static str, String)> {
+    let or_minus_one = |value: Option<u64>| value.map_or(-1, |v| v as i64).to_string();
+    TOPIC_CONFIG_KEYS
+        .iter()
+        .map(|(key, _)| {
+            let value = match *key {
+                "retention.ms" => or_minus_one(config.retention_ms),
+                "retention.bytes" => or_minus_one(config.retention_bytes),
+                "segment.bytes" => config.segment_bytes.to_string(),
+                "segment.ms" => config.segment_ms.to_string(),
+                "flush.policy" => config.flush.to_string(),
+                "max.message.bytes" => config.batch_bytes_max.to_string(),
+                "index.interval.bytes" => config.index_interval_bytes.to_string(),
+                _ => "delete".to_string(),
+            };
+            (*key, value)
+        })
+        .collect()
+}
+
 /// The log settings of a topic: the broker's defaults with the topic's overrides.
 pub fn log_config(
     defaults: &LogConfig,
     overrides: &BTreeMap<String, String>,
 ) -> Result<LogConfig, String> {
-    let mut config = defaults.clone();
+    let mut config = *defaults;
     for (key, value) in overrides {
         let number = || {
             value
@@ -102,6 +124,18 @@ pub fn log_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What DescribeConfigs reports can be set back unchanged.
+    #[test]
+    fn described_values_are_valid_overrides() {
+        let defaults = LogConfig::default();
+        let values: BTreeMap<String, String> = config_values(&defaults)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(values.len(), TOPIC_CONFIG_KEYS.len());
+        assert_eq!(log_config(&defaults, &values), Ok(defaults));
+    }
 
     #[test]
     fn topic_names_follow_kafka_rules() {

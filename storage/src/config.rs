@@ -57,7 +57,7 @@ impl FromStr for FlushPolicy {
 }
 
 /// The settings of one partition log. Defaults follow Kafka's where Kafka has one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogConfig {
     /// A segment is rolled before a batch would make it larger than this
     /// (Kafka `segment.bytes`, default 1 GiB).

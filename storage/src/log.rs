@@ -11,7 +11,7 @@
 //! it, that their batch was already written and synced by the one before: that is group
 //! commit, with no thread and no timer.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -158,7 +158,7 @@ pub struct LogStats {
 #[derive(Debug)]
 pub struct Log {
     dir: PathBuf,
-    config: LogConfig,
+    config: Cell<LogConfig>,
     shard: Rc<ShardStorage>,
     id: LogId,
     state: RefCell<LogState>,
@@ -272,7 +272,7 @@ impl Log {
             dir: dir.to_path_buf(),
             id: shard.allocate_log_id(),
             shard,
-            config,
+            config: Cell::new(config),
             io: IoLock {
                 semaphore: Semaphore::new(1),
                 released: Event::new(),
@@ -320,8 +320,18 @@ impl Log {
         &self.dir
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.config
+    /// The log's settings now (they may change while it is open: `set_config`).
+    pub fn config(&self) -> LogConfig {
+        self.config.get()
+    }
+
+    /// Changes the log's settings; each takes effect where it is next consulted (the next
+    /// append, roll check, retention pass or read).
+    pub fn set_config(&self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        self.config.set(config);
+        self.changed.notify(usize::MAX);
+        Ok(())
     }
 
     /// The offset the next batch will get (Kafka's log end offset).
@@ -393,7 +403,7 @@ impl Log {
     /// is durable; otherwise starts writing in the background once enough is pending.
     pub async fn finish_append(self: &Rc<Self>, info: &AppendInfo) -> Result<()> {
         let next_offset = info.last_offset + 1;
-        match self.config.flush {
+        match self.config().flush {
             FlushPolicy::EveryBatch => self.wait_until(next_offset, Reach::Durable).await,
             FlushPolicy::Interval { .. } | FlushPolicy::Never => self.write_behind().await,
         }
@@ -429,7 +439,7 @@ impl Log {
 
     fn enqueue(&self, mut batch: BytesMut, leader_epoch: i32) -> Result<AppendInfo> {
         self.absorb_seal_failure();
-        let mut header = batch::validate(&batch, self.config.batch_bytes_max as usize)?;
+        let mut header = batch::validate(&batch, self.config().batch_bytes_max as usize)?;
         let mut state = self.state.borrow_mut();
         state.check_writable(&self.dir)?;
         let base_offset = state.next_offset;
@@ -465,7 +475,7 @@ impl Log {
     /// For the policies that do not sync per batch: start writing in the background once a
     /// write's worth is pending, and make appenders wait once several are.
     async fn write_behind(self: &Rc<Self>) -> Result<()> {
-        let chunk = u64::from(self.config.write_chunk_bytes);
+        let chunk = u64::from(self.config().write_chunk_bytes);
         let pending = self.state.borrow().pending_bytes;
         if pending >= chunk {
             self.start_write_behind();
@@ -531,7 +541,7 @@ impl Log {
             )
         };
         let target = self.log_end_offset();
-        match self.config.flush {
+        match self.config().flush {
             FlushPolicy::EveryBatch => Ok(()),
             FlushPolicy::Interval { interval_ms }
                 if unsynced && since_sync >= Duration::from_millis(interval_ms) =>
@@ -743,7 +753,7 @@ impl Log {
                 WriteStep::Done
             };
         }
-        let chunk = u64::from(self.config.write_chunk_bytes);
+        let chunk = u64::from(self.config().write_chunk_bytes);
         let (mut planned, mut cut_by_chunk) = (0usize, false);
         let mut planned_bytes = 0u64;
         for pending in state.pending.range(state.planned_batches..) {
@@ -846,11 +856,11 @@ impl Log {
     ) -> bool {
         let size = active.planned_bytes + planned_bytes + header.total_bytes() as u64;
         let relative_last = header.last_offset() - active.base_offset;
-        size > self.config.segment_bytes
-            || active.index.entry_count() >= self.config.index_entries_max as usize
+        size > self.config().segment_bytes
+            || active.index.entry_count() >= self.config().index_entries_max as usize
             || relative_last > i64::from(u32::MAX)
             || (first
-                && active.created_at.elapsed() >= Duration::from_millis(self.config.segment_ms))
+                && active.created_at.elapsed() >= Duration::from_millis(self.config().segment_ms))
     }
 
     /// Awaits the oldest writes until at most `keep` are in flight, and applies each: the
@@ -891,7 +901,7 @@ impl Log {
                     active.base_offset,
                     &batch.header,
                     batch.position,
-                    self.config.index_interval_bytes,
+                    self.config().index_interval_bytes,
                 );
                 active.data_bytes = end;
                 active.next_offset = batch.header.next_offset();
@@ -932,7 +942,7 @@ impl Log {
         // segment ending in zeros, which recovery finishes sealing.
         let old = self.state.borrow().active.clone();
         let sealed = old.sealed_view();
-        let fresh = ActiveSegment::create(&self.dir, old.next_offset, &self.config).await?;
+        let fresh = ActiveSegment::create(&self.dir, old.next_offset, &self.config()).await?;
         io::sync_dir(&self.dir).await?;
         self.shard.opened_segment(&sealed.open);
         let (dir, failure) = (self.dir.clone(), self.seal_failure.clone());
@@ -1077,7 +1087,7 @@ impl Log {
     /// A sealed segment's file and index, opened on demand. The segment may leave the log
     /// (retention) while this awaits; what it returns stays readable regardless.
     async fn open_sealed(&self, segment: &SealedSegment) -> Result<Rc<OpenSegment>> {
-        let (open, newly) = segment.opened(&self.dir, &self.config).await?;
+        let (open, newly) = segment.opened(&self.dir, &self.config()).await?;
         if newly {
             self.shard.opened_segment(&segment.open);
         }
@@ -1119,7 +1129,7 @@ impl Log {
                 .await?;
             let total = batch::peek_total_bytes(&prefix).unwrap_or(0);
             if total < batch::BATCH_HEADER_BYTES as i64
-                || total > i64::from(self.config.batch_bytes_max)
+                || total > i64::from(self.config().batch_bytes_max)
                 || total as u64 > remaining
             {
                 return Err(corrupt(
@@ -1134,7 +1144,7 @@ impl Log {
             let bytes = self
                 .window_slice(&mut window, file, path, position, total, readable_bytes)
                 .await?;
-            let header = batch::validate(&bytes, self.config.batch_bytes_max as usize)
+            let header = batch::validate(&bytes, self.config().batch_bytes_max as usize)
                 .map_err(|e| corrupt(position, e.to_string()))?;
             if header.next_offset() > max_offset {
                 break;
@@ -1175,7 +1185,7 @@ impl Log {
             w.start <= position && position + len as u64 <= w.start + w.bytes.len() as u64
         });
         if !covered {
-            let want = (self.config.readahead_bytes as usize).max(len);
+            let want = (self.config().readahead_bytes as usize).max(len);
             let want = want.min((readable_bytes - position) as usize).max(len);
             let bytes = io::read_at(file, path, position, want).await?;
             if bytes.len() < len {
@@ -1215,7 +1225,7 @@ impl Log {
         let mut offset = start.max(self.log_start_offset());
         loop {
             let batches = self
-                .read(offset, self.config.readahead_bytes as usize, i64::MAX)
+                .read(offset, self.config().readahead_bytes as usize, i64::MAX)
                 .await?;
             if batches.is_empty() {
                 return Ok(None);
@@ -1317,7 +1327,7 @@ impl Log {
             &path,
             target,
             size,
-            segment::scan_settings(&self.config, Some(offset)),
+            segment::scan_settings(&self.config(), Some(offset)),
         )
         .await?;
         if let ScanEnd::Invalid { reason } = &scan.end {
@@ -1341,7 +1351,7 @@ impl Log {
         }
         segment::remove_index_files(&self.dir, target).await?;
         io::sync_dir(&self.dir).await?;
-        let (active, _) = ActiveSegment::recover(&self.dir, target, &self.config).await?;
+        let (active, _) = ActiveSegment::recover(&self.dir, target, &self.config()).await?;
         let new_end = active.next_offset;
         {
             let mut state = self.state.borrow_mut();
@@ -1371,7 +1381,7 @@ impl Log {
         for base in bases {
             segment::remove_segment_files(&self.dir, base).await?;
         }
-        let active = ActiveSegment::create(&self.dir, offset, &self.config).await?;
+        let active = ActiveSegment::create(&self.dir, offset, &self.config()).await?;
         io::sync_dir(&self.dir).await?;
         {
             let mut state = self.state.borrow_mut();
@@ -1429,12 +1439,12 @@ impl Log {
         let total: u64 =
             state.sealed.iter().map(|s| s.size_bytes).sum::<u64>() + state.active.data_bytes;
         let retention_bytes = self
-            .config
+            .config()
             .retention_bytes
             .filter(|_| retention_now_ms.is_some());
         let mut excess = retention_bytes.map_or(0, |limit| total.saturating_sub(limit));
         let expired_before = retention_now_ms.and_then(|now_ms| {
-            self.config
+            self.config()
                 .retention_ms
                 .map(|ms| now_ms.saturating_sub(ms as i64))
         });
@@ -1518,7 +1528,7 @@ impl Log {
                 &path,
                 base,
                 data_bytes,
-                segment::scan_settings(&self.config, None),
+                segment::scan_settings(&self.config(), None),
             )
             .await?;
             segment::check_scanned_to_end(&path, &scan, data_bytes)?;

@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::codec::{self, Request};
-use super::{fetch, groups, produce, topics, versions};
+use super::{admin, fetch, groups, produce, topics, versions};
 use crate::shard::Shard;
 
 /// A response frame, and whether it reports a failure (for metrics).
@@ -116,6 +116,14 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, client_host: &str) ->
             RequestKind::DeleteGroups(body) => groups::delete_groups(&shard, body).await,
             RequestKind::OffsetDelete(body) => groups::offset_delete(&shard, body).await,
             RequestKind::InitProducerId(body) => produce::init_producer_id(&shard, body).await,
+            RequestKind::DescribeConfigs(body) => admin::describe_configs(&shard, version, body),
+            RequestKind::AlterConfigs(body) => admin::alter_configs(&shard, body).await,
+            RequestKind::IncrementalAlterConfigs(body) => {
+                admin::incremental_alter_configs(&shard, body).await
+            }
+            RequestKind::CreatePartitions(body) => admin::create_partitions(&shard, body).await,
+            RequestKind::DeleteRecords(body) => admin::delete_records(&shard, body).await,
+            RequestKind::DescribeCluster(body) => admin::describe_cluster(&shard, version, body),
             RequestKind::ApiVersions(_) => (ResponseKind::ApiVersions(api_versions(0)), false),
             RequestKind::Metadata(body) => {
                 topics::metadata(&shard, header.request_api_version, body).await

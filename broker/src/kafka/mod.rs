@@ -3,6 +3,7 @@
 //! responses encoded by the `kafka-protocol` crate; the work is done by `crate::ops`,
 //! the same operations the native protocol calls.
 
+mod admin;
 pub mod codec;
 mod connection;
 mod errors;

@@ -980,7 +980,7 @@ mod model {
             ..small_config()
         };
         let shard = shard(case.cache_bytes);
-        let mut log = Log::open(dir.path(), &identity(), config.clone(), shard.clone())
+        let mut log = Log::open(dir.path(), &identity(), config, shard.clone())
             .await
             .unwrap();
         let mut model = Model {
@@ -1065,7 +1065,7 @@ mod model {
                         log.close().await.unwrap();
                     }
                     drop(log);
-                    log = Log::open(dir.path(), &identity(), config.clone(), shard.clone())
+                    log = Log::open(dir.path(), &identity(), config, shard.clone())
                         .await
                         .unwrap();
                     // Opening removes segments wholly before the log start.
