@@ -1,0 +1,695 @@
+//! Every version of every Kafka API the gateway advertises, exercised against a real
+//! broker process: requests are encoded and responses decoded with the `kafka-protocol`
+//! crate (as a client would), and each answer is checked for what that API must do, not
+//! just for decoding. The test fails if ApiVersions advertises a version nobody sent.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsTopic,
+};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_delete_request::{
+    OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::{
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, BrokerId, CreatePartitionsRequest,
+    CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
+    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest,
+    FindCoordinatorRequest, GroupId, HeartbeatRequest, IncrementalAlterConfigsRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, ProduceRequest, ProducerId, RequestHeader, RequestKind, ResponseHeader,
+    ResponseKind, SyncGroupRequest, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use weir_broker::kafka::versions::SUPPORTED;
+use weir_tests::broker::BrokerProcess;
+use weir_wire::BatchBuilder;
+
+const TOPIC: &str = "versions";
+
+fn s(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_string())
+}
+
+fn topic_name(text: &str) -> TopicName {
+    TopicName(s(text))
+}
+
+struct Client {
+    stream: TcpStream,
+    correlation: i32,
+    exercised: BTreeSet<(i16, i16)>,
+}
+
+impl Client {
+    fn connect(address: &str) -> Client {
+        let stream = TcpStream::connect(address).expect("connect to the Kafka port");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Client {
+            stream,
+            correlation: 0,
+            exercised: BTreeSet::new(),
+        }
+    }
+
+    fn send(&mut self, api: ApiKey, version: i16, body: RequestKind) -> ResponseKind {
+        self.correlation += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(s("versions-test")));
+        let mut frame = BytesMut::new();
+        header
+            .encode(&mut frame, api.request_header_version(version))
+            .unwrap();
+        body.encode(&mut frame, version)
+            .unwrap_or_else(|e| panic!("encoding {api:?} v{version}: {e}"));
+        let mut out = (frame.len() as i32).to_be_bytes().to_vec();
+        out.extend_from_slice(&frame);
+        self.stream.write_all(&out).unwrap();
+        let mut size = [0u8; 4];
+        self.stream
+            .read_exact(&mut size)
+            .unwrap_or_else(|e| panic!("{api:?} v{version}: no response ({e})"));
+        let mut response = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.stream.read_exact(&mut response).unwrap();
+        let mut response = Bytes::from(response);
+        let header =
+            ResponseHeader::decode(&mut response, api.response_header_version(version)).unwrap();
+        assert_eq!(
+            header.correlation_id, self.correlation,
+            "{api:?} v{version}"
+        );
+        let decoded = ResponseKind::decode(api, &mut response, version)
+            .unwrap_or_else(|e| panic!("decoding {api:?} v{version}: {e}"));
+        self.exercised.insert((api as i16, version));
+        decoded
+    }
+}
+
+fn versions(api: ApiKey) -> std::ops::RangeInclusive<i16> {
+    let (_, min, max) = SUPPORTED
+        .iter()
+        .find(|(a, _, _)| *a == api)
+        .unwrap_or_else(|| panic!("{api:?} is not advertised"));
+    *min..=*max
+}
+
+fn batch(records: usize) -> Bytes {
+    let mut builder = BatchBuilder::new(1_700_000_000_000);
+    for i in 0..records {
+        builder.append(
+            1_700_000_000_000,
+            Some(format!("k{i}").as_bytes()),
+            Some(b"value"),
+            &[],
+        );
+    }
+    Bytes::from(builder.build().to_vec())
+}
+
+#[test]
+fn every_advertised_version_of_every_api_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_with_env(
+        env!("CARGO_BIN_EXE_weir"),
+        dir.path(),
+        2,
+        &[],
+        &[("WEIR_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")],
+    )
+    .unwrap();
+    let mut c = Client::connect(&broker.kafka);
+
+    // ApiVersions: exactly the supported table.
+    for v in versions(ApiKey::ApiVersions) {
+        let mut request = ApiVersionsRequest::default();
+        if v >= 3 {
+            request = request
+                .with_client_software_name(s("versions-test"))
+                .with_client_software_version(s("1"));
+        }
+        let ResponseKind::ApiVersions(r) = c.send(ApiKey::ApiVersions, v, request.into()) else {
+            unreachable!()
+        };
+        assert_eq!(r.error_code, 0);
+        let advertised: Vec<(i16, i16, i16)> = r
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, k.min_version, k.max_version))
+            .collect();
+        let expected: Vec<(i16, i16, i16)> = SUPPORTED
+            .iter()
+            .map(|(a, l, h)| (*a as i16, *l, *h))
+            .collect();
+        assert_eq!(advertised, expected, "ApiVersions v{v}");
+    }
+
+    // CreateTopics (the test topic first, then one per version) and DeleteTopics.
+    for v in versions(ApiKey::CreateTopics) {
+        let name = if v == *versions(ApiKey::CreateTopics).start() {
+            TOPIC.to_string()
+        } else {
+            format!("created-{v}")
+        };
+        let request = CreateTopicsRequest::default()
+            .with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(topic_name(&name))
+                    .with_num_partitions(2)
+                    .with_replication_factor(1),
+            ])
+            .with_timeout_ms(10_000);
+        let ResponseKind::CreateTopics(r) = c.send(ApiKey::CreateTopics, v, request.into()) else {
+            unreachable!()
+        };
+        assert_eq!(
+            r.topics[0].error_code, 0,
+            "CreateTopics v{v}: {:?}",
+            r.topics[0]
+        );
+    }
+    for v in versions(ApiKey::DeleteTopics) {
+        let name = format!("created-{}", (v + 2).min(7));
+        let mut request = DeleteTopicsRequest::default().with_timeout_ms(10_000);
+        if v >= 6 {
+            request.topics = vec![DeleteTopicState::default().with_name(Some(topic_name(&name)))];
+        } else {
+            request.topic_names = vec![topic_name(&name)];
+        }
+        let ResponseKind::DeleteTopics(r) = c.send(ApiKey::DeleteTopics, v, request.into()) else {
+            unreachable!()
+        };
+        let code = r.responses[0].error_code;
+        // Versions share topics: a later version may find one already deleted.
+        assert!(code == 0 || code == 3, "DeleteTopics v{v}: {code}");
+    }
+
+    // Metadata: the topic, its two partitions led by node 0; the topic id for Fetch.
+    let mut topic_id = uuid::Uuid::nil();
+    for v in versions(ApiKey::Metadata) {
+        let request = MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name(TOPIC))),
+        ]));
+        let ResponseKind::Metadata(r) = c.send(ApiKey::Metadata, v, request.into()) else {
+            unreachable!()
+        };
+        assert_eq!(r.brokers.len(), 1, "Metadata v{v}");
+        let topic = &r.topics[0];
+        assert_eq!((topic.error_code, topic.partitions.len()), (0, 2), "v{v}");
+        assert!(topic.partitions.iter().all(|p| p.leader_id == BrokerId(0)));
+        if v >= 10 {
+            topic_id = topic.topic_id;
+            assert!(!topic_id.is_nil());
+        }
+    }
+
+    // Produce: one batch per version to partition 0, offsets increasing.
+    let mut next_offset = 0;
+    for v in versions(ApiKey::Produce) {
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(topic_name(TOPIC))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(batch(3))),
+                    ]),
+            ]);
+        let ResponseKind::Produce(r) = c.send(ApiKey::Produce, v, request.into()) else {
+            unreachable!()
+        };
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(
+            (p.error_code, p.base_offset),
+            (0, next_offset),
+            "Produce v{v}"
+        );
+        next_offset += 3;
+    }
+
+    // Fetch: every version reads the first batch back, by name or (v13+) by topic id.
+    for v in versions(ApiKey::Fetch) {
+        let mut topic = FetchTopic::default().with_partitions(vec![
+            FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20),
+        ]);
+        if v >= 13 {
+            topic.topic_id = topic_id;
+        } else {
+            topic.topic = topic_name(TOPIC);
+        }
+        let mut request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(100)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![topic]);
+        if v >= 7 {
+            request.session_epoch = -1;
+        }
+        if v >= 15 {
+            request.replica_id = BrokerId(-1);
+        }
+        let ResponseKind::Fetch(r) = c.send(ApiKey::Fetch, v, request.into()) else {
+            unreachable!()
+        };
+        let p = &r.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0, "Fetch v{v}");
+        assert_eq!(p.high_watermark, next_offset, "Fetch v{v}");
+        let records = p.records.as_ref().expect("records");
+        assert_eq!(records.slice(..8), Bytes::from(0i64.to_be_bytes().to_vec()));
+    }
+
+    // ListOffsets: latest is the end of what was produced.
+    for v in versions(ApiKey::ListOffsets) {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![
+                ListOffsetsTopic::default()
+                    .with_name(topic_name(TOPIC))
+                    .with_partitions(vec![
+                        ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_timestamp(-1),
+                    ]),
+            ]);
+        let ResponseKind::ListOffsets(r) = c.send(ApiKey::ListOffsets, v, request.into()) else {
+            unreachable!()
+        };
+        let p = &r.topics[0].partitions[0];
+        assert_eq!(
+            (p.error_code, p.offset),
+            (0, next_offset),
+            "ListOffsets v{v}"
+        );
+    }
+
+    // DeleteRecords: the log start offset moves up.
+    for v in versions(ApiKey::DeleteRecords) {
+        let offset = i64::from(v) + 1;
+        let request = DeleteRecordsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![
+                DeleteRecordsTopic::default()
+                    .with_name(topic_name(TOPIC))
+                    .with_partitions(vec![
+                        DeleteRecordsPartition::default()
+                            .with_partition_index(0)
+                            .with_offset(offset),
+                    ]),
+            ]);
+        let ResponseKind::DeleteRecords(r) = c.send(ApiKey::DeleteRecords, v, request.into())
+        else {
+            unreachable!()
+        };
+        let p = &r.topics[0].partitions[0];
+        assert_eq!(
+            (p.error_code, p.low_watermark),
+            (0, offset),
+            "DeleteRecords v{v}"
+        );
+    }
+
+    // FindCoordinator: this node, for groups.
+    for v in versions(ApiKey::FindCoordinator) {
+        let mut request = FindCoordinatorRequest::default();
+        if v >= 4 {
+            request.coordinator_keys = vec![s("g")];
+        } else {
+            request.key = s("g");
+        }
+        let ResponseKind::FindCoordinator(r) = c.send(ApiKey::FindCoordinator, v, request.into())
+        else {
+            unreachable!()
+        };
+        let (error, node) = if v >= 4 {
+            (r.coordinators[0].error_code, r.coordinators[0].node_id)
+        } else {
+            (r.error_code, r.node_id)
+        };
+        assert_eq!((error, node), (0, BrokerId(0)), "FindCoordinator v{v}");
+    }
+
+    // Group membership: for each JoinGroup version a fresh group goes through join, sync,
+    // heartbeat, describe, leave and delete, each API at the highest version not above.
+    for v in versions(ApiKey::JoinGroup) {
+        let group = format!("members-{v}");
+        let mut join = JoinGroupRequest::default()
+            .with_group_id(GroupId(s(&group)))
+            .with_session_timeout_ms(10_000)
+            .with_member_id(s(""))
+            .with_protocol_type(s("consumer"))
+            .with_protocols(vec![
+                JoinGroupRequestProtocol::default()
+                    .with_name(s("range"))
+                    .with_metadata(Bytes::from_static(b"subscription")),
+            ]);
+        if v >= 1 {
+            join.rebalance_timeout_ms = 10_000;
+        }
+        let ResponseKind::JoinGroup(mut r) = c.send(ApiKey::JoinGroup, v, join.clone().into())
+        else {
+            unreachable!()
+        };
+        if v >= 4 {
+            assert_eq!(
+                r.error_code, 79,
+                "JoinGroup v{v} asks for a member id first"
+            );
+            join.member_id = r.member_id.clone();
+            let ResponseKind::JoinGroup(again) = c.send(ApiKey::JoinGroup, v, join.into()) else {
+                unreachable!()
+            };
+            r = again;
+        }
+        assert_eq!(r.error_code, 0, "JoinGroup v{v}");
+        assert_eq!(r.generation_id, 1);
+        assert_eq!(r.leader, r.member_id, "the only member leads");
+        assert_eq!(r.members.len(), 1);
+        assert_eq!(r.members[0].metadata, Bytes::from_static(b"subscription"));
+        let member = r.member_id.clone();
+
+        let sv = v.min(*versions(ApiKey::SyncGroup).end());
+        let mut sync = SyncGroupRequest::default()
+            .with_group_id(GroupId(s(&group)))
+            .with_generation_id(1)
+            .with_member_id(member.clone())
+            .with_assignments(vec![
+                SyncGroupRequestAssignment::default()
+                    .with_member_id(member.clone())
+                    .with_assignment(Bytes::from_static(b"assignment")),
+            ]);
+        if sv >= 5 {
+            sync.protocol_type = Some(s("consumer"));
+            sync.protocol_name = Some(s("range"));
+        }
+        let ResponseKind::SyncGroup(r) = c.send(ApiKey::SyncGroup, sv, sync.into()) else {
+            unreachable!()
+        };
+        assert_eq!(r.error_code, 0, "SyncGroup v{sv}");
+        assert_eq!(r.assignment, Bytes::from_static(b"assignment"));
+
+        let hv = v.min(*versions(ApiKey::Heartbeat).end());
+        let heartbeat = HeartbeatRequest::default()
+            .with_group_id(GroupId(s(&group)))
+            .with_generation_id(1)
+            .with_member_id(member.clone());
+        let ResponseKind::Heartbeat(r) = c.send(ApiKey::Heartbeat, hv, heartbeat.into()) else {
+            unreachable!()
+        };
+        assert_eq!(r.error_code, 0, "Heartbeat v{hv}");
+
+        let dv = v.min(*versions(ApiKey::DescribeGroups).end());
+        let describe = DescribeGroupsRequest::default().with_groups(vec![GroupId(s(&group))]);
+        let ResponseKind::DescribeGroups(r) = c.send(ApiKey::DescribeGroups, dv, describe.into())
+        else {
+            unreachable!()
+        };
+        let described = &r.groups[0];
+        assert_eq!(
+            described.group_state.as_str(),
+            "Stable",
+            "DescribeGroups v{dv}"
+        );
+        assert_eq!(described.protocol_data.as_str(), "range");
+        assert_eq!(described.members[0].member_id, member);
+
+        let lv = v.min(*versions(ApiKey::ListGroups).end());
+        let ResponseKind::ListGroups(r) =
+            c.send(ApiKey::ListGroups, lv, ListGroupsRequest::default().into())
+        else {
+            unreachable!()
+        };
+        assert!(
+            r.groups.iter().any(|g| g.group_id.as_str() == group),
+            "ListGroups v{lv}"
+        );
+
+        let leave_v = v.min(*versions(ApiKey::LeaveGroup).end());
+        let mut leave = LeaveGroupRequest::default().with_group_id(GroupId(s(&group)));
+        if leave_v >= 3 {
+            leave.members = vec![MemberIdentity::default().with_member_id(member.clone())];
+        } else {
+            leave.member_id = member.clone();
+        }
+        let ResponseKind::LeaveGroup(r) = c.send(ApiKey::LeaveGroup, leave_v, leave.into()) else {
+            unreachable!()
+        };
+        let code = if leave_v >= 3 {
+            r.members[0].error_code
+        } else {
+            r.error_code
+        };
+        assert_eq!(code, 0, "LeaveGroup v{leave_v}");
+
+        let delete_v = v.min(*versions(ApiKey::DeleteGroups).end());
+        let delete = DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s(&group))]);
+        let ResponseKind::DeleteGroups(r) = c.send(ApiKey::DeleteGroups, delete_v, delete.into())
+        else {
+            unreachable!()
+        };
+        assert_eq!(r.results[0].error_code, 0, "DeleteGroups v{delete_v}");
+    }
+
+    // OffsetCommit outside membership (generation -1), then OffsetFetch reads it back.
+    for v in versions(ApiKey::OffsetCommit) {
+        let request = OffsetCommitRequest::default()
+            .with_group_id(GroupId(s("committer")))
+            .with_generation_id_or_member_epoch(-1)
+            .with_member_id(s(""))
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default()
+                    .with_name(topic_name(TOPIC))
+                    .with_partitions(vec![
+                        OffsetCommitRequestPartition::default()
+                            .with_partition_index(1)
+                            .with_committed_offset(i64::from(v))
+                            .with_committed_metadata(Some(s("m"))),
+                    ]),
+            ]);
+        let request = if (2..=4).contains(&v) {
+            request.with_retention_time_ms(-1)
+        } else {
+            request
+        };
+        let ResponseKind::OffsetCommit(r) = c.send(ApiKey::OffsetCommit, v, request.into()) else {
+            unreachable!()
+        };
+        assert_eq!(r.topics[0].partitions[0].error_code, 0, "OffsetCommit v{v}");
+    }
+    let committed = i64::from(*versions(ApiKey::OffsetCommit).end());
+    for v in versions(ApiKey::OffsetFetch) {
+        let mut request = OffsetFetchRequest::default();
+        let offset = if v >= 8 {
+            request.groups = vec![
+                OffsetFetchRequestGroup::default()
+                    .with_group_id(GroupId(s("committer")))
+                    .with_topics(Some(vec![
+                        OffsetFetchRequestTopics::default()
+                            .with_name(topic_name(TOPIC))
+                            .with_partition_indexes(vec![1]),
+                    ])),
+            ];
+            let ResponseKind::OffsetFetch(r) = c.send(ApiKey::OffsetFetch, v, request.into())
+            else {
+                unreachable!()
+            };
+            r.groups[0].topics[0].partitions[0].committed_offset
+        } else {
+            request.group_id = GroupId(s("committer"));
+            request.topics = Some(vec![
+                OffsetFetchRequestTopic::default()
+                    .with_name(topic_name(TOPIC))
+                    .with_partition_indexes(vec![1]),
+            ]);
+            let ResponseKind::OffsetFetch(r) = c.send(ApiKey::OffsetFetch, v, request.into())
+            else {
+                unreachable!()
+            };
+            r.topics[0].partitions[0].committed_offset
+        };
+        assert_eq!(offset, committed, "OffsetFetch v{v}");
+    }
+    for v in versions(ApiKey::OffsetDelete) {
+        let request = OffsetDeleteRequest::default()
+            .with_group_id(GroupId(s("committer")))
+            .with_topics(vec![
+                OffsetDeleteRequestTopic::default()
+                    .with_name(topic_name(TOPIC))
+                    .with_partitions(vec![
+                        OffsetDeleteRequestPartition::default().with_partition_index(1),
+                    ]),
+            ]);
+        let ResponseKind::OffsetDelete(r) = c.send(ApiKey::OffsetDelete, v, request.into()) else {
+            unreachable!()
+        };
+        assert_eq!(r.error_code, 0, "OffsetDelete v{v}");
+        assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    }
+
+    // InitProducerId: a fresh id, or the same id with the next epoch.
+    for v in versions(ApiKey::InitProducerId) {
+        let mut request = InitProducerIdRequest::default().with_transaction_timeout_ms(60_000);
+        if v >= 3 {
+            request.producer_id = ProducerId(-1);
+            request.producer_epoch = -1;
+        }
+        let ResponseKind::InitProducerId(r) = c.send(ApiKey::InitProducerId, v, request.into())
+        else {
+            unreachable!()
+        };
+        assert_eq!(r.error_code, 0, "InitProducerId v{v}");
+        assert!(r.producer_id.0 >= 0);
+        assert_eq!(r.producer_epoch, 0);
+    }
+
+    // Configs: alter, incrementally alter, describe.
+    for v in versions(ApiKey::AlterConfigs) {
+        use kafka_protocol::messages::alter_configs_request::{
+            AlterConfigsResource, AlterableConfig,
+        };
+        let retention = format!("{}", 3_600_000 + i64::from(v));
+        let request = AlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(s(TOPIC))
+                .with_configs(vec![
+                    AlterableConfig::default()
+                        .with_name(s("retention.ms"))
+                        .with_value(Some(s(&retention))),
+                ]),
+        ]);
+        let ResponseKind::AlterConfigs(r) = c.send(ApiKey::AlterConfigs, v, request.into()) else {
+            unreachable!()
+        };
+        assert_eq!(r.responses[0].error_code, 0, "AlterConfigs v{v}");
+    }
+    for v in versions(ApiKey::IncrementalAlterConfigs) {
+        use kafka_protocol::messages::incremental_alter_configs_request::{
+            AlterConfigsResource, AlterableConfig,
+        };
+        let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(s(TOPIC))
+                .with_configs(vec![
+                    AlterableConfig::default()
+                        .with_name(s("retention.bytes"))
+                        .with_config_operation(0)
+                        .with_value(Some(s(&format!("{}", 1_000_000 + i64::from(v))))),
+                ]),
+        ]);
+        let ResponseKind::IncrementalAlterConfigs(r) =
+            c.send(ApiKey::IncrementalAlterConfigs, v, request.into())
+        else {
+            unreachable!()
+        };
+        assert_eq!(r.responses[0].error_code, 0, "IncrementalAlterConfigs v{v}");
+    }
+    for v in versions(ApiKey::DescribeConfigs) {
+        let request = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(s(TOPIC))
+                .with_configuration_keys(None),
+        ]);
+        let ResponseKind::DescribeConfigs(r) = c.send(ApiKey::DescribeConfigs, v, request.into())
+        else {
+            unreachable!()
+        };
+        let result = &r.results[0];
+        assert_eq!(result.error_code, 0, "DescribeConfigs v{v}");
+        let value = |name: &str| {
+            result
+                .configs
+                .iter()
+                .find(|c| c.name.as_str() == name)
+                .and_then(|c| c.value.as_ref())
+                .map(|v| v.to_string())
+        };
+        // AlterConfigs replaced the overrides whole, then the incremental call added one.
+        let last_alter = *versions(ApiKey::AlterConfigs).end();
+        let last_incremental = *versions(ApiKey::IncrementalAlterConfigs).end();
+        assert_eq!(
+            value("retention.ms"),
+            Some(format!("{}", 3_600_000 + i64::from(last_alter)))
+        );
+        assert_eq!(
+            value("retention.bytes"),
+            Some(format!("{}", 1_000_000 + i64::from(last_incremental)))
+        );
+    }
+
+    // CreatePartitions: each version adds one.
+    let mut partitions = 2;
+    for v in versions(ApiKey::CreatePartitions) {
+        partitions += 1;
+        let request = CreatePartitionsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![
+                CreatePartitionsTopic::default()
+                    .with_name(topic_name(TOPIC))
+                    .with_count(partitions),
+            ]);
+        let ResponseKind::CreatePartitions(r) = c.send(ApiKey::CreatePartitions, v, request.into())
+        else {
+            unreachable!()
+        };
+        assert_eq!(r.results[0].error_code, 0, "CreatePartitions v{v}");
+    }
+
+    for v in versions(ApiKey::DescribeCluster) {
+        let mut request = DescribeClusterRequest::default();
+        if v >= 1 {
+            request.endpoint_type = 1;
+        }
+        let ResponseKind::DescribeCluster(r) = c.send(ApiKey::DescribeCluster, v, request.into())
+        else {
+            unreachable!()
+        };
+        assert_eq!(r.error_code, 0, "DescribeCluster v{v}");
+        assert!(!r.cluster_id.is_empty());
+        assert_eq!(r.brokers.len(), 1);
+    }
+
+    let advertised: BTreeSet<(i16, i16)> = SUPPORTED
+        .iter()
+        .flat_map(|(api, min, max)| (*min..=*max).map(move |v| (*api as i16, v)))
+        .collect();
+    let missed: Vec<_> = advertised.difference(&c.exercised).collect();
+    assert!(
+        missed.is_empty(),
+        "advertised but never exercised: {missed:?}"
+    );
+}
