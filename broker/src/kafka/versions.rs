@@ -70,4 +70,30 @@ mod tests {
         keys.dedup();
         assert!(keys.is_sorted() && keys.len() == SUPPORTED.len());
     }
+
+    /// docs/COMPATIBILITY.md lists exactly what is served.
+    #[test]
+    fn the_compatibility_page_lists_the_served_versions() {
+        let page = include_str!("../../../docs/COMPATIBILITY.md");
+        let listed: Vec<(i16, String)> = page
+            .lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let key = cells.get(2)?.parse::<i16>().ok()?;
+                Some((key, cells.get(3)?.to_string()))
+            })
+            .collect();
+        let served: Vec<(i16, String)> = SUPPORTED
+            .iter()
+            .map(|(api, min, max)| {
+                let range = if min == max {
+                    min.to_string()
+                } else {
+                    format!("{min}–{max}")
+                };
+                (*api as i16, range)
+            })
+            .collect();
+        assert_eq!(listed, served);
+    }
 }

@@ -1,0 +1,87 @@
+//! Unmodified Kafka clients against a real broker: for each client library,
+//! `tests/kafka_clients/scenario.py` produces 20,000 keyed messages with headers in every
+//! codec the client supports, consumes them in a group of 3 processes with one killed
+//! mid-way, restarts the broker with kill -9 and checks that the group resumes at its
+//! committed offsets and that nothing was lost or reordered; `tools.py` runs kcat and the
+//! admin clients. The clients are installed by
+//! `scripts/install-test-deps`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Python with the Kafka client packages.
+fn python() -> PathBuf {
+    let python = repo().join("target/test-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run ./scripts/install-test-deps (./scripts/test does)",
+        python.display()
+    );
+    python
+}
+
+/// Runs a script of `tests/kafka_clients` against the `weir` binary in a fresh directory.
+fn run(script: &str, args: &[&str]) {
+    let work = tempfile::tempdir().unwrap();
+    let status = Command::new(python())
+        .arg(repo().join("tests/kafka_clients").join(script))
+        .args(args)
+        .args(["--weir", env!("CARGO_BIN_EXE_weir")])
+        .arg("--work-dir")
+        .arg(work.path())
+        .status()
+        .expect("running a client script");
+    assert!(status.success(), "{script} {args:?} failed");
+}
+
+fn scenario(client: &str) {
+    run("scenario.py", &["run", "--client", client]);
+}
+
+#[test]
+fn librdkafka_through_confluent_kafka() {
+    scenario("confluent");
+}
+
+#[test]
+fn kafka_python() {
+    scenario("kafka-python");
+}
+
+#[test]
+fn aiokafka() {
+    scenario("aiokafka");
+}
+
+#[test]
+fn kafkajs() {
+    assert!(
+        repo()
+            .join("tests/kafka_clients/node_modules/kafkajs")
+            .exists(),
+        "kafkajs is missing: run ./scripts/install-test-deps"
+    );
+    scenario("kafkajs");
+}
+
+fn tool(command: &str) {
+    run("tools.py", &[command]);
+}
+
+/// kcat (Debian's, librdkafka 2.0): produce from a file in every codec, -L, and
+/// -C -o beginning -e.
+#[test]
+fn kcat() {
+    tool("kcat");
+}
+
+/// Topics, configs, partitions and records through confluent_kafka.admin and
+/// kafka-python's admin client.
+#[test]
+fn admin_clients() {
+    tool("admin");
+}
