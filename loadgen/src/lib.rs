@@ -3,6 +3,7 @@
 //! every message it consumed: counts, gaps, duplicates, per-partition order, checksums.
 //! A run that loses data fails loudly.
 
+mod kafka;
 pub mod message;
 mod run;
 pub mod verify;
