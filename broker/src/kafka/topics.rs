@@ -131,10 +131,13 @@ fn topic_metadata(
     topic: Option<&std::sync::Arc<TopicImage>>,
 ) -> MetadataResponseTopic {
     let Some(topic) = topic else {
-        let error = if name.is_some() {
-            ResponseError::UnknownTopicOrPartition
-        } else {
-            ResponseError::UnknownTopicId
+        // A name no topic may have is an error the client gives up on, as Kafka's is.
+        let error = match name {
+            Some(name) if topic::validate_topic_name(name).is_err() => {
+                ResponseError::InvalidTopicException
+            }
+            Some(_) => ResponseError::UnknownTopicOrPartition,
+            None => ResponseError::UnknownTopicId,
         };
         return MetadataResponseTopic::default()
             .with_name(name.map(topic_name))

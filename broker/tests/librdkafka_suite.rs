@@ -1,0 +1,89 @@
+//! librdkafka's own test suite against a real broker: the tests listed in
+//! `tests/librdkafka/allow-list.txt` (built by `scripts/build-librdkafka-tests`, which
+//! `scripts/install-test-deps` runs) must each run and pass; a test that is skipped does
+//! not count. Which tests are left out, and why, is in `docs/COMPATIBILITY.md`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use weir_tests::broker::BrokerProcess;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn allow_list() -> Vec<String> {
+    let text = std::fs::read_to_string(repo().join("tests/librdkafka/allow-list.txt"))
+        .expect("tests/librdkafka/allow-list.txt");
+    text.lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim())
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn librdkafka_test_suite_allow_list_passes() {
+    let tests_dir = repo().join("target/librdkafka/src/tests");
+    let runner = tests_dir.join("test-runner");
+    assert!(
+        runner.exists(),
+        "{} is missing: run ./scripts/install-test-deps (./scripts/test does)",
+        runner.display()
+    );
+    let tests = allow_list();
+    assert!(
+        tests.len() >= 40,
+        "the allow-list has {} tests",
+        tests.len()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_with_env(
+        env!("CARGO_BIN_EXE_weir"),
+        &dir.path().join("data"),
+        2,
+        &[],
+        // As the test clusters librdkafka's suite is run against.
+        &[("WEIR_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")],
+    )
+    .unwrap();
+    let conf = dir.path().join("test.conf");
+    std::fs::write(&conf, format!("bootstrap.servers={}\n", broker.kafka)).unwrap();
+    let numbers: Vec<&str> = tests.iter().map(|t| &t[..4]).collect();
+    let output = Command::new(&runner)
+        .current_dir(&tests_dir)
+        .args(["-p1", "-Q", "-E"])
+        .env("LD_LIBRARY_PATH", "../src:../src-cpp")
+        .env("RDKAFKA_TEST_CONF", &conf)
+        .env("TEST_KAFKA_VERSION", "3.9.0")
+        .env("TESTS", numbers.join(","))
+        .output()
+        .expect("running librdkafka's test-runner");
+    let log = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    let log_path = dir.path().join("test-runner.log");
+    std::fs::write(&log_path, &log).unwrap();
+    let not_passed: Vec<&String> = tests
+        .iter()
+        .filter(|t| !log.contains(&format!("Test {t} PASSED")))
+        .collect();
+    if !output.status.success() || !not_passed.is_empty() {
+        let tail: String = log
+            .lines()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        let kept = dir.keep();
+        panic!(
+            "librdkafka tests not passed: {not_passed:?} (exit {:?}); log in {}\n{tail}",
+            output.status,
+            kept.join("test-runner.log").display()
+        );
+    }
+    drop(broker);
+}
