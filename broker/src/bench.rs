@@ -1,6 +1,7 @@
-//! `weir bench limits` and `weir bench compare`: the machine's own limits, and a fixed
-//! suite of loadgen scenarios against a freshly started broker, each figure reported as
-//! a ratio to the limit that bounds it. See `docs/BENCHMARKS.md`.
+//! `weir bench limits`, `weir bench compare` and `weir bench gateway`: the machine's own
+//! limits, a fixed suite of loadgen scenarios against a freshly started broker, each
+//! figure reported as a ratio to the limit that bounds it, and the Kafka gateway against
+//! the native protocol. See `docs/BENCHMARKS.md`.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,22 @@ pub enum BenchCommand {
         #[arg(long, default_value = "1")]
         cores: usize,
         /// CPUs to pin the broker's shards to (comma-separated); default CPU 0, 1, ...
+        #[arg(long)]
+        broker_cpus: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The Kafka gateway against the native protocol: the same loadgen scenarios through
+    /// both front doors of one fresh broker, runs alternating, each figure as the ratio
+    /// Kafka / native (and each to its machine limit).
+    Gateway {
+        /// Scratch directory for the limits and the broker's data (emptied first).
+        #[arg(long, default_value = "./weir-bench")]
+        data_dir: PathBuf,
+        /// Runs of each scenario and protocol; figures are their median.
+        #[arg(long, default_value = "3")]
+        runs: usize,
+        /// CPUs to pin the broker's shard to (comma-separated); default CPU 0.
         #[arg(long)]
         broker_cpus: Option<String>,
         #[arg(long)]
@@ -87,6 +104,12 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             broker_cpus,
             json,
         } => compare(&data_dir, runs, cores, broker_cpus, json),
+        BenchCommand::Gateway {
+            data_dir,
+            runs,
+            broker_cpus,
+            json,
+        } => gateway(&data_dir, runs, broker_cpus, json),
     }
 }
 
@@ -406,6 +429,114 @@ fn compare(
         );
     } else {
         print!("{}", figures_table(&figures));
+    }
+    Ok(())
+}
+
+/// The scenarios `weir bench gateway` runs through both protocols: the throughput one and
+/// the durable-latency one of the suite.
+const GATEWAY_SCENARIOS: [usize; 2] = [3, 0];
+
+/// One figure through both protocols.
+#[derive(Debug, Serialize)]
+struct GatewayFigure {
+    scenario: &'static str,
+    name: &'static str,
+    unit: &'static str,
+    native_runs: Vec<f64>,
+    kafka_runs: Vec<f64>,
+    native: f64,
+    kafka: f64,
+    /// Kafka / native.
+    ratio: f64,
+    limit_name: &'static str,
+    limit: f64,
+}
+
+fn gateway(
+    root: &Path,
+    runs: usize,
+    broker_cpus: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(root);
+    let limits = measure_limits(&root.join("limits"))?;
+    eprint!("{}", limits_table(&limits));
+    let binary = std::env::current_exe().context("locating the weir binary")?;
+    let cpus = broker_cpus.map(|c| format!("[{c}]"));
+    let env: Vec<(&str, &str)> = cpus.iter().map(|c| ("WEIR_CPUS", c.as_str())).collect();
+    let broker = BrokerProcess::start_with_env(&binary, &root.join("broker"), 1, &[], &env)?;
+    let mut figures = Vec::new();
+    for scenario in GATEWAY_SCENARIOS.map(|i| &SCENARIOS[i]) {
+        let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
+        for n in 0..runs {
+            // Alternate, so that both protocols see the device in the same moods.
+            for (slot, protocol) in [Protocol::Native, Protocol::Kafka].into_iter().enumerate() {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                eprintln!("{} over {protocol:?} (run {})", scenario.name, n + 1);
+                let address = match protocol {
+                    Protocol::Native => &broker.native,
+                    Protocol::Kafka => &broker.kafka,
+                };
+                let mut config = (scenario.config)(address, n);
+                config.protocol = protocol;
+                config.topic = format!("{}-{protocol:?}", config.topic);
+                let topic = config.topic.clone();
+                let report = weir_loadgen::run(config)?;
+                delete_topic(&broker.native, &topic)?;
+                anyhow::ensure!(
+                    report.ok,
+                    "{} over {protocol:?}: verification failed\n{}",
+                    scenario.name,
+                    report.table()
+                );
+                reports[slot].push(report);
+            }
+        }
+        for (name, unit, take, limit_name) in scenario.figures {
+            let native_runs: Vec<f64> = reports[0].iter().map(take).collect();
+            let kafka_runs: Vec<f64> = reports[1].iter().map(take).collect();
+            let (native, kafka) = (median(&native_runs), median(&kafka_runs));
+            figures.push(GatewayFigure {
+                scenario: scenario.name,
+                name,
+                unit,
+                native_runs,
+                kafka_runs,
+                native,
+                kafka,
+                ratio: kafka / native,
+                limit_name,
+                limit: limit_value(&limits, limit_name),
+            });
+        }
+    }
+    if json {
+        let value = serde_json::json!({ "limits": limits, "figures": figures });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        for f in &figures {
+            let runs = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!(
+                "{}\n  {:<18} native {:>8.1} {} [{}]  kafka {:>8.1} {} [{}]  kafka/native {:.3}  (kafka/{} {:.3})",
+                f.scenario,
+                f.name,
+                f.native,
+                f.unit,
+                runs(&f.native_runs),
+                f.kafka,
+                f.unit,
+                runs(&f.kafka_runs),
+                f.ratio,
+                f.limit_name,
+                f.kafka / f.limit
+            );
+        }
     }
     Ok(())
 }

@@ -39,15 +39,10 @@ fn librdkafka_test_suite_allow_list_passes() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start_with_env(
-        env!("CARGO_BIN_EXE_weir"),
-        &dir.path().join("data"),
-        2,
-        &[],
-        // As the test clusters librdkafka's suite is run against.
-        &[("WEIR_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")],
-    )
-    .unwrap();
+    // Kafka's defaults, as the suite expects: some tests rely on the initial rebalance
+    // delay (3 s) putting consumers that start together in one generation.
+    let broker =
+        BrokerProcess::start(env!("CARGO_BIN_EXE_weir"), &dir.path().join("data"), 2, &[]).unwrap();
     let conf = dir.path().join("test.conf");
     std::fs::write(&conf, format!("bootstrap.servers={}\n", broker.kafka)).unwrap();
     let numbers: Vec<&str> = tests.iter().map(|t| &t[..4]).collect();
