@@ -362,13 +362,12 @@ fn limit_value(limits: &Limits, name: &str) -> f64 {
     }
 }
 
-fn compare(
+/// Measures the limits in `root` (emptied first), then starts the broker under test.
+fn limits_and_broker(
     root: &Path,
-    runs: usize,
     cores: usize,
     broker_cpus: Option<String>,
-    json: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(Limits, BrokerProcess)> {
     let _ = std::fs::remove_dir_all(root);
     let limits = measure_limits(&root.join("limits"))?;
     eprint!("{}", limits_table(&limits));
@@ -376,6 +375,17 @@ fn compare(
     let cpus = broker_cpus.map(|c| format!("[{c}]"));
     let env: Vec<(&str, &str)> = cpus.iter().map(|c| ("WEIR_CPUS", c.as_str())).collect();
     let broker = BrokerProcess::start_with_env(&binary, &root.join("broker"), cores, &[], &env)?;
+    Ok((limits, broker))
+}
+
+fn compare(
+    root: &Path,
+    runs: usize,
+    cores: usize,
+    broker_cpus: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (limits, broker) = limits_and_broker(root, cores, broker_cpus)?;
     let mut figures = Vec::new();
     for scenario in SCENARIOS {
         if scenario.reads_stored {
@@ -459,13 +469,7 @@ fn gateway(
     broker_cpus: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let _ = std::fs::remove_dir_all(root);
-    let limits = measure_limits(&root.join("limits"))?;
-    eprint!("{}", limits_table(&limits));
-    let binary = std::env::current_exe().context("locating the weir binary")?;
-    let cpus = broker_cpus.map(|c| format!("[{c}]"));
-    let env: Vec<(&str, &str)> = cpus.iter().map(|c| ("WEIR_CPUS", c.as_str())).collect();
-    let broker = BrokerProcess::start_with_env(&binary, &root.join("broker"), 1, &[], &env)?;
+    let (limits, broker) = limits_and_broker(root, 1, broker_cpus)?;
     let mut figures = Vec::new();
     for scenario in GATEWAY_SCENARIOS.map(|i| &SCENARIOS[i]) {
         let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
