@@ -163,6 +163,8 @@ struct Scenario {
     figures: &'static [FigureSpec],
     /// Reads the stored topic, which is filled just before.
     reads_stored: bool,
+    /// The front door loadgen uses.
+    protocol: Protocol,
 }
 
 fn base(brokers: &str, topic: String) -> Config {
@@ -194,18 +196,36 @@ fn base(brokers: &str, topic: String) -> Config {
     }
 }
 
+fn durable_open_loop(brokers: &str, n: usize) -> Config {
+    Config {
+        rate_mb_s: Some(DURABLE_RATE_MB_S),
+        duration_s: 8.0,
+        warmup_s: 2.0,
+        batch_bytes: 16 << 10,
+        consumers: 0,
+        ..base(brokers, format!("durable-rate-{n}"))
+    }
+}
+
+fn max_produce(brokers: &str, n: usize) -> Config {
+    Config {
+        acks: AcksArg::Leader,
+        topic_configs: vec!["flush.policy=never".into()],
+        consumers: 0,
+        // Throughput runs batch as Kafka producers tuned for it do (batch.size 256 KiB);
+        // 16 requests in flight measured best here (64 let pending data pile up).
+        batch_bytes: 256 << 10,
+        in_flight: 16,
+        ..base(brokers, format!("never-max-{n}"))
+    }
+}
+
 const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "durable produce, open loop 200 MB/s (every-batch, acks=all, 1 KiB, 16 KiB batches)",
-        config: |b, n| Config {
-            rate_mb_s: Some(DURABLE_RATE_MB_S),
-            duration_s: 8.0,
-            warmup_s: 2.0,
-            batch_bytes: 16 << 10,
-            consumers: 0,
-            ..base(b, format!("durable-rate-{n}"))
-        },
+        config: durable_open_loop,
         reads_stored: false,
+        protocol: Protocol::Native,
         figures: &[
             (
                 "produce MB/s",
@@ -243,6 +263,7 @@ const SCENARIOS: &[Scenario] = &[
             ..base(b, format!("durable-consume-{n}"))
         },
         reads_stored: false,
+        protocol: Protocol::Native,
         figures: &[
             (
                 "produce ack p99",
@@ -268,6 +289,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "durable produce, closed loop (every-batch, acks=all, 1 KiB)",
         config: |b, n| base(b, format!("durable-max-{n}")),
         reads_stored: false,
+        protocol: Protocol::Native,
         figures: &[(
             "produce MB/s",
             "MB/s",
@@ -277,17 +299,9 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "max produce, closed loop, no consumers (flush never, acks=leader, 1 KiB, 256 KiB batches)",
-        config: |b, n| Config {
-            acks: AcksArg::Leader,
-            topic_configs: vec!["flush.policy=never".into()],
-            consumers: 0,
-            // Throughput runs batch as Kafka producers tuned for it do (batch.size 256 KiB);
-            // 16 requests in flight measured best here (64 let pending data pile up).
-            batch_bytes: 256 << 10,
-            in_flight: 16,
-            ..base(b, format!("never-max-{n}"))
-        },
+        config: max_produce,
         reads_stored: false,
+        protocol: Protocol::Native,
         figures: &[(
             "produce MB/s",
             "MB/s",
@@ -305,6 +319,7 @@ const SCENARIOS: &[Scenario] = &[
             ..base(b, format!("never-tail-{n}"))
         },
         reads_stored: false,
+        protocol: Protocol::Native,
         figures: &[
             (
                 "tail consume MB/s",
@@ -334,12 +349,51 @@ const SCENARIOS: &[Scenario] = &[
             ..base(b, "stored".into())
         },
         reads_stored: true,
+        protocol: Protocol::Native,
         figures: &[(
             "consume MB/s",
             "MB/s",
             |r| r.consume_throughput_mb_s,
             "direct_read_mb_s",
         )],
+    },
+    Scenario {
+        name: "max produce over the Kafka protocol (as above)",
+        config: |b, n| Config {
+            topic: format!("kafka-never-max-{n}"),
+            ..max_produce(b, n)
+        },
+        reads_stored: false,
+        protocol: Protocol::Kafka,
+        figures: &[(
+            "produce MB/s",
+            "MB/s",
+            |r| r.throughput_mb_s,
+            "loopback_tcp_mb_s",
+        )],
+    },
+    Scenario {
+        name: "durable produce over the Kafka protocol, open loop 200 MB/s (as above)",
+        config: |b, n| Config {
+            topic: format!("kafka-durable-rate-{n}"),
+            ..durable_open_loop(b, n)
+        },
+        reads_stored: false,
+        protocol: Protocol::Kafka,
+        figures: &[
+            (
+                "produce ack p50",
+                "us",
+                |r| r.produce_latency_us.p50,
+                "ideal_durable_stream_us.p50",
+            ),
+            (
+                "produce ack p99",
+                "us",
+                |r| r.produce_latency_us.p99,
+                "ideal_durable_stream_us.p99",
+            ),
+        ],
     },
 ];
 
@@ -396,7 +450,12 @@ fn compare(
         let mut reports = Vec::with_capacity(runs);
         for n in 0..runs {
             eprintln!("{} (run {})", scenario.name, n + 1);
-            let config = (scenario.config)(&broker.native, n);
+            let address = match scenario.protocol {
+                Protocol::Native => &broker.native,
+                Protocol::Kafka => &broker.kafka,
+            };
+            let mut config = (scenario.config)(address, n);
+            config.protocol = scenario.protocol;
             let topic = config.topic.clone();
             let report = weir_loadgen::run(config)?;
             // Runs write gigabytes: delete each run's topic so the suite fits the disk.
