@@ -17,13 +17,23 @@ const REQUEST_HEAD_BYTES_MAX: usize = 8 << 10;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn serve(shard: Rc<Shard>, listener: TcpListener, ready: Arc<AtomicBool>) {
-    while !shard.shutting_down() {
+    loop {
+        // The accept is polled only when it is woken (see `Shard::stopped`).
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            glommio::timer::sleep(Duration::from_millis(100)).await;
+            shard.stopped().await;
             None
         })
         .await;
-        if let Some(Ok(stream)) = accepted {
+        let Some(accepted) = accepted else { return };
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        {
             let (shard, ready) = (shard.clone(), ready.clone());
             glommio::spawn_local(async move {
                 let answered = futures_lite::future::or(

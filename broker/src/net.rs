@@ -65,9 +65,7 @@ where
 {
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            while !shard.shutting_down() {
-                glommio::timer::sleep(std::time::Duration::from_millis(shard.config.tick_ms)).await;
-            }
+            shard.stopped().await;
             None
         })
         .await;

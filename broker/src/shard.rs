@@ -66,6 +66,8 @@ pub struct Shard {
     pub shutdown: Arc<AtomicBool>,
     in_flight: Cell<usize>,
     pub drained: Event,
+    /// Fired once, when the background task sees the shutdown flag.
+    stopping: Event,
 }
 
 /// Consumers may read up to here: what is durable, unless the topic opted out of syncing.
@@ -126,11 +128,26 @@ impl Shard {
             shutdown,
             in_flight: Cell::new(0),
             drained: Event::new(),
+            stopping: Event::new(),
         }))
     }
 
     pub fn image(&self) -> Arc<MetadataImage> {
         self.metadata.borrow().clone()
+    }
+
+    /// Resolves once the shard is shutting down. Waits on an event rather than a timer, so
+    /// that a future raced against it (an accept) is polled only when it is woken: glommio
+    /// keeps a waker per poll of a pending accept, and a timer re-polling it every tick
+    /// overflowed the task's waker count (i16) after a few idle minutes.
+    pub async fn stopped(&self) {
+        loop {
+            let listener = self.stopping.listen();
+            if self.shutting_down() {
+                return;
+            }
+            listener.await;
+        }
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -917,6 +934,7 @@ impl Shard {
                 }
             }
         }
+        self.stopping.notify(usize::MAX);
         // Requests waiting in a rebalance would hold the drain up for minutes.
         self.groups.release_waiters();
     }
