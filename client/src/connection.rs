@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
-use futures_lite::io::{AsyncReadExt, ReadHalf};
+use futures_lite::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpStream;
 use weir_wire::native::schema;
@@ -18,8 +18,6 @@ use crate::error::{ClientError, ClientResult};
 
 /// The largest response frame accepted: responses are bounded by what was asked for.
 pub const RESPONSE_FRAME_BYTES_MAX: usize = 1 << 30;
-/// Requests queued for writing at once.
-const OUTGOING_CAPACITY: usize = 1024;
 
 /// A response frame: its verified header and its payload.
 #[derive(Debug, Clone)]
@@ -61,12 +59,14 @@ type Waiters = Rc<RefCell<HashMap<u64, LocalSender<ClientResult<ResponseFrame>>>
 #[derive(Debug)]
 pub struct Connection {
     address: String,
-    outgoing: LocalSender<Vec<Bytes>>,
+    /// The write half, taken by the request that holds `write_turn` while it writes.
+    writer: RefCell<Option<WriteHalf<TcpStream>>>,
+    write_turn: glommio::sync::Semaphore,
+    fd: std::os::fd::RawFd,
     waiters: Waiters,
     next_id: Cell<u64>,
     failure: Rc<RefCell<Option<String>>>,
     _reader: glommio::task::JoinHandle<()>,
-    _writer: glommio::task::JoinHandle<()>,
 }
 
 impl Connection {
@@ -79,20 +79,9 @@ impl Connection {
             })?;
         let _ = stream.set_nodelay(true);
         let fd = stream.as_raw_fd();
-        let (reader, mut writer) = futures_lite::io::split(stream);
-        let (outgoing, requests) = local_channel::new_bounded::<Vec<Bytes>>(OUTGOING_CAPACITY);
+        let (reader, writer) = futures_lite::io::split(stream);
         let waiters: Waiters = Rc::new(RefCell::new(HashMap::new()));
         let failure = Rc::new(RefCell::new(None));
-        let writer_failure = failure.clone();
-        let writer_task = glommio::spawn_local(async move {
-            while let Some(parts) = requests.recv().await {
-                if let Err(error) = crate::io::write_parts(&mut writer, fd, &parts).await {
-                    writer_failure.borrow_mut().get_or_insert(error.to_string());
-                    break;
-                }
-            }
-        })
-        .detach();
         let (reader_waiters, reader_failure) = (waiters.clone(), failure.clone());
         let reader_task = glommio::spawn_local(async move {
             let error = read_responses(reader, &reader_waiters).await;
@@ -104,12 +93,13 @@ impl Connection {
         .detach();
         Ok(Rc::new(Connection {
             address: address.to_string(),
-            outgoing,
+            writer: RefCell::new(Some(writer)),
+            write_turn: glommio::sync::Semaphore::new(1),
+            fd,
             waiters,
             next_id: Cell::new(1),
             failure,
             _reader: reader_task,
-            _writer: writer_task,
         }))
     }
 
@@ -159,10 +149,30 @@ impl Connection {
             self.waiters.borrow_mut().insert(id, sender);
             receiver
         });
-        self.outgoing
-            .send(parts)
-            .await
-            .map_err(|_| ClientError::ConnectionLost("writer stopped".into()))?;
+        // Written by the requesting task itself, in turn: requests go out in the order
+        // they were made, without a hop through a writer task.
+        {
+            let _turn = self
+                .write_turn
+                .acquire_permit(1)
+                .await
+                .map_err(|_| ClientError::ConnectionLost("connection closed".into()))?;
+            // Missing only if a request was dropped in the middle of its write: the stream
+            // then holds half a frame and cannot be used again.
+            let Some(mut writer) = self.writer.borrow_mut().take() else {
+                let reason = "a request was abandoned while it was being written";
+                self.failure.borrow_mut().get_or_insert(reason.into());
+                self.waiters.borrow_mut().remove(&id);
+                return Err(ClientError::ConnectionLost(reason.into()));
+            };
+            let written = crate::io::write_parts(&mut writer, self.fd, &parts).await;
+            *self.writer.borrow_mut() = Some(writer);
+            if let Err(error) = written {
+                self.failure.borrow_mut().get_or_insert(error.to_string());
+                self.waiters.borrow_mut().remove(&id);
+                return Err(ClientError::ConnectionLost(error.to_string()));
+            }
+        }
         let Some(receiver) = receiver else {
             return Ok(None);
         };
