@@ -220,6 +220,14 @@ fn max_produce(brokers: &str, n: usize) -> Config {
     }
 }
 
+/// Max produce, over either protocol: its throughput against loopback TCP.
+const MAX_PRODUCE_FIGURES: &[FigureSpec] = &[(
+    "produce MB/s",
+    "MB/s",
+    |r| r.throughput_mb_s,
+    "loopback_tcp_mb_s",
+)];
+
 const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "durable produce, open loop 200 MB/s (every-batch, acks=all, 1 KiB, 16 KiB batches)",
@@ -302,12 +310,7 @@ const SCENARIOS: &[Scenario] = &[
         config: max_produce,
         reads_stored: false,
         protocol: Protocol::Native,
-        figures: &[(
-            "produce MB/s",
-            "MB/s",
-            |r| r.throughput_mb_s,
-            "loopback_tcp_mb_s",
-        )],
+        figures: MAX_PRODUCE_FIGURES,
     },
     Scenario {
         name: "produce and consume from the tail, open loop 200 MB/s (flush never, acks=leader)",
@@ -365,12 +368,7 @@ const SCENARIOS: &[Scenario] = &[
         },
         reads_stored: false,
         protocol: Protocol::Kafka,
-        figures: &[(
-            "produce MB/s",
-            "MB/s",
-            |r| r.throughput_mb_s,
-            "loopback_tcp_mb_s",
-        )],
+        figures: MAX_PRODUCE_FIGURES,
     },
     Scenario {
         name: "durable produce over the Kafka protocol, open loop 200 MB/s (as above)",

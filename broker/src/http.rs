@@ -17,22 +17,7 @@ const REQUEST_HEAD_BYTES_MAX: usize = 8 << 10;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn serve(shard: Rc<Shard>, listener: TcpListener, ready: Arc<AtomicBool>) {
-    loop {
-        // The accept is polled only when it is woken (see `Shard::stopped`).
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.stopped().await;
-            None
-        })
-        .await;
-        let Some(accepted) = accepted else { return };
-        let stream = match accepted {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+    while let Some(stream) = crate::net::next_connection(&shard, &listener).await {
         {
             let (shard, ready) = (shard.clone(), ready.clone());
             glommio::spawn_local(async move {

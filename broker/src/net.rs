@@ -63,15 +63,9 @@ where
     F: Fn(Rc<Shard>, TcpStream) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.stopped().await;
-            None
-        })
-        .await;
-        let Some(accepted) = accepted else { return };
-        match accepted {
-            Ok(stream)
+    while let Some(stream) = next_connection(&shard, &listener).await {
+        match stream {
+            stream
                 if shard.metrics.connections.get() < shard.config.shard_connections_max as u64 =>
             {
                 let _ = stream.set_nodelay(true);
@@ -86,13 +80,29 @@ where
                 })
                 .detach();
             }
-            Ok(stream) => {
+            stream => {
                 tracing::warn!(
                     limit = shard.config.shard_connections_max,
                     "refusing a connection: shard at its limit"
                 );
                 drop(stream);
             }
+        }
+    }
+}
+
+/// The next accepted connection, or `None` once the shard is shutting down. The accept is
+/// raced against `Shard::stopped`, an event, so it is polled only when woken (see there);
+/// a failed accept is logged and retried after a pause.
+pub async fn next_connection(shard: &Shard, listener: &TcpListener) -> Option<TcpStream> {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.stopped().await;
+            None
+        })
+        .await?;
+        match accepted {
+            Ok(stream) => return Some(stream),
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;

@@ -113,12 +113,9 @@ impl Coordinator {
             slot.deliver(effects);
             waiting
         });
-        match waiting {
-            Waiting::Answered(result) => result,
-            Waiting::On(receiver) => receiver.recv().await.unwrap_or_else(|| {
-                state::JoinResult::failed(ResponseError::CoordinatorNotAvailable, &member_id)
-            }),
-        }
+        waiting
+            .answer(|| JoinResult::failed(ResponseError::CoordinatorNotAvailable, &member_id))
+            .await
     }
 
     pub async fn sync(&self, group: &str, request: SyncRequest) -> SyncResult {
@@ -131,13 +128,9 @@ impl Coordinator {
             slot.deliver(effects);
             waiting
         });
-        match waiting {
-            Waiting::Answered(result) => result,
-            Waiting::On(receiver) => receiver
-                .recv()
-                .await
-                .unwrap_or_else(|| SyncResult::failed(ResponseError::CoordinatorNotAvailable)),
-        }
+        waiting
+            .answer(|| SyncResult::failed(ResponseError::CoordinatorNotAvailable))
+            .await
     }
 
     pub fn heartbeat(
@@ -270,6 +263,16 @@ impl Coordinator {
 enum Waiting<T> {
     Answered(T),
     On(LocalReceiver<T>),
+}
+
+impl<T> Waiting<T> {
+    /// The answer; `lost` if the waiter was dropped (shutdown, or a repeated request).
+    async fn answer(self, lost: impl FnOnce() -> T) -> T {
+        match self {
+            Waiting::Answered(result) => result,
+            Waiting::On(receiver) => receiver.recv().await.unwrap_or_else(lost),
+        }
+    }
 }
 
 /// Registers a one-shot waiter for `member`; an earlier waiter of the same member (a
