@@ -42,19 +42,29 @@ pub enum BenchCommand {
     /// The Kafka gateway against the native protocol: the same loadgen scenarios through
     /// both front doors of one fresh broker, runs alternating, each figure as the ratio
     /// Kafka / native (and each to its machine limit).
-    Gateway {
-        /// Scratch directory for the limits and the broker's data (emptied first).
-        #[arg(long, default_value = "./weir-bench")]
-        data_dir: PathBuf,
-        /// Runs of each scenario and protocol; figures are their median.
-        #[arg(long, default_value = "3")]
-        runs: usize,
-        /// CPUs to pin the broker's shard to (comma-separated); default CPU 0.
-        #[arg(long)]
-        broker_cpus: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    Gateway(PairedRuns),
+    /// Produce and end-to-end latency of the durable open-loop scenario while compaction
+    /// runs, against the same with compaction off: in both, a second producer churns
+    /// updates over 1,000 keys into a topic with 1 MiB segments, compacted in one mode
+    /// and not in the other. Runs alternate; figures are medians and the ratio
+    /// with / without.
+    Compaction(PairedRuns),
+}
+
+/// A comparison of two modes on one single-shard broker, runs alternating.
+#[derive(Debug, clap::Args)]
+pub struct PairedRuns {
+    /// Scratch directory for the limits and the broker's data (emptied first).
+    #[arg(long, default_value = "./weir-bench")]
+    data_dir: PathBuf,
+    /// Runs of each scenario and mode; figures are their median.
+    #[arg(long, default_value = "3")]
+    runs: usize,
+    /// CPUs to pin the broker's shard to (comma-separated); default CPU 0.
+    #[arg(long)]
+    broker_cpus: Option<String>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,12 +114,8 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             broker_cpus,
             json,
         } => compare(&data_dir, runs, cores, broker_cpus, json),
-        BenchCommand::Gateway {
-            data_dir,
-            runs,
-            broker_cpus,
-            json,
-        } => gateway(&data_dir, runs, broker_cpus, json),
+        BenchCommand::Gateway(args) => gateway(args),
+        BenchCommand::Compaction(args) => compaction(args),
     }
 }
 
@@ -220,6 +226,25 @@ fn max_produce(brokers: &str, n: usize) -> Config {
     }
 }
 
+const PRODUCE_ACK_P50: FigureSpec = (
+    "produce ack p50",
+    "us",
+    |r| r.produce_latency_us.p50,
+    "ideal_durable_stream_us.p50",
+);
+const PRODUCE_ACK_P99: FigureSpec = (
+    "produce ack p99",
+    "us",
+    |r| r.produce_latency_us.p99,
+    "ideal_durable_stream_us.p99",
+);
+const END_TO_END_P99: FigureSpec = (
+    "end to end p99",
+    "us",
+    |r| r.end_to_end_latency_us.p99,
+    "ideal_durable_stream_us.p99",
+);
+
 /// Max produce, over either protocol: its throughput against loopback TCP.
 const MAX_PRODUCE_FIGURES: &[FigureSpec] = &[(
     "produce MB/s",
@@ -241,18 +266,8 @@ const SCENARIOS: &[Scenario] = &[
                 |r| r.throughput_mb_s,
                 "offered_rate_mb_s",
             ),
-            (
-                "produce ack p50",
-                "us",
-                |r| r.produce_latency_us.p50,
-                "ideal_durable_stream_us.p50",
-            ),
-            (
-                "produce ack p99",
-                "us",
-                |r| r.produce_latency_us.p99,
-                "ideal_durable_stream_us.p99",
-            ),
+            PRODUCE_ACK_P50,
+            PRODUCE_ACK_P99,
             (
                 "produce ack p99.9",
                 "us",
@@ -273,24 +288,14 @@ const SCENARIOS: &[Scenario] = &[
         reads_stored: false,
         protocol: Protocol::Native,
         figures: &[
-            (
-                "produce ack p99",
-                "us",
-                |r| r.produce_latency_us.p99,
-                "ideal_durable_stream_us.p99",
-            ),
+            PRODUCE_ACK_P99,
             (
                 "end to end p50",
                 "us",
                 |r| r.end_to_end_latency_us.p50,
                 "ideal_durable_stream_us.p50",
             ),
-            (
-                "end to end p99",
-                "us",
-                |r| r.end_to_end_latency_us.p99,
-                "ideal_durable_stream_us.p99",
-            ),
+            END_TO_END_P99,
         ],
     },
     Scenario {
@@ -378,20 +383,7 @@ const SCENARIOS: &[Scenario] = &[
         },
         reads_stored: false,
         protocol: Protocol::Kafka,
-        figures: &[
-            (
-                "produce ack p50",
-                "us",
-                |r| r.produce_latency_us.p50,
-                "ideal_durable_stream_us.p50",
-            ),
-            (
-                "produce ack p99",
-                "us",
-                |r| r.produce_latency_us.p99,
-                "ideal_durable_stream_us.p99",
-            ),
-        ],
+        figures: &[PRODUCE_ACK_P50, PRODUCE_ACK_P99],
     },
 ];
 
@@ -420,12 +412,22 @@ fn limits_and_broker(
     cores: usize,
     broker_cpus: Option<String>,
 ) -> anyhow::Result<(Limits, BrokerProcess)> {
+    limits_and_broker_with_env(root, cores, broker_cpus, &[])
+}
+
+fn limits_and_broker_with_env(
+    root: &Path,
+    cores: usize,
+    broker_cpus: Option<String>,
+    extra_env: &[(&str, &str)],
+) -> anyhow::Result<(Limits, BrokerProcess)> {
     let _ = std::fs::remove_dir_all(root);
     let limits = measure_limits(&root.join("limits"))?;
     eprint!("{}", limits_table(&limits));
     let binary = std::env::current_exe().context("locating the weir binary")?;
     let cpus = broker_cpus.map(|c| format!("[{c}]"));
-    let env: Vec<(&str, &str)> = cpus.iter().map(|c| ("WEIR_CPUS", c.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = cpus.iter().map(|c| ("WEIR_CPUS", c.as_str())).collect();
+    env.extend_from_slice(extra_env);
     let broker = BrokerProcess::start_with_env(&binary, &root.join("broker"), cores, &[], &env)?;
     Ok((limits, broker))
 }
@@ -520,13 +522,14 @@ struct GatewayFigure {
     limit: f64,
 }
 
-fn gateway(
-    root: &Path,
-    runs: usize,
-    broker_cpus: Option<String>,
-    json: bool,
-) -> anyhow::Result<()> {
-    let (limits, broker) = limits_and_broker(root, 1, broker_cpus)?;
+fn gateway(args: PairedRuns) -> anyhow::Result<()> {
+    let PairedRuns {
+        data_dir,
+        runs,
+        broker_cpus,
+        json,
+    } = args;
+    let (limits, broker) = limits_and_broker(&data_dir, 1, broker_cpus)?;
     let mut figures = Vec::new();
     for scenario in GATEWAY_SCENARIOS.map(|i| &SCENARIOS[i]) {
         let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
@@ -600,6 +603,177 @@ fn gateway(
         }
     }
     Ok(())
+}
+
+/// The latency figures taken with and without compaction running.
+const COMPACTION_FIGURES: &[FigureSpec] = &[PRODUCE_ACK_P50, PRODUCE_ACK_P99, END_TO_END_P99];
+
+/// One figure with compaction running and without.
+#[derive(Debug, Serialize)]
+struct CompactionFigure {
+    name: &'static str,
+    unit: &'static str,
+    with_runs: Vec<f64>,
+    without_runs: Vec<f64>,
+    with: f64,
+    without: f64,
+    /// with / without.
+    ratio: f64,
+    limit_name: &'static str,
+    limit: f64,
+}
+
+/// The churn beside the measured scenario: keyed updates at 20 MB/s into 1 MiB segments,
+/// compacted or not.
+fn churn(brokers: &str, n: usize, compacted: bool, duration_s: f64) -> Config {
+    let policy = if compacted { "compact" } else { "delete" };
+    Config {
+        acks: AcksArg::Leader,
+        rate_mb_s: Some(20.0),
+        message_bytes: 256,
+        key_cardinality: 1000,
+        consumers: 0,
+        duration_s,
+        warmup_s: 0.0,
+        topic_configs: vec![
+            format!("cleanup.policy={policy}"),
+            "segment.bytes=1048576".into(),
+            "max.message.bytes=1048576".into(),
+            "min.cleanable.dirty.ratio=0.01".into(),
+            "flush.policy=never".into(),
+        ],
+        ..base(brokers, format!("churn-{policy}-{n}"))
+    }
+}
+
+fn compaction(args: PairedRuns) -> anyhow::Result<()> {
+    let PairedRuns {
+        data_dir,
+        runs,
+        broker_cpus,
+        json,
+    } = args;
+    let (limits, broker) = limits_and_broker_with_env(
+        &data_dir,
+        1,
+        broker_cpus,
+        &[("WEIR_LOG_CLEANER_BACKOFF_MS", "100")],
+    )?;
+    // The durable open loop with a consumer: produce and end-to-end latency.
+    let scenario = &SCENARIOS[1];
+    let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
+    let mut compacted_mb = Vec::new();
+    for n in 0..runs {
+        for (slot, compacted) in [true, false].into_iter().enumerate() {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            eprintln!(
+                "{} with compaction {compacted} (run {})",
+                scenario.name,
+                n + 1
+            );
+            let config = (scenario.config)(&broker.native, n * 2 + slot);
+            let measured_s = config.duration_s + config.warmup_s;
+            // The churn starts first and outlasts the measurement, so compaction is busy
+            // throughout it.
+            let churn_config = churn(&broker.native, n, compacted, measured_s + 6.0);
+            let churn_topic = churn_config.topic.clone();
+            let churn = std::thread::spawn(move || weir_loadgen::run(churn_config));
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            let read_before = compaction_bytes_read(&broker)?;
+            let topic = config.topic.clone();
+            let report = weir_loadgen::run(config)?;
+            let read = compaction_bytes_read(&broker)? - read_before;
+            let churned = churn
+                .join()
+                .map_err(|_| anyhow::anyhow!("the churn producer panicked"))??;
+            delete_topic(&broker.native, &topic)?;
+            delete_topic(&broker.native, &churn_topic)?;
+            anyhow::ensure!(
+                report.ok && churned.ok,
+                "verification failed\n{}",
+                report.table()
+            );
+            eprintln!(
+                "  produce ack p99 {:.0} us, end to end p99 {:.0} us; compaction read {:.1} MB meanwhile",
+                report.produce_latency_us.p99,
+                report.end_to_end_latency_us.p99,
+                read / 1e6
+            );
+            if compacted {
+                anyhow::ensure!(read > 0.0, "compaction did not run during the measurement");
+                compacted_mb.push(read / 1e6);
+            }
+            reports[slot].push(report);
+        }
+    }
+    let figures: Vec<CompactionFigure> = COMPACTION_FIGURES
+        .iter()
+        .map(|(name, unit, take, limit_name)| {
+            let with_runs: Vec<f64> = reports[0].iter().map(take).collect();
+            let without_runs: Vec<f64> = reports[1].iter().map(take).collect();
+            let (with, without) = (median(&with_runs), median(&without_runs));
+            CompactionFigure {
+                name,
+                unit,
+                with_runs,
+                without_runs,
+                with,
+                without,
+                ratio: with / without,
+                limit_name,
+                limit: limit_value(&limits, limit_name),
+            }
+        })
+        .collect();
+    if json {
+        let value = serde_json::json!({
+            "limits": limits,
+            "compaction_read_mb_per_run": compacted_mb,
+            "figures": figures,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{}", scenario.name);
+        println!(
+            "  compaction read per measured run (MB): {:?}",
+            compacted_mb
+                .iter()
+                .map(|m| format!("{m:.1}"))
+                .collect::<Vec<_>>()
+        );
+        let runs = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for f in &figures {
+            println!(
+                "  {:<18} with {:>8.0} {} [{}]  without {:>8.0} {} [{}]  with/without {:.3}  (with/{} {:.2})",
+                f.name,
+                f.with,
+                f.unit,
+                runs(&f.with_runs),
+                f.without,
+                f.unit,
+                runs(&f.without_runs),
+                f.ratio,
+                f.limit_name,
+                f.with / f.limit
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Bytes compaction has read on every shard, from the broker's `/metrics`.
+fn compaction_bytes_read(broker: &BrokerProcess) -> anyhow::Result<f64> {
+    let (_, text) = broker.http_get("/metrics")?;
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with("weir_compaction_bytes_read_total{"))
+        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+        .sum())
 }
 
 fn delete_topic(brokers: &str, topic: &str) -> anyhow::Result<()> {

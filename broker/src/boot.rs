@@ -180,6 +180,9 @@ async fn start(
     glommio::spawn_local_into(shard.clone().run_background(), background)
         .map_err(glommio_error)?
         .detach();
+    glommio::spawn_local_into(shard.clone().run_compaction(), background)
+        .map_err(glommio_error)?
+        .detach();
     lifecycle.started.fetch_add(1, Ordering::AcqRel);
     if shard.id == 0 {
         let http = crate::net::bind(config.http_listen).map_err(|e| {

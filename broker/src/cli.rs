@@ -24,7 +24,8 @@ pub enum TopicCommand {
         name: String,
         #[arg(long, short)]
         partitions: Option<i32>,
-        /// A topic config, KEY=VALUE (repeatable): retention.ms, flush.policy, ...
+        /// A topic config, KEY=VALUE (repeatable): cleanup.policy, retention.ms,
+        /// compression.type, flush.policy, ... (docs/CONFIG.md)
         #[arg(long = "config", short = 'c')]
         configs: Vec<String>,
     },
@@ -164,8 +165,10 @@ pub async fn topic(brokers: String, command: TopicCommand) -> anyhow::Result<()>
                 "topic {name}{}",
                 if topic.internal { " (internal)" } else { "" }
             )?;
+            // The native protocol reports the topic's overrides; the other keys have the
+            // broker's defaults (DescribeConfigs over the Kafka port lists them all).
             for (key, value) in &topic.configs {
-                writeln!(out, "config {key}={value}")?;
+                writeln!(out, "config {key}={value}\t(topic)")?;
             }
             writeln!(
                 out,

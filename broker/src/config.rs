@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use weir_storage::{FlushPolicy, LogConfig, ShardStorageConfig};
+use weir_storage::{LogConfig, ShardStorageConfig};
+
+use crate::topic::{self, TopicConfig};
 
 /// Prefix of the environment variables that set configuration keys.
 pub const ENV_PREFIX: &str = "WEIR_";
@@ -65,6 +67,9 @@ pub struct BrokerConfig {
     pub tick_ms: u64,
     /// Period of retention checks (Kafka's `log.retention.check.interval.ms`).
     pub retention_check_ms: u64,
+    /// How long a shard's compaction waits, once no log needs a pass, before looking
+    /// again (Kafka's `log.cleaner.backoff.ms`).
+    pub log_cleaner_backoff_ms: u64,
     /// Topic defaults (overridable per topic): see `docs/CONFIG.md`.
     pub log_segment_bytes: u64,
     pub log_segment_ms: u64,
@@ -77,11 +82,30 @@ pub struct BrokerConfig {
     pub log_index_interval_bytes: u32,
     pub log_batch_bytes_max: u32,
     pub log_preallocate: bool,
+    /// `delete`, `compact` or `compact,delete`.
+    pub log_cleanup_policy: String,
+    pub log_cleaner_delete_retention_ms: u64,
+    pub log_cleaner_min_compaction_lag_ms: u64,
+    pub log_cleaner_max_compaction_lag_ms: u64,
+    pub log_cleaner_min_cleanable_ratio: f64,
+    pub min_insync_replicas: i32,
+    /// `uncompressed`, `zstd`, `lz4`, `snappy`, `gzip` or `producer`.
+    pub compression_type: String,
+    /// `CreateTime` or `LogAppendTime`.
+    pub log_message_timestamp_type: String,
+    /// Memory of each shard's compaction map (Kafka's `log.cleaner.dedupe.buffer.size`,
+    /// which is for all cleaner threads; weir's is per shard).
+    pub log_cleaner_dedupe_buffer_size: u64,
 }
+
+/// The least memory a shard's compaction map may have (Kafka's cleaner refuses less than
+/// 1 MiB per thread as well).
+pub const COMPACTION_MAP_BYTES_MIN: u64 = 1 << 20;
 
 impl Default for BrokerConfig {
     fn default() -> BrokerConfig {
-        let log = LogConfig::default();
+        let topic = TopicConfig::default();
+        let log = topic.log;
         BrokerConfig {
             data_dir: PathBuf::from("./weir-data"),
             node_id: 0,
@@ -106,6 +130,7 @@ impl Default for BrokerConfig {
             group_max_session_timeout_ms: 1_800_000,
             tick_ms: 5,
             retention_check_ms: 300_000,
+            log_cleaner_backoff_ms: 15_000,
             log_segment_bytes: log.segment_bytes,
             log_segment_ms: log.segment_ms,
             log_retention_ms: log.retention_ms.map_or(-1, |ms| ms as i64),
@@ -114,6 +139,15 @@ impl Default for BrokerConfig {
             log_index_interval_bytes: log.index_interval_bytes,
             log_batch_bytes_max: log.batch_bytes_max,
             log_preallocate: log.preallocate,
+            log_cleanup_policy: log.cleanup.to_string(),
+            log_cleaner_delete_retention_ms: log.delete_retention_ms,
+            log_cleaner_min_compaction_lag_ms: log.min_compaction_lag_ms,
+            log_cleaner_max_compaction_lag_ms: log.max_compaction_lag_ms,
+            log_cleaner_min_cleanable_ratio: log.min_cleanable_dirty_ratio,
+            min_insync_replicas: topic.min_insync_replicas,
+            compression_type: topic.compression.to_string(),
+            log_message_timestamp_type: topic::timestamp_type_name(topic.timestamp_type).into(),
+            log_cleaner_dedupe_buffer_size: ShardStorageConfig::default().compaction_map_bytes,
         }
     }
 }
@@ -229,7 +263,15 @@ impl BrokerConfig {
             self.tick_ms > 0 && self.tick_ms <= 1000,
             "tick_ms must be within 1..=1000"
         );
-        self.log_config()?.validate()?;
+        anyhow::ensure!(
+            self.log_cleaner_backoff_ms > 0,
+            "log_cleaner_backoff_ms must be positive"
+        );
+        anyhow::ensure!(
+            self.log_cleaner_dedupe_buffer_size >= COMPACTION_MAP_BYTES_MIN,
+            "log_cleaner_dedupe_buffer_size must be at least {COMPACTION_MAP_BYTES_MIN}"
+        );
+        self.topic_defaults()?;
         Ok(())
     }
 
@@ -242,25 +284,107 @@ impl BrokerConfig {
         }
     }
 
-    /// The log settings topics get unless they override them.
-    pub fn log_config(&self) -> anyhow::Result<LogConfig> {
-        Ok(LogConfig {
-            segment_bytes: self.log_segment_bytes,
-            segment_ms: self.log_segment_ms,
-            retention_ms: u64::try_from(self.log_retention_ms).ok(),
-            retention_bytes: u64::try_from(self.log_retention_bytes).ok(),
-            flush: self.log_flush.parse::<FlushPolicy>()?,
-            index_interval_bytes: self.log_index_interval_bytes,
-            batch_bytes_max: self.log_batch_bytes_max,
-            preallocate: self.log_preallocate,
-            ..LogConfig::default()
-        })
+    /// Each topic default: its setting here, the topic config it is the default of, and
+    /// its value as that topic config would be written.
+    fn topic_default_settings(&self) -> [(&'static str, &'static str, String); 15] {
+        [
+            (
+                "log_segment_bytes",
+                "segment.bytes",
+                self.log_segment_bytes.to_string(),
+            ),
+            (
+                "log_segment_ms",
+                "segment.ms",
+                self.log_segment_ms.to_string(),
+            ),
+            (
+                "log_retention_ms",
+                "retention.ms",
+                self.log_retention_ms.to_string(),
+            ),
+            (
+                "log_retention_bytes",
+                "retention.bytes",
+                self.log_retention_bytes.to_string(),
+            ),
+            ("log_flush", "flush.policy", self.log_flush.clone()),
+            (
+                "log_index_interval_bytes",
+                "index.interval.bytes",
+                self.log_index_interval_bytes.to_string(),
+            ),
+            (
+                "log_batch_bytes_max",
+                "max.message.bytes",
+                self.log_batch_bytes_max.to_string(),
+            ),
+            (
+                "log_cleanup_policy",
+                "cleanup.policy",
+                self.log_cleanup_policy.clone(),
+            ),
+            (
+                "log_cleaner_delete_retention_ms",
+                "delete.retention.ms",
+                self.log_cleaner_delete_retention_ms.to_string(),
+            ),
+            (
+                "log_cleaner_min_compaction_lag_ms",
+                "min.compaction.lag.ms",
+                self.log_cleaner_min_compaction_lag_ms.to_string(),
+            ),
+            (
+                "log_cleaner_max_compaction_lag_ms",
+                "max.compaction.lag.ms",
+                self.log_cleaner_max_compaction_lag_ms.to_string(),
+            ),
+            (
+                "log_cleaner_min_cleanable_ratio",
+                "min.cleanable.dirty.ratio",
+                self.log_cleaner_min_cleanable_ratio.to_string(),
+            ),
+            (
+                "min_insync_replicas",
+                "min.insync.replicas",
+                self.min_insync_replicas.to_string(),
+            ),
+            (
+                "compression_type",
+                "compression.type",
+                self.compression_type.clone(),
+            ),
+            (
+                "log_message_timestamp_type",
+                "message.timestamp.type",
+                self.log_message_timestamp_type.clone(),
+            ),
+        ]
+    }
+
+    /// The settings topics get unless they override them, checked by the rules of the
+    /// topic configs they are the defaults of.
+    pub fn topic_defaults(&self) -> anyhow::Result<TopicConfig> {
+        let mut defaults = TopicConfig {
+            log: LogConfig {
+                preallocate: self.log_preallocate,
+                ..LogConfig::default()
+            },
+            ..TopicConfig::default()
+        };
+        for (setting, key, value) in self.topic_default_settings() {
+            topic::set_config(&mut defaults, key, &value)
+                .map_err(|e| anyhow::anyhow!("{setting}: {e}"))?;
+        }
+        topic::check(&defaults).map_err(|e| anyhow::anyhow!("topic defaults: {e}"))?;
+        Ok(defaults)
     }
 
     pub fn storage_config(&self) -> ShardStorageConfig {
         ShardStorageConfig {
             cache_bytes: self.cache_bytes,
             open_segments_max: self.open_segments_max,
+            compaction_map_bytes: self.log_cleaner_dedupe_buffer_size,
         }
     }
 
@@ -317,7 +441,43 @@ mod tests {
             ),
             (9192, 9092, 9644)
         );
-        assert_eq!(config.log_config().unwrap().flush, FlushPolicy::EveryBatch);
+        assert_eq!(config.topic_defaults().unwrap(), TopicConfig::default());
+        assert_eq!(config.storage_config(), ShardStorageConfig::default());
+    }
+
+    /// Topic defaults set in the file or the environment reach the topics, checked by the
+    /// rules of the topic configs they are the defaults of.
+    #[test]
+    fn topic_defaults_are_set_and_checked() {
+        let file = "log_cleanup_policy = \"compact,delete\"\ncompression_type = \"zstd\"\n";
+        let env = [
+            ("WEIR_LOG_CLEANER_MIN_CLEANABLE_RATIO", "0.1"),
+            ("WEIR_MIN_INSYNC_REPLICAS", "2"),
+            ("WEIR_LOG_MESSAGE_TIMESTAMP_TYPE", "LogAppendTime"),
+            ("WEIR_LOG_CLEANER_DELETE_RETENTION_MS", "1000"),
+            ("WEIR_LOG_CLEANER_DEDUPE_BUFFER_SIZE", "8388608"),
+        ];
+        let config = load(Some(file), &env, FlagOverrides::default()).unwrap();
+        let defaults = config.topic_defaults().unwrap();
+        let described: Vec<(&str, String)> = topic::describe(&defaults, &Default::default())
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.source == topic::ConfigSource::Broker)
+            .map(|c| (c.key.name, c.value))
+            .collect();
+        let expected = [
+            ("cleanup.policy", "compact,delete"),
+            ("compression.type", "zstd"),
+            ("delete.retention.ms", "1000"),
+            ("message.timestamp.type", "LogAppendTime"),
+            ("min.cleanable.dirty.ratio", "0.1"),
+            ("min.insync.replicas", "2"),
+        ];
+        assert_eq!(
+            described,
+            expected.map(|(k, v)| (k, v.to_string())).to_vec()
+        );
+        assert_eq!(config.storage_config().compaction_map_bytes, 8 << 20);
     }
 
     #[test]
@@ -345,10 +505,46 @@ mod tests {
         let cases: &[Case] = &[
             (Some("log_flsh = \"never\""), &[], "unknown field"),
             (None, &[("WEIR_LOG_FLSH", "never")], "unknown field"),
-            (None, &[("WEIR_LOG_FLUSH", "sometimes")], "flush policy"),
+            (
+                None,
+                &[("WEIR_LOG_FLUSH", "sometimes")],
+                "log_flush: Invalid value sometimes",
+            ),
             (None, &[("WEIR_FRAME_BYTES_MAX", "10")], "frame_bytes_max"),
             (None, &[("WEIR_CORES", "1000")], "cores"),
             (Some("cores = \"two\""), &[], "invalid type"),
+            (
+                None,
+                &[("WEIR_LOG_CLEANUP_POLICY", "keep")],
+                "log_cleanup_policy: Invalid",
+            ),
+            (
+                None,
+                &[("WEIR_COMPRESSION_TYPE", "brotli")],
+                "gzip or producer",
+            ),
+            (None, &[("WEIR_MIN_INSYNC_REPLICAS", "0")], "at least 1"),
+            (
+                None,
+                &[("WEIR_LOG_CLEANER_MIN_CLEANABLE_RATIO", "2")],
+                "from 0 to 1",
+            ),
+            (None, &[("WEIR_LOG_RETENTION_MS", "-2")], "at least -1"),
+            (
+                None,
+                &[("WEIR_LOG_MESSAGE_TIMESTAMP_TYPE", "Now")],
+                "CreateTime or LogAppendTime",
+            ),
+            (
+                None,
+                &[("WEIR_LOG_SEGMENT_BYTES", "1000")],
+                "smaller than max.message.bytes",
+            ),
+            (
+                None,
+                &[("WEIR_LOG_CLEANER_DEDUPE_BUFFER_SIZE", "1000")],
+                "log_cleaner_dedupe_buffer_size",
+            ),
         ];
         for (file, env, expected) in cases {
             let error = load(*file, env, FlagOverrides::default())

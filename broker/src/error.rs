@@ -34,6 +34,10 @@ pub enum BrokerError {
     /// producers), with its Kafka error code.
     #[error("{message}")]
     Kafka { code: i16, message: String },
+    /// Records a batch may not hold (a record without a key in a compacted topic): the
+    /// batch is refused, and Kafka's answer names the records (`record_errors`).
+    #[error("{message}")]
+    InvalidRecords { message: String, records: Vec<i32> },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -61,7 +65,9 @@ impl BrokerError {
             }
             BrokerError::Storage(_) => ErrorCode::StorageError,
             BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
-            BrokerError::Kafka { .. } => ErrorCode::InvalidRequest,
+            BrokerError::Kafka { .. } | BrokerError::InvalidRecords { .. } => {
+                ErrorCode::InvalidRequest
+            }
             BrokerError::Internal(_) => ErrorCode::Unknown,
         }
     }

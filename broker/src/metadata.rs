@@ -17,6 +17,7 @@ use weir_storage::{FlushPolicy, Log, LogConfig, LogIdentity, ShardStorage};
 use weir_wire::{BatchBuilder, RecordIter};
 
 use crate::error::{BrokerError, BrokerResult};
+use crate::topic::TopicConfig;
 
 pub const METADATA_TOPIC: &str = "__cluster_metadata";
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -83,6 +84,11 @@ impl TopicImage {
             .ok()
             .and_then(|p| self.shards.get(p))
             .map(|shard| *shard as usize)
+    }
+
+    /// The topic's settings: `defaults` (a shard's `topic_defaults`) with its overrides.
+    pub fn config(&self, defaults: &TopicConfig) -> BrokerResult<TopicConfig> {
+        crate::topic::topic_config(defaults, &self.configs).map_err(BrokerError::InvalidConfig)
     }
 }
 

@@ -65,6 +65,16 @@ pub struct ShardMetrics {
     pub connections: Cell<u64>,
     pub connections_total: Cell<u64>,
     pub memory_in_use: Cell<u64>,
+    pub compaction: Cell<CompactionTotals>,
+}
+
+/// What compaction did on a shard since it started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CompactionTotals {
+    pub passes: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub records_removed: u64,
 }
 
 impl Default for ShardMetrics {
@@ -88,6 +98,7 @@ impl Default for ShardMetrics {
             connections: Cell::new(0),
             connections_total: Cell::new(0),
             memory_in_use: Cell::new(0),
+            compaction: Cell::new(CompactionTotals::default()),
         }
     }
 }
@@ -104,6 +115,15 @@ impl ShardMetrics {
         metrics
             .latency_ns
             .saturating_record(latency.as_nanos() as u64);
+    }
+
+    pub fn record_compaction(&self, stats: &weir_storage::CompactionStats) {
+        let mut totals = self.compaction.get();
+        totals.passes += 1;
+        totals.bytes_read += stats.bytes_read;
+        totals.bytes_written += stats.bytes_written;
+        totals.records_removed += stats.records_removed;
+        self.compaction.set(totals);
     }
 
     pub fn add(cell: &Cell<u64>, amount: u64) {
@@ -134,6 +154,7 @@ impl ShardMetrics {
             connections: self.connections.get(),
             connections_total: self.connections_total.get(),
             memory_in_use: self.memory_in_use.get(),
+            compaction: self.compaction.get(),
             cache_bytes,
             partitions,
             group_offsets: Vec::new(),
@@ -159,6 +180,7 @@ pub struct ShardMetricsSnapshot {
     pub connections: u64,
     pub connections_total: u64,
     pub memory_in_use: u64,
+    pub compaction: CompactionTotals,
     pub cache_bytes: u64,
     pub partitions: BTreeMap<TopicPartition, PartitionStatus>,
     /// Committed offsets of the groups whose offsets this shard keeps.
@@ -244,6 +266,30 @@ pub fn render(snapshots: &[ShardMetricsSnapshot]) -> String {
         "counter",
         "Response bytes written.",
         &mut per_shard(|s| s.bytes_out).into_iter(),
+    );
+    family(
+        "weir_compaction_passes_total",
+        "counter",
+        "Compaction passes finished.",
+        &mut per_shard(|s| s.compaction.passes).into_iter(),
+    );
+    family(
+        "weir_compaction_bytes_read_total",
+        "counter",
+        "Bytes compaction read from segments.",
+        &mut per_shard(|s| s.compaction.bytes_read).into_iter(),
+    );
+    family(
+        "weir_compaction_bytes_written_total",
+        "counter",
+        "Bytes of compacted segments written.",
+        &mut per_shard(|s| s.compaction.bytes_written).into_iter(),
+    );
+    family(
+        "weir_compaction_records_removed_total",
+        "counter",
+        "Records compaction removed (superseded, expired tombstones, no key).",
+        &mut per_shard(|s| s.compaction.records_removed).into_iter(),
     );
     family(
         "weir_connections",

@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use event_listener::{Event, EventListener};
 use glommio::sync::Semaphore;
 use kafka_protocol::ResponseError;
-use weir_storage::{FlushPolicy, Log, LogConfig, LogIdentity, ShardStorage};
+use weir_storage::{FlushPolicy, Log, LogIdentity, ShardStorage};
 use weir_wire::native::schema::{Acks, OffsetSpec};
 
 use crate::config::BrokerConfig;
@@ -42,10 +42,14 @@ pub struct Shard {
     pub id: usize,
     pub count: usize,
     pub config: Arc<BrokerConfig>,
-    pub log_defaults: LogConfig,
+    /// What topics get unless they override it (from the broker's configuration).
+    pub topic_defaults: topic::TopicConfig,
     pub storage: Rc<ShardStorage>,
     pub router: Rc<Router>,
     partitions: RefCell<BTreeMap<TopicPartition, Rc<Log>>>,
+    /// The configs of the topics of `partitions`, for what the produce path does beyond
+    /// the log (codec and timestamp rewrites).
+    topic_configs: RefCell<BTreeMap<String, topic::TopicConfig>>,
     offsets: RefCell<BTreeMap<i32, Rc<RefCell<OffsetsPartition>>>>,
     /// Idempotent producers' sequence state per partition, loaded on first use.
     producers: RefCell<BTreeMap<TopicPartition, ProducerTable>>,
@@ -109,12 +113,13 @@ impl Shard {
         Ok(Rc::new(Shard {
             id,
             count,
-            log_defaults: config.log_config()?,
+            topic_defaults: config.topic_defaults()?,
             storage: ShardStorage::new(config.storage_config()),
             memory: Rc::new(Semaphore::new(config.shard_memory_bytes as u64)),
             config,
             router,
             partitions: RefCell::new(BTreeMap::new()),
+            topic_configs: RefCell::new(BTreeMap::new()),
             offsets: RefCell::new(BTreeMap::new()),
             producers: RefCell::new(BTreeMap::new()),
             producer_loads: Semaphore::new(1),
@@ -289,7 +294,29 @@ impl Shard {
                 weir_wire::BatchHeader::parse(batch)?
             };
             weir_wire::check_client_batch(batch)?;
+            if log.config().cleanup.compact {
+                check_keys(partition, batch)?;
+            }
             headers.push(header);
+        }
+        let config = self.topic_configs.borrow().get(&partition.topic).copied();
+        let mut batches = batches;
+        if let Some(config) = config {
+            // One broker is one in-sync replica: acks=all cannot be met above that.
+            if acks == Acks::All && config.min_insync_replicas > IN_SYNC_REPLICAS {
+                return Err(BrokerError::kafka(
+                    ResponseError::NotEnoughReplicas,
+                    format!(
+                        "{partition} has {IN_SYNC_REPLICAS} in-sync replica, fewer than its min.insync.replicas {}",
+                        config.min_insync_replicas
+                    ),
+                ));
+            }
+            for (batch, header) in batches.iter_mut().zip(&mut headers) {
+                if rewrite(batch, header, &config)? {
+                    *header = weir_wire::BatchHeader::parse(batch)?;
+                }
+            }
         }
         if headers.iter().any(|h| h.producer_id >= 0) {
             self.load_producers(partition, &log).await?;
@@ -582,13 +609,19 @@ impl Shard {
                 name: OFFSETS_TOPIC.into(),
                 id: crate::metadata::random_id(),
                 shards: log.image().assign(partitions, self.count),
-                configs: vec![
-                    ("retention.ms".into(), "-1".into()),
-                    ("flush.policy".into(), "every-batch".into()),
-                ],
+                configs: offsets_topic_configs(),
                 internal: true,
             };
             log.append(record).await?;
+        } else if log.image().topic(OFFSETS_TOPIC).is_some_and(|topic| {
+            topic.configs.get("cleanup.policy").map(String::as_str) != Some("compact")
+        }) {
+            // Made by a weir that did not compact it yet.
+            log.append(MetadataRecord::TopicConfigsChanged {
+                name: OFFSETS_TOPIC.into(),
+                configs: offsets_topic_configs(),
+            })
+            .await?;
         }
         let image = Arc::new(log.image().clone());
         *self.controller.borrow_mut() = Some(log);
@@ -661,7 +694,7 @@ impl Shard {
         configs: Vec<(String, String)>,
     ) -> BrokerResult<()> {
         let overrides = configs.iter().cloned().collect();
-        topic::log_config(&self.log_defaults, &overrides).map_err(BrokerError::InvalidConfig)?;
+        topic::log_config(&self.topic_defaults, &overrides).map_err(BrokerError::InvalidConfig)?;
         self.change_metadata(|image| match image.topic(name) {
             None => Err(BrokerError::UnknownTopic(name.to_string())),
             Some(topic) if topic.internal => {
@@ -777,7 +810,7 @@ impl Shard {
             )));
         }
         let overrides = configs.iter().cloned().collect();
-        topic::log_config(&self.log_defaults, &overrides).map_err(BrokerError::InvalidConfig)?;
+        topic::log_config(&self.topic_defaults, &overrides).map_err(BrokerError::InvalidConfig)?;
         let count = self.count;
         self.change_metadata(|image| {
             if image.topic(name).is_some() {
@@ -847,11 +880,14 @@ impl Shard {
                 None => self.open_partition(&partition, &topic).await?,
                 Some(log) => {
                     // The topic's configs may have changed (AlterConfigs).
-                    let config = topic::log_config(&self.log_defaults, &topic.configs)
+                    let config = topic::topic_config(&self.topic_defaults, &topic.configs)
                         .map_err(BrokerError::InvalidConfig)?;
-                    if log.config() != config {
-                        log.set_config(config)?;
+                    if log.config() != config.log {
+                        log.set_config(config.log)?;
                     }
+                    self.topic_configs
+                        .borrow_mut()
+                        .insert(partition.topic.clone(), config);
                 }
             }
         }
@@ -869,8 +905,12 @@ impl Shard {
         partition: &TopicPartition,
         topic: &crate::metadata::TopicImage,
     ) -> BrokerResult<()> {
-        let config = topic::log_config(&self.log_defaults, &topic.configs)
+        let topic_config = topic::topic_config(&self.topic_defaults, &topic.configs)
             .map_err(BrokerError::InvalidConfig)?;
+        let config = topic_config.log;
+        self.topic_configs
+            .borrow_mut()
+            .insert(partition.topic.clone(), topic_config);
         let identity = LogIdentity {
             topic: partition.topic.clone(),
             partition: partition.partition,
@@ -939,6 +979,70 @@ impl Shard {
         self.groups.release_waiters();
     }
 
+    /// Compaction, one log at a time in the background task queue: every check period,
+    /// the log with the highest dirty ratio that is at least its
+    /// `min.cleanable.dirty.ratio` (or any log with a record older than
+    /// `max.compaction.lag.ms` uncompacted) gets a pass, then the next, until none
+    /// qualifies. Returns when shutdown begins.
+    pub async fn run_compaction(self: Rc<Self>) {
+        let every = Duration::from_millis(self.config.log_cleaner_backoff_ms);
+        let map_bytes = self.storage.config().compaction_map_bytes;
+        while !self.shutting_down() {
+            let stopping = self.stopping.listen();
+            if !self.shutting_down() {
+                futures_lite::future::or(
+                    async {
+                        glommio::timer::sleep(every).await;
+                    },
+                    stopping,
+                )
+                .await;
+            }
+            while !self.shutting_down() {
+                let Some((partition, log)) = self.dirtiest_log() else {
+                    break;
+                };
+                let now_ms = crate::metadata::now_ms();
+                // Without transactions every record is stable.
+                let stable_offset = log.log_end_offset();
+                match log.compact(now_ms, stable_offset, map_bytes).await {
+                    Ok(stats) => {
+                        self.metrics.record_compaction(&stats);
+                        tracing::debug!(%partition, ?stats, "compacted");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%partition, %error, "compaction failed; retrying later");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The log compaction should work on next, if any.
+    fn dirtiest_log(&self) -> Option<(TopicPartition, Rc<Log>)> {
+        let now_ms = crate::metadata::now_ms();
+        let partitions = self.partitions.borrow();
+        let mut best: Option<(f64, &TopicPartition, &Rc<Log>)> = None;
+        for (partition, log) in partitions.iter() {
+            let Some(candidate) = log.compaction_candidate(now_ms, log.log_end_offset()) else {
+                continue;
+            };
+            let ratio = candidate.dirty_ratio();
+            let due = candidate.overdue || ratio >= log.config().min_cleanable_dirty_ratio;
+            // Overdue logs first, then by dirty ratio.
+            let rank = if candidate.overdue {
+                2.0 + ratio
+            } else {
+                ratio
+            };
+            if due && best.is_none_or(|(r, _, _)| rank > r) {
+                best = Some((rank, partition, log));
+            }
+        }
+        best.map(|(_, partition, log)| (partition.clone(), log.clone()))
+    }
+
     /// Closes every log (flushing it), then the metadata log.
     pub async fn close(&self) {
         let logs: Vec<Rc<Log>> = std::mem::take(&mut *self.partitions.borrow_mut())
@@ -957,6 +1061,67 @@ impl Shard {
             tracing::error!(%error, "closing the metadata log failed");
         }
     }
+}
+
+/// Committed offsets are a table: compacted, kept forever, every commit durable.
+fn offsets_topic_configs() -> Vec<(String, String)> {
+    vec![
+        ("cleanup.policy".into(), "compact".into()),
+        // Kafka's offsets.topic.segment.bytes: only sealed segments are compacted.
+        ("segment.bytes".into(), (100 << 20).to_string()),
+        ("retention.ms".into(), "-1".into()),
+        ("flush.policy".into(), "every-batch".into()),
+    ]
+}
+
+/// Kafka's broker-side rewrites of a produced batch: into the topic's codec when its
+/// `compression.type` is not `producer`, and stamped with the broker's time under
+/// `message.timestamp.type=LogAppendTime`. Returns whether the batch changed.
+fn rewrite(
+    batch: &mut BytesMut,
+    header: &weir_wire::BatchHeader,
+    config: &topic::TopicConfig,
+) -> BrokerResult<bool> {
+    let recompress = matches!(config.compression, topic::CompressionType::Codec(codec)
+        if header.attributes.compression() != Some(codec) && !header.attributes.is_control());
+    let stamp = config.timestamp_type == weir_wire::TimestampType::LogAppendTime;
+    if !recompress && !stamp {
+        return Ok(false);
+    }
+    // A rewritten batch gets a new CRC: check the producer's first, or corruption would
+    // be stored as valid.
+    weir_wire::batch::validate(batch, usize::MAX)?;
+    if let (true, topic::CompressionType::Codec(codec)) = (recompress, config.compression) {
+        *batch = weir_wire::record::recompress(batch, codec, DECOMPRESSED_BATCH_BYTES_MAX)?;
+    }
+    if stamp {
+        weir_wire::batch::stamp_log_append_time(batch, crate::metadata::now_ms())?;
+    }
+    Ok(true)
+}
+
+/// In-sync replicas of every partition until replication exists.
+const IN_SYNC_REPLICAS: i32 = 1;
+
+/// The most a produced batch may decompress to when its records must be looked at.
+const DECOMPRESSED_BATCH_BYTES_MAX: usize = 64 << 20;
+
+/// A compacted topic keeps the latest record of each key: a record without a key has no
+/// place in it (Kafka answers INVALID_RECORD).
+fn check_keys(partition: &TopicPartition, batch: &[u8]) -> BrokerResult<()> {
+    let keyless = weir_wire::record::keyless_records(batch, DECOMPRESSED_BATCH_BYTES_MAX)?;
+    if keyless.is_empty() {
+        return Ok(());
+    }
+    Err(BrokerError::InvalidRecords {
+        message: format!(
+            "compacted topic {} cannot accept records without a key ({} in the batch for partition {})",
+            partition.topic,
+            keyless.len(),
+            partition.partition
+        ),
+        records: keyless,
+    })
 }
 
 fn unknown(partition: &TopicPartition) -> BrokerError {

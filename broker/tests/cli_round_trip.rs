@@ -1,7 +1,8 @@
 //! Proves the `weir` CLI round trip against a real two-shard broker: 10,000 keyed lines
 //! produced come back complete and in order per partition (and per key), a timestamp
 //! start skips older records, and a group's committed offsets survive a restart so that
-//! two runs of a group consumer together read everything exactly once.
+//! two runs of a group consumer together read everything exactly once; topic configs set
+//! at creation are described, and an invalid one is refused.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -214,6 +215,46 @@ fn cli_round_trip_with_keys_timestamps_and_groups() {
     assert!(
         lag.lines().skip(1).all(|l| l.ends_with("\t0")),
         "no lag left: {lag}"
+    );
+
+    // Topic configs: set at creation, described as DescribeConfigs values them; an
+    // invalid one is refused with what is allowed.
+    let created = [
+        "cleanup.policy=delete, compact",
+        "retention.ms=0100",
+        "compression.type=zstd",
+    ];
+    let mut create = vec!["topic", "create", "compacted"];
+    for config in &created {
+        create.extend(["--config", config]);
+    }
+    broker.cli_ok(&create, None).expect("create with configs");
+    let describe = broker
+        .cli_ok(&["topic", "describe", "compacted"], None)
+        .expect("describe configs");
+    for line in [
+        "config cleanup.policy=compact,delete\t(topic)",
+        "config compression.type=zstd\t(topic)",
+        "config retention.ms=100\t(topic)",
+    ] {
+        assert!(describe.lines().any(|l| l == line), "{line}: {describe}");
+    }
+    let refused = broker
+        .cli(
+            &[
+                "topic",
+                "create",
+                "bad",
+                "--config",
+                "min.insync.replicas=0",
+            ],
+            None,
+        )
+        .expect("create with a bad config");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("Value must be at least 1"),
+        "{stderr}"
     );
 
     broker

@@ -85,3 +85,20 @@ fn kcat() {
 fn admin_clients() {
     tool("admin");
 }
+
+/// Kafka's topic configs through confluent_kafka.admin: set at creation, described with
+/// their sources (a broker started with one changed default), altered with AlterConfigs
+/// and IncrementalAlterConfigs, and invalid values refused with INVALID_CONFIG.
+#[test]
+fn topic_configs_through_confluent_admin() {
+    tool("configs");
+}
+
+/// A compacted topic through librdkafka: 100,000 updates over 1,000 keys (lz4 and zstd)
+/// and 100 tombstones are compacted in the background to every key's latest value, read
+/// back from the beginning (also across a removed range, and after kill -9); a record
+/// without a key is refused with INVALID_RECORD.
+#[test]
+fn compacted_topic_through_librdkafka() {
+    run("compaction.py", &[]);
+}

@@ -56,8 +56,68 @@ impl FromStr for FlushPolicy {
     }
 }
 
-/// The settings of one partition log. Defaults follow Kafka's where Kafka has one.
+/// What happens to old data (Kafka `cleanup.policy`): `delete` removes whole old segments
+/// by time and size retention; `compact` keeps the latest record of every key; both can
+/// be on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    pub delete: bool,
+    pub compact: bool,
+}
+
+impl CleanupPolicy {
+    pub const DELETE: CleanupPolicy = CleanupPolicy {
+        delete: true,
+        compact: false,
+    };
+    pub const COMPACT: CleanupPolicy = CleanupPolicy {
+        delete: false,
+        compact: true,
+    };
+}
+
+impl fmt::Display for CleanupPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.compact, self.delete) {
+            (true, true) => f.write_str("compact,delete"),
+            (true, false) => f.write_str("compact"),
+            _ => f.write_str("delete"),
+        }
+    }
+}
+
+impl FromStr for CleanupPolicy {
+    type Err = StorageError;
+
+    /// Kafka's list syntax: `delete`, `compact`, `compact,delete` (either order, spaces
+    /// allowed, each at most once).
+    fn from_str(text: &str) -> Result<CleanupPolicy, StorageError> {
+        let mut policy = CleanupPolicy {
+            delete: false,
+            compact: false,
+        };
+        for part in text.split(',').map(str::trim) {
+            let flag = match part {
+                "delete" => &mut policy.delete,
+                "compact" => &mut policy.compact,
+                _ => {
+                    return Err(StorageError::InvalidConfig(format!(
+                        "cleanup.policy {text:?}: expected delete, compact or compact,delete"
+                    )));
+                }
+            };
+            if std::mem::replace(flag, true) {
+                return Err(StorageError::InvalidConfig(format!(
+                    "cleanup.policy {text:?} names {part} twice"
+                )));
+            }
+        }
+        Ok(policy)
+    }
+}
+
+/// The settings of one partition log. Defaults follow Kafka's where Kafka has one.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LogConfig {
     /// A segment is rolled before a batch would make it larger than this
     /// (Kafka `segment.bytes`, default 1 GiB).
@@ -88,6 +148,22 @@ pub struct LogConfig {
     pub write_chunk_bytes: u32,
     /// Bytes read at once from a segment for a reader, kept for its next sequential read.
     pub readahead_bytes: u32,
+    /// Kafka `cleanup.policy` (default `delete`): retention applies only with `delete`,
+    /// compaction only with `compact`.
+    pub cleanup: CleanupPolicy,
+    /// A tombstone (a keyed record with a null value) that is the latest of its key is
+    /// removed by compaction once its batch's newest timestamp is older than this
+    /// (Kafka `delete.retention.ms`, 1 day).
+    pub delete_retention_ms: u64,
+    /// Records younger than this are never compacted (Kafka `min.compaction.lag.ms`, 0).
+    pub min_compaction_lag_ms: u64,
+    /// A log whose oldest uncompacted record is older than this is compacted whatever its
+    /// dirty ratio, and its active segment is rolled for it (Kafka
+    /// `max.compaction.lag.ms`, unlimited).
+    pub max_compaction_lag_ms: u64,
+    /// A log is compacted once its uncompacted bytes are at least this share of the
+    /// compactable bytes (Kafka `min.cleanable.dirty.ratio`, 0.5).
+    pub min_cleanable_dirty_ratio: f64,
 }
 
 impl Default for LogConfig {
@@ -104,6 +180,11 @@ impl Default for LogConfig {
             preallocate: false,
             write_chunk_bytes: 2 << 20,
             readahead_bytes: 1 << 20,
+            cleanup: CleanupPolicy::DELETE,
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX as u64,
+            min_cleanable_dirty_ratio: 0.5,
         }
     }
 }
@@ -146,6 +227,23 @@ impl LogConfig {
         if self.segment_ms == 0 {
             return fail("segment_ms must be positive".into());
         }
+        if !self.cleanup.delete && !self.cleanup.compact {
+            return fail("cleanup policy must delete, compact, or both".into());
+        }
+        if !(0.0..=1.0).contains(&self.min_cleanable_dirty_ratio) {
+            return fail(format!(
+                "min_cleanable_dirty_ratio {} is outside [0, 1]",
+                self.min_cleanable_dirty_ratio
+            ));
+        }
+        if self.max_compaction_lag_ms == 0
+            || self.min_compaction_lag_ms > self.max_compaction_lag_ms
+        {
+            return fail(format!(
+                "max_compaction_lag_ms {} must be positive and at least min_compaction_lag_ms {}",
+                self.max_compaction_lag_ms, self.min_compaction_lag_ms
+            ));
+        }
         Ok(())
     }
 }
@@ -157,6 +255,9 @@ pub struct ShardStorageConfig {
     pub cache_bytes: u64,
     /// Sealed segments kept open (file and loaded index) at once on the shard.
     pub open_segments_max: usize,
+    /// Memory for compaction's key-to-latest-offset map (Kafka
+    /// `log.cleaner.dedupe.buffer.size`); the shard compacts one log at a time with it.
+    pub compaction_map_bytes: u64,
 }
 
 impl Default for ShardStorageConfig {
@@ -164,6 +265,7 @@ impl Default for ShardStorageConfig {
         ShardStorageConfig {
             cache_bytes: 256 << 20,
             open_segments_max: 256,
+            compaction_map_bytes: 32 << 20,
         }
     }
 }

@@ -46,6 +46,11 @@ pub enum StorageError {
     #[error("log {} is closed", path.display())]
     Closed { path: PathBuf },
 
+    /// A reader picked a sealed segment that compaction replaced meanwhile; the log
+    /// retries such reads itself, so callers see this only if that keeps happening.
+    #[error("segment {} was replaced by compaction during the read", path.display())]
+    SegmentReplaced { path: PathBuf },
+
     #[error("invalid storage configuration: {0}")]
     InvalidConfig(String),
 

@@ -336,6 +336,24 @@ pub(crate) async fn remove_file(path: &Path) -> Result<()> {
     }
 }
 
+/// The names of a directory's entries, with their paths.
+pub(crate) fn dir_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let listing_error = |source| StorageError::Io {
+        operation: "listing",
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(listing_error)? {
+        let entry = entry.map_err(listing_error)?;
+        entries.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+        ));
+    }
+    Ok(entries)
+}
+
 pub(crate) fn segment_path(dir: &Path, base_offset: i64, extension: &str) -> PathBuf {
     dir.join(format!("{base_offset:020}.{extension}"))
 }

@@ -18,15 +18,20 @@ mod error;
 mod index;
 mod io;
 mod log;
+mod offset_map;
 mod scan;
 mod segment;
 mod shard;
 
 pub use cache::LogId;
 pub use checkpoint::PartitionMetadata;
-pub use config::{FlushPolicy, LogConfig, PAGE_BYTES, SEGMENT_BYTES_MAX, ShardStorageConfig};
+pub use config::{
+    CleanupPolicy, FlushPolicy, LogConfig, PAGE_BYTES, SEGMENT_BYTES_MAX, ShardStorageConfig,
+};
 pub use epoch::{EpochEntry, LeaderEpochCache};
 pub use error::{Result, StorageError};
 pub use io::probe_direct_io;
-pub use log::{AppendInfo, Log, LogIdentity, LogStats, TimestampOffset};
+pub use log::{
+    AppendInfo, CompactionCandidate, CompactionStats, Log, LogIdentity, LogStats, TimestampOffset,
+};
 pub use shard::ShardStorage;

@@ -24,6 +24,7 @@ use glommio::sync::{Permit, Semaphore};
 use weir_wire::batch::{self, BatchHeader, LOG_OVERHEAD_BYTES};
 use weir_wire::{Compression, RecordIter};
 
+pub use self::compact::{CompactionCandidate, CompactionStats};
 use crate::cache::{CacheRead, LogId};
 use crate::checkpoint::{self, CHECKPOINT_BYTES_MAX, PartitionMetadata};
 use crate::config::{FlushPolicy, LogConfig, PAGE_BYTES};
@@ -35,6 +36,8 @@ use crate::shard::ShardStorage;
 use crate::{Result, StorageError};
 
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
+/// How often a read picks again after compaction replaced the segment it picked.
+const REPLACED_RETRIES: u32 = 8;
 const EPOCH_CHECKPOINT_FILE: &str = "leader-epoch-checkpoint";
 
 /// Who a log directory belongs to; checked against the directory's metadata on open.
@@ -140,6 +143,8 @@ struct LogState {
     /// Seals running in the background (see `roll_locked`). Dropping the log cancels them,
     /// as a crash would stop them.
     sealing: Vec<glommio::Task<()>>,
+    /// Compaction has handled every record below this offset (`compact.rs`).
+    first_dirty_offset: i64,
 }
 
 /// Counters of the I/O a log did since it was opened.
@@ -163,6 +168,9 @@ pub struct Log {
     id: LogId,
     state: RefCell<LogState>,
     io: IoLock,
+    /// Held by whatever removes or replaces sealed segments (retention, truncation,
+    /// compaction's swaps, close), so that they never interleave. Taken before `io`.
+    layout: Semaphore,
     /// Fired on every append and whenever the durable offset advances.
     changed: Event,
     /// Fired whenever the durable offset advances.
@@ -240,6 +248,8 @@ impl Log {
         })?;
         io::ensure_dir(dir).await?;
         let metadata = load_or_create_metadata(dir, identity).await?;
+        compact::recover_compaction(dir).await?;
+        let first_dirty_offset = compact::load_cleaner_checkpoint(dir).await?;
         let bases = list_segments(dir, metadata.log_start_offset).await?;
         let mut epochs = load_epochs(dir).await?;
         let mut sealed = Vec::with_capacity(bases.len());
@@ -277,6 +287,7 @@ impl Log {
                 semaphore: Semaphore::new(1),
                 released: Event::new(),
             },
+            layout: Semaphore::new(1),
             changed: Event::new(),
             durable_advanced: Event::new(),
             written: Event::new(),
@@ -301,6 +312,7 @@ impl Log {
                 readahead: None,
                 stats: LogStats::default(),
                 sealing: Vec::new(),
+                first_dirty_offset,
             }),
         });
         for segment in log
@@ -615,6 +627,15 @@ impl Log {
         })
     }
 
+    async fn lock_layout(&self) -> Result<Permit<'_>> {
+        self.layout
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed {
+                path: self.dir.clone(),
+            })
+    }
+
     fn try_lock(&self) -> Result<Option<IoGuard<'_>>> {
         match self.io.semaphore.try_acquire_permit(1) {
             Ok(permit) => Ok(Some(IoGuard {
@@ -856,11 +877,18 @@ impl Log {
     ) -> bool {
         let size = active.planned_bytes + planned_bytes + header.total_bytes() as u64;
         let relative_last = header.last_offset() - active.base_offset;
-        size > self.config().segment_bytes
-            || active.index.entry_count() >= self.config().index_entries_max as usize
+        let config = self.config();
+        // A compacted log rolls by max.compaction.lag.ms too: records in the active
+        // segment cannot be compacted.
+        let roll_ms = if config.cleanup.compact {
+            config.segment_ms.min(config.max_compaction_lag_ms)
+        } else {
+            config.segment_ms
+        };
+        size > config.segment_bytes
+            || active.index.entry_count() >= config.index_entries_max as usize
             || relative_last > i64::from(u32::MAX)
-            || (first
-                && active.created_at.elapsed() >= Duration::from_millis(self.config().segment_ms))
+            || (first && active.created_at.elapsed() >= Duration::from_millis(roll_ms))
     }
 
     /// Awaits the oldest writes until at most `keep` are in flight, and applies each: the
@@ -994,6 +1022,25 @@ impl Log {
     /// batch when there is one) and stopping before any batch that reaches `max_offset`
     /// (a high watermark). Recent batches come from the shard cache without a copy.
     pub async fn read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<Vec<Bytes>> {
+        let mut attempts = 0;
+        loop {
+            match self.read_once(offset, max_bytes, max_offset).await {
+                // The segment picked was replaced by compaction while it was being opened:
+                // pick again (the replacement holds the same offsets).
+                Err(StorageError::SegmentReplaced { .. }) if attempts < REPLACED_RETRIES => {
+                    attempts += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn read_once(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        max_offset: i64,
+    ) -> Result<Vec<Bytes>> {
         let source = self.read_source(offset, max_bytes, max_offset)?;
         match source {
             ReadSource::Memory(batches) => Ok(batches),
@@ -1071,8 +1118,10 @@ impl Log {
         }
         // The first sealed segment that still has batches at or after the offset: offsets
         // may have gaps between segments.
+        // Compaction can leave a segment empty (its next offset is then its base): skip it.
         let index = state.sealed.partition_point(|s| s.next_offset <= offset);
-        if let Some(segment) = state.sealed.get(index) {
+        let holding = state.sealed[index..].iter().find(|s| s.size_bytes > 0);
+        if let Some(segment) = holding {
             return Ok(ReadSource::Sealed(segment.clone()));
         }
         let active = &state.active;
@@ -1213,13 +1262,22 @@ impl Log {
     /// time), or `None` when every record is older. Within compressed batches, which weir
     /// cannot decode yet, the answer is the batch's first offset and its max timestamp.
     pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<TimestampOffset>> {
-        let start = match self.timestamp_search_start(timestamp)? {
-            TimestampStart::Nowhere => return Ok(None),
-            TimestampStart::Offset(offset) => offset,
-            TimestampStart::Sealed(segment) => {
-                let open = self.open_sealed(&segment).await?;
-                open.index
-                    .start_offset_for_timestamp(segment.base_offset, timestamp)
+        let mut attempts = 0;
+        let start = loop {
+            match self.timestamp_search_start(timestamp)? {
+                TimestampStart::Nowhere => return Ok(None),
+                TimestampStart::Offset(offset) => break offset,
+                TimestampStart::Sealed(segment) => match self.open_sealed(&segment).await {
+                    Ok(open) => {
+                        break open
+                            .index
+                            .start_offset_for_timestamp(segment.base_offset, timestamp);
+                    }
+                    Err(StorageError::SegmentReplaced { .. }) if attempts < REPLACED_RETRIES => {
+                        attempts += 1;
+                    }
+                    Err(error) => return Err(error),
+                },
             }
         };
         let mut offset = start.max(self.log_start_offset());
@@ -1276,6 +1334,7 @@ impl Log {
     /// this when a follower's tail diverges from its new leader's. Appends are refused
     /// while it runs.
     pub async fn truncate_to(&self, offset: i64) -> Result<()> {
+        let _layout = self.lock_layout().await?;
         let _permit = self.lock().await?;
         self.flush_locked(Reach::Written, i64::MAX).await?;
         self.await_seals().await?;
@@ -1408,6 +1467,7 @@ impl Log {
     /// Deletes the oldest sealed segments: those wholly before the log start, and with
     /// `retention_now_ms`, those the retention settings no longer keep.
     async fn delete_old_segments(&self, retention_now_ms: Option<i64>) -> Result<usize> {
+        let _layout = self.lock_layout().await?;
         let _permit = self.lock().await?;
         self.await_seals().await?;
         let doomed = {
@@ -1436,6 +1496,9 @@ impl Log {
     }
 
     fn segments_to_delete(&self, state: &LogState, retention_now_ms: Option<i64>) -> usize {
+        // Time and size retention are the `delete` policy; a compact-only log keeps its
+        // segments (the log start still removes what lies before it).
+        let retention_now_ms = retention_now_ms.filter(|_| self.config().cleanup.delete);
         let total: u64 =
             state.sealed.iter().map(|s| s.size_bytes).sum::<u64>() + state.active.data_bytes;
         let retention_bytes = self
@@ -1540,6 +1603,7 @@ impl Log {
     /// Writes and syncs everything, then leaves the files so the next open needs no
     /// recovery scan. Every later call on this log answers `Closed`.
     pub async fn close(&self) -> Result<()> {
+        let _layout = self.lock_layout().await?;
         let _permit = self.lock().await?;
         if self.state.borrow().closed {
             return Ok(());
@@ -1555,6 +1619,7 @@ impl Log {
         self.shard.cache.borrow_mut().remove_log(self.id);
         active.close_cleanly(&self.dir).await?;
         self.io.semaphore.close();
+        self.layout.close();
         Ok(())
     }
 }
@@ -1691,42 +1756,24 @@ async fn load_epochs(dir: &Path) -> Result<LeaderEpochCache> {
 /// interrupted operation left: temporary files, index files without a segment, and
 /// segments wholly before the log start offset.
 async fn list_segments(dir: &Path, log_start_offset: i64) -> Result<Vec<i64>> {
-    let entries = std::fs::read_dir(dir).map_err(|source| StorageError::Io {
-        operation: "listing",
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    let entries = io::dir_entries(dir)?;
     let mut bases = Vec::new();
     let mut leftovers = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| StorageError::Io {
-            operation: "listing",
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for (name, path) in &entries {
         if name.ends_with(".tmp") {
-            leftovers.push(entry.path());
-        } else if let Some(base) = parse_segment_name(&name, LOG_EXTENSION) {
+            leftovers.push(path.clone());
+        } else if let Some(base) = parse_segment_name(name, LOG_EXTENSION) {
             bases.push(base);
         }
     }
     bases.sort_unstable();
-    for entry in std::fs::read_dir(dir)
-        .map_err(|source| StorageError::Io {
-            operation: "listing",
-            path: dir.to_path_buf(),
-            source,
-        })?
-        .flatten()
-    {
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for (name, path) in &entries {
         let orphan = [segment::INDEX_EXTENSION, segment::TIME_INDEX_EXTENSION]
             .iter()
-            .filter_map(|extension| parse_segment_name(&name, extension))
+            .filter_map(|extension| parse_segment_name(name, extension))
             .any(|base| bases.binary_search(&base).is_err());
         if orphan {
-            leftovers.push(entry.path());
+            leftovers.push(path.clone());
         }
     }
     // A segment is wholly before the log start when the next one starts at or before it.
@@ -1775,5 +1822,6 @@ fn check_continuity(dir: &Path, sealed: &[SealedSegment], active: &ActiveSegment
     Ok(())
 }
 
+mod compact;
 #[cfg(test)]
 mod tests;

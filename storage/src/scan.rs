@@ -48,14 +48,50 @@ pub(crate) struct ScanSettings {
 }
 
 /// A window of a segment file held in memory while walking it.
-struct Window<'a> {
+pub(crate) struct Window<'a> {
     file: &'a SegmentFile,
     path: &'a Path,
     start: u64,
     bytes: Bytes,
 }
 
-impl Window<'_> {
+impl<'a> Window<'a> {
+    pub fn new(file: &'a SegmentFile, path: &'a Path) -> Window<'a> {
+        Window {
+            file,
+            path,
+            start: 0,
+            bytes: Bytes::new(),
+        }
+    }
+
+    /// The whole batch at `position`, validated (length, magic, CRC), or `None` at the
+    /// end of the data. Anything invalid before `data_bytes` is corruption.
+    pub async fn batch_at(
+        &mut self,
+        position: u64,
+        data_bytes: u64,
+        batch_bytes_max: usize,
+    ) -> Result<Option<(batch::BatchHeader, Bytes)>> {
+        if position >= data_bytes {
+            return Ok(None);
+        }
+        let remaining = data_bytes - position;
+        let corrupt = |reason: String| crate::StorageError::Corrupt {
+            path: self.path.to_path_buf(),
+            position,
+            reason,
+        };
+        let prefix = self
+            .get(position, LOG_OVERHEAD_BYTES.min(remaining as usize))
+            .await?;
+        let total = batch_length(&prefix, remaining, batch_bytes_max).map_err(corrupt)?;
+        let bytes = self.get(position, total).await?;
+        let header =
+            batch::validate(&bytes, batch_bytes_max).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Some((header, bytes)))
+    }
+
     /// The bytes `[position, position + len)`, reading from the file when the window does
     /// not cover them. Shorter only at the end of the file.
     async fn get(&mut self, position: u64, len: usize) -> Result<Bytes> {
@@ -80,12 +116,7 @@ pub(crate) async fn scan_segment(
     file_bytes: u64,
     settings: ScanSettings,
 ) -> Result<Scan> {
-    let mut window = Window {
-        file,
-        path,
-        start: 0,
-        bytes: Bytes::new(),
-    };
+    let mut window = Window::new(file, path);
     let mut scan = Scan {
         end_position: 0,
         next_offset: base_offset,

@@ -4,12 +4,13 @@
 //! active one, appended to; the others are sealed and never change until retention
 //! deletes them or truncation reopens one.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use event_listener::Event;
 
 use crate::config::LogConfig;
 use crate::index::{self, IndexFileHeader, IndexKind, SegmentIndex};
@@ -53,6 +54,54 @@ pub(crate) struct SealedSegment {
     pub size_bytes: u64,
     pub path: PathBuf,
     pub open: Rc<OpenSlot>,
+    pub life: Rc<SegmentLife>,
+}
+
+/// Whether a sealed segment is still part of its log, and who is opening its file.
+///
+/// Compaction replaces segments by renaming a new file over an old one's name. A reader
+/// that picked the old segment and opens it by name could then get the new file with the
+/// old one's facts; so compaction first marks the old segments replaced (no new opens
+/// start), waits until opens in progress are done, and only then renames.
+#[derive(Debug, Default)]
+pub(crate) struct SegmentLife {
+    replaced: Cell<bool>,
+    opening: Cell<u32>,
+    opened: Event,
+}
+
+impl SegmentLife {
+    pub fn mark_replaced(&self) {
+        self.replaced.set(true);
+    }
+
+    /// Returns once no open of the segment's file is in progress.
+    pub async fn opens_finished(&self) {
+        loop {
+            let listener = self.opened.listen();
+            if self.opening.get() == 0 {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// Counts an open in progress for as long as it lives (also when the reader is dropped).
+struct Opening<'a>(&'a SegmentLife);
+
+impl<'a> Opening<'a> {
+    fn start(life: &'a SegmentLife) -> Opening<'a> {
+        life.opening.set(life.opening.get() + 1);
+        Opening(life)
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.opening.set(self.0.opening.get() - 1);
+        self.0.opened.notify(usize::MAX);
+    }
 }
 
 pub(crate) type OpenSlot = RefCell<Option<Rc<OpenSegment>>>;
@@ -179,6 +228,7 @@ impl ActiveSegment {
             size_bytes: self.data_bytes,
             path: self.path.clone(),
             open: Rc::new(RefCell::new(Some(Rc::new(open)))),
+            life: Rc::default(),
         }
     }
 
@@ -268,6 +318,7 @@ impl SealedSegment {
             size_bytes,
             path,
             open: Rc::new(RefCell::new(open)),
+            life: Rc::default(),
         })
     }
 
@@ -277,6 +328,12 @@ impl SealedSegment {
         if let Some(open) = self.open.borrow().as_ref() {
             return Ok((open.clone(), false));
         }
+        if self.life.replaced.get() {
+            return Err(StorageError::SegmentReplaced {
+                path: self.path.clone(),
+            });
+        }
+        let _opening = Opening::start(&self.life);
         let loaded = load_trusted_index(dir, self.base_offset, self.size_bytes, config).await?;
         let open = match loaded {
             Some((_, index)) => OpenSegment {
@@ -415,7 +472,7 @@ async fn load_trusted_index(
     Ok(offset_header.map(|header| (header, index)))
 }
 
-async fn write_index_files(
+pub(crate) async fn write_index_files(
     dir: &Path,
     base_offset: i64,
     next_offset: i64,

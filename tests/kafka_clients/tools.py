@@ -8,6 +8,12 @@
     tools.py admin --weir BIN --work-dir DIR
         Creates, describes, alters and deletes topics and configs, adds partitions and
         deletes records through confluent_kafka.admin and kafka-python's admin client.
+    tools.py configs --weir BIN --work-dir DIR
+        Kafka's topic configs through confluent_kafka.admin against a broker started with
+        one changed default (WEIR_LOG_CLEANER_DELETE_RETENTION_MS): set at creation,
+        described with their sources (topic, broker, default), replaced with
+        AlterConfigs, changed with IncrementalAlterConfigs (SET, DELETE, APPEND,
+        SUBTRACT), and every invalid value refused with INVALID_CONFIG.
 
 Run by broker/tests/kafka_clients.rs.
 """
@@ -130,17 +136,175 @@ def admin(broker, work_dir):
     log("kafka-python admin: topics, configs, partitions: OK")
 
 
+# The broker default the configs scenario changes, and the value it sets.
+CHANGED_DEFAULT = ("WEIR_LOG_CLEANER_DELETE_RETENTION_MS", "3600000")
+
+
+def configs(broker, work_dir):
+    import warnings
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry,
+                                       ConfigResource, ConfigSource, NewTopic)
+    a = AdminClient({"bootstrap.servers": broker.kafka})
+    topic = "configs-a"
+    resource = ConfigResource("topic", topic)
+    TOPIC, BROKER, DEFAULT = (ConfigSource.DYNAMIC_TOPIC_CONFIG, ConfigSource.STATIC_BROKER_CONFIG,
+                              ConfigSource.DEFAULT_CONFIG)
+
+    def source(entry):
+        return ConfigSource(getattr(entry.source, "value", entry.source))
+
+    def describe():
+        return a.describe_configs([resource])[resource].result(30)
+
+    def expect(described, name, value, expected_source):
+        entry = described[name]
+        assert (entry.value, source(entry)) == (value, expected_source), \
+            f"{name}: {entry.value} from {source(entry)}, expected {value} from {expected_source}"
+        assert entry.is_default == (expected_source == DEFAULT), (name, entry.is_default)
+        assert not entry.is_read_only, name
+
+    def refused(future, what):
+        try:
+            future.result(30)
+        except KafkaException as e:
+            error = e.args[0]
+            assert error.code() == KafkaError.INVALID_CONFIG, f"{what}: {error}"
+            return error.str()
+        raise AssertionError(f"{what} was accepted")
+
+    created = {
+        "cleanup.policy": "compact",
+        "min.insync.replicas": "2",
+        "compression.type": "zstd",
+        "message.timestamp.type": "LogAppendTime",
+        "min.cleanable.dirty.ratio": "0.2",
+        "max.compaction.lag.ms": "86400000",
+        "segment.bytes": "16777216",
+        "flush.policy": "interval(100)",
+    }
+    for future in a.create_topics([NewTopic(topic, 2, 1, config=created)]).values():
+        future.result(30)
+    described = describe()
+    for name, value in created.items():
+        expect(described, name, value, TOPIC)
+    changed_name, changed_value = CHANGED_DEFAULT
+    expect(described, "delete.retention.ms", changed_value, BROKER)
+    expect(described, "retention.ms", "604800000", DEFAULT)
+    expect(described, "min.compaction.lag.ms", "0", DEFAULT)
+    expect(described, "retention.bytes", "-1", DEFAULT)
+    synonyms = described["delete.retention.ms"].synonyms
+    assert "log.cleaner.delete.retention.ms" in synonyms, synonyms
+    synonyms = described["cleanup.policy"].synonyms
+    assert {"cleanup.policy", "log.cleanup.policy"} <= set(synonyms), synonyms
+    log("configs: created with 8 configs; described with sources topic, broker and default")
+
+    # AlterConfigs replaces the whole set of overrides (deprecated in the client, not gone).
+    warnings.filterwarnings("ignore", "alter_configs has been deprecated", DeprecationWarning)
+    replace = ConfigResource("topic", topic, set_config={
+        "cleanup.policy": "compact,delete", "retention.ms": "3600000",
+        "compression.type": "producer"})
+    a.alter_configs([replace])[replace].result(30)
+    described = describe()
+    expect(described, "cleanup.policy", "compact,delete", TOPIC)
+    expect(described, "retention.ms", "3600000", TOPIC)
+    expect(described, "compression.type", "producer", TOPIC)
+    expect(described, "min.insync.replicas", "1", DEFAULT)
+    expect(described, "message.timestamp.type", "CreateTime", DEFAULT)
+    expect(described, "min.cleanable.dirty.ratio", "0.5", DEFAULT)
+
+    # IncrementalAlterConfigs changes single keys.
+    def incremental(*entries):
+        change = ConfigResource("topic", topic, incremental_configs=[
+            ConfigEntry(name, value, incremental_operation=op) for name, value, op in entries])
+        return a.incremental_alter_configs([change])[change]
+
+    SET, DELETE = AlterConfigOpType.SET, AlterConfigOpType.DELETE
+    APPEND, SUBTRACT = AlterConfigOpType.APPEND, AlterConfigOpType.SUBTRACT
+    incremental(("compression.type", "lz4", SET), ("cleanup.policy", "delete", SUBTRACT),
+                ("retention.ms", None, DELETE), ("min.insync.replicas", "3", SET)).result(30)
+    described = describe()
+    expect(described, "compression.type", "lz4", TOPIC)
+    expect(described, "cleanup.policy", "compact", TOPIC)
+    expect(described, "retention.ms", "604800000", DEFAULT)
+    expect(described, "min.insync.replicas", "3", TOPIC)
+    incremental(("cleanup.policy", "delete", APPEND),
+                ("delete.retention.ms", "0", SET)).result(30)
+    described = describe()
+    expect(described, "cleanup.policy", "compact,delete", TOPIC)
+    expect(described, "delete.retention.ms", "0", TOPIC)
+    incremental(("delete.retention.ms", None, DELETE)).result(30)
+    expect(describe(), "delete.retention.ms", changed_value, BROKER)
+    log("configs: AlterConfigs replaced, IncrementalAlterConfigs SET/DELETE/APPEND/SUBTRACT: OK")
+
+    # Invalid values: refused with INVALID_CONFIG and a message saying what is allowed,
+    # by each of the three requests, and nothing changes.
+    before = {name: entry.value for name, entry in describe().items()}
+    messages = []
+    invalid = [
+        ("retention.ms", "-2", "at least -1"),
+        ("retention.bytes", "lots", "LONG"),
+        ("min.cleanable.dirty.ratio", "1.5", "from 0 to 1"),
+        ("compression.type", "brotli", "uncompressed, zstd, lz4, snappy, gzip or producer"),
+        ("message.timestamp.type", "Now", "CreateTime or LogAppendTime"),
+        ("cleanup.policy", "forever", "delete, compact, or compact,delete"),
+        ("min.insync.replicas", "0", "at least 1"),
+        ("max.compaction.lag.ms", "0", "at least 1"),
+        ("delete.retention.ms", "-1", "at least 0"),
+        ("segment.bytes", "1000", "max.message.bytes"),
+        ("flush.policy", "always", "every-batch, interval(MS)"),
+        ("no.such.config", "1", "Unknown topic config name"),
+    ]
+    for name, value, allowed in invalid:
+        what = f"{name}={value}"
+        replace = ConfigResource("topic", topic, set_config={name: value})
+        message = refused(a.alter_configs([replace])[replace], f"AlterConfigs {what}")
+        assert allowed in message, f"AlterConfigs {what}: {message}"
+        messages.append(message)
+        message = refused(incremental((name, value, SET)), f"IncrementalAlterConfigs {what}")
+        assert allowed in message, f"IncrementalAlterConfigs {what}: {message}"
+        new = NewTopic(f"configs-bad-{len(what)}", 1, 1, config={name: value})
+        for future in a.create_topics([new]).values():
+            message = refused(future, f"CreateTopics {what}")
+            assert allowed in message, f"CreateTopics {what}: {message}"
+    message = refused(incremental(("retention.ms", "1", APPEND)), "APPEND to a LONG")
+    assert "not a list" in message, message
+    message = refused(incremental(("min.compaction.lag.ms", "10", SET),
+                                  ("max.compaction.lag.ms", "5", SET)), "min lag over max lag")
+    assert "larger than max.compaction.lag.ms" in message, message
+    after = {name: entry.value for name, entry in describe().items()}
+    assert after == before, "a refused change changed nothing"
+    assert not [t for t in a.list_topics(timeout=10).topics if t.startswith("configs-bad")]
+    log(f"configs: {len(invalid)} invalid values refused with INVALID_CONFIG by AlterConfigs, "
+        "IncrementalAlterConfigs and CreateTopics, e.g.\n  " + "\n  ".join(messages[:3]))
+
+    # The broker's own settings: read-only, the changed default from the broker's config.
+    broker_resource = ConfigResource("broker", "0")
+    described = a.describe_configs([broker_resource])[broker_resource].result(30)
+    entry = described["log.cleaner.delete.retention.ms"]
+    assert (entry.value, source(entry)) == (changed_value, BROKER), entry
+    assert entry.is_read_only and not entry.is_default
+    for name, value in [("log.retention.ms", "604800000"), ("compression.type", "producer"),
+                        ("log.cleanup.policy", "delete"), ("min.insync.replicas", "1")]:
+        entry = described[name]
+        assert (entry.value, source(entry)) == (value, DEFAULT), (name, entry.value, entry.source)
+        assert entry.is_default, name
+    log("configs: broker defaults described, the changed one from STATIC_BROKER_CONFIG: OK")
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["kcat", "admin"])
+    parser.add_argument("command", choices=["kcat", "admin", "configs"])
     parser.add_argument("--weir", required=True)
     parser.add_argument("--work-dir", required=True)
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     broker = Broker(args.weir, os.path.join(args.work_dir, "data"))
+    if args.command == "configs":
+        broker.env[CHANGED_DEFAULT[0]] = CHANGED_DEFAULT[1]
     broker.start()
     try:
-        {"kcat": kcat, "admin": admin}[args.command](broker, args.work_dir)
+        {"kcat": kcat, "admin": admin, "configs": configs}[args.command](broker, args.work_dir)
     finally:
         broker.stop()
 

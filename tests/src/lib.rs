@@ -3,6 +3,58 @@
 /// Real `weir serve` processes (shared with the benchmarks).
 pub use weir_bench::process as broker;
 
+pub mod compaction;
+
+/// Starts a helper process on `dir` with its stdout piped, and a thread that forwards
+/// its lines (until it exits or the receiver is dropped).
+pub fn spawn_with_lines(
+    binary: &str,
+    dir: &std::path::Path,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(binary)
+        .arg(dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, receiver)
+}
+
+/// A small deterministic generator for crash tests, seeded from the clock and printing
+/// its seed, so that a failing run can be repeated from it.
+#[derive(Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn from_clock() -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        println!("seed {seed}");
+        Rng(seed)
+    }
+
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound.max(1)
+    }
+}
+
 use bytes::BytesMut;
 use weir_storage::{FlushPolicy, LogConfig, LogIdentity};
 use weir_wire::BatchBuilder;

@@ -2,47 +2,20 @@
 //! process is killed with SIGKILL at random moments, again and again: after every restart
 //! every acknowledged batch is there, in order and byte-identical, and appends continue.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 use weir_storage::{Log, ShardStorage, ShardStorageConfig};
-use weir_tests::{crash_batch_stored, crash_log_config, crash_log_identity};
+use weir_tests::{Rng, crash_batch_stored, crash_log_config, crash_log_identity};
 use weir_wire::BatchHeader;
 
 const KILLS: usize = 70;
 
-/// A small deterministic generator, so a failing run can be repeated from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
-    }
-}
-
 fn spawn_writer(dir: &Path) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_crash-writer"))
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start crash-writer");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (lines, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, receiver)
+    weir_tests::spawn_with_lines(env!("CARGO_BIN_EXE_crash-writer"), dir)
 }
 
 /// SIGKILL, as `kill -9` sends it (`Child::kill` sends SIGKILL on Unix), then reap.
@@ -106,12 +79,7 @@ fn check_log(dir: &Path, acknowledged: &[i64]) -> i64 {
 #[test]
 fn acknowledged_batches_survive_repeated_kill_9() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
-    println!("seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_clock();
     let mut acknowledged = Vec::new();
     let mut kills_after_acks = 0;
     for round in 0..KILLS {

@@ -65,6 +65,15 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// Every codec Kafka defines, in attribute-bit order.
+    pub const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Compression::None => "none",
@@ -122,6 +131,13 @@ impl Attributes {
 
     pub fn with_compression(self, compression: Compression) -> Attributes {
         Attributes((self.0 & !Self::COMPRESSION_MASK) | compression.bits())
+    }
+
+    pub fn with_timestamp_type(self, timestamp_type: TimestampType) -> Attributes {
+        match timestamp_type {
+            TimestampType::CreateTime => Attributes(self.0 & !Self::TIMESTAMP_TYPE),
+            TimestampType::LogAppendTime => Attributes(self.0 | Self::TIMESTAMP_TYPE),
+        }
     }
 
     pub fn timestamp_type(self) -> TimestampType {
@@ -231,6 +247,16 @@ impl BatchHeader {
         Ok(())
     }
 
+    /// The batch's codec (`parse` has checked that the attributes name one).
+    pub fn codec(&self) -> Result<Compression, WireError> {
+        self.attributes
+            .compression()
+            .ok_or(WireError::InvalidField {
+                field: "attributes (codec)",
+                value: i64::from(self.attributes.0),
+            })
+    }
+
     /// The whole batch's size in bytes, `baseOffset` and `batchLength` included.
     pub fn total_bytes(&self) -> usize {
         LOG_OVERHEAD_BYTES + self.batch_length as usize
@@ -335,6 +361,21 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
 pub fn write_crc(batch: &mut [u8]) {
     let crc = compute_crc(batch);
     batch[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Stamps a batch with the broker's time (Kafka `message.timestamp.type=LogAppendTime`):
+/// the timestamp-type attribute and the max timestamp, which readers then take as every
+/// record's timestamp. Both lie inside the CRC, which is recomputed: the one place a
+/// produced batch is changed inside its CRC.
+pub fn stamp_log_append_time(batch: &mut [u8], now_ms: i64) -> Result<(), WireError> {
+    let header = BatchHeader::parse(batch)?;
+    let attributes = header
+        .attributes
+        .with_timestamp_type(TimestampType::LogAppendTime);
+    batch[field::ATTRIBUTES..field::ATTRIBUTES + 2].copy_from_slice(&attributes.0.to_be_bytes());
+    batch[field::MAX_TIMESTAMP..field::MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
+    write_crc(batch);
+    Ok(())
 }
 
 /// Assigns the two broker-owned fields. Both lie outside the CRC, so the batch stays valid.

@@ -41,6 +41,9 @@ pub enum WireError {
     #[error("compressed record batches ({codec}) cannot be decoded here")]
     CompressedRecords { codec: &'static str },
 
+    #[error("{codec} records: {reason}")]
+    Codec { codec: &'static str, reason: String },
+
     #[error("frame of {size} bytes exceeds the limit of {max} bytes")]
     FrameTooLarge { size: usize, max: usize },
 

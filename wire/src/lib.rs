@@ -9,12 +9,14 @@
 //!   fields the broker assigns (base offset, partition leader epoch), which lie outside the
 //!   CRC so that appending never recomputes it.
 //! - [`record`]: the records inside an uncompressed batch, and a builder for batches.
+//! - [`compression`]: the codecs of compressed batches, with Kafka's framings.
 //! - [`varint`]: the zig-zag varints the record format uses.
 //! - [`native`]: frames of weir's native protocol and its flatbuffers schema.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod batch;
+pub mod compression;
 mod error;
 pub mod native;
 pub mod record;

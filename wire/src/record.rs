@@ -14,6 +14,7 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader, Compression, field};
+use crate::compression;
 use crate::varint::{decode_varint, decode_varlong, encode_varint, encode_varlong, varint_len};
 use crate::{Attributes, WireError};
 
@@ -75,6 +76,10 @@ pub struct Record<'a> {
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
     pub headers: Vec<Header<'a>>,
+    /// The record exactly as encoded in its batch, length prefix included: what
+    /// compaction copies into a rebuilt batch (offset and timestamp deltas stay relative
+    /// to the same base offset and base timestamp).
+    pub encoded: &'a [u8],
 }
 
 /// Iterates the records of one uncompressed batch. Stops at the first malformed record
@@ -98,11 +103,22 @@ impl<'a> RecordIter<'a> {
             }
         }
         let end = header.total_bytes().min(batch.len());
-        Ok(RecordIter {
+        Ok(RecordIter::over(header, &batch[BATCH_HEADER_BYTES..end]))
+    }
+
+    /// Iterates records encoded in `records` (the records section of the batch `header`
+    /// describes, decompressed when the batch is compressed).
+    pub fn over(header: BatchHeader, records: &'a [u8]) -> RecordIter<'a> {
+        RecordIter {
             header,
-            rest: &batch[BATCH_HEADER_BYTES..end],
+            rest: records,
             index: 0,
-        })
+        }
+    }
+
+    /// What is left after the records iterated so far.
+    pub fn rest(&self) -> &'a [u8] {
+        self.rest
     }
 
     fn next_record(&mut self) -> Result<Record<'a>, WireError> {
@@ -110,10 +126,11 @@ impl<'a> RecordIter<'a> {
         let malformed = |reason| WireError::MalformedRecord { index, reason };
         let (length, used) = decode_varint(self.rest, "record length")?;
         let length = usize::try_from(length).map_err(|_| malformed("negative length"))?;
-        let body = self
+        let encoded = self
             .rest
-            .get(used..used + length)
+            .get(..used + length)
             .ok_or(malformed("extends past batch"))?;
+        let body = &encoded[used..];
         self.rest = &self.rest[used + length..];
         let mut cursor = Cursor { bytes: body, index };
         let _attributes = cursor.take(1)?;
@@ -145,6 +162,7 @@ impl<'a> RecordIter<'a> {
             key,
             value,
             headers,
+            encoded,
         })
     }
 }
@@ -206,6 +224,104 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The records section of a stored batch, decompressed when it is compressed (at most
+/// `max_bytes` of it). Borrowed when the batch is uncompressed.
+pub fn records_section<'a>(
+    batch: &'a [u8],
+    max_bytes: usize,
+) -> Result<(BatchHeader, std::borrow::Cow<'a, [u8]>), WireError> {
+    let header = BatchHeader::parse(batch)?;
+    let end = header.total_bytes().min(batch.len());
+    let section = &batch[BATCH_HEADER_BYTES..end];
+    let codec = header.codec()?;
+    if codec == Compression::None {
+        return Ok((header, std::borrow::Cow::Borrowed(section)));
+    }
+    let decompressed = compression::decompress(codec, section, max_bytes)?;
+    Ok((header, std::borrow::Cow::Owned(decompressed)))
+}
+
+/// The indexes of a batch's records that have no key, which a compacted topic refuses.
+/// Compressed batches are decompressed (at most `decompressed_max` bytes).
+pub fn keyless_records(batch: &[u8], decompressed_max: usize) -> Result<Vec<i32>, WireError> {
+    let (header, section) = records_section(batch, decompressed_max)?;
+    let mut keyless = Vec::new();
+    for (index, record) in RecordIter::over(header, &section).enumerate() {
+        if record?.key.is_none() {
+            keyless.push(index as i32);
+        }
+    }
+    Ok(keyless)
+}
+
+/// A stored batch rebuilt around a subset of its records (compaction): `records` are
+/// encoded records taken from it, in order. Base offset, last offset delta, base
+/// timestamp, attributes (codec, transactional and control flags), producer id, epoch,
+/// base sequence and leader epoch are kept, so offsets and idempotence state read the
+/// same; the count, max timestamp, length and CRC are new, and the records are
+/// recompressed with the batch's codec.
+pub fn rebuild_batch(
+    original: &BatchHeader,
+    records: &[&[u8]],
+    max_timestamp: i64,
+) -> Result<BytesMut, WireError> {
+    rebuild_with_codec(original, records, max_timestamp, original.codec()?)
+}
+
+/// Rewrites a produced batch in `codec` (Kafka's topic `compression.type` other than
+/// `producer`): the same records and header fields, recompressed, with a new CRC. The
+/// records are checked on the way (at most `decompressed_max` bytes of them).
+pub fn recompress(
+    batch: &[u8],
+    codec: Compression,
+    decompressed_max: usize,
+) -> Result<BytesMut, WireError> {
+    let (header, section) = records_section(batch, decompressed_max)?;
+    let mut records = Vec::with_capacity(header.records_count.max(0) as usize);
+    let mut iter = RecordIter::over(header, &section);
+    for record in iter.by_ref() {
+        records.push(record?.encoded);
+    }
+    if !iter.rest().is_empty() {
+        return Err(WireError::MalformedRecord {
+            index: records.len(),
+            reason: "bytes after the last record",
+        });
+    }
+    rebuild_with_codec(&header, &records, header.max_timestamp, codec)
+}
+
+fn rebuild_with_codec(
+    original: &BatchHeader,
+    records: &[&[u8]],
+    max_timestamp: i64,
+    codec: Compression,
+) -> Result<BytesMut, WireError> {
+    let plain: Vec<u8> = records.concat();
+    let section = match codec {
+        Compression::None => plain,
+        codec => compression::compress(codec, &plain)?,
+    };
+    let total = BATCH_HEADER_BYTES + section.len();
+    let mut out = BytesMut::with_capacity(total);
+    out.put_i64(original.base_offset);
+    out.put_i32((total - batch::LOG_OVERHEAD_BYTES) as i32);
+    out.put_i32(original.partition_leader_epoch);
+    out.put_i8(batch::MAGIC_V2);
+    out.put_u32(0);
+    out.put_i16(original.attributes.with_compression(codec).0);
+    out.put_i32(original.last_offset_delta);
+    out.put_i64(original.base_timestamp);
+    out.put_i64(max_timestamp);
+    out.put_i64(original.producer_id);
+    out.put_i16(original.producer_epoch);
+    out.put_i32(original.base_sequence);
+    out.put_i32(records.len() as i32);
+    out.extend_from_slice(&section);
+    batch::write_crc(&mut out);
+    Ok(out)
+}
+
 /// Builds one uncompressed RecordBatch v2, as a producer would send it: base offset 0,
 /// partition leader epoch -1, CRC computed over the result.
 #[derive(Debug)]
@@ -239,6 +355,11 @@ impl BatchBuilder {
         self.producer_id = producer_id;
         self.producer_epoch = producer_epoch;
         self.base_sequence = base_sequence;
+    }
+
+    /// Compresses the records with `codec` when built.
+    pub fn compression(&mut self, codec: Compression) {
+        self.attributes = self.attributes.with_compression(codec);
     }
 
     pub fn records_count(&self) -> i32 {
@@ -278,14 +399,24 @@ impl BatchBuilder {
     }
 
     pub fn build(&self) -> BytesMut {
-        let total = self.size_bytes();
+        use std::borrow::Cow;
+        let plain = (Cow::Borrowed(&self.records[..]), self.attributes);
+        let (section, attributes) = match self.attributes.compression() {
+            None | Some(Compression::None) => plain,
+            Some(codec) => match compression::compress(codec, &self.records) {
+                Ok(compressed) => (Cow::Owned(compressed), self.attributes),
+                // Compressing in memory fails only if the codec library does: send plain.
+                Err(_) => (plain.0, self.attributes.with_compression(Compression::None)),
+            },
+        };
+        let total = BATCH_HEADER_BYTES + section.len();
         let mut out = BytesMut::with_capacity(total);
         out.put_i64(0); // base offset: assigned by the broker
         out.put_i32((total - batch::LOG_OVERHEAD_BYTES) as i32);
         out.put_i32(-1); // partition leader epoch: assigned by the broker
         out.put_i8(batch::MAGIC_V2);
         out.put_u32(0); // CRC, written below
-        out.put_i16(self.attributes.0);
+        out.put_i16(attributes.0);
         out.put_i32((self.records_count - 1).max(0));
         out.put_i64(self.base_timestamp);
         out.put_i64(self.max_timestamp);
@@ -294,7 +425,7 @@ impl BatchBuilder {
         out.put_i32(self.base_sequence);
         out.put_i32(self.records_count);
         debug_assert_eq!(out.len(), field::RECORDS_COUNT + 4);
-        out.extend_from_slice(&self.records);
+        out.extend_from_slice(&section);
         batch::write_crc(&mut out);
         out
     }
@@ -314,6 +445,42 @@ fn encode_nullable(bytes: Option<&[u8]>, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use quickcheck::{TestResult, quickcheck};
+
+    quickcheck! {
+        /// Any subset of a batch's records, rebuilt with the batch's codec, is a valid
+        /// batch holding exactly that subset at the same offsets.
+        fn rebuilt_batches_hold_the_kept_records(values: Vec<Vec<u8>>, keep: Vec<bool>, codec: u8) -> TestResult {
+            if values.is_empty() {
+                return TestResult::discard();
+            }
+            let codec = Compression::ALL[codec as usize % Compression::ALL.len()];
+            let mut builder = BatchBuilder::new(1000);
+            builder.compression(codec);
+            for (i, value) in values.iter().enumerate() {
+                builder.append(1000 + i as i64, Some(&i.to_be_bytes()), Some(value), &[]);
+            }
+            let mut bytes = builder.build();
+            batch::assign_offset_and_epoch(&mut bytes, 500, 3);
+            let (header, section) = records_section(&bytes, 1 << 24).unwrap();
+            let records: Vec<Record> = RecordIter::over(header, &section).collect::<Result<_, _>>().unwrap();
+            let kept: Vec<&Record> = records.iter().enumerate()
+                .filter(|(i, _)| keep.get(*i).copied().unwrap_or(true))
+                .map(|(_, r)| r).collect();
+            let encoded: Vec<&[u8]> = kept.iter().map(|r| r.encoded).collect();
+            let max_ts = kept.iter().map(|r| r.timestamp).max().unwrap_or(1000);
+            let rebuilt = rebuild_batch(&header, &encoded, max_ts).unwrap();
+            let rebuilt_header = batch::validate(&rebuilt, 1 << 24).unwrap();
+            let (_, section) = records_section(&rebuilt, 1 << 24).unwrap();
+            let again: Vec<Record> = RecordIter::over(rebuilt_header, &section).collect::<Result<_, _>>().unwrap();
+            let same = again.len() == kept.len()
+                && again.iter().zip(&kept).all(|(a, b)| a.offset == b.offset && a.value == b.value && a.timestamp == b.timestamp);
+            TestResult::from_bool(same
+                && rebuilt_header.base_offset == 500
+                && rebuilt_header.last_offset() == header.last_offset()
+                && rebuilt_header.partition_leader_epoch == 3
+                && rebuilt_header.attributes.compression() == Some(codec))
+        }
+    }
 
     #[test]
     fn records_round_trip_with_keys_values_and_headers() {

@@ -25,6 +25,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::errors;
 use super::handlers::{Answer, str_bytes};
+use crate::config::BrokerConfig;
 use crate::error::{BrokerError, BrokerResult};
 use crate::ops;
 use crate::router::{ShardAnswer, ShardCall, TopicPartition};
@@ -34,100 +35,129 @@ use crate::topic;
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 
-/// Kafka's ConfigSource values.
-const SOURCE_DYNAMIC_TOPIC: i8 = 1;
-const SOURCE_STATIC_BROKER: i8 = 4;
-const SOURCE_DEFAULT: i8 = 5;
-
-/// Kafka's ConfigType values.
-const TYPE_BOOLEAN: i8 = 1;
-const TYPE_STRING: i8 = 2;
-const TYPE_INT: i8 = 3;
-const TYPE_LONG: i8 = 5;
-const TYPE_LIST: i8 = 7;
-
-fn topic_config_type(key: &str) -> i8 {
-    match key {
-        "retention.ms" | "retention.bytes" | "segment.ms" => TYPE_LONG,
-        "segment.bytes" | "max.message.bytes" | "index.interval.bytes" => TYPE_INT,
-        "cleanup.policy" => TYPE_LIST,
-        _ => TYPE_STRING,
-    }
-}
-
-/// The broker's settings as Kafka names them: fixed at start (read-only here).
-fn broker_configs(shard: &Shard) -> Vec<(&'static str, String, i8)> {
-    let c = &shard.config;
-    vec![
-        ("broker.id", c.node_id.to_string(), TYPE_INT),
-        (
-            "auto.create.topics.enable",
-            c.auto_create_topics_enable.to_string(),
-            TYPE_BOOLEAN,
-        ),
-        ("num.partitions", c.default_partitions.to_string(), TYPE_INT),
-        (
-            "offsets.topic.num.partitions",
-            c.offsets_topic_partitions.to_string(),
-            TYPE_INT,
-        ),
-        (
-            "log.segment.bytes",
-            c.log_segment_bytes.to_string(),
-            TYPE_INT,
-        ),
-        ("log.roll.ms", c.log_segment_ms.to_string(), TYPE_LONG),
-        (
-            "log.retention.ms",
-            c.log_retention_ms.to_string(),
-            TYPE_LONG,
-        ),
-        (
-            "log.retention.bytes",
-            c.log_retention_bytes.to_string(),
-            TYPE_LONG,
-        ),
-        (
-            "message.max.bytes",
-            c.log_batch_bytes_max.to_string(),
-            TYPE_INT,
-        ),
-        (
-            "log.index.interval.bytes",
-            c.log_index_interval_bytes.to_string(),
-            TYPE_INT,
-        ),
-        (
-            "group.initial.rebalance.delay.ms",
-            c.group_initial_rebalance_delay_ms.to_string(),
-            TYPE_INT,
-        ),
-        (
-            "group.min.session.timeout.ms",
-            c.group_min_session_timeout_ms.to_string(),
-            TYPE_INT,
-        ),
-        (
-            "group.max.session.timeout.ms",
-            c.group_max_session_timeout_ms.to_string(),
-            TYPE_INT,
-        ),
-        (
-            "socket.request.max.bytes",
-            c.frame_bytes_max.to_string(),
-            TYPE_INT,
-        ),
-    ]
-}
+/// Kafka's ConfigType codes of the broker settings that are not topic defaults.
+const TYPE_BOOLEAN: i8 = topic::ConfigType::Boolean as i8;
+const TYPE_INT: i8 = topic::ConfigType::Int as i8;
+const TYPE_LONG: i8 = topic::ConfigType::Long as i8;
 
 /// One described config entry.
 struct Entry {
     name: &'static str,
     value: String,
-    source: i8,
+    source: topic::ConfigSource,
     read_only: bool,
     config_type: i8,
     documentation: &'static str,
+    /// Every level that sets it, highest precedence first (the entry itself first).
+    synonyms: Vec<topic::Synonym>,
+}
+
+/// The broker's settings as Kafka names them, with their Kafka types: those of its own,
+/// then the defaults of every topic config.
+fn broker_configs(
+    config: &BrokerConfig,
+    topic_defaults: &topic::TopicConfig,
+) -> Vec<(&'static str, String, i8)> {
+    let own = [
+        ("broker.id", config.node_id.to_string(), TYPE_INT),
+        (
+            "auto.create.topics.enable",
+            config.auto_create_topics_enable.to_string(),
+            TYPE_BOOLEAN,
+        ),
+        (
+            "num.partitions",
+            config.default_partitions.to_string(),
+            TYPE_INT,
+        ),
+        (
+            "offsets.topic.num.partitions",
+            config.offsets_topic_partitions.to_string(),
+            TYPE_INT,
+        ),
+        (
+            "group.initial.rebalance.delay.ms",
+            config.group_initial_rebalance_delay_ms.to_string(),
+            TYPE_INT,
+        ),
+        (
+            "group.min.session.timeout.ms",
+            config.group_min_session_timeout_ms.to_string(),
+            TYPE_INT,
+        ),
+        (
+            "group.max.session.timeout.ms",
+            config.group_max_session_timeout_ms.to_string(),
+            TYPE_INT,
+        ),
+        (
+            "socket.request.max.bytes",
+            config.frame_bytes_max.to_string(),
+            TYPE_INT,
+        ),
+        (
+            "log.retention.check.interval.ms",
+            config.retention_check_ms.to_string(),
+            TYPE_LONG,
+        ),
+        (
+            "log.cleaner.backoff.ms",
+            config.log_cleaner_backoff_ms.to_string(),
+            TYPE_LONG,
+        ),
+        (
+            "log.preallocate",
+            config.log_preallocate.to_string(),
+            TYPE_BOOLEAN,
+        ),
+        (
+            "log.cleaner.dedupe.buffer.size",
+            config.log_cleaner_dedupe_buffer_size.to_string(),
+            TYPE_LONG,
+        ),
+    ];
+    let topic_defaults = topic::TOPIC_CONFIG_KEYS.iter().map(|key| {
+        (
+            key.broker_name,
+            key.value(topic_defaults),
+            key.config_type as i8,
+        )
+    });
+    own.into_iter().chain(topic_defaults).collect()
+}
+
+/// The broker's settings, read-only, each with its source: the broker's configuration
+/// where that differs from the built-in default, else the default.
+fn describe_broker(shard: &Shard) -> Vec<Entry> {
+    let built_in = broker_configs(&BrokerConfig::default(), &topic::TopicConfig::default());
+    broker_configs(&shard.config, &shard.topic_defaults)
+        .into_iter()
+        .zip(built_in)
+        .map(|((name, value, config_type), (_, default, _))| {
+            let mut synonyms = Vec::with_capacity(2);
+            if value != default {
+                synonyms.push(topic::Synonym {
+                    name,
+                    value: value.clone(),
+                    source: topic::ConfigSource::Broker,
+                });
+            }
+            synonyms.push(topic::Synonym {
+                name,
+                value: default,
+                source: topic::ConfigSource::Default,
+            });
+            Entry {
+                name,
+                value,
+                source: synonyms[0].source,
+                read_only: true,
+                config_type,
+                documentation: "set in the broker's configuration (docs/CONFIG.md)",
+                synonyms,
+            }
+        })
+        .collect()
 }
 
 fn describe_resource(
@@ -144,38 +174,24 @@ fn describe_resource(
                     format!("unknown topic {name}"),
                 )
             })?;
-            let config = topic::log_config(&shard.log_defaults, &topic.configs)
+            let described = topic::describe(&shard.topic_defaults, &topic.configs)
                 .map_err(|e| (ResponseError::InvalidConfig, e))?;
-            Ok(topic::config_values(&config)
+            Ok(described
                 .into_iter()
-                .zip(topic::TOPIC_CONFIG_KEYS)
-                .map(|((key, value), (_, documentation))| Entry {
-                    name: key,
-                    value,
-                    source: if topic.configs.contains_key(key) {
-                        SOURCE_DYNAMIC_TOPIC
-                    } else {
-                        SOURCE_DEFAULT
-                    },
+                .map(|config| Entry {
+                    name: config.key.name,
+                    value: config.value,
+                    source: config.source,
                     read_only: false,
-                    config_type: topic_config_type(key),
-                    documentation,
+                    config_type: config.key.config_type as i8,
+                    documentation: config.key.documentation,
+                    synonyms: config.synonyms,
                 })
                 .collect())
         }
         RESOURCE_BROKER => {
             check_broker_name(shard, name)?;
-            Ok(broker_configs(shard)
-                .into_iter()
-                .map(|(name, value, config_type)| Entry {
-                    name,
-                    value,
-                    source: SOURCE_STATIC_BROKER,
-                    read_only: true,
-                    config_type,
-                    documentation: "set in the broker's configuration (docs/CONFIG.md)",
-                })
-                .collect())
+            Ok(describe_broker(shard))
         }
         other => Err((
             ResponseError::InvalidRequest,
@@ -234,14 +250,18 @@ fn config_result(version: i16, synonyms: bool, entry: Entry) -> DescribeConfigsR
         .with_name(str_bytes(entry.name))
         .with_value(Some(str_bytes(&entry.value)))
         .with_read_only(entry.read_only)
-        .with_config_source(entry.source);
+        .with_config_source(entry.source as i8);
     if version >= 1 && synonyms {
-        result.synonyms = vec![
-            DescribeConfigsSynonym::default()
-                .with_name(str_bytes(entry.name))
-                .with_value(Some(str_bytes(&entry.value)))
-                .with_source(entry.source),
-        ];
+        result.synonyms = entry
+            .synonyms
+            .iter()
+            .map(|synonym| {
+                DescribeConfigsSynonym::default()
+                    .with_name(str_bytes(synonym.name))
+                    .with_value(Some(str_bytes(&synonym.value)))
+                    .with_source(synonym.source as i8)
+            })
+            .collect();
     }
     if version >= 3 {
         result.config_type = entry.config_type;
@@ -260,7 +280,7 @@ async fn set_topic_configs(
     if shard.image().topic(name).is_none() {
         return Err(BrokerError::UnknownTopic(name.to_string()));
     }
-    topic::log_config(&shard.log_defaults, &configs).map_err(BrokerError::InvalidConfig)?;
+    topic::topic_config(&shard.topic_defaults, &configs).map_err(BrokerError::InvalidConfig)?;
     if validate_only {
         return Ok(());
     }
@@ -319,58 +339,20 @@ pub async fn alter_configs(shard: &Rc<Shard>, request: AlterConfigsRequest) -> A
     (ResponseKind::AlterConfigs(response), failed)
 }
 
-/// Applies one IncrementalAlterConfigs operation to a topic's overrides.
-fn apply_operation(
-    configs: &mut BTreeMap<String, String>,
-    defaults: &BTreeMap<&str, String>,
-    name: &str,
-    operation: i8,
-    value: Option<&str>,
-) -> BrokerResult<()> {
-    let is_list = topic_config_type(name) == TYPE_LIST;
-    let list = |configs: &BTreeMap<String, String>| -> Vec<String> {
-        configs
-            .get(name)
-            .or_else(|| defaults.get(name))
-            .map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+/// One IncrementalAlterConfigs operation (Kafka's AlterConfigOp.OpType codes).
+fn config_change(operation: i8, value: Option<&str>) -> BrokerResult<topic::ConfigChange<'_>> {
     match (operation, value) {
-        (0, Some(value)) => {
-            configs.insert(name.to_string(), value.to_string());
-        }
-        (1, _) => {
-            configs.remove(name);
-        }
-        (2 | 3, Some(value)) if is_list => {
-            let mut items = list(configs);
-            for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                if operation == 2 && !items.iter().any(|i| i == item) {
-                    items.push(item.to_string());
-                } else if operation == 3 {
-                    items.retain(|i| i != item);
-                }
-            }
-            configs.insert(name.to_string(), items.join(","));
-        }
-        (2 | 3, _) => {
-            return Err(BrokerError::InvalidConfig(format!(
-                "{name} is not a list: APPEND and SUBTRACT do not apply"
-            )));
-        }
-        (op, _) => {
-            return Err(BrokerError::InvalidRequest(format!(
-                "config operation {op} for {name} needs a value or is unknown"
-            )));
-        }
+        (0, Some(value)) => Ok(topic::ConfigChange::Set(value)),
+        (1, _) => Ok(topic::ConfigChange::Delete),
+        (2, Some(value)) => Ok(topic::ConfigChange::Append(value)),
+        (3, Some(value)) => Ok(topic::ConfigChange::Subtract(value)),
+        (0 | 2 | 3, None) => Err(BrokerError::InvalidConfig(format!(
+            "operation {operation} (SET, APPEND or SUBTRACT) needs a value"
+        ))),
+        (other, _) => Err(BrokerError::InvalidRequest(format!(
+            "config operation {other} is unknown (0 SET, 1 DELETE, 2 APPEND, 3 SUBTRACT)"
+        ))),
     }
-    Ok(())
 }
 
 pub async fn incremental_alter_configs(
@@ -384,21 +366,18 @@ pub async fn incremental_alter_configs(
             RESOURCE_TOPIC => match shard.image().topic(&name).cloned() {
                 None => Err(BrokerError::UnknownTopic(name.clone())),
                 Some(topic) => {
-                    let defaults: BTreeMap<&str, String> =
-                        topic::config_values(&shard.log_defaults)
-                            .into_iter()
-                            .collect();
                     let mut configs = topic.configs.clone();
-                    let applied = resource.configs.iter().try_for_each(|c| {
-                        apply_operation(
+                    let changed = resource.configs.iter().try_for_each(|c| {
+                        let change = config_change(c.config_operation, c.value.as_deref())?;
+                        topic::change_overrides(
                             &mut configs,
-                            &defaults,
+                            &shard.topic_defaults,
                             &c.name,
-                            c.config_operation,
-                            c.value.as_deref(),
+                            change,
                         )
+                        .map_err(BrokerError::InvalidConfig)
                     });
-                    match applied {
+                    match changed {
                         Ok(()) => {
                             set_topic_configs(shard, &name, configs, request.validate_only).await
                         }

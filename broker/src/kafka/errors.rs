@@ -30,6 +30,7 @@ pub fn code(error: &BrokerError) -> i16 {
         // back.
         BrokerError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         BrokerError::Kafka { code, .. } => return *code,
+        BrokerError::InvalidRecords { .. } => ResponseError::InvalidRecord,
         BrokerError::Internal(_) => ResponseError::UnknownServerError,
     };
     kafka.code()

@@ -8,7 +8,9 @@ use std::rc::Rc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{
     ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceResponse, ProducerId,
     RequestHeader, RequestKind, ResponseKind,
@@ -173,14 +175,19 @@ fn partition_response(
             }
         }
         Err(error) => {
-            let response = response
+            let mut response = response
                 .with_error_code(errors::code(&error))
                 .with_base_offset(-1);
-            if version >= 8 {
-                response.with_error_message(Some(str_bytes(&errors::message(&error))))
-            } else {
-                response
+            if version < 8 {
+                return response;
             }
+            if let BrokerError::InvalidRecords { records, .. } = &error {
+                response.record_errors = records
+                    .iter()
+                    .map(|index| BatchIndexAndErrorMessage::default().with_batch_index(*index))
+                    .collect();
+            }
+            response.with_error_message(Some(str_bytes(&errors::message(&error))))
         }
     }
 }

@@ -3,7 +3,9 @@
 use std::rc::Rc;
 
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -236,12 +238,20 @@ pub async fn list_offsets(shard: &Rc<Shard>, version: i16, request: ListOffsetsR
     (ResponseKind::ListOffsets(response), failed)
 }
 
+/// A topic to create, checked: its partition count, its overrides as asked, and every
+/// config it will have (which CreateTopics v5 and later report).
+struct Creatable {
+    partitions: i32,
+    configs: Vec<(String, String)>,
+    described: Vec<topic::DescribedConfig>,
+}
+
 /// A topic to create, as asked, checked before anything is created.
 fn creatable(
     shard: &Shard,
     image: &MetadataImage,
     topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
-) -> BrokerResult<(i32, Vec<(String, String)>)> {
+) -> BrokerResult<Creatable> {
     let name = topic.name.0.as_str();
     topic::validate_topic_name(name).map_err(BrokerError::InvalidTopic)?;
     if image.topic(name).is_some() {
@@ -282,15 +292,28 @@ fn creatable(
         .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
         .collect();
     let overrides = configs.iter().cloned().collect();
-    topic::log_config(
-        &shard
-            .config
-            .log_config()
-            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?,
-        &overrides,
-    )
-    .map_err(BrokerError::InvalidConfig)?;
-    Ok((partitions, configs))
+    let described =
+        topic::describe(&shard.topic_defaults, &overrides).map_err(BrokerError::InvalidConfig)?;
+    Ok(Creatable {
+        partitions,
+        configs,
+        described,
+    })
+}
+
+/// The configs a created topic has, as CreateTopics v5 and later report them.
+fn created_configs(described: Vec<topic::DescribedConfig>) -> Vec<CreatableTopicConfigs> {
+    described
+        .into_iter()
+        .map(|config| {
+            CreatableTopicConfigs::default()
+                .with_name(str_bytes(config.key.name))
+                .with_value(Some(str_bytes(&config.value)))
+                .with_read_only(false)
+                .with_config_source(config.source as i8)
+                .with_is_sensitive(false)
+        })
+        .collect()
 }
 
 pub async fn create_topics(
@@ -303,26 +326,29 @@ pub async fn create_topics(
         let name = topic.name.0.to_string();
         let checked = creatable(shard, &shard.image(), topic);
         let outcome = match checked {
-            Ok((partitions, configs)) if !request.validate_only => {
+            Ok(created) if !request.validate_only => {
                 let call = ShardCall::CreateTopic {
                     name: name.clone(),
-                    partitions,
-                    configs,
+                    partitions: created.partitions,
+                    configs: created.configs,
                 };
-                ops::admin(shard, call).await.map(|()| partitions)
+                ops::admin(shard, call)
+                    .await
+                    .map(|()| (created.partitions, created.described))
             }
-            other => other.map(|(partitions, _)| partitions),
+            other => other.map(|created| (created.partitions, created.described)),
         };
         let mut result = CreatableTopicResult::default()
             .with_name(topic_name(&name))
             .with_error_message(None)
             .with_configs(None);
         match outcome {
-            Ok(partitions) => {
+            Ok((partitions, described)) => {
                 if version >= 5 {
                     result = result
                         .with_num_partitions(partitions)
-                        .with_replication_factor(1);
+                        .with_replication_factor(1)
+                        .with_configs(Some(created_configs(described)));
                 }
                 if version >= 7 {
                     let id = shard.image().topic(&name).map_or([0; 16], |t| t.id);

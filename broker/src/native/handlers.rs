@@ -364,8 +364,14 @@ fn topic_info<'a>(
             )
         })
         .collect();
-    let configs: Vec<_> = topic
-        .configs
+    // The topic's overrides, with the values DescribeConfigs reports for them.
+    let overrides = crate::topic::described_overrides(&shard.topic_defaults, &topic.configs)
+        .unwrap_or_else(|_| {
+            let raw = topic.configs.iter();
+            raw.map(|(key, value)| (key.as_str(), value.clone()))
+                .collect()
+        });
+    let configs: Vec<_> = overrides
         .iter()
         .map(|(key, value)| {
             let (key, value) = (w.string(key), w.string(value));

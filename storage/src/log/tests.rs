@@ -30,6 +30,7 @@ fn shard(cache_bytes: u64) -> Rc<ShardStorage> {
     ShardStorage::new(ShardStorageConfig {
         cache_bytes,
         open_segments_max: 4,
+        ..ShardStorageConfig::default()
     })
 }
 

@@ -1,0 +1,407 @@
+//! Compaction against a model: random keyed writes (some compressed, some tombstones,
+//! some without keys), rolls, compaction passes, clean reopens and crashes. After every
+//! pass, reading the whole log must give, for every key, exactly the model's latest
+//! record (a tombstone may be gone once it expired), offsets strictly increasing, every
+//! record one that was written at that offset; and below the active segment, which the
+//! pass covered entirely, every key at most once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use quickcheck::{Arbitrary, Gen, QuickCheck};
+use weir_wire::BatchBuilder;
+use weir_wire::batch::{self, Compression};
+use weir_wire::record::{self, RecordIter};
+
+use super::swap_name;
+use crate::{CleanupPolicy, Log, LogConfig, LogIdentity, ShardStorage, ShardStorageConfig};
+
+const KEYS: u8 = 12;
+const DELETE_RETENTION_MS: i64 = 500;
+
+fn run<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .make()
+        .expect("glommio executor")
+        .run(test());
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Records of one batch: `(key, value length)`, key `None` for a keyless record and
+    /// length `None` for a tombstone.
+    Append {
+        records: Vec<(Option<u8>, Option<u16>)>,
+        codec: u8,
+    },
+    Roll,
+    Compact,
+    /// Time passes (milliseconds).
+    Wait(u16),
+    Reopen,
+    Crash,
+}
+
+impl Arbitrary for Op {
+    fn arbitrary(g: &mut Gen) -> Op {
+        match u8::arbitrary(g) % 100 {
+            0..55 => {
+                let count = usize::arbitrary(g) % 6 + 1;
+                let records = (0..count)
+                    .map(|_| {
+                        let key = (u8::arbitrary(g) % 20 != 0).then(|| u8::arbitrary(g) % KEYS);
+                        let value = (u8::arbitrary(g) % 6 != 0).then(|| u16::arbitrary(g) % 900);
+                        (key, value)
+                    })
+                    .collect();
+                Op::Append {
+                    records,
+                    codec: u8::arbitrary(g),
+                }
+            }
+            55..65 => Op::Roll,
+            65..80 => Op::Compact,
+            80..90 => Op::Wait(u16::arbitrary(g) % 400),
+            90..95 => Op::Reopen,
+            _ => Op::Crash,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    ops: Vec<Op>,
+}
+
+impl Arbitrary for Case {
+    fn arbitrary(g: &mut Gen) -> Case {
+        let len = usize::arbitrary(g) % 120 + 10;
+        let mut ops: Vec<Op> = (0..len).map(|_| Op::arbitrary(g)).collect();
+        ops.extend([Op::Roll, Op::Compact]);
+        Case { ops }
+    }
+
+    fn shrink(&self) -> Box<dyn Iterator<Item = Case>> {
+        Box::new(self.ops.shrink().map(|ops| Case { ops }))
+    }
+}
+
+/// What was written at one offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Written {
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    /// The newest timestamp of its batch: when a tombstone in it expires.
+    batch_max_timestamp: i64,
+}
+
+fn value_bytes(offset: i64, len: u16) -> Vec<u8> {
+    (0..len)
+        .map(|i| (offset as u16).wrapping_mul(31).wrapping_add(i) as u8)
+        .collect()
+}
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 8 * 1024,
+        batch_bytes_max: 8 * 1024,
+        index_interval_bytes: 512,
+        write_chunk_bytes: 4096,
+        readahead_bytes: 4096,
+        retention_ms: None,
+        cleanup: CleanupPolicy::COMPACT,
+        delete_retention_ms: DELETE_RETENTION_MS as u64,
+        ..LogConfig::default()
+    }
+}
+
+async fn open(dir: &std::path::Path) -> Rc<Log> {
+    let shard = ShardStorage::new(ShardStorageConfig {
+        cache_bytes: 0,
+        open_segments_max: 3,
+        ..ShardStorageConfig::default()
+    });
+    let identity = LogIdentity {
+        topic: "table".into(),
+        partition: 0,
+    };
+    Log::open(dir, &identity, config(), shard)
+        .await
+        .expect("open log")
+}
+
+/// Every record the log returns, in order: (offset, key, value, batch max timestamp).
+async fn read_records(log: &Log) -> Vec<(i64, Written)> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    loop {
+        let batches = log.read(offset, 16 * 1024, i64::MAX).await.expect("read");
+        let Some(last) = batches.last() else {
+            return out;
+        };
+        offset = batch::BatchHeader::parse(last).unwrap().next_offset();
+        for bytes in &batches {
+            let header = batch::validate(bytes, usize::MAX).expect("a valid batch");
+            let (_, section) = record::records_section(bytes, 1 << 20).unwrap();
+            for r in RecordIter::over(header, &section) {
+                let r = r.expect("a well-formed record");
+                out.push((
+                    r.offset,
+                    Written {
+                        key: r.key.map(<[u8]>::to_vec),
+                        value: r.value.map(<[u8]>::to_vec),
+                        batch_max_timestamp: header.max_timestamp,
+                    },
+                ));
+            }
+        }
+    }
+}
+
+struct Model {
+    written: HashMap<i64, Written>,
+    /// Every key's latest offset.
+    latest: HashMap<Vec<u8>, i64>,
+}
+
+/// Checks the log against the model; `compacted_below` is where the last pass that saw
+/// everything below the active segment ended (every key at most once below it).
+async fn agrees(log: &Log, model: &Model, now: i64, compacted_below: i64) -> Result<(), String> {
+    let records = read_records(log).await;
+    let mut last_offset = -1;
+    let mut seen_below: HashMap<Vec<u8>, i64> = HashMap::new();
+    let mut last_of_key: HashMap<Vec<u8>, i64> = HashMap::new();
+    for (offset, written) in &records {
+        if *offset <= last_offset {
+            return Err(format!("offset {offset} after {last_offset}"));
+        }
+        last_offset = *offset;
+        if model.written.get(offset) != Some(written) {
+            return Err(format!(
+                "offset {offset} reads something else than was written there"
+            ));
+        }
+        if let Some(key) = &written.key {
+            last_of_key.insert(key.clone(), *offset);
+            if *offset < compacted_below && seen_below.insert(key.clone(), *offset).is_some() {
+                return Err(format!("key {key:?} twice below {compacted_below}"));
+            }
+        } else if *offset < compacted_below {
+            return Err(format!("keyless record at {offset} survived compaction"));
+        }
+    }
+    for (key, latest) in &model.latest {
+        let written = &model.written[latest];
+        match last_of_key.get(key) {
+            Some(found) if found == latest => {}
+            None if written.value.is_none()
+                && written.batch_max_timestamp < now - DELETE_RETENTION_MS => {}
+            found => {
+                let offsets: Vec<i64> = records.iter().map(|(o, _)| *o).collect();
+                return Err(format!(
+                    "key {key:?}: latest is {latest} (tombstone: {}), the log's last is {found:?}; the log reads offsets {offsets:?}",
+                    written.value.is_none()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check(case: Case) -> bool {
+    let mut verdict = Ok(());
+    run(|| async {
+        verdict = check_case(case).await;
+    });
+    if let Err(reason) = &verdict {
+        eprintln!("{reason}");
+    }
+    verdict.is_ok()
+}
+
+async fn check_case(case: Case) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).await;
+    let mut model = Model {
+        written: HashMap::new(),
+        latest: HashMap::new(),
+    };
+    let mut now: i64 = 10_000;
+    let mut compacted_below = 0;
+    for op in case.ops {
+        match op {
+            Op::Append { records, codec } => {
+                let codecs = Compression::ALL;
+                let mut builder = BatchBuilder::new(now);
+                builder.compression(codecs[codec as usize % codecs.len()]);
+                let base = log.log_end_offset();
+                let mut pending = Vec::new();
+                for (i, (key, len)) in records.iter().enumerate() {
+                    let offset = base + i as i64;
+                    let key = key.map(|k| vec![b'k', k]);
+                    let value = len.map(|len| value_bytes(offset, len));
+                    builder.append(now, key.as_deref(), value.as_deref(), &[]);
+                    pending.push((offset, key, value));
+                }
+                let info = log
+                    .append(builder.build(), 0)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                assert_eq!(info.base_offset, base);
+                for (offset, key, value) in pending {
+                    if let Some(key) = &key {
+                        model.latest.insert(key.clone(), offset);
+                    }
+                    model.written.insert(
+                        offset,
+                        Written {
+                            key,
+                            value,
+                            batch_max_timestamp: now,
+                        },
+                    );
+                }
+            }
+            Op::Roll => log.roll().await.map_err(|e| e.to_string())?,
+            Op::Compact => {
+                let stats = log
+                    .compact(now, i64::MAX, 1 << 20)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let active_base = *log.segment_base_offsets().last().unwrap();
+                if stats.end_offset == active_base {
+                    compacted_below = active_base;
+                }
+                agrees(&log, &model, now, compacted_below).await?;
+            }
+            Op::Wait(ms) => now += i64::from(ms),
+            Op::Reopen => {
+                log.close().await.map_err(|e| e.to_string())?;
+                drop(log);
+                log = open(dir.path()).await;
+            }
+            Op::Crash => {
+                // Appends are durable (every-batch): dropping the log loses nothing.
+                drop(log);
+                log = open(dir.path()).await;
+            }
+        }
+    }
+    agrees(&log, &model, now, compacted_below).await
+}
+
+#[test]
+fn compaction_agrees_with_model() {
+    QuickCheck::new()
+        .tests(60)
+        .max_tests(200)
+        .quickcheck(check as fn(Case) -> bool);
+}
+
+/// Tombstones stay for delete.retention.ms, then go with every older record of the key.
+#[test]
+fn tombstones_are_kept_until_they_expire() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path()).await;
+        let append = |key: &'static [u8], value: Option<&'static [u8]>, ts: i64| {
+            let mut builder = BatchBuilder::new(ts);
+            builder.append(ts, Some(key), value, &[]);
+            builder.build()
+        };
+        log.append(append(b"a", Some(b"1"), 1000), 0).await.unwrap();
+        log.append(append(b"b", Some(b"1"), 1000), 0).await.unwrap();
+        log.append(append(b"a", None, 1000), 0).await.unwrap();
+        log.roll().await.unwrap();
+        log.append(append(b"c", Some(b"1"), 1000), 0).await.unwrap();
+        let keys = |records: Vec<(i64, Written)>| -> Vec<(i64, Vec<u8>, bool)> {
+            records
+                .into_iter()
+                .map(|(o, w)| (o, w.key.unwrap(), w.value.is_some()))
+                .collect()
+        };
+        log.compact(1000 + DELETE_RETENTION_MS - 1, i64::MAX, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            keys(read_records(&log).await),
+            vec![
+                (1, b"b".to_vec(), true),
+                (2, b"a".to_vec(), false),
+                (3, b"c".to_vec(), true)
+            ]
+        );
+        log.roll().await.unwrap();
+        log.compact(1000 + DELETE_RETENTION_MS + 1, i64::MAX, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            keys(read_records(&log).await),
+            vec![(1, b"b".to_vec(), true), (3, b"c".to_vec(), true)]
+        );
+        // Offsets never change: reading from a removed offset continues at the next one.
+        let from_gap = log.read(0, 1 << 20, i64::MAX).await.unwrap();
+        assert_eq!(
+            batch::BatchHeader::parse(&from_gap[0]).unwrap().base_offset,
+            1
+        );
+        let from_gap = log.read(2, 1 << 20, i64::MAX).await.unwrap();
+        assert_eq!(
+            batch::BatchHeader::parse(&from_gap[0]).unwrap().base_offset,
+            3
+        );
+        assert_eq!(log.log_start_offset(), 0);
+    });
+}
+
+/// A crash after a swap's commit point leaves `<base>.<end>.swap` next to the segments it
+/// replaces (all of them, or some, depending on how far the deletions got): opening the
+/// log finishes the swap.
+#[test]
+fn recovery_finishes_a_committed_swap() {
+    run(|| async {
+        for deleted_before_crash in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = open(dir.path()).await;
+            let mut expected = Vec::new();
+            for segment in 0..3u8 {
+                for i in 0..3u8 {
+                    let mut builder = BatchBuilder::new(1000);
+                    builder.append(1000, Some(&[segment, i]), Some(b"value"), &[]);
+                    log.append(builder.build(), 0).await.unwrap();
+                    expected.push(i64::from(segment * 3 + i));
+                }
+                log.roll().await.unwrap();
+            }
+            assert_eq!(log.segment_base_offsets(), vec![0, 3, 6, 9]);
+            log.close().await.unwrap();
+            drop(log);
+            // The swap file replacing segments 0 and 3 holds both of their batches.
+            let path = |name: &str| dir.path().join(name);
+            let mut merged = std::fs::read(path("00000000000000000000.log")).unwrap();
+            merged.extend(std::fs::read(path("00000000000000000003.log")).unwrap());
+            std::fs::write(path(&swap_name(0, 6)), merged).unwrap();
+            if deleted_before_crash {
+                std::fs::remove_file(path("00000000000000000003.log")).unwrap();
+            }
+            std::fs::write(path("00000000000000000006.cleaned"), b"half written").unwrap();
+            let log = open(dir.path()).await;
+            assert_eq!(log.segment_base_offsets(), vec![0, 6, 9]);
+            let offsets: Vec<i64> = read_records(&log).await.iter().map(|(o, _)| *o).collect();
+            assert_eq!(offsets, expected);
+            log.verify().await.unwrap();
+            let names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(
+                !names
+                    .iter()
+                    .any(|n| n.ends_with(".swap") || n.ends_with(".cleaned")),
+                "{names:?}"
+            );
+        }
+    });
+}
