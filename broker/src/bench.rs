@@ -679,10 +679,15 @@ fn compaction(args: PairedRuns) -> anyhow::Result<()> {
             let churn_topic = churn_config.topic.clone();
             let churn = std::thread::spawn(move || weir_loadgen::run(churn_config));
             std::thread::sleep(std::time::Duration::from_secs(3));
-            let read_before = compaction_bytes_read(&broker)?;
+            let compaction_read = || -> anyhow::Result<f64> {
+                Ok(metric_samples(&broker, "weir_compaction_bytes_read_total")?
+                    .iter()
+                    .sum())
+            };
+            let read_before = compaction_read()?;
             let topic = config.topic.clone();
             let report = weir_loadgen::run(config)?;
-            let read = compaction_bytes_read(&broker)? - read_before;
+            let read = compaction_read()? - read_before;
             let churned = churn
                 .join()
                 .map_err(|_| anyhow::anyhow!("the churn producer panicked"))??;
@@ -706,6 +711,10 @@ fn compaction(args: PairedRuns) -> anyhow::Result<()> {
             reports[slot].push(report);
         }
     }
+    let longest_step_us = metric_samples(&broker, "weir_compaction_longest_step_seconds")?
+        .into_iter()
+        .fold(0.0, f64::max)
+        * 1e6;
     let figures: Vec<CompactionFigure> = COMPACTION_FIGURES
         .iter()
         .map(|(name, unit, take, limit_name)| {
@@ -729,6 +738,7 @@ fn compaction(args: PairedRuns) -> anyhow::Result<()> {
         let value = serde_json::json!({
             "limits": limits,
             "compaction_read_mb_per_run": compacted_mb,
+            "compaction_longest_step_us": longest_step_us,
             "figures": figures,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -767,13 +777,14 @@ fn compaction(args: PairedRuns) -> anyhow::Result<()> {
 }
 
 /// Bytes compaction has read on every shard, from the broker's `/metrics`.
-fn compaction_bytes_read(broker: &BrokerProcess) -> anyhow::Result<f64> {
+fn metric_samples(broker: &BrokerProcess, family: &str) -> anyhow::Result<Vec<f64>> {
     let (_, text) = broker.http_get("/metrics")?;
+    let prefix = format!("{family}{{");
     Ok(text
         .lines()
-        .filter(|line| line.starts_with("weir_compaction_bytes_read_total{"))
+        .filter(|line| line.starts_with(&prefix))
         .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
-        .sum())
+        .collect())
 }
 
 fn delete_topic(brokers: &str, topic: &str) -> anyhow::Result<()> {

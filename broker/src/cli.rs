@@ -7,7 +7,8 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
 use weir_client::{
-    Acks, Client, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, StartFrom,
+    Acks, Client, ConfigSource, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
+    StartFrom,
 };
 
 #[derive(Debug, Args)]
@@ -35,8 +36,27 @@ pub enum TopicCommand {
         #[arg(long)]
         internal: bool,
     },
-    /// Show partitions, offsets and configs of a topic.
+    /// Show a topic's partitions and offsets, and every config with its value and source:
+    /// topic (an override), broker (the broker's configuration) or default.
     Describe { name: String },
+    /// Change a topic's configs: override keys, or delete overrides so that the broker's
+    /// defaults apply again. Other overrides stay; all or nothing.
+    AlterConfig {
+        name: String,
+        /// Override a config, KEY=VALUE (repeatable; docs/CONFIG.md lists the keys).
+        #[arg(
+            long = "set",
+            value_name = "KEY=VALUE",
+            required_unless_present = "delete"
+        )]
+        set: Vec<String>,
+        /// Remove a config's override, KEY (repeatable).
+        #[arg(long = "delete", value_name = "KEY")]
+        delete: Vec<String>,
+        /// Check the change and make none.
+        #[arg(long)]
+        validate_only: bool,
+    },
     /// Delete a topic and its data.
     Delete { name: String },
 }
@@ -165,10 +185,9 @@ pub async fn topic(brokers: String, command: TopicCommand) -> anyhow::Result<()>
                 "topic {name}{}",
                 if topic.internal { " (internal)" } else { "" }
             )?;
-            // The native protocol reports the topic's overrides; the other keys have the
-            // broker's defaults (DescribeConfigs over the Kafka port lists them all).
-            for (key, value) in &topic.configs {
-                writeln!(out, "config {key}={value}\t(topic)")?;
+            for config in client.describe_topic_configs(&name).await? {
+                let source = source_name(config.source);
+                writeln!(out, "config {}={}\t({source})", config.key, config.value)?;
             }
             writeln!(
                 out,
@@ -187,12 +206,40 @@ pub async fn topic(brokers: String, command: TopicCommand) -> anyhow::Result<()>
                 )?;
             }
         }
+        TopicCommand::AlterConfig {
+            name,
+            set,
+            delete,
+            validate_only,
+        } => {
+            let set = set
+                .iter()
+                .map(|c| key_value(c))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if validate_only {
+                client.validate_topic_configs(&name, &set, &delete).await?;
+                writeln!(out, "the change to topic {name} is valid; nothing changed")?;
+            } else {
+                client.alter_topic_configs(&name, &set, &delete).await?;
+                writeln!(out, "altered the configs of topic {name}")?;
+            }
+        }
         TopicCommand::Delete { name } => {
             client.delete_topic(&name).await?;
             writeln!(out, "deleted topic {name}")?;
         }
     }
     Ok(())
+}
+
+/// A config source as `weir topic describe` prints it.
+fn source_name(source: ConfigSource) -> &'static str {
+    match source {
+        ConfigSource::Topic => "topic",
+        ConfigSource::Broker => "broker",
+        ConfigSource::Default => "default",
+        _ => "unknown",
+    }
 }
 
 pub async fn produce(

@@ -21,6 +21,8 @@ pub const APIS: &[&str] = &[
     "commit_offsets",
     "fetch_offsets",
     "list_groups",
+    "describe_topic_configs",
+    "alter_topic_configs",
     "kafka_produce",
     "kafka_fetch",
     "kafka_list_offsets",
@@ -75,6 +77,8 @@ pub struct CompactionTotals {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub records_removed: u64,
+    /// The longest synchronous step of any pass, in microseconds.
+    pub longest_step_us: u64,
 }
 
 impl Default for ShardMetrics {
@@ -123,6 +127,7 @@ impl ShardMetrics {
         totals.bytes_read += stats.bytes_read;
         totals.bytes_written += stats.bytes_written;
         totals.records_removed += stats.records_removed;
+        totals.longest_step_us = totals.longest_step_us.max(stats.longest_step_us);
         self.compaction.set(totals);
     }
 
@@ -290,6 +295,19 @@ pub fn render(snapshots: &[ShardMetricsSnapshot]) -> String {
         "counter",
         "Records compaction removed (superseded, expired tombstones, no key).",
         &mut per_shard(|s| s.compaction.records_removed).into_iter(),
+    );
+    family(
+        "weir_compaction_longest_step_seconds",
+        "gauge",
+        "The longest compaction ran on the shard without yielding (one batch's work; passes yield every 200 us otherwise).",
+        &mut snapshots
+            .iter()
+            .map(|s| {
+                let seconds = s.compaction.longest_step_us as f64 / 1e6;
+                (format!("{{shard=\"{}\"}}", s.shard), seconds)
+            })
+            .collect::<Vec<_>>()
+            .into_iter(),
     );
     family(
         "weir_connections",

@@ -22,6 +22,7 @@ use crate::router::{
     ShardCall, TopicPartition,
 };
 use crate::shard::Shard;
+use crate::topic;
 
 /// The longest a fetch may wait for data, whatever it asks for.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -322,6 +323,76 @@ pub async fn admin(shard: &Rc<Shard>, call: ShardCall) -> BrokerResult<()> {
         ShardAnswer::Admin(result) => result,
         other => Err(unexpected(other)),
     }
+}
+
+/// Every config of a topic with its value and source (`topic::describe`).
+pub fn describe_topic_configs(
+    shard: &Shard,
+    name: &str,
+) -> BrokerResult<Vec<topic::DescribedConfig>> {
+    let image = shard.image();
+    let topic = image
+        .topic(name)
+        .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+    topic::describe(&shard.topic_defaults, &topic.configs).map_err(BrokerError::InvalidConfig)
+}
+
+/// Applies `changes` to a topic's overrides, each key at most once, checks the result as
+/// a whole and, unless `validate_only`, records it in the metadata log through the
+/// controller (which checks it again against the image it changes). Internal topics are
+/// refused, also when only validating.
+pub async fn alter_topic_configs(
+    shard: &Rc<Shard>,
+    name: &str,
+    changes: &[(&str, topic::ConfigChange<'_>)],
+    validate_only: bool,
+) -> BrokerResult<()> {
+    let mut configs = alterable_topic(shard, name)?.configs.clone();
+    for (index, (key, change)) in changes.iter().enumerate() {
+        if changes[..index].iter().any(|(earlier, _)| earlier == key) {
+            return Err(BrokerError::InvalidRequest(format!(
+                "config {key} is named more than once"
+            )));
+        }
+        topic::change_overrides(&mut configs, &shard.topic_defaults, key, *change)
+            .map_err(BrokerError::InvalidConfig)?;
+    }
+    set_topic_overrides(shard, name, configs, validate_only).await
+}
+
+/// Replaces a topic's overrides with `configs`, checked as a whole; applied (recorded in
+/// the metadata log through the controller) unless `validate_only`.
+pub async fn set_topic_overrides(
+    shard: &Rc<Shard>,
+    name: &str,
+    configs: std::collections::BTreeMap<String, String>,
+    validate_only: bool,
+) -> BrokerResult<()> {
+    alterable_topic(shard, name)?;
+    topic::topic_config(&shard.topic_defaults, &configs).map_err(BrokerError::InvalidConfig)?;
+    if validate_only {
+        return Ok(());
+    }
+    let call = ShardCall::AlterTopicConfigs {
+        name: name.to_string(),
+        configs: configs.into_iter().collect(),
+    };
+    admin(shard, call).await
+}
+
+/// The topic, if it exists and is not internal (internal topics keep weir's configs).
+fn alterable_topic(
+    shard: &Shard,
+    name: &str,
+) -> BrokerResult<std::sync::Arc<crate::metadata::TopicImage>> {
+    let image = shard.image();
+    let topic = image
+        .topic(name)
+        .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+    if topic.internal {
+        return Err(BrokerError::InvalidTopic(format!("{name} is internal")));
+    }
+    Ok(topic.clone())
 }
 
 /// The shard holding `group`'s committed offsets (and, for the Kafka protocol, its

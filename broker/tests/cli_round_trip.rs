@@ -2,10 +2,15 @@
 //! produced come back complete and in order per partition (and per key), a timestamp
 //! start skips older records, and a group's committed offsets survive a restart so that
 //! two runs of a group consumer together read everything exactly once; topic configs set
-//! at creation are described, and an invalid one is refused.
+//! at creation are described, and an invalid one is refused. `weir topic alter-config`
+//! overrides and deletes configs (kept across a restart), `weir topic describe` shows
+//! every config with its source, and bad changes are refused whole, with what is allowed.
 
 use std::collections::{BTreeMap, HashSet};
 
+use glommio::{LocalExecutorBuilder, Placement};
+use weir_broker::topic::TOPIC_CONFIG_KEYS;
+use weir_client::{Client, ClientError, ConfigSource, ErrorCode};
 use weir_tests::broker::BrokerProcess;
 
 const LINES: usize = 10_000;
@@ -263,4 +268,332 @@ fn cli_round_trip_with_keys_timestamps_and_groups() {
     assert!(!dir.path().join("events-0").exists());
     let status = broker.terminate().expect("terminate");
     assert!(status.success(), "SIGTERM exits cleanly: {status}");
+}
+
+/// `weir topic describe`'s config lines: key to (value, source).
+fn described_configs(broker: &BrokerProcess, topic: &str) -> BTreeMap<String, (String, String)> {
+    let describe = broker
+        .cli_ok(&["topic", "describe", topic], None)
+        .expect("describe");
+    let configs: BTreeMap<String, (String, String)> = describe
+        .lines()
+        .filter_map(|line| line.strip_prefix("config "))
+        .map(|line| {
+            let (pair, source) = line.split_once('\t').expect("KEY=VALUE\t(SOURCE)");
+            let (key, value) = pair.split_once('=').expect("KEY=VALUE");
+            let source = source.trim_start_matches('(').trim_end_matches(')');
+            (key.to_string(), (value.to_string(), source.to_string()))
+        })
+        .collect();
+    assert_eq!(
+        configs.keys().map(String::as_str).collect::<Vec<_>>(),
+        TOPIC_CONFIG_KEYS.iter().map(|k| k.name).collect::<Vec<_>>(),
+        "every key once, in name order: {describe}"
+    );
+    configs
+}
+
+/// Runs `weir topic alter-config` expecting a refusal; returns its stderr.
+fn refused(broker: &BrokerProcess, args: &[&str]) -> String {
+    let mut command = vec!["topic", "alter-config"];
+    command.extend(args);
+    let output = broker.cli(&command, None).expect("run weir");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{args:?} was accepted: {stderr}");
+    stderr
+}
+
+/// Proves that `weir topic alter-config` sets and deletes overrides through a real broker
+/// (kept across a restart), that `weir topic describe` lists every key with source topic,
+/// broker or default, and that bad changes exit non-zero, say what is allowed and change
+/// nothing.
+#[test]
+fn alter_config_overrides_and_deletes_and_describe_shows_sources() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The broker's configuration sets retention.ms, so its source is the broker.
+    let mut broker = BrokerProcess::start_with_env(
+        env!("CARGO_BIN_EXE_weir"),
+        dir.path(),
+        1,
+        &[],
+        &[("WEIR_LOG_RETENTION_MS", "3600000")],
+    )
+    .expect("broker");
+    broker
+        .cli_ok(
+            &[
+                "topic",
+                "create",
+                "tuned",
+                "--config",
+                "compression.type=zstd",
+            ],
+            None,
+        )
+        .expect("create");
+    let value = |configs: &BTreeMap<String, (String, String)>, key: &str| {
+        let (value, source) = &configs[key];
+        (value.clone(), source.clone())
+    };
+    let pair = |value: &str, source: &str| (value.to_string(), source.to_string());
+    let configs = described_configs(&broker, "tuned");
+    assert_eq!(value(&configs, "compression.type"), pair("zstd", "topic"));
+    assert_eq!(value(&configs, "retention.ms"), pair("3600000", "broker"));
+    assert_eq!(value(&configs, "segment.ms"), pair("604800000", "default"));
+
+    let altered = broker
+        .cli_ok(
+            &[
+                "topic",
+                "alter-config",
+                "tuned",
+                "--set",
+                "retention.ms=5000",
+                "--set",
+                "cleanup.policy=compact, delete",
+                "--delete",
+                "compression.type",
+            ],
+            None,
+        )
+        .expect("alter");
+    assert!(altered.contains("altered"), "{altered}");
+    let configs = described_configs(&broker, "tuned");
+    assert_eq!(value(&configs, "retention.ms"), pair("5000", "topic"));
+    assert_eq!(
+        value(&configs, "cleanup.policy"),
+        pair("compact,delete", "topic")
+    );
+    assert_eq!(
+        value(&configs, "compression.type"),
+        pair("producer", "default")
+    );
+
+    // Deleting one override brings back the broker's value and keeps the others.
+    broker
+        .cli_ok(
+            &["topic", "alter-config", "tuned", "--delete", "retention.ms"],
+            None,
+        )
+        .expect("delete an override");
+    let configs = described_configs(&broker, "tuned");
+    assert_eq!(value(&configs, "retention.ms"), pair("3600000", "broker"));
+    assert_eq!(
+        value(&configs, "cleanup.policy"),
+        pair("compact,delete", "topic")
+    );
+
+    // Validating changes nothing.
+    broker
+        .cli_ok(
+            &[
+                "topic",
+                "alter-config",
+                "tuned",
+                "--set",
+                "segment.ms=1000",
+                "--validate-only",
+            ],
+            None,
+        )
+        .expect("validate only");
+    assert_eq!(described_configs(&broker, "tuned"), configs);
+
+    // Refusals: the message says what is allowed; nothing of a refused change applies.
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "tuned",
+                "--set",
+                "segment.ms=7",
+                "--set",
+                "compression.type=brotli",
+            ],
+            "InvalidConfig: invalid config: Invalid value brotli for configuration \
+             compression.type: not one of the allowed values; allowed: uncompressed, zstd, \
+             lz4, snappy, gzip or producer",
+        ),
+        (
+            &["tuned", "--set", "min.insync.replicas=0"],
+            "Value must be at least 1; allowed: at least 1",
+        ),
+        (
+            &["tuned", "--set", "no.such.key=1"],
+            "InvalidConfig: invalid config: Unknown topic config name: no.such.key; known are \
+             cleanup.policy",
+        ),
+        (
+            &["tuned", "--delete", "no.such.key"],
+            "Unknown topic config name: no.such.key",
+        ),
+        (
+            &[
+                "tuned",
+                "--set",
+                "retention.ms=1",
+                "--delete",
+                "retention.ms",
+            ],
+            "InvalidRequest: invalid request: config retention.ms is named more than once",
+        ),
+        (&["tuned", "--set", "retention.ms"], "is not KEY=VALUE"),
+        (&["tuned"], "--set <KEY=VALUE>"),
+        (
+            &["missing", "--set", "retention.ms=1"],
+            "UnknownTopicOrPartition: unknown topic missing",
+        ),
+        (
+            &["__consumer_offsets", "--set", "retention.ms=1"],
+            "InvalidTopic: invalid topic: __consumer_offsets is internal",
+        ),
+        (
+            &[
+                "__consumer_offsets",
+                "--set",
+                "retention.ms=1",
+                "--validate-only",
+            ],
+            "__consumer_offsets is internal",
+        ),
+    ];
+    for (args, expected) in cases {
+        let stderr = refused(&broker, args);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert_eq!(described_configs(&broker, "tuned"), configs);
+
+    // The overrides are in the metadata log: a restart keeps them.
+    broker.restart().expect("restart");
+    assert_eq!(described_configs(&broker, "tuned"), configs);
+    let status = broker.terminate().expect("terminate");
+    assert!(status.success(), "SIGTERM exits cleanly: {status}");
+}
+
+/// The refusal's error code, or a panic naming what came instead.
+fn code_of(result: Result<(), ClientError>) -> ErrorCode {
+    match result {
+        Err(ClientError::Broker { code, .. }) => code,
+        other => panic!("expected a broker error, got {other:?}"),
+    }
+}
+
+/// Proves the native client's config calls: sources as the protocol defines them,
+/// validate-only changes nothing, metadata reports the overrides, and each refusal has
+/// its error code.
+#[test]
+fn native_client_describes_and_alters_topic_configs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker =
+        BrokerProcess::start(env!("CARGO_BIN_EXE_weir"), dir.path(), 1, &[]).expect("broker");
+    let address = broker.native.clone();
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .make()
+        .expect("executor")
+        .run(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            client.create_topic("native", 1, &[]).await.expect("create");
+            let described = client
+                .describe_topic_configs("native")
+                .await
+                .expect("describe");
+            assert_eq!(described.len(), TOPIC_CONFIG_KEYS.len());
+            assert!(
+                described.iter().all(|c| c.source == ConfigSource::Default),
+                "{described:?}"
+            );
+            let set = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            };
+            let source_of = |configs: &[weir_client::TopicConfigEntry], key: &str| {
+                let entry = configs.iter().find(|c| c.key == key).expect("key");
+                (entry.value.clone(), entry.source)
+            };
+
+            let retention = set(&[("retention.ms", "1000")]);
+            client
+                .validate_topic_configs("native", &retention, &[])
+                .await
+                .expect("validate");
+            let described = client
+                .describe_topic_configs("native")
+                .await
+                .expect("describe");
+            assert_eq!(
+                source_of(&described, "retention.ms"),
+                ("604800000".to_string(), ConfigSource::Default)
+            );
+            client
+                .alter_topic_configs("native", &retention, &[])
+                .await
+                .expect("alter");
+            let described = client
+                .describe_topic_configs("native")
+                .await
+                .expect("describe");
+            assert_eq!(
+                source_of(&described, "retention.ms"),
+                ("1000".to_string(), ConfigSource::Topic)
+            );
+            // Metadata reports the overrides too, valued as described.
+            let metadata = client
+                .metadata(Some(&["native".to_string()]))
+                .await
+                .expect("metadata");
+            assert_eq!(
+                metadata.topics[0].configs,
+                vec![("retention.ms".to_string(), "1000".to_string())]
+            );
+            client
+                .alter_topic_configs("native", &[], &["retention.ms".to_string()])
+                .await
+                .expect("delete");
+            let described = client
+                .describe_topic_configs("native")
+                .await
+                .expect("describe");
+            assert_eq!(
+                source_of(&described, "retention.ms"),
+                ("604800000".to_string(), ConfigSource::Default)
+            );
+
+            let bad = set(&[("retention.ms", "-2")]);
+            let cases = [
+                (
+                    client.alter_topic_configs("native", &bad, &[]).await,
+                    ErrorCode::InvalidConfig,
+                ),
+                (
+                    client.validate_topic_configs("native", &bad, &[]).await,
+                    ErrorCode::InvalidConfig,
+                ),
+                (
+                    client.alter_topic_configs("absent", &retention, &[]).await,
+                    ErrorCode::UnknownTopicOrPartition,
+                ),
+                (
+                    client
+                        .alter_topic_configs("__consumer_offsets", &retention, &[])
+                        .await,
+                    ErrorCode::InvalidTopic,
+                ),
+                (
+                    client.describe_topic_configs("absent").await.map(|_| ()),
+                    ErrorCode::UnknownTopicOrPartition,
+                ),
+            ];
+            for (result, expected) in cases {
+                assert_eq!(code_of(result), expected);
+            }
+            let internal = client
+                .describe_topic_configs("__consumer_offsets")
+                .await
+                .expect("internal topics are described");
+            assert_eq!(
+                source_of(&internal, "cleanup.policy"),
+                ("compact".to_string(), ConfigSource::Topic)
+            );
+        });
 }

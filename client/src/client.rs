@@ -4,7 +4,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use weir_wire::native::PROTOCOL_VERSION;
-use weir_wire::native::schema::{self, Acks, ErrorCode, OffsetSpec, RequestBody};
+use weir_wire::native::schema::{self, Acks, ConfigSource, ErrorCode, OffsetSpec, RequestBody};
 
 use crate::connection::{Connection, ResponseFrame};
 use crate::error::{ClientError, ClientResult};
@@ -81,6 +81,16 @@ pub struct CommittedOffset {
     pub metadata: String,
 }
 
+/// One config of a topic as the broker describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfigEntry {
+    pub key: String,
+    pub value: String,
+    /// Whether the topic overrides it, the broker's configuration sets it, or it is the
+    /// built-in default.
+    pub source: ConfigSource,
+}
+
 type Builder = flatbuffers::FlatBufferBuilder<'static>;
 type TableVector<T> =
     flatbuffers::WIPOffset<flatbuffers::Vector<'static, flatbuffers::ForwardsUOffset<T>>>;
@@ -126,6 +136,26 @@ fn strings<'a>(
 ) -> flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>> {
     let offsets: Vec<_> = values.iter().map(|v| builder.create_string(v)).collect();
     builder.create_vector(&offsets)
+}
+
+/// Config entries of a request (the source is for answers; requests leave it unstated).
+fn config_entries(
+    builder: &mut Builder,
+    configs: &[(String, String)],
+) -> TableVector<schema::ConfigEntry<'static>> {
+    let entries: Vec<_> = configs
+        .iter()
+        .map(|(key, value)| {
+            let (key, value) = (builder.create_string(key), builder.create_string(value));
+            let args = schema::ConfigEntryArgs {
+                key: Some(key),
+                value: Some(value),
+                source: ConfigSource::Unknown,
+            };
+            schema::ConfigEntry::create(builder, &args)
+        })
+        .collect();
+    builder.create_vector(&entries)
 }
 
 impl Client {
@@ -275,20 +305,7 @@ impl Client {
                 RequestBody::CreateTopicRequest,
                 |b| {
                     let name = b.create_string(name);
-                    let entries: Vec<_> = configs
-                        .iter()
-                        .map(|(k, v)| {
-                            let (key, value) = (b.create_string(k), b.create_string(v));
-                            schema::ConfigEntry::create(
-                                b,
-                                &schema::ConfigEntryArgs {
-                                    key: Some(key),
-                                    value: Some(value),
-                                },
-                            )
-                        })
-                        .collect();
-                    let configs = b.create_vector(&entries);
+                    let configs = config_entries(b, configs);
                     let args = schema::CreateTopicRequestArgs {
                         name: Some(name),
                         partitions,
@@ -313,6 +330,84 @@ impl Client {
                         &schema::DeleteTopicRequestArgs { name: Some(name) },
                     )
                     .as_union_value()
+                },
+                vec![],
+            )
+            .await?;
+        frame.checked().map(|_| ())
+    }
+
+    /// Every config of topic `name`, in key order, with its value and source.
+    pub async fn describe_topic_configs(&self, name: &str) -> ClientResult<Vec<TopicConfigEntry>> {
+        let frame = self
+            .call(
+                RequestBody::DescribeTopicConfigsRequest,
+                |b| {
+                    let name = b.create_string(name);
+                    let args = schema::DescribeTopicConfigsRequestArgs { name: Some(name) };
+                    schema::DescribeTopicConfigsRequest::create(b, &args).as_union_value()
+                },
+                vec![],
+            )
+            .await?;
+        let response = frame.checked()?;
+        let body = response
+            .body_as_describe_topic_configs_response()
+            .ok_or_else(|| ClientError::Invalid("no describe topic configs body".into()))?;
+        Ok(body
+            .configs()
+            .into_iter()
+            .flatten()
+            .map(|c| TopicConfigEntry {
+                key: c.key().to_string(),
+                value: c.value().to_string(),
+                source: c.source(),
+            })
+            .collect())
+    }
+
+    /// Overrides the keys of `set` and removes the overrides of the keys in `delete` (the
+    /// broker's defaults apply again); the other overrides stay. All or nothing.
+    pub async fn alter_topic_configs(
+        &self,
+        name: &str,
+        set: &[(String, String)],
+        delete: &[String],
+    ) -> ClientResult<()> {
+        self.change_topic_configs(name, set, delete, false).await
+    }
+
+    /// Checks what `alter_topic_configs` would do, and changes nothing.
+    pub async fn validate_topic_configs(
+        &self,
+        name: &str,
+        set: &[(String, String)],
+        delete: &[String],
+    ) -> ClientResult<()> {
+        self.change_topic_configs(name, set, delete, true).await
+    }
+
+    async fn change_topic_configs(
+        &self,
+        name: &str,
+        set: &[(String, String)],
+        delete: &[String],
+        validate_only: bool,
+    ) -> ClientResult<()> {
+        let frame = self
+            .call(
+                RequestBody::AlterTopicConfigsRequest,
+                |b| {
+                    let name = b.create_string(name);
+                    let set = config_entries(b, set);
+                    let delete = strings(b, delete);
+                    let args = schema::AlterTopicConfigsRequestArgs {
+                        name: Some(name),
+                        set: Some(set),
+                        delete: Some(delete),
+                        validate_only,
+                    };
+                    schema::AlterTopicConfigsRequest::create(b, &args).as_union_value()
                 },
                 vec![],
             )

@@ -11,11 +11,11 @@ mod producer;
 
 pub use client::{
     Client, CommittedOffset, FetchSpec, FetchedPartition, Metadata, OffsetQuery, PartitionMeta,
-    ProduceResult, TopicMeta,
+    ProduceResult, TopicConfigEntry, TopicMeta,
 };
 pub use connection::{Connection, ResponseFrame};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};
 pub use error::{ClientError, ClientResult};
 pub use partitioner::murmur2;
 pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord};
-pub use weir_wire::native::schema::{Acks, ErrorCode, OffsetSpec};
+pub use weir_wire::native::schema::{Acks, ConfigSource, ErrorCode, OffsetSpec};

@@ -1423,7 +1423,16 @@ impl Log {
             }
         }
         self.shard.cache.borrow_mut().truncate(self.id, new_end);
+        self.forget_compaction_from(new_end).await?;
         self.write_epochs_if_dirty().await
+    }
+
+    /// Records from `offset` on were cut off: what is appended there next is dirty.
+    async fn forget_compaction_from(&self, offset: i64) -> Result<()> {
+        if self.state.borrow().first_dirty_offset > offset {
+            self.write_cleaner_checkpoint(offset).await?;
+        }
+        Ok(())
     }
 
     /// Empties the log and starts it again at `offset` (Kafka's truncate-fully-and-start-at).
@@ -1453,6 +1462,7 @@ impl Log {
             state.epochs_dirty = true;
         }
         self.shard.cache.borrow_mut().remove_log(self.id);
+        self.forget_compaction_from(offset).await?;
         self.write_epochs_if_dirty().await
     }
 

@@ -270,27 +270,6 @@ fn config_result(version: i16, synonyms: bool, entry: Entry) -> DescribeConfigsR
     result
 }
 
-/// A topic's new overrides, checked; applied unless `validate_only`.
-async fn set_topic_configs(
-    shard: &Rc<Shard>,
-    name: &str,
-    configs: BTreeMap<String, String>,
-    validate_only: bool,
-) -> BrokerResult<()> {
-    if shard.image().topic(name).is_none() {
-        return Err(BrokerError::UnknownTopic(name.to_string()));
-    }
-    topic::topic_config(&shard.topic_defaults, &configs).map_err(BrokerError::InvalidConfig)?;
-    if validate_only {
-        return Ok(());
-    }
-    let call = ShardCall::AlterTopicConfigs {
-        name: name.to_string(),
-        configs: configs.into_iter().collect(),
-    };
-    ops::admin(shard, call).await
-}
-
 /// The error a resource answers with, or none.
 fn resource_error(result: BrokerResult<()>) -> (i16, Option<StrBytes>) {
     match result {
@@ -318,7 +297,7 @@ pub async fn alter_configs(shard: &Rc<Shard>, request: AlterConfigsRequest) -> A
                     .iter()
                     .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
                     .collect();
-                set_topic_configs(shard, &name, configs, request.validate_only).await
+                ops::set_topic_overrides(shard, &name, configs, request.validate_only).await
             }
             RESOURCE_BROKER => Err(broker_configs_are_static()),
             other => Err(BrokerError::InvalidRequest(format!(
@@ -379,7 +358,8 @@ pub async fn incremental_alter_configs(
                     });
                     match changed {
                         Ok(()) => {
-                            set_topic_configs(shard, &name, configs, request.validate_only).await
+                            ops::set_topic_overrides(shard, &name, configs, request.validate_only)
+                                .await
                         }
                         Err(error) => Err(error),
                     }

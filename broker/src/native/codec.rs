@@ -52,6 +52,15 @@ pub enum NativeRequest {
         topics: Option<Vec<(String, Option<Vec<i32>>)>>,
     },
     ListGroups,
+    DescribeTopicConfigs {
+        name: String,
+    },
+    AlterTopicConfigs {
+        name: String,
+        set: Vec<(String, String)>,
+        delete: Vec<String>,
+        validate_only: bool,
+    },
 }
 
 impl NativeRequest {
@@ -67,6 +76,8 @@ impl NativeRequest {
             NativeRequest::CommitOffsets { .. } => "commit_offsets",
             NativeRequest::FetchOffsets { .. } => "fetch_offsets",
             NativeRequest::ListGroups => "list_groups",
+            NativeRequest::DescribeTopicConfigs { .. } => "describe_topic_configs",
+            NativeRequest::AlterTopicConfigs { .. } => "alter_topic_configs",
         }
     }
 }
@@ -222,6 +233,30 @@ pub fn decode(request: &schema::Request<'_>, payload: BytesMut) -> BrokerResult<
             }
         }
         Body::ListGroupsRequest => NativeRequest::ListGroups,
+        Body::DescribeTopicConfigsRequest => {
+            let r = request
+                .body_as_describe_topic_configs_request()
+                .ok_or_else(|| invalid("describe topic configs body"))?;
+            NativeRequest::DescribeTopicConfigs {
+                name: r.name().to_string(),
+            }
+        }
+        Body::AlterTopicConfigsRequest => {
+            let r = request
+                .body_as_alter_topic_configs_request()
+                .ok_or_else(|| invalid("alter topic configs body"))?;
+            NativeRequest::AlterTopicConfigs {
+                name: r.name().to_string(),
+                set: configs(r.set()),
+                delete: r
+                    .delete()
+                    .into_iter()
+                    .flatten()
+                    .map(str::to_string)
+                    .collect(),
+                validate_only: r.validate_only(),
+            }
+        }
         _ => return Err(invalid("unknown request type")),
     })
 }

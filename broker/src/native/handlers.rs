@@ -17,6 +17,7 @@ use crate::error::{BrokerError, BrokerResult};
 use crate::ops::{self, Appended, FetchPartition, FetchResults, StartedProduce};
 use crate::router::{MemberClaim, PartitionStatus, ShardCall, TopicPartition};
 use crate::shard::Shard;
+use crate::topic::{ConfigChange, ConfigSource};
 
 /// A response frame, and whether it reports a failure (for metrics).
 pub struct Reply {
@@ -152,6 +153,15 @@ async fn handle(
             fetch_offsets(shard, request_id, group, topics).await
         }
         NativeRequest::ListGroups => list_groups(shard, request_id).await,
+        NativeRequest::DescribeTopicConfigs { name } => {
+            describe_topic_configs(shard, request_id, &name)
+        }
+        NativeRequest::AlterTopicConfigs {
+            name,
+            set,
+            delete,
+            validate_only,
+        } => alter_topic_configs(shard, request_id, &name, &set, &delete, validate_only).await,
         NativeRequest::Produce { .. } => {
             Err(BrokerError::Internal("produce is dispatched apart".into()))
         }
@@ -380,6 +390,7 @@ fn topic_info<'a>(
                 &schema::ConfigEntryArgs {
                     key: Some(key),
                     value: Some(value),
+                    source: schema::ConfigSource::Topic,
                 },
             )
         })
@@ -657,4 +668,98 @@ async fn list_groups(shard: &Rc<Shard>, request_id: u64) -> BrokerResult<Vec<Byt
             body.as_union_value(),
         )),
     ))
+}
+
+fn config_source(source: ConfigSource) -> schema::ConfigSource {
+    match source {
+        ConfigSource::Topic => schema::ConfigSource::Topic,
+        ConfigSource::Broker => schema::ConfigSource::Broker,
+        ConfigSource::Default => schema::ConfigSource::Default,
+    }
+}
+
+fn describe_topic_configs(shard: &Shard, request_id: u64, name: &str) -> BrokerResult<Vec<Bytes>> {
+    let described = ops::describe_topic_configs(shard, name)?;
+    let mut w = ResponseWriter::new();
+    let configs: Vec<_> = described
+        .iter()
+        .map(|config| {
+            let (key, value) = (w.string(config.key.name), w.string(&config.value));
+            schema::ConfigEntry::create(
+                &mut w.builder,
+                &schema::ConfigEntryArgs {
+                    key: Some(key),
+                    value: Some(value),
+                    source: config_source(config.source),
+                },
+            )
+        })
+        .collect();
+    let configs = w.builder.create_vector(&configs);
+    let body = schema::DescribeTopicConfigsResponse::create(
+        &mut w.builder,
+        &schema::DescribeTopicConfigsResponseArgs {
+            configs: Some(configs),
+        },
+    );
+    Ok(w.finish(
+        request_id,
+        None,
+        Some((
+            schema::ResponseBody::DescribeTopicConfigsResponse,
+            body.as_union_value(),
+        )),
+    ))
+}
+
+/// `set` overrides keys, `delete` removes overrides: IncrementalAlterConfigs' SET and
+/// DELETE, through the same operation.
+async fn alter_topic_configs(
+    shard: &Rc<Shard>,
+    request_id: u64,
+    name: &str,
+    set: &[(String, String)],
+    delete: &[String],
+    validate_only: bool,
+) -> BrokerResult<Vec<Bytes>> {
+    let changes: Vec<(&str, ConfigChange<'_>)> = set
+        .iter()
+        .map(|(key, value)| (key.as_str(), ConfigChange::Set(value)))
+        .chain(
+            delete
+                .iter()
+                .map(|key| (key.as_str(), ConfigChange::Delete)),
+        )
+        .collect();
+    ops::alter_topic_configs(shard, name, &changes, validate_only).await?;
+    let mut w = ResponseWriter::new();
+    let body = schema::AlterTopicConfigsResponse::create(
+        &mut w.builder,
+        &schema::AlterTopicConfigsResponseArgs {},
+    );
+    Ok(w.finish(
+        request_id,
+        None,
+        Some((
+            schema::ResponseBody::AlterTopicConfigsResponse,
+            body.as_union_value(),
+        )),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The native protocol's sources carry Kafka's codes, as `topic::ConfigSource` does.
+    #[test]
+    fn config_sources_keep_kafka_codes() {
+        for source in [
+            ConfigSource::Topic,
+            ConfigSource::Broker,
+            ConfigSource::Default,
+        ] {
+            assert_eq!(config_source(source).0, source as i8, "{source:?}");
+        }
+    }
 }

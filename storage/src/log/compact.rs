@@ -87,16 +87,34 @@ pub struct CompactionStats {
     pub keys: u64,
     /// The first dirty offset after the pass.
     pub end_offset: i64,
+    /// The longest the pass ran on the shard without yielding, in microseconds.
+    pub longest_step_us: u64,
 }
 
-/// Yields the shard once a slice of work is used up.
-struct Slice(Instant);
+/// Yields the shard once a slice of work is used up, and keeps the longest synchronous
+/// step (one batch's decompression, filtering and recompression), which no yield can
+/// split: the shard runs at most a slice plus one step without yielding.
+struct Slice {
+    started: Instant,
+    longest_step: Duration,
+}
 
 impl Slice {
+    fn new() -> Slice {
+        Slice {
+            started: Instant::now(),
+            longest_step: Duration::ZERO,
+        }
+    }
+
+    fn step_done(&mut self, began: Instant) {
+        self.longest_step = self.longest_step.max(began.elapsed());
+    }
+
     async fn check(&mut self) {
-        if self.0.elapsed() >= SLICE {
+        if self.started.elapsed() >= SLICE {
             glommio::executor().yield_task_queue_now().await;
-            self.0 = Instant::now();
+            self.started = Instant::now();
         }
     }
 }
@@ -122,7 +140,10 @@ impl Log {
                 .sealed
                 .get(at + 1)
                 .map_or(state.active.base_offset, |s| s.base_offset);
-            if end > stable_offset || segment.max_timestamp > young_after {
+            // Without a lag there is nothing to wait for: a producer's clock running
+            // ahead must not hold compaction back.
+            let young = config.min_compaction_lag_ms > 0 && segment.max_timestamp > young_after;
+            if end > stable_offset || young {
                 break;
             }
             segments.push(segment.clone());
@@ -181,7 +202,7 @@ impl Log {
         if !config.cleanup.compact {
             return Ok(stats);
         }
-        let mut slice = Slice(Instant::now());
+        let mut slice = Slice::new();
         if !self.state.borrow().sealing.is_empty() {
             // A segment whose seal is still running gets its index files written by the
             // seal: let it finish first (it takes milliseconds).
@@ -227,6 +248,7 @@ impl Log {
                 if map.room() < header.records_count.max(0) as usize {
                     break 'segments;
                 }
+                let began = Instant::now();
                 if let Ok((header, section)) =
                     record::records_section(&bytes, DECOMPRESSED_BATCH_BYTES_MAX)
                 {
@@ -236,12 +258,14 @@ impl Log {
                         }
                     }
                 }
+                slice.step_done(began);
                 end = header.next_offset();
                 slice.check().await;
             }
             end = cleanable.ends[at];
         }
         stats.keys = map.len() as u64;
+        stats.longest_step_us = slice.longest_step.as_micros() as u64;
         if end <= first_dirty {
             tracing::warn!(
                 log = %self.dir.display(),
@@ -325,6 +349,7 @@ impl Log {
             .await?
         {
             position += bytes.len() as u64;
+            let began = Instant::now();
             let kept = match filter.apply(&header, &bytes) {
                 Kept::All => Some(bytes),
                 Kept::Nothing { removed } => {
@@ -336,6 +361,7 @@ impl Log {
                     Some(batch.freeze())
                 }
             };
+            slice.step_done(began);
             if let Some(batch) = kept {
                 out.push(&batch, config.index_interval_bytes).await?;
             }
@@ -424,7 +450,7 @@ impl Log {
         Ok(true)
     }
 
-    async fn write_cleaner_checkpoint(&self, first_dirty: i64) -> Result<()> {
+    pub(super) async fn write_cleaner_checkpoint(&self, first_dirty: i64) -> Result<()> {
         let contents = format!("{first_dirty}\n");
         io::write_file_atomically(&self.dir, CLEANER_CHECKPOINT_FILE, contents.as_bytes()).await?;
         self.state.borrow_mut().first_dirty_offset = first_dirty;

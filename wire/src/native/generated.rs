@@ -336,12 +336,110 @@ impl<'a> ::flatbuffers::Verifiable for OffsetSpec {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for OffsetSpec {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
+pub const ENUM_MIN_CONFIG_SOURCE: i8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 10;
+pub const ENUM_MAX_CONFIG_SOURCE: i8 = 5;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 11] = [
+pub const ENUM_VALUES_CONFIG_SOURCE: [ConfigSource; 4] = [
+  ConfigSource::Unknown,
+  ConfigSource::Topic,
+  ConfigSource::Broker,
+  ConfigSource::Default,
+];
+
+/// Where a config's value comes from, with Kafka's `ConfigSource` codes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct ConfigSource(pub i8);
+#[allow(non_upper_case_globals)]
+impl ConfigSource {
+  /// Not stated: requests leave it so, and the broker ignores it there.
+  pub const Unknown: Self = Self(0);
+  /// The topic overrides it (Kafka's DYNAMIC_TOPIC_CONFIG).
+  pub const Topic: Self = Self(1);
+  /// The broker's configuration sets a value other than the built-in default
+  /// (Kafka's STATIC_BROKER_CONFIG).
+  pub const Broker: Self = Self(4);
+  /// The built-in default (Kafka's DEFAULT_CONFIG).
+  pub const Default: Self = Self(5);
+
+  pub const ENUM_MIN: i8 = 0;
+  pub const ENUM_MAX: i8 = 5;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Unknown,
+    Self::Topic,
+    Self::Broker,
+    Self::Default,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Unknown => Some("Unknown"),
+      Self::Topic => Some("Topic"),
+      Self::Broker => Some("Broker"),
+      Self::Default => Some("Default"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for ConfigSource {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for ConfigSource {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<i8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for ConfigSource {
+    type Output = ConfigSource;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<i8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for ConfigSource {
+  type Scalar = i8;
+  #[inline]
+  fn to_little_endian(self) -> i8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: i8) -> Self {
+    let b = i8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for ConfigSource {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    i8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for ConfigSource {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_REQUEST_BODY: u8 = 12;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 13] = [
   RequestBody::NONE,
   RequestBody::HandshakeRequest,
   RequestBody::MetadataRequest,
@@ -353,6 +451,8 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 11] = [
   RequestBody::CommitOffsetsRequest,
   RequestBody::FetchOffsetsRequest,
   RequestBody::ListGroupsRequest,
+  RequestBody::DescribeTopicConfigsRequest,
+  RequestBody::AlterTopicConfigsRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -371,9 +471,11 @@ impl RequestBody {
   pub const CommitOffsetsRequest: Self = Self(8);
   pub const FetchOffsetsRequest: Self = Self(9);
   pub const ListGroupsRequest: Self = Self(10);
+  pub const DescribeTopicConfigsRequest: Self = Self(11);
+  pub const AlterTopicConfigsRequest: Self = Self(12);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 12;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeRequest,
@@ -386,6 +488,8 @@ impl RequestBody {
     Self::CommitOffsetsRequest,
     Self::FetchOffsetsRequest,
     Self::ListGroupsRequest,
+    Self::DescribeTopicConfigsRequest,
+    Self::AlterTopicConfigsRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -401,6 +505,8 @@ impl RequestBody {
       Self::CommitOffsetsRequest => Some("CommitOffsetsRequest"),
       Self::FetchOffsetsRequest => Some("FetchOffsetsRequest"),
       Self::ListGroupsRequest => Some("ListGroupsRequest"),
+      Self::DescribeTopicConfigsRequest => Some("DescribeTopicConfigsRequest"),
+      Self::AlterTopicConfigsRequest => Some("AlterTopicConfigsRequest"),
       _ => None,
     }
   }
@@ -460,10 +566,10 @@ pub struct RequestBodyUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 10;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 12;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 11] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 13] = [
   ResponseBody::NONE,
   ResponseBody::HandshakeResponse,
   ResponseBody::MetadataResponse,
@@ -475,6 +581,8 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 11] = [
   ResponseBody::CommitOffsetsResponse,
   ResponseBody::FetchOffsetsResponse,
   ResponseBody::ListGroupsResponse,
+  ResponseBody::DescribeTopicConfigsResponse,
+  ResponseBody::AlterTopicConfigsResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -493,9 +601,11 @@ impl ResponseBody {
   pub const CommitOffsetsResponse: Self = Self(8);
   pub const FetchOffsetsResponse: Self = Self(9);
   pub const ListGroupsResponse: Self = Self(10);
+  pub const DescribeTopicConfigsResponse: Self = Self(11);
+  pub const AlterTopicConfigsResponse: Self = Self(12);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 12;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeResponse,
@@ -508,6 +618,8 @@ impl ResponseBody {
     Self::CommitOffsetsResponse,
     Self::FetchOffsetsResponse,
     Self::ListGroupsResponse,
+    Self::DescribeTopicConfigsResponse,
+    Self::AlterTopicConfigsResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -523,6 +635,8 @@ impl ResponseBody {
       Self::CommitOffsetsResponse => Some("CommitOffsetsResponse"),
       Self::FetchOffsetsResponse => Some("FetchOffsetsResponse"),
       Self::ListGroupsResponse => Some("ListGroupsResponse"),
+      Self::DescribeTopicConfigsResponse => Some("DescribeTopicConfigsResponse"),
+      Self::AlterTopicConfigsResponse => Some("AlterTopicConfigsResponse"),
       _ => None,
     }
   }
@@ -725,6 +839,7 @@ impl<'a> ::flatbuffers::Follow<'a> for ConfigEntry<'a> {
 impl<'a> ConfigEntry<'a> {
   pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SOURCE: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -738,6 +853,7 @@ impl<'a> ConfigEntry<'a> {
     let mut builder = ConfigEntryBuilder::new(_fbb);
     if let Some(x) = args.value { builder.add_value(x); }
     if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_source(args.source);
     builder.finish()
   }
 
@@ -756,6 +872,14 @@ impl<'a> ConfigEntry<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ConfigEntry::VT_VALUE, None).unwrap()}
   }
+  /// Set in answers that describe configs (DescribeTopicConfigsResponse).
+  #[inline]
+  pub fn source(&self) -> ConfigSource {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ConfigSource>(ConfigEntry::VT_SOURCE, Some(ConfigSource::Unknown)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ConfigEntry<'_> {
@@ -766,6 +890,7 @@ impl ::flatbuffers::Verifiable for ConfigEntry<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("key", Self::VT_KEY, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("value", Self::VT_VALUE, true)?
+     .visit_field::<ConfigSource>("source", Self::VT_SOURCE, false)?
      .finish();
     Ok(())
   }
@@ -773,6 +898,7 @@ impl ::flatbuffers::Verifiable for ConfigEntry<'_> {
 pub struct ConfigEntryArgs<'a> {
     pub key: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub value: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub source: ConfigSource,
 }
 impl<'a> Default for ConfigEntryArgs<'a> {
   #[inline]
@@ -780,6 +906,7 @@ impl<'a> Default for ConfigEntryArgs<'a> {
     ConfigEntryArgs {
       key: None, // required field
       value: None, // required field
+      source: ConfigSource::Unknown,
     }
   }
 }
@@ -796,6 +923,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConfigEntryBuilder<'a, 'b, A>
   #[inline]
   pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConfigEntry::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_source(&mut self, source: ConfigSource) {
+    self.fbb_.push_slot::<ConfigSource>(ConfigEntry::VT_SOURCE, source, ConfigSource::Unknown);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConfigEntryBuilder<'a, 'b, A> {
@@ -819,6 +950,7 @@ impl ::core::fmt::Debug for ConfigEntry<'_> {
     let mut ds = f.debug_struct("ConfigEntry");
       ds.field("key", &self.key());
       ds.field("value", &self.value());
+      ds.field("source", &self.source());
       ds.finish()
   }
 }
@@ -2185,6 +2317,430 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteTopicResponseBuilder<'a
 impl ::core::fmt::Debug for DeleteTopicResponse<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("DeleteTopicResponse");
+      ds.finish()
+  }
+}
+pub enum DescribeTopicConfigsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeTopicConfigsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DescribeTopicConfigsRequest<'a> {
+  type Inner = DescribeTopicConfigsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DescribeTopicConfigsRequest<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DescribeTopicConfigsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DescribeTopicConfigsRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DescribeTopicConfigsRequest<'bldr>> {
+    let mut builder = DescribeTopicConfigsRequestBuilder::new(_fbb);
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(DescribeTopicConfigsRequest::VT_NAME, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DescribeTopicConfigsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeTopicConfigsRequestArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for DescribeTopicConfigsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DescribeTopicConfigsRequestArgs {
+      name: None, // required field
+    }
+  }
+}
+
+pub struct DescribeTopicConfigsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeTopicConfigsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DescribeTopicConfigsRequest::VT_NAME, name);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DescribeTopicConfigsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DescribeTopicConfigsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeTopicConfigsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, DescribeTopicConfigsRequest::VT_NAME,"name");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DescribeTopicConfigsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeTopicConfigsRequest");
+      ds.field("name", &self.name());
+      ds.finish()
+  }
+}
+pub enum DescribeTopicConfigsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeTopicConfigsResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DescribeTopicConfigsResponse<'a> {
+  type Inner = DescribeTopicConfigsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DescribeTopicConfigsResponse<'a> {
+  pub const VT_CONFIGS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DescribeTopicConfigsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DescribeTopicConfigsResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DescribeTopicConfigsResponse<'bldr>> {
+    let mut builder = DescribeTopicConfigsResponseBuilder::new(_fbb);
+    if let Some(x) = args.configs { builder.add_configs(x); }
+    builder.finish()
+  }
+
+
+  /// Every topic config key, in name order, with its value and source.
+  #[inline]
+  pub fn configs(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConfigEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConfigEntry>>>>(DescribeTopicConfigsResponse::VT_CONFIGS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DescribeTopicConfigsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ConfigEntry>>>>("configs", Self::VT_CONFIGS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeTopicConfigsResponseArgs<'a> {
+    pub configs: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConfigEntry<'a>>>>>,
+}
+impl<'a> Default for DescribeTopicConfigsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DescribeTopicConfigsResponseArgs {
+      configs: None,
+    }
+  }
+}
+
+pub struct DescribeTopicConfigsResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeTopicConfigsResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_configs(&mut self, configs: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ConfigEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DescribeTopicConfigsResponse::VT_CONFIGS, configs);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DescribeTopicConfigsResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DescribeTopicConfigsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeTopicConfigsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DescribeTopicConfigsResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeTopicConfigsResponse");
+      ds.field("configs", &self.configs());
+      ds.finish()
+  }
+}
+pub enum AlterTopicConfigsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Changes a topic's config overrides: every key of `set` is overridden with its value
+/// and every key of `delete` loses its override (the broker's default applies again);
+/// the other overrides stay. All or nothing: the result is checked as a whole.
+pub struct AlterTopicConfigsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterTopicConfigsRequest<'a> {
+  type Inner = AlterTopicConfigsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterTopicConfigsRequest<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SET: ::flatbuffers::VOffsetT = 6;
+  pub const VT_DELETE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_VALIDATE_ONLY: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterTopicConfigsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AlterTopicConfigsRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AlterTopicConfigsRequest<'bldr>> {
+    let mut builder = AlterTopicConfigsRequestBuilder::new(_fbb);
+    if let Some(x) = args.delete { builder.add_delete(x); }
+    if let Some(x) = args.set { builder.add_set(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.add_validate_only(args.validate_only);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AlterTopicConfigsRequest::VT_NAME, None).unwrap()}
+  }
+  #[inline]
+  pub fn set(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConfigEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConfigEntry>>>>(AlterTopicConfigsRequest::VT_SET, None)}
+  }
+  #[inline]
+  pub fn delete(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(AlterTopicConfigsRequest::VT_DELETE, None)}
+  }
+  /// Check the change, answer as if it were made, and make none.
+  #[inline]
+  pub fn validate_only(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(AlterTopicConfigsRequest::VT_VALIDATE_ONLY, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AlterTopicConfigsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ConfigEntry>>>>("set", Self::VT_SET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("delete", Self::VT_DELETE, false)?
+     .visit_field::<bool>("validate_only", Self::VT_VALIDATE_ONLY, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterTopicConfigsRequestArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub set: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConfigEntry<'a>>>>>,
+    pub delete: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub validate_only: bool,
+}
+impl<'a> Default for AlterTopicConfigsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterTopicConfigsRequestArgs {
+      name: None, // required field
+      set: None,
+      delete: None,
+      validate_only: false,
+    }
+  }
+}
+
+pub struct AlterTopicConfigsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterTopicConfigsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterTopicConfigsRequest::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_set(&mut self, set: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ConfigEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterTopicConfigsRequest::VT_SET, set);
+  }
+  #[inline]
+  pub fn add_delete(&mut self, delete: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterTopicConfigsRequest::VT_DELETE, delete);
+  }
+  #[inline]
+  pub fn add_validate_only(&mut self, validate_only: bool) {
+    self.fbb_.push_slot::<bool>(AlterTopicConfigsRequest::VT_VALIDATE_ONLY, validate_only, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterTopicConfigsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterTopicConfigsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterTopicConfigsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, AlterTopicConfigsRequest::VT_NAME,"name");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterTopicConfigsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterTopicConfigsRequest");
+      ds.field("name", &self.name());
+      ds.field("set", &self.set());
+      ds.field("delete", &self.delete());
+      ds.field("validate_only", &self.validate_only());
+      ds.finish()
+  }
+}
+pub enum AlterTopicConfigsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AlterTopicConfigsResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterTopicConfigsResponse<'a> {
+  type Inner = AlterTopicConfigsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterTopicConfigsResponse<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterTopicConfigsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args AlterTopicConfigsResponseArgs
+  ) -> ::flatbuffers::WIPOffset<AlterTopicConfigsResponse<'bldr>> {
+    let mut builder = AlterTopicConfigsResponseBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for AlterTopicConfigsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterTopicConfigsResponseArgs {
+}
+impl<'a> Default for AlterTopicConfigsResponseArgs {
+  #[inline]
+  fn default() -> Self {
+    AlterTopicConfigsResponseArgs {
+    }
+  }
+}
+
+pub struct AlterTopicConfigsResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterTopicConfigsResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterTopicConfigsResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterTopicConfigsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterTopicConfigsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterTopicConfigsResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterTopicConfigsResponse");
       ds.finish()
   }
 }
@@ -6064,6 +6620,34 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_topic_configs_request(&self) -> Option<DescribeTopicConfigsRequest<'a>> {
+    if self.body_type() == RequestBody::DescribeTopicConfigsRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { DescribeTopicConfigsRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_alter_topic_configs_request(&self) -> Option<AlterTopicConfigsRequest<'a>> {
+    if self.body_type() == RequestBody::AlterTopicConfigsRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { AlterTopicConfigsRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -6085,6 +6669,8 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           RequestBody::CommitOffsetsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CommitOffsetsRequest>>("RequestBody::CommitOffsetsRequest", pos),
           RequestBody::FetchOffsetsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<FetchOffsetsRequest>>("RequestBody::FetchOffsetsRequest", pos),
           RequestBody::ListGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListGroupsRequest>>("RequestBody::ListGroupsRequest", pos),
+          RequestBody::DescribeTopicConfigsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeTopicConfigsRequest>>("RequestBody::DescribeTopicConfigsRequest", pos),
+          RequestBody::AlterTopicConfigsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterTopicConfigsRequest>>("RequestBody::AlterTopicConfigsRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -6212,6 +6798,20 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         RequestBody::ListGroupsRequest => {
           if let Some(x) = self.body_as_list_groups_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::DescribeTopicConfigsRequest => {
+          if let Some(x) = self.body_as_describe_topic_configs_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::AlterTopicConfigsRequest => {
+          if let Some(x) = self.body_as_alter_topic_configs_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -6452,6 +7052,36 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_topic_configs_response(&self) -> Option<DescribeTopicConfigsResponse<'a>> {
+    if self.body_type() == ResponseBody::DescribeTopicConfigsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DescribeTopicConfigsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_alter_topic_configs_response(&self) -> Option<AlterTopicConfigsResponse<'a>> {
+    if self.body_type() == ResponseBody::AlterTopicConfigsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AlterTopicConfigsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -6475,6 +7105,8 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           ResponseBody::CommitOffsetsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CommitOffsetsResponse>>("ResponseBody::CommitOffsetsResponse", pos),
           ResponseBody::FetchOffsetsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<FetchOffsetsResponse>>("ResponseBody::FetchOffsetsResponse", pos),
           ResponseBody::ListGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListGroupsResponse>>("ResponseBody::ListGroupsResponse", pos),
+          ResponseBody::DescribeTopicConfigsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeTopicConfigsResponse>>("ResponseBody::DescribeTopicConfigsResponse", pos),
+          ResponseBody::AlterTopicConfigsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterTopicConfigsResponse>>("ResponseBody::AlterTopicConfigsResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -6615,6 +7247,20 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         ResponseBody::ListGroupsResponse => {
           if let Some(x) = self.body_as_list_groups_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::DescribeTopicConfigsResponse => {
+          if let Some(x) = self.body_as_describe_topic_configs_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::AlterTopicConfigsResponse => {
+          if let Some(x) = self.body_as_alter_topic_configs_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -202,6 +202,80 @@ mod tests {
         assert_eq!((create.name(), create.partitions()), ("orders", 3));
     }
 
+    /// The config requests appended to version 1 keep their union codes and Kafka's
+    /// ConfigSource codes (docs/PROTOCOL.md states them), and round trip.
+    #[test]
+    fn config_requests_keep_their_codes_and_parse() {
+        let codes = [
+            (schema::RequestBody::DescribeTopicConfigsRequest.0, 11),
+            (schema::RequestBody::AlterTopicConfigsRequest.0, 12),
+            (schema::ResponseBody::DescribeTopicConfigsResponse.0, 11),
+            (schema::ResponseBody::AlterTopicConfigsResponse.0, 12),
+            (schema::ConfigSource::Unknown.0 as u8, 0),
+            (schema::ConfigSource::Topic.0 as u8, 1),
+            (schema::ConfigSource::Broker.0 as u8, 4),
+            (schema::ConfigSource::Default.0 as u8, 5),
+        ];
+        for (code, expected) in codes {
+            assert_eq!(code, expected);
+        }
+        let mut builder = flatbuffers::FlatBufferBuilder::new();
+        let (key, value) = (
+            builder.create_string("retention.ms"),
+            builder.create_string("1000"),
+        );
+        let entry = schema::ConfigEntry::create(
+            &mut builder,
+            &schema::ConfigEntryArgs {
+                key: Some(key),
+                value: Some(value),
+                source: schema::ConfigSource::Unknown,
+            },
+        );
+        let set = builder.create_vector(&[entry]);
+        let deleted = builder.create_string("segment.ms");
+        let delete = builder.create_vector(&[deleted]);
+        let name = builder.create_string("orders");
+        let body = schema::AlterTopicConfigsRequest::create(
+            &mut builder,
+            &schema::AlterTopicConfigsRequestArgs {
+                name: Some(name),
+                set: Some(set),
+                delete: Some(delete),
+                validate_only: true,
+            },
+        );
+        let request = schema::Request::create(
+            &mut builder,
+            &schema::RequestArgs {
+                request_id: 9,
+                body_type: schema::RequestBody::AlterTopicConfigsRequest,
+                body: Some(body.as_union_value()),
+            },
+        );
+        builder.finish(request, Some("WEIR"));
+        let parsed = parse_request(builder.finished_data()).unwrap();
+        let alter = parsed.body_as_alter_topic_configs_request().unwrap();
+        let set: Vec<_> = alter
+            .set()
+            .unwrap()
+            .iter()
+            .map(|e| (e.key(), e.value(), e.source()))
+            .collect();
+        assert_eq!(
+            (alter.name(), set, alter.validate_only()),
+            (
+                "orders",
+                vec![("retention.ms", "1000", schema::ConfigSource::Unknown)],
+                true
+            )
+        );
+        assert_eq!(
+            alter.delete().unwrap().iter().collect::<Vec<_>>(),
+            ["segment.ms"]
+        );
+    }
+
     quickcheck! {
         fn random_headers_never_panic(bytes: Vec<u8>) -> bool {
             if let Ok(request) = parse_request(&bytes) {
