@@ -1010,6 +1010,8 @@ impl Shard {
                         self.metrics.record_compaction(&stats);
                         tracing::debug!(%partition, ?stats, "compacted");
                     }
+                    // The partition was deleted or moved meanwhile.
+                    Err(weir_storage::StorageError::Closed { .. }) => {}
                     Err(error) => {
                         tracing::warn!(%partition, %error, "compaction failed; retrying later");
                         break;

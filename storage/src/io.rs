@@ -267,9 +267,25 @@ pub(crate) async fn write_pages(
         .await
 }
 
-/// Replaces `dir/name` with `contents` so that after a crash either the old or the new
-/// contents are there, never a mix.
-pub(crate) async fn write_file_atomically(dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
+/// Whether a replaced file must survive a crash once the replacement returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Synced: after a crash the new contents are there.
+    Synced,
+    /// Not synced: after a crash the file may hold the old contents, nothing, or a torn
+    /// write. Only for files whose readers detect all three (CRC-checked, matched to
+    /// what they describe) and can do without them.
+    Lazy,
+}
+
+/// Replaces `dir/name` with `contents` so that readers never see a mix of old and new;
+/// with `Durability::Synced`, also after a crash.
+pub(crate) async fn write_file_atomically(
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    durability: Durability,
+) -> Result<()> {
     let path = dir.join(name);
     let temporary = dir.join(format!("{name}.tmp"));
     let file = OpenOptions::new()
@@ -281,14 +297,19 @@ pub(crate) async fn write_file_atomically(dir: &Path, name: &str, contents: &[u8
         .map_err(|e| io_error("creating", &temporary, e))?;
     write_pages(&file, &temporary, 0, &[contents]).await?;
     truncate(&file, &temporary, contents.len() as u64).await?;
-    fdatasync(&file, &temporary).await?;
+    if durability == Durability::Synced {
+        fdatasync(&file, &temporary).await?;
+    }
     file.close()
         .await
         .map_err(|e| io_error("closing", &temporary, e))?;
     glommio::io::rename(&temporary, &path)
         .await
         .map_err(|e| io_error("renaming", &temporary, e))?;
-    sync_dir(dir).await
+    match durability {
+        Durability::Synced => sync_dir(dir).await,
+        Durability::Lazy => Ok(()),
+    }
 }
 
 /// Reads a whole small file, or `None` when it does not exist. Larger than `bytes_max` is

@@ -29,7 +29,7 @@ use crate::cache::{CacheRead, LogId};
 use crate::checkpoint::{self, CHECKPOINT_BYTES_MAX, PartitionMetadata};
 use crate::config::{FlushPolicy, LogConfig, PAGE_BYTES};
 use crate::epoch::LeaderEpochCache;
-use crate::io::{self, SegmentFile};
+use crate::io::{self, Durability, SegmentFile};
 use crate::scan::{self, ScanEnd};
 use crate::segment::{self, ActiveSegment, LOG_EXTENSION, OpenSegment, SealedSegment};
 use crate::shard::ShardStorage;
@@ -1015,7 +1015,13 @@ impl Log {
             state.epochs_dirty = false;
             checkpoint::encode_epochs(&state.epochs)
         };
-        io::write_file_atomically(&self.dir, EPOCH_CHECKPOINT_FILE, &contents).await
+        io::write_file_atomically(
+            &self.dir,
+            EPOCH_CHECKPOINT_FILE,
+            &contents,
+            Durability::Synced,
+        )
+        .await
     }
 
     /// Reads whole batches from the one holding `offset`, up to `max_bytes` (at least one
@@ -1444,6 +1450,7 @@ impl Log {
             &self.dir,
             PARTITION_METADATA_FILE,
             &checkpoint::encode_partition_metadata(&metadata),
+            Durability::Synced,
         )
         .await?;
         for base in bases {
@@ -1565,7 +1572,13 @@ impl Log {
         }
         metadata.log_start_offset = offset;
         let contents = checkpoint::encode_partition_metadata(&metadata);
-        io::write_file_atomically(&self.dir, PARTITION_METADATA_FILE, &contents).await?;
+        io::write_file_atomically(
+            &self.dir,
+            PARTITION_METADATA_FILE,
+            &contents,
+            Durability::Synced,
+        )
+        .await?;
         {
             let mut state = self.state.borrow_mut();
             state.metadata = metadata;
@@ -1730,6 +1743,7 @@ async fn load_or_create_metadata(dir: &Path, identity: &LogIdentity) -> Result<P
             dir,
             PARTITION_METADATA_FILE,
             &checkpoint::encode_partition_metadata(&metadata),
+            Durability::Synced,
         )
         .await?;
         return Ok(metadata);

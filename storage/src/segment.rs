@@ -14,7 +14,7 @@ use event_listener::Event;
 
 use crate::config::LogConfig;
 use crate::index::{self, IndexFileHeader, IndexKind, SegmentIndex};
-use crate::io::{self, SegmentFile};
+use crate::io::{self, Durability, SegmentFile};
 use crate::scan::{self, Scan, ScanEnd, ScanSettings};
 use crate::{Result, StorageError};
 
@@ -245,6 +245,7 @@ impl ActiveSegment {
             self.next_offset,
             self.data_bytes,
             &self.index,
+            Durability::Synced,
         )
         .await
     }
@@ -260,6 +261,7 @@ impl ActiveSegment {
             self.next_offset,
             self.data_bytes,
             &self.index,
+            Durability::Synced,
         )
         .await
     }
@@ -388,6 +390,7 @@ async fn rebuild_sealed(
         scan.next_offset,
         scan.end_position,
         &scan.index,
+        Durability::Synced,
     )
     .await?;
     Ok((file, scan))
@@ -478,6 +481,7 @@ pub(crate) async fn write_index_files(
     next_offset: i64,
     log_bytes: u64,
     index: &SegmentIndex,
+    durability: Durability,
 ) -> Result<()> {
     for (kind, extension) in [
         (IndexKind::Offset, INDEX_EXTENSION),
@@ -485,7 +489,7 @@ pub(crate) async fn write_index_files(
     ] {
         let contents = index::encode_index_file(kind, index, base_offset, next_offset, log_bytes);
         let name = format!("{base_offset:020}.{extension}");
-        io::write_file_atomically(dir, &name, &contents).await?;
+        io::write_file_atomically(dir, &name, &contents, durability).await?;
     }
     Ok(())
 }
