@@ -672,7 +672,8 @@ fn compaction(args: PairedRuns) -> anyhow::Result<()> {
         &data_dir,
         1,
         broker_cpus,
-        &[("WEIR_LOG_CLEANER_BACKOFF_MS", "100")],
+        // A round a second (Kafka's default wait is 15 s): compaction runs all the time.
+        &[("WEIR_LOG_CLEANER_BACKOFF_MS", "1000")],
     )?;
     let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
     let mut compacted_mb = Vec::new();

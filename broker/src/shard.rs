@@ -979,11 +979,14 @@ impl Shard {
         self.groups.release_waiters();
     }
 
-    /// Compaction, one log at a time in the background task queue: every check period,
-    /// the log with the highest dirty ratio that is at least its
-    /// `min.cleanable.dirty.ratio` (or any log with a record older than
-    /// `max.compaction.lag.ms` uncompacted) gets a pass, then the next, until none
-    /// qualifies. Returns when shutdown begins.
+    /// Compaction, one log at a time in the background task queue, in rounds: every
+    /// `log_cleaner_backoff_ms`, each log whose dirty ratio is at least its
+    /// `min.cleanable.dirty.ratio` (or with a record older than `max.compaction.lag.ms`
+    /// uncompacted) gets one pass, overdue logs first, then by dirty ratio. Waiting a
+    /// round between passes of a log lets its dirty segments gather, so one pass (one
+    /// segment swap, one set of directory syncs) covers many: back-to-back passes of a
+    /// busy log measured 1.6x the p99 of durable produce beside it
+    /// (docs/BENCHMARKS.md). Returns when shutdown begins.
     pub async fn run_compaction(self: Rc<Self>) {
         let every = Duration::from_millis(self.config.log_cleaner_backoff_ms);
         let map_bytes = self.storage.config().compaction_map_bytes;
@@ -998,10 +1001,10 @@ impl Shard {
                 )
                 .await;
             }
-            while !self.shutting_down() {
-                let Some((partition, log)) = self.dirtiest_log() else {
+            for (partition, log) in self.logs_to_compact() {
+                if self.shutting_down() {
                     break;
-                };
+                }
                 let now_ms = crate::metadata::now_ms();
                 // Without transactions every record is stable.
                 let stable_offset = log.log_end_offset();
@@ -1014,35 +1017,36 @@ impl Shard {
                     Err(weir_storage::StorageError::Closed { .. }) => {}
                     Err(error) => {
                         tracing::warn!(%partition, %error, "compaction failed; retrying later");
-                        break;
                     }
                 }
             }
         }
     }
 
-    /// The log compaction should work on next, if any.
-    fn dirtiest_log(&self) -> Option<(TopicPartition, Rc<Log>)> {
+    /// The logs a compaction round works on, in order: overdue ones first, then by
+    /// dirty ratio.
+    fn logs_to_compact(&self) -> Vec<(TopicPartition, Rc<Log>)> {
         let now_ms = crate::metadata::now_ms();
         let partitions = self.partitions.borrow();
-        let mut best: Option<(f64, &TopicPartition, &Rc<Log>)> = None;
+        let mut due: Vec<(f64, &TopicPartition, &Rc<Log>)> = Vec::new();
         for (partition, log) in partitions.iter() {
             let Some(candidate) = log.compaction_candidate(now_ms, log.log_end_offset()) else {
                 continue;
             };
             let ratio = candidate.dirty_ratio();
-            let due = candidate.overdue || ratio >= log.config().min_cleanable_dirty_ratio;
-            // Overdue logs first, then by dirty ratio.
-            let rank = if candidate.overdue {
-                2.0 + ratio
-            } else {
-                ratio
-            };
-            if due && best.is_none_or(|(r, _, _)| rank > r) {
-                best = Some((rank, partition, log));
+            if candidate.overdue || ratio >= log.config().min_cleanable_dirty_ratio {
+                let rank = if candidate.overdue {
+                    2.0 + ratio
+                } else {
+                    ratio
+                };
+                due.push((rank, partition, log));
             }
         }
-        best.map(|(_, partition, log)| (partition.clone(), log.clone()))
+        due.sort_by(|a, b| b.0.total_cmp(&a.0));
+        due.into_iter()
+            .map(|(_, partition, log)| (partition.clone(), log.clone()))
+            .collect()
     }
 
     /// Closes every log (flushing it), then the metadata log.
