@@ -95,6 +95,46 @@ pub(crate) fn decode_epochs(bytes: &[u8]) -> Result<LeaderEpochCache, String> {
         .map_err(|e| format!("invalid archive: {e}"))
 }
 
+/// Replaces `dir/name` with `contents` behind the checked header (`magic` names the
+/// kind of file), synced: after a crash the file holds the old contents or the new ones.
+/// For small state that others than the partition log keep (the controller quorum's
+/// vote and snapshot).
+pub async fn write_checked_file(
+    dir: &std::path::Path,
+    name: &str,
+    magic: [u8; 4],
+    contents: &[u8],
+) -> crate::Result<()> {
+    crate::io::write_file_atomically(
+        dir,
+        name,
+        &seal(magic, contents),
+        crate::io::Durability::Synced,
+    )
+    .await
+}
+
+/// The contents `write_checked_file` wrote, `None` when there is no such file. A file that
+/// fails its header check, or is larger than `bytes_max`, is reported as corrupt.
+pub async fn read_checked_file(
+    dir: &std::path::Path,
+    name: &str,
+    magic: [u8; 4],
+    bytes_max: usize,
+) -> crate::Result<Option<Vec<u8>>> {
+    let path = dir.join(name);
+    let Some(bytes) = crate::io::read_small_file(&path, bytes_max + HEADER_BYTES).await? else {
+        return Ok(None);
+    };
+    unseal(magic, &bytes)
+        .map(|archive| Some(archive.to_vec()))
+        .map_err(|reason| crate::StorageError::Corrupt {
+            path,
+            position: 0,
+            reason,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

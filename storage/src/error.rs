@@ -51,6 +51,14 @@ pub enum StorageError {
     #[error("segment {} was replaced by compaction during the read", path.display())]
     SegmentReplaced { path: PathBuf },
 
+    /// A replica's batch does not continue the log where it ends.
+    #[error("log {} ends at offset {log_end_offset}; a replicated batch starts at {base_offset}", path.display())]
+    NotContiguous {
+        path: PathBuf,
+        base_offset: i64,
+        log_end_offset: i64,
+    },
+
     #[error("invalid storage configuration: {0}")]
     InvalidConfig(String),
 

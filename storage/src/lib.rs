@@ -24,7 +24,7 @@ mod segment;
 mod shard;
 
 pub use cache::LogId;
-pub use checkpoint::PartitionMetadata;
+pub use checkpoint::{PartitionMetadata, read_checked_file, write_checked_file};
 pub use config::{
     CleanupPolicy, FlushPolicy, LogConfig, PAGE_BYTES, SEGMENT_BYTES_MAX, ShardStorageConfig,
 };

@@ -449,6 +449,50 @@ impl Log {
         }
     }
 
+    /// A follower's append: the batch keeps the base offset and leader epoch its leader
+    /// gave it, and must start where this log ends. Otherwise like `start_append` (the
+    /// CRC is checked; await `finish_append` for durability).
+    pub fn start_append_replica(&self, batch: BytesMut) -> Result<AppendInfo> {
+        let header = weir_wire::BatchHeader::parse(&batch)?;
+        let log_end_offset = self.log_end_offset();
+        if header.base_offset != log_end_offset {
+            return Err(StorageError::NotContiguous {
+                path: self.dir.clone(),
+                base_offset: header.base_offset,
+                log_end_offset,
+            });
+        }
+        self.start_append(batch, header.partition_leader_epoch)
+    }
+
+    /// The epoch of the newest batch's leader (per the leader-epoch cache), if any.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.state.borrow().epochs.latest_epoch()
+    }
+
+    /// The largest epoch at or below `epoch` and where it ends in this log (exclusive):
+    /// what a leader answers a follower that last fetched in `epoch` (KIP-101).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        let state = self.state.borrow();
+        state.epochs.end_offset_for(epoch, state.next_offset)
+    }
+
+    /// Empties the log and starts it again at `offset`, for a follower whose leader no
+    /// longer holds anything this log holds (its log start passed this log's end).
+    pub async fn reset_to(&self, offset: i64) -> Result<()> {
+        let _layout = self.lock_layout().await?;
+        let _permit = self.lock().await?;
+        self.flush_locked(Reach::Written, i64::MAX).await?;
+        self.await_seals().await?;
+        {
+            let mut state = self.state.borrow_mut();
+            state.check_writable(&self.dir)?;
+            state.truncating = true;
+            state.readahead = None;
+        }
+        self.finish_truncation(self.restart_at(offset).await)
+    }
+
     fn enqueue(&self, mut batch: BytesMut, leader_epoch: i32) -> Result<AppendInfo> {
         self.absorb_seal_failure();
         let mut header = batch::validate(&batch, self.config().batch_bytes_max as usize)?;
@@ -1357,7 +1401,12 @@ impl Log {
             state.truncating = true;
             state.readahead = None;
         }
-        let result = self.truncate_locked(offset).await;
+        self.finish_truncation(self.truncate_locked(offset).await)
+    }
+
+    /// Ends a truncation (or reset) begun under the locks: appends are taken again, and a
+    /// failed one leaves the log offline, its files in an unknown state.
+    fn finish_truncation(&self, result: Result<()>) -> Result<()> {
         let mut state = self.state.borrow_mut();
         state.truncating = false;
         if let Err(error) = &result {

@@ -444,6 +444,56 @@ fn truncation_cuts_at_batch_boundaries_in_active_and_sealed_segments() {
 }
 
 #[test]
+fn a_replica_appends_its_leaders_batches_as_they_are_and_resets_past_its_end() {
+    run(|| async {
+        let leader_dir = tempfile::tempdir().unwrap();
+        let follower_dir = tempfile::tempdir().unwrap();
+        let leader = open(leader_dir.path(), small_config(), 1 << 20).await;
+        let follower = open(follower_dir.path(), small_config(), 1 << 20).await;
+        for seed in 0..6 {
+            leader
+                .append(batch(seed, 3, 100, 0), 4 + seed as i32 / 3)
+                .await
+                .unwrap();
+        }
+        let batches = read_all(&leader, 0).await;
+        for bytes in &batches {
+            let info = follower
+                .start_append_replica(BytesMut::from(&bytes[..]))
+                .unwrap();
+            follower.finish_append(&info).await.unwrap();
+        }
+        assert_eq!(read_all(&follower, 0).await, batches);
+        assert_eq!(follower.latest_epoch(), Some(5));
+        assert_eq!(follower.end_offset_for_epoch(4), Some((4, 9)));
+        assert_eq!(follower.end_offset_for_epoch(3), None);
+        // A batch that does not continue the log is refused, changing nothing.
+        let gap = follower.start_append_replica(BytesMut::from(&batches[1][..]));
+        assert!(matches!(
+            gap,
+            Err(StorageError::NotContiguous {
+                base_offset: 3,
+                log_end_offset: 18,
+                ..
+            })
+        ));
+        // The leader's log start passed ours: start again, empty, there.
+        follower.reset_to(500).await.unwrap();
+        assert_eq!(
+            (follower.log_start_offset(), follower.log_end_offset()),
+            (500, 500)
+        );
+        assert_eq!(follower.latest_epoch(), None);
+        drop(follower);
+        let follower = open(follower_dir.path(), small_config(), 1 << 20).await;
+        assert_eq!(
+            (follower.log_start_offset(), follower.log_end_offset()),
+            (500, 500)
+        );
+    });
+}
+
+#[test]
 fn timestamp_lookup_finds_the_first_record_at_or_after() {
     run(|| async {
         let dir = tempfile::tempdir().unwrap();
