@@ -25,6 +25,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 struct Lifecycle {
     shutdown: Arc<AtomicBool>,
+    /// The active controller as shard 0 last knew it (-1: none), for every shard to report.
+    controller: Arc<std::sync::atomic::AtomicI32>,
     ready: Arc<AtomicBool>,
     started: AtomicUsize,
     drained: AtomicUsize,
@@ -40,6 +42,7 @@ pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
     config.http_listen = claim_port(config.http_listen).context("http listener")?;
     let shards = config.shard_count();
     let lifecycle = Arc::new(Lifecycle::default());
+    lifecycle.controller.store(-1, Ordering::Release);
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, lifecycle.shutdown.clone())
             .context("installing signal handlers")?;
@@ -117,6 +120,7 @@ async fn run_shard(
         config.clone(),
         router.clone(),
         lifecycle.shutdown.clone(),
+        lifecycle.controller.clone(),
     )?;
     router.serve(shard.clone(), receivers);
     let executor = glommio::executor();
@@ -151,16 +155,8 @@ async fn start(
     background: glommio::TaskQueueHandle,
 ) -> anyhow::Result<()> {
     weir_storage::probe_direct_io(&config.data_dir).await?;
-    if shard.id == 0 {
-        shard.start_controller().await.context("loading metadata")?;
-    } else {
-        while shard.image().version == 0 && !shard.shutting_down() {
-            let changed = shard.metadata_changed.listen();
-            if shard.image().version == 0 {
-                changed.await;
-            }
-        }
-    }
+    // Listeners first: the other brokers must reach this one before the controller quorum
+    // can form. Requests that come before the metadata get retriable errors.
     let native = crate::net::bind(config.native_listen)
         .map_err(|e| anyhow::Error::from(e).context(format!("binding {}", config.native_listen)))?;
     glommio::spawn_local_into(
@@ -183,6 +179,15 @@ async fn start(
     glommio::spawn_local_into(shard.clone().run_compaction(), background)
         .map_err(glommio_error)?
         .detach();
+    if shard.id == 0 {
+        shard
+            .start_cluster(requests)
+            .await
+            .context("opening the controller quorum's metadata log")?;
+    }
+    // Serving once registered and unfenced, with the internal topics in place (in a
+    // cluster: once the quorum has formed and enough brokers are up).
+    shard.wait_ready().await;
     lifecycle.started.fetch_add(1, Ordering::AcqRel);
     if shard.id == 0 {
         let http = crate::net::bind(config.http_listen).map_err(|e| {

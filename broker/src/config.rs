@@ -21,6 +21,39 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// This broker's id (a single node is node 0).
     pub node_id: i32,
+    /// The native addresses (`HOST:PORT`) of the brokers the cluster is formed with, in
+    /// node-id order from node 0, or as `ID@HOST:PORT`; they are the controller quorum's
+    /// voters. Empty: this broker alone is the cluster.
+    pub cluster: Vec<String>,
+    /// Period of the controller quorum's Raft tick.
+    pub raft_tick_ms: u64,
+    /// Raft ticks without a leader before a voter campaigns (randomized up to twice this).
+    pub raft_election_ticks: usize,
+    /// Raft ticks between a leader's heartbeats.
+    pub raft_heartbeat_ticks: usize,
+    /// How often a broker tells the controller it is alive.
+    pub broker_heartbeat_interval_ms: u64,
+    /// A broker not heard from for this long is fenced: it leads nothing and leaves every
+    /// ISR (Kafka's `broker.session.timeout.ms`).
+    pub broker_session_timeout_ms: u64,
+    /// A follower that has not caught up for this long leaves the ISR (Kafka's
+    /// `replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
+    /// How long a leader holds a follower's fetch for new records.
+    pub replica_fetch_wait_max_ms: u64,
+    /// Bytes a follower asks for per fetch.
+    pub replica_fetch_max_bytes: usize,
+    /// Replicas of topics created without a replication factor (Kafka's
+    /// `default.replication.factor`).
+    pub default_replication_factor: i16,
+    /// Replicas of the committed-offsets topic, at most the initial brokers (Kafka's
+    /// `offsets.topic.replication.factor`).
+    pub offsets_topic_replication_factor: i16,
+    /// How often leadership moves back to preferred replicas (0: never; Kafka's
+    /// `leader.imbalance.check.interval.seconds`).
+    pub leader_imbalance_check_interval_ms: u64,
+    /// Metadata log entries between snapshots of the metadata.
+    pub metadata_snapshot_entries: u64,
     /// Where the native protocol listens.
     pub native_listen: SocketAddr,
     /// Where the Kafka protocol gateway listens.
@@ -109,6 +142,19 @@ impl Default for BrokerConfig {
         BrokerConfig {
             data_dir: PathBuf::from("./weir-data"),
             node_id: 0,
+            cluster: Vec::new(),
+            raft_tick_ms: 50,
+            raft_election_ticks: 10,
+            raft_heartbeat_ticks: 2,
+            broker_heartbeat_interval_ms: 250,
+            broker_session_timeout_ms: 1_500,
+            replica_lag_time_max_ms: 10_000,
+            replica_fetch_wait_max_ms: 500,
+            replica_fetch_max_bytes: 8 << 20,
+            default_replication_factor: 1,
+            offsets_topic_replication_factor: 3,
+            leader_imbalance_check_interval_ms: 30_000,
+            metadata_snapshot_entries: 10_000,
             native_listen: SocketAddr::from(([0, 0, 0, 0], 9192)),
             kafka_listen: SocketAddr::from(([0, 0, 0, 0], 9092)),
             http_listen: SocketAddr::from(([0, 0, 0, 0], 9644)),
@@ -156,6 +202,8 @@ impl Default for BrokerConfig {
 #[derive(Debug, Clone, Default)]
 pub struct FlagOverrides {
     pub data_dir: Option<PathBuf>,
+    pub node_id: Option<i32>,
+    pub cluster: Option<Vec<String>>,
     pub native_listen: Option<SocketAddr>,
     pub kafka_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
@@ -196,6 +244,12 @@ impl BrokerConfig {
     fn apply(&mut self, flags: &FlagOverrides) {
         if let Some(dir) = &flags.data_dir {
             self.data_dir = dir.clone();
+        }
+        if let Some(node) = flags.node_id {
+            self.node_id = node;
+        }
+        if let Some(cluster) = &flags.cluster {
+            self.cluster = cluster.clone();
         }
         if let Some(address) = flags.native_listen {
             self.native_listen = address;
@@ -271,8 +325,80 @@ impl BrokerConfig {
             self.log_cleaner_dedupe_buffer_size >= COMPACTION_MAP_BYTES_MIN,
             "log_cleaner_dedupe_buffer_size must be at least {COMPACTION_MAP_BYTES_MIN}"
         );
+        anyhow::ensure!(self.node_id >= 0, "node_id must not be negative");
+        let voters = self.voters()?;
+        anyhow::ensure!(
+            voters.iter().any(|(node, _)| *node == self.node_id),
+            "node_id {} is not among the brokers of cluster ({})",
+            self.node_id,
+            self.cluster.join(",")
+        );
+        anyhow::ensure!(
+            self.raft_tick_ms > 0 && self.raft_election_ticks > self.raft_heartbeat_ticks,
+            "raft_tick_ms must be positive and raft_election_ticks larger than raft_heartbeat_ticks"
+        );
+        anyhow::ensure!(
+            self.raft_heartbeat_ticks > 0,
+            "raft_heartbeat_ticks must be positive"
+        );
+        anyhow::ensure!(
+            self.broker_heartbeat_interval_ms > 0
+                && self.broker_session_timeout_ms > 2 * self.broker_heartbeat_interval_ms,
+            "broker_session_timeout_ms must exceed two broker_heartbeat_interval_ms"
+        );
+        anyhow::ensure!(
+            self.replica_fetch_max_bytes >= 1024
+                && self.replica_fetch_max_bytes <= self.frame_bytes_max,
+            "replica_fetch_max_bytes must be within 1024..=frame_bytes_max"
+        );
+        anyhow::ensure!(
+            (1..=weir_replication::controller::REPLICATION_FACTOR_MAX)
+                .contains(&self.default_replication_factor)
+                && (1..=weir_replication::controller::REPLICATION_FACTOR_MAX)
+                    .contains(&self.offsets_topic_replication_factor),
+            "replication factors must be within 1..={}",
+            weir_replication::controller::REPLICATION_FACTOR_MAX
+        );
+        anyhow::ensure!(
+            self.metadata_snapshot_entries >= 10,
+            "metadata_snapshot_entries must be at least 10"
+        );
         self.topic_defaults()?;
         Ok(())
+    }
+
+    /// The controller quorum's voters: each initial broker's id and native address. A
+    /// broker without `cluster` is the only one, at its own native address.
+    pub fn voters(&self) -> anyhow::Result<Vec<(i32, String)>> {
+        if self.cluster.is_empty() {
+            return Ok(vec![(
+                self.node_id,
+                format!("{}:{}", self.advertised_host(), self.native_listen.port()),
+            )]);
+        }
+        let mut voters = Vec::with_capacity(self.cluster.len());
+        for (index, entry) in self.cluster.iter().enumerate() {
+            let (node, address) = match entry.split_once('@') {
+                Some((node, address)) => (
+                    node.parse::<i32>()
+                        .map_err(|_| anyhow::anyhow!("cluster entry {entry}: bad node id"))?,
+                    address,
+                ),
+                None => (index as i32, entry.as_str()),
+            };
+            anyhow::ensure!(
+                address
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
+                "cluster entry {entry}: expected HOST:PORT or ID@HOST:PORT"
+            );
+            anyhow::ensure!(
+                node >= 0 && !voters.iter().any(|(n, _)| *n == node),
+                "cluster entry {entry}: node id {node} is negative or listed twice"
+            );
+            voters.push((node, address.to_string()));
+        }
+        Ok(voters)
     }
 
     /// Shards this broker runs.

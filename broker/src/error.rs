@@ -1,6 +1,7 @@
 //! What the broker answers instead of success, and the protocol error code for each.
 
 use thiserror::Error;
+use weir_replication::{ControllerError, FetchRefusal};
 use weir_storage::StorageError;
 use weir_wire::WireError;
 use weir_wire::native::schema::ErrorCode;
@@ -38,6 +39,33 @@ pub enum BrokerError {
     /// batch is refused, and Kafka's answer names the records (`record_errors`).
     #[error("{message}")]
     InvalidRecords { message: String, records: Vec<i32> },
+    /// This broker does not lead the partition; clients refresh metadata and retry.
+    #[error("broker {node} does not lead {topic}-{partition} (its leader is {leader})")]
+    NotLeader {
+        topic: String,
+        partition: i32,
+        node: i32,
+        leader: i32,
+    },
+    #[error("{topic}-{partition} has no leader at the moment")]
+    LeaderNotAvailable { topic: String, partition: i32 },
+    #[error(
+        "{topic}-{partition} has {in_sync} in-sync replicas, fewer than its min.insync.replicas {min}"
+    )]
+    NotEnoughReplicas {
+        topic: String,
+        partition: i32,
+        in_sync: usize,
+        min: i32,
+    },
+    #[error("{0}")]
+    Controller(weir_replication::ControllerError),
+    #[error("{0}: a follower's fetch refused")]
+    FetchRefused(#[from] weir_replication::FetchRefusal),
+    #[error("this broker does not coordinate group {0}")]
+    NotCoordinator(String),
+    #[error("timed out: {0}")]
+    TimedOut(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -68,7 +96,70 @@ impl BrokerError {
             BrokerError::Kafka { .. } | BrokerError::InvalidRecords { .. } => {
                 ErrorCode::InvalidRequest
             }
+            BrokerError::NotLeader { .. } | BrokerError::NotCoordinator(_) => ErrorCode::NotLeader,
+            BrokerError::LeaderNotAvailable { .. } => ErrorCode::LeaderNotAvailable,
+            BrokerError::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
+            BrokerError::Controller(error) => controller_code(error),
+            BrokerError::FetchRefused(refusal) => match refusal {
+                FetchRefusal::NotLeader => ErrorCode::NotLeader,
+                FetchRefusal::FencedLeaderEpoch => ErrorCode::FencedLeaderEpoch,
+                FetchRefusal::UnknownLeaderEpoch => ErrorCode::UnknownLeaderEpoch,
+                FetchRefusal::NotReplica => ErrorCode::NotReplica,
+                FetchRefusal::OutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            },
+            BrokerError::TimedOut(_) => ErrorCode::Timeout,
             BrokerError::Internal(_) => ErrorCode::Unknown,
+        }
+    }
+
+    /// Whether a client (or a broker forwarding to the controller) should retry after
+    /// refreshing its metadata.
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::NotLeader { .. }
+                | BrokerError::LeaderNotAvailable { .. }
+                | BrokerError::NotEnoughReplicas { .. }
+                | BrokerError::NotCoordinator(_)
+                | BrokerError::TimedOut(_)
+                | BrokerError::Controller(ControllerError::NotController { .. })
+        )
+    }
+}
+
+fn controller_code(error: &ControllerError) -> ErrorCode {
+    match error {
+        ControllerError::NotController { .. } => ErrorCode::NotController,
+        ControllerError::UnknownTopic(_) | ControllerError::UnknownPartition { .. } => {
+            ErrorCode::UnknownTopicOrPartition
+        }
+        ControllerError::TopicExists(_) => ErrorCode::TopicAlreadyExists,
+        ControllerError::InvalidTopic(_) => ErrorCode::InvalidTopic,
+        ControllerError::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
+        ControllerError::InvalidReplicationFactor(_) => ErrorCode::InvalidReplicationFactor,
+        ControllerError::InvalidReplicaAssignment(_) | ControllerError::IneligibleReplica(_) => {
+            ErrorCode::InvalidReplicaAssignment
+        }
+        ControllerError::StaleBrokerEpoch { .. } => ErrorCode::StaleBrokerEpoch,
+        ControllerError::FencedLeaderEpoch { .. } => ErrorCode::FencedLeaderEpoch,
+        ControllerError::InvalidUpdateVersion { .. } => ErrorCode::InvalidRequest,
+        _ => ErrorCode::Unknown,
+    }
+}
+
+/// The controller's refusals that the broker has its own words for become those, so that
+/// both protocols answer them as before there was a controller.
+impl From<ControllerError> for BrokerError {
+    fn from(error: ControllerError) -> BrokerError {
+        match error {
+            ControllerError::UnknownTopic(name) => BrokerError::UnknownTopic(name),
+            ControllerError::UnknownPartition { topic, partition } => {
+                BrokerError::UnknownTopicOrPartition { topic, partition }
+            }
+            ControllerError::TopicExists(name) => BrokerError::TopicAlreadyExists(name),
+            ControllerError::InvalidTopic(reason) => BrokerError::InvalidTopic(reason),
+            ControllerError::InvalidPartitions(reason) => BrokerError::InvalidPartitions(reason),
+            other => BrokerError::Controller(other),
         }
     }
 }

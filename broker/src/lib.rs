@@ -5,8 +5,10 @@
 pub mod bench;
 pub mod boot;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod fetcher;
 pub mod group;
 pub mod http;
 pub mod kafka;
@@ -17,6 +19,7 @@ pub mod net;
 pub mod offsets;
 pub mod ops;
 pub mod producers;
+pub mod replica;
 pub mod router;
 pub mod shard;
 pub mod topic;

@@ -24,6 +24,13 @@ enum Command {
     Serve {
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// This broker's id in the cluster.
+        #[arg(long)]
+        node_id: Option<i32>,
+        /// The native addresses of the brokers the cluster is formed with, in node-id
+        /// order (HOST:PORT,... or ID@HOST:PORT,...).
+        #[arg(long, value_delimiter = ',')]
+        cluster: Option<Vec<String>>,
         #[arg(long)]
         native_listen: Option<SocketAddr>,
         #[arg(long)]
@@ -83,6 +90,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve {
             data_dir,
+            node_id,
+            cluster,
             native_listen,
             kafka_listen,
             http_listen,
@@ -91,6 +100,8 @@ fn main() -> anyhow::Result<()> {
         } => {
             let flags = FlagOverrides {
                 data_dir,
+                node_id,
+                cluster,
                 native_listen,
                 kafka_listen,
                 http_listen,

@@ -37,8 +37,16 @@ pub fn validate_group(group: &str) -> BrokerResult<()> {
 
 type Key = (String, String, i32);
 
-/// An append started on the offsets log, to await with `Log::finish_append`.
-pub type PendingAppend = (Rc<Log>, weir_storage::AppendInfo);
+/// Committed offsets are a table: compacted, kept forever, every commit durable.
+pub fn topic_configs() -> Vec<(String, String)> {
+    vec![
+        ("cleanup.policy".into(), "compact".into()),
+        // Kafka's offsets.topic.segment.bytes: only sealed segments are compacted.
+        ("segment.bytes".into(), (100 << 20).to_string()),
+        ("retention.ms".into(), "-1".into()),
+        ("flush.policy".into(), "every-batch".into()),
+    ]
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Commit {
@@ -96,7 +104,8 @@ impl OffsetsPartition {
         &mut self,
         group: &str,
         offsets: &[(TopicPartition, i64, String)],
-    ) -> BrokerResult<Option<PendingAppend>> {
+        leader_epoch: i32,
+    ) -> BrokerResult<Option<weir_storage::AppendInfo>> {
         if offsets.is_empty() {
             return Ok(None);
         }
@@ -111,7 +120,7 @@ impl OffsetsPartition {
             let (key, value) = encode(group, partition, *offset, metadata);
             builder.append(timestamp, Some(&key), Some(&value), &[]);
         }
-        let info = self.log.start_append(builder.build(), 0)?;
+        let info = self.log.start_append(builder.build(), leader_epoch)?;
         for (partition, offset, metadata) in offsets {
             let key = (
                 group.to_string(),
@@ -126,7 +135,7 @@ impl OffsetsPartition {
                 },
             );
         }
-        Ok(Some((self.log.clone(), info)))
+        Ok(Some(info))
     }
 
     /// Queues tombstones for the group's commits (of `only` these partitions, if given)
@@ -135,7 +144,8 @@ impl OffsetsPartition {
         &mut self,
         group: &str,
         only: Option<&[TopicPartition]>,
-    ) -> BrokerResult<(Vec<TopicPartition>, Option<PendingAppend>)> {
+        leader_epoch: i32,
+    ) -> BrokerResult<(Vec<TopicPartition>, Option<weir_storage::AppendInfo>)> {
         let deleted: Vec<TopicPartition> = self
             .committed(group)
             .into_iter()
@@ -150,7 +160,7 @@ impl OffsetsPartition {
         for partition in &deleted {
             builder.append(timestamp, Some(&encode_key(group, partition)), None, &[]);
         }
-        let info = self.log.start_append(builder.build(), 0)?;
+        let info = self.log.start_append(builder.build(), leader_epoch)?;
         for partition in &deleted {
             self.latest.remove(&(
                 group.to_string(),
@@ -158,7 +168,7 @@ impl OffsetsPartition {
                 partition.partition,
             ));
         }
-        Ok((deleted, Some((self.log.clone(), info))))
+        Ok((deleted, Some(info)))
     }
 
     pub fn committed(&self, group: &str) -> Vec<Committed> {

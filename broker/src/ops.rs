@@ -206,7 +206,7 @@ pub async fn fetch(
             .iter()
             .map(|p| (p.partition.clone(), p.offset))
             .collect();
-        wait_for_data(shard, watched, remaining.unwrap_or_default()).await;
+        wait_for_data(shard, watched, remaining.unwrap_or_default(), false).await;
     }
 }
 
@@ -239,6 +239,7 @@ async fn wait_for_data(
     shard: &Rc<Shard>,
     partitions: Vec<(TopicPartition, i64)>,
     timeout: Duration,
+    to_log_end: bool,
 ) {
     let mut by_owner: BTreeMap<usize, Vec<(TopicPartition, i64)>> = BTreeMap::new();
     for (tp, offset) in partitions {
@@ -251,6 +252,7 @@ async fn wait_for_data(
         let call = ShardCall::Watch {
             partitions,
             timeout,
+            to_log_end,
         };
         if let Ok(pending) = shard.router.start(shard, owner, call).await {
             waits.push(Box::pin(async move {
@@ -266,6 +268,78 @@ async fn wait_for_data(
         }
     });
     futures_lite::future::or(any, glommio::timer::sleep(timeout)).await;
+}
+
+/// Each partition's answer to a follower's fetch.
+pub type ReplicaFetchResults = Vec<(TopicPartition, BrokerResult<crate::shard::ReplicaFetched>)>;
+
+/// A follower's fetch: each partition at its owner (which moves the high watermark with
+/// the follower's offset at once); if nothing came back and nothing needs the follower's
+/// attention (a divergence, an error), waits for an append to any of them, up to `wait`,
+/// and reads again.
+pub async fn replica_fetch(
+    shard: &Rc<Shard>,
+    replica: i32,
+    wait: Duration,
+    min_bytes: i32,
+    max_bytes: i32,
+    partitions: &[(TopicPartition, weir_replication::FetchPosition, i32)],
+) -> ReplicaFetchResults {
+    let deadline = Instant::now() + wait.min(FETCH_WAIT_MAX);
+    loop {
+        let positions: HashMap<TopicPartition, (weir_replication::FetchPosition, i32)> = partitions
+            .iter()
+            .map(|(tp, position, bytes)| (tp.clone(), (*position, *bytes)))
+            .collect();
+        let budget = max_bytes.max(1) as usize;
+        let mut results = fan_out(
+            shard,
+            partitions.iter().map(|(tp, _, _)| tp.clone()).collect(),
+            |partition| {
+                let (position, bytes) = positions[&partition];
+                ShardCall::ReplicaFetch {
+                    partition,
+                    replica,
+                    position,
+                    max_bytes: (bytes.max(0) as usize).min(budget),
+                }
+            },
+            |answer| match answer {
+                ShardAnswer::ReplicaFetch(result) => result,
+                other => Err(unexpected(other)),
+            },
+        )
+        .await;
+        let mut total = 0usize;
+        let mut attention = false;
+        for (_, result) in &mut results {
+            match result {
+                Ok(fetched) => {
+                    attention |= fetched.diverging.is_some();
+                    let bytes: usize = fetched.batches.iter().map(Bytes::len).sum();
+                    if total > 0 && total + bytes > budget {
+                        // The response's limit: this partition waits for the next round.
+                        fetched.batches.clear();
+                    }
+                    total += fetched.batches.iter().map(Bytes::len).sum::<usize>();
+                }
+                Err(_) => attention = true,
+            }
+        }
+        let remaining = deadline.checked_duration_since(Instant::now());
+        if total >= min_bytes.max(1) as usize
+            || attention
+            || remaining.is_none()
+            || shard.shutting_down()
+        {
+            return results;
+        }
+        let watched = partitions
+            .iter()
+            .map(|(tp, position, _)| (tp.clone(), position.fetch_offset))
+            .collect();
+        wait_for_data(shard, watched, remaining.unwrap_or_default(), true).await;
+    }
 }
 
 /// Trims fetched batches to a response's byte limit. The limit is soft: the first
@@ -402,11 +476,23 @@ pub fn group_owner(shard: &Shard, group: &str) -> BrokerResult<usize> {
     let image = shard.image();
     let topic = image
         .topic(OFFSETS_TOPIC)
-        .ok_or(BrokerError::ShuttingDown)?;
+        .ok_or_else(|| BrokerError::NotCoordinator(group.to_string()))?;
     let partition = offsets::partition_for(group, topic.partition_count());
-    topic
-        .owner(partition)
-        .ok_or_else(|| BrokerError::Internal("offsets partition without owner".into()))
+    let state = topic
+        .partition(partition)
+        .ok_or_else(|| BrokerError::Internal("offsets partition missing".into()))?;
+    match state.replica(shard.node) {
+        Some(replica) if state.leader == shard.node => Ok(replica.shard as usize),
+        _ => Err(BrokerError::NotCoordinator(group.to_string())),
+    }
+}
+
+/// The broker coordinating `group` (the leader of its offsets partition), if any.
+pub fn group_coordinator(shard: &Shard, group: &str) -> Option<crate::metadata::BrokerImage> {
+    let image = shard.image();
+    let topic = image.topic(OFFSETS_TOPIC)?;
+    let state = topic.partition(offsets::partition_for(group, topic.partition_count()))?;
+    image.broker(state.leader).filter(|b| !b.fenced).cloned()
 }
 
 /// Commits offsets for `group`. Offsets of unknown partitions, and negative offsets, are

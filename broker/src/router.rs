@@ -26,8 +26,9 @@ use crate::error::{BrokerError, BrokerResult};
 use crate::group::{
     GroupDescription, GroupState, JoinRequest, JoinResult, SyncRequest, SyncResult,
 };
-use crate::metadata::MetadataImage;
+use crate::metadata::{MetadataImage, NodeId};
 use crate::metrics::ShardMetricsSnapshot;
+use weir_replication::{ControllerAnswer, ControllerRequest, FetchPosition};
 
 /// Messages in flight between two shards at most (per direction). A full channel makes
 /// the sender wait: backpressure between cores.
@@ -58,10 +59,19 @@ pub enum ShardCall {
         offset: i64,
         max_bytes: usize,
     },
-    /// Answers once any listed partition has data at or after its offset, or at the timeout.
+    /// Answers once any listed partition has data at or after its offset (below its high
+    /// watermark, or with `to_log_end` below its log end), or at the timeout.
     Watch {
         partitions: Vec<(TopicPartition, i64)>,
         timeout: Duration,
+        to_log_end: bool,
+    },
+    /// A follower's fetch of one partition this shard leads.
+    ReplicaFetch {
+        partition: TopicPartition,
+        replica: NodeId,
+        position: FetchPosition,
+        max_bytes: usize,
     },
     ListOffsets {
         partition: TopicPartition,
@@ -91,6 +101,8 @@ pub enum ShardCall {
         name: String,
         partitions: i32,
         configs: Vec<(String, String)>,
+        /// -1: the broker's default.
+        replication_factor: i16,
     },
     DeleteTopic {
         name: String,
@@ -112,8 +124,28 @@ pub enum ShardCall {
     },
     /// Shard 0: reserves the next block of producer ids.
     ReserveProducerIds,
+    /// Shard 0: moves a partition's replicas.
+    MovePartition {
+        partition: TopicPartition,
+        replicas: Vec<NodeId>,
+    },
+    /// A new metadata image; `active` says whether this broker is registered and
+    /// unfenced in it.
     ApplyMetadata {
         image: Arc<MetadataImage>,
+        active: bool,
+    },
+    /// Shard 0: Raft messages from a peer.
+    RaftMessages {
+        messages: Vec<weir_replication::eraftpb::Message>,
+    },
+    /// Shard 0: a request another broker sends this one as the active controller.
+    ControllerCall {
+        request: ControllerRequest,
+    },
+    /// Shard 0: a request of this broker for the active controller, wherever it runs.
+    Controller {
+        request: ControllerRequest,
     },
     Metrics,
 }
@@ -207,6 +239,9 @@ pub enum ShardAnswer {
     DeleteRecords(BrokerResult<i64>),
     /// A block of producer ids, `start..end`.
     ProducerIds(BrokerResult<(i64, i64)>),
+    ReplicaFetch(BrokerResult<crate::shard::ReplicaFetched>),
+    ControllerReply(crate::cluster::ControllerReply),
+    Controller(BrokerResult<ControllerAnswer>),
     Metrics(Box<ShardMetricsSnapshot>),
 }
 

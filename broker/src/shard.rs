@@ -14,16 +14,19 @@ use bytes::BytesMut;
 use event_listener::{Event, EventListener};
 use glommio::sync::Semaphore;
 use kafka_protocol::ResponseError;
+use weir_replication::{ControllerRequest, FetchAnswer, FetchPosition, FetchRefusal, NO_LEADER};
 use weir_storage::{FlushPolicy, Log, LogIdentity, ShardStorage};
 use weir_wire::native::schema::{Acks, OffsetSpec};
 
+use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, BrokerResult};
 use crate::group::{Coordinator, GroupLimits, GroupState};
-use crate::metadata::{MetadataImage, MetadataLog, MetadataRecord, OFFSETS_TOPIC};
+use crate::metadata::{MetadataImage, NodeId, OFFSETS_TOPIC};
 use crate::metrics::ShardMetrics;
 use crate::offsets::{self, OffsetsPartition};
 use crate::producers::{ProducerTable, SequenceCheck};
+use crate::replica::{LogView, Replication, Role};
 use crate::router::{
     CallHandler, Committed, GroupAnswer, GroupCall, MemberClaim, PartitionStatus, Router,
     ShardAnswer, ShardCall, TopicPartition,
@@ -57,11 +60,21 @@ pub struct Shard {
     /// This shard's block of producer ids: the next one and the end.
     producer_ids: Cell<(i64, i64)>,
     metadata: RefCell<Arc<MetadataImage>>,
+    /// Whether this broker is registered and unfenced in `metadata` (it leads only then).
+    active: Cell<bool>,
     /// Fired when a new metadata image is applied.
     pub metadata_changed: Event,
-    /// Shard 0 only: the metadata log, taken out while an admin operation runs.
-    controller: RefCell<Option<MetadataLog>>,
-    controller_lock: Semaphore,
+    /// This broker's id.
+    pub node: NodeId,
+    /// Shard 0 only: the cluster (controller quorum node, controller, membership).
+    cluster: RefCell<Option<Rc<Cluster>>>,
+    /// The active controller as shard 0 last knew it (-1: none), shared by every shard.
+    controller: Arc<std::sync::atomic::AtomicI32>,
+    /// The replication role of each partition this shard holds.
+    replication: RefCell<BTreeMap<TopicPartition, Rc<Replication>>>,
+    /// Leaders this shard runs a fetcher for (one per leader broker, for all the
+    /// partitions this shard follows there).
+    fetchers: RefCell<std::collections::BTreeSet<NodeId>>,
     pub metrics: ShardMetrics,
     /// Consumer groups whose offsets partition this shard owns.
     pub groups: Coordinator,
@@ -74,18 +87,10 @@ pub struct Shard {
     stopping: Event,
 }
 
-/// Consumers may read up to here: what is durable, unless the topic opted out of syncing.
-pub fn high_watermark(log: &Log) -> i64 {
-    match log.config().flush {
-        FlushPolicy::Never => log.log_end_offset(),
-        FlushPolicy::EveryBatch | FlushPolicy::Interval { .. } => log.durable_offset(),
-    }
-}
-
-fn status(log: &Log) -> PartitionStatus {
+fn status(log: &Log, high_watermark: i64) -> PartitionStatus {
     PartitionStatus {
         log_start_offset: log.log_start_offset(),
-        high_watermark: high_watermark(log),
+        high_watermark,
         log_end_offset: log.log_end_offset(),
         size_bytes: log.size_bytes(),
     }
@@ -104,12 +109,14 @@ impl Shard {
         config: Arc<BrokerConfig>,
         router: Rc<Router>,
         shutdown: Arc<AtomicBool>,
+        controller: Arc<std::sync::atomic::AtomicI32>,
     ) -> anyhow::Result<Rc<Shard>> {
         let limits = GroupLimits {
             min_session_timeout_ms: config.group_min_session_timeout_ms,
             max_session_timeout_ms: config.group_max_session_timeout_ms,
             initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
         };
+        let node = config.node_id;
         Ok(Rc::new(Shard {
             id,
             count,
@@ -125,9 +132,13 @@ impl Shard {
             producer_loads: Semaphore::new(1),
             producer_ids: Cell::new((0, 0)),
             metadata: RefCell::new(Arc::new(MetadataImage::default())),
+            active: Cell::new(false),
             metadata_changed: Event::new(),
-            controller: RefCell::new(None),
-            controller_lock: Semaphore::new(1),
+            node,
+            cluster: RefCell::new(None),
+            controller,
+            replication: RefCell::new(BTreeMap::new()),
+            fetchers: RefCell::new(std::collections::BTreeSet::new()),
             metrics: ShardMetrics::default(),
             groups: Coordinator::new(limits),
             shutdown,
@@ -176,13 +187,52 @@ impl Shard {
         self.in_flight.get()
     }
 
-    /// The shard that owns `partition`, from the current metadata.
-    pub fn owner(&self, partition: &TopicPartition) -> BrokerResult<usize> {
-        self.metadata
+    /// Stops the whole broker (as SIGTERM does), after a failure it cannot go on from.
+    pub fn stop_broker(&self) {
+        self.shutdown.store(true, Ordering::Release);
+    }
+
+    /// Shard 0's cluster node.
+    pub fn cluster(&self) -> BrokerResult<Rc<Cluster>> {
+        self.cluster
             .borrow()
+            .clone()
+            .ok_or_else(|| BrokerError::Internal(format!("shard {} has no cluster node", self.id)))
+    }
+
+    /// The active controller, as this broker knows it.
+    pub fn controller_node(&self) -> Option<NodeId> {
+        Some(self.controller.load(Ordering::Acquire)).filter(|n| *n >= 0)
+    }
+
+    pub fn set_controller_node(&self, node: Option<NodeId>) {
+        self.controller.store(node.unwrap_or(-1), Ordering::Release);
+    }
+
+    /// Whether this broker is registered and unfenced (serving as a member of the cluster).
+    pub fn is_active(&self) -> bool {
+        self.active.get()
+    }
+
+    /// The shard of this broker that holds `partition`, from the current metadata; for a
+    /// partition this broker holds no replica of, the error names its leader.
+    pub fn owner(&self, partition: &TopicPartition) -> BrokerResult<usize> {
+        let image = self.metadata.borrow();
+        let state = image
             .topic(&partition.topic)
-            .and_then(|t| t.owner(partition.partition))
-            .ok_or_else(|| unknown(partition))
+            .and_then(|t| t.partition(partition.partition))
+            .ok_or_else(|| unknown(partition))?;
+        match state.replica(self.node) {
+            Some(replica) if (replica.shard as usize) < self.count => Ok(replica.shard as usize),
+            Some(_) => Err(BrokerError::Internal(format!(
+                "{partition} is assigned to a shard this broker does not run"
+            ))),
+            None if state.leader == NO_LEADER => Err(BrokerError::LeaderNotAvailable {
+                topic: partition.topic.clone(),
+                partition: partition.partition,
+            }),
+            None => Err(not_leader(partition, self.node, state.leader)),
+        }
     }
 
     fn log(&self, partition: &TopicPartition) -> BrokerResult<Rc<Log>> {
@@ -191,6 +241,77 @@ impl Shard {
             .get(partition)
             .cloned()
             .ok_or_else(|| unknown(partition))
+    }
+
+    fn replication(&self, partition: &TopicPartition) -> BrokerResult<Rc<Replication>> {
+        self.replication
+            .borrow()
+            .get(partition)
+            .cloned()
+            .ok_or_else(|| unknown(partition))
+    }
+
+    /// The log and replication of a partition this shard leads; the error says who does.
+    fn leader_log(&self, partition: &TopicPartition) -> BrokerResult<(Rc<Log>, Rc<Replication>)> {
+        let log = self.log(partition)?;
+        let replication = self.replication(partition)?;
+        match &*replication.role.borrow() {
+            Role::Leader(_) => {}
+            Role::Follower(follower) => {
+                return Err(not_leader(partition, self.node, follower.leader));
+            }
+            Role::Offline { .. } => {
+                return Err(BrokerError::LeaderNotAvailable {
+                    topic: partition.topic.clone(),
+                    partition: partition.partition,
+                });
+            }
+        }
+        Ok((log, replication))
+    }
+
+    /// The high watermark of a partition this shard holds.
+    fn high_watermark(&self, partition: &TopicPartition, log: &Log) -> i64 {
+        self.replication(partition)
+            .map_or(log.log_start_offset(), |r| r.high_watermark(log))
+    }
+
+    /// Waits until the high watermark of a partition this shard leads in `leader_epoch`
+    /// reaches `offset`: every in-sync replica (at least min.insync.replicas of them)
+    /// holds what lies before it.
+    async fn wait_replicated(
+        &self,
+        partition: &TopicPartition,
+        log: &Log,
+        replication: &Replication,
+        leader_epoch: i32,
+        offset: i64,
+    ) -> BrokerResult<()> {
+        let deadline = Instant::now() + REPLICATION_WAIT_MAX;
+        loop {
+            let changed = replication.changed.listen();
+            let appended = log.listen_changes();
+            if replication.role.borrow().leader_epoch() != Some(leader_epoch) {
+                let leader = replication.state.borrow().leader;
+                return Err(not_leader(partition, self.node, leader));
+            }
+            if replication.high_watermark(log) >= offset {
+                return Ok(());
+            }
+            if self.shutting_down() {
+                return Err(BrokerError::ShuttingDown);
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return Err(BrokerError::TimedOut(format!(
+                    "{partition}: replicas did not catch up with offset {offset}"
+                )));
+            };
+            futures_lite::future::or(
+                futures_lite::future::or(changed, appended),
+                glommio::timer::sleep(left),
+            )
+            .await;
+        }
     }
 
     async fn answer(self: Rc<Self>, call: ShardCall) -> ShardAnswer {
@@ -208,18 +329,29 @@ impl Shard {
             ShardCall::Watch {
                 partitions,
                 timeout,
+                to_log_end,
             } => {
-                self.watch(&partitions, timeout).await;
+                self.watch(&partitions, timeout, to_log_end).await;
                 ShardAnswer::Watched
             }
+            ShardCall::ReplicaFetch {
+                partition,
+                replica,
+                position,
+                max_bytes,
+            } => ShardAnswer::ReplicaFetch(
+                self.replica_fetch(&partition, replica, position, max_bytes)
+                    .await,
+            ),
             ShardCall::ListOffsets {
                 partition,
                 spec,
                 timestamp,
             } => ShardAnswer::ListOffsets(self.list_offsets(&partition, spec, timestamp).await),
-            ShardCall::PartitionStatus { partition } => {
-                ShardAnswer::PartitionStatus(self.log(&partition).map(|l| status(&l)))
-            }
+            ShardCall::PartitionStatus { partition } => ShardAnswer::PartitionStatus(
+                self.log(&partition)
+                    .map(|l| status(&l, self.high_watermark(&partition, &l))),
+            ),
             ShardCall::CommitOffsets {
                 group,
                 member,
@@ -237,7 +369,11 @@ impl Shard {
                 name,
                 partitions,
                 configs,
-            } => ShardAnswer::Admin(self.create_topic(&name, partitions, configs).await),
+                replication_factor,
+            } => ShardAnswer::Admin(
+                self.create_topic(&name, partitions, configs, replication_factor)
+                    .await,
+            ),
             ShardCall::DeleteTopic { name } => ShardAnswer::Admin(self.delete_topic(&name).await),
             ShardCall::AlterTopicConfigs { name, configs } => {
                 ShardAnswer::Admin(self.alter_topic_configs(&name, configs).await)
@@ -251,20 +387,42 @@ impl Shard {
             ShardCall::ReserveProducerIds => {
                 ShardAnswer::ProducerIds(self.reserve_producer_ids().await)
             }
-            ShardCall::ApplyMetadata { image } => {
-                ShardAnswer::Admin(self.apply_metadata(image).await)
+            ShardCall::MovePartition {
+                partition,
+                replicas,
+            } => ShardAnswer::Admin(self.move_partition(&partition, replicas).await),
+            ShardCall::ApplyMetadata { image, active } => {
+                ShardAnswer::Admin(self.apply_metadata(image, active).await)
             }
+            ShardCall::RaftMessages { messages } => {
+                if let Ok(cluster) = self.cluster() {
+                    cluster.receive(messages);
+                }
+                ShardAnswer::Admin(Ok(()))
+            }
+            ShardCall::ControllerCall { request } => {
+                ShardAnswer::ControllerReply(match self.cluster() {
+                    Ok(cluster) => cluster.submit(request).await,
+                    Err(_) => {
+                        Err(weir_replication::ControllerError::NotController { leader: None })
+                    }
+                })
+            }
+            ShardCall::Controller { request } => ShardAnswer::Controller(match self.cluster() {
+                Ok(cluster) => cluster.ask(request).await,
+                Err(error) => Err(error),
+            }),
             ShardCall::Metrics => {
                 let partitions = self
                     .partitions
                     .borrow()
                     .iter()
-                    .map(|(tp, log)| (tp.clone(), status(log)))
+                    .map(|(tp, log)| (tp.clone(), status(log, self.high_watermark(tp, log))))
                     .collect();
                 let mut snapshot =
                     self.metrics
                         .snapshot(self.id, self.storage.cache_bytes(), partitions);
-                let stores: Vec<_> = self.offsets.borrow().values().cloned().collect();
+                let stores = self.led_offsets_stores();
                 snapshot.group_offsets = stores.iter().flat_map(|s| s.borrow().all()).collect();
                 ShardAnswer::Metrics(Box::new(snapshot))
             }
@@ -282,7 +440,11 @@ impl Shard {
         batches: Vec<BytesMut>,
         acks: Acks,
     ) -> BrokerResult<(i64, i64)> {
-        let log = self.log(partition)?;
+        let (log, replication) = self.leader_log(partition)?;
+        let (leader_epoch, in_sync) = match &*replication.role.borrow() {
+            Role::Leader(leader) => (leader.leader_epoch(), leader.in_sync_count()),
+            _ => return Err(not_leader(partition, self.node, NO_LEADER)),
+        };
         let batch_bytes_max = log.config().batch_bytes_max as usize;
         let mut headers = Vec::with_capacity(batches.len());
         for batch in &batches {
@@ -302,15 +464,13 @@ impl Shard {
         let config = self.topic_configs.borrow().get(&partition.topic).copied();
         let mut batches = batches;
         if let Some(config) = config {
-            // One broker is one in-sync replica: acks=all cannot be met above that.
-            if acks == Acks::All && config.min_insync_replicas > IN_SYNC_REPLICAS {
-                return Err(BrokerError::kafka(
-                    ResponseError::NotEnoughReplicas,
-                    format!(
-                        "{partition} has {IN_SYNC_REPLICAS} in-sync replica, fewer than its min.insync.replicas {}",
-                        config.min_insync_replicas
-                    ),
-                ));
+            if acks == Acks::All && (in_sync as i32) < config.min_insync_replicas {
+                return Err(BrokerError::NotEnoughReplicas {
+                    topic: partition.topic.clone(),
+                    partition: partition.partition,
+                    in_sync,
+                    min: config.min_insync_replicas,
+                });
             }
             for (batch, header) in batches.iter_mut().zip(&mut headers) {
                 if rewrite(batch, header, &config)? {
@@ -343,7 +503,7 @@ impl Shard {
             for ((batch, header), check) in batches.into_iter().zip(&headers).zip(checks) {
                 match check {
                     SequenceCheck::Append => {
-                        let info = log.start_append(batch, 0)?;
+                        let info = log.start_append(batch, leader_epoch)?;
                         if let Some(table) = table.as_mut() {
                             table.record(header, info.base_offset);
                         }
@@ -371,8 +531,11 @@ impl Shard {
             }
             None => {}
         }
-        if acks == Acks::All && matches!(log.config().flush, FlushPolicy::Interval { .. }) {
-            log.wait_durable(durable_needed).await?;
+        if acks == Acks::All {
+            // Durable on the leader (under the syncing policies) and on every in-sync
+            // replica: the high watermark counts both.
+            self.wait_replicated(partition, &log, &replication, leader_epoch, durable_needed)
+                .await?;
         }
         Ok((first_offset, log.log_start_offset()))
     }
@@ -416,29 +579,99 @@ impl Shard {
         offset: i64,
         max_bytes: usize,
     ) -> BrokerResult<(Vec<bytes::Bytes>, PartitionStatus)> {
-        let log = self.log(partition)?;
-        let status = status(&log);
+        let (log, replication) = self.leader_log(partition)?;
+        let status = status(&log, replication.high_watermark(&log));
         let batches = log.read(offset, max_bytes, status.high_watermark).await?;
         Ok((batches, status))
     }
 
-    /// Waits until one of the partitions has data readable at its offset, or the timeout.
-    async fn watch(&self, partitions: &[(TopicPartition, i64)], timeout: Duration) {
+    /// A follower's fetch: where its log diverges from this leader's, or the batches from
+    /// its log end on (up to this log's end, not only the high watermark: the follower's
+    /// next fetch moves the high watermark).
+    async fn replica_fetch(
+        &self,
+        partition: &TopicPartition,
+        replica: NodeId,
+        position: FetchPosition,
+        max_bytes: usize,
+    ) -> BrokerResult<ReplicaFetched> {
+        let log = self.log(partition)?;
+        let replication = self.replication(partition)?;
+        let now = crate::metadata::now_ms().max(0) as u64;
+        let answer = match &mut *replication.role.borrow_mut() {
+            Role::Leader(leader) => leader.on_fetch(replica, position, &LogView(&log), now),
+            _ => Err(FetchRefusal::NotLeader),
+        }?;
+        let high_watermark = replication.high_watermark(&log);
+        let mut fetched = ReplicaFetched {
+            batches: Vec::new(),
+            high_watermark,
+            log_start_offset: log.log_start_offset(),
+            log_end_offset: log.log_end_offset(),
+            diverging: None,
+        };
+        match answer {
+            FetchAnswer::Diverging { epoch, end_offset } => {
+                fetched.diverging = Some((epoch, end_offset));
+            }
+            FetchAnswer::Read => {
+                let read = log
+                    .read(position.fetch_offset, max_bytes, log.log_end_offset())
+                    .await;
+                fetched.batches = match read {
+                    Ok(batches) => batches,
+                    Err(weir_storage::StorageError::OffsetOutOfRange {
+                        log_start_offset,
+                        log_end_offset,
+                        ..
+                    }) => {
+                        return Err(FetchRefusal::OutOfRange {
+                            log_start_offset,
+                            log_end_offset,
+                        }
+                        .into());
+                    }
+                    Err(error) => return Err(error.into()),
+                };
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Waits until one of the partitions has data readable at its offset (below the high
+    /// watermark, or with `to_log_end` below the log end, as followers read), or the
+    /// timeout.
+    async fn watch(
+        &self,
+        partitions: &[(TopicPartition, i64)],
+        timeout: Duration,
+        to_log_end: bool,
+    ) {
         let deadline = Instant::now() + timeout;
         loop {
-            let logs: Vec<(Rc<Log>, i64)> = partitions
+            let watched: Vec<(Rc<Log>, Rc<Replication>, i64)> = partitions
                 .iter()
-                .filter_map(|(tp, offset)| Some((self.log(tp).ok()?, *offset)))
+                .filter_map(|(tp, offset)| {
+                    Some((self.log(tp).ok()?, self.replication(tp).ok()?, *offset))
+                })
                 .collect();
-            let listeners: Vec<EventListener> =
-                logs.iter().map(|(log, _)| log.listen_changes()).collect();
-            let ready = logs
-                .iter()
-                .any(|(log, offset)| high_watermark(log) > *offset);
+            let mut listeners: Vec<EventListener> = Vec::with_capacity(2 * watched.len());
+            for (log, replication, _) in &watched {
+                listeners.push(log.listen_changes());
+                listeners.push(replication.changed.listen());
+            }
+            let ready = watched.iter().any(|(log, replication, offset)| {
+                let end = if to_log_end {
+                    log.log_end_offset()
+                } else {
+                    replication.high_watermark(log)
+                };
+                end > *offset
+            });
             let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
                 return;
             };
-            if ready || logs.is_empty() || self.shutting_down() {
+            if ready || watched.is_empty() || self.shutting_down() {
                 return;
             }
             let changed = futures_lite::future::or(
@@ -463,13 +696,13 @@ impl Shard {
         spec: OffsetSpec,
         timestamp: i64,
     ) -> BrokerResult<(i64, i64)> {
-        let log = self.log(partition)?;
+        let (log, replication) = self.leader_log(partition)?;
         match spec {
             OffsetSpec::Earliest => Ok((log.log_start_offset(), -1)),
-            OffsetSpec::Latest => Ok((high_watermark(&log), -1)),
+            OffsetSpec::Latest => Ok((replication.high_watermark(&log), -1)),
             _ => {
                 let found = log.offset_for_timestamp(timestamp).await?;
-                let hw = high_watermark(&log);
+                let hw = replication.high_watermark(&log);
                 Ok(found
                     .filter(|f| f.offset < hw)
                     .map_or((-1, -1), |f| (f.offset, f.timestamp)))
@@ -477,18 +710,72 @@ impl Shard {
         }
     }
 
-    fn offsets_partition(&self, group: &str) -> BrokerResult<Rc<RefCell<OffsetsPartition>>> {
+    /// The offsets partition of `group`, which this shard must lead (it coordinates the
+    /// group), with its leader epoch.
+    fn offsets_partition(&self, group: &str) -> BrokerResult<OffsetsLeader> {
         let partitions = self
             .image()
             .topic(OFFSETS_TOPIC)
             .map_or(1, |t| t.partition_count());
-        let index = offsets::partition_for(group, partitions);
-        self.offsets.borrow().get(&index).cloned().ok_or_else(|| {
-            BrokerError::Internal(format!(
-                "shard {} does not hold {OFFSETS_TOPIC}-{index}",
-                self.id
-            ))
+        let partition = TopicPartition {
+            topic: OFFSETS_TOPIC.into(),
+            partition: offsets::partition_for(group, partitions),
+        };
+        let (log, replication) = self
+            .leader_log(&partition)
+            .map_err(|_| BrokerError::NotCoordinator(group.to_string()))?;
+        let leader_epoch = replication
+            .role
+            .borrow()
+            .leader_epoch()
+            .ok_or_else(|| BrokerError::NotCoordinator(group.to_string()))?;
+        let store = self
+            .offsets
+            .borrow()
+            .get(&partition.partition)
+            .cloned()
+            .ok_or_else(|| BrokerError::NotCoordinator(group.to_string()))?;
+        Ok(OffsetsLeader {
+            partition,
+            store,
+            log,
+            replication,
+            leader_epoch,
         })
+    }
+
+    /// The committed-offsets stores of the offsets partitions this shard leads.
+    fn led_offsets_stores(&self) -> Vec<Rc<RefCell<OffsetsPartition>>> {
+        self.offsets
+            .borrow()
+            .iter()
+            .filter(|(index, _)| {
+                let partition = TopicPartition {
+                    topic: OFFSETS_TOPIC.into(),
+                    partition: **index,
+                };
+                self.replication(&partition)
+                    .is_ok_and(|r| matches!(*r.role.borrow(), Role::Leader(_)))
+            })
+            .map(|(_, store)| store.clone())
+            .collect()
+    }
+
+    /// Makes an append to an offsets partition durable on its in-sync replicas.
+    async fn replicate_offsets(
+        &self,
+        leader: &OffsetsLeader,
+        info: &weir_storage::AppendInfo,
+    ) -> BrokerResult<()> {
+        leader.log.finish_append(info).await?;
+        self.wait_replicated(
+            &leader.partition,
+            &leader.log,
+            &leader.replication,
+            leader.leader_epoch,
+            info.last_offset + 1,
+        )
+        .await
     }
 
     async fn commit_offsets(
@@ -506,10 +793,14 @@ impl Shard {
                 member.generation,
             )
             .map_err(|error| BrokerError::kafka(error, format!("commit to group {group}")))?;
-        let store = self.offsets_partition(group)?;
-        let pending = store.borrow_mut().start_commit(group, &offsets)?;
+        let leader = self.offsets_partition(group)?;
+        let pending =
+            leader
+                .store
+                .borrow_mut()
+                .start_commit(group, &offsets, leader.leader_epoch)?;
         match pending {
-            Some((log, info)) => Ok(log.finish_append(&info).await?),
+            Some(info) => self.replicate_offsets(&leader, &info).await,
             None => Ok(()),
         }
     }
@@ -520,10 +811,14 @@ impl Shard {
         partitions: Option<&[TopicPartition]>,
     ) -> BrokerResult<Vec<TopicPartition>> {
         offsets::validate_group(group)?;
-        let store = self.offsets_partition(group)?;
-        let (deleted, pending) = store.borrow_mut().start_delete(group, partitions)?;
-        if let Some((log, info)) = pending {
-            log.finish_append(&info).await?;
+        let leader = self.offsets_partition(group)?;
+        let (deleted, pending) =
+            leader
+                .store
+                .borrow_mut()
+                .start_delete(group, partitions, leader.leader_epoch)?;
+        if let Some(info) = pending {
+            self.replicate_offsets(&leader, &info).await?;
         }
         Ok(deleted)
     }
@@ -570,14 +865,18 @@ impl Shard {
 
     fn fetch_offsets(&self, group: &str) -> BrokerResult<Vec<Committed>> {
         offsets::validate_group(group)?;
-        Ok(self.offsets_partition(group)?.borrow().committed(group))
+        Ok(self
+            .offsets_partition(group)?
+            .store
+            .borrow()
+            .committed(group))
     }
 
     /// Groups this shard coordinates, and groups with offsets committed here but no
     /// membership (listed as `Empty`).
     fn groups(&self) -> Vec<(String, GroupState, String)> {
         let mut groups = self.groups.list();
-        let stores: Vec<_> = self.offsets.borrow().values().cloned().collect();
+        let stores = self.led_offsets_stores();
         for store in &stores {
             for name in store.borrow().groups() {
                 if !groups.iter().any(|(g, _, _)| g == name) {
@@ -588,61 +887,52 @@ impl Shard {
         groups
     }
 
-    /// Shard 0, at start: opens the metadata log, creates the internal topics it lacks and
-    /// moves partitions of shards that no longer exist.
-    pub async fn start_controller(self: &Rc<Self>) -> BrokerResult<()> {
-        assert_eq!(self.id, 0, "only shard 0 is the controller");
-        let mut log = MetadataLog::open(&self.config.data_dir, self.storage.clone()).await?;
-        for record in log.image().reassignments(self.count) {
-            log.append(record).await?;
-        }
-        if log.image().cluster_id.is_empty() {
-            let cluster_id = uuid::Uuid::from_bytes(crate::metadata::random_id())
-                .simple()
-                .to_string();
-            log.append(MetadataRecord::ClusterCreated { cluster_id })
-                .await?;
-        }
-        if log.image().topic(OFFSETS_TOPIC).is_none() {
-            let partitions = self.config.offsets_topic_partitions as usize;
-            let record = MetadataRecord::TopicCreated {
-                name: OFFSETS_TOPIC.into(),
-                id: crate::metadata::random_id(),
-                shards: log.image().assign(partitions, self.count),
-                configs: offsets_topic_configs(),
-                internal: true,
-            };
-            log.append(record).await?;
-        } else if log.image().topic(OFFSETS_TOPIC).is_some_and(|topic| {
-            topic.configs.get("cleanup.policy").map(String::as_str) != Some("compact")
-        }) {
-            // Made by a weir that did not compact it yet.
-            log.append(MetadataRecord::TopicConfigsChanged {
-                name: OFFSETS_TOPIC.into(),
-                configs: offsets_topic_configs(),
-            })
-            .await?;
-        }
-        let image = Arc::new(log.image().clone());
-        *self.controller.borrow_mut() = Some(log);
-        self.broadcast(image).await
+    /// Shard 0, at start: opens this broker's node of the controller quorum and starts
+    /// its tasks (in `queue`): raft, publishing images to the shards, the controller, and
+    /// this broker's registration and heartbeats.
+    pub async fn start_cluster(
+        self: &Rc<Self>,
+        queue: glommio::TaskQueueHandle,
+    ) -> BrokerResult<()> {
+        assert_eq!(self.id, 0, "the cluster runs on shard 0");
+        let cluster = Cluster::open(self.config.clone(), self.storage.clone()).await?;
+        *self.cluster.borrow_mut() = Some(cluster.clone());
+        let spawn = |task: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>| {
+            glommio::spawn_local_into(task, queue)
+                .map(|task| task.detach())
+                .map_err(|e| BrokerError::Internal(format!("starting a cluster task: {e}")))
+        };
+        spawn(Box::pin(cluster.clone().run_quorum(self.clone())))?;
+        spawn(Box::pin(cluster.clone().run_publisher(self.clone())))?;
+        spawn(Box::pin(cluster.clone().run_controller(self.clone())))?;
+        spawn(Box::pin(cluster.run_membership(self.clone())))?;
+        Ok(())
     }
 
-    /// Hands every shard the new image and waits until each has applied it.
-    async fn broadcast(self: &Rc<Self>, image: Arc<MetadataImage>) -> BrokerResult<()> {
+    /// Resolves once this broker serves as a member of the cluster: registered, unfenced,
+    /// and the metadata holds the offsets topic (or the broker stops).
+    pub async fn wait_ready(&self) {
+        loop {
+            let changed = self.metadata_changed.listen();
+            let ready = self.active.get() && self.image().topic(OFFSETS_TOPIC).is_some();
+            if ready || self.shutting_down() {
+                return;
+            }
+            futures_lite::future::or(changed, glommio::timer::sleep(Duration::from_millis(100)))
+                .await;
+        }
+    }
+
+    /// Shard 0: hands every shard the new image and waits until each has applied it.
+    pub async fn broadcast(self: &Rc<Self>, image: Arc<MetadataImage>) -> BrokerResult<()> {
+        let active = self.cluster()?.is_active_in(&image);
         let mut pending = Vec::with_capacity(self.count);
         for shard in 0..self.count {
-            pending.push(
-                self.router
-                    .start(
-                        self,
-                        shard,
-                        ShardCall::ApplyMetadata {
-                            image: image.clone(),
-                        },
-                    )
-                    .await?,
-            );
+            let call = ShardCall::ApplyMetadata {
+                image: image.clone(),
+                active,
+            };
+            pending.push(self.router.start(self, shard, call).await?);
         }
         for answer in pending {
             match answer.wait().await? {
@@ -657,92 +947,66 @@ impl Shard {
         Ok(())
     }
 
-    /// Runs one metadata change on the controller: append the record, then broadcast.
-    async fn change_metadata(
-        self: &Rc<Self>,
-        decide: impl FnOnce(&MetadataImage) -> BrokerResult<MetadataRecord>,
-    ) -> BrokerResult<()> {
-        if self.id != 0 {
-            return Err(BrokerError::Internal(
-                "metadata changes run on shard 0".into(),
-            ));
-        }
-        let _permit = self
-            .controller_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| BrokerError::ShuttingDown)?;
-        let mut log = self
-            .controller
-            .borrow_mut()
-            .take()
-            .ok_or(BrokerError::ShuttingDown)?;
-        let result = match decide(log.image()) {
-            Ok(record) => log
-                .append(record)
-                .await
-                .map(|image| Arc::new(image.clone())),
-            Err(error) => Err(error),
-        };
-        *self.controller.borrow_mut() = Some(log);
-        self.broadcast(result?).await
+    /// Shard 0: a request for the active controller, wherever it runs; answers once this
+    /// broker applied the decision.
+    async fn ask_controller(
+        &self,
+        request: ControllerRequest,
+    ) -> BrokerResult<weir_replication::ControllerAnswer> {
+        self.cluster()?.ask(request).await
     }
 
     async fn alter_topic_configs(
-        self: &Rc<Self>,
+        &self,
         name: &str,
         configs: Vec<(String, String)>,
     ) -> BrokerResult<()> {
         let overrides = configs.iter().cloned().collect();
         topic::log_config(&self.topic_defaults, &overrides).map_err(BrokerError::InvalidConfig)?;
-        self.change_metadata(|image| match image.topic(name) {
-            None => Err(BrokerError::UnknownTopic(name.to_string())),
-            Some(topic) if topic.internal => {
-                Err(BrokerError::InvalidTopic(format!("{name} is internal")))
-            }
-            Some(_) => Ok(MetadataRecord::TopicConfigsChanged {
-                name: name.to_string(),
-                configs,
-            }),
+        self.ask_controller(ControllerRequest::AlterTopicConfigs {
+            name: name.to_string(),
+            configs,
         })
         .await
+        .map(|_| ())
     }
 
     /// Grows a topic to `count` partitions (Kafka's CreatePartitions; never shrinks).
-    async fn create_partitions(self: &Rc<Self>, name: &str, count: i32) -> BrokerResult<()> {
-        let shard_count = self.count;
-        self.change_metadata(|image| {
-            let topic = image
-                .topic(name)
-                .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
-            let current = topic.partition_count();
-            if topic.internal {
-                return Err(BrokerError::InvalidTopic(format!("{name} is internal")));
-            }
-            if count <= current {
-                return Err(BrokerError::InvalidPartitions(format!(
-                    "{name} has {current} partitions; the count can only grow"
-                )));
-            }
-            if count > topic::TOPIC_PARTITIONS_MAX {
-                return Err(BrokerError::InvalidPartitions(format!(
-                    "{count} is over the limit of {}",
-                    topic::TOPIC_PARTITIONS_MAX
-                )));
-            }
-            Ok(MetadataRecord::PartitionsAdded {
-                name: name.to_string(),
-                shards: image.assign((count - current) as usize, shard_count),
-            })
+    async fn create_partitions(&self, name: &str, count: i32) -> BrokerResult<()> {
+        if count > topic::TOPIC_PARTITIONS_MAX {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "{count} is over the limit of {}",
+                topic::TOPIC_PARTITIONS_MAX
+            )));
+        }
+        self.ask_controller(ControllerRequest::CreatePartitions {
+            name: name.to_string(),
+            count,
         })
         .await
+        .map(|_| ())
+    }
+
+    /// Moves a partition's replicas (`weir partition move`).
+    async fn move_partition(
+        &self,
+        partition: &TopicPartition,
+        replicas: Vec<NodeId>,
+    ) -> BrokerResult<()> {
+        self.ask_controller(ControllerRequest::MovePartition {
+            topic: partition.topic.clone(),
+            partition: partition.partition,
+            replicas,
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Moves a partition's log start offset forward (Kafka's DeleteRecords); -1 means the
     /// high watermark. Returns the new log start offset.
     async fn delete_records(&self, partition: &TopicPartition, offset: i64) -> BrokerResult<i64> {
-        let log = self.log(partition)?;
-        let hw = high_watermark(&log);
+        let (log, replication) = self.leader_log(partition)?;
+        let hw = replication.high_watermark(&log);
         let offset = if offset == -1 { hw } else { offset };
         if offset < 0 || offset > hw {
             return Err(BrokerError::Storage(
@@ -758,16 +1022,17 @@ impl Shard {
     }
 
     /// Shard 0: reserves the next block of producer ids in the metadata log, so that no id
-    /// is handed out twice, even across restarts.
-    async fn reserve_producer_ids(self: &Rc<Self>) -> BrokerResult<(i64, i64)> {
-        let end = Cell::new(0);
-        self.change_metadata(|image| {
-            let next = image.producer_ids_end + crate::metadata::PRODUCER_ID_BLOCK;
-            end.set(next);
-            Ok(MetadataRecord::ProducerIdsReserved { end: next })
-        })
-        .await?;
-        Ok((end.get() - crate::metadata::PRODUCER_ID_BLOCK, end.get()))
+    /// is handed out twice, by any broker, even across restarts.
+    async fn reserve_producer_ids(&self) -> BrokerResult<(i64, i64)> {
+        let request = ControllerRequest::ReserveProducerIds {
+            count: crate::metadata::PRODUCER_ID_BLOCK,
+        };
+        match self.ask_controller(request).await? {
+            weir_replication::ControllerAnswer::ProducerIds { start, end } => Ok((start, end)),
+            other => Err(BrokerError::Internal(format!(
+                "the controller answered a producer-id reservation with {other:?}"
+            ))),
+        }
     }
 
     /// A producer id never handed out before, from this shard's block.
@@ -792,10 +1057,11 @@ impl Shard {
     }
 
     async fn create_topic(
-        self: &Rc<Self>,
+        &self,
         name: &str,
         partitions: i32,
         configs: Vec<(String, String)>,
+        replication_factor: i16,
     ) -> BrokerResult<()> {
         topic::validate_topic_name(name).map_err(BrokerError::InvalidTopic)?;
         if name.starts_with("__") {
@@ -811,73 +1077,73 @@ impl Shard {
         }
         let overrides = configs.iter().cloned().collect();
         topic::log_config(&self.topic_defaults, &overrides).map_err(BrokerError::InvalidConfig)?;
-        let count = self.count;
-        self.change_metadata(|image| {
-            if image.topic(name).is_some() {
-                return Err(BrokerError::TopicAlreadyExists(name.to_string()));
-            }
-            let shards = image.assign(partitions as usize, count);
-            Ok(MetadataRecord::TopicCreated {
-                name: name.to_string(),
-                id: crate::metadata::random_id(),
-                shards,
-                configs,
-                internal: false,
+        self.ask_controller(ControllerRequest::CreateTopic {
+            name: name.to_string(),
+            partitions,
+            replication_factor,
+            configs,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete_topic(&self, name: &str) -> BrokerResult<()> {
+        self.ask_controller(ControllerRequest::DeleteTopic {
+            name: name.to_string(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Makes this shard's partitions match `image`: opens the ones it now holds a replica
+    /// of, closes the ones it no longer does (deleting the directories of deleted topics),
+    /// and gives each the role the image says (leader, follower, or neither).
+    async fn apply_metadata(
+        self: &Rc<Self>,
+        image: Arc<MetadataImage>,
+        active: bool,
+    ) -> BrokerResult<()> {
+        let held: Vec<(
+            TopicPartition,
+            Arc<crate::metadata::TopicImage>,
+            crate::metadata::PartitionState,
+        )> = image
+            .partitions()
+            .filter(|(_, _, state)| {
+                state
+                    .replica(self.node)
+                    .is_some_and(|r| r.shard as usize == self.id)
             })
-        })
-        .await
-    }
-
-    async fn delete_topic(self: &Rc<Self>, name: &str) -> BrokerResult<()> {
-        self.change_metadata(|image| match image.topic(name) {
-            None => Err(BrokerError::UnknownTopic(name.to_string())),
-            Some(topic) if topic.internal => {
-                Err(BrokerError::InvalidTopic(format!("{name} is internal")))
-            }
-            Some(_) => Ok(MetadataRecord::TopicDeleted {
-                name: name.to_string(),
-            }),
-        })
-        .await
-    }
-
-    /// Makes this shard's partitions match `image`: opens the ones it now owns, closes the
-    /// ones it no longer does, and deletes the directories of deleted topics.
-    async fn apply_metadata(&self, image: Arc<MetadataImage>) -> BrokerResult<()> {
-        let owned: Vec<(TopicPartition, Arc<crate::metadata::TopicImage>)> = image
-            .topics
-            .values()
-            .flat_map(|t| {
-                t.shards
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, shard)| **shard as usize == self.id)
-                    .map(move |(p, _)| {
-                        (
-                            TopicPartition {
-                                topic: t.name.clone(),
-                                partition: p as i32,
-                            },
-                            t.clone(),
-                        )
-                    })
+            .map(|(topic, index, state)| {
+                (
+                    TopicPartition {
+                        topic: topic.name.clone(),
+                        partition: index,
+                    },
+                    topic.clone(),
+                    state.clone(),
+                )
             })
             .collect();
         let stale: Vec<TopicPartition> = self
             .partitions
             .borrow()
             .keys()
-            .filter(|tp| !owned.iter().any(|(o, _)| o == *tp))
+            .filter(|tp| !held.iter().any(|(h, _, _)| h == *tp))
             .cloned()
             .collect();
         for partition in stale {
-            self.close_partition(&partition, image.topic(&partition.topic).is_none())
-                .await?;
+            let deleted = image.topic(&partition.topic).is_none_or(|t| {
+                t.partition(partition.partition)
+                    .is_none_or(|p| p.replica(self.node).is_none())
+            });
+            self.close_partition(&partition, deleted).await?;
         }
-        for (partition, topic) in owned {
+        let now = crate::metadata::now_ms().max(0) as u64;
+        for (partition, topic, state) in held {
             let open = self.partitions.borrow().get(&partition).cloned();
-            match open {
-                None => self.open_partition(&partition, &topic).await?,
+            let log = match open {
+                None => self.open_partition(&partition, &topic, &state).await?,
                 Some(log) => {
                     // The topic's configs may have changed (AlterConfigs).
                     let config = topic::topic_config(&self.topic_defaults, &topic.configs)
@@ -888,12 +1154,69 @@ impl Shard {
                     self.topic_configs
                         .borrow_mut()
                         .insert(partition.topic.clone(), config);
+                    log
                 }
+            };
+            let replication = self.replication(&partition)?;
+            if replication.assume(self.node, active, &state, &log, now) {
+                self.role_changed(&partition, &log, &replication).await?;
             }
         }
         *self.metadata.borrow_mut() = image;
+        self.active.set(active);
         self.metadata_changed.notify(usize::MAX);
         Ok(())
+    }
+
+    /// A partition took a new role: a new leader rebuilds what it keeps beside the log
+    /// (idempotent producers' sequences, committed offsets) from the log its followers
+    /// replicated; a new follower makes sure a fetcher runs for its leader.
+    async fn role_changed(
+        self: &Rc<Self>,
+        partition: &TopicPartition,
+        log: &Rc<Log>,
+        replication: &Replication,
+    ) -> BrokerResult<()> {
+        let leader = match &*replication.role.borrow() {
+            Role::Leader(_) => None,
+            Role::Follower(follower) => Some(follower.leader),
+            Role::Offline { .. } => return Ok(()),
+        };
+        match leader {
+            None => {
+                tracing::debug!(%partition, epoch = replication.role.borrow().leader_epoch(), "leading");
+                self.producers.borrow_mut().remove(partition);
+                if partition.topic == OFFSETS_TOPIC {
+                    let store = OffsetsPartition::load(log.clone()).await?;
+                    self.offsets
+                        .borrow_mut()
+                        .insert(partition.partition, Rc::new(RefCell::new(store)));
+                }
+            }
+            Some(leader) => {
+                if self.fetchers.borrow_mut().insert(leader) {
+                    glommio::spawn_local(crate::fetcher::run(self.clone(), leader)).detach();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The partitions this shard follows `leader` for, with their logs and replication.
+    pub fn followed(&self, leader: NodeId) -> Vec<(TopicPartition, Rc<Log>, Rc<Replication>)> {
+        let partitions = self.partitions.borrow();
+        self.replication
+            .borrow()
+            .iter()
+            .filter(|(_, r)| matches!(&*r.role.borrow(), Role::Follower(f) if f.leader == leader))
+            .filter_map(|(tp, r)| Some((tp.clone(), partitions.get(tp)?.clone(), r.clone())))
+            .collect()
+    }
+
+    /// The fetcher for `leader` stops (it has nothing to fetch): the next follower role
+    /// with that leader starts another.
+    pub fn fetcher_stopped(&self, leader: NodeId) {
+        self.fetchers.borrow_mut().remove(&leader);
     }
 
     fn partition_dir(&self, partition: &TopicPartition) -> std::path::PathBuf {
@@ -904,7 +1227,8 @@ impl Shard {
         &self,
         partition: &TopicPartition,
         topic: &crate::metadata::TopicImage,
-    ) -> BrokerResult<()> {
+        state: &crate::metadata::PartitionState,
+    ) -> BrokerResult<Rc<Log>> {
         let topic_config = topic::topic_config(&self.topic_defaults, &topic.configs)
             .map_err(BrokerError::InvalidConfig)?;
         let config = topic_config.log;
@@ -928,13 +1252,26 @@ impl Shard {
                 .borrow_mut()
                 .insert(partition.partition, Rc::new(RefCell::new(store)));
         }
-        self.partitions.borrow_mut().insert(partition.clone(), log);
-        Ok(())
+        self.partitions
+            .borrow_mut()
+            .insert(partition.clone(), log.clone());
+        self.replication
+            .borrow_mut()
+            .insert(partition.clone(), Rc::new(Replication::new(state.clone())));
+        Ok(log)
     }
 
     async fn close_partition(&self, partition: &TopicPartition, delete: bool) -> BrokerResult<()> {
         let log = self.partitions.borrow_mut().remove(partition);
         self.producers.borrow_mut().remove(partition);
+        if let Some(replication) = self.replication.borrow_mut().remove(partition) {
+            // Waiters see the partition gone and answer.
+            *replication.role.borrow_mut() = Role::Offline { high_watermark: 0 };
+            replication.changed.notify(usize::MAX);
+        }
+        if partition.topic == OFFSETS_TOPIC {
+            self.offsets.borrow_mut().remove(&partition.partition);
+        }
         if let Some(log) = log {
             log.close().await?;
         }
@@ -958,6 +1295,7 @@ impl Shard {
             if last_group_tick.elapsed() >= GROUP_TICK {
                 last_group_tick = Instant::now();
                 self.groups.tick();
+                self.replication_tick();
             }
             let logs: Vec<Rc<Log>> = self.partitions.borrow().values().cloned().collect();
             for log in &logs {
@@ -977,6 +1315,66 @@ impl Shard {
         self.stopping.notify(usize::MAX);
         // Requests waiting in a rebalance would hold the drain up for minutes.
         self.groups.release_waiters();
+    }
+
+    /// Every leader: its high watermark moves with what became durable since, and ISR
+    /// changes it wants go to the controller.
+    fn replication_tick(self: &Rc<Self>) {
+        let now = crate::metadata::now_ms().max(0) as u64;
+        let config = weir_replication::ReplicationConfig {
+            replica_lag_time_max_ms: self.config.replica_lag_time_max_ms,
+            isr_change_retry_ms: ISR_CHANGE_RETRY_MS,
+        };
+        let leaders: Vec<(TopicPartition, Rc<Log>, Rc<Replication>)> = {
+            let partitions = self.partitions.borrow();
+            self.replication
+                .borrow()
+                .iter()
+                .filter(|(_, r)| matches!(&*r.role.borrow(), Role::Leader(_)))
+                .filter_map(|(tp, r)| Some((tp.clone(), partitions.get(tp)?.clone(), r.clone())))
+                .collect()
+        };
+        for (partition, log, replication) in leaders {
+            replication.high_watermark(&log);
+            let change = match &mut *replication.role.borrow_mut() {
+                Role::Leader(leader) => leader
+                    .isr_change(&config, now)
+                    .map(|isr| (leader.leader_epoch(), leader.partition_epoch(), isr)),
+                _ => None,
+            };
+            let Some((leader_epoch, partition_epoch, isr)) = change else {
+                continue;
+            };
+            tracing::info!(%partition, ?isr, "asking the controller to change the ISR");
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                let request = ControllerRequest::AlterPartition {
+                    topic: partition.topic.clone(),
+                    partition: partition.partition,
+                    leader: shard.node,
+                    leader_epoch,
+                    partition_epoch,
+                    isr: isr.clone(),
+                };
+                let answer = shard
+                    .router
+                    .call(&shard, 0, ShardCall::Controller { request })
+                    .await;
+                if let Ok(ShardAnswer::Controller(Err(BrokerError::Controller(
+                    weir_replication::ControllerError::IneligibleReplica(reason),
+                )))) = answer
+                {
+                    tracing::info!(%partition, %reason, "ISR change refused");
+                    if let Ok(replication) = shard.replication(&partition)
+                        && let Role::Leader(leader) = &mut *replication.role.borrow_mut()
+                        && leader.leader_epoch() == leader_epoch
+                    {
+                        leader.isr_change_refused(&isr);
+                    }
+                }
+            })
+            .detach();
+        }
     }
 
     /// Compaction, one log at a time in the background task queue, in rounds: every
@@ -1049,7 +1447,7 @@ impl Shard {
             .collect()
     }
 
-    /// Closes every log (flushing it), then the metadata log.
+    /// Closes every log (flushing it).
     pub async fn close(&self) {
         let logs: Vec<Rc<Log>> = std::mem::take(&mut *self.partitions.borrow_mut())
             .into_values()
@@ -1059,25 +1457,16 @@ impl Shard {
                 tracing::error!(log = %log.dir().display(), %error, "closing failed");
             }
         }
-        let controller = self.controller.borrow_mut().take();
-        if let Some(Err(error)) = match controller {
-            Some(log) => Some(log.close().await),
-            None => None,
-        } {
-            tracing::error!(%error, "closing the metadata log failed");
-        }
     }
 }
 
-/// Committed offsets are a table: compacted, kept forever, every commit durable.
-fn offsets_topic_configs() -> Vec<(String, String)> {
-    vec![
-        ("cleanup.policy".into(), "compact".into()),
-        // Kafka's offsets.topic.segment.bytes: only sealed segments are compacted.
-        ("segment.bytes".into(), (100 << 20).to_string()),
-        ("retention.ms".into(), "-1".into()),
-        ("flush.policy".into(), "every-batch".into()),
-    ]
+/// An offsets partition this shard leads.
+struct OffsetsLeader {
+    partition: TopicPartition,
+    store: Rc<RefCell<OffsetsPartition>>,
+    log: Rc<Log>,
+    replication: Rc<Replication>,
+    leader_epoch: i32,
 }
 
 /// Kafka's broker-side rewrites of a produced batch: into the topic's codec when its
@@ -1106,8 +1495,32 @@ fn rewrite(
     Ok(true)
 }
 
-/// In-sync replicas of every partition until replication exists.
-const IN_SYNC_REPLICAS: i32 = 1;
+/// How long a produce with `acks=all` (or a commit of offsets) waits for the in-sync
+/// replicas before it answers REQUEST_TIMED_OUT (Kafka's default request timeout).
+const REPLICATION_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// How long a leader waits for its ISR change to be applied before proposing it again.
+const ISR_CHANGE_RETRY_MS: u64 = 1_000;
+
+/// The answer to a follower's fetch of one partition.
+#[derive(Debug)]
+pub struct ReplicaFetched {
+    pub batches: Vec<bytes::Bytes>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+    /// Where the follower's log diverges: its epoch and that epoch's end here.
+    pub diverging: Option<(i32, i64)>,
+}
+
+fn not_leader(partition: &TopicPartition, node: NodeId, leader: NodeId) -> BrokerError {
+    BrokerError::NotLeader {
+        topic: partition.topic.clone(),
+        partition: partition.partition,
+        node,
+        leader,
+    }
+}
 
 /// The most a produced batch may decompress to when its records must be looked at.
 const DECOMPRESSED_BATCH_BYTES_MAX: usize = 64 << 20;

@@ -294,10 +294,24 @@ impl Client {
         Ok(topic_meta.partitions.len() as i32)
     }
 
+    /// Creates a topic with the broker's default replication factor.
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: i32,
+        configs: &[(String, String)],
+    ) -> ClientResult<()> {
+        self.create_replicated_topic(name, partitions, -1, configs)
+            .await
+    }
+
+    /// Creates a topic with `replication_factor` replicas of each partition (-1: the
+    /// broker's default).
+    pub async fn create_replicated_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
         configs: &[(String, String)],
     ) -> ClientResult<()> {
         let frame = self
@@ -310,6 +324,7 @@ impl Client {
                         name: Some(name),
                         partitions,
                         configs: Some(configs),
+                        replication_factor,
                     };
                     schema::CreateTopicRequest::create(b, &args).as_union_value()
                 },

@@ -35,6 +35,9 @@ pub struct ControllerConfig {
     pub initial_brokers: usize,
     /// The internal topic of committed offsets, created once enough brokers are up.
     pub offsets_topic: InternalTopic,
+    /// The id a new cluster gets (the first controller's proposal wins; the broker draws a
+    /// random one at start).
+    pub new_cluster_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,11 +313,16 @@ impl Controller {
         })
     }
 
-    /// What the passing of time decides: fencing brokers that went quiet, creating the
+    /// What the passing of time decides: naming a new cluster, fencing brokers that went quiet, creating the
     /// offsets topic once enough brokers are up, electing leaders for partitions without
     /// one, finishing moves, and (now and then) moving leadership back to preferred
     /// replicas.
     pub fn tick(&mut self, image: &MetadataImage, now_ms: u64) -> Vec<MetadataRecord> {
+        if image.cluster_id.is_empty() {
+            return vec![MetadataRecord::ClusterCreated {
+                cluster_id: self.config.new_cluster_id.clone(),
+            }];
+        }
         let timeout = self.config.session_timeout_ms;
         let silent: Vec<NodeId> = image
             .live_brokers()

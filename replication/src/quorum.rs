@@ -134,6 +134,10 @@ impl QuorumStorage {
         self.snapshot = snapshot;
     }
 
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
     pub fn snapshot_metadata(&self) -> &SnapshotMetadata {
         self.snapshot.get_metadata()
     }
@@ -418,6 +422,11 @@ impl Quorum {
             index: self.raw.raft.raft_log.last_index(),
             term: self.raw.raft.term,
         })
+    }
+
+    /// Starts an election now (a lone voter need not wait for its election timeout).
+    pub fn campaign(&mut self) -> Result<(), ReplicationError> {
+        self.raw.campaign().map_err(raft_error)
     }
 
     /// The peer could not be reached: raft-rs stops pipelining to it until it answers.

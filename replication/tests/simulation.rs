@@ -298,6 +298,7 @@ impl World {
                 replication_factor: 3,
                 configs: vec![],
             },
+            new_cluster_id: "simulated".into(),
         };
         let nodes = voters
             .iter()

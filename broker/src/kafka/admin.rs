@@ -486,16 +486,19 @@ pub async fn delete_records(shard: &Rc<Shard>, request: DeleteRecordsRequest) ->
 }
 
 pub fn describe_cluster(shard: &Shard, version: i16, request: DescribeClusterRequest) -> Answer {
-    let node = BrokerId(shard.config.node_id);
+    let brokers = crate::kafka::topics::brokers(shard)
+        .into_iter()
+        .map(|broker| {
+            DescribeClusterBroker::default()
+                .with_broker_id(broker.node_id)
+                .with_host(broker.host)
+                .with_port(broker.port)
+        })
+        .collect();
     let mut response = DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(&shard.image().cluster_id))
-        .with_controller_id(node)
-        .with_brokers(vec![
-            DescribeClusterBroker::default()
-                .with_broker_id(node)
-                .with_host(str_bytes(&shard.config.advertised_host()))
-                .with_port(i32::from(shard.config.kafka_listen.port())),
-        ]);
+        .with_controller_id(BrokerId(shard.controller_node().unwrap_or(-1)))
+        .with_brokers(brokers);
     // Brokers are the only endpoints; a request for controllers (KIP-919) is refused.
     if version >= 1 {
         response.endpoint_type = request.endpoint_type;

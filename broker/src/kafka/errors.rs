@@ -1,6 +1,7 @@
 //! Kafka error codes for the broker's errors.
 
 use kafka_protocol::ResponseError;
+use weir_replication::{ControllerError, FetchRefusal};
 use weir_storage::StorageError;
 use weir_wire::WireError;
 
@@ -31,6 +32,35 @@ pub fn code(error: &BrokerError) -> i16 {
         BrokerError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         BrokerError::Kafka { code, .. } => return *code,
         BrokerError::InvalidRecords { .. } => ResponseError::InvalidRecord,
+        BrokerError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
+        BrokerError::LeaderNotAvailable { .. } => ResponseError::LeaderNotAvailable,
+        BrokerError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
+        BrokerError::NotCoordinator(_) => ResponseError::NotCoordinator,
+        BrokerError::TimedOut(_) => ResponseError::RequestTimedOut,
+        BrokerError::FetchRefused(refusal) => match refusal {
+            FetchRefusal::NotLeader | FetchRefusal::NotReplica => {
+                ResponseError::NotLeaderOrFollower
+            }
+            FetchRefusal::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,
+            FetchRefusal::UnknownLeaderEpoch => ResponseError::UnknownLeaderEpoch,
+            FetchRefusal::OutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        },
+        BrokerError::Controller(error) => match error {
+            ControllerError::NotController { .. } => ResponseError::NotController,
+            ControllerError::UnknownTopic(_) | ControllerError::UnknownPartition { .. } => {
+                ResponseError::UnknownTopicOrPartition
+            }
+            ControllerError::TopicExists(_) => ResponseError::TopicAlreadyExists,
+            ControllerError::InvalidTopic(_) => ResponseError::InvalidTopicException,
+            ControllerError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+            ControllerError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+            ControllerError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
+            ControllerError::StaleBrokerEpoch { .. } => ResponseError::StaleBrokerEpoch,
+            ControllerError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
+            ControllerError::InvalidUpdateVersion { .. } => ResponseError::InvalidUpdateVersion,
+            ControllerError::IneligibleReplica(_) => ResponseError::IneligibleReplica,
+            _ => ResponseError::UnknownServerError,
+        },
         BrokerError::Internal(_) => ResponseError::UnknownServerError,
     };
     kafka.code()

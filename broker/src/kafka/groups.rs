@@ -56,23 +56,39 @@ fn optional(text: Option<&StrBytes>) -> Option<String> {
     text.map(|t| t.to_string()).filter(|t| !t.is_empty())
 }
 
-/// Every group lives on this node; transactions have no coordinator yet.
+/// A group's coordinator is the leader of its offsets partition, on whichever broker;
+/// transactions have no coordinator yet.
 pub fn find_coordinator(shard: &Shard, version: i16, request: FindCoordinatorRequest) -> Answer {
-    let host = str_bytes(&shard.config.advertised_host());
-    let port = i32::from(shard.config.kafka_listen.port());
-    let node = BrokerId(shard.config.node_id);
-    let lookup = |key: &str| -> (i16, Option<StrBytes>) {
+    let lookup = |key: &str| -> (i16, Option<StrBytes>, BrokerId, StrBytes, i32) {
+        let none = |code: i16, message: String| {
+            (
+                code,
+                Some(str_bytes(&message)),
+                BrokerId(-1),
+                StrBytes::default(),
+                -1,
+            )
+        };
         if request.key_type != 0 {
-            return (
+            return none(
                 ResponseError::CoordinatorNotAvailable.code(),
-                Some(str_bytes("transactions are not supported yet")),
+                "transactions are not supported yet".into(),
             );
         }
-        match ops::group_owner(shard, key) {
-            Ok(_) => (0, None),
-            Err(error) => (
-                coordinator_error(&error),
-                Some(str_bytes(&error.to_string())),
+        if let Err(error) = crate::offsets::validate_group(key) {
+            return none(coordinator_error(&error), error.to_string());
+        }
+        match ops::group_coordinator(shard, key) {
+            Some(broker) => (
+                0,
+                None,
+                BrokerId(broker.node),
+                str_bytes(&broker.endpoint.host),
+                i32::from(broker.endpoint.kafka_port),
+            ),
+            None => none(
+                ResponseError::CoordinatorNotAvailable.code(),
+                format!("group {key} has no coordinator at the moment"),
             ),
         }
     };
@@ -80,32 +96,26 @@ pub fn find_coordinator(shard: &Shard, version: i16, request: FindCoordinatorReq
     let mut failed = false;
     if version >= 4 {
         for key in &request.coordinator_keys {
-            let (error, message) = lookup(key);
+            let (error, message, node, host, port) = lookup(key);
             failed |= error != 0;
-            let ok = error == 0;
             response.coordinators.push(
                 Coordinator::default()
                     .with_key(key.clone())
-                    .with_node_id(if ok { node } else { BrokerId(-1) })
-                    .with_host(if ok {
-                        host.clone()
-                    } else {
-                        StrBytes::default()
-                    })
-                    .with_port(if ok { port } else { -1 })
+                    .with_node_id(node)
+                    .with_host(host)
+                    .with_port(port)
                     .with_error_code(error)
                     .with_error_message(message),
             );
         }
     } else {
-        let (error, message) = lookup(&request.key);
+        let (error, message, node, host, port) = lookup(&request.key);
         failed = error != 0;
-        let ok = error == 0;
         response = response
             .with_error_code(error)
-            .with_node_id(if ok { node } else { BrokerId(-1) })
-            .with_host(if ok { host } else { StrBytes::default() })
-            .with_port(if ok { port } else { -1 });
+            .with_node_id(node)
+            .with_host(host)
+            .with_port(port);
         if version >= 1 {
             response = response.with_error_message(message);
         }

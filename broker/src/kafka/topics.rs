@@ -45,14 +45,37 @@ fn error_message(error: &BrokerError) -> Option<kafka_protocol::protocol::StrByt
     Some(str_bytes(&errors::message(error)))
 }
 
-/// The brokers a client should talk to: this one.
+/// The brokers a client may talk to: every live one, at its Kafka listener. (Before this
+/// broker has joined, itself, so that a client has somewhere to retry.)
 pub fn brokers(shard: &Shard) -> Vec<MetadataResponseBroker> {
+    let image = shard.image();
+    let live: Vec<MetadataResponseBroker> = image
+        .live_brokers()
+        .map(|broker| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(broker.node))
+                .with_host(str_bytes(&broker.endpoint.host))
+                .with_port(i32::from(broker.endpoint.kafka_port))
+        })
+        .collect();
+    if !live.is_empty() {
+        return live;
+    }
     vec![
         MetadataResponseBroker::default()
             .with_node_id(BrokerId(shard.config.node_id))
             .with_host(str_bytes(&shard.config.advertised_host()))
             .with_port(i32::from(shard.config.kafka_listen.port())),
     ]
+}
+
+/// The leader epoch of a partition, as the current metadata says (0 when unknown).
+pub fn leader_epoch(shard: &Shard, topic: &str, partition: i32) -> i32 {
+    shard
+        .image()
+        .topic(topic)
+        .and_then(|t| t.partition(partition))
+        .map_or(0, |p| p.leader_epoch)
 }
 
 pub async fn metadata(shard: &Rc<Shard>, version: i16, request: MetadataRequest) -> Answer {
@@ -101,7 +124,7 @@ pub async fn metadata(shard: &Rc<Shard>, version: i16, request: MetadataRequest)
         .with_brokers(brokers(shard))
         .with_topics(topics);
     if version >= 1 {
-        response = response.with_controller_id(BrokerId(shard.config.node_id));
+        response = response.with_controller_id(BrokerId(shard.controller_node().unwrap_or(-1)));
     }
     if version >= 2 {
         response = response.with_cluster_id(Some(str_bytes(&image.cluster_id)));
@@ -116,6 +139,7 @@ async fn auto_create_topic(shard: &Rc<Shard>, name: &str) -> bool {
         name: name.to_string(),
         partitions: shard.config.auto_create_topics_partitions,
         configs: Vec::new(),
+        replication_factor: -1,
     };
     match ops::admin(shard, call).await {
         Ok(()) | Err(BrokerError::TopicAlreadyExists(_)) => true,
@@ -145,16 +169,31 @@ fn topic_metadata(
             .with_name(name.map(topic_name))
             .with_error_code(error.code());
     };
-    let node = BrokerId(shard.config.node_id);
-    let partitions = (0..topic.partition_count())
-        .map(|index| {
+    let image = shard.image();
+    let partitions = topic
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(index, state)| {
+            let replicas: Vec<BrokerId> = state.nodes().map(BrokerId).collect();
+            let offline: Vec<BrokerId> = state
+                .nodes()
+                .filter(|n| !image.is_live(*n))
+                .map(BrokerId)
+                .collect();
             let mut partition = MetadataResponsePartition::default()
-                .with_partition_index(index)
-                .with_leader_id(node)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node]);
+                .with_partition_index(index as i32)
+                .with_leader_id(BrokerId(state.leader))
+                .with_replica_nodes(replicas)
+                .with_isr_nodes(state.isr.iter().copied().map(BrokerId).collect());
+            if state.leader == crate::metadata::NO_LEADER {
+                partition = partition.with_error_code(ResponseError::LeaderNotAvailable.code());
+            }
+            if version >= 5 {
+                partition = partition.with_offline_replicas(offline);
+            }
             if version >= 7 {
-                partition = partition.with_leader_epoch(0);
+                partition = partition.with_leader_epoch(state.leader_epoch);
             }
             partition
         })
@@ -221,7 +260,8 @@ pub async fn list_offsets(shard: &Rc<Shard>, version: i16, request: ListOffsetsR
                         Ok((offset, timestamp)) => {
                             response = response.with_offset(offset).with_timestamp(timestamp);
                             if version >= 4 && offset >= 0 {
-                                response = response.with_leader_epoch(0);
+                                response =
+                                    response.with_leader_epoch(leader_epoch(shard, &name, index));
                             }
                         }
                         Err(error) => response = response.with_error_code(errors::code(&error)),
@@ -242,6 +282,7 @@ pub async fn list_offsets(shard: &Rc<Shard>, version: i16, request: ListOffsetsR
 /// config it will have (which CreateTopics v5 and later report).
 struct Creatable {
     partitions: i32,
+    replication_factor: i16,
     configs: Vec<(String, String)>,
     described: Vec<topic::DescribedConfig>,
 }
@@ -257,21 +298,26 @@ fn creatable(
     if image.topic(name).is_some() {
         return Err(BrokerError::TopicAlreadyExists(name.to_string()));
     }
-    if !matches!(topic.replication_factor, -1 | 1) {
+    let live = image.live_brokers().count().max(1);
+    if topic.replication_factor == 0
+        || topic.replication_factor < -1
+        || topic.replication_factor as i64 > live as i64
+    {
         return Err(BrokerError::kafka(
             ResponseError::InvalidReplicationFactor,
             format!(
-                "replication factor {} is larger than the 1 broker available",
+                "replication factor {} is not within 1..={live} (the brokers available)",
                 topic.replication_factor
             ),
         ));
     }
     let partitions = if !topic.assignments.is_empty() {
+        // Explicit placement is taken only where there is one choice: a single broker.
         let node = BrokerId(shard.config.node_id);
-        if topic.assignments.iter().any(|a| a.broker_ids != [node]) {
+        if live > 1 || topic.assignments.iter().any(|a| a.broker_ids != [node]) {
             return Err(BrokerError::kafka(
                 ResponseError::InvalidReplicaAssignment,
-                format!("every replica must be on broker {}", node.0),
+                "explicit replica assignments are not supported; give a replication factor (weir places replicas, and `weir partition move` moves them)",
             ));
         }
         topic.assignments.len() as i32
@@ -296,6 +342,11 @@ fn creatable(
         topic::describe(&shard.topic_defaults, &overrides).map_err(BrokerError::InvalidConfig)?;
     Ok(Creatable {
         partitions,
+        replication_factor: if topic.assignments.is_empty() {
+            topic.replication_factor
+        } else {
+            1
+        },
         configs,
         described,
     })
@@ -331,6 +382,7 @@ pub async fn create_topics(
                     name: name.clone(),
                     partitions: created.partitions,
                     configs: created.configs,
+                    replication_factor: created.replication_factor,
                 };
                 ops::admin(shard, call)
                     .await

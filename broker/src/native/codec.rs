@@ -26,6 +26,7 @@ pub enum NativeRequest {
         name: String,
         partitions: i32,
         configs: Vec<(String, String)>,
+        replication_factor: i16,
     },
     DeleteTopic {
         name: String,
@@ -61,6 +62,24 @@ pub enum NativeRequest {
         delete: Vec<String>,
         validate_only: bool,
     },
+    DescribeCluster,
+    MovePartition {
+        partition: TopicPartition,
+        replicas: Vec<i32>,
+    },
+    RaftMessages {
+        messages: Vec<weir_replication::eraftpb::Message>,
+    },
+    ControllerCall {
+        request: weir_replication::ControllerRequest,
+    },
+    ReplicaFetch {
+        replica: i32,
+        max_wait_ms: i32,
+        min_bytes: i32,
+        max_bytes: i32,
+        partitions: Vec<(TopicPartition, weir_replication::FetchPosition, i32)>,
+    },
 }
 
 impl NativeRequest {
@@ -78,6 +97,11 @@ impl NativeRequest {
             NativeRequest::ListGroups => "list_groups",
             NativeRequest::DescribeTopicConfigs { .. } => "describe_topic_configs",
             NativeRequest::AlterTopicConfigs { .. } => "alter_topic_configs",
+            NativeRequest::DescribeCluster => "describe_cluster",
+            NativeRequest::MovePartition { .. } => "move_partition",
+            NativeRequest::RaftMessages { .. } => "raft_messages",
+            NativeRequest::ControllerCall { .. } => "controller_call",
+            NativeRequest::ReplicaFetch { .. } => "replica_fetch",
         }
     }
 }
@@ -127,6 +151,7 @@ pub fn decode(request: &schema::Request<'_>, payload: BytesMut) -> BrokerResult<
                 name: r.name().to_string(),
                 partitions: r.partitions(),
                 configs: configs(r.configs()),
+                replication_factor: r.replication_factor(),
             }
         }
         Body::DeleteTopicRequest => {
@@ -255,6 +280,72 @@ pub fn decode(request: &schema::Request<'_>, payload: BytesMut) -> BrokerResult<
                     .map(str::to_string)
                     .collect(),
                 validate_only: r.validate_only(),
+            }
+        }
+        Body::DescribeClusterRequest => NativeRequest::DescribeCluster,
+        Body::MovePartitionRequest => {
+            let r = request
+                .body_as_move_partition_request()
+                .ok_or_else(|| invalid("move partition body"))?;
+            NativeRequest::MovePartition {
+                partition: TopicPartition {
+                    topic: r.topic().to_string(),
+                    partition: r.partition(),
+                },
+                replicas: r.replicas().iter().collect(),
+            }
+        }
+        Body::RaftMessagesRequest => {
+            let r = request
+                .body_as_raft_messages_request()
+                .ok_or_else(|| invalid("raft messages body"))?;
+            let mut messages = Vec::new();
+            for slice in r.messages().into_iter().flatten() {
+                let range = native::payload_range(slice, payload.len())?;
+                let message = weir_replication::quorum::decode_message(&payload[range])
+                    .map_err(|e| invalid(&e.to_string()))?;
+                messages.push(message);
+            }
+            NativeRequest::RaftMessages { messages }
+        }
+        Body::ControllerCallRequest => {
+            let r = request
+                .body_as_controller_call_request()
+                .ok_or_else(|| invalid("controller call body"))?;
+            let range = native::payload_range(r.body(), payload.len())?;
+            let request = crate::cluster::peers::decode_request(&payload[range])
+                .ok_or_else(|| invalid("undecodable controller request"))?;
+            NativeRequest::ControllerCall { request }
+        }
+        Body::ReplicaFetchRequest => {
+            let r = request
+                .body_as_replica_fetch_request()
+                .ok_or_else(|| invalid("replica fetch body"))?;
+            let partitions = r
+                .partitions()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    (
+                        TopicPartition {
+                            topic: p.topic().to_string(),
+                            partition: p.partition(),
+                        },
+                        weir_replication::FetchPosition {
+                            fetch_offset: p.fetch_offset(),
+                            last_fetched_epoch: p.last_fetched_epoch(),
+                            leader_epoch: p.leader_epoch(),
+                        },
+                        p.max_bytes(),
+                    )
+                })
+                .collect();
+            NativeRequest::ReplicaFetch {
+                replica: r.replica(),
+                max_wait_ms: r.max_wait_ms(),
+                min_bytes: r.min_bytes(),
+                max_bytes: r.max_bytes(),
+                partitions,
             }
         }
         _ => return Err(invalid("unknown request type")),

@@ -100,6 +100,7 @@ async fn handle(
             name,
             partitions,
             configs,
+            replication_factor,
         } => {
             let partitions = if partitions <= 0 {
                 shard.config.default_partitions
@@ -113,6 +114,7 @@ async fn handle(
                     name,
                     partitions,
                     configs,
+                    replication_factor,
                 },
                 schema::ResponseBody::CreateTopicResponse,
             )
@@ -162,10 +164,194 @@ async fn handle(
             delete,
             validate_only,
         } => alter_topic_configs(shard, request_id, &name, &set, &delete, validate_only).await,
+        NativeRequest::DescribeCluster => describe_cluster(shard, request_id),
+        NativeRequest::MovePartition {
+            partition,
+            replicas,
+        } => {
+            ops::admin(
+                shard,
+                ShardCall::MovePartition {
+                    partition,
+                    replicas,
+                },
+            )
+            .await?;
+            empty_response(request_id, schema::ResponseBody::MovePartitionResponse)
+        }
+        NativeRequest::RaftMessages { messages } => {
+            let _ = shard
+                .router
+                .call(shard, 0, ShardCall::RaftMessages { messages })
+                .await?;
+            empty_response(request_id, schema::ResponseBody::RaftMessagesResponse)
+        }
+        NativeRequest::ControllerCall { request } => {
+            controller_call(shard, request_id, request).await
+        }
+        NativeRequest::ReplicaFetch {
+            replica,
+            max_wait_ms,
+            min_bytes,
+            max_bytes,
+            partitions,
+        } => {
+            let wait = Duration::from_millis(max_wait_ms.max(0) as u64);
+            let results =
+                ops::replica_fetch(shard, replica, wait, min_bytes, max_bytes, &partitions).await;
+            Ok(replica_fetch_response(request_id, results))
+        }
         NativeRequest::Produce { .. } => {
             Err(BrokerError::Internal("produce is dispatched apart".into()))
         }
     }
+}
+
+/// A response whose body has no fields.
+fn empty_response(request_id: u64, body_type: schema::ResponseBody) -> BrokerResult<Vec<Bytes>> {
+    let mut w = ResponseWriter::new();
+    let body = match body_type {
+        schema::ResponseBody::MovePartitionResponse => schema::MovePartitionResponse::create(
+            &mut w.builder,
+            &schema::MovePartitionResponseArgs {},
+        )
+        .as_union_value(),
+        _ => schema::RaftMessagesResponse::create(
+            &mut w.builder,
+            &schema::RaftMessagesResponseArgs {},
+        )
+        .as_union_value(),
+    };
+    Ok(w.finish(request_id, None, Some((body_type, body))))
+}
+
+fn describe_cluster(shard: &Shard, request_id: u64) -> BrokerResult<Vec<Bytes>> {
+    let image = shard.image();
+    let controller = shard.controller_node();
+    let mut w = ResponseWriter::new();
+    let cluster_id = w.string(&image.cluster_id);
+    let brokers: Vec<_> = image
+        .brokers
+        .values()
+        .map(|broker| {
+            let host = w.string(&broker.endpoint.host);
+            schema::ClusterBroker::create(
+                &mut w.builder,
+                &schema::ClusterBrokerArgs {
+                    node_id: broker.node,
+                    host: Some(host),
+                    native_port: i32::from(broker.endpoint.native_port),
+                    kafka_port: i32::from(broker.endpoint.kafka_port),
+                    shards: broker.shards as i32,
+                    fenced: broker.fenced,
+                },
+            )
+        })
+        .collect();
+    let brokers = w.builder.create_vector(&brokers);
+    let body = schema::DescribeClusterResponse::create(
+        &mut w.builder,
+        &schema::DescribeClusterResponseArgs {
+            cluster_id: Some(cluster_id),
+            controller: controller.unwrap_or(-1),
+            brokers: Some(brokers),
+        },
+    );
+    Ok(w.finish(
+        request_id,
+        None,
+        Some((
+            schema::ResponseBody::DescribeClusterResponse,
+            body.as_union_value(),
+        )),
+    ))
+}
+
+/// Another broker's request for this one as the active controller.
+async fn controller_call(
+    shard: &Rc<Shard>,
+    request_id: u64,
+    request: weir_replication::ControllerRequest,
+) -> BrokerResult<Vec<Bytes>> {
+    let reply = match shard
+        .router
+        .call(shard, 0, ShardCall::ControllerCall { request })
+        .await?
+    {
+        crate::router::ShardAnswer::ControllerReply(reply) => reply,
+        other => return Err(ops::unexpected(other)),
+    };
+    let mut w = ResponseWriter::new();
+    let encoded = crate::cluster::peers::encode_reply(&reply);
+    let slice = w.add_records(vec![Bytes::from(encoded)]);
+    let body = schema::ControllerCallResponse::create(
+        &mut w.builder,
+        &schema::ControllerCallResponseArgs { body: Some(&slice) },
+    );
+    Ok(w.finish(
+        request_id,
+        None,
+        Some((
+            schema::ResponseBody::ControllerCallResponse,
+            body.as_union_value(),
+        )),
+    ))
+}
+
+fn replica_fetch_response(request_id: u64, results: ops::ReplicaFetchResults) -> Vec<Bytes> {
+    let mut w = ResponseWriter::new();
+    let mut partitions = Vec::with_capacity(results.len());
+    for (tp, result) in results {
+        let topic = w.string(&tp.topic);
+        let mut args = schema::ReplicaFetchResultArgs {
+            topic: Some(topic),
+            partition: tp.partition,
+            ..Default::default()
+        };
+        let records;
+        match result {
+            Ok(fetched) => {
+                args.high_watermark = fetched.high_watermark;
+                args.log_start_offset = fetched.log_start_offset;
+                args.log_end_offset = fetched.log_end_offset;
+                if let Some((epoch, end_offset)) = fetched.diverging {
+                    args.diverging_epoch = epoch;
+                    args.diverging_end_offset = end_offset;
+                }
+                records = w.add_records(fetched.batches);
+                args.records = Some(&records);
+            }
+            Err(error) => {
+                if let BrokerError::FetchRefused(weir_replication::FetchRefusal::OutOfRange {
+                    log_start_offset,
+                    log_end_offset,
+                }) = &error
+                {
+                    args.log_start_offset = *log_start_offset;
+                    args.log_end_offset = *log_end_offset;
+                }
+                let (code, message) = error_fields(&mut w, Some(&error));
+                args.error = code;
+                args.error_message = message;
+            }
+        }
+        partitions.push(schema::ReplicaFetchResult::create(&mut w.builder, &args));
+    }
+    let partitions = w.builder.create_vector(&partitions);
+    let body = schema::ReplicaFetchResponse::create(
+        &mut w.builder,
+        &schema::ReplicaFetchResponseArgs {
+            partitions: Some(partitions),
+        },
+    );
+    w.finish(
+        request_id,
+        None,
+        Some((
+            schema::ResponseBody::ReplicaFetchResponse,
+            body.as_union_value(),
+        )),
+    )
 }
 
 fn handshake(
@@ -306,17 +492,22 @@ async fn metadata(
     let names = topics.unwrap_or_else(|| image.topics.keys().cloned().collect());
     let statuses = ops::partition_statuses(shard, ops::partitions_of(shard, &names)).await;
     let mut w = ResponseWriter::new();
-    let host = w.string(&shard.config.advertised_host());
-    let broker = schema::BrokerInfo::create(
-        &mut w.builder,
-        &schema::BrokerInfoArgs {
-            node_id: shard.config.node_id,
-            host: Some(host),
-            native_port: i32::from(shard.config.native_listen.port()),
-            kafka_port: i32::from(shard.config.kafka_listen.port()),
-        },
-    );
-    let brokers = w.builder.create_vector(&[broker]);
+    let brokers: Vec<_> = image
+        .live_brokers()
+        .map(|broker| {
+            let host = w.string(&broker.endpoint.host);
+            schema::BrokerInfo::create(
+                &mut w.builder,
+                &schema::BrokerInfoArgs {
+                    node_id: broker.node,
+                    host: Some(host),
+                    native_port: i32::from(broker.endpoint.native_port),
+                    kafka_port: i32::from(broker.endpoint.kafka_port),
+                },
+            )
+        })
+        .collect();
+    let brokers = w.builder.create_vector(&brokers);
     let mut topic_infos = Vec::with_capacity(names.len());
     for name in &names {
         let info = topic_info(&mut w, shard, &image, name, &statuses);
@@ -359,19 +550,27 @@ fn topic_info<'a>(
     let partitions: Vec<_> = statuses
         .iter()
         .filter(|(tp, _)| tp.topic == name)
-        .map(|(tp, status)| {
-            let status = status.as_ref().ok();
-            schema::PartitionInfo::create(
+        .filter_map(|(tp, status)| {
+            let state = topic.partition(tp.partition)?;
+            // Offsets and sizes are the leader's: this broker knows them when it leads.
+            let status = status.as_ref().ok().filter(|_| state.leader == shard.node);
+            let replicas: Vec<i32> = state.nodes().collect();
+            let replicas = w.builder.create_vector(&replicas);
+            let isr = w.builder.create_vector(&state.isr);
+            Some(schema::PartitionInfo::create(
                 &mut w.builder,
                 &schema::PartitionInfoArgs {
                     partition: tp.partition,
-                    leader: shard.config.node_id,
-                    shard: topic.owner(tp.partition).map_or(-1, |s| s as i32),
+                    leader: state.leader,
+                    shard: state.replica(state.leader).map_or(-1, |r| r.shard as i32),
                     log_start_offset: status.map_or(-1, |s| s.log_start_offset),
                     high_watermark: status.map_or(-1, |s| s.high_watermark),
                     size_bytes: status.map_or(-1, |s| s.size_bytes as i64),
+                    leader_epoch: state.leader_epoch,
+                    replicas: Some(replicas),
+                    isr: Some(isr),
                 },
-            )
+            ))
         })
         .collect();
     // The topic's overrides, with the values DescribeConfigs reports for them.

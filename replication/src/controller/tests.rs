@@ -13,6 +13,7 @@ fn config() -> ControllerConfig {
             replication_factor: 3,
             configs: vec![("cleanup.policy".into(), "compact".into())],
         },
+        new_cluster_id: "test-cluster".into(),
     }
 }
 
@@ -45,6 +46,14 @@ fn decide(
 fn cluster(count: i32) -> (Controller, MetadataImage) {
     let mut controller = Controller::new(config(), 0);
     let mut image = MetadataImage::default();
+    let created = controller.tick(&image, 0);
+    assert_eq!(
+        created,
+        [MetadataRecord::ClusterCreated {
+            cluster_id: "test-cluster".into()
+        }]
+    );
+    apply(&mut image, &created);
     for node in 0..count {
         let register = ControllerRequest::RegisterBroker {
             node,

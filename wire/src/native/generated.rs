@@ -13,10 +13,10 @@ pub mod protocol {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 17;
+pub const ENUM_MAX_ERROR_CODE: i16 = 27;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 18] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 28] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::InvalidRequest,
@@ -35,6 +35,16 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 18] = [
   ErrorCode::ShuttingDown,
   ErrorCode::GroupNotFound,
   ErrorCode::InvalidGroup,
+  ErrorCode::NotLeader,
+  ErrorCode::FencedLeaderEpoch,
+  ErrorCode::UnknownLeaderEpoch,
+  ErrorCode::NotController,
+  ErrorCode::NotEnoughReplicas,
+  ErrorCode::InvalidReplicationFactor,
+  ErrorCode::InvalidReplicaAssignment,
+  ErrorCode::LeaderNotAvailable,
+  ErrorCode::StaleBrokerEpoch,
+  ErrorCode::NotReplica,
 ];
 
 /// Errors, in every response. 0 is success.
@@ -61,9 +71,28 @@ impl ErrorCode {
   pub const ShuttingDown: Self = Self(15);
   pub const GroupNotFound: Self = Self(16);
   pub const InvalidGroup: Self = Self(17);
+  /// This broker does not lead the partition (or is not the group's coordinator): refresh
+  /// the metadata and go to the leader.
+  pub const NotLeader: Self = Self(18);
+  /// The request names an older leader epoch than the partition's.
+  pub const FencedLeaderEpoch: Self = Self(19);
+  /// The request names a newer leader epoch than this broker knows.
+  pub const UnknownLeaderEpoch: Self = Self(20);
+  /// This broker is not the active controller.
+  pub const NotController: Self = Self(21);
+  /// Fewer in-sync replicas than the topic's min.insync.replicas.
+  pub const NotEnoughReplicas: Self = Self(22);
+  pub const InvalidReplicationFactor: Self = Self(23);
+  pub const InvalidReplicaAssignment: Self = Self(24);
+  /// The partition has no leader at the moment (an election is under way).
+  pub const LeaderNotAvailable: Self = Self(25);
+  /// The broker registered again since (it restarted): re-register.
+  pub const StaleBrokerEpoch: Self = Self(26);
+  /// The fetching broker is not a replica of the partition.
+  pub const NotReplica: Self = Self(27);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 17;
+  pub const ENUM_MAX: i16 = 27;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -83,6 +112,16 @@ impl ErrorCode {
     Self::ShuttingDown,
     Self::GroupNotFound,
     Self::InvalidGroup,
+    Self::NotLeader,
+    Self::FencedLeaderEpoch,
+    Self::UnknownLeaderEpoch,
+    Self::NotController,
+    Self::NotEnoughReplicas,
+    Self::InvalidReplicationFactor,
+    Self::InvalidReplicaAssignment,
+    Self::LeaderNotAvailable,
+    Self::StaleBrokerEpoch,
+    Self::NotReplica,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -105,6 +144,16 @@ impl ErrorCode {
       Self::ShuttingDown => Some("ShuttingDown"),
       Self::GroupNotFound => Some("GroupNotFound"),
       Self::InvalidGroup => Some("InvalidGroup"),
+      Self::NotLeader => Some("NotLeader"),
+      Self::FencedLeaderEpoch => Some("FencedLeaderEpoch"),
+      Self::UnknownLeaderEpoch => Some("UnknownLeaderEpoch"),
+      Self::NotController => Some("NotController"),
+      Self::NotEnoughReplicas => Some("NotEnoughReplicas"),
+      Self::InvalidReplicationFactor => Some("InvalidReplicationFactor"),
+      Self::InvalidReplicaAssignment => Some("InvalidReplicaAssignment"),
+      Self::LeaderNotAvailable => Some("LeaderNotAvailable"),
+      Self::StaleBrokerEpoch => Some("StaleBrokerEpoch"),
+      Self::NotReplica => Some("NotReplica"),
       _ => None,
     }
   }
@@ -436,10 +485,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ConfigSource {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 12;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 17;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 13] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 18] = [
   RequestBody::NONE,
   RequestBody::HandshakeRequest,
   RequestBody::MetadataRequest,
@@ -453,6 +502,11 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 13] = [
   RequestBody::ListGroupsRequest,
   RequestBody::DescribeTopicConfigsRequest,
   RequestBody::AlterTopicConfigsRequest,
+  RequestBody::DescribeClusterRequest,
+  RequestBody::MovePartitionRequest,
+  RequestBody::RaftMessagesRequest,
+  RequestBody::ControllerCallRequest,
+  RequestBody::ReplicaFetchRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -473,9 +527,14 @@ impl RequestBody {
   pub const ListGroupsRequest: Self = Self(10);
   pub const DescribeTopicConfigsRequest: Self = Self(11);
   pub const AlterTopicConfigsRequest: Self = Self(12);
+  pub const DescribeClusterRequest: Self = Self(13);
+  pub const MovePartitionRequest: Self = Self(14);
+  pub const RaftMessagesRequest: Self = Self(15);
+  pub const ControllerCallRequest: Self = Self(16);
+  pub const ReplicaFetchRequest: Self = Self(17);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 12;
+  pub const ENUM_MAX: u8 = 17;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeRequest,
@@ -490,6 +549,11 @@ impl RequestBody {
     Self::ListGroupsRequest,
     Self::DescribeTopicConfigsRequest,
     Self::AlterTopicConfigsRequest,
+    Self::DescribeClusterRequest,
+    Self::MovePartitionRequest,
+    Self::RaftMessagesRequest,
+    Self::ControllerCallRequest,
+    Self::ReplicaFetchRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -507,6 +571,11 @@ impl RequestBody {
       Self::ListGroupsRequest => Some("ListGroupsRequest"),
       Self::DescribeTopicConfigsRequest => Some("DescribeTopicConfigsRequest"),
       Self::AlterTopicConfigsRequest => Some("AlterTopicConfigsRequest"),
+      Self::DescribeClusterRequest => Some("DescribeClusterRequest"),
+      Self::MovePartitionRequest => Some("MovePartitionRequest"),
+      Self::RaftMessagesRequest => Some("RaftMessagesRequest"),
+      Self::ControllerCallRequest => Some("ControllerCallRequest"),
+      Self::ReplicaFetchRequest => Some("ReplicaFetchRequest"),
       _ => None,
     }
   }
@@ -566,10 +635,10 @@ pub struct RequestBodyUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 12;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 17;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 13] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 18] = [
   ResponseBody::NONE,
   ResponseBody::HandshakeResponse,
   ResponseBody::MetadataResponse,
@@ -583,6 +652,11 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 13] = [
   ResponseBody::ListGroupsResponse,
   ResponseBody::DescribeTopicConfigsResponse,
   ResponseBody::AlterTopicConfigsResponse,
+  ResponseBody::DescribeClusterResponse,
+  ResponseBody::MovePartitionResponse,
+  ResponseBody::RaftMessagesResponse,
+  ResponseBody::ControllerCallResponse,
+  ResponseBody::ReplicaFetchResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -603,9 +677,14 @@ impl ResponseBody {
   pub const ListGroupsResponse: Self = Self(10);
   pub const DescribeTopicConfigsResponse: Self = Self(11);
   pub const AlterTopicConfigsResponse: Self = Self(12);
+  pub const DescribeClusterResponse: Self = Self(13);
+  pub const MovePartitionResponse: Self = Self(14);
+  pub const RaftMessagesResponse: Self = Self(15);
+  pub const ControllerCallResponse: Self = Self(16);
+  pub const ReplicaFetchResponse: Self = Self(17);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 12;
+  pub const ENUM_MAX: u8 = 17;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeResponse,
@@ -620,6 +699,11 @@ impl ResponseBody {
     Self::ListGroupsResponse,
     Self::DescribeTopicConfigsResponse,
     Self::AlterTopicConfigsResponse,
+    Self::DescribeClusterResponse,
+    Self::MovePartitionResponse,
+    Self::RaftMessagesResponse,
+    Self::ControllerCallResponse,
+    Self::ReplicaFetchResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -637,6 +721,11 @@ impl ResponseBody {
       Self::ListGroupsResponse => Some("ListGroupsResponse"),
       Self::DescribeTopicConfigsResponse => Some("DescribeTopicConfigsResponse"),
       Self::AlterTopicConfigsResponse => Some("AlterTopicConfigsResponse"),
+      Self::DescribeClusterResponse => Some("DescribeClusterResponse"),
+      Self::MovePartitionResponse => Some("MovePartitionResponse"),
+      Self::RaftMessagesResponse => Some("RaftMessagesResponse"),
+      Self::ControllerCallResponse => Some("ControllerCallResponse"),
+      Self::ReplicaFetchResponse => Some("ReplicaFetchResponse"),
       _ => None,
     }
   }
@@ -1498,6 +1587,9 @@ impl<'a> PartitionInfo<'a> {
   pub const VT_LOG_START_OFFSET: ::flatbuffers::VOffsetT = 10;
   pub const VT_HIGH_WATERMARK: ::flatbuffers::VOffsetT = 12;
   pub const VT_SIZE_BYTES: ::flatbuffers::VOffsetT = 14;
+  pub const VT_LEADER_EPOCH: ::flatbuffers::VOffsetT = 16;
+  pub const VT_REPLICAS: ::flatbuffers::VOffsetT = 18;
+  pub const VT_ISR: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1506,12 +1598,15 @@ impl<'a> PartitionInfo<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args PartitionInfoArgs
+    args: &'args PartitionInfoArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PartitionInfo<'bldr>> {
     let mut builder = PartitionInfoBuilder::new(_fbb);
     builder.add_size_bytes(args.size_bytes);
     builder.add_high_watermark(args.high_watermark);
     builder.add_log_start_offset(args.log_start_offset);
+    if let Some(x) = args.isr { builder.add_isr(x); }
+    if let Some(x) = args.replicas { builder.add_replicas(x); }
+    builder.add_leader_epoch(args.leader_epoch);
     builder.add_shard(args.shard);
     builder.add_leader(args.leader);
     builder.add_partition(args.partition);
@@ -1526,6 +1621,7 @@ impl<'a> PartitionInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i32>(PartitionInfo::VT_PARTITION, Some(0)).unwrap()}
   }
+  /// -1 while the partition has no leader.
   #[inline]
   pub fn leader(&self) -> i32 {
     // Safety:
@@ -1541,6 +1637,7 @@ impl<'a> PartitionInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i32>(PartitionInfo::VT_SHARD, Some(0)).unwrap()}
   }
+  /// Read from the leader; -1 when this broker is not the leader.
   #[inline]
   pub fn log_start_offset(&self) -> i64 {
     // Safety:
@@ -1562,6 +1659,29 @@ impl<'a> PartitionInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i64>(PartitionInfo::VT_SIZE_BYTES, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn leader_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(PartitionInfo::VT_LEADER_EPOCH, Some(0)).unwrap()}
+  }
+  /// Broker ids, the preferred leader first.
+  #[inline]
+  pub fn replicas(&self) -> Option<::flatbuffers::Vector<'a, i32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, i32>>>(PartitionInfo::VT_REPLICAS, None)}
+  }
+  /// In-sync replicas.
+  #[inline]
+  pub fn isr(&self) -> Option<::flatbuffers::Vector<'a, i32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, i32>>>(PartitionInfo::VT_ISR, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PartitionInfo<'_> {
@@ -1576,19 +1696,25 @@ impl ::flatbuffers::Verifiable for PartitionInfo<'_> {
      .visit_field::<i64>("log_start_offset", Self::VT_LOG_START_OFFSET, false)?
      .visit_field::<i64>("high_watermark", Self::VT_HIGH_WATERMARK, false)?
      .visit_field::<i64>("size_bytes", Self::VT_SIZE_BYTES, false)?
+     .visit_field::<i32>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, i32>>>("replicas", Self::VT_REPLICAS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, i32>>>("isr", Self::VT_ISR, false)?
      .finish();
     Ok(())
   }
 }
-pub struct PartitionInfoArgs {
+pub struct PartitionInfoArgs<'a> {
     pub partition: i32,
     pub leader: i32,
     pub shard: i32,
     pub log_start_offset: i64,
     pub high_watermark: i64,
     pub size_bytes: i64,
+    pub leader_epoch: i32,
+    pub replicas: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, i32>>>,
+    pub isr: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, i32>>>,
 }
-impl<'a> Default for PartitionInfoArgs {
+impl<'a> Default for PartitionInfoArgs<'a> {
   #[inline]
   fn default() -> Self {
     PartitionInfoArgs {
@@ -1598,6 +1724,9 @@ impl<'a> Default for PartitionInfoArgs {
       log_start_offset: 0,
       high_watermark: 0,
       size_bytes: 0,
+      leader_epoch: 0,
+      replicas: None,
+      isr: None,
     }
   }
 }
@@ -1632,6 +1761,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PartitionInfoBuilder<'a, 'b, 
     self.fbb_.push_slot::<i64>(PartitionInfo::VT_SIZE_BYTES, size_bytes, 0);
   }
   #[inline]
+  pub fn add_leader_epoch(&mut self, leader_epoch: i32) {
+    self.fbb_.push_slot::<i32>(PartitionInfo::VT_LEADER_EPOCH, leader_epoch, 0);
+  }
+  #[inline]
+  pub fn add_replicas(&mut self, replicas: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , i32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PartitionInfo::VT_REPLICAS, replicas);
+  }
+  #[inline]
+  pub fn add_isr(&mut self, isr: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , i32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PartitionInfo::VT_ISR, isr);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PartitionInfoBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PartitionInfoBuilder {
@@ -1655,6 +1796,9 @@ impl ::core::fmt::Debug for PartitionInfo<'_> {
       ds.field("log_start_offset", &self.log_start_offset());
       ds.field("high_watermark", &self.high_watermark());
       ds.field("size_bytes", &self.size_bytes());
+      ds.field("leader_epoch", &self.leader_epoch());
+      ds.field("replicas", &self.replicas());
+      ds.field("isr", &self.isr());
       ds.finish()
   }
 }
@@ -1955,6 +2099,7 @@ impl<'a> CreateTopicRequest<'a> {
   pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
   pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 6;
   pub const VT_CONFIGS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_REPLICATION_FACTOR: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1969,6 +2114,7 @@ impl<'a> CreateTopicRequest<'a> {
     if let Some(x) = args.configs { builder.add_configs(x); }
     builder.add_partitions(args.partitions);
     if let Some(x) = args.name { builder.add_name(x); }
+    builder.add_replication_factor(args.replication_factor);
     builder.finish()
   }
 
@@ -1994,6 +2140,14 @@ impl<'a> CreateTopicRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConfigEntry>>>>(CreateTopicRequest::VT_CONFIGS, None)}
   }
+  /// -1: the broker's default_replication_factor.
+  #[inline]
+  pub fn replication_factor(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(CreateTopicRequest::VT_REPLICATION_FACTOR, Some(-1)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CreateTopicRequest<'_> {
@@ -2005,6 +2159,7 @@ impl ::flatbuffers::Verifiable for CreateTopicRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, true)?
      .visit_field::<i32>("partitions", Self::VT_PARTITIONS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ConfigEntry>>>>("configs", Self::VT_CONFIGS, false)?
+     .visit_field::<i16>("replication_factor", Self::VT_REPLICATION_FACTOR, false)?
      .finish();
     Ok(())
   }
@@ -2013,6 +2168,7 @@ pub struct CreateTopicRequestArgs<'a> {
     pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub partitions: i32,
     pub configs: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConfigEntry<'a>>>>>,
+    pub replication_factor: i16,
 }
 impl<'a> Default for CreateTopicRequestArgs<'a> {
   #[inline]
@@ -2021,6 +2177,7 @@ impl<'a> Default for CreateTopicRequestArgs<'a> {
       name: None, // required field
       partitions: 1,
       configs: None,
+      replication_factor: -1,
     }
   }
 }
@@ -2041,6 +2198,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CreateTopicRequestBuilder<'a,
   #[inline]
   pub fn add_configs(&mut self, configs: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ConfigEntry<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CreateTopicRequest::VT_CONFIGS, configs);
+  }
+  #[inline]
+  pub fn add_replication_factor(&mut self, replication_factor: i16) {
+    self.fbb_.push_slot::<i16>(CreateTopicRequest::VT_REPLICATION_FACTOR, replication_factor, -1);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CreateTopicRequestBuilder<'a, 'b, A> {
@@ -2064,6 +2225,7 @@ impl ::core::fmt::Debug for CreateTopicRequest<'_> {
       ds.field("name", &self.name());
       ds.field("partitions", &self.partitions());
       ds.field("configs", &self.configs());
+      ds.field("replication_factor", &self.replication_factor());
       ds.finish()
   }
 }
@@ -6421,6 +6583,1683 @@ impl ::core::fmt::Debug for ListGroupsResponse<'_> {
       ds.finish()
   }
 }
+pub enum DescribeClusterRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeClusterRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DescribeClusterRequest<'a> {
+  type Inner = DescribeClusterRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DescribeClusterRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DescribeClusterRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args DescribeClusterRequestArgs
+  ) -> ::flatbuffers::WIPOffset<DescribeClusterRequest<'bldr>> {
+    let mut builder = DescribeClusterRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for DescribeClusterRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeClusterRequestArgs {
+}
+impl<'a> Default for DescribeClusterRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    DescribeClusterRequestArgs {
+    }
+  }
+}
+
+pub struct DescribeClusterRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeClusterRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DescribeClusterRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DescribeClusterRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeClusterRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DescribeClusterRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeClusterRequest");
+      ds.finish()
+  }
+}
+pub enum ClusterBrokerOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ClusterBroker<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClusterBroker<'a> {
+  type Inner = ClusterBroker<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClusterBroker<'a> {
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_HOST: ::flatbuffers::VOffsetT = 6;
+  pub const VT_NATIVE_PORT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_KAFKA_PORT: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SHARDS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_FENCED: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClusterBroker { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClusterBrokerArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ClusterBroker<'bldr>> {
+    let mut builder = ClusterBrokerBuilder::new(_fbb);
+    builder.add_shards(args.shards);
+    builder.add_kafka_port(args.kafka_port);
+    builder.add_native_port(args.native_port);
+    if let Some(x) = args.host { builder.add_host(x); }
+    builder.add_node_id(args.node_id);
+    builder.add_fenced(args.fenced);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn node_id(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ClusterBroker::VT_NODE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn host(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ClusterBroker::VT_HOST, None)}
+  }
+  #[inline]
+  pub fn native_port(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ClusterBroker::VT_NATIVE_PORT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn kafka_port(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ClusterBroker::VT_KAFKA_PORT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn shards(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ClusterBroker::VT_SHARDS, Some(0)).unwrap()}
+  }
+  /// Fenced brokers lead nothing and are in no ISR (stopped, or not caught up yet).
+  #[inline]
+  pub fn fenced(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ClusterBroker::VT_FENCED, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClusterBroker<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i32>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("host", Self::VT_HOST, false)?
+     .visit_field::<i32>("native_port", Self::VT_NATIVE_PORT, false)?
+     .visit_field::<i32>("kafka_port", Self::VT_KAFKA_PORT, false)?
+     .visit_field::<i32>("shards", Self::VT_SHARDS, false)?
+     .visit_field::<bool>("fenced", Self::VT_FENCED, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClusterBrokerArgs<'a> {
+    pub node_id: i32,
+    pub host: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub native_port: i32,
+    pub kafka_port: i32,
+    pub shards: i32,
+    pub fenced: bool,
+}
+impl<'a> Default for ClusterBrokerArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ClusterBrokerArgs {
+      node_id: 0,
+      host: None,
+      native_port: 0,
+      kafka_port: 0,
+      shards: 0,
+      fenced: false,
+    }
+  }
+}
+
+pub struct ClusterBrokerBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClusterBrokerBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: i32) {
+    self.fbb_.push_slot::<i32>(ClusterBroker::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn add_host(&mut self, host: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterBroker::VT_HOST, host);
+  }
+  #[inline]
+  pub fn add_native_port(&mut self, native_port: i32) {
+    self.fbb_.push_slot::<i32>(ClusterBroker::VT_NATIVE_PORT, native_port, 0);
+  }
+  #[inline]
+  pub fn add_kafka_port(&mut self, kafka_port: i32) {
+    self.fbb_.push_slot::<i32>(ClusterBroker::VT_KAFKA_PORT, kafka_port, 0);
+  }
+  #[inline]
+  pub fn add_shards(&mut self, shards: i32) {
+    self.fbb_.push_slot::<i32>(ClusterBroker::VT_SHARDS, shards, 0);
+  }
+  #[inline]
+  pub fn add_fenced(&mut self, fenced: bool) {
+    self.fbb_.push_slot::<bool>(ClusterBroker::VT_FENCED, fenced, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClusterBrokerBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClusterBrokerBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClusterBroker<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClusterBroker<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClusterBroker");
+      ds.field("node_id", &self.node_id());
+      ds.field("host", &self.host());
+      ds.field("native_port", &self.native_port());
+      ds.field("kafka_port", &self.kafka_port());
+      ds.field("shards", &self.shards());
+      ds.field("fenced", &self.fenced());
+      ds.finish()
+  }
+}
+pub enum DescribeClusterResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeClusterResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DescribeClusterResponse<'a> {
+  type Inner = DescribeClusterResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DescribeClusterResponse<'a> {
+  pub const VT_CLUSTER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CONTROLLER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_BROKERS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DescribeClusterResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DescribeClusterResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DescribeClusterResponse<'bldr>> {
+    let mut builder = DescribeClusterResponseBuilder::new(_fbb);
+    if let Some(x) = args.brokers { builder.add_brokers(x); }
+    builder.add_controller(args.controller);
+    if let Some(x) = args.cluster_id { builder.add_cluster_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn cluster_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(DescribeClusterResponse::VT_CLUSTER_ID, None)}
+  }
+  /// The active controller, -1 when none is known.
+  #[inline]
+  pub fn controller(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(DescribeClusterResponse::VT_CONTROLLER, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn brokers(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClusterBroker<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClusterBroker>>>>(DescribeClusterResponse::VT_BROKERS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DescribeClusterResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("cluster_id", Self::VT_CLUSTER_ID, false)?
+     .visit_field::<i32>("controller", Self::VT_CONTROLLER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ClusterBroker>>>>("brokers", Self::VT_BROKERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeClusterResponseArgs<'a> {
+    pub cluster_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub controller: i32,
+    pub brokers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClusterBroker<'a>>>>>,
+}
+impl<'a> Default for DescribeClusterResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DescribeClusterResponseArgs {
+      cluster_id: None,
+      controller: -1,
+      brokers: None,
+    }
+  }
+}
+
+pub struct DescribeClusterResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeClusterResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_cluster_id(&mut self, cluster_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DescribeClusterResponse::VT_CLUSTER_ID, cluster_id);
+  }
+  #[inline]
+  pub fn add_controller(&mut self, controller: i32) {
+    self.fbb_.push_slot::<i32>(DescribeClusterResponse::VT_CONTROLLER, controller, -1);
+  }
+  #[inline]
+  pub fn add_brokers(&mut self, brokers: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ClusterBroker<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DescribeClusterResponse::VT_BROKERS, brokers);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DescribeClusterResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DescribeClusterResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeClusterResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DescribeClusterResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeClusterResponse");
+      ds.field("cluster_id", &self.cluster_id());
+      ds.field("controller", &self.controller());
+      ds.field("brokers", &self.brokers());
+      ds.finish()
+  }
+}
+pub enum MovePartitionRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Moves a partition onto `replicas` (the first is the preferred leader): the new
+/// replicas are added, catch up and join the ISR, then the others leave. Answers once the
+/// move is recorded, not when it completes (`MetadataRequest` shows its progress).
+pub struct MovePartitionRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MovePartitionRequest<'a> {
+  type Inner = MovePartitionRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MovePartitionRequest<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_REPLICAS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MovePartitionRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MovePartitionRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MovePartitionRequest<'bldr>> {
+    let mut builder = MovePartitionRequestBuilder::new(_fbb);
+    if let Some(x) = args.replicas { builder.add_replicas(x); }
+    builder.add_partition(args.partition);
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(MovePartitionRequest::VT_TOPIC, None).unwrap()}
+  }
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(MovePartitionRequest::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn replicas(&self) -> ::flatbuffers::Vector<'a, i32> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, i32>>>(MovePartitionRequest::VT_REPLICAS, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MovePartitionRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, true)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, i32>>>("replicas", Self::VT_REPLICAS, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MovePartitionRequestArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub partition: i32,
+    pub replicas: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, i32>>>,
+}
+impl<'a> Default for MovePartitionRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MovePartitionRequestArgs {
+      topic: None, // required field
+      partition: 0,
+      replicas: None, // required field
+    }
+  }
+}
+
+pub struct MovePartitionRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MovePartitionRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MovePartitionRequest::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(MovePartitionRequest::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_replicas(&mut self, replicas: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , i32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MovePartitionRequest::VT_REPLICAS, replicas);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MovePartitionRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MovePartitionRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MovePartitionRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, MovePartitionRequest::VT_TOPIC,"topic");
+    self.fbb_.required(o, MovePartitionRequest::VT_REPLICAS,"replicas");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MovePartitionRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MovePartitionRequest");
+      ds.field("topic", &self.topic());
+      ds.field("partition", &self.partition());
+      ds.field("replicas", &self.replicas());
+      ds.finish()
+  }
+}
+pub enum MovePartitionResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct MovePartitionResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MovePartitionResponse<'a> {
+  type Inner = MovePartitionResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MovePartitionResponse<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MovePartitionResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args MovePartitionResponseArgs
+  ) -> ::flatbuffers::WIPOffset<MovePartitionResponse<'bldr>> {
+    let mut builder = MovePartitionResponseBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for MovePartitionResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MovePartitionResponseArgs {
+}
+impl<'a> Default for MovePartitionResponseArgs {
+  #[inline]
+  fn default() -> Self {
+    MovePartitionResponseArgs {
+    }
+  }
+}
+
+pub struct MovePartitionResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MovePartitionResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MovePartitionResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MovePartitionResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MovePartitionResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MovePartitionResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MovePartitionResponse");
+      ds.finish()
+  }
+}
+pub enum RaftMessagesRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Messages of the controller quorum (raft-rs's protobuf encoding), each a slice of the
+/// payload. Answered at once; what they ask for comes back in later messages.
+pub struct RaftMessagesRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RaftMessagesRequest<'a> {
+  type Inner = RaftMessagesRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RaftMessagesRequest<'a> {
+  pub const VT_MESSAGES: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RaftMessagesRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RaftMessagesRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RaftMessagesRequest<'bldr>> {
+    let mut builder = RaftMessagesRequestBuilder::new(_fbb);
+    if let Some(x) = args.messages { builder.add_messages(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn messages(&self) -> Option<::flatbuffers::Vector<'a, PayloadSlice>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, PayloadSlice>>>(RaftMessagesRequest::VT_MESSAGES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RaftMessagesRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, PayloadSlice>>>("messages", Self::VT_MESSAGES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RaftMessagesRequestArgs<'a> {
+    pub messages: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, PayloadSlice>>>,
+}
+impl<'a> Default for RaftMessagesRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RaftMessagesRequestArgs {
+      messages: None,
+    }
+  }
+}
+
+pub struct RaftMessagesRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RaftMessagesRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_messages(&mut self, messages: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , PayloadSlice>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RaftMessagesRequest::VT_MESSAGES, messages);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RaftMessagesRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RaftMessagesRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RaftMessagesRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RaftMessagesRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RaftMessagesRequest");
+      ds.field("messages", &self.messages());
+      ds.finish()
+  }
+}
+pub enum RaftMessagesResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RaftMessagesResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RaftMessagesResponse<'a> {
+  type Inner = RaftMessagesResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RaftMessagesResponse<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RaftMessagesResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args RaftMessagesResponseArgs
+  ) -> ::flatbuffers::WIPOffset<RaftMessagesResponse<'bldr>> {
+    let mut builder = RaftMessagesResponseBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for RaftMessagesResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RaftMessagesResponseArgs {
+}
+impl<'a> Default for RaftMessagesResponseArgs {
+  #[inline]
+  fn default() -> Self {
+    RaftMessagesResponseArgs {
+    }
+  }
+}
+
+pub struct RaftMessagesResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RaftMessagesResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RaftMessagesResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RaftMessagesResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RaftMessagesResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RaftMessagesResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RaftMessagesResponse");
+      ds.finish()
+  }
+}
+pub enum ControllerCallRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A request for the active controller, an rkyv-encoded `ControllerRequest`
+/// (weir-replication) in `body`.
+pub struct ControllerCallRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ControllerCallRequest<'a> {
+  type Inner = ControllerCallRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ControllerCallRequest<'a> {
+  pub const VT_BODY: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ControllerCallRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ControllerCallRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ControllerCallRequest<'bldr>> {
+    let mut builder = ControllerCallRequestBuilder::new(_fbb);
+    if let Some(x) = args.body { builder.add_body(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn body(&self) -> &'a PayloadSlice {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<PayloadSlice>(ControllerCallRequest::VT_BODY, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ControllerCallRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<PayloadSlice>("body", Self::VT_BODY, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ControllerCallRequestArgs<'a> {
+    pub body: Option<&'a PayloadSlice>,
+}
+impl<'a> Default for ControllerCallRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ControllerCallRequestArgs {
+      body: None, // required field
+    }
+  }
+}
+
+pub struct ControllerCallRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ControllerCallRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_body(&mut self, body: &PayloadSlice) {
+    self.fbb_.push_slot_always::<&PayloadSlice>(ControllerCallRequest::VT_BODY, body);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ControllerCallRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ControllerCallRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ControllerCallRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ControllerCallRequest::VT_BODY,"body");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ControllerCallRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ControllerCallRequest");
+      ds.field("body", &self.body());
+      ds.finish()
+  }
+}
+pub enum ControllerCallResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The controller's answer: an rkyv-encoded `Result<(ControllerAnswer, u64),
+/// ControllerError>`, the u64 being the metadata log index that holds the decision.
+pub struct ControllerCallResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ControllerCallResponse<'a> {
+  type Inner = ControllerCallResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ControllerCallResponse<'a> {
+  pub const VT_BODY: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ControllerCallResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ControllerCallResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ControllerCallResponse<'bldr>> {
+    let mut builder = ControllerCallResponseBuilder::new(_fbb);
+    if let Some(x) = args.body { builder.add_body(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn body(&self) -> &'a PayloadSlice {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<PayloadSlice>(ControllerCallResponse::VT_BODY, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ControllerCallResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<PayloadSlice>("body", Self::VT_BODY, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ControllerCallResponseArgs<'a> {
+    pub body: Option<&'a PayloadSlice>,
+}
+impl<'a> Default for ControllerCallResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ControllerCallResponseArgs {
+      body: None, // required field
+    }
+  }
+}
+
+pub struct ControllerCallResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ControllerCallResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_body(&mut self, body: &PayloadSlice) {
+    self.fbb_.push_slot_always::<&PayloadSlice>(ControllerCallResponse::VT_BODY, body);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ControllerCallResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ControllerCallResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ControllerCallResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ControllerCallResponse::VT_BODY,"body");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ControllerCallResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ControllerCallResponse");
+      ds.field("body", &self.body());
+      ds.finish()
+  }
+}
+pub enum ReplicaFetchPartitionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplicaFetchPartition<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReplicaFetchPartition<'a> {
+  type Inner = ReplicaFetchPartition<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReplicaFetchPartition<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_FETCH_OFFSET: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LAST_FETCHED_EPOCH: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LEADER_EPOCH: ::flatbuffers::VOffsetT = 12;
+  pub const VT_MAX_BYTES: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReplicaFetchPartition { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReplicaFetchPartitionArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ReplicaFetchPartition<'bldr>> {
+    let mut builder = ReplicaFetchPartitionBuilder::new(_fbb);
+    builder.add_fetch_offset(args.fetch_offset);
+    builder.add_max_bytes(args.max_bytes);
+    builder.add_leader_epoch(args.leader_epoch);
+    builder.add_last_fetched_epoch(args.last_fetched_epoch);
+    builder.add_partition(args.partition);
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ReplicaFetchPartition::VT_TOPIC, None).unwrap()}
+  }
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ReplicaFetchPartition::VT_PARTITION, Some(0)).unwrap()}
+  }
+  /// The follower's log end: where it wants records from, and how far it holds the log.
+  #[inline]
+  pub fn fetch_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(ReplicaFetchPartition::VT_FETCH_OFFSET, Some(0)).unwrap()}
+  }
+  /// The epoch of the follower's last batch, -1 when its log is empty.
+  #[inline]
+  pub fn last_fetched_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ReplicaFetchPartition::VT_LAST_FETCHED_EPOCH, Some(-1)).unwrap()}
+  }
+  /// The leader epoch the follower believes in.
+  #[inline]
+  pub fn leader_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ReplicaFetchPartition::VT_LEADER_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn max_bytes(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ReplicaFetchPartition::VT_MAX_BYTES, Some(1048576)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReplicaFetchPartition<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, true)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<i64>("fetch_offset", Self::VT_FETCH_OFFSET, false)?
+     .visit_field::<i32>("last_fetched_epoch", Self::VT_LAST_FETCHED_EPOCH, false)?
+     .visit_field::<i32>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
+     .visit_field::<i32>("max_bytes", Self::VT_MAX_BYTES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaFetchPartitionArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub partition: i32,
+    pub fetch_offset: i64,
+    pub last_fetched_epoch: i32,
+    pub leader_epoch: i32,
+    pub max_bytes: i32,
+}
+impl<'a> Default for ReplicaFetchPartitionArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicaFetchPartitionArgs {
+      topic: None, // required field
+      partition: 0,
+      fetch_offset: 0,
+      last_fetched_epoch: -1,
+      leader_epoch: 0,
+      max_bytes: 1048576,
+    }
+  }
+}
+
+pub struct ReplicaFetchPartitionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaFetchPartitionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaFetchPartition::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(ReplicaFetchPartition::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_fetch_offset(&mut self, fetch_offset: i64) {
+    self.fbb_.push_slot::<i64>(ReplicaFetchPartition::VT_FETCH_OFFSET, fetch_offset, 0);
+  }
+  #[inline]
+  pub fn add_last_fetched_epoch(&mut self, last_fetched_epoch: i32) {
+    self.fbb_.push_slot::<i32>(ReplicaFetchPartition::VT_LAST_FETCHED_EPOCH, last_fetched_epoch, -1);
+  }
+  #[inline]
+  pub fn add_leader_epoch(&mut self, leader_epoch: i32) {
+    self.fbb_.push_slot::<i32>(ReplicaFetchPartition::VT_LEADER_EPOCH, leader_epoch, 0);
+  }
+  #[inline]
+  pub fn add_max_bytes(&mut self, max_bytes: i32) {
+    self.fbb_.push_slot::<i32>(ReplicaFetchPartition::VT_MAX_BYTES, max_bytes, 1048576);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplicaFetchPartitionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReplicaFetchPartitionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaFetchPartition<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ReplicaFetchPartition::VT_TOPIC,"topic");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReplicaFetchPartition<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaFetchPartition");
+      ds.field("topic", &self.topic());
+      ds.field("partition", &self.partition());
+      ds.field("fetch_offset", &self.fetch_offset());
+      ds.field("last_fetched_epoch", &self.last_fetched_epoch());
+      ds.field("leader_epoch", &self.leader_epoch());
+      ds.field("max_bytes", &self.max_bytes());
+      ds.finish()
+  }
+}
+pub enum ReplicaFetchRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A follower's fetch (Kafka's Fetch with a replica id): records up to the leader's log
+/// end, not only to the high watermark.
+pub struct ReplicaFetchRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReplicaFetchRequest<'a> {
+  type Inner = ReplicaFetchRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReplicaFetchRequest<'a> {
+  pub const VT_REPLICA: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MAX_WAIT_MS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MIN_BYTES: ::flatbuffers::VOffsetT = 8;
+  pub const VT_MAX_BYTES: ::flatbuffers::VOffsetT = 10;
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReplicaFetchRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReplicaFetchRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ReplicaFetchRequest<'bldr>> {
+    let mut builder = ReplicaFetchRequestBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    builder.add_max_bytes(args.max_bytes);
+    builder.add_min_bytes(args.min_bytes);
+    builder.add_max_wait_ms(args.max_wait_ms);
+    builder.add_replica(args.replica);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn replica(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ReplicaFetchRequest::VT_REPLICA, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn max_wait_ms(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ReplicaFetchRequest::VT_MAX_WAIT_MS, Some(500)).unwrap()}
+  }
+  #[inline]
+  pub fn min_bytes(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ReplicaFetchRequest::VT_MIN_BYTES, Some(1)).unwrap()}
+  }
+  #[inline]
+  pub fn max_bytes(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ReplicaFetchRequest::VT_MAX_BYTES, Some(8388608)).unwrap()}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaFetchPartition<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaFetchPartition>>>>(ReplicaFetchRequest::VT_PARTITIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReplicaFetchRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i32>("replica", Self::VT_REPLICA, false)?
+     .visit_field::<i32>("max_wait_ms", Self::VT_MAX_WAIT_MS, false)?
+     .visit_field::<i32>("min_bytes", Self::VT_MIN_BYTES, false)?
+     .visit_field::<i32>("max_bytes", Self::VT_MAX_BYTES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReplicaFetchPartition>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaFetchRequestArgs<'a> {
+    pub replica: i32,
+    pub max_wait_ms: i32,
+    pub min_bytes: i32,
+    pub max_bytes: i32,
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaFetchPartition<'a>>>>>,
+}
+impl<'a> Default for ReplicaFetchRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicaFetchRequestArgs {
+      replica: 0,
+      max_wait_ms: 500,
+      min_bytes: 1,
+      max_bytes: 8388608,
+      partitions: None,
+    }
+  }
+}
+
+pub struct ReplicaFetchRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaFetchRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_replica(&mut self, replica: i32) {
+    self.fbb_.push_slot::<i32>(ReplicaFetchRequest::VT_REPLICA, replica, 0);
+  }
+  #[inline]
+  pub fn add_max_wait_ms(&mut self, max_wait_ms: i32) {
+    self.fbb_.push_slot::<i32>(ReplicaFetchRequest::VT_MAX_WAIT_MS, max_wait_ms, 500);
+  }
+  #[inline]
+  pub fn add_min_bytes(&mut self, min_bytes: i32) {
+    self.fbb_.push_slot::<i32>(ReplicaFetchRequest::VT_MIN_BYTES, min_bytes, 1);
+  }
+  #[inline]
+  pub fn add_max_bytes(&mut self, max_bytes: i32) {
+    self.fbb_.push_slot::<i32>(ReplicaFetchRequest::VT_MAX_BYTES, max_bytes, 8388608);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ReplicaFetchPartition<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaFetchRequest::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplicaFetchRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReplicaFetchRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaFetchRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReplicaFetchRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaFetchRequest");
+      ds.field("replica", &self.replica());
+      ds.field("max_wait_ms", &self.max_wait_ms());
+      ds.field("min_bytes", &self.min_bytes());
+      ds.field("max_bytes", &self.max_bytes());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+pub enum ReplicaFetchResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplicaFetchResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReplicaFetchResult<'a> {
+  type Inner = ReplicaFetchResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReplicaFetchResult<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ERROR_MESSAGE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_HIGH_WATERMARK: ::flatbuffers::VOffsetT = 12;
+  pub const VT_LOG_START_OFFSET: ::flatbuffers::VOffsetT = 14;
+  pub const VT_LOG_END_OFFSET: ::flatbuffers::VOffsetT = 16;
+  pub const VT_DIVERGING_EPOCH: ::flatbuffers::VOffsetT = 18;
+  pub const VT_DIVERGING_END_OFFSET: ::flatbuffers::VOffsetT = 20;
+  pub const VT_RECORDS: ::flatbuffers::VOffsetT = 22;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReplicaFetchResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReplicaFetchResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ReplicaFetchResult<'bldr>> {
+    let mut builder = ReplicaFetchResultBuilder::new(_fbb);
+    builder.add_diverging_end_offset(args.diverging_end_offset);
+    builder.add_log_end_offset(args.log_end_offset);
+    builder.add_log_start_offset(args.log_start_offset);
+    builder.add_high_watermark(args.high_watermark);
+    if let Some(x) = args.records { builder.add_records(x); }
+    builder.add_diverging_epoch(args.diverging_epoch);
+    if let Some(x) = args.error_message { builder.add_error_message(x); }
+    builder.add_partition(args.partition);
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ReplicaFetchResult::VT_TOPIC, None).unwrap()}
+  }
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ReplicaFetchResult::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(ReplicaFetchResult::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn error_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ReplicaFetchResult::VT_ERROR_MESSAGE, None)}
+  }
+  #[inline]
+  pub fn high_watermark(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(ReplicaFetchResult::VT_HIGH_WATERMARK, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn log_start_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(ReplicaFetchResult::VT_LOG_START_OFFSET, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn log_end_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(ReplicaFetchResult::VT_LOG_END_OFFSET, Some(-1)).unwrap()}
+  }
+  /// Set (>= 0) when the follower's log diverges: its `diverging_epoch` ends at
+  /// `diverging_end_offset` on the leader, and it truncates there.
+  #[inline]
+  pub fn diverging_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ReplicaFetchResult::VT_DIVERGING_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn diverging_end_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(ReplicaFetchResult::VT_DIVERGING_END_OFFSET, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn records(&self) -> Option<&'a PayloadSlice> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<PayloadSlice>(ReplicaFetchResult::VT_RECORDS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReplicaFetchResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, true)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .visit_field::<i64>("high_watermark", Self::VT_HIGH_WATERMARK, false)?
+     .visit_field::<i64>("log_start_offset", Self::VT_LOG_START_OFFSET, false)?
+     .visit_field::<i64>("log_end_offset", Self::VT_LOG_END_OFFSET, false)?
+     .visit_field::<i32>("diverging_epoch", Self::VT_DIVERGING_EPOCH, false)?
+     .visit_field::<i64>("diverging_end_offset", Self::VT_DIVERGING_END_OFFSET, false)?
+     .visit_field::<PayloadSlice>("records", Self::VT_RECORDS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaFetchResultArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub partition: i32,
+    pub error: ErrorCode,
+    pub error_message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+    pub diverging_epoch: i32,
+    pub diverging_end_offset: i64,
+    pub records: Option<&'a PayloadSlice>,
+}
+impl<'a> Default for ReplicaFetchResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicaFetchResultArgs {
+      topic: None, // required field
+      partition: 0,
+      error: ErrorCode::None,
+      error_message: None,
+      high_watermark: -1,
+      log_start_offset: -1,
+      log_end_offset: -1,
+      diverging_epoch: -1,
+      diverging_end_offset: -1,
+      records: None,
+    }
+  }
+}
+
+pub struct ReplicaFetchResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaFetchResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaFetchResult::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(ReplicaFetchResult::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(ReplicaFetchResult::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_error_message(&mut self, error_message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaFetchResult::VT_ERROR_MESSAGE, error_message);
+  }
+  #[inline]
+  pub fn add_high_watermark(&mut self, high_watermark: i64) {
+    self.fbb_.push_slot::<i64>(ReplicaFetchResult::VT_HIGH_WATERMARK, high_watermark, -1);
+  }
+  #[inline]
+  pub fn add_log_start_offset(&mut self, log_start_offset: i64) {
+    self.fbb_.push_slot::<i64>(ReplicaFetchResult::VT_LOG_START_OFFSET, log_start_offset, -1);
+  }
+  #[inline]
+  pub fn add_log_end_offset(&mut self, log_end_offset: i64) {
+    self.fbb_.push_slot::<i64>(ReplicaFetchResult::VT_LOG_END_OFFSET, log_end_offset, -1);
+  }
+  #[inline]
+  pub fn add_diverging_epoch(&mut self, diverging_epoch: i32) {
+    self.fbb_.push_slot::<i32>(ReplicaFetchResult::VT_DIVERGING_EPOCH, diverging_epoch, -1);
+  }
+  #[inline]
+  pub fn add_diverging_end_offset(&mut self, diverging_end_offset: i64) {
+    self.fbb_.push_slot::<i64>(ReplicaFetchResult::VT_DIVERGING_END_OFFSET, diverging_end_offset, -1);
+  }
+  #[inline]
+  pub fn add_records(&mut self, records: &PayloadSlice) {
+    self.fbb_.push_slot_always::<&PayloadSlice>(ReplicaFetchResult::VT_RECORDS, records);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplicaFetchResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReplicaFetchResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaFetchResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ReplicaFetchResult::VT_TOPIC,"topic");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReplicaFetchResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaFetchResult");
+      ds.field("topic", &self.topic());
+      ds.field("partition", &self.partition());
+      ds.field("error", &self.error());
+      ds.field("error_message", &self.error_message());
+      ds.field("high_watermark", &self.high_watermark());
+      ds.field("log_start_offset", &self.log_start_offset());
+      ds.field("log_end_offset", &self.log_end_offset());
+      ds.field("diverging_epoch", &self.diverging_epoch());
+      ds.field("diverging_end_offset", &self.diverging_end_offset());
+      ds.field("records", &self.records());
+      ds.finish()
+  }
+}
+pub enum ReplicaFetchResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplicaFetchResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReplicaFetchResponse<'a> {
+  type Inner = ReplicaFetchResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReplicaFetchResponse<'a> {
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReplicaFetchResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReplicaFetchResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ReplicaFetchResponse<'bldr>> {
+    let mut builder = ReplicaFetchResponseBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partitions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaFetchResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaFetchResult>>>>(ReplicaFetchResponse::VT_PARTITIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReplicaFetchResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReplicaFetchResult>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaFetchResponseArgs<'a> {
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaFetchResult<'a>>>>>,
+}
+impl<'a> Default for ReplicaFetchResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicaFetchResponseArgs {
+      partitions: None,
+    }
+  }
+}
+
+pub struct ReplicaFetchResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaFetchResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ReplicaFetchResult<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaFetchResponse::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplicaFetchResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReplicaFetchResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaFetchResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReplicaFetchResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaFetchResponse");
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -6648,6 +8487,76 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_cluster_request(&self) -> Option<DescribeClusterRequest<'a>> {
+    if self.body_type() == RequestBody::DescribeClusterRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { DescribeClusterRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_move_partition_request(&self) -> Option<MovePartitionRequest<'a>> {
+    if self.body_type() == RequestBody::MovePartitionRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { MovePartitionRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_raft_messages_request(&self) -> Option<RaftMessagesRequest<'a>> {
+    if self.body_type() == RequestBody::RaftMessagesRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { RaftMessagesRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_controller_call_request(&self) -> Option<ControllerCallRequest<'a>> {
+    if self.body_type() == RequestBody::ControllerCallRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ControllerCallRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_replica_fetch_request(&self) -> Option<ReplicaFetchRequest<'a>> {
+    if self.body_type() == RequestBody::ReplicaFetchRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ReplicaFetchRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -6671,6 +8580,11 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           RequestBody::ListGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListGroupsRequest>>("RequestBody::ListGroupsRequest", pos),
           RequestBody::DescribeTopicConfigsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeTopicConfigsRequest>>("RequestBody::DescribeTopicConfigsRequest", pos),
           RequestBody::AlterTopicConfigsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterTopicConfigsRequest>>("RequestBody::AlterTopicConfigsRequest", pos),
+          RequestBody::DescribeClusterRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeClusterRequest>>("RequestBody::DescribeClusterRequest", pos),
+          RequestBody::MovePartitionRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MovePartitionRequest>>("RequestBody::MovePartitionRequest", pos),
+          RequestBody::RaftMessagesRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RaftMessagesRequest>>("RequestBody::RaftMessagesRequest", pos),
+          RequestBody::ControllerCallRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ControllerCallRequest>>("RequestBody::ControllerCallRequest", pos),
+          RequestBody::ReplicaFetchRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplicaFetchRequest>>("RequestBody::ReplicaFetchRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -6812,6 +8726,41 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         RequestBody::AlterTopicConfigsRequest => {
           if let Some(x) = self.body_as_alter_topic_configs_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::DescribeClusterRequest => {
+          if let Some(x) = self.body_as_describe_cluster_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::MovePartitionRequest => {
+          if let Some(x) = self.body_as_move_partition_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::RaftMessagesRequest => {
+          if let Some(x) = self.body_as_raft_messages_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::ControllerCallRequest => {
+          if let Some(x) = self.body_as_controller_call_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::ReplicaFetchRequest => {
+          if let Some(x) = self.body_as_replica_fetch_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -7082,6 +9031,81 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_cluster_response(&self) -> Option<DescribeClusterResponse<'a>> {
+    if self.body_type() == ResponseBody::DescribeClusterResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DescribeClusterResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_move_partition_response(&self) -> Option<MovePartitionResponse<'a>> {
+    if self.body_type() == ResponseBody::MovePartitionResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MovePartitionResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_raft_messages_response(&self) -> Option<RaftMessagesResponse<'a>> {
+    if self.body_type() == ResponseBody::RaftMessagesResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RaftMessagesResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_controller_call_response(&self) -> Option<ControllerCallResponse<'a>> {
+    if self.body_type() == ResponseBody::ControllerCallResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ControllerCallResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_replica_fetch_response(&self) -> Option<ReplicaFetchResponse<'a>> {
+    if self.body_type() == ResponseBody::ReplicaFetchResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReplicaFetchResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -7107,6 +9131,11 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           ResponseBody::ListGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListGroupsResponse>>("ResponseBody::ListGroupsResponse", pos),
           ResponseBody::DescribeTopicConfigsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeTopicConfigsResponse>>("ResponseBody::DescribeTopicConfigsResponse", pos),
           ResponseBody::AlterTopicConfigsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterTopicConfigsResponse>>("ResponseBody::AlterTopicConfigsResponse", pos),
+          ResponseBody::DescribeClusterResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeClusterResponse>>("ResponseBody::DescribeClusterResponse", pos),
+          ResponseBody::MovePartitionResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MovePartitionResponse>>("ResponseBody::MovePartitionResponse", pos),
+          ResponseBody::RaftMessagesResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RaftMessagesResponse>>("ResponseBody::RaftMessagesResponse", pos),
+          ResponseBody::ControllerCallResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ControllerCallResponse>>("ResponseBody::ControllerCallResponse", pos),
+          ResponseBody::ReplicaFetchResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplicaFetchResponse>>("ResponseBody::ReplicaFetchResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -7261,6 +9290,41 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         ResponseBody::AlterTopicConfigsResponse => {
           if let Some(x) = self.body_as_alter_topic_configs_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::DescribeClusterResponse => {
+          if let Some(x) = self.body_as_describe_cluster_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::MovePartitionResponse => {
+          if let Some(x) = self.body_as_move_partition_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::RaftMessagesResponse => {
+          if let Some(x) = self.body_as_raft_messages_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::ControllerCallResponse => {
+          if let Some(x) = self.body_as_controller_call_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::ReplicaFetchResponse => {
+          if let Some(x) = self.body_as_replica_fetch_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

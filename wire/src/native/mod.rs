@@ -185,6 +185,7 @@ mod tests {
                 name: Some(name),
                 partitions: 3,
                 configs: None,
+                replication_factor: -1,
             },
         );
         let request = schema::Request::create(
