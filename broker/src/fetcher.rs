@@ -295,7 +295,8 @@ async fn act(
 /// until they are durable under the log's policy. The batches are copied once out of the
 /// response frame: the log takes each batch as its own buffer.
 async fn append(log: &Rc<Log>, records: Bytes) -> crate::error::BrokerResult<()> {
-    let ranges = weir_wire::batch::split_batches(&records, usize::MAX)?;
+    // Batches are bounded by the response frame they came in.
+    let ranges = weir_wire::batch::split_batches(&records, records.len())?;
     let mut last = None;
     for range in ranges {
         let batch = BytesMut::from(&records[range]);

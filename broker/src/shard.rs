@@ -1364,7 +1364,7 @@ impl Shard {
                     weir_replication::ControllerError::IneligibleReplica(reason),
                 )))) = answer
                 {
-                    tracing::info!(%partition, %reason, "ISR change refused");
+                    tracing::debug!(%partition, %reason, "ISR change refused");
                     if let Ok(replication) = shard.replication(&partition)
                         && let Role::Leader(leader) = &mut *replication.role.borrow_mut()
                         && leader.leader_epoch() == leader_epoch

@@ -188,6 +188,16 @@ impl LeaderReplica {
             return;
         }
         self.partition_epoch = state.partition_epoch;
+        // A follower that left the ISR (lagging, or fenced by the controller) must show
+        // by fetching again that it caught up before it is proposed back.
+        let end = self.epoch_start_offset;
+        for node in &self.isr {
+            if !state.isr.contains(node)
+                && let Some(progress) = self.followers.get_mut(node)
+            {
+                *progress = new_progress(now_ms, end);
+            }
+        }
         self.isr = state.isr.clone();
         self.replicas = state.nodes().collect();
         // Whatever was pending was decided one way or the other by this state.

@@ -210,6 +210,21 @@ fn a_lagging_follower_leaves_the_isr_and_rejoins_once_caught_up() {
 }
 
 #[test]
+fn a_follower_taken_out_of_the_isr_must_fetch_again_to_rejoin() {
+    let log = ModelLog::with(&[0; 4]);
+    let mut leader = LeaderReplica::new(1, &state(1, 0, &[1, 2, 3]), &log, 4, 0);
+    leader.on_fetch(2, at(4, 0, 0), &log, 10).unwrap();
+    leader.on_fetch(3, at(4, 0, 0), &log, 10).unwrap();
+    // The controller fenced broker 3 and took it out of the ISR.
+    let mut fenced = state(1, 0, &[1, 2]);
+    fenced.partition_epoch = 1;
+    leader.update(&fenced, 20);
+    assert_eq!(leader.isr_change(&CONFIG, 30), None);
+    leader.on_fetch(3, at(4, 0, 0), &log, 40).unwrap();
+    assert_eq!(leader.isr_change(&CONFIG, 40), Some(vec![1, 2, 3]));
+}
+
+#[test]
 fn a_pending_change_is_proposed_again_unchanged_until_settled() {
     let log = ModelLog::with(&[0; 3]);
     let mut leader = LeaderReplica::new(1, &state(1, 0, &[1, 2, 3]), &log, 3, 0);
