@@ -78,6 +78,73 @@ impl BrokerProcess {
         Ok(broker)
     }
 
+    /// Starts a cluster of `count` brokers on 127.0.0.1 (`--node-id i --cluster ...` on
+    /// native ports chosen free beforehand), each with `cores` shards in `root/broker-i`
+    /// and the environment `env(i)`. They start together: none announces itself before
+    /// the controller quorum has formed.
+    pub fn start_cluster(
+        binary: impl AsRef<Path>,
+        root: &Path,
+        count: usize,
+        cores: usize,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> anyhow::Result<Vec<BrokerProcess>> {
+        let ports = (0..count)
+            .map(|_| {
+                Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port())
+            })
+            .collect::<anyhow::Result<Vec<u16>>>()?;
+        let cluster = ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let launches: Vec<_> = (0..count)
+            .map(|node| {
+                let mut broker = BrokerProcess {
+                    binary: binary.as_ref().to_path_buf(),
+                    data_dir: root.join(format!("broker-{node}")),
+                    env: env(node),
+                    args: Vec::new(),
+                    child: None,
+                    native: String::new(),
+                    kafka: String::new(),
+                    http: String::new(),
+                };
+                broker.args = [
+                    "serve",
+                    "--data-dir",
+                    &broker.data_dir.display().to_string(),
+                    "--native-listen",
+                    &format!("127.0.0.1:{}", ports[node]),
+                    "--kafka-listen",
+                    "127.0.0.1:0",
+                    "--http-listen",
+                    "127.0.0.1:0",
+                    "--cores",
+                    &cores.to_string(),
+                    "--node-id",
+                    &node.to_string(),
+                    "--cluster",
+                    &cluster,
+                ]
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+                std::thread::spawn(move || broker.launch().map(|()| broker))
+            })
+            .collect();
+        launches
+            .into_iter()
+            .map(|l| {
+                l.join()
+                    .map_err(|_| anyhow::anyhow!("a broker launch panicked"))?
+            })
+            .collect()
+    }
+
     fn launch(&mut self) -> anyhow::Result<()> {
         let mut child = Command::new(&self.binary)
             .args(&self.args)

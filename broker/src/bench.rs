@@ -1,7 +1,8 @@
-//! `weir bench limits`, `weir bench compare` and `weir bench gateway`: the machine's own
-//! limits, a fixed suite of loadgen scenarios against a freshly started broker, each
-//! figure reported as a ratio to the limit that bounds it, and the Kafka gateway against
-//! the native protocol. See `docs/BENCHMARKS.md`.
+//! `weir bench limits`, `compare`, `gateway`, `compaction` and `replication`: the
+//! machine's own limits, a fixed suite of loadgen scenarios against a freshly started
+//! broker, each figure reported as a ratio to the limit that bounds it, the Kafka gateway
+//! against the native protocol, latency beside compaction, and the cost of replication.
+//! See `docs/BENCHMARKS.md`.
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +50,11 @@ pub enum BenchCommand {
     /// and not in the other. Runs alternate; figures are medians and the ratio
     /// with / without.
     Compaction(PairedRuns),
+    /// The cost of replication: a durable 50 MB/s stream (acks=all, every batch fsynced
+    /// on each replica that counts) into an RF=3 topic against an RF=1 topic, on one
+    /// 3-broker cluster on this machine (three processes sharing its cores and its
+    /// device). Runs alternate; figures are medians and the ratio RF=3 / RF=1.
+    Replication(PairedRuns),
 }
 
 /// A comparison of two modes on one single-shard broker, runs alternating.
@@ -116,6 +122,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         } => compare(&data_dir, runs, cores, broker_cpus, json),
         BenchCommand::Gateway(args) => gateway(args),
         BenchCommand::Compaction(args) => compaction(args),
+        BenchCommand::Replication(args) => replication(args),
     }
 }
 
@@ -623,19 +630,77 @@ fn compaction_measured(brokers: &str, n: usize) -> Config {
     }
 }
 
-/// One figure with compaction running and without.
+/// One figure of a paired comparison: the measured mode against its baseline (compaction
+/// running against not; RF=3 against RF=1), runs alternating.
 #[derive(Debug, Serialize)]
-struct CompactionFigure {
+struct PairedFigure {
     name: &'static str,
     unit: &'static str,
-    with_runs: Vec<f64>,
-    without_runs: Vec<f64>,
-    with: f64,
-    without: f64,
-    /// with / without.
+    measured_runs: Vec<f64>,
+    baseline_runs: Vec<f64>,
+    measured: f64,
+    baseline: f64,
+    /// measured / baseline.
     ratio: f64,
     limit_name: &'static str,
     limit: f64,
+}
+
+/// Each figure's medians over the runs of both modes (`reports[0]` measured,
+/// `reports[1]` the baseline).
+fn paired_figures(
+    specs: &[FigureSpec],
+    reports: &[Vec<Report>; 2],
+    limits: &Limits,
+) -> Vec<PairedFigure> {
+    specs
+        .iter()
+        .map(|(name, unit, take, limit_name)| {
+            let measured_runs: Vec<f64> = reports[0].iter().map(take).collect();
+            let baseline_runs: Vec<f64> = reports[1].iter().map(take).collect();
+            let (measured, baseline) = (median(&measured_runs), median(&baseline_runs));
+            PairedFigure {
+                name,
+                unit,
+                measured_runs,
+                baseline_runs,
+                measured,
+                baseline,
+                ratio: measured / baseline,
+                limit_name,
+                limit: limit_value(limits, limit_name),
+            }
+        })
+        .collect()
+}
+
+/// The human table of a paired comparison, modes named `labels` (measured, baseline).
+fn paired_table(figures: &[PairedFigure], labels: [&str; 2]) -> String {
+    let runs = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let [measured, baseline] = labels;
+    figures
+        .iter()
+        .map(|f| {
+            format!(
+                "  {:<18} {measured} {:>8.0} {} [{}]  {baseline} {:>8.0} {} [{}]  {measured}/{baseline} {:.3}  ({measured}/{} {:.2})\n",
+                f.name,
+                f.measured,
+                f.unit,
+                runs(&f.measured_runs),
+                f.baseline,
+                f.unit,
+                runs(&f.baseline_runs),
+                f.ratio,
+                f.limit_name,
+                f.measured / f.limit
+            )
+        })
+        .collect()
 }
 
 /// The churn beside the measured scenario: keyed updates at 20 MB/s into 1 MiB segments,
@@ -737,25 +802,7 @@ fn compaction(args: PairedRuns) -> anyhow::Result<()> {
         .into_iter()
         .fold(0.0, f64::max)
         * 1e6;
-    let figures: Vec<CompactionFigure> = COMPACTION_FIGURES
-        .iter()
-        .map(|(name, unit, take, limit_name)| {
-            let with_runs: Vec<f64> = reports[0].iter().map(take).collect();
-            let without_runs: Vec<f64> = reports[1].iter().map(take).collect();
-            let (with, without) = (median(&with_runs), median(&without_runs));
-            CompactionFigure {
-                name,
-                unit,
-                with_runs,
-                without_runs,
-                with,
-                without,
-                ratio: with / without,
-                limit_name,
-                limit: limit_value(&limits, limit_name),
-            }
-        })
-        .collect();
+    let figures = paired_figures(COMPACTION_FIGURES, &reports, &limits);
     if json {
         let value = serde_json::json!({
             "limits": limits,
@@ -773,27 +820,7 @@ fn compaction(args: PairedRuns) -> anyhow::Result<()> {
                 .map(|m| format!("{m:.1}"))
                 .collect::<Vec<_>>()
         );
-        let runs = |v: &[f64]| {
-            v.iter()
-                .map(|x| format!("{x:.0}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        for f in &figures {
-            println!(
-                "  {:<18} with {:>8.0} {} [{}]  without {:>8.0} {} [{}]  with/without {:.3}  (with/{} {:.2})",
-                f.name,
-                f.with,
-                f.unit,
-                runs(&f.with_runs),
-                f.without,
-                f.unit,
-                runs(&f.without_runs),
-                f.ratio,
-                f.limit_name,
-                f.with / f.limit
-            );
-        }
+        print!("{}", paired_table(&figures, ["with", "without"]));
     }
     Ok(())
 }
@@ -856,3 +883,80 @@ fn figures_table(figures: &[Figure]) -> String {
     }
     out
 }
+
+const REPLICATION_SCENARIO: &str = "durable produce and consume, open loop 50 MB/s (every-batch, acks=all, min.insync.replicas=2 at RF=3, 1 KiB, 16 KiB batches), one partition";
+
+fn replication(args: PairedRuns) -> anyhow::Result<()> {
+    let PairedRuns {
+        data_dir,
+        runs,
+        broker_cpus,
+        json,
+    } = args;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let limits = measure_limits(&data_dir.join("limits"))?;
+    eprint!("{}", limits_table(&limits));
+    let binary = std::env::current_exe().context("locating the weir binary")?;
+    let cpus: Vec<String> = broker_cpus
+        .map(|c| c.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    // Three single-shard brokers on two cores: pinned round robin over the CPUs given.
+    let brokers = BrokerProcess::start_cluster(&binary, &data_dir, 3, 1, |node| {
+        cpus.get(node % cpus.len().max(1))
+            .map(|cpu| vec![("WEIR_CPUS".to_string(), format!("[{cpu}]"))])
+            .unwrap_or_default()
+    })?;
+    let bootstrap = brokers[0].native.clone();
+    let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
+    for n in 0..runs {
+        let order = if n % 2 == 0 { [3, 1] } else { [1, 3] };
+        for rf in order {
+            let slot = usize::from(rf == 1);
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            eprintln!("{REPLICATION_SCENARIO}, RF={rf} (run {})", n + 1);
+            let config = compaction_measured(&bootstrap, n * 2 + slot);
+            let topic = format!("replicated-rf{rf}-{n}");
+            let mut create = vec!["topic", "create", &topic, "--partitions", "1"];
+            let rf_arg = rf.to_string();
+            create.extend(["--replication-factor", &rf_arg]);
+            if rf == 3 {
+                create.extend(["--config", "min.insync.replicas=2"]);
+            }
+            brokers[0].cli_ok(&create, None)?;
+            let report = weir_loadgen::run(Config {
+                topic: topic.clone(),
+                ..config
+            })?;
+            delete_topic(&bootstrap, &topic)?;
+            anyhow::ensure!(report.ok, "verification failed\n{}", report.table());
+            eprintln!(
+                "  produce ack p99 {:.0} us, end to end p99 {:.0} us, {:.1} MB/s",
+                report.produce_latency_us.p99,
+                report.end_to_end_latency_us.p99,
+                report.throughput_mb_s
+            );
+            reports[slot].push(report);
+        }
+    }
+    let figures = paired_figures(REPLICATION_FIGURES, &reports, &limits);
+    if json {
+        let value = serde_json::json!({ "limits": limits, "figures": figures });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{REPLICATION_SCENARIO}");
+        print!("{}", paired_table(&figures, ["RF=3", "RF=1"]));
+    }
+    Ok(())
+}
+
+const REPLICATION_FIGURES: &[FigureSpec] = &[
+    PRODUCE_ACK_P50,
+    PRODUCE_ACK_P99,
+    END_TO_END_P99,
+    (
+        "throughput",
+        "MB/s",
+        |r| r.throughput_mb_s,
+        "direct_write_mb_s",
+    ),
+];

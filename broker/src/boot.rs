@@ -155,20 +155,13 @@ async fn start(
     background: glommio::TaskQueueHandle,
 ) -> anyhow::Result<()> {
     weir_storage::probe_direct_io(&config.data_dir).await?;
-    // Listeners first: the other brokers must reach this one before the controller quorum
-    // can form. Requests that come before the metadata get retriable errors.
+    // The native listener first: the other brokers must reach this one before the
+    // controller quorum can form. Requests that come before the metadata get retriable
+    // errors.
     let native = crate::net::bind(config.native_listen)
         .map_err(|e| anyhow::Error::from(e).context(format!("binding {}", config.native_listen)))?;
     glommio::spawn_local_into(
         crate::net::serve_listener(shard.clone(), native, crate::native::serve_connection),
-        requests,
-    )
-    .map_err(glommio_error)?
-    .detach();
-    let kafka = crate::net::bind(config.kafka_listen)
-        .map_err(|e| anyhow::Error::from(e).context(format!("binding {}", config.kafka_listen)))?;
-    glommio::spawn_local_into(
-        crate::net::serve_listener(shard.clone(), kafka, crate::kafka::serve_connection),
         requests,
     )
     .map_err(glommio_error)?
@@ -188,6 +181,16 @@ async fn start(
     // Serving once registered and unfenced, with the internal topics in place (in a
     // cluster: once the quorum has formed and enough brokers are up).
     shard.wait_ready().await;
+    // Kafka clients only once the metadata is in: before, a restarted broker would call
+    // topics unknown, which librdkafka does not retry. A refused connection it does.
+    let kafka = crate::net::bind(config.kafka_listen)
+        .map_err(|e| anyhow::Error::from(e).context(format!("binding {}", config.kafka_listen)))?;
+    glommio::spawn_local_into(
+        crate::net::serve_listener(shard.clone(), kafka, crate::kafka::serve_connection),
+        requests,
+    )
+    .map_err(glommio_error)?
+    .detach();
     lifecycle.started.fetch_add(1, Ordering::AcqRel);
     if shard.id == 0 {
         let http = crate::net::bind(config.http_listen).map_err(|e| {

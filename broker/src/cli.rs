@@ -25,6 +25,9 @@ pub enum TopicCommand {
         name: String,
         #[arg(long, short)]
         partitions: Option<i32>,
+        /// Replicas of each partition (default: the broker's default_replication_factor).
+        #[arg(long, short = 'r')]
+        replication_factor: Option<i16>,
         /// A topic config, KEY=VALUE (repeatable): cleanup.policy, retention.ms,
         /// compression.type, flush.policy, ... (docs/CONFIG.md)
         #[arg(long = "config", short = 'c')]
@@ -59,6 +62,35 @@ pub enum TopicCommand {
     },
     /// Delete a topic and its data.
     Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The brokers (live or fenced), the active controller, and per broker how many
+    /// partitions it leads and holds, and how many partitions lack in-sync replicas.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PartitionCommand {
+    /// Move a partition onto other brokers, online: the new replicas are added and catch
+    /// up, then the old ones leave (`weir topic describe` shows the progress).
+    Move {
+        topic: String,
+        partition: i32,
+        /// The brokers to hold it, the preferred leader first (comma-separated ids).
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<i32>,
+    },
+}
+
+/// Offline tools over data directories.
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Print every batch of a partition directory's segments (offsets, leader epoch,
+    /// producer id, epoch and sequences, record count, CRC), without opening the log:
+    /// nothing is changed, and a torn tail ends the listing (Kafka's kafka-dump-log).
+    Dump { dir: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +184,7 @@ pub async fn topic(brokers: String, command: TopicCommand) -> anyhow::Result<()>
         TopicCommand::Create {
             name,
             partitions,
+            replication_factor,
             configs,
         } => {
             let configs = configs
@@ -159,7 +192,12 @@ pub async fn topic(brokers: String, command: TopicCommand) -> anyhow::Result<()>
                 .map(|c| key_value(c))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             client
-                .create_topic(&name, partitions.unwrap_or(0), &configs)
+                .create_replicated_topic(
+                    &name,
+                    partitions.unwrap_or(0),
+                    replication_factor.unwrap_or(-1),
+                    &configs,
+                )
                 .await?;
             writeln!(out, "created topic {name}")?;
         }
@@ -191,14 +229,17 @@ pub async fn topic(brokers: String, command: TopicCommand) -> anyhow::Result<()>
             }
             writeln!(
                 out,
-                "partition\tleader\tshard\tlog_start\thigh_watermark\tbytes"
+                "partition\tleader\tepoch\treplicas\tisr\tshard\tlog_start\thigh_watermark\tbytes"
             )?;
             for p in &topic.partitions {
                 writeln!(
                     out,
-                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     p.partition,
                     p.leader,
+                    p.leader_epoch,
+                    ids(&p.replicas),
+                    ids(&p.isr),
                     p.shard,
                     p.log_start_offset,
                     p.high_watermark,
@@ -227,6 +268,128 @@ pub async fn topic(brokers: String, command: TopicCommand) -> anyhow::Result<()>
         TopicCommand::Delete { name } => {
             client.delete_topic(&name).await?;
             writeln!(out, "deleted topic {name}")?;
+        }
+    }
+    Ok(())
+}
+
+fn ids(nodes: &[i32]) -> String {
+    let ids: Vec<String> = nodes.iter().map(i32::to_string).collect();
+    ids.join(",")
+}
+
+pub async fn cluster(brokers: String, command: ClusterCommand) -> anyhow::Result<()> {
+    let client = Client::connect(&brokers).await?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        ClusterCommand::Status => {
+            let cluster = client.describe_cluster().await?;
+            let metadata = client.metadata(None).await?;
+            let partitions: Vec<&weir_client::PartitionMeta> =
+                metadata.topics.iter().flat_map(|t| &t.partitions).collect();
+            writeln!(out, "cluster {}", cluster.cluster_id)?;
+            writeln!(
+                out,
+                "controller {}",
+                if cluster.controller < 0 {
+                    "none".to_string()
+                } else {
+                    cluster.controller.to_string()
+                }
+            )?;
+            writeln!(out, "broker\tstate\tnative\tkafka\tshards\tleads\treplicas")?;
+            for broker in &cluster.brokers {
+                let leads = partitions
+                    .iter()
+                    .filter(|p| p.leader == broker.node_id)
+                    .count();
+                let holds = partitions
+                    .iter()
+                    .filter(|p| p.replicas.contains(&broker.node_id))
+                    .count();
+                writeln!(
+                    out,
+                    "{}\t{}\t{}:{}\t{}:{}\t{}\t{}\t{}",
+                    broker.node_id,
+                    if broker.fenced { "fenced" } else { "live" },
+                    broker.host,
+                    broker.native_port,
+                    broker.host,
+                    broker.kafka_port,
+                    broker.shards,
+                    leads,
+                    holds
+                )?;
+            }
+            let under = partitions
+                .iter()
+                .filter(|p| p.isr.len() < p.replicas.len())
+                .count();
+            let offline = partitions.iter().filter(|p| p.leader < 0).count();
+            writeln!(
+                out,
+                "partitions {}\tunder-replicated {under}\twithout a leader {offline}",
+                partitions.len()
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn partition(brokers: String, command: PartitionCommand) -> anyhow::Result<()> {
+    let client = Client::connect(&brokers).await?;
+    match command {
+        PartitionCommand::Move {
+            topic,
+            partition,
+            replicas,
+        } => {
+            client.move_partition(&topic, partition, &replicas).await?;
+            println!("moving {topic}-{partition} to brokers {}", ids(&replicas));
+        }
+    }
+    Ok(())
+}
+
+pub fn log(command: LogCommand) -> anyhow::Result<()> {
+    let LogCommand::Dump { dir } = command;
+    let mut segments: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "segment\tbase\tlast\tleader_epoch\tproducer\tproducer_epoch\tbase_sequence\trecords\tcrc"
+    )?;
+    for segment in segments {
+        let bytes = std::fs::read(&segment)?;
+        let name = segment
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let mut at = 0;
+        while let Ok(header) = weir_wire::BatchHeader::parse(&bytes[at.min(bytes.len())..]) {
+            let total = header.total_bytes();
+            if at + total > bytes.len() {
+                break;
+            }
+            writeln!(
+                out,
+                "{name}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:08x}",
+                header.base_offset,
+                header.last_offset(),
+                header.partition_leader_epoch,
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence,
+                header.records_count,
+                header.crc
+            )?;
+            at += total;
         }
     }
     Ok(())

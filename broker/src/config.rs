@@ -326,13 +326,9 @@ impl BrokerConfig {
             "log_cleaner_dedupe_buffer_size must be at least {COMPACTION_MAP_BYTES_MIN}"
         );
         anyhow::ensure!(self.node_id >= 0, "node_id must not be negative");
-        let voters = self.voters()?;
-        anyhow::ensure!(
-            voters.iter().any(|(node, _)| *node == self.node_id),
-            "node_id {} is not among the brokers of cluster ({})",
-            self.node_id,
-            self.cluster.join(",")
-        );
+        // A node_id outside `cluster` is a broker added to a running cluster: it joins the
+        // controller quorum as a learner (it gets the metadata, votes in nothing).
+        self.voters()?;
         anyhow::ensure!(
             self.raft_tick_ms > 0 && self.raft_election_ticks > self.raft_heartbeat_ticks,
             "raft_tick_ms must be positive and raft_election_ticks larger than raft_heartbeat_ticks"

@@ -58,6 +58,18 @@ pub enum BrokerError {
         in_sync: usize,
         min: i32,
     },
+    /// The batch is in the leader's log, but the ISR shrank below min.insync.replicas
+    /// before enough replicas had it: it may be lost; producers retry (idempotent ones
+    /// find it already appended).
+    #[error(
+        "{topic}-{partition}: appended, but the ISR shrank to {in_sync} replicas, fewer than its min.insync.replicas {min}"
+    )]
+    NotEnoughReplicasAfterAppend {
+        topic: String,
+        partition: i32,
+        in_sync: usize,
+        min: i32,
+    },
     #[error("{0}")]
     Controller(weir_replication::ControllerError),
     #[error("{0}: a follower's fetch refused")]
@@ -98,7 +110,8 @@ impl BrokerError {
             }
             BrokerError::NotLeader { .. } | BrokerError::NotCoordinator(_) => ErrorCode::NotLeader,
             BrokerError::LeaderNotAvailable { .. } => ErrorCode::LeaderNotAvailable,
-            BrokerError::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
+            BrokerError::NotEnoughReplicas { .. }
+            | BrokerError::NotEnoughReplicasAfterAppend { .. } => ErrorCode::NotEnoughReplicas,
             BrokerError::Controller(error) => controller_code(error),
             BrokerError::FetchRefused(refusal) => match refusal {
                 FetchRefusal::NotLeader => ErrorCode::NotLeader,
@@ -120,6 +133,7 @@ impl BrokerError {
             BrokerError::NotLeader { .. }
                 | BrokerError::LeaderNotAvailable { .. }
                 | BrokerError::NotEnoughReplicas { .. }
+                | BrokerError::NotEnoughReplicasAfterAppend { .. }
                 | BrokerError::NotCoordinator(_)
                 | BrokerError::TimedOut(_)
                 | BrokerError::Controller(ControllerError::NotController { .. })

@@ -239,6 +239,7 @@ async fn apply(
                 |follower, view| follower.on_diverging(epoch, end_offset, view),
                 log,
             );
+            below_high_watermark(partition, replication, action);
             progressed |= act(partition, log, action).await?;
             continue;
         }
@@ -260,6 +261,21 @@ async fn apply(
     Ok(progressed)
 }
 
+/// The high watermark a follower learnt never moves back; a cut below it would remove
+/// acknowledged records, which replication must never do. Reported loudly.
+fn below_high_watermark(
+    partition: &TopicPartition,
+    replication: &Replication,
+    action: Option<FollowerAction>,
+) {
+    let known = replication.role.borrow().high_watermark();
+    if let Some(FollowerAction::Truncate { offset }) = action
+        && offset < known
+    {
+        tracing::error!(%partition, offset, high_watermark = known, "truncating below the high watermark this follower knew");
+    }
+}
+
 fn follow(
     replication: &Replication,
     decide: impl FnOnce(&mut weir_replication::FollowerReplica, &LogView<'_>) -> FollowerAction,
@@ -278,7 +294,7 @@ async fn act(
 ) -> crate::error::BrokerResult<bool> {
     match action {
         Some(FollowerAction::Truncate { offset }) => {
-            tracing::info!(%partition, offset, from = log.log_end_offset(), "truncating a divergent tail");
+            tracing::info!(%partition, offset, from = log.log_end_offset(), durable = log.durable_offset(), "truncating a divergent tail");
             log.truncate_to(offset).await?;
             Ok(true)
         }

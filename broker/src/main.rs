@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use weir_broker::cli::{self, Brokers, ConsumeArgs, GroupCommand, ProduceArgs, TopicCommand};
+use weir_broker::cli::{
+    self, Brokers, ClusterCommand, ConsumeArgs, GroupCommand, PartitionCommand, ProduceArgs,
+    TopicCommand,
+};
 use weir_broker::config::{BrokerConfig, FlagOverrides};
 
 #[derive(Debug, Parser)]
@@ -70,6 +73,25 @@ enum Command {
         #[command(subcommand)]
         command: weir_broker::bench::BenchCommand,
     },
+    /// The cluster: brokers, controller, leadership.
+    Cluster {
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Partitions: move replicas between brokers.
+    Partition {
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(subcommand)]
+        command: PartitionCommand,
+    },
+    /// Offline tools over data directories.
+    Log {
+        #[command(subcommand)]
+        command: cli::LogCommand,
+    },
     /// Consumer groups: committed offsets and lag.
     Group {
         #[command(flatten)]
@@ -124,6 +146,13 @@ fn main() -> anyhow::Result<()> {
         Command::Group { brokers, command } => {
             cli::run(move || cli::group(brokers.brokers, command))
         }
+        Command::Cluster { brokers, command } => {
+            cli::run(move || cli::cluster(brokers.brokers, command))
+        }
+        Command::Partition { brokers, command } => {
+            cli::run(move || cli::partition(brokers.brokers, command))
+        }
+        Command::Log { command } => cli::log(command),
         Command::Bench { command } => weir_broker::bench::run(command),
     }
 }

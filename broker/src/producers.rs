@@ -48,6 +48,13 @@ pub enum SequenceCheck {
 pub struct ProducerTable {
     producers: HashMap<i64, ProducerEntry>,
     clock: u64,
+    /// Per producer, the epoch and first sequence of a batch this leader refused with a
+    /// retriable error before appending it (too few in-sync replicas), until the producer
+    /// appends again. Its pipelined successors then find a gap that this leader made:
+    /// they get the same retriable error instead of OUT_OF_ORDER_SEQUENCE_NUMBER, which
+    /// librdkafka answers with an epoch bump that resends messages under new sequences
+    /// (duplicating any that were persisted but not acknowledged).
+    refused: HashMap<i64, (i16, i32)>,
 }
 
 fn next_sequence(sequence: i32) -> i32 {
@@ -99,10 +106,44 @@ impl ProducerTable {
         }
         match entry.batches.back() {
             Some(previous) if header.base_sequence != next_sequence(previous.last_sequence) => {
-                Err(ResponseError::OutOfOrderSequenceNumber)
+                let expected = next_sequence(previous.last_sequence);
+                if self.refused.get(&header.producer_id) == Some(&(entry.epoch, expected)) {
+                    Err(ResponseError::NotEnoughReplicas)
+                } else {
+                    Err(ResponseError::OutOfOrderSequenceNumber)
+                }
             }
             _ => Ok(SequenceCheck::Append),
         }
+    }
+
+    /// Notes that a batch that would have been appended was refused with a retriable
+    /// error (see `refused`).
+    pub fn refused(&mut self, header: &BatchHeader) {
+        if header.producer_id >= 0 {
+            self.refused.insert(
+                header.producer_id,
+                (header.producer_epoch, header.base_sequence),
+            );
+        }
+    }
+
+    /// What is known of a producer, for logs: its epoch, then each remembered batch as
+    /// `first..=last sequence @ base offset`.
+    pub fn describe(&self, producer_id: i64) -> Option<String> {
+        self.producers.get(&producer_id).map(|e| {
+            let batches: Vec<String> = e
+                .batches
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{}..={}@{}",
+                        b.first_sequence, b.last_sequence, b.base_offset
+                    )
+                })
+                .collect();
+            format!("epoch {}: {}", e.epoch, batches.join(", "))
+        })
     }
 
     /// Records an appended batch (its header as sent, and the base offset it was given).
@@ -110,6 +151,7 @@ impl ProducerTable {
         if header.producer_id < 0 {
             return;
         }
+        self.refused.remove(&header.producer_id);
         self.clock += 1;
         let clock = self.clock;
         if !self.producers.contains_key(&header.producer_id)

@@ -57,6 +57,9 @@ pub struct Shard {
     /// Idempotent producers' sequence state per partition, loaded on first use.
     producers: RefCell<BTreeMap<TopicPartition, ProducerTable>>,
     producer_loads: Semaphore,
+    /// Partitions whose producer state is being rebuilt, each with the queue of the
+    /// idempotent requests that arrived meanwhile; see `load_producers`.
+    producer_gates: RefCell<BTreeMap<TopicPartition, Rc<ArrivalGate>>>,
     /// This shard's block of producer ids: the next one and the end.
     producer_ids: Cell<(i64, i64)>,
     metadata: RefCell<Arc<MetadataImage>>,
@@ -130,6 +133,7 @@ impl Shard {
             offsets: RefCell::new(BTreeMap::new()),
             producers: RefCell::new(BTreeMap::new()),
             producer_loads: Semaphore::new(1),
+            producer_gates: RefCell::default(),
             producer_ids: Cell::new((0, 0)),
             metadata: RefCell::new(Arc::new(MetadataImage::default())),
             active: Cell::new(false),
@@ -240,7 +244,7 @@ impl Shard {
             .borrow()
             .get(partition)
             .cloned()
-            .ok_or_else(|| unknown(partition))
+            .ok_or_else(|| self.not_here(partition))
     }
 
     fn replication(&self, partition: &TopicPartition) -> BrokerResult<Rc<Replication>> {
@@ -248,7 +252,28 @@ impl Shard {
             .borrow()
             .get(partition)
             .cloned()
-            .ok_or_else(|| unknown(partition))
+            .ok_or_else(|| self.not_here(partition))
+    }
+
+    /// Why a partition is not open on this shard. Only one the metadata does not know is
+    /// unknown; one it knows is led elsewhere, or (this broker's, not opened yet, as just
+    /// after a restart) has no leader here yet. Both are retriable; an unknown topic is
+    /// not, for librdkafka, which fails the producer's messages at once.
+    fn not_here(&self, partition: &TopicPartition) -> BrokerError {
+        let image = self.image();
+        let state = image
+            .topic(&partition.topic)
+            .and_then(|topic| topic.partition(partition.partition));
+        match state {
+            Some(state) if state.leader >= 0 && state.leader != self.node => {
+                not_leader(partition, self.node, state.leader)
+            }
+            Some(_) => BrokerError::LeaderNotAvailable {
+                topic: partition.topic.clone(),
+                partition: partition.partition,
+            },
+            None => unknown(partition),
+        }
     }
 
     /// The log and replication of a partition this shard leads; the error says who does.
@@ -277,8 +302,9 @@ impl Shard {
     }
 
     /// Waits until the high watermark of a partition this shard leads in `leader_epoch`
-    /// reaches `offset`: every in-sync replica (at least min.insync.replicas of them)
-    /// holds what lies before it.
+    /// reaches `offset`: every in-sync replica holds what lies before it. If the ISR shrank
+    /// below `min_insync_replicas` meanwhile, that is not enough: the answer is then
+    /// NOT_ENOUGH_REPLICAS_AFTER_APPEND (Kafka's), which producers retry.
     async fn wait_replicated(
         &self,
         partition: &TopicPartition,
@@ -286,6 +312,7 @@ impl Shard {
         replication: &Replication,
         leader_epoch: i32,
         offset: i64,
+        min_insync_replicas: i32,
     ) -> BrokerResult<()> {
         let deadline = Instant::now() + REPLICATION_WAIT_MAX;
         loop {
@@ -296,6 +323,18 @@ impl Shard {
                 return Err(not_leader(partition, self.node, leader));
             }
             if replication.high_watermark(log) >= offset {
+                let in_sync = match &*replication.role.borrow() {
+                    Role::Leader(leader) => leader.in_sync_count(),
+                    _ => 0,
+                };
+                if (in_sync as i32) < min_insync_replicas {
+                    return Err(BrokerError::NotEnoughReplicasAfterAppend {
+                        topic: partition.topic.clone(),
+                        partition: partition.partition,
+                        in_sync,
+                        min: min_insync_replicas,
+                    });
+                }
                 return Ok(());
             }
             if self.shutting_down() {
@@ -463,14 +502,20 @@ impl Shard {
         }
         let config = self.topic_configs.borrow().get(&partition.topic).copied();
         let mut batches = batches;
+        let idempotent = headers.iter().any(|h| h.producer_id >= 0);
+        let too_few = config
+            .filter(|c| acks == Acks::All && (in_sync as i32) < c.min_insync_replicas)
+            .map(|c| BrokerError::NotEnoughReplicas {
+                topic: partition.topic.clone(),
+                partition: partition.partition,
+                in_sync,
+                min: c.min_insync_replicas,
+            });
         if let Some(config) = config {
-            if acks == Acks::All && (in_sync as i32) < config.min_insync_replicas {
-                return Err(BrokerError::NotEnoughReplicas {
-                    topic: partition.topic.clone(),
-                    partition: partition.partition,
-                    in_sync,
-                    min: config.min_insync_replicas,
-                });
+            // An idempotent producer's batches are refused after their sequence check,
+            // which must know of the refusal (`ProducerTable::refused`).
+            if !idempotent && let Some(error) = too_few {
+                return Err(error);
             }
             for (batch, header) in batches.iter_mut().zip(&mut headers) {
                 if rewrite(batch, header, &config)? {
@@ -478,8 +523,14 @@ impl Shard {
                 }
             }
         }
-        if headers.iter().any(|h| h.producer_id >= 0) {
+        if idempotent {
             self.load_producers(partition, &log).await?;
+            // Leadership may have moved while the state was read: append only in the
+            // epoch this request was checked against.
+            if replication.role.borrow().leader_epoch() != Some(leader_epoch) {
+                let leader = replication.state.borrow().leader;
+                return Err(not_leader(partition, self.node, leader));
+            }
         }
         // From here to the last `start_append` nothing awaits: the sequence checks and
         // the appends they allow happen as one step.
@@ -491,11 +542,35 @@ impl Shard {
             for header in &headers {
                 let check = match &table {
                     Some(table) => table.check(header).map_err(|error| {
+                        tracing::debug!(
+                            node = self.node,
+                            %partition,
+                            producer = header.producer_id,
+                            epoch = header.producer_epoch,
+                            sequence = header.base_sequence,
+                            known = ?table.describe(header.producer_id),
+                            ?error,
+                            "refusing an idempotent producer's batch"
+                        );
                         BrokerError::kafka(error, format!("batch for {partition}"))
                     })?,
-                    None => SequenceCheck::Append,
+                    None => {
+                        if header.producer_id >= 0 {
+                            tracing::warn!(node = self.node, %partition, producer = header.producer_id, sequence = header.base_sequence, "idempotent batch without producer state");
+                        }
+                        SequenceCheck::Append
+                    }
                 };
                 checks.push(check);
+            }
+            if let Some(error) = too_few {
+                if let (Some(table), Some(at)) = (
+                    table.as_mut(),
+                    checks.iter().position(|c| *c == SequenceCheck::Append),
+                ) {
+                    table.refused(&headers[at]);
+                }
+                return Err(error);
             }
             let mut first_offset = None;
             let mut last_append = None;
@@ -534,27 +609,70 @@ impl Shard {
         if acks == Acks::All {
             // Durable on the leader (under the syncing policies) and on every in-sync
             // replica: the high watermark counts both.
-            self.wait_replicated(partition, &log, &replication, leader_epoch, durable_needed)
-                .await?;
+            let min = config.map_or(1, |c| c.min_insync_replicas);
+            self.wait_replicated(
+                partition,
+                &log,
+                &replication,
+                leader_epoch,
+                durable_needed,
+                min,
+            )
+            .await?;
         }
         Ok((first_offset, log.log_start_offset()))
     }
 
     /// Rebuilds the partition's idempotent-producer state from its recent batches, once,
-    /// before its first idempotent batch since the partition was opened. Loads run one at
-    /// a time, in arrival order, so requests waiting here keep their order.
+    /// before its first idempotent batch since the partition was opened or changed
+    /// leader. Requests must reach the sequence check in the order they arrived (an
+    /// idempotent producer pipelines up to five, and one overtaken by its successor is
+    /// a fatal error for librdkafka), so while a rebuild runs every idempotent request
+    /// for the partition, even one arriving after the state is in place, takes a ticket
+    /// at an [`ArrivalGate`] and passes in ticket order; the gate goes away when nobody
+    /// waits at it. A request returns from here and checks and appends without
+    /// awaiting, before the next one passes.
     async fn load_producers(&self, partition: &TopicPartition, log: &Rc<Log>) -> BrokerResult<()> {
-        if self.producers.borrow().contains_key(partition) {
+        if self.producers.borrow().contains_key(partition)
+            && !self.producer_gates.borrow().contains_key(partition)
+        {
             return Ok(());
         }
-        let _turn = self
+        let gate = self
+            .producer_gates
+            .borrow_mut()
+            .entry(partition.clone())
+            .or_default()
+            .clone();
+        let ticket = gate.take_ticket();
+        ticket.wait_turn().await;
+        let loaded = if self.producers.borrow().contains_key(partition) {
+            Ok(())
+        } else {
+            self.rebuild_producers(partition, log).await
+        };
+        drop(ticket);
+        if gate.is_idle() {
+            self.producer_gates.borrow_mut().remove(partition);
+        }
+        loaded
+    }
+
+    async fn rebuild_producers(
+        &self,
+        partition: &TopicPartition,
+        log: &Rc<Log>,
+    ) -> BrokerResult<()> {
+        // One rebuild at a time per shard: each reads up to a segment's worth of batches.
+        let _read = self
             .producer_loads
             .acquire_permit(1)
             .await
             .map_err(|_| BrokerError::ShuttingDown)?;
-        if self.producers.borrow().contains_key(partition) {
-            return Ok(());
-        }
+        // A leadership change while the log is read removes the state (`role_changed`)
+        // before this would put a state built from an older log in: then nothing is put
+        // in, and the next request reads again.
+        let epoch = self.replication(partition)?.role.borrow().leader_epoch();
         let mut table = ProducerTable::default();
         let active_base = log.segment_base_offsets().last().copied().unwrap_or(0);
         let mut offset = active_base
@@ -569,6 +687,11 @@ impl Shard {
                 table.record(&header, header.base_offset);
             }
         }
+        let now = self.replication(partition)?.role.borrow().leader_epoch();
+        if epoch.is_none() || now != epoch {
+            return Ok(());
+        }
+        tracing::debug!(node = self.node, %partition, from = offset, end = log.log_end_offset(), "producer state rebuilt");
         self.producers.borrow_mut().insert(partition.clone(), table);
         Ok(())
     }
@@ -774,6 +897,7 @@ impl Shard {
             &leader.replication,
             leader.leader_epoch,
             info.last_offset + 1,
+            1,
         )
         .await
     }
@@ -1177,6 +1301,25 @@ impl Shard {
         log: &Rc<Log>,
         replication: &Replication,
     ) -> BrokerResult<()> {
+        let (state, hw) = (
+            replication.state.borrow().clone(),
+            replication.role.borrow().high_watermark(),
+        );
+        tracing::info!(
+            node = self.node,
+            %partition,
+            leader = state.leader,
+            epoch = state.leader_epoch,
+            isr = ?state.isr,
+            partition_epoch = state.partition_epoch,
+            high_watermark = hw,
+            log_end = log.log_end_offset(),
+            durable = log.durable_offset(),
+            "new role"
+        );
+        // Producer state is a leader's, rebuilt from its log when it starts leading; a
+        // follower's log changes under it.
+        self.producers.borrow_mut().remove(partition);
         let leader = match &*replication.role.borrow() {
             Role::Leader(_) => None,
             Role::Follower(follower) => Some(follower.leader),
@@ -1185,7 +1328,6 @@ impl Shard {
         match leader {
             None => {
                 tracing::debug!(%partition, epoch = replication.role.borrow().leader_epoch(), "leading");
-                self.producers.borrow_mut().remove(partition);
                 if partition.topic == OFFSETS_TOPIC {
                     let store = OffsetsPartition::load(log.clone()).await?;
                     self.offsets
@@ -1561,4 +1703,121 @@ async fn any_of(mut listeners: Vec<EventListener>) {
         std::task::Poll::Pending
     })
     .await
+}
+
+/// Lets tasks pass one at a time in the order they took their tickets. (glommio's
+/// semaphore wakes its first waiter but lets a task arriving meanwhile take the permit
+/// first, which is fair enough for resources but breaks arrival order.)
+#[derive(Debug, Default)]
+struct ArrivalGate {
+    next_ticket: Cell<u64>,
+    serving: Cell<u64>,
+    /// Tickets whose holders gave up waiting (their task was dropped); skipped.
+    abandoned: RefCell<std::collections::BTreeSet<u64>>,
+    turn: Event,
+}
+
+impl ArrivalGate {
+    fn take_ticket(self: &Rc<Self>) -> Ticket {
+        let number = self.next_ticket.get();
+        self.next_ticket.set(number + 1);
+        Ticket {
+            gate: self.clone(),
+            number,
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.serving.get() == self.next_ticket.get()
+    }
+
+    fn advance(&self) {
+        let mut next = self.serving.get() + 1;
+        let mut abandoned = self.abandoned.borrow_mut();
+        while abandoned.remove(&next) {
+            next += 1;
+        }
+        self.serving.set(next);
+        self.turn.notify(usize::MAX);
+    }
+}
+
+struct Ticket {
+    gate: Rc<ArrivalGate>,
+    number: u64,
+}
+
+impl Ticket {
+    async fn wait_turn(&self) {
+        loop {
+            if self.gate.serving.get() == self.number {
+                return;
+            }
+            let turn = self.gate.turn.listen();
+            if self.gate.serving.get() == self.number {
+                return;
+            }
+            turn.await;
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.gate.serving.get() == self.number {
+            self.gate.advance();
+        } else {
+            self.gate.abandoned.borrow_mut().insert(self.number);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that arrives while the first waiter is woken but not yet running must not
+    /// pass before it, and a dropped waiter must not stall those behind it.
+    #[test]
+    fn arrival_gate_keeps_arrival_order() {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .unwrap()
+            .run(async {
+                let gate = Rc::new(ArrivalGate::default());
+                let order = Rc::new(RefCell::new(Vec::new()));
+                let first = gate.take_ticket();
+                let mut tasks = Vec::new();
+                for name in ["second", "abandoned", "third"] {
+                    let ticket = gate.take_ticket();
+                    let order = order.clone();
+                    let task = glommio::spawn_local(async move {
+                        ticket.wait_turn().await;
+                        order.borrow_mut().push(name);
+                    });
+                    if name == "abandoned" {
+                        drop(task);
+                    } else {
+                        tasks.push(task);
+                    }
+                }
+                glommio::yield_if_needed().await;
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+                order.borrow_mut().push("first");
+                drop(first);
+                // Arrives after the first left, before the second ran.
+                let late = gate.take_ticket();
+                let order_late = order.clone();
+                let late = glommio::spawn_local(async move {
+                    late.wait_turn().await;
+                    order_late.borrow_mut().push("late");
+                });
+                for task in tasks {
+                    task.await;
+                }
+                late.await;
+                assert_eq!(*order.borrow(), ["first", "second", "third", "late"]);
+                assert!(gate.is_idle());
+            });
+    }
 }

@@ -1,5 +1,7 @@
 //! One call per native request, over a pipelined connection.
 
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -12,11 +14,35 @@ use crate::error::{ClientError, ClientResult};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionMeta {
     pub partition: i32,
+    /// -1 while the partition has no leader.
     pub leader: i32,
     pub shard: i32,
+    /// The leader's; -1 when the broker asked is not the leader.
     pub log_start_offset: i64,
     pub high_watermark: i64,
     pub size_bytes: i64,
+    pub leader_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+}
+
+/// A broker as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterBroker {
+    pub node_id: i32,
+    pub host: String,
+    pub native_port: i32,
+    pub kafka_port: i32,
+    pub shards: i32,
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDescription {
+    pub cluster_id: String,
+    /// -1 when the broker asked knows of none.
+    pub controller: i32,
+    pub brokers: Vec<ClusterBroker>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +121,44 @@ type Builder = flatbuffers::FlatBufferBuilder<'static>;
 type TableVector<T> =
     flatbuffers::WIPOffset<flatbuffers::Vector<'static, flatbuffers::ForwardsUOffset<T>>>;
 
+/// Shakes hands on `connection`; returns the broker's node id.
+async fn handshake(connection: &Connection, client_id: &str) -> ClientResult<i32> {
+    let frame = call_on(
+        connection,
+        RequestBody::HandshakeRequest,
+        |b| {
+            let client_id = b.create_string(client_id);
+            let args = schema::HandshakeRequestArgs {
+                client_id: Some(client_id),
+                min_version: PROTOCOL_VERSION,
+                max_version: PROTOCOL_VERSION,
+            };
+            schema::HandshakeRequest::create(b, &args).as_union_value()
+        },
+        vec![],
+    )
+    .await?;
+    let response = frame.checked()?;
+    let body = response
+        .body_as_handshake_response()
+        .ok_or_else(|| ClientError::Invalid("no handshake body".into()))?;
+    Ok(body.node_id())
+}
+
+async fn call_on(
+    connection: &Connection,
+    body_type: RequestBody,
+    build: impl FnOnce(
+        &mut flatbuffers::FlatBufferBuilder<'static>,
+    ) -> flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>,
+    payload: Vec<Bytes>,
+) -> ClientResult<ResponseFrame> {
+    connection
+        .request(body_type, build, payload, true)
+        .await?
+        .ok_or_else(|| ClientError::ConnectionLost("no response".into()))
+}
+
 /// One table per topic holding its partitions' tables, topics in first-seen order: the
 /// shape of every per-partition request.
 fn per_topic<P: 'static, T: 'static>(
@@ -124,10 +188,97 @@ fn per_topic<P: 'static, T: 'static>(
     b.create_vector(&topics)
 }
 
-/// A client of one broker.
+/// A client of a cluster: admin requests go to the broker it connected to first (brokers
+/// forward them to the controller); produce, fetch and list-offsets requests go to each
+/// partition's leader, and a group's offsets to its coordinator (the leader of the
+/// group's offsets partition), found in the metadata and refreshed when a broker answers
+/// that it no longer leads.
 #[derive(Debug, Clone)]
 pub struct Client {
     connection: Rc<Connection>,
+    routes: Rc<Routes>,
+}
+
+/// What a client knows of the cluster: brokers, leaders, connections to them.
+#[derive(Debug, Default)]
+struct Routes {
+    /// The broker `connection` reaches.
+    bootstrap_node: Cell<i32>,
+    brokers: RefCell<BTreeMap<i32, String>>,
+    connections: RefCell<BTreeMap<i32, Rc<Connection>>>,
+    leaders: RefCell<HashMap<(String, i32), i32>>,
+    /// Partitions of the committed-offsets topic (0: unknown).
+    offsets_partitions: Cell<i32>,
+}
+
+/// How long requests routed to leaders retry through a leader change.
+const ROUTING_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn unrouted(topic: String, partition: i32, error: ErrorCode, message: &str) -> ProduceResult {
+    ProduceResult {
+        topic,
+        partition,
+        error,
+        error_message: message.to_string(),
+        base_offset: -1,
+    }
+}
+
+fn unfetched(topic: &str, partition: i32, error: ErrorCode, message: &str) -> FetchedPartition {
+    FetchedPartition {
+        topic: topic.to_string(),
+        partition,
+        error,
+        error_message: message.to_string(),
+        high_watermark: -1,
+        log_start_offset: -1,
+        records: Bytes::new(),
+    }
+}
+
+/// The committed-offsets topic, whose partition leaders coordinate groups.
+const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Whether an error means "ask someone else" (a leader change, a broker gone): the
+/// client forgets what it knew of the partition's leader.
+fn moved(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NotLeader
+            | ErrorCode::LeaderNotAvailable
+            | ErrorCode::FencedLeaderEpoch
+            | ErrorCode::UnknownLeaderEpoch
+            | ErrorCode::ShuttingDown
+    )
+}
+
+/// Awaits every future, in any order of completion; returns their outputs in order.
+async fn join_all<T>(
+    futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T> + '_>>>,
+) -> Vec<T> {
+    let mut futures: Vec<_> = futures.into_iter().map(Some).collect();
+    let mut outputs: Vec<Option<T>> = (0..futures.len()).map(|_| None).collect();
+    futures_lite::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 fn strings<'a>(
@@ -166,9 +317,10 @@ impl Client {
         for address in brokers.split(',').map(str::trim).filter(|a| !a.is_empty()) {
             match Connection::connect(address).await {
                 Ok(connection) => {
-                    let client = Client { connection };
-                    client.handshake("weir-client").await?;
-                    return Ok(client);
+                    let node = handshake(&connection, "weir-client").await?;
+                    let routes = Rc::new(Routes::default());
+                    routes.bootstrap_node.set(node);
+                    return Ok(Client { connection, routes });
                 }
                 Err(error) => last_error = error,
             }
@@ -188,33 +340,7 @@ impl Client {
         ) -> flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>,
         payload: Vec<Bytes>,
     ) -> ClientResult<ResponseFrame> {
-        self.connection
-            .request(body_type, build, payload, true)
-            .await?
-            .ok_or_else(|| ClientError::ConnectionLost("no response".into()))
-    }
-
-    async fn handshake(&self, client_id: &str) -> ClientResult<()> {
-        let frame = self
-            .call(
-                RequestBody::HandshakeRequest,
-                |b| {
-                    let client_id = b.create_string(client_id);
-                    let args = schema::HandshakeRequestArgs {
-                        client_id: Some(client_id),
-                        min_version: PROTOCOL_VERSION,
-                        max_version: PROTOCOL_VERSION,
-                    };
-                    schema::HandshakeRequest::create(b, &args).as_union_value()
-                },
-                vec![],
-            )
-            .await?;
-        frame
-            .checked()?
-            .body_as_handshake_response()
-            .ok_or_else(|| ClientError::Invalid("no handshake body".into()))?;
-        Ok(())
+        call_on(&self.connection, body_type, build, payload).await
     }
 
     pub async fn metadata(&self, topics: Option<&[String]>) -> ClientResult<Metadata> {
@@ -264,6 +390,9 @@ impl Client {
                         log_start_offset: p.log_start_offset(),
                         high_watermark: p.high_watermark(),
                         size_bytes: p.size_bytes(),
+                        leader_epoch: p.leader_epoch(),
+                        replicas: p.replicas().map(|r| r.iter().collect()).unwrap_or_default(),
+                        isr: p.isr().map(|r| r.iter().collect()).unwrap_or_default(),
                     })
                     .collect(),
                 configs: t
@@ -275,6 +404,71 @@ impl Client {
             })
             .collect();
         Ok(Metadata { brokers, topics })
+    }
+
+    /// The cluster's brokers and its active controller.
+    pub async fn describe_cluster(&self) -> ClientResult<ClusterDescription> {
+        let frame = self
+            .call(
+                RequestBody::DescribeClusterRequest,
+                |b| {
+                    schema::DescribeClusterRequest::create(
+                        b,
+                        &schema::DescribeClusterRequestArgs {},
+                    )
+                    .as_union_value()
+                },
+                vec![],
+            )
+            .await?;
+        let response = frame.checked()?;
+        let body = response
+            .body_as_describe_cluster_response()
+            .ok_or_else(|| ClientError::Invalid("no describe cluster body".into()))?;
+        Ok(ClusterDescription {
+            cluster_id: body.cluster_id().unwrap_or_default().to_string(),
+            controller: body.controller(),
+            brokers: body
+                .brokers()
+                .into_iter()
+                .flatten()
+                .map(|b| ClusterBroker {
+                    node_id: b.node_id(),
+                    host: b.host().unwrap_or_default().to_string(),
+                    native_port: b.native_port(),
+                    kafka_port: b.kafka_port(),
+                    shards: b.shards(),
+                    fenced: b.fenced(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Moves a partition onto `replicas` (the first is the preferred leader); returns once
+    /// the move is recorded (the metadata shows it complete later).
+    pub async fn move_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        replicas: &[i32],
+    ) -> ClientResult<()> {
+        let frame = self
+            .call(
+                RequestBody::MovePartitionRequest,
+                |b| {
+                    let topic = b.create_string(topic);
+                    let replicas = b.create_vector(replicas);
+                    let args = schema::MovePartitionRequestArgs {
+                        topic: Some(topic),
+                        partition,
+                        replicas: Some(replicas),
+                    };
+                    schema::MovePartitionRequest::create(b, &args).as_union_value()
+                },
+                vec![],
+            )
+            .await?;
+        frame.checked().map(|_| ())
     }
 
     /// The partition count of `topic`, or an error when it does not exist.
@@ -432,8 +626,8 @@ impl Client {
 
     /// Sends record batches (each `Bytes` one or more whole batches) for partitions. With
     /// `Acks::None` nothing comes back and the result is empty.
-    pub async fn produce(
-        &self,
+    async fn produce_on(
+        connection: &Connection,
         acks: Acks,
         timeout_ms: i32,
         records: Vec<(String, i32, Bytes)>,
@@ -474,8 +668,7 @@ impl Client {
             .as_union_value()
         };
         let payload: Vec<Bytes> = records.iter().map(|(_, _, bytes)| bytes.clone()).collect();
-        let frame = self
-            .connection
+        let frame = connection
             .request(
                 RequestBody::ProduceRequest,
                 build,
@@ -509,7 +702,10 @@ impl Client {
             .collect())
     }
 
-    pub async fn fetch(&self, spec: &FetchSpec) -> ClientResult<Vec<FetchedPartition>> {
+    async fn fetch_on(
+        connection: &Connection,
+        spec: &FetchSpec,
+    ) -> ClientResult<Vec<FetchedPartition>> {
         let build = |b: &mut flatbuffers::FlatBufferBuilder<'static>| {
             let entries = spec
                 .partitions
@@ -538,7 +734,7 @@ impl Client {
             };
             schema::FetchRequest::create(b, &args).as_union_value()
         };
-        let frame = self.call(RequestBody::FetchRequest, build, vec![]).await?;
+        let frame = call_on(connection, RequestBody::FetchRequest, build, vec![]).await?;
         let response = frame.checked()?;
         let body = response
             .body_as_fetch_response()
@@ -562,8 +758,8 @@ impl Client {
 
     /// Offsets of `partitions` by `query`: `(topic, partition, offset, timestamp)`, offset
     /// -1 when no record is at or after a queried timestamp.
-    pub async fn list_offsets(
-        &self,
+    async fn list_offsets_on(
+        connection: &Connection,
         partitions: &[(String, i32)],
         query: OffsetQuery,
     ) -> ClientResult<Vec<(String, i32, i64, i64)>> {
@@ -602,9 +798,7 @@ impl Client {
             )
             .as_union_value()
         };
-        let frame = self
-            .call(RequestBody::ListOffsetsRequest, build, vec![])
-            .await?;
+        let frame = call_on(connection, RequestBody::ListOffsetsRequest, build, vec![]).await?;
         let response = frame.checked()?;
         let body = response
             .body_as_list_offsets_response()
@@ -626,8 +820,8 @@ impl Client {
         Ok(results)
     }
 
-    pub async fn commit_offsets(
-        &self,
+    async fn commit_offsets_on(
+        connection: &Connection,
         group: &str,
         offsets: &[(String, i32, i64)],
     ) -> ClientResult<()> {
@@ -660,9 +854,7 @@ impl Client {
             )
             .as_union_value()
         };
-        let frame = self
-            .call(RequestBody::CommitOffsetsRequest, build, vec![])
-            .await?;
+        let frame = call_on(connection, RequestBody::CommitOffsetsRequest, build, vec![]).await?;
         let response = frame.checked()?;
         let body = response
             .body_as_commit_offsets_response()
@@ -679,8 +871,8 @@ impl Client {
     }
 
     /// Committed offsets of `group`, for `topics` (every committed one when `None`).
-    pub async fn fetch_offsets(
-        &self,
+    async fn fetch_offsets_on(
+        connection: &Connection,
         group: &str,
         topics: Option<&[String]>,
     ) -> ClientResult<Vec<CommittedOffset>> {
@@ -711,9 +903,7 @@ impl Client {
             )
             .as_union_value()
         };
-        let frame = self
-            .call(RequestBody::FetchOffsetsRequest, build, vec![])
-            .await?;
+        let frame = call_on(connection, RequestBody::FetchOffsetsRequest, build, vec![]).await?;
         let response = frame.checked()?;
         let body = response
             .body_as_fetch_offsets_response()
@@ -734,6 +924,332 @@ impl Client {
                     })
             })
             .collect())
+    }
+
+    // ---- routing to leaders ----
+
+    /// The connection to broker `node` (made and shaken hands with on first use; the
+    /// bootstrap connection for the broker it reaches, or when the address is unknown).
+    async fn connection_to(&self, node: i32) -> ClientResult<Rc<Connection>> {
+        if node == self.routes.bootstrap_node.get() {
+            return Ok(self.connection.clone());
+        }
+        let existing = self.routes.connections.borrow().get(&node).cloned();
+        if let Some(connection) = existing.filter(|c| !c.is_broken()) {
+            return Ok(connection);
+        }
+        let address = self.routes.brokers.borrow().get(&node).cloned();
+        let Some(address) = address else {
+            return Ok(self.connection.clone());
+        };
+        let connection = Connection::connect(&address).await?;
+        handshake(&connection, "weir-client").await?;
+        self.routes
+            .connections
+            .borrow_mut()
+            .insert(node, connection.clone());
+        Ok(connection)
+    }
+
+    /// Learns brokers and leaders from `metadata`.
+    fn learn(&self, metadata: &Metadata) {
+        let mut brokers = self.routes.brokers.borrow_mut();
+        for (node, host, port) in &metadata.brokers {
+            brokers.insert(*node, format!("{host}:{port}"));
+        }
+        let mut leaders = self.routes.leaders.borrow_mut();
+        for topic in &metadata.topics {
+            if topic.name == OFFSETS_TOPIC {
+                self.routes
+                    .offsets_partitions
+                    .set(topic.partitions.len() as i32);
+            }
+            for p in &topic.partitions {
+                if p.leader >= 0 {
+                    leaders.insert((topic.name.clone(), p.partition), p.leader);
+                } else {
+                    leaders.remove(&(topic.name.clone(), p.partition));
+                }
+            }
+        }
+    }
+
+    /// Forgets what it knew of partitions whose broker answered that it does not lead.
+    fn forget(&self, partitions: impl IntoIterator<Item = (String, i32)>) {
+        let mut leaders = self.routes.leaders.borrow_mut();
+        for partition in partitions {
+            leaders.remove(&partition);
+        }
+    }
+
+    /// The leader of each partition (refreshing the metadata for those not known);
+    /// `None` for a partition without a leader at the moment.
+    async fn leaders(&self, partitions: &[(String, i32)]) -> Vec<Option<i32>> {
+        let known = |p: &(String, i32)| self.routes.leaders.borrow().get(p).copied();
+        if partitions.iter().any(|p| known(p).is_none()) {
+            let mut topics: Vec<String> = partitions.iter().map(|(t, _)| t.clone()).collect();
+            topics.sort();
+            topics.dedup();
+            if let Ok(metadata) = self.metadata(Some(&topics)).await {
+                self.learn(&metadata);
+            }
+        }
+        partitions.iter().map(known).collect()
+    }
+
+    /// Groups partitions (by index into `partitions`) by their leader.
+    async fn by_leader(&self, partitions: &[(String, i32)]) -> Vec<(Option<i32>, Vec<usize>)> {
+        let mut groups: Vec<(Option<i32>, Vec<usize>)> = Vec::new();
+        for (index, leader) in self.leaders(partitions).await.into_iter().enumerate() {
+            match groups.iter_mut().find(|(l, _)| *l == leader) {
+                Some((_, indexes)) => indexes.push(index),
+                None => groups.push((leader, vec![index])),
+            }
+        }
+        groups
+    }
+
+    /// Sends record batches (each `Bytes` one or more whole batches) for partitions, each
+    /// to its leader. With `Acks::None` nothing comes back and the result is empty. A
+    /// partition whose leader is unknown or unreachable gets a `NotLeader` or
+    /// `LeaderNotAvailable` result, which producers retry.
+    pub async fn produce(
+        &self,
+        acks: Acks,
+        timeout_ms: i32,
+        records: Vec<(String, i32, Bytes)>,
+    ) -> ClientResult<Vec<ProduceResult>> {
+        let partitions: Vec<(String, i32)> =
+            records.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+        let groups = self.by_leader(&partitions).await;
+        let mut failed = Vec::new();
+        type Sent = (Vec<(String, i32, Bytes)>, ClientResult<Vec<ProduceResult>>);
+        let mut sends: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Sent> + '_>>> =
+            Vec::new();
+        for (leader, indexes) in &groups {
+            let subset: Vec<(String, i32, Bytes)> =
+                indexes.iter().map(|i| records[*i].clone()).collect();
+            match leader {
+                None => failed.extend(subset.into_iter().map(|(t, p, _)| {
+                    unrouted(
+                        t,
+                        p,
+                        ErrorCode::LeaderNotAvailable,
+                        "no leader at the moment",
+                    )
+                })),
+                Some(node) => {
+                    let node = *node;
+                    sends.push(Box::pin(async move {
+                        let sent = match self.connection_to(node).await {
+                            Ok(connection) => {
+                                Self::produce_on(&connection, acks, timeout_ms, subset.clone())
+                                    .await
+                            }
+                            Err(error) => Err(error),
+                        };
+                        (subset, sent)
+                    }));
+                }
+            }
+        }
+        let mut results = failed;
+        for (subset, sent) in join_all(sends).await {
+            match sent {
+                Ok(answered) => results.extend(answered),
+                Err(error) => results.extend(
+                    subset
+                        .into_iter()
+                        .map(|(t, p, _)| unrouted(t, p, ErrorCode::NotLeader, &error.to_string())),
+                ),
+            }
+        }
+        self.forget(
+            results
+                .iter()
+                .filter(|r| moved(r.error))
+                .map(|r| (r.topic.clone(), r.partition)),
+        );
+        if acks == Acks::None {
+            // Nothing is answered with acks none, failures included.
+            return Ok(Vec::new());
+        }
+        Ok(results)
+    }
+
+    /// Fetches each partition from its leader. A partition whose leader is unknown or
+    /// unreachable comes back with a `NotLeader` or `LeaderNotAvailable` error and no
+    /// records.
+    pub async fn fetch(&self, spec: &FetchSpec) -> ClientResult<Vec<FetchedPartition>> {
+        let partitions: Vec<(String, i32)> = spec
+            .partitions
+            .iter()
+            .map(|(t, p, _, _)| (t.clone(), *p))
+            .collect();
+        let groups = self.by_leader(&partitions).await;
+        let mut results = Vec::new();
+        type Fetched = (FetchSpec, ClientResult<Vec<FetchedPartition>>);
+        let mut fetches: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Fetched> + '_>>> =
+            Vec::new();
+        for (leader, indexes) in &groups {
+            let subset = FetchSpec {
+                partitions: indexes
+                    .iter()
+                    .map(|i| spec.partitions[*i].clone())
+                    .collect(),
+                ..spec.clone()
+            };
+            match leader {
+                None => results.extend(subset.partitions.iter().map(|(t, p, _, _)| {
+                    unfetched(
+                        t,
+                        *p,
+                        ErrorCode::LeaderNotAvailable,
+                        "no leader at the moment",
+                    )
+                })),
+                Some(node) => {
+                    let node = *node;
+                    fetches.push(Box::pin(async move {
+                        let fetched = match self.connection_to(node).await {
+                            Ok(connection) => Self::fetch_on(&connection, &subset).await,
+                            Err(error) => Err(error),
+                        };
+                        (subset, fetched)
+                    }));
+                }
+            }
+        }
+        for (subset, fetched) in join_all(fetches).await {
+            match fetched {
+                Ok(fetched) => results.extend(fetched),
+                Err(error) if error.is_retriable() => {
+                    results.extend(subset.partitions.iter().map(|(t, p, _, _)| {
+                        unfetched(t, *p, ErrorCode::NotLeader, &error.to_string())
+                    }))
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        self.forget(
+            results
+                .iter()
+                .filter(|r| moved(r.error))
+                .map(|r| (r.topic.clone(), r.partition)),
+        );
+        Ok(results)
+    }
+
+    /// Offsets of `partitions` by `query`, each from its leader: `(topic, partition,
+    /// offset, timestamp)`, offset -1 when no record is at or after a queried timestamp.
+    /// Retries through leader changes for a few seconds.
+    pub async fn list_offsets(
+        &self,
+        partitions: &[(String, i32)],
+        query: OffsetQuery,
+    ) -> ClientResult<Vec<(String, i32, i64, i64)>> {
+        let deadline = std::time::Instant::now() + ROUTING_RETRY;
+        loop {
+            let mut results = Vec::new();
+            let mut retry = None;
+            for (leader, indexes) in self.by_leader(partitions).await {
+                let subset: Vec<(String, i32)> =
+                    indexes.iter().map(|i| partitions[*i].clone()).collect();
+                let answer = match leader {
+                    None => Err(ClientError::broker(ErrorCode::LeaderNotAvailable, None)),
+                    Some(node) => match self.connection_to(node).await {
+                        Ok(connection) => Self::list_offsets_on(&connection, &subset, query).await,
+                        Err(error) => Err(error),
+                    },
+                };
+                match answer {
+                    Ok(found) => results.extend(found),
+                    Err(error) => {
+                        self.forget(subset);
+                        retry = Some(error);
+                    }
+                }
+            }
+            match retry {
+                None => return Ok(results),
+                Some(error) if error.is_retriable() && std::time::Instant::now() < deadline => {
+                    glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Some(error) => return Err(error),
+            }
+        }
+    }
+
+    /// The connection to `group`'s coordinator: the leader of its offsets partition.
+    async fn coordinator(&self, group: &str) -> ClientResult<Rc<Connection>> {
+        if self.routes.offsets_partitions.get() == 0 {
+            let metadata = self.metadata(Some(&[OFFSETS_TOPIC.to_string()])).await?;
+            self.learn(&metadata);
+        }
+        let partitions = self.routes.offsets_partitions.get().max(1);
+        let partition = (crc32c::crc32c(group.as_bytes()) % partitions as u32) as i32;
+        match self
+            .leaders(&[(OFFSETS_TOPIC.to_string(), partition)])
+            .await[0]
+        {
+            Some(node) => self.connection_to(node).await,
+            None => Err(ClientError::broker(
+                ErrorCode::LeaderNotAvailable,
+                Some("no group coordinator"),
+            )),
+        }
+    }
+
+    /// Runs `call` against `group`'s coordinator, finding it again after a move.
+    async fn with_coordinator<T, F>(
+        &self,
+        group: &str,
+        call: impl Fn(Rc<Connection>) -> F,
+    ) -> ClientResult<T>
+    where
+        F: std::future::Future<Output = ClientResult<T>>,
+    {
+        let deadline = std::time::Instant::now() + ROUTING_RETRY;
+        loop {
+            let result = match self.coordinator(group).await {
+                Ok(connection) => call(connection).await,
+                Err(error) => Err(error),
+            };
+            match result {
+                Err(error) if error.is_retriable() && std::time::Instant::now() < deadline => {
+                    self.routes.offsets_partitions.set(0);
+                    self.routes
+                        .leaders
+                        .borrow_mut()
+                        .retain(|(t, _), _| t != OFFSETS_TOPIC);
+                    glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: &[(String, i32, i64)],
+    ) -> ClientResult<()> {
+        self.with_coordinator(group, |connection| async move {
+            Self::commit_offsets_on(&connection, group, offsets).await
+        })
+        .await
+    }
+
+    /// Committed offsets of `group`, for `topics` (every committed one when `None`).
+    pub async fn fetch_offsets(
+        &self,
+        group: &str,
+        topics: Option<&[String]>,
+    ) -> ClientResult<Vec<CommittedOffset>> {
+        self.with_coordinator(group, |connection| async move {
+            Self::fetch_offsets_on(&connection, group, topics).await
+        })
+        .await
     }
 
     pub async fn list_groups(&self) -> ClientResult<Vec<String>> {

@@ -157,6 +157,13 @@ impl Consumer {
                 self.positions.insert(key, fetched.log_start_offset);
                 continue;
             }
+            if fetched.error != ErrorCode::None
+                && ClientError::broker(fetched.error, None).is_retriable()
+            {
+                // The leader moved (or is being elected): the client looks it up again
+                // for the next poll.
+                continue;
+            }
             if fetched.error != ErrorCode::None {
                 return Err(ClientError::broker(
                     fetched.error,

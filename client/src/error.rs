@@ -33,11 +33,21 @@ impl ClientError {
     /// Whether retrying the same request may succeed.
     pub fn is_retriable(&self) -> bool {
         match self {
-            ClientError::ConnectionLost(_) | ClientError::Timeout(_) => true,
+            ClientError::ConnectionLost(_)
+            | ClientError::Timeout(_)
+            | ClientError::Connect { .. } => true,
             ClientError::Broker { code, .. } => {
                 matches!(
                     *code,
-                    ErrorCode::Timeout | ErrorCode::ShuttingDown | ErrorCode::NotOwner
+                    ErrorCode::Timeout
+                        | ErrorCode::ShuttingDown
+                        | ErrorCode::NotOwner
+                        | ErrorCode::NotLeader
+                        | ErrorCode::LeaderNotAvailable
+                        | ErrorCode::NotEnoughReplicas
+                        | ErrorCode::NotController
+                        | ErrorCode::FencedLeaderEpoch
+                        | ErrorCode::UnknownLeaderEpoch
                 )
             }
             _ => false,

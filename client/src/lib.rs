@@ -10,8 +10,8 @@ mod partitioner;
 mod producer;
 
 pub use client::{
-    Client, CommittedOffset, FetchSpec, FetchedPartition, Metadata, OffsetQuery, PartitionMeta,
-    ProduceResult, TopicConfigEntry, TopicMeta,
+    Client, ClusterBroker, ClusterDescription, CommittedOffset, FetchSpec, FetchedPartition,
+    Metadata, OffsetQuery, PartitionMeta, ProduceResult, TopicConfigEntry, TopicMeta,
 };
 pub use connection::{Connection, ResponseFrame};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};

@@ -175,6 +175,12 @@ pub struct Controller {
     heard_ms: BTreeMap<NodeId, u64>,
     since_ms: u64,
     last_rebalance_ms: u64,
+    /// When time last decided something: a long gap means this controller itself was
+    /// stopped (SIGSTOP, a stall), and the heartbeats it missed meanwhile say nothing.
+    last_tick_ms: u64,
+    /// The broker this controller runs on: alive as long as it decides, never fenced for
+    /// silence by itself.
+    host: Option<NodeId>,
 }
 
 type Result<T> = std::result::Result<T, ControllerError>;
@@ -186,7 +192,15 @@ impl Controller {
             heard_ms: BTreeMap::new(),
             since_ms: now_ms,
             last_rebalance_ms: now_ms,
+            last_tick_ms: now_ms,
+            host: None,
         }
+    }
+
+    /// The controller runs on broker `node`.
+    pub fn running_on(mut self, node: NodeId) -> Controller {
+        self.host = Some(node);
+        self
     }
 
     pub fn config(&self) -> &ControllerConfig {
@@ -324,8 +338,16 @@ impl Controller {
             }];
         }
         let timeout = self.config.session_timeout_ms;
+        if now_ms.saturating_sub(self.last_tick_ms) > timeout / 2 {
+            // This controller did not run for a while: every broker gets a fresh session
+            // before it can be fenced, as after an election.
+            self.heard_ms.clear();
+            self.since_ms = now_ms;
+        }
+        self.last_tick_ms = now_ms;
         let silent: Vec<NodeId> = image
             .live_brokers()
+            .filter(|b| Some(b.node) != self.host)
             .filter(|b| {
                 let heard = self.heard_ms.get(&b.node).copied().unwrap_or(self.since_ms);
                 now_ms.saturating_sub(heard) > timeout

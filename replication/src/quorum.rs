@@ -424,6 +424,12 @@ impl Quorum {
         })
     }
 
+    /// Whether a configuration change is proposed and not yet applied (raft-rs takes one
+    /// at a time).
+    pub fn conf_change_pending(&self) -> bool {
+        self.raw.raft.has_pending_conf()
+    }
+
     /// Starts an election now (a lone voter need not wait for its election timeout).
     pub fn campaign(&mut self) -> Result<(), ReplicationError> {
         self.raw.campaign().map_err(raft_error)

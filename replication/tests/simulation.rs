@@ -504,7 +504,8 @@ impl World {
         let node = &mut self.nodes[id as usize];
         if node.quorum.is_leader() && node.controller.is_none() {
             node.controller = Some(ActiveController {
-                controller: Controller::new(self.controller_config.clone(), self.now),
+                controller: Controller::new(self.controller_config.clone(), self.now)
+                    .running_on(id),
                 queue: VecDeque::new(),
                 in_flight: None,
             });

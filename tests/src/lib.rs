@@ -3,6 +3,7 @@
 /// Real `weir serve` processes (shared with the benchmarks).
 pub use weir_bench::process as broker;
 
+pub mod cluster;
 pub mod compaction;
 
 /// Starts a helper process on `dir` with its stdout piped, and a thread that forwards

@@ -79,6 +79,8 @@ pub struct Cluster {
     proposal_applied: Cell<Option<bool>>,
     pub peers: Rc<Peers>,
     registered: Cell<bool>,
+    /// Which broker `ask_around` asks first next.
+    ask_turn: Cell<usize>,
     fenced: Cell<bool>,
     last_snapshot_index: Cell<u64>,
 }
@@ -142,6 +144,7 @@ impl Cluster {
             proposal: Cell::new(None),
             proposal_applied: Cell::new(None),
             registered: Cell::new(false),
+            ask_turn: Cell::new(0),
             fenced: Cell::new(true),
             last_snapshot_index: Cell::new(snapshot_index),
         }))
@@ -387,9 +390,11 @@ impl Cluster {
                     term = self.quorum.borrow().term(),
                     "active controller"
                 );
-                let controller = Controller::new(self.controller_config(), now_ms());
+                let controller =
+                    Controller::new(self.controller_config(), now_ms()).running_on(self.node);
                 *self.controller.borrow_mut() = Some(controller);
             }
+            self.admit_learners();
             let request = self.requests.borrow_mut().pop_front();
             let decided = self.decide(request.as_ref().map(|(r, _)| r));
             let reply = request.map(|(_, reply)| reply);
@@ -410,10 +415,36 @@ impl Cluster {
                 }
                 continue;
             }
+            tracing::debug!(records = ?decision.records, "controller decision");
             let outcome = self.propose(&decision.records).await;
             send(reply, outcome.map(|index| (decision.answer, index)));
         }
         self.refuse_waiting();
+    }
+
+    /// Brokers added to a running cluster (registered, but neither voter nor learner of
+    /// the quorum) become learners, one configuration change at a time, so that the
+    /// metadata log reaches them. Their addresses are in their registrations, which
+    /// `learn_addresses` has taken by then.
+    fn admit_learners(&self) {
+        let mut quorum = self.quorum.borrow_mut();
+        if quorum.conf_change_pending() {
+            return;
+        }
+        let (voters, learners) = quorum.members();
+        let newcomer = self
+            .image
+            .borrow()
+            .brokers
+            .keys()
+            .copied()
+            .find(|node| !voters.contains(node) && !learners.contains(node));
+        if let Some(node) = newcomer {
+            match quorum.add_learner(node) {
+                Ok(_) => tracing::info!(node, "adding a broker to the quorum as a learner"),
+                Err(error) => tracing::warn!(node, %error, "could not add a learner"),
+            }
+        }
     }
 
     fn decide(
@@ -495,12 +526,38 @@ impl Cluster {
             .unwrap_or(Err(ControllerError::NotController { leader: None }))
     }
 
-    /// Asks the active controller, wherever it is, once.
-    pub async fn ask_once(&self, request: &ControllerRequest) -> ControllerReply {
+    /// Asks the active controller, wherever it is, once, waiting up to `timeout` for a
+    /// remote one.
+    pub async fn ask_once(
+        &self,
+        request: &ControllerRequest,
+        timeout: Duration,
+    ) -> ControllerReply {
         match self.controller_node() {
             Some(node) if node == self.node => self.submit(request.clone()).await,
-            Some(node) => self.peers.call_controller(node, request).await,
-            None => Err(ControllerError::NotController { leader: None }),
+            Some(node) => self.peers.call_controller(node, request, timeout).await,
+            None => self.ask_around(request, timeout).await,
+        }
+    }
+
+    /// Without a leader in its own view (a broker added to a running cluster hears from
+    /// the quorum only once it is a learner, which needs its registration first), asks
+    /// the other brokers in turn, following the controller each one names.
+    async fn ask_around(&self, request: &ControllerRequest, timeout: Duration) -> ControllerReply {
+        let others = self.peers.others();
+        if others.is_empty() {
+            return Err(ControllerError::NotController { leader: None });
+        }
+        let turn = self.ask_turn.get();
+        self.ask_turn.set(turn.wrapping_add(1));
+        let first = others[turn % others.len()];
+        match self.peers.call_controller(first, request, timeout).await {
+            Err(ControllerError::NotController {
+                leader: Some(leader),
+            }) if leader != self.node && leader != first => {
+                self.peers.call_controller(leader, request, timeout).await
+            }
+            other => other,
         }
     }
 
@@ -510,7 +567,7 @@ impl Cluster {
     pub async fn ask(&self, request: ControllerRequest) -> BrokerResult<ControllerAnswer> {
         let deadline = Instant::now() + CONTROLLER_RETRY;
         loop {
-            match self.ask_once(&request).await {
+            match self.ask_once(&request, peers::CALL_TIMEOUT).await {
                 Ok((answer, index)) => {
                     self.wait_published(index, CONTROLLER_RETRY).await?;
                     return Ok(answer);
@@ -552,7 +609,9 @@ impl Cluster {
                     shards: shard.count as u32,
                 }
             };
-            match self.ask_once(&request).await {
+            // A heartbeat that waits longer than an interval is late anyway: ask again
+            // (the controller may have moved) rather than wait on one that stopped.
+            match self.ask_once(&request, every).await {
                 Ok((ControllerAnswer::Heartbeat { fenced }, _)) => self.fenced.set(fenced),
                 Ok(_) => self.registered.set(true),
                 Err(ControllerError::StaleBrokerEpoch { .. }) => {

@@ -30,7 +30,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A write to a peer that takes longer than this means the peer (or the path to it) is
 /// gone: the connection is dropped and made again.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a call to the controller may take.
+/// How long a call to the controller may take (heartbeats allow less: a heartbeat stuck
+/// on a controller that stopped would let the next controller fence this broker).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -73,6 +74,17 @@ impl Peers {
                 self.calls.borrow_mut().remove(&broker.node);
             }
         }
+    }
+
+    /// Every broker whose address is known, but this one.
+    pub fn others(&self) -> Vec<NodeId> {
+        let me = self.node;
+        self.addresses
+            .borrow()
+            .keys()
+            .copied()
+            .filter(|n| *n != me)
+            .collect()
     }
 
     pub fn address(&self, node: NodeId) -> Option<String> {
@@ -165,6 +177,7 @@ impl Peers {
         &self,
         node: NodeId,
         request: &ControllerRequest,
+        timeout: Duration,
     ) -> ControllerReply {
         let unreachable = || ControllerError::NotController { leader: Some(node) };
         let existing = self.calls.borrow().get(&node).cloned();
@@ -193,7 +206,7 @@ impl Peers {
             vec![Bytes::from(body)],
             true,
         );
-        let frame = match with_timeout(CALL_TIMEOUT, call).await {
+        let frame = match with_timeout(timeout, call).await {
             Some(Ok(Some(frame))) => frame,
             _ => {
                 self.calls.borrow_mut().remove(&node);

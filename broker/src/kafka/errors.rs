@@ -35,6 +35,9 @@ pub fn code(error: &BrokerError) -> i16 {
         BrokerError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
         BrokerError::LeaderNotAvailable { .. } => ResponseError::LeaderNotAvailable,
         BrokerError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
+        BrokerError::NotEnoughReplicasAfterAppend { .. } => {
+            ResponseError::NotEnoughReplicasAfterAppend
+        }
         BrokerError::NotCoordinator(_) => ResponseError::NotCoordinator,
         BrokerError::TimedOut(_) => ResponseError::RequestTimedOut,
         BrokerError::FetchRefused(refusal) => match refusal {

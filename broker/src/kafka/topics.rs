@@ -45,12 +45,16 @@ fn error_message(error: &BrokerError) -> Option<kafka_protocol::protocol::StrByt
     Some(str_bytes(&errors::message(error)))
 }
 
-/// The brokers a client may talk to: every live one, at its Kafka listener. (Before this
-/// broker has joined, itself, so that a client has somewhere to retry.)
+/// The brokers a client may talk to: every registered one, at its Kafka listener, fenced
+/// ones too (they lead nothing, so clients only ask them for metadata; and a broker that
+/// vanished from the list makes librdkafka drop its requests in flight as never sent,
+/// which desynchronizes idempotent producers). Before this broker has joined: itself, so
+/// that a client has somewhere to retry.
 pub fn brokers(shard: &Shard) -> Vec<MetadataResponseBroker> {
     let image = shard.image();
     let live: Vec<MetadataResponseBroker> = image
-        .live_brokers()
+        .brokers
+        .values()
         .map(|broker| {
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(broker.node))

@@ -171,6 +171,15 @@ fn a_silent_broker_is_fenced_and_its_partitions_get_leaders_from_the_isr() {
     let (mut controller, mut image) = cluster(3);
     create(&mut controller, &mut image, "t", 3, 3);
     let before: Vec<PartitionState> = topic(&image, "t").partitions.clone();
+    // The controller ticks every 100 ms; brokers 0 and 1 send a heartbeat at 900 ms.
+    let fenced = |records: &[MetadataRecord]| {
+        records
+            .iter()
+            .any(|r| matches!(r, MetadataRecord::BrokerFenced { .. }))
+    };
+    for now in (100..=900).step_by(100) {
+        assert!(!fenced(&controller.tick(&image, now)));
+    }
     for node in [0, 1] {
         let heartbeat = ControllerRequest::Heartbeat {
             node,
@@ -179,13 +188,13 @@ fn a_silent_broker_is_fenced_and_its_partitions_get_leaders_from_the_isr() {
         };
         decide(&mut controller, &mut image, heartbeat, 900).unwrap();
     }
-    let early = controller.tick(&image, 900);
-    assert!(
-        !early
-            .iter()
-            .any(|r| matches!(r, MetadataRecord::BrokerFenced { .. }))
-    );
-    let records = controller.tick(&image, 1500);
+    let mut records = Vec::new();
+    for now in (1000..=1500).step_by(100) {
+        records = controller.tick(&image, now);
+        if fenced(&records) {
+            break;
+        }
+    }
     assert_eq!(records[0], MetadataRecord::BrokerFenced { node: 2 });
     apply(&mut image, &records);
     assert!(!image.is_live(2));
@@ -200,6 +209,22 @@ fn a_silent_broker_is_fenced_and_its_partitions_get_leaders_from_the_isr() {
         }
         assert_eq!(new.partition_epoch, old.partition_epoch + 1);
     }
+}
+
+#[test]
+fn a_controller_that_stood_still_fences_no_one_at_once() {
+    let (mut controller, image) = cluster(3);
+    // Ticks every 100 ms, then nothing for 5 s (the process was stopped).
+    for now in (100..=800).step_by(100) {
+        let _ = controller.tick(&image, now);
+    }
+    let records = controller.tick(&image, 5_800);
+    assert!(
+        !records
+            .iter()
+            .any(|r| matches!(r, MetadataRecord::BrokerFenced { .. })),
+        "{records:?}"
+    );
 }
 
 #[test]

@@ -177,3 +177,42 @@ fn a_gap_in_a_restored_log_is_an_error() {
     );
     assert!(matches!(result, Err(ReplicationError::Corrupt { .. })));
 }
+
+/// A node added to a running quorum starts with the voters' configuration (not
+/// including itself), is added as a learner, receives everything committed before and
+/// after, never campaigns, and the voters keep their quorum without it.
+#[test]
+fn a_learner_added_later_receives_the_whole_log_and_never_leads() {
+    let mut cluster = Cluster::new(3);
+    cluster.tick(50);
+    let leader = cluster.leader().unwrap();
+    for i in 0..3u8 {
+        cluster.nodes[leader].propose(vec![i]).unwrap();
+    }
+    cluster.tick(5);
+    let voters: Vec<NodeId> = (0..3).collect();
+    cluster.nodes.push(
+        Quorum::new(
+            &config(3),
+            QuorumStorage::bootstrap(&voters),
+            0,
+            &logger(),
+            Some(10),
+        )
+        .unwrap(),
+    );
+    cluster.applied.push(Vec::new());
+    assert!(!cluster.nodes[leader].conf_change_pending());
+    cluster.nodes[leader].add_learner(3).unwrap();
+    assert!(cluster.nodes[leader].conf_change_pending());
+    cluster.tick(20);
+    assert!(!cluster.nodes[leader].conf_change_pending());
+    assert_eq!(cluster.nodes[leader].members(), (vec![0, 1, 2], vec![3]));
+    cluster.nodes[leader].propose(vec![3]).unwrap();
+    cluster.tick(200);
+    let all: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i]).collect();
+    assert_eq!(cluster.applied[3], all);
+    assert_eq!(cluster.nodes[3].members(), (vec![0, 1, 2], vec![3]));
+    assert!(!cluster.nodes[3].is_leader());
+    assert_eq!(cluster.nodes[3].leader(), Some(leader as NodeId));
+}
