@@ -923,6 +923,24 @@ fn replication(args: PairedRuns) -> anyhow::Result<()> {
                 create.extend(["--config", "min.insync.replicas=2"]);
             }
             brokers[0].cli_ok(&create, None)?;
+            // Every broker knows the leader and the ISR is whole before the first write.
+            let settled = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let describe = brokers[0].cli_ok(&["topic", "describe", &topic], None)?;
+                let isr = describe
+                    .lines()
+                    .find(|l| l.starts_with("0\t"))
+                    .and_then(|l| l.split('\t').nth(4).map(|isr| isr.split(',').count()));
+                if isr == Some(rf) {
+                    break;
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < settled,
+                    "{topic} did not settle: {describe}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
             let report = weir_loadgen::run(Config {
                 topic: topic.clone(),
                 ..config

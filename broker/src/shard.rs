@@ -18,6 +18,8 @@ use weir_replication::{ControllerRequest, FetchAnswer, FetchPosition, FetchRefus
 use weir_storage::{FlushPolicy, Log, LogIdentity, ShardStorage};
 use weir_wire::native::schema::{Acks, OffsetSpec};
 
+use weir_client::ArrivalGate;
+
 use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, BrokerResult};
@@ -1703,121 +1705,4 @@ async fn any_of(mut listeners: Vec<EventListener>) {
         std::task::Poll::Pending
     })
     .await
-}
-
-/// Lets tasks pass one at a time in the order they took their tickets. (glommio's
-/// semaphore wakes its first waiter but lets a task arriving meanwhile take the permit
-/// first, which is fair enough for resources but breaks arrival order.)
-#[derive(Debug, Default)]
-struct ArrivalGate {
-    next_ticket: Cell<u64>,
-    serving: Cell<u64>,
-    /// Tickets whose holders gave up waiting (their task was dropped); skipped.
-    abandoned: RefCell<std::collections::BTreeSet<u64>>,
-    turn: Event,
-}
-
-impl ArrivalGate {
-    fn take_ticket(self: &Rc<Self>) -> Ticket {
-        let number = self.next_ticket.get();
-        self.next_ticket.set(number + 1);
-        Ticket {
-            gate: self.clone(),
-            number,
-        }
-    }
-
-    fn is_idle(&self) -> bool {
-        self.serving.get() == self.next_ticket.get()
-    }
-
-    fn advance(&self) {
-        let mut next = self.serving.get() + 1;
-        let mut abandoned = self.abandoned.borrow_mut();
-        while abandoned.remove(&next) {
-            next += 1;
-        }
-        self.serving.set(next);
-        self.turn.notify(usize::MAX);
-    }
-}
-
-struct Ticket {
-    gate: Rc<ArrivalGate>,
-    number: u64,
-}
-
-impl Ticket {
-    async fn wait_turn(&self) {
-        loop {
-            if self.gate.serving.get() == self.number {
-                return;
-            }
-            let turn = self.gate.turn.listen();
-            if self.gate.serving.get() == self.number {
-                return;
-            }
-            turn.await;
-        }
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if self.gate.serving.get() == self.number {
-            self.gate.advance();
-        } else {
-            self.gate.abandoned.borrow_mut().insert(self.number);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A task that arrives while the first waiter is woken but not yet running must not
-    /// pass before it, and a dropped waiter must not stall those behind it.
-    #[test]
-    fn arrival_gate_keeps_arrival_order() {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .make()
-            .unwrap()
-            .run(async {
-                let gate = Rc::new(ArrivalGate::default());
-                let order = Rc::new(RefCell::new(Vec::new()));
-                let first = gate.take_ticket();
-                let mut tasks = Vec::new();
-                for name in ["second", "abandoned", "third"] {
-                    let ticket = gate.take_ticket();
-                    let order = order.clone();
-                    let task = glommio::spawn_local(async move {
-                        ticket.wait_turn().await;
-                        order.borrow_mut().push(name);
-                    });
-                    if name == "abandoned" {
-                        drop(task);
-                    } else {
-                        tasks.push(task);
-                    }
-                }
-                glommio::yield_if_needed().await;
-                glommio::timer::sleep(Duration::from_millis(1)).await;
-                order.borrow_mut().push("first");
-                drop(first);
-                // Arrives after the first left, before the second ran.
-                let late = gate.take_ticket();
-                let order_late = order.clone();
-                let late = glommio::spawn_local(async move {
-                    late.wait_turn().await;
-                    order_late.borrow_mut().push("late");
-                });
-                for task in tasks {
-                    task.await;
-                }
-                late.await;
-                assert_eq!(*order.borrow(), ["first", "second", "third", "late"]);
-                assert!(gate.is_idle());
-            });
-    }
 }

@@ -373,16 +373,27 @@ fn the_nemesis_finds_no_lost_acknowledged_write() {
     let mut workload = Workload::start(&cluster, &out, 2);
     std::thread::sleep(Duration::from_secs(3));
     let mut rng = weir_tests::Rng::from_clock();
+    // The soak (by hand): NEMESIS_KILLS=200 NEMESIS_PARTITIONS=80, or more.
+    let wanted = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (kills_wanted, partitions_wanted) = (
+        wanted("NEMESIS_KILLS", 50),
+        wanted("NEMESIS_PARTITIONS", 20),
+    );
     let (mut kills, mut partitions, mut pauses) = (0, 0, 0);
     let started = Instant::now();
     let mut step = 0u64;
-    while kills < 50 || partitions < 20 {
+    while kills < kills_wanted || partitions < partitions_wanted {
         step += 1;
         let victim = rng.below(3) as usize;
         // Mostly kills (they are quicker), a partition every third step, now and then a
         // pause; the rolling restart once, half way.
         match step % 3 {
-            0 if partitions < 20 => {
+            0 if partitions < partitions_wanted => {
                 let network = cluster.network.as_ref().unwrap();
                 match rng.below(3) {
                     0 => network.isolate(victim).unwrap(),

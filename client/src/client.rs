@@ -8,8 +8,9 @@ use bytes::Bytes;
 use weir_wire::native::PROTOCOL_VERSION;
 use weir_wire::native::schema::{self, Acks, ConfigSource, ErrorCode, OffsetSpec, RequestBody};
 
-use crate::connection::{Connection, ResponseFrame};
+use crate::connection::{Connection, PendingResponse, ResponseFrame};
 use crate::error::{ClientError, ClientResult};
+use crate::gate::ArrivalGate;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionMeta {
@@ -209,6 +210,8 @@ struct Routes {
     leaders: RefCell<HashMap<(String, i32), i32>>,
     /// Partitions of the committed-offsets topic (0: unknown).
     offsets_partitions: Cell<i32>,
+    /// Produce calls route and write in the order they were made.
+    send_gate: Rc<ArrivalGate>,
 }
 
 /// How long requests routed to leaders retry through a leader change.
@@ -626,15 +629,16 @@ impl Client {
 
     /// Sends record batches (each `Bytes` one or more whole batches) for partitions. With
     /// `Acks::None` nothing comes back and the result is empty.
-    async fn produce_on(
+    /// Writes a produce request for `records` on `connection`.
+    async fn send_produce(
         connection: &Connection,
         acks: Acks,
         timeout_ms: i32,
-        records: Vec<(String, i32, Bytes)>,
-    ) -> ClientResult<Vec<ProduceResult>> {
+        records: &[(String, i32, Bytes)],
+    ) -> ClientResult<PendingResponse> {
         let mut offset = 0u32;
         let mut slices = Vec::with_capacity(records.len());
-        for (_, _, bytes) in &records {
+        for (_, _, bytes) in records {
             slices.push(schema::PayloadSlice::new(offset, bytes.len() as u32));
             offset += bytes.len() as u32;
         }
@@ -668,14 +672,18 @@ impl Client {
             .as_union_value()
         };
         let payload: Vec<Bytes> = records.iter().map(|(_, _, bytes)| bytes.clone()).collect();
-        let frame = connection
-            .request(
+        connection
+            .send(
                 RequestBody::ProduceRequest,
                 build,
                 payload,
                 acks != Acks::None,
             )
-            .await?;
+            .await
+    }
+
+    /// The per-partition results of a produce response (none without one: acks none).
+    fn produce_results(frame: Option<ResponseFrame>) -> ClientResult<Vec<ProduceResult>> {
         let Some(frame) = frame else {
             return Ok(Vec::new());
         };
@@ -1019,18 +1027,21 @@ impl Client {
         timeout_ms: i32,
         records: Vec<(String, i32, Bytes)>,
     ) -> ClientResult<Vec<ProduceResult>> {
+        // Routing (which may await metadata or a new connection) and writing happen in
+        // the order of the calls: a producer's batches for a partition must reach its
+        // leader in the order they were made.
+        let turn = self.routes.send_gate.take_ticket();
+        turn.wait_turn().await;
         let partitions: Vec<(String, i32)> =
             records.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
         let groups = self.by_leader(&partitions).await;
-        let mut failed = Vec::new();
-        type Sent = (Vec<(String, i32, Bytes)>, ClientResult<Vec<ProduceResult>>);
-        let mut sends: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Sent> + '_>>> =
-            Vec::new();
+        let mut results = Vec::new();
+        let mut sent = Vec::with_capacity(groups.len());
         for (leader, indexes) in &groups {
             let subset: Vec<(String, i32, Bytes)> =
                 indexes.iter().map(|i| records[*i].clone()).collect();
             match leader {
-                None => failed.extend(subset.into_iter().map(|(t, p, _)| {
+                None => results.extend(subset.into_iter().map(|(t, p, _)| {
                     unrouted(
                         t,
                         p,
@@ -1039,23 +1050,23 @@ impl Client {
                     )
                 })),
                 Some(node) => {
-                    let node = *node;
-                    sends.push(Box::pin(async move {
-                        let sent = match self.connection_to(node).await {
-                            Ok(connection) => {
-                                Self::produce_on(&connection, acks, timeout_ms, subset.clone())
-                                    .await
-                            }
-                            Err(error) => Err(error),
-                        };
-                        (subset, sent)
-                    }));
+                    let pending = match self.connection_to(*node).await {
+                        Ok(connection) => {
+                            Self::send_produce(&connection, acks, timeout_ms, &subset).await
+                        }
+                        Err(error) => Err(error),
+                    };
+                    sent.push((subset, pending));
                 }
             }
         }
-        let mut results = failed;
-        for (subset, sent) in join_all(sends).await {
-            match sent {
+        drop(turn);
+        for (subset, pending) in sent {
+            let answered = match pending {
+                Ok(pending) => pending.wait().await.and_then(Self::produce_results),
+                Err(error) => Err(error),
+            };
+            match answered {
                 Ok(answered) => results.extend(answered),
                 Err(error) => results.extend(
                     subset

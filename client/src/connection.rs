@@ -15,6 +15,7 @@ use weir_wire::native::schema;
 use weir_wire::native::{self, FRAME_PREFIX_BYTES};
 
 use crate::error::{ClientError, ClientResult};
+use crate::gate::ArrivalGate;
 
 /// The largest response frame accepted: responses are bounded by what was asked for.
 pub const RESPONSE_FRAME_BYTES_MAX: usize = 1 << 30;
@@ -59,9 +60,10 @@ type Waiters = Rc<RefCell<HashMap<u64, LocalSender<ClientResult<ResponseFrame>>>
 #[derive(Debug)]
 pub struct Connection {
     address: String,
-    /// The write half, taken by the request that holds `write_turn` while it writes.
+    /// The write half, taken by the request whose turn at `write_gate` it is.
     writer: RefCell<Option<WriteHalf<TcpStream>>>,
-    write_turn: glommio::sync::Semaphore,
+    /// Requests are written in the order they were made (`ArrivalGate`: strictly FIFO).
+    write_gate: Rc<ArrivalGate>,
     fd: std::os::fd::RawFd,
     waiters: Waiters,
     next_id: Cell<u64>,
@@ -94,7 +96,7 @@ impl Connection {
         Ok(Rc::new(Connection {
             address: address.to_string(),
             writer: RefCell::new(Some(writer)),
-            write_turn: glommio::sync::Semaphore::new(1),
+            write_gate: ArrivalGate::new(),
             fd,
             waiters,
             next_id: Cell::new(1),
@@ -120,9 +122,25 @@ impl Connection {
         payload: Vec<Bytes>,
         expect_response: bool,
     ) -> ClientResult<Option<ResponseFrame>> {
+        self.send(body_type, build, payload, expect_response)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Writes a request (in the order of the calls: the place in line is taken before
+    /// anything awaits) and returns what waits for its response.
+    pub async fn send(
+        &self,
+        body_type: schema::RequestBody,
+        build: impl FnOnce(&mut FlatBufferBuilder<'static>) -> WIPOffset<UnionWIPOffset>,
+        payload: Vec<Bytes>,
+        expect_response: bool,
+    ) -> ClientResult<PendingResponse> {
         if let Some(error) = self.failure.borrow().as_ref() {
             return Err(ClientError::ConnectionLost(error.clone()));
         }
+        let turn = self.write_gate.take_ticket();
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let mut builder = FlatBufferBuilder::with_capacity(256);
@@ -151,29 +169,45 @@ impl Connection {
         });
         // Written by the requesting task itself, in turn: requests go out in the order
         // they were made, without a hop through a writer task.
-        {
-            let _turn = self
-                .write_turn
-                .acquire_permit(1)
-                .await
-                .map_err(|_| ClientError::ConnectionLost("connection closed".into()))?;
-            // Missing only if a request was dropped in the middle of its write: the stream
-            // then holds half a frame and cannot be used again.
-            let Some(mut writer) = self.writer.borrow_mut().take() else {
-                let reason = "a request was abandoned while it was being written";
-                self.failure.borrow_mut().get_or_insert(reason.into());
-                self.waiters.borrow_mut().remove(&id);
-                return Err(ClientError::ConnectionLost(reason.into()));
-            };
-            let written = crate::io::write_parts(&mut writer, self.fd, &parts).await;
-            *self.writer.borrow_mut() = Some(writer);
-            if let Err(error) = written {
-                self.failure.borrow_mut().get_or_insert(error.to_string());
-                self.waiters.borrow_mut().remove(&id);
-                return Err(ClientError::ConnectionLost(error.to_string()));
-            }
+        turn.wait_turn().await;
+        if let Some(error) = self.failure.borrow().as_ref() {
+            self.waiters.borrow_mut().remove(&id);
+            return Err(ClientError::ConnectionLost(error.clone()));
         }
-        let Some(receiver) = receiver else {
+        // Missing only if a request was dropped in the middle of its write: the stream
+        // then holds half a frame and cannot be used again.
+        let Some(mut writer) = self.writer.borrow_mut().take() else {
+            let reason = "a request was abandoned while it was being written";
+            self.failure.borrow_mut().get_or_insert(reason.into());
+            self.waiters.borrow_mut().remove(&id);
+            return Err(ClientError::ConnectionLost(reason.into()));
+        };
+        let written = crate::io::write_parts(&mut writer, self.fd, &parts).await;
+        *self.writer.borrow_mut() = Some(writer);
+        drop(turn);
+        if let Err(error) = written {
+            self.failure.borrow_mut().get_or_insert(error.to_string());
+            self.waiters.borrow_mut().remove(&id);
+            return Err(ClientError::ConnectionLost(error.to_string()));
+        }
+        Ok(PendingResponse {
+            receiver,
+            failure: self.failure.clone(),
+        })
+    }
+}
+
+/// A written request's response, to be awaited.
+#[derive(Debug)]
+pub struct PendingResponse {
+    receiver: Option<glommio::channels::local_channel::LocalReceiver<ClientResult<ResponseFrame>>>,
+    failure: Rc<RefCell<Option<String>>>,
+}
+
+impl PendingResponse {
+    /// The response; `None` for a request sent without expecting one.
+    pub async fn wait(self) -> ClientResult<Option<ResponseFrame>> {
+        let Some(receiver) = self.receiver else {
             return Ok(None);
         };
         match receiver.recv().await {

@@ -5,6 +5,7 @@ mod client;
 mod connection;
 mod consumer;
 mod error;
+mod gate;
 pub mod io;
 mod partitioner;
 mod producer;
@@ -13,9 +14,10 @@ pub use client::{
     Client, ClusterBroker, ClusterDescription, CommittedOffset, FetchSpec, FetchedPartition,
     Metadata, OffsetQuery, PartitionMeta, ProduceResult, TopicConfigEntry, TopicMeta,
 };
-pub use connection::{Connection, ResponseFrame};
+pub use connection::{Connection, PendingResponse, ResponseFrame};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};
 pub use error::{ClientError, ClientResult};
+pub use gate::{ArrivalGate, Ticket};
 pub use partitioner::murmur2;
 pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord};
 pub use weir_wire::native::schema::{Acks, ConfigSource, ErrorCode, OffsetSpec};
