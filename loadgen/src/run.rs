@@ -19,7 +19,8 @@ use weir_bench::percentiles::nanos_histogram;
 use weir_client::{
     Acks, Client, ErrorCode, FetchSpec, FetchedPartition, OffsetQuery, ProduceResult, murmur2,
 };
-use weir_wire::{BatchBuilder, BatchHeader, RecordIter};
+use weir_wire::batch::BATCH_HEADER_BYTES;
+use weir_wire::{BatchBuilder, BatchHeader, Compression, RecordIter};
 
 use crate::kafka::KafkaClient;
 use crate::message::{self, Message};
@@ -75,8 +76,9 @@ pub struct Config {
     pub producers: u32,
     #[arg(long, default_value = "1")]
     pub consumers: u32,
-    /// Only `none`: loadgen builds uncompressed batches (the broker stores batches as
-    /// given, so a codec would measure loadgen's compressor, not the broker).
+    /// Codec of the batches loadgen builds: none, gzip, snappy, lz4, zstd (the broker
+    /// stores batches as given; with a codec, loadgen's own compression and
+    /// decompression share its CPU with the load).
     #[arg(long, default_value = "none")]
     pub compression: String,
     /// A partition's batch is sent at this size ...
@@ -246,14 +248,23 @@ impl Broker {
     }
 }
 
+/// The codec named `name` (Kafka's names: none, gzip, snappy, lz4, zstd).
+fn codec(name: &str) -> anyhow::Result<Compression> {
+    Compression::ALL
+        .into_iter()
+        .find(|c| c.name() == name)
+        .with_context(|| {
+            let names: Vec<&str> = Compression::ALL.iter().map(|c| c.name()).collect();
+            format!("--compression {name}: not one of {}", names.join(", "))
+        })
+}
+
+/// The most a fetched batch may decompress to (a batch is at most a produce frame).
+const DECOMPRESSED_BATCH_BYTES_MAX: usize = 256 << 20;
+
 /// Runs the load described by `config` and reports on it.
 pub fn run(config: Config) -> anyhow::Result<Report> {
-    if config.compression != "none" {
-        bail!(
-            "--compression {}: only none is supported until codecs arrive",
-            config.compression
-        );
-    }
+    codec(&config.compression)?;
     if config.message_bytes < message::MESSAGE_HEADER_BYTES
         || config.batch_bytes == 0
         || config.threads == 0
@@ -437,6 +448,7 @@ async fn produce(
     let in_flight = Rc::new(glommio::sync::Semaphore::new(config.in_flight as u64));
     let mut open: HashMap<i32, OpenBatch> = HashMap::new();
     let mut value = Vec::with_capacity(config.message_bytes_max.unwrap_or(config.message_bytes));
+    let compression = codec(&config.compression)?;
     let (mut sequence, mut next_ns, mut rotation) = (0u64, nanos_since(epoch), id as i32);
     loop {
         let now = nanos_since(epoch);
@@ -476,11 +488,15 @@ async fn produce(
             };
             let key = (config.key_cardinality > 0)
                 .then(|| format!("key-{}", sequence % config.key_cardinality));
-            let batch = open.entry(partition).or_insert_with(|| OpenBatch {
-                builder: BatchBuilder::new(wall_ms(epoch_wall_ms, intended)),
-                messages: Vec::new(),
-                bytes: 0,
-                opened_ns: now,
+            let batch = open.entry(partition).or_insert_with(|| {
+                let mut builder = BatchBuilder::new(wall_ms(epoch_wall_ms, intended));
+                builder.compression(compression);
+                OpenBatch {
+                    builder,
+                    messages: Vec::new(),
+                    bytes: 0,
+                    opened_ns: now,
+                }
             });
             batch.builder.append(
                 wall_ms(epoch_wall_ms, intended),
@@ -725,7 +741,19 @@ fn receive(
         let header = BatchHeader::parse(&records[at..])?;
         let batch = &records[at..at + header.total_bytes()];
         let now = nanos_since(epoch);
-        for record in RecordIter::new(batch)? {
+        let decompressed = match header.attributes.compression() {
+            Some(Compression::None) | None => None,
+            Some(codec) => Some(weir_wire::compression::decompress(
+                codec,
+                batch.get(BATCH_HEADER_BYTES..).unwrap_or_default(),
+                DECOMPRESSED_BATCH_BYTES_MAX,
+            )?),
+        };
+        let iter = match &decompressed {
+            Some(records) => RecordIter::over(header, records),
+            None => RecordIter::new(batch)?,
+        };
+        for record in iter {
             let record = record?;
             if record.offset < position {
                 continue;

@@ -177,7 +177,7 @@ def main():
     if args.mode == "read":
         read(args)
         return
-    reader = threading.Thread(target=follow, args=(args,))
+    reader = threading.Thread(target=follow, args=(args,), daemon=True)
     reader.start()
     producers = [threading.Thread(target=produce, args=(args, i)) for i in range(args.producers)]
     for t in producers:
@@ -185,7 +185,13 @@ def main():
     for t in producers:
         t.join()
     open(os.path.join(args.out, "stop-reader"), "w").close()
-    reader.join()
+    # What the live reader saw is on disk line by line; a reader that does not stop (once,
+    # librdkafka's Consumer.close() hung here) must not hang the run.
+    reader.join(60)
+    if reader.is_alive():
+        print("the live reader did not stop within 60 s; leaving it", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
