@@ -47,19 +47,7 @@ impl BrokerProcess {
         env: &[(&str, &str)],
     ) -> anyhow::Result<BrokerProcess> {
         let binary = binary.as_ref();
-        let mut args = vec![
-            "serve".to_string(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--native-listen".into(),
-            "127.0.0.1:0".into(),
-            "--kafka-listen".into(),
-            "127.0.0.1:0".into(),
-            "--http-listen".into(),
-            "127.0.0.1:0".into(),
-            "--cores".into(),
-            cores.to_string(),
-        ];
+        let mut args = serve_args(data_dir, "127.0.0.1:0", cores);
         args.extend(extra.iter().map(|a| a.to_string()));
         let mut broker = BrokerProcess {
             binary: binary.to_path_buf(),
@@ -113,26 +101,17 @@ impl BrokerProcess {
                     kafka: String::new(),
                     http: String::new(),
                 };
-                broker.args = [
-                    "serve",
-                    "--data-dir",
-                    &broker.data_dir.display().to_string(),
-                    "--native-listen",
+                broker.args = serve_args(
+                    &broker.data_dir,
                     &format!("127.0.0.1:{}", ports[node]),
-                    "--kafka-listen",
-                    "127.0.0.1:0",
-                    "--http-listen",
-                    "127.0.0.1:0",
-                    "--cores",
-                    &cores.to_string(),
-                    "--node-id",
-                    &node.to_string(),
-                    "--cluster",
-                    &cluster,
-                ]
-                .iter()
-                .map(|a| a.to_string())
-                .collect();
+                    cores,
+                );
+                broker.args.extend([
+                    "--node-id".to_string(),
+                    node.to_string(),
+                    "--cluster".into(),
+                    cluster.clone(),
+                ]);
                 std::thread::spawn(move || broker.launch().map(|()| broker))
             })
             .collect();
@@ -273,4 +252,25 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// `serve` on `native` (Kafka and HTTP on ports the OS chooses), with `cores` shards and
+/// data in `data_dir`.
+fn serve_args(data_dir: &Path, native: &str, cores: usize) -> Vec<String> {
+    [
+        "serve",
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--native-listen",
+        native,
+        "--kafka-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--cores",
+        &cores.to_string(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
 }

@@ -422,15 +422,21 @@ fn limits_and_broker(
     limits_and_broker_with_env(root, cores, broker_cpus, &[])
 }
 
+/// Empties `root`, measures the limits in it and prints them.
+fn fresh_limits(root: &Path) -> anyhow::Result<Limits> {
+    let _ = std::fs::remove_dir_all(root);
+    let limits = measure_limits(&root.join("limits"))?;
+    eprint!("{}", limits_table(&limits));
+    Ok(limits)
+}
+
 fn limits_and_broker_with_env(
     root: &Path,
     cores: usize,
     broker_cpus: Option<String>,
     extra_env: &[(&str, &str)],
 ) -> anyhow::Result<(Limits, BrokerProcess)> {
-    let _ = std::fs::remove_dir_all(root);
-    let limits = measure_limits(&root.join("limits"))?;
-    eprint!("{}", limits_table(&limits));
+    let limits = fresh_limits(root)?;
     let binary = std::env::current_exe().context("locating the weir binary")?;
     let cpus = broker_cpus.map(|c| format!("[{c}]"));
     let mut env: Vec<(&str, &str)> = cpus.iter().map(|c| ("WEIR_CPUS", c.as_str())).collect();
@@ -617,10 +623,11 @@ const COMPACTION_FIGURES: &[FigureSpec] = &[PRODUCE_ACK_P50, PRODUCE_ACK_P99, EN
 
 const COMPACTION_SCENARIO: &str = "durable produce and consume, open loop 50 MB/s (every-batch, acks=all, 1 KiB, 16 KiB batches), beside a 20 MB/s churn of keyed updates";
 
-/// The stream whose latency is measured: durable, with a consumer, at a rate that leaves
-/// the shard headroom (a latency-critical pipeline, not a saturated one), so that what
-/// compaction adds shows rather than queueing at a full core.
-fn compaction_measured(brokers: &str, n: usize) -> Config {
+/// The stream whose latency is measured beside compaction and under replication:
+/// durable, with a consumer, at a rate that leaves the shard headroom (a latency-critical
+/// pipeline, not a saturated one), so that what compaction or replication adds shows
+/// rather than queueing at a full core.
+fn measured_stream(brokers: &str, n: usize) -> Config {
     Config {
         rate_mb_s: Some(50.0),
         duration_s: 10.0,
@@ -757,7 +764,7 @@ fn compaction(args: PairedRuns) -> anyhow::Result<()> {
                 "{COMPACTION_SCENARIO} with compaction {compacted} (run {})",
                 n + 1
             );
-            let config = compaction_measured(&broker.native, n * 2 + slot);
+            let config = measured_stream(&broker.native, n * 2 + slot);
             let measured_s = config.duration_s + config.warmup_s;
             // The churn starts first and outlasts the measurement, so compaction is busy
             // throughout it.
@@ -893,9 +900,7 @@ fn replication(args: PairedRuns) -> anyhow::Result<()> {
         broker_cpus,
         json,
     } = args;
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let limits = measure_limits(&data_dir.join("limits"))?;
-    eprint!("{}", limits_table(&limits));
+    let limits = fresh_limits(&data_dir)?;
     let binary = std::env::current_exe().context("locating the weir binary")?;
     let cpus: Vec<String> = broker_cpus
         .map(|c| c.split(',').map(str::to_string).collect())
@@ -914,7 +919,7 @@ fn replication(args: PairedRuns) -> anyhow::Result<()> {
             let slot = usize::from(rf == 1);
             std::thread::sleep(std::time::Duration::from_secs(2));
             eprintln!("{REPLICATION_SCENARIO}, RF={rf} (run {})", n + 1);
-            let config = compaction_measured(&bootstrap, n * 2 + slot);
+            let config = measured_stream(&bootstrap, n * 2 + slot);
             let topic = format!("replicated-rf{rf}-{n}");
             let mut create = vec!["topic", "create", &topic, "--partitions", "1"];
             let rf_arg = rf.to_string();

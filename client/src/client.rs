@@ -255,35 +255,6 @@ fn moved(code: ErrorCode) -> bool {
     )
 }
 
-/// Awaits every future, in any order of completion; returns their outputs in order.
-async fn join_all<T>(
-    futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T> + '_>>>,
-) -> Vec<T> {
-    let mut futures: Vec<_> = futures.into_iter().map(Some).collect();
-    let mut outputs: Vec<Option<T>> = (0..futures.len()).map(|_| None).collect();
-    futures_lite::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (slot, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if let Some(future) = slot {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(value) => {
-                        *output = Some(value);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
-}
-
 fn strings<'a>(
     builder: &mut flatbuffers::FlatBufferBuilder<'a>,
     values: &[String],
@@ -627,8 +598,6 @@ impl Client {
         frame.checked().map(|_| ())
     }
 
-    /// Sends record batches (each `Bytes` one or more whole batches) for partitions. With
-    /// `Acks::None` nothing comes back and the result is empty.
     /// Writes a produce request for `records` on `connection`.
     async fn send_produce(
         connection: &Connection,
@@ -710,10 +679,11 @@ impl Client {
             .collect())
     }
 
-    async fn fetch_on(
+    /// Writes a fetch request for `spec` on `connection`.
+    async fn send_fetch(
         connection: &Connection,
         spec: &FetchSpec,
-    ) -> ClientResult<Vec<FetchedPartition>> {
+    ) -> ClientResult<PendingResponse> {
         let build = |b: &mut flatbuffers::FlatBufferBuilder<'static>| {
             let entries = spec
                 .partitions
@@ -742,7 +712,14 @@ impl Client {
             };
             schema::FetchRequest::create(b, &args).as_union_value()
         };
-        let frame = call_on(connection, RequestBody::FetchRequest, build, vec![]).await?;
+        connection
+            .send(RequestBody::FetchRequest, build, vec![], true)
+            .await
+    }
+
+    /// The partitions of a fetch response.
+    fn fetch_results(frame: Option<ResponseFrame>) -> ClientResult<Vec<FetchedPartition>> {
+        let frame = frame.ok_or_else(|| ClientError::ConnectionLost("no response".into()))?;
         let response = frame.checked()?;
         let body = response
             .body_as_fetch_response()
@@ -1099,9 +1076,9 @@ impl Client {
             .collect();
         let groups = self.by_leader(&partitions).await;
         let mut results = Vec::new();
-        type Fetched = (FetchSpec, ClientResult<Vec<FetchedPartition>>);
-        let mut fetches: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Fetched> + '_>>> =
-            Vec::new();
+        // Every leader's fetch is written before any answer is awaited: long polls wait
+        // side by side.
+        let mut sent = Vec::with_capacity(groups.len());
         for (leader, indexes) in &groups {
             let subset = FetchSpec {
                 partitions: indexes
@@ -1120,18 +1097,19 @@ impl Client {
                     )
                 })),
                 Some(node) => {
-                    let node = *node;
-                    fetches.push(Box::pin(async move {
-                        let fetched = match self.connection_to(node).await {
-                            Ok(connection) => Self::fetch_on(&connection, &subset).await,
-                            Err(error) => Err(error),
-                        };
-                        (subset, fetched)
-                    }));
+                    let pending = match self.connection_to(*node).await {
+                        Ok(connection) => Self::send_fetch(&connection, &subset).await,
+                        Err(error) => Err(error),
+                    };
+                    sent.push((subset, pending));
                 }
             }
         }
-        for (subset, fetched) in join_all(fetches).await {
+        for (subset, pending) in sent {
+            let fetched = match pending {
+                Ok(pending) => pending.wait().await.and_then(Self::fetch_results),
+                Err(error) => Err(error),
+            };
             match fetched {
                 Ok(fetched) => results.extend(fetched),
                 Err(error) if error.is_retriable() => {
