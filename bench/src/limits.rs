@@ -19,7 +19,7 @@ use crate::percentiles::nanos_histogram;
 #[derive(Debug, Clone, Serialize)]
 pub struct DiskLimits {
     /// Sequential 1 MiB O_DIRECT writes appended to an empty file, one in flight, ended by
-    /// one fdatasync: the best of three trials of 512 MiB.
+    /// one fdatasync: the best of three trials of 1 GiB.
     pub direct_write_mb_s: f64,
     /// Sequential 1 MiB O_DIRECT reads of that file, one in flight (best of three).
     pub direct_read_mb_s: f64,

@@ -103,6 +103,10 @@ impl BrokerError {
             BrokerError::Storage(StorageError::OffsetOutOfRange { .. }) => {
                 ErrorCode::OffsetOutOfRange
             }
+            // The partition changed leader under the request: its client retries there.
+            BrokerError::Storage(
+                StorageError::Truncated { .. } | StorageError::Truncating { .. },
+            ) => ErrorCode::NotLeader,
             BrokerError::Storage(_) => ErrorCode::StorageError,
             BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
             BrokerError::Kafka { .. } | BrokerError::InvalidRecords { .. } => {

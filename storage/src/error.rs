@@ -43,6 +43,15 @@ pub enum StorageError {
     #[error("log {} is being truncated; appends are refused until it is done", path.display())]
     Truncating { path: PathBuf },
 
+    /// A truncation (replication following a new leader) cut batches an append or flush
+    /// was waiting for: they are not in the log, durable or not.
+    #[error("log {} was truncated to offset {offset} while batches before {target} were awaited", path.display())]
+    Truncated {
+        path: PathBuf,
+        offset: i64,
+        target: i64,
+    },
+
     #[error("log {} is closed", path.display())]
     Closed { path: PathBuf },
 

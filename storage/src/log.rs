@@ -21,8 +21,8 @@ use bytes::{Bytes, BytesMut};
 use event_listener::Event;
 use glommio::GlommioError;
 use glommio::sync::{Permit, Semaphore};
+use weir_wire::RecordIter;
 use weir_wire::batch::{self, BatchHeader, LOG_OVERHEAD_BYTES};
-use weir_wire::{Compression, RecordIter};
 
 pub use self::compact::{CompactionCandidate, CompactionStats};
 use crate::cache::{CacheRead, LogId};
@@ -53,6 +53,10 @@ pub struct AppendInfo {
     pub base_offset: i64,
     pub last_offset: i64,
     pub max_timestamp: i64,
+    /// How many truncations the log had seen when the batch was appended: a truncation
+    /// after it that cuts the batch fails its wait for durability (`Log::finish_append`)
+    /// instead of answering for offsets that now hold nothing, or another batch.
+    pub truncations: u64,
 }
 
 /// The first record at or after a timestamp.
@@ -145,6 +149,11 @@ struct LogState {
     sealing: Vec<glommio::Task<()>>,
     /// Compaction has handled every record below this offset (`compact.rs`).
     first_dirty_offset: i64,
+    /// Truncations and resets since the log was opened.
+    truncations: u64,
+    /// The most recent of them, oldest first: (the count after it, the offset it cut the
+    /// log to; `i64::MIN` for a reset, which removes everything).
+    cuts: VecDeque<(u64, i64)>,
 }
 
 /// Counters of the I/O a log did since it was opened.
@@ -313,6 +322,8 @@ impl Log {
                 stats: LogStats::default(),
                 sealing: Vec::new(),
                 first_dirty_offset,
+                truncations: 0,
+                cuts: VecDeque::new(),
             }),
         });
         for segment in log
@@ -349,6 +360,20 @@ impl Log {
     /// The offset the next batch will get (Kafka's log end offset).
     pub fn log_end_offset(&self) -> i64 {
         self.state.borrow().next_offset
+    }
+
+    /// The largest record timestamp in the log (`None` when it holds no record with a
+    /// timestamp); with [`Log::offset_for_timestamp`] it finds Kafka's max-timestamp
+    /// record (ListOffsets -3): the first record carrying it.
+    pub fn max_timestamp(&self) -> Option<i64> {
+        let state = self.state.borrow();
+        let sealed = state.sealed.iter().map(|s| s.max_timestamp);
+        let pending = state.pending.iter().map(|p| p.header.max_timestamp);
+        sealed
+            .chain(std::iter::once(state.active.index.max_timestamp))
+            .chain(pending)
+            .filter(|t| *t >= 0)
+            .max()
     }
 
     /// The first offset a reader may ask for.
@@ -416,7 +441,10 @@ impl Log {
     pub async fn finish_append(self: &Rc<Self>, info: &AppendInfo) -> Result<()> {
         let next_offset = info.last_offset + 1;
         match self.config().flush {
-            FlushPolicy::EveryBatch => self.wait_until(next_offset, Reach::Durable).await,
+            FlushPolicy::EveryBatch => {
+                self.wait_until(next_offset, Reach::Durable, info.truncations)
+                    .await
+            }
             FlushPolicy::Interval { .. } | FlushPolicy::Never => self.write_behind().await,
         }
     }
@@ -424,9 +452,10 @@ impl Log {
     /// Waits, without forcing a sync, until every batch before `offset` is durable (for
     /// the `interval` policy, until the next periodic sync).
     pub async fn wait_durable(&self, offset: i64) -> Result<()> {
+        let truncations = self.state.borrow().truncations;
         loop {
             let changed = self.changed.listen();
-            if self.reached(offset, Reach::Durable)? {
+            if self.reached(offset, Reach::Durable, truncations)? {
                 return Ok(());
             }
             changed.await;
@@ -490,7 +519,7 @@ impl Log {
             state.truncating = true;
             state.readahead = None;
         }
-        self.finish_truncation(self.restart_at(offset).await)
+        self.finish_truncation(i64::MIN, self.restart_at(offset).await)
     }
 
     fn enqueue(&self, mut batch: BytesMut, leader_epoch: i32) -> Result<AppendInfo> {
@@ -525,6 +554,7 @@ impl Log {
             base_offset,
             last_offset: header.last_offset(),
             max_timestamp: header.max_timestamp,
+            truncations: state.truncations,
         })
     }
 
@@ -569,9 +599,9 @@ impl Log {
         }
         let log = self.clone();
         glommio::spawn_local(async move {
-            let target = log.log_end_offset();
+            let (target, truncations) = log.end_and_truncations();
             // A failure marks the log offline; appenders see it.
-            let _ = log.wait_until(target, Reach::Written).await;
+            let _ = log.wait_until(target, Reach::Written, truncations).await;
             log.state.borrow_mut().write_behind_running = false;
             log.written.notify(usize::MAX);
         })
@@ -580,8 +610,13 @@ impl Log {
 
     /// Writes, and syncs, everything appended so far.
     pub async fn flush(&self) -> Result<()> {
-        let target = self.log_end_offset();
-        self.wait_until(target, Reach::Durable).await
+        let (target, truncations) = self.end_and_truncations();
+        self.wait_until(target, Reach::Durable, truncations).await
+    }
+
+    fn end_and_truncations(&self) -> (i64, u64) {
+        let state = self.state.borrow();
+        (state.next_offset, state.truncations)
     }
 
     /// Periodic work the owning shard calls every few milliseconds: writes what is pending
@@ -596,16 +631,16 @@ impl Log {
                 state.last_sync_at.elapsed(),
             )
         };
-        let target = self.log_end_offset();
+        let (target, truncations) = self.end_and_truncations();
         match self.config().flush {
             FlushPolicy::EveryBatch => Ok(()),
             FlushPolicy::Interval { interval_ms }
                 if unsynced && since_sync >= Duration::from_millis(interval_ms) =>
             {
-                self.wait_until(target, Reach::Durable).await
+                self.wait_until(target, Reach::Durable, truncations).await
             }
             FlushPolicy::Interval { .. } | FlushPolicy::Never if pending => {
-                self.wait_until(target, Reach::Written).await
+                self.wait_until(target, Reach::Written, truncations).await
             }
             FlushPolicy::Interval { .. } | FlushPolicy::Never => Ok(()),
         }
@@ -619,10 +654,11 @@ impl Log {
     }
 
     /// Waits until every batch before `target` has reached `reach`, doing the I/O itself
-    /// when nobody else is.
-    async fn wait_until(&self, target: i64, reach: Reach) -> Result<()> {
+    /// when nobody else is. `truncations` is the log's count when the caller's batches
+    /// were appended: a later truncation below `target` fails the wait.
+    async fn wait_until(&self, target: i64, reach: Reach, truncations: u64) -> Result<()> {
         loop {
-            if self.reached(target, reach)? {
+            if self.reached(target, reach, truncations)? {
                 return Ok(());
             }
             // Listen before trying the lock, so a release in between is not missed.
@@ -640,13 +676,22 @@ impl Log {
         }
     }
 
-    fn reached(&self, target: i64, reach: Reach) -> Result<bool> {
+    fn reached(&self, target: i64, reach: Reach, truncations: u64) -> Result<bool> {
         self.absorb_seal_failure();
         let state = self.state.borrow();
         if let Some(reason) = &state.offline {
             return Err(StorageError::LogOffline {
                 path: self.dir.clone(),
                 reason: reason.clone(),
+            });
+        }
+        if let Some(cut) = state.cut_since(truncations)
+            && cut < target
+        {
+            return Err(StorageError::Truncated {
+                path: self.dir.clone(),
+                offset: cut.max(0),
+                target,
             });
         }
         let done = match reach {
@@ -1309,8 +1354,7 @@ impl Log {
     }
 
     /// The first record whose timestamp is at or after `timestamp` (Kafka ListOffsets by
-    /// time), or `None` when every record is older. Within compressed batches, which weir
-    /// cannot decode yet, the answer is the batch's first offset and its max timestamp.
+    /// time), or `None` when every record is older.
     pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<TimestampOffset>> {
         let mut attempts = 0;
         let start = loop {
@@ -1401,14 +1445,23 @@ impl Log {
             state.truncating = true;
             state.readahead = None;
         }
-        self.finish_truncation(self.truncate_locked(offset).await)
+        self.finish_truncation(offset, self.truncate_locked(offset).await)
     }
 
     /// Ends a truncation (or reset) begun under the locks: appends are taken again, and a
     /// failed one leaves the log offline, its files in an unknown state.
-    fn finish_truncation(&self, result: Result<()>) -> Result<()> {
+    fn finish_truncation(&self, cut: i64, result: Result<()>) -> Result<()> {
         let mut state = self.state.borrow_mut();
         state.truncating = false;
+        state.truncations += 1;
+        let count = state.truncations;
+        if state.cuts.len() == CUTS_REMEMBERED {
+            state.cuts.pop_front();
+        }
+        state.cuts.push_back((count, cut));
+        // Waiters for durability of what was cut learn it now.
+        self.changed.notify(usize::MAX);
+        self.durable_advanced.notify(usize::MAX);
         if let Err(error) = &result {
             state.offline.get_or_insert_with(|| error.to_string());
         }
@@ -1696,7 +1749,27 @@ impl Log {
     }
 }
 
+/// Truncations remembered for the waiters that began before them; a waiter older than all
+/// of them is failed as if cut.
+const CUTS_REMEMBERED: usize = 16;
+
 impl LogState {
+    /// The lowest offset a truncation or reset after the `truncations`-th cut the log to.
+    fn cut_since(&self, truncations: u64) -> Option<i64> {
+        if truncations >= self.truncations {
+            return None;
+        }
+        let oldest_remembered = self.cuts.front().map_or(u64::MAX, |(count, _)| *count);
+        if truncations + 1 < oldest_remembered {
+            return Some(i64::MIN);
+        }
+        self.cuts
+            .iter()
+            .filter(|(count, _)| *count > truncations)
+            .map(|(_, offset)| *offset)
+            .min()
+    }
+
     fn check_writable(&self, dir: &Path) -> Result<()> {
         if let Some(reason) = &self.offline {
             return Err(StorageError::LogOffline {
@@ -1755,23 +1828,24 @@ fn tail_of(parts: &[&[u8]], len: usize) -> Vec<u8> {
 }
 
 /// Within a batch whose max timestamp reaches `timestamp`, the first record at or after
-/// `from_offset` that does. A compressed batch (not decodable here yet) answers with its
-/// first offset and max timestamp: never later than the true answer.
+/// `from_offset` that does; compressed batches are decompressed to find it.
 fn first_record_at_or_after(
     bytes: &[u8],
     header: &BatchHeader,
     timestamp: i64,
     from_offset: i64,
 ) -> Option<TimestampOffset> {
-    if header.attributes.compression() != Some(Compression::None) {
-        let offset = header.base_offset.max(from_offset);
+    // A batch that will not decompress (bounded as compaction bounds it) answers with its
+    // first offset: never later than the true answer.
+    let Ok((_, section)) =
+        weir_wire::record::records_section(bytes, compact::DECOMPRESSED_BATCH_BYTES_MAX)
+    else {
         return Some(TimestampOffset {
-            offset,
+            offset: header.base_offset.max(from_offset),
             timestamp: header.max_timestamp,
         });
-    }
-    RecordIter::new(bytes)
-        .ok()?
+    };
+    RecordIter::over(*header, &section)
         .map_while(|record| record.ok())
         .find(|record| record.timestamp >= timestamp && record.offset >= from_offset)
         .map(|record| TimestampOffset {

@@ -18,6 +18,31 @@ fn spawn_writer(dir: &Path) -> (Child, mpsc::Receiver<String>) {
     weir_tests::spawn_with_lines(env!("CARGO_BIN_EXE_crash-writer"), dir)
 }
 
+/// What a process that stopped answering is doing: each thread's state and kernel wait.
+fn describe_process(pid: u32) -> String {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+    let Ok(tasks) = tasks else {
+        return format!("process {pid} is gone");
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let path = task.path();
+        let read = |name: &str| std::fs::read_to_string(path.join(name)).unwrap_or_default();
+        let status = read("status");
+        let state = status
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or("State: ?");
+        out.push(format!(
+            "thread {} {state} wchan {} stack [{}]",
+            task.file_name().to_string_lossy(),
+            read("wchan"),
+            read("stack").lines().take(6).collect::<Vec<_>>().join("; ")
+        ));
+    }
+    out.join("\n")
+}
+
 /// SIGKILL, as `kill -9` sends it (`Child::kill` sends SIGKILL on Unix), then reap.
 fn kill(child: &mut Child) {
     child.kill().expect("kill -9 the writer");
@@ -97,12 +122,20 @@ fn acknowledged_batches_survive_repeated_kill_9() {
         } else {
             // The others land while it appends: wait for its first acknowledgement, then
             // let it run for a random while.
+            // A liveness bound, not a timing claim: on a loaded two-core machine whose
+            // disk stalls, recovery plus one synced append can take seconds.
+            let mut seen = Vec::new();
             while acked_this_round == 0 {
-                match lines.recv_timeout(Duration::from_secs(20)) {
-                    Ok(line) => record(line, &mut acked_this_round),
-                    Err(error) => {
-                        panic!("round {round}: no acknowledgement from crash-writer: {error}")
+                match lines.recv_timeout(Duration::from_secs(60)) {
+                    Ok(line) => {
+                        seen.push(line.clone());
+                        record(line, &mut acked_this_round)
                     }
+                    Err(error) => panic!(
+                        "round {round}: no acknowledgement from crash-writer: {error}; it \
+                         printed {seen:?}; {}",
+                        describe_process(child.id())
+                    ),
                 }
             }
             let deadline = Instant::now() + Duration::from_millis(rng.below(100));

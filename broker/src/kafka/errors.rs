@@ -26,6 +26,9 @@ pub fn code(error: &BrokerError) -> i16 {
         BrokerError::Storage(StorageError::OffsetOutOfRange { .. }) => {
             ResponseError::OffsetOutOfRange
         }
+        BrokerError::Storage(StorageError::Truncated { .. } | StorageError::Truncating { .. }) => {
+            ResponseError::NotLeaderOrFollower
+        }
         BrokerError::Storage(_) => ResponseError::KafkaStorageError,
         // Retriable: clients refresh metadata and retry, reaching the broker once it is
         // back.

@@ -49,7 +49,7 @@ const SWAP_EXTENSION: &str = "swap";
 const SLICE: Duration = Duration::from_micros(200);
 /// The most a compressed batch may decompress to for compaction to look inside it; a
 /// batch beyond it is kept whole (never lost), and its keys do not enter the map.
-const DECOMPRESSED_BATCH_BYTES_MAX: usize = 64 << 20;
+pub(crate) const DECOMPRESSED_BATCH_BYTES_MAX: usize = 64 << 20;
 /// Bytes of cleaned output gathered before they are written.
 const WRITE_BYTES: usize = 1 << 20;
 

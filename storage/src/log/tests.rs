@@ -539,28 +539,79 @@ fn flip_byte(path: &Path, position: u64) {
 fn a_flipped_byte_in_the_active_tail_is_cut_off_on_recovery() {
     run(|| async {
         let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), small_config(), 1 << 20).await;
+        let durable = LogConfig {
+            flush: FlushPolicy::EveryBatch,
+            ..small_config()
+        };
+        let log = open(dir.path(), durable, 1 << 20).await;
         let mut sizes = Vec::new();
-        for seed in 0..10 {
+        // Seven batches acknowledged as durable ...
+        for seed in 0..7 {
             let bytes = batch(seed, 1, 500, 0);
             sizes.push(bytes.len() as u64);
             log.append(bytes, 0).await.unwrap();
         }
+        // ... and three more written but never acknowledged: the crash came first.
+        let mut unacknowledged = Vec::new();
+        for seed in 7..10 {
+            let bytes = batch(seed, 1, 500, 0);
+            sizes.push(bytes.len() as u64);
+            unacknowledged.push(log.start_append(bytes, 0).unwrap());
+        }
+        let end = log.log_end_offset();
+        log.wait_until(end, Reach::Written, 0).await.unwrap();
+        let before = read_all(&log, 0).await;
+        assert_eq!(before.len(), 10);
         drop(log);
-        // Damage batch 7 (of the active segment, after a crash): 7, 8 and 9 are cut.
-        let position: u64 = sizes[..7].iter().sum::<u64>() + 100;
+        // Damage batch 8, one of the unacknowledged: 8 and 9 are cut, the rest stays.
+        let position: u64 = sizes[..8].iter().sum::<u64>() + 100;
         flip_byte(&dir.path().join(format!("{:020}.log", 0)), position);
-        let log = open(dir.path(), small_config(), 1 << 20).await;
-        assert_eq!(log.log_end_offset(), 7);
-        assert_eq!(read_all(&log, 0).await.len(), 7);
+        let log = open(dir.path(), durable, 1 << 20).await;
+        assert_eq!(log.log_end_offset(), 8);
+        assert_eq!(read_all(&log, 0).await, before[..8]);
         assert_eq!(
-            log.append(batch(7, 1, 500, 0), 0)
+            log.append(batch(8, 1, 500, 0), 0)
                 .await
                 .unwrap()
                 .base_offset,
-            7
+            8
         );
-        assert_eq!(log.verify().await.unwrap(), 8);
+        assert_eq!(log.verify().await.unwrap(), 9);
+    });
+}
+
+/// An append waiting to be durable whose batch a truncation cuts (a follower catching
+/// up with a new leader) fails: it must never be acknowledged, even once new batches
+/// fill the same offsets.
+#[test]
+fn a_truncation_fails_the_appends_it_cuts() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            flush: FlushPolicy::EveryBatch,
+            ..small_config()
+        };
+        let log = open(dir.path(), config, 1 << 20).await;
+        for seed in 0..3 {
+            log.append(batch(seed, 1, 100, 0), 0).await.unwrap();
+        }
+        let cut = log.start_append(batch(3, 1, 100, 0), 0).unwrap();
+        let later = log.start_append(batch(4, 1, 100, 0), 0).unwrap();
+        assert_eq!((cut.base_offset, later.base_offset), (3, 4));
+        // Both are written, not synced, then cut.
+        log.truncate_to(3).await.unwrap();
+        // New batches take offsets 3 and 4 again, and become durable.
+        log.append(batch(5, 1, 100, 1), 1).await.unwrap();
+        log.append(batch(6, 1, 100, 1), 1).await.unwrap();
+        let error = log.finish_append(&cut).await.unwrap_err();
+        assert!(
+            matches!(error, StorageError::Truncated { offset: 3, .. }),
+            "{error}"
+        );
+        let error = log.finish_append(&later).await.unwrap_err();
+        assert!(matches!(error, StorageError::Truncated { .. }), "{error}");
+        // A wait that began after the truncation is not affected by it.
+        log.wait_durable(5).await.unwrap();
     });
 }
 
@@ -696,6 +747,49 @@ fn damaged_or_missing_indexes_are_rebuilt() {
             Some(50)
         );
         assert!(dir.path().join(format!("{:020}.index", bases[0])).exists());
+    });
+}
+
+/// Kafka's ListOffsets by time answers with the record, not its batch: inside compressed
+/// batches too.
+#[test]
+fn timestamp_lookup_finds_the_record_inside_compressed_batches() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), small_config(), 0).await;
+        let mut bases = Vec::new();
+        for (k, codec) in weir_wire::Compression::ALL.into_iter().enumerate() {
+            let time = 1000 * (k as i64 + 1);
+            let mut builder = BatchBuilder::new(time);
+            builder.compression(codec);
+            for i in 0..10 {
+                builder.append(time + i * 10, None, Some(b"value"), &[]);
+            }
+            bases.push((
+                codec,
+                time,
+                log.append(builder.build(), 0).await.unwrap().base_offset,
+            ));
+        }
+        log.close().await.unwrap();
+        // Reopened without a cache, so the batches come from disk.
+        let log = open(dir.path(), small_config(), 0).await;
+        let newest = 1000 * weir_wire::Compression::ALL.len() as i64 + 90;
+        assert_eq!(log.max_timestamp(), Some(newest));
+        let found = log.offset_for_timestamp(newest).await.unwrap().unwrap();
+        assert_eq!(found.offset, log.log_end_offset() - 1);
+        for (codec, time, base) in bases {
+            let found = log
+                .offset_for_timestamp(time + 35)
+                .await
+                .unwrap()
+                .expect("a record at or after it");
+            assert_eq!(
+                (found.offset, found.timestamp),
+                (base + 4, time + 40),
+                "{codec:?}"
+            );
+        }
     });
 }
 
