@@ -11,6 +11,7 @@ fn config(brokers: String) -> Config {
         brokers,
         protocol: Protocol::Native,
         topic: "load".into(),
+        topics: 1,
         partitions: 4,
         message_bytes: 200,
         message_bytes_max: Some(3000),
@@ -32,6 +33,7 @@ fn config(brokers: String) -> Config {
         quiet: true,
         topic_configs: vec![],
         from_beginning: false,
+        no_read_back: false,
     }
 }
 
@@ -69,6 +71,43 @@ fn loadgen_verifies_a_real_broker() {
     };
     let report = weir_loadgen::run(open).expect("open loop");
     assert!(report.ok, "{}", report.table());
+    // Three topics of three partitions, keyed and not; then without consumers, verified
+    // by reading back; then a catch-up read of everything stored.
+    for keys in [0, 50] {
+        let spread = Config {
+            topic: format!("spread-{keys}"),
+            topics: 3,
+            partitions: 3,
+            key_cardinality: keys,
+            ..config(broker.native.clone())
+        };
+        let report = weir_loadgen::run(spread.clone()).expect("three topics");
+        assert!(
+            report.ok && report.consumed == report.messages,
+            "{}",
+            report.table()
+        );
+        let produced = report.messages;
+        let report = weir_loadgen::run(Config {
+            consumers: 0,
+            ..spread.clone()
+        })
+        .expect("read back");
+        assert!(
+            report.ok && report.verified && report.consumed == report.messages,
+            "{}",
+            report.table()
+        );
+        let stored = produced + report.messages;
+        let report = weir_loadgen::run(Config {
+            producers: 0,
+            from_beginning: true,
+            drain_timeout_s: 5.0,
+            ..spread
+        })
+        .expect("catch up");
+        assert!(report.ok && report.consumed == stored, "{}", report.table());
+    }
 }
 
 /// The same load through the Kafka gateway: loadgen's Kafka mode produces and fetches

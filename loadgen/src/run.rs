@@ -51,7 +51,10 @@ pub struct Config {
     pub protocol: Protocol,
     #[arg(long, default_value = "loadgen")]
     pub topic: String,
-    /// Partitions of the topic (created when missing).
+    /// Topics to spread the load over: with more than one, `TOPIC-0`, `TOPIC-1`, ...
+    #[arg(long, default_value = "1")]
+    pub topics: u32,
+    /// Partitions of each topic (created when missing).
     #[arg(long, default_value = "1")]
     pub partitions: i32,
     #[arg(long, default_value = "1024")]
@@ -66,10 +69,10 @@ pub struct Config {
     pub rate_mb_s: Option<f64>,
     #[arg(long, default_value = "10")]
     pub duration_s: f64,
-    /// Stop after this many messages per producer instead of after the duration.
+    /// Stop after this many messages per producer; the duration is then ignored.
     #[arg(long)]
     pub messages: Option<u64>,
-    /// Latencies and throughput of the first seconds are not counted.
+    /// Latencies, message rates and throughputs of the first seconds are not counted.
     #[arg(long, default_value = "1")]
     pub warmup_s: f64,
     #[arg(long, default_value = "1")]
@@ -109,9 +112,14 @@ pub struct Config {
     #[arg(long = "topic-config")]
     pub topic_configs: Vec<String>,
     /// Consumers start at the earliest offset and, with no producers, stop once they
-    /// reach the log end as it was at start (reading what is stored, from disk).
+    /// reach the log end as it was at start (reading what is stored, from disk); every
+    /// offset in that range must then hold a loadgen message.
     #[arg(long)]
     pub from_beginning: bool,
+    /// With no consumers, loadgen reads back everything produced once producing ends
+    /// (untimed) to verify it; this skips that, and the report says it is unverified.
+    #[arg(long)]
+    pub no_read_back: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -119,6 +127,7 @@ pub struct Report {
     pub config: Config,
     /// Messages produced (acknowledged, or sent with acks none) during the whole run.
     pub messages: u64,
+    /// Acknowledged messages per second after the warm-up.
     pub messages_per_s: f64,
     /// Produce throughput after the warm-up, in MB/s (10^6 bytes of message values).
     pub throughput_mb_s: f64,
@@ -131,7 +140,55 @@ pub struct Report {
     pub produce_errors: u64,
     pub produce_latency_us: Percentiles,
     pub end_to_end_latency_us: Percentiles,
+    /// Whether what was produced (or, reading stored data, the offsets read) was checked
+    /// against what consumers or the read-back received.
+    pub verified: bool,
     pub ok: bool,
+}
+
+/// Where the load goes: every (topic, partition), numbered as one list of slots.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    topics: Vec<String>,
+    partitions: i32,
+}
+
+impl Layout {
+    pub fn new(config: &Config) -> Layout {
+        let topics = match config.topics {
+            0 | 1 => vec![config.topic.clone()],
+            n => (0..n).map(|i| format!("{}-{i}", config.topic)).collect(),
+        };
+        Layout {
+            topics,
+            partitions: config.partitions.max(1),
+        }
+    }
+
+    pub fn slots(&self) -> i32 {
+        self.topics.len() as i32 * self.partitions
+    }
+
+    pub fn topic(&self, slot: i32) -> &str {
+        &self.topics[(slot / self.partitions) as usize]
+    }
+
+    pub fn partition(&self, slot: i32) -> i32 {
+        slot % self.partitions
+    }
+
+    pub fn slot(&self, topic: &str, partition: i32) -> Option<i32> {
+        let index = self.topics.iter().position(|t| t == topic)?;
+        (0..self.partitions)
+            .contains(&partition)
+            .then_some(index as i32 * self.partitions + partition)
+    }
+
+    fn all(&self) -> Vec<(String, i32)> {
+        (0..self.slots())
+            .map(|s| (self.topic(s).to_string(), self.partition(s)))
+            .collect()
+    }
 }
 
 /// Counters every task updates, read by the progress line and the stop logic.
@@ -141,7 +198,10 @@ struct Shared {
     produced_bytes: AtomicU64,
     consumed: AtomicU64,
     errors: AtomicU64,
+    /// Set when a loadgen thread failed: the run ends instead of waiting for it.
+    failed: AtomicBool,
     producers_done: AtomicU64,
+    consumers_done: AtomicU64,
     /// Messages consumers must receive; known once every producer is done.
     expected: AtomicU64,
     stop_consuming: AtomicBool,
@@ -152,16 +212,21 @@ struct ProducerOutcome {
     expected: Vec<bool>,
     latency: Histogram<u64>,
     bytes_after_warmup: u64,
+    messages_after_warmup: u64,
     finished_ns: u64,
 }
 
 struct ConsumerOutcome {
     receipts: Receipts,
     latency: Histogram<u64>,
+    /// Bytes received after the warm-up.
     bytes: u64,
-    /// When the consumer first and last received data (ns since the epoch).
+    /// When the consumer first received data after the warm-up, and last received any
+    /// (ns since the epoch).
     first_ns: Option<u64>,
     last_ns: u64,
+    /// Offsets read past (the range consumed), to check catch-up reads against.
+    offsets_read: u64,
 }
 
 enum Outcome {
@@ -274,7 +339,8 @@ pub fn run(config: Config) -> anyhow::Result<Report> {
             message::MESSAGE_HEADER_BYTES
         );
     }
-    let (starts, ends) = executor()?.run(prepare(config.clone()))?;
+    let layout = Layout::new(&config);
+    let (starts, ends) = executor()?.run(prepare(config.clone(), layout.clone()))?;
     // Producer ids carry a per-run nonce, so runs that share a topic never look like each
     // other's duplicates.
     let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
@@ -286,13 +352,20 @@ pub fn run(config: Config) -> anyhow::Result<Report> {
     let epoch = Instant::now();
     let mut threads = Vec::with_capacity(config.threads);
     for thread in 0..config.threads {
-        let (config, shared) = (config.clone(), shared.clone());
+        let (config, shared, layout) = (config.clone(), shared.clone(), layout.clone());
         let offsets = (starts.clone(), ends.clone());
         threads.push(
             LocalExecutorBuilder::new(Placement::Unbound)
                 .name(&format!("loadgen-{thread}"))
                 .spawn(move || async move {
-                    run_thread(thread, nonce, config, shared, epoch, offsets).await
+                    // Marks the run failed unless the thread ends well, panics included.
+                    let mut failed = FailOnDrop(Some(shared.clone()));
+                    let result =
+                        run_thread(thread, nonce, config, &layout, shared, epoch, offsets).await;
+                    if result.is_ok() {
+                        failed.0 = None;
+                    }
+                    result
                 })
                 .map_err(|e| anyhow::anyhow!(std::io::Error::from(e)))?,
         );
@@ -306,66 +379,118 @@ pub fn run(config: Config) -> anyhow::Result<Report> {
                 .map_err(|e| anyhow::anyhow!("loadgen thread: {e}"))??,
         );
     }
-    Ok(report(config, &shared, outcomes))
+    let stored = ends_minus(&ends, &starts);
+    let read_back = config.consumers == 0 && config.producers > 0 && !config.no_read_back;
+    if read_back {
+        let (config, layout) = (config.clone(), layout.clone());
+        let receipts =
+            executor()?.run(async move { read_back_all(config, layout, starts).await })?;
+        outcomes.push(Outcome::Consumer(receipts));
+    }
+    Ok(report(config, &shared, outcomes, read_back, &stored))
+}
+
+/// Marks the run failed when dropped while it still holds the shared counters.
+struct FailOnDrop(Option<Arc<Shared>>);
+
+impl Drop for FailOnDrop {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.0 {
+            shared.failed.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Offsets per slot between where consumers started and the log end at start.
+fn ends_minus(ends: &[i64], starts: &[i64]) -> Vec<u64> {
+    ends.iter()
+        .zip(starts)
+        .map(|(end, start)| end.saturating_sub(*start).max(0) as u64)
+        .collect()
+}
+
+/// Reads every slot from where the run started to its log end now, verifying but not
+/// timing (latencies and throughput of this read are not reported).
+async fn read_back_all(
+    config: Config,
+    layout: Layout,
+    starts: Vec<i64>,
+) -> anyhow::Result<ConsumerOutcome> {
+    let client = Broker::connect(&config).await.context("connecting")?;
+    let ends = offsets(&client, &layout, OffsetQuery::Latest).await?;
+    let slots = (0..layout.slots())
+        .map(|s| (s, starts[s as usize], ends[s as usize]))
+        .collect();
+    let shared = Arc::new(Shared::default());
+    let mut outcome = consume(slots, client, config, &layout, shared, Instant::now(), true).await?;
+    outcome.latency.reset();
+    outcome.bytes = 0;
+    outcome.first_ns = None;
+    Ok(outcome)
 }
 
 /// Creates the topic when missing and returns, per partition, where consumers start and
 /// the log end now: consumers start at the end (seeing exactly this run's messages), or
 /// with `--from-beginning` at the earliest offset.
-async fn prepare(config: Config) -> anyhow::Result<(Vec<i64>, Vec<i64>)> {
+async fn prepare(config: Config, layout: Layout) -> anyhow::Result<(Vec<i64>, Vec<i64>)> {
     let client = Broker::connect(&config).await.context("connecting")?;
-    match client.partition_count(&config.topic).await {
-        Ok(count) if count == config.partitions => {}
-        Ok(count) => bail!(
-            "topic {} has {count} partitions, not {}",
-            config.topic,
-            config.partitions
-        ),
-        Err(_) => {
-            let configs = config
-                .topic_configs
-                .iter()
-                .map(|c| {
-                    let pair = c
-                        .split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()));
-                    pair.with_context(|| format!("--topic-config {c:?} is not KEY=VALUE"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            client
-                .create_topic(&config.topic, config.partitions, &configs)
+    let configs = config
+        .topic_configs
+        .iter()
+        .map(|c| {
+            let pair = c
+                .split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()));
+            pair.with_context(|| format!("--topic-config {c:?} is not KEY=VALUE"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for topic in &layout.topics {
+        match client.partition_count(topic).await {
+            Ok(count) if count == config.partitions => {}
+            Ok(count) => bail!(
+                "topic {topic} has {count} partitions, not {}",
+                config.partitions
+            ),
+            Err(_) => client
+                .create_topic(topic, config.partitions, &configs)
                 .await
-                .context("creating the topic")?
+                .with_context(|| format!("creating topic {topic}"))?,
         }
     }
-    let partitions: Vec<(String, i32)> = (0..config.partitions)
-        .map(|p| (config.topic.clone(), p))
-        .collect();
-    let ends = offsets(&client, &partitions, OffsetQuery::Latest).await?;
+    let ends = offsets(&client, &layout, OffsetQuery::Latest).await?;
     let starts = if config.from_beginning {
-        offsets(&client, &partitions, OffsetQuery::Earliest).await?
+        offsets(&client, &layout, OffsetQuery::Earliest).await?
     } else {
         ends.clone()
     };
     Ok((starts, ends))
 }
 
-async fn offsets(
-    client: &Broker,
-    partitions: &[(String, i32)],
-    query: OffsetQuery,
-) -> anyhow::Result<Vec<i64>> {
-    let mut found = vec![0; partitions.len()];
-    for (_, partition, offset, _) in client.list_offsets(partitions, query).await? {
-        found[partition as usize] = offset;
+/// Each slot's offset answered for `query`.
+async fn offsets(client: &Broker, layout: &Layout, query: OffsetQuery) -> anyhow::Result<Vec<i64>> {
+    let mut found = vec![None; layout.slots() as usize];
+    for (topic, partition, offset, _) in client.list_offsets(&layout.all(), query).await? {
+        if let Some(slot) = layout.slot(&topic, partition) {
+            found[slot as usize] = Some(offset);
+        }
     }
-    Ok(found)
+    found
+        .into_iter()
+        .enumerate()
+        .map(|(slot, offset)| {
+            offset.with_context(|| {
+                let (topic, partition) = (layout.topic(slot as i32), layout.partition(slot as i32));
+                format!("no offset listed for {topic}-{partition}")
+            })
+        })
+        .collect()
 }
 
 async fn run_thread(
     thread: usize,
     nonce: u32,
     config: Config,
+    layout: &Layout,
     shared: Arc<Shared>,
     epoch: Instant,
     (starts, ends): (Vec<i64>, Vec<i64>),
@@ -374,20 +499,23 @@ async fn run_thread(
     let mut tasks = Vec::new();
     for id in (0..config.producers).filter(|p| *p as usize % config.threads == thread) {
         let (client, config, shared) = (client.clone(), config.clone(), shared.clone());
+        let layout = layout.clone();
         tasks.push(glommio::spawn_local(async move {
-            produce(nonce | id, client, config, shared, epoch)
+            produce(nonce | id, client, config, &layout, shared, epoch)
                 .await
                 .map(Outcome::Producer)
         }));
     }
+    let catch_up_only = config.from_beginning && config.producers == 0;
     for id in (0..config.consumers).filter(|c| *c as usize % config.threads == thread) {
-        let partitions: Vec<(i32, i64, i64)> = (0..config.partitions)
-            .filter(|p| (*p as u32) % config.consumers == id)
-            .map(|p| (p, starts[p as usize], ends[p as usize]))
+        let slots: Vec<(i32, i64, i64)> = (0..layout.slots())
+            .filter(|s| (*s as u32) % config.consumers == id)
+            .map(|s| (s, starts[s as usize], ends[s as usize]))
             .collect();
         let (client, config, shared) = (client.clone(), config.clone(), shared.clone());
+        let layout = layout.clone();
         tasks.push(glommio::spawn_local(async move {
-            consume(partitions, client, config, shared, epoch)
+            consume(slots, client, config, &layout, shared, epoch, catch_up_only)
                 .await
                 .map(Outcome::Consumer)
         }));
@@ -419,12 +547,14 @@ struct ProducerState {
     expected: Vec<bool>,
     latency: Histogram<u64>,
     bytes_after_warmup: u64,
+    messages_after_warmup: u64,
 }
 
 async fn produce(
     id: u32,
     client: Broker,
     config: Config,
+    layout: &Layout,
     shared: Arc<Shared>,
     epoch: Instant,
 ) -> anyhow::Result<ProducerOutcome> {
@@ -444,6 +574,7 @@ async fn produce(
         expected: Vec::new(),
         latency: nanos_histogram(),
         bytes_after_warmup: 0,
+        messages_after_warmup: 0,
     }));
     let in_flight = Rc::new(glommio::sync::Semaphore::new(config.in_flight as u64));
     let mut open: HashMap<i32, OpenBatch> = HashMap::new();
@@ -452,7 +583,13 @@ async fn produce(
     let (mut sequence, mut next_ns, mut rotation) = (0u64, nanos_since(epoch), id as i32);
     loop {
         let now = nanos_since(epoch);
-        let done = now >= end_ns || config.messages.is_some_and(|limit| sequence >= limit);
+        // Open loop ends once every message intended before the end is generated, so a
+        // stall at the end counts in latency as one in the middle does.
+        let done = match (config.messages, interval_ns) {
+            (Some(limit), _) => sequence >= limit,
+            (None, Some(_)) => next_ns >= end_ns,
+            (None, None) => now >= end_ns,
+        };
         if done {
             break;
         }
@@ -460,7 +597,9 @@ async fn produce(
         // Closed loop: one message, sent as soon as in-flight room allows.
         let due = match interval_ns {
             Some(_) if next_ns > now => 0,
-            Some(interval) => ((now - next_ns) / interval.max(1) + 1).min(10_000),
+            Some(interval) => ((now - next_ns) / interval.max(1) + 1)
+                .min(10_000)
+                .min(config.messages.map_or(u64::MAX, |limit| limit - sequence)),
             None => 1,
         };
         for _ in 0..due {
@@ -479,11 +618,14 @@ async fn produce(
                 },
                 size,
             );
+            // Unkeyed: batches rotate over every slot. Keyed: topics take turns, and the
+            // key picks the partition as Kafka's default partitioner does.
             let partition = match config.key_cardinality {
-                0 => rotation % config.partitions,
+                0 => rotation.rem_euclid(layout.slots()),
                 cardinality => {
-                    (murmur2(format!("key-{}", sequence % cardinality).as_bytes()) & 0x7fff_ffff)
-                        % config.partitions
+                    let topic = (sequence % u64::from(layout.topics.len() as u32)) as i32;
+                    let hash = murmur2(format!("key-{}", sequence % cardinality).as_bytes());
+                    topic * layout.partitions + (hash & 0x7fff_ffff) % layout.partitions
                 }
             };
             let key = (config.key_cardinality > 0)
@@ -512,7 +654,7 @@ async fn produce(
             if batch.builder.size_bytes() >= config.batch_bytes {
                 let batch = open.remove(&partition).expect("batch just filled");
                 send(
-                    &client, &config, &shared, &state, &in_flight, partition, batch, epoch,
+                    &client, &config, layout, &shared, &state, &in_flight, partition, batch, epoch,
                     warmup_ns,
                 )
                 .await?;
@@ -527,7 +669,7 @@ async fn produce(
         for partition in lingering {
             if let Some(batch) = open.remove(&partition) {
                 send(
-                    &client, &config, &shared, &state, &in_flight, partition, batch, epoch,
+                    &client, &config, layout, &shared, &state, &in_flight, partition, batch, epoch,
                     warmup_ns,
                 )
                 .await?;
@@ -553,7 +695,8 @@ async fn produce(
     }
     for (partition, batch) in std::mem::take(&mut open) {
         send(
-            &client, &config, &shared, &state, &in_flight, partition, batch, epoch, warmup_ns,
+            &client, &config, layout, &shared, &state, &in_flight, partition, batch, epoch,
+            warmup_ns,
         )
         .await?;
     }
@@ -567,6 +710,7 @@ async fn produce(
         expected: state.expected,
         latency: state.latency,
         bytes_after_warmup: state.bytes_after_warmup,
+        messages_after_warmup: state.messages_after_warmup,
         finished_ns: nanos_since(epoch),
     })
 }
@@ -598,10 +742,11 @@ fn message_size(config: &Config, sequence: u64) -> usize {
 async fn send(
     client: &Broker,
     config: &Config,
+    layout: &Layout,
     shared: &Arc<Shared>,
     state: &Rc<RefCell<ProducerState>>,
     in_flight: &Rc<glommio::sync::Semaphore>,
-    partition: i32,
+    slot: i32,
     batch: OpenBatch,
     epoch: Instant,
     warmup_ns: u64,
@@ -611,13 +756,13 @@ async fn send(
         .acquire_static_permit(1)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (client, topic, acks, shared, state) = (
+    let (client, acks, shared, state) = (
         client.clone(),
-        config.topic.clone(),
         acks(config.acks),
         shared.clone(),
         state.clone(),
     );
+    let (topic, partition) = (layout.topic(slot).to_string(), layout.partition(slot));
     let records = vec![(topic, partition, batch.builder.build().freeze())];
     glommio::spawn_local(async move {
         let result = client.produce(acks, 30_000, records).await;
@@ -635,6 +780,7 @@ async fn send(
                     state
                         .latency
                         .saturating_record(now.saturating_sub(*intended).max(1));
+                    state.messages_after_warmup += 1;
                 }
             }
             if batch.opened_ns >= warmup_ns {
@@ -657,12 +803,16 @@ async fn send(
     Ok(())
 }
 
+/// Consumes `slots` (each with where to start and, for catch-up reads, where to stop)
+/// until told to stop or, with `catch_up_only`, until every slot reached its end.
 async fn consume(
-    partitions: Vec<(i32, i64, i64)>,
+    slots: Vec<(i32, i64, i64)>,
     client: Broker,
     config: Config,
+    layout: &Layout,
     shared: Arc<Shared>,
     epoch: Instant,
+    catch_up_only: bool,
 ) -> anyhow::Result<ConsumerOutcome> {
     let warmup_ns = (config.warmup_s * 1e9) as u64;
     let mut outcome = ConsumerOutcome {
@@ -671,16 +821,13 @@ async fn consume(
         bytes: 0,
         first_ns: None,
         last_ns: 0,
+        offsets_read: 0,
     };
-    let mut positions: HashMap<i32, i64> = partitions
-        .iter()
-        .map(|(p, start, _)| (*p, *start))
-        .collect();
-    let catch_up_only = config.from_beginning && config.producers == 0;
-    while !partitions.is_empty() && !shared.stop_consuming.load(Ordering::Acquire) {
-        let caught_up = partitions
+    let mut positions: HashMap<i32, i64> = slots.iter().map(|(s, start, _)| (*s, *start)).collect();
+    while !slots.is_empty() && !shared.stop_consuming.load(Ordering::Acquire) {
+        let caught_up = slots
             .iter()
-            .all(|(p, _, end)| positions.get(p).is_some_and(|at| at >= end));
+            .all(|(s, _, end)| positions.get(s).is_some_and(|at| at >= end));
         if catch_up_only && caught_up {
             break;
         }
@@ -690,7 +837,15 @@ async fn consume(
             max_bytes: 16 << 20,
             partitions: positions
                 .iter()
-                .map(|(p, o)| (config.topic.clone(), *p, *o, 4 << 20))
+                .filter(|(s, at)| !catch_up_only || **at < slots_end(&slots, **s))
+                .map(|(s, o)| {
+                    (
+                        layout.topic(*s).to_string(),
+                        layout.partition(*s),
+                        *o,
+                        4 << 20,
+                    )
+                })
                 .collect(),
         };
         for fetched in client.fetch(&spec).await.context("fetching")? {
@@ -703,33 +858,54 @@ async fn consume(
                     fetched.error_message
                 );
             }
-            let position = positions.get(&fetched.partition).copied().unwrap_or(0);
+            let slot = layout
+                .slot(&fetched.topic, fetched.partition)
+                .with_context(|| {
+                    format!(
+                        "fetched {}-{}: not asked for",
+                        fetched.topic, fetched.partition
+                    )
+                })?;
+            let position = positions.get(&slot).copied().unwrap_or(0);
             let before = outcome.receipts.received + outcome.receipts.corrupt;
             let next = receive(
                 &fetched.records,
-                fetched.partition,
+                slot,
                 position,
                 epoch,
                 warmup_ns,
                 &mut outcome,
             )?;
-            positions.insert(fetched.partition, next.max(position));
+            let next = next.max(position);
+            outcome.offsets_read += (next - position) as u64;
+            positions.insert(slot, next);
             let received = outcome.receipts.received + outcome.receipts.corrupt - before;
+            let now = nanos_since(epoch);
             if received > 0 {
-                outcome.first_ns.get_or_insert(nanos_since(epoch));
-                outcome.last_ns = nanos_since(epoch);
+                if now >= warmup_ns {
+                    outcome.first_ns.get_or_insert(now);
+                }
+                outcome.last_ns = now;
             }
             shared.consumed.fetch_add(received, Ordering::Relaxed);
         }
     }
+    shared.consumers_done.fetch_add(1, Ordering::AcqRel);
     Ok(outcome)
+}
+
+fn slots_end(slots: &[(i32, i64, i64)], slot: i32) -> i64 {
+    slots
+        .iter()
+        .find(|(s, _, _)| *s == slot)
+        .map_or(i64::MAX, |(_, _, end)| *end)
 }
 
 /// Verifies and counts the messages of `records` at or after `position`; returns the
 /// offset after the last batch.
 fn receive(
     records: &Bytes,
-    partition: i32,
+    slot: i32,
     position: i64,
     epoch: Instant,
     warmup_ns: u64,
@@ -763,8 +939,10 @@ fn receive(
                 Some(message) => {
                     outcome
                         .receipts
-                        .record(partition, message.producer, message.sequence);
-                    outcome.bytes += value.len() as u64;
+                        .record(slot, message.producer, message.sequence);
+                    if now >= warmup_ns {
+                        outcome.bytes += value.len() as u64;
+                    }
                     if message.sent_ns >= warmup_ns {
                         outcome
                             .latency
@@ -798,6 +976,10 @@ fn watch(config: &Config, shared: &Shared, epoch: Instant) {
             );
             last = (Instant::now(), bytes);
         }
+        if shared.failed.load(Ordering::Acquire) {
+            shared.stop_consuming.store(true, Ordering::Release);
+            return;
+        }
         if shared.producers_done.load(Ordering::Acquire) < u64::from(config.producers) {
             continue;
         }
@@ -808,25 +990,37 @@ fn watch(config: &Config, shared: &Shared, epoch: Instant) {
         // Consumers catching up on stored data stop by themselves, at the end they saw.
         let catch_up_only = config.from_beginning && config.producers == 0;
         let received_all = !catch_up_only && shared.consumed.load(Ordering::Relaxed) >= produced;
-        if received_all || Instant::now() >= deadline || config.consumers == 0 {
+        let consumers_done =
+            shared.consumers_done.load(Ordering::Acquire) >= u64::from(config.consumers);
+        if received_all || consumers_done || Instant::now() >= deadline {
             shared.stop_consuming.store(true, Ordering::Release);
             return;
         }
     }
 }
 
-fn report(config: Config, shared: &Shared, outcomes: Vec<Outcome>) -> Report {
+/// `read_back`: the receipts include a read-back of everything produced; `stored`: per
+/// slot, the offsets between where consumers started and the log end at start.
+fn report(
+    config: Config,
+    shared: &Shared,
+    outcomes: Vec<Outcome>,
+    read_back: bool,
+    stored: &[u64],
+) -> Report {
     let mut expected = HashMap::new();
     let mut produce_latency = nanos_histogram();
     let mut end_to_end = nanos_histogram();
     let mut receipts = Receipts::default();
     let (mut bytes_after_warmup, mut finished_ns, mut consumed_bytes) = (0u64, 0u64, 0u64);
     let (mut consume_first_ns, mut consume_last_ns) = (u64::MAX, 0u64);
+    let (mut messages_after_warmup, mut offsets_read) = (0u64, 0u64);
     for outcome in outcomes {
         match outcome {
             Outcome::Producer(p) => {
                 let _ = produce_latency.add(&p.latency);
                 bytes_after_warmup += p.bytes_after_warmup;
+                messages_after_warmup += p.messages_after_warmup;
                 finished_ns = finished_ns.max(p.finished_ns);
                 expected.insert(p.id, p.expected);
             }
@@ -835,20 +1029,30 @@ fn report(config: Config, shared: &Shared, outcomes: Vec<Outcome>) -> Report {
                 consume_first_ns = consume_first_ns.min(c.first_ns.unwrap_or(u64::MAX));
                 consume_last_ns = consume_last_ns.max(c.last_ns);
                 consumed_bytes += c.bytes;
+                offsets_read += c.offsets_read;
                 receipts.merge(c.receipts);
             }
         }
     }
-    let verdict = if config.consumers > 0 {
+    let catch_up_only = config.from_beginning && config.producers == 0;
+    let verified = config.consumers > 0 || read_back;
+    let mut verdict = if verified {
         verify::verdict(&receipts, &expected)
     } else {
         Verdict::default()
     };
+    if catch_up_only {
+        // Nothing was produced to expect: every stored offset read must have held a
+        // message, and every stored offset must have been read.
+        let stored: u64 = stored.iter().sum();
+        let delivered = receipts.received + receipts.corrupt;
+        verdict.lost += stored.saturating_sub(delivered.min(offsets_read));
+    }
     let measured_s = (finished_ns as f64 / 1e9 - config.warmup_s).max(1e-9);
     let messages = shared.produced.load(Ordering::Relaxed);
     Report {
         messages,
-        messages_per_s: messages as f64 / (finished_ns as f64 / 1e9).max(1e-9),
+        messages_per_s: messages_after_warmup as f64 / measured_s,
         throughput_mb_s: bytes_after_warmup as f64 / 1e6 / measured_s,
         consumed: receipts.received,
         consume_throughput_mb_s: consumed_bytes as f64
@@ -861,6 +1065,7 @@ fn report(config: Config, shared: &Shared, outcomes: Vec<Outcome>) -> Report {
         produce_errors: shared.errors.load(Ordering::Relaxed),
         produce_latency_us: Percentiles::from_nanos(&produce_latency),
         end_to_end_latency_us: Percentiles::from_nanos(&end_to_end),
+        verified,
         ok: verdict.ok() && shared.errors.load(Ordering::Relaxed) == 0,
         config,
     }
@@ -886,7 +1091,11 @@ impl Report {
             self.out_of_order,
             self.corrupt,
             self.produce_errors,
-            if self.ok { "OK" } else { "FAILED" }
+            match (self.ok, self.verified) {
+                (false, _) => "FAILED",
+                (true, true) => "OK",
+                (true, false) => "OK, NOT VERIFIED (--no-read-back and no consumers)",
+            }
         );
         out += &format!(
             "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",

@@ -146,7 +146,18 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<Partition>>, fault: Fault) {
                 &[],
             ),
             R::ListOffsetsRequest => {
-                let next = state.lock().expect("state").next;
+                let earliest = request
+                    .body_as_list_offsets_request()
+                    .and_then(|r| r.topics())
+                    .is_some_and(|t| {
+                        t.get(0).partitions().expect("partitions").get(0).spec()
+                            == schema::OffsetSpec::Earliest
+                    });
+                let next = if earliest {
+                    0
+                } else {
+                    state.lock().expect("state").next
+                };
                 respond(
                     &mut stream,
                     id,
@@ -278,7 +289,8 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<Partition>>, fault: Fault) {
     }
 }
 
-fn run_against(fault: Fault) -> weir_loadgen::Report {
+/// Starts the stand-in broker; its partition lives as long as the test process.
+fn start_broker(fault: Fault) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = listener.local_addr().expect("address").to_string();
     let state = Arc::new(Mutex::new(Partition::default()));
@@ -288,10 +300,19 @@ fn run_against(fault: Fault) -> weir_loadgen::Report {
             std::thread::spawn(move || serve(stream, state, fault));
         }
     });
-    let config = Config {
+    address
+}
+
+fn run_against(fault: Fault) -> weir_loadgen::Report {
+    weir_loadgen::run(config(start_broker(fault))).expect("loadgen ran")
+}
+
+fn config(address: String) -> Config {
+    Config {
         brokers: address,
         protocol: weir_loadgen::Protocol::Native,
         topic: "verify".into(),
+        topics: 1,
         partitions: 1,
         message_bytes: 100,
         message_bytes_max: None,
@@ -313,8 +334,8 @@ fn run_against(fault: Fault) -> weir_loadgen::Report {
         quiet: true,
         topic_configs: vec![],
         from_beginning: false,
-    };
-    weir_loadgen::run(config).expect("loadgen ran")
+        no_read_back: false,
+    }
 }
 
 #[test]
@@ -340,4 +361,45 @@ fn a_duplicated_batch_is_reported() {
 fn reordered_batches_are_reported() {
     let report = run_against(Fault::Reorder);
     assert!(!report.ok && report.out_of_order > 0, "{}", report.table());
+}
+
+/// Without consumers, loadgen reads everything back after producing: a broker that lost
+/// a batch is caught then, and a faithful one passes.
+#[test]
+fn without_consumers_the_read_back_verifies() {
+    for (fault, ok) in [(Fault::None, true), (Fault::Drop, false)] {
+        let report = weir_loadgen::run(Config {
+            consumers: 0,
+            ..config(start_broker(fault))
+        })
+        .expect("loadgen ran");
+        assert!(report.verified, "{}", report.table());
+        assert_eq!(report.ok, ok, "{fault:?}: {}", report.table());
+        assert_eq!(report.lost > 0, !ok, "{}", report.table());
+    }
+}
+
+/// A catch-up read of stored data (no producers) expects a message at every offset from
+/// the earliest to the log end: a broker that skips a stored batch fails it.
+#[test]
+fn a_catch_up_read_that_skips_stored_batches_fails() {
+    for (fault, ok) in [(Fault::None, true), (Fault::Drop, false)] {
+        let address = start_broker(fault);
+        let unverified = weir_loadgen::run(Config {
+            consumers: 0,
+            no_read_back: true,
+            ..config(address.clone())
+        })
+        .expect("loadgen produced");
+        assert!(unverified.ok && !unverified.verified);
+        assert!(unverified.table().contains("NOT VERIFIED"));
+        let report = weir_loadgen::run(Config {
+            producers: 0,
+            from_beginning: true,
+            ..config(address)
+        })
+        .expect("loadgen read");
+        assert_eq!(report.ok, ok, "{fault:?}: {}", report.table());
+        assert!(report.consumed > 0, "{}", report.table());
+    }
 }
