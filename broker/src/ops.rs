@@ -27,6 +27,11 @@ use crate::topic;
 /// The longest a fetch may wait for data, whatever it asks for.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
 
+/// A timestamp lookup for this asks for the first record with the largest timestamp
+/// (Kafka's ListOffsets -3, KIP-734); over the native protocol too, which has no other
+/// use for negative timestamps.
+pub const MAX_TIMESTAMP: i64 = -3;
+
 pub fn unexpected(answer: ShardAnswer) -> BrokerError {
     BrokerError::Internal(format!("unexpected shard answer {answer:?}"))
 }

@@ -826,7 +826,17 @@ impl Shard {
             OffsetSpec::Earliest => Ok((log.log_start_offset(), -1)),
             OffsetSpec::Latest => Ok((replication.high_watermark(&log), -1)),
             _ => {
+                let timestamp = if timestamp == crate::ops::MAX_TIMESTAMP {
+                    match log.max_timestamp() {
+                        Some(max) => max,
+                        None => return Ok((-1, -1)),
+                    }
+                } else {
+                    timestamp
+                };
                 let found = log.offset_for_timestamp(timestamp).await?;
+                // Nothing above the high watermark is visible: a max-timestamp record
+                // still being replicated is "no offset" until it is committed.
                 let hw = replication.high_watermark(&log);
                 Ok(found
                     .filter(|f| f.offset < hw)
@@ -1548,8 +1558,11 @@ impl Shard {
                     break;
                 }
                 let now_ms = crate::metadata::now_ms();
-                // Without transactions every record is stable.
-                let stable_offset = log.log_end_offset();
+                // Only what every in-sync replica holds: above the high watermark a new
+                // leader may truncate, and a key's older value removed for a newer one
+                // that is then cut would be lost. (Without transactions every record
+                // below it is stable.)
+                let stable_offset = self.high_watermark(&partition, &log);
                 match log.compact(now_ms, stable_offset, map_bytes).await {
                     Ok(stats) => {
                         self.metrics.record_compaction(&stats);
@@ -1572,7 +1585,8 @@ impl Shard {
         let partitions = self.partitions.borrow();
         let mut due: Vec<(f64, &TopicPartition, &Rc<Log>)> = Vec::new();
         for (partition, log) in partitions.iter() {
-            let Some(candidate) = log.compaction_candidate(now_ms, log.log_end_offset()) else {
+            let stable_offset = self.high_watermark(partition, log);
+            let Some(candidate) = log.compaction_candidate(now_ms, stable_offset) else {
                 continue;
             };
             let ratio = candidate.dirty_ratio();

@@ -33,7 +33,6 @@ use crate::topic;
 /// Kafka's special ListOffsets timestamps.
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
-const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 const LATEST_TIERED: i64 = -5;
 
@@ -231,14 +230,7 @@ pub async fn list_offsets(shard: &Rc<Shard>, version: i16, request: ListOffsetsR
                     refused.push((tp, Ok((-1, -1))));
                     continue;
                 }
-                MAX_TIMESTAMP => {
-                    let error = BrokerError::kafka(
-                        ResponseError::UnsupportedVersion,
-                        "the max-timestamp lookup (-3) is not supported",
-                    );
-                    refused.push((tp, Err(error)));
-                    continue;
-                }
+                ops::MAX_TIMESTAMP => (OffsetSpec::Timestamp, ops::MAX_TIMESTAMP),
                 ts if ts >= 0 => (OffsetSpec::Timestamp, ts),
                 ts => {
                     let error = BrokerError::InvalidRequest(format!("timestamp {ts}"));
