@@ -97,17 +97,32 @@ fn each_kind_of_bad_kafka_request_gets_an_error_or_a_closed_connection() {
     stream.write_all(&api_versions_frame(3)).unwrap();
     assert!(read_frame(&mut stream).is_some(), "still usable");
 
-    // Produce v0 (the old message format) and an API weir does not serve: closed.
+    // Produce v0 (the old message format, an unadvertised version of a served API):
+    // closed, as Kafka does.
     let mut stream = connect(&address);
     stream
         .write_all(&frame(ApiKey::Produce, 0, 1, &[0, 0, 0, 0, 0, 0, 0, 0]))
         .unwrap();
     assert_closed(&mut stream, "Produce v0");
+    // An API weir does not serve, whose response has a request-wide error: answered
+    // UNSUPPORTED_VERSION in its own response, and the connection stays usable.
     let mut stream = connect(&address);
     stream
         .write_all(&frame(ApiKey::DescribeAcls, 1, 1, &[0; 16]))
         .unwrap();
-    assert_closed(&mut stream, "DescribeAcls");
+    let mut response = read_frame(&mut stream).expect("DescribeAcls answered");
+    let header = ResponseHeader::decode(&mut response, 0).unwrap();
+    assert_eq!(header.correlation_id, 7);
+    let acls = kafka_protocol::messages::DescribeAclsResponse::decode(&mut response, 1).unwrap();
+    assert_eq!(acls.error_code, 35, "UNSUPPORTED_VERSION");
+    stream.write_all(&api_versions_frame(3)).unwrap();
+    assert!(read_frame(&mut stream).is_some(), "still usable");
+    // One whose response has only per-item errors (CreateAcls): closed.
+    let mut stream = connect(&address);
+    stream
+        .write_all(&frame(ApiKey::CreateAcls, 1, 1, &[0; 16]))
+        .unwrap();
+    assert_closed(&mut stream, "CreateAcls");
     assert_serving(&address);
 
     // The 25-byte Produce v9 whose topic array claims four billion entries: the crate

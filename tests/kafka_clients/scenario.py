@@ -99,15 +99,39 @@ class Broker:
             except subprocess.TimeoutExpired:
                 self.kill9()
 
+    def metric(self, name, group=None):
+        """One of weir's /metrics families, per partition of the test topic: a group's
+        (labelled group, topic, partition) or a partition's (shard, topic, partition)."""
+        text = urllib.request.urlopen(f"http://{self.http}/metrics", timeout=10).read().decode()
+        values = {}
+        first = r'group="([^"]+)",' if group is not None else r'shard="([^"]+)",'
+        pattern = name + r'\{' + first + r'topic="([^"]+)",partition="(\d+)"\} (\S+)'
+        for g, topic, partition, value in re.findall(pattern, text):
+            if (group is None or g == group) and topic == TOPIC:
+                values[int(partition)] = int(float(value))
+        return values
+
     def committed_offsets(self, group):
         """The group's committed offsets, from weir's own /metrics."""
-        text = urllib.request.urlopen(f"http://{self.http}/metrics", timeout=10).read().decode()
-        offsets = {}
-        pattern = r'weir_group_committed_offset\{group="([^"]+)",topic="([^"]+)",partition="(\d+)"\} (\S+)'
-        for g, topic, partition, value in re.findall(pattern, text):
-            if g == group and topic == TOPIC:
-                offsets[int(partition)] = int(float(value))
-        return offsets
+        return self.metric("weir_group_committed_offset", group)
+
+    def check_lag(self, group, committed):
+        """The group's lag, from /metrics and from `weir group describe`: what is readable
+        beyond each committed offset."""
+        high_watermarks = self.metric("weir_partition_high_watermark")
+        expected = {p: high_watermarks[p] - offset for p, offset in committed.items()}
+        lag = self.metric("weir_group_lag", group)
+        assert lag == expected, f"weir_group_lag {lag}, expected {expected}"
+        native = self.args[self.args.index("--native-listen") + 1]
+        out = subprocess.run([self.args[0], "group", "describe", group, "--brokers", native],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        described = {}
+        for line in out.splitlines():
+            cells = line.split("\t")
+            if len(cells) == 5 and cells[0] == TOPIC:
+                described[int(cells[1])] = int(cells[4])
+        assert described == expected, f"weir group describe lag {described}, expected {expected}:\n{out}"
+        return expected
 
 
 # ---- producers and admin, per client -------------------------------------------------
@@ -404,6 +428,10 @@ def run(args):
         log(f"{args.client}: phase 1 done; committed {committed}")
         assert committed, "the group committed nothing"
         assert sum(committed.values()) < MESSAGES, "phase 1 consumed everything: the resume would prove nothing"
+        lag = broker.check_lag(GROUP, committed)
+        if len(committed) == PARTITIONS:
+            assert sum(lag.values()) == MESSAGES - sum(committed.values()), f"lag {lag}"
+        log(f"{args.client}: lag {lag}")
 
         broker.kill9()
         broker.start()

@@ -81,6 +81,28 @@ async fn read_requests(
                     .await;
                 continue;
             }
+            Err(DecodeError::UnsupportedVersion { header, api })
+                if let Some(parts) = handlers::unserved_api(&header, api) =>
+            {
+                tracing::debug!(
+                    ?api,
+                    version = header.request_api_version,
+                    "answered an unserved API with UNSUPPORTED_VERSION"
+                );
+                let out = Outgoing {
+                    parts,
+                    permit: None,
+                    close_after: false,
+                };
+                if responses
+                    .send(Box::pin(std::future::ready(Some(out))))
+                    .await
+                    .is_err()
+                {
+                    return Err("response writer stopped".into());
+                }
+                continue;
+            }
             Err(error) => return Err(error.to_string()),
         };
         let in_flight = InFlight::start(shard);

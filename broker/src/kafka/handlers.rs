@@ -185,9 +185,87 @@ pub fn api_versions_unsupported(header: &RequestHeader) -> Vec<Bytes> {
     }
 }
 
+/// The answer to a request of an API this gateway does not serve (ApiVersions does not
+/// advertise it): that API's own response at the requested version, its error code
+/// UNSUPPORTED_VERSION, so that a client that sends it anyway learns why instead of
+/// losing its connection. `None` for an API whose response has no request-wide error
+/// field (only per-item ones), for a version the codec cannot write, and for the
+/// served APIs: an unadvertised version of those is closed on, as Kafka does.
+pub fn unserved_api(header: &RequestHeader, api: ApiKey) -> Option<Vec<Bytes>> {
+    use kafka_protocol::messages::*;
+    let version = header.request_api_version;
+    let codec = api.valid_versions();
+    if versions::range(api).is_some() || version < codec.min || version > codec.max {
+        return None;
+    }
+    let code = ResponseError::UnsupportedVersion.code();
+    macro_rules! with_error {
+        ($($api:ident => $response:ident),* $(,)?) => {
+            match api {
+                $(ApiKey::$api => ResponseKind::$api($response::default().with_error_code(code)),)*
+                _ => return None,
+            }
+        };
+    }
+    let body = with_error! {
+        SaslHandshake => SaslHandshakeResponse,
+        SaslAuthenticate => SaslAuthenticateResponse,
+        DescribeAcls => DescribeAclsResponse,
+        AddOffsetsToTxn => AddOffsetsToTxnResponse,
+        EndTxn => EndTxnResponse,
+        DescribeClientQuotas => DescribeClientQuotasResponse,
+        DescribeUserScramCredentials => DescribeUserScramCredentialsResponse,
+        ListTransactions => ListTransactionsResponse,
+        CreateDelegationToken => CreateDelegationTokenResponse,
+        RenewDelegationToken => RenewDelegationTokenResponse,
+        ExpireDelegationToken => ExpireDelegationTokenResponse,
+        DescribeDelegationToken => DescribeDelegationTokenResponse,
+        ListPartitionReassignments => ListPartitionReassignmentsResponse,
+        AlterPartitionReassignments => AlterPartitionReassignmentsResponse,
+        ElectLeaders => ElectLeadersResponse,
+        ConsumerGroupHeartbeat => ConsumerGroupHeartbeatResponse,
+        GetTelemetrySubscriptions => GetTelemetrySubscriptionsResponse,
+        PushTelemetry => PushTelemetryResponse,
+        DescribeLogDirs => DescribeLogDirsResponse,
+        UpdateFeatures => UpdateFeaturesResponse,
+        DescribeQuorum => DescribeQuorumResponse,
+    };
+    codec::encode(header.correlation_id, api, version, &body)
+        .ok()
+        .map(|frame| vec![frame.freeze()])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An unserved API answered at one version is answered at every later version the
+    /// codec writes (older ones may lack the error field, as ElectLeaders v0 does), and
+    /// served APIs never are.
+    #[test]
+    fn unserved_apis_are_answered_from_their_first_version_with_an_error_field() {
+        let mut answered = 0;
+        for key in 0..i16::MAX {
+            let Ok(api) = ApiKey::try_from(key) else {
+                continue;
+            };
+            let codec = api.valid_versions();
+            let header = |v: i16| RequestHeader::default().with_request_api_version(v);
+            let versions: Vec<bool> = (codec.min..=codec.max)
+                .map(|v| unserved_api(&header(v), api).is_some())
+                .collect();
+            let Some(first) = versions.iter().position(|a| *a) else {
+                continue;
+            };
+            assert!(
+                versions[first..].iter().all(|a| *a),
+                "{api:?}: {versions:?}"
+            );
+            assert!(versions::range(api).is_none(), "{api:?} is served");
+            answered += 1;
+        }
+        assert!(answered >= 20, "{answered}");
+    }
 
     /// Every served API has its own line in `/metrics`.
     #[test]
