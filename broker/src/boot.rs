@@ -122,13 +122,15 @@ async fn run_shard(
         lifecycle.shutdown.clone(),
         lifecycle.controller.clone(),
     )?;
-    router.serve(shard.clone(), receivers);
     let executor = glommio::executor();
     let requests = executor.create_task_queue(
         Shares::Static(1000),
         Latency::Matters(Duration::from_millis(1)),
         "requests",
     );
+    router
+        .serve(shard.clone(), receivers, requests)
+        .map_err(glommio_error)?;
     let background =
         executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
     let started = start(&shard, &config, &lifecycle, requests, background).await;

@@ -349,20 +349,28 @@ impl Router {
 
     /// Serves the mesh: calls from other shards are started in arrival order, answers are
     /// handed to whoever waits for them. Runs until the mesh closes.
+    /// Receives from every other shard in `queue`; the calls' handlers run there too
+    /// (a task spawns into its own queue), so other shards' requests get the request
+    /// path's shares, not the default queue's.
     pub fn serve<H: CallHandler>(
         self: &Rc<Self>,
         handler: Rc<H>,
         mut receivers: Receivers<Envelope>,
-    ) {
+        queue: glommio::TaskQueueHandle,
+    ) -> glommio::Result<(), ()> {
         for (peer, receiver) in receivers.streams() {
             let (router, handler) = (self.clone(), handler.clone());
-            glommio::spawn_local(async move {
-                while let Some(envelope) = receiver.recv().await {
-                    router.receive(&handler, peer, envelope);
-                }
-            })
+            glommio::spawn_local_into(
+                async move {
+                    while let Some(envelope) = receiver.recv().await {
+                        router.receive(&handler, peer, envelope);
+                    }
+                },
+                queue,
+            )?
             .detach();
         }
+        Ok(())
     }
 
     fn receive<H: CallHandler>(self: &Rc<Self>, handler: &Rc<H>, peer: usize, envelope: Envelope) {
