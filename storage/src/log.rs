@@ -1631,10 +1631,20 @@ impl Log {
                 .map(|ms| now_ms.saturating_sub(ms as i64))
         });
         let mut doomed = 0;
-        for segment in &state.sealed {
-            let below_start = segment.next_offset <= state.metadata.log_start_offset;
-            let expired = expired_before
-                .is_some_and(|limit| segment.max_timestamp >= 0 && segment.max_timestamp < limit);
+        for (at, segment) in state.sealed.iter().enumerate() {
+            // A segment covers the offsets up to the next one's base, records or not: one
+            // compaction emptied still holds its range, and the log start stays before it.
+            let covered_to = state
+                .sealed
+                .get(at + 1)
+                .map_or(state.active.base_offset, |s| s.base_offset);
+            let below_start = covered_to <= state.metadata.log_start_offset;
+            // An empty segment has no timestamp to age by: time retention takes it as soon
+            // as it applies.
+            let empty = segment.size_bytes == 0 && segment.max_timestamp < 0;
+            let expired = expired_before.is_some_and(|limit| {
+                (segment.max_timestamp >= 0 && segment.max_timestamp < limit) || empty
+            });
             let too_big = excess >= segment.size_bytes && excess > 0;
             if !(below_start || expired || too_big) {
                 break;

@@ -456,10 +456,16 @@ mod tests {
             let codec = Compression::ALL[codec as usize % Compression::ALL.len()];
             let mut builder = BatchBuilder::new(1000);
             builder.compression(codec);
+            // An idempotent, transactional producer's batch: compaction must keep what
+            // idempotence and transactions read from its header.
+            builder.producer(77, 3, 1234);
             for (i, value) in values.iter().enumerate() {
                 builder.append(1000 + i as i64, Some(&i.to_be_bytes()), Some(value), &[]);
             }
             let mut bytes = builder.build();
+            bytes[22] |= 0x10; // attributes (big-endian i16 at 21..23): transactional
+            let crc = crc32c::crc32c(&bytes[21..]);
+            bytes[17..21].copy_from_slice(&crc.to_be_bytes());
             batch::assign_offset_and_epoch(&mut bytes, 500, 3);
             let (header, section) = records_section(&bytes, 1 << 24).unwrap();
             let records: Vec<Record> = RecordIter::over(header, &section).collect::<Result<_, _>>().unwrap();
@@ -478,7 +484,12 @@ mod tests {
                 && rebuilt_header.base_offset == 500
                 && rebuilt_header.last_offset() == header.last_offset()
                 && rebuilt_header.partition_leader_epoch == 3
-                && rebuilt_header.attributes.compression() == Some(codec))
+                && rebuilt_header.attributes.compression() == Some(codec)
+                && rebuilt_header.attributes.is_transactional()
+                && !rebuilt_header.attributes.is_control()
+                && (rebuilt_header.producer_id, rebuilt_header.producer_epoch, rebuilt_header.base_sequence) == (77, 3, 1234)
+                && rebuilt_header.base_timestamp == header.base_timestamp
+                && rebuilt_header.max_timestamp == max_ts)
         }
     }
 

@@ -323,22 +323,24 @@ fn compaction_agrees_with_model() {
         .quickcheck(check as fn(Case) -> bool);
 }
 
+/// A batch of one keyed record (`None`: a tombstone) at `ts`.
+fn keyed(key: &[u8], value: Option<&[u8]>, ts: i64) -> bytes::BytesMut {
+    let mut builder = BatchBuilder::new(ts);
+    builder.append(ts, Some(key), value, &[]);
+    builder.build()
+}
+
 /// Tombstones stay for delete.retention.ms, then go with every older record of the key.
 #[test]
 fn tombstones_are_kept_until_they_expire() {
     run(|| async {
         let dir = tempfile::tempdir().unwrap();
         let log = open(dir.path()).await;
-        let append = |key: &'static [u8], value: Option<&'static [u8]>, ts: i64| {
-            let mut builder = BatchBuilder::new(ts);
-            builder.append(ts, Some(key), value, &[]);
-            builder.build()
-        };
-        log.append(append(b"a", Some(b"1"), 1000), 0).await.unwrap();
-        log.append(append(b"b", Some(b"1"), 1000), 0).await.unwrap();
-        log.append(append(b"a", None, 1000), 0).await.unwrap();
+        log.append(keyed(b"a", Some(b"1"), 1000), 0).await.unwrap();
+        log.append(keyed(b"b", Some(b"1"), 1000), 0).await.unwrap();
+        log.append(keyed(b"a", None, 1000), 0).await.unwrap();
         log.roll().await.unwrap();
-        log.append(append(b"c", Some(b"1"), 1000), 0).await.unwrap();
+        log.append(keyed(b"c", Some(b"1"), 1000), 0).await.unwrap();
         let keys = |records: Vec<(i64, Written)>| -> Vec<(i64, Vec<u8>, bool)> {
             records
                 .into_iter()
@@ -376,6 +378,52 @@ fn tombstones_are_kept_until_they_expire() {
             3
         );
         assert_eq!(log.log_start_offset(), 0);
+    });
+}
+
+/// A segment compaction empties (every record in it an expired tombstone or superseded)
+/// stays where it is: it does not move the log start, so a consumer at offset 0 is not
+/// told its offset is out of range; it reads on from the next surviving record.
+#[test]
+fn an_emptied_first_segment_keeps_the_log_start() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path()).await;
+        log.append(keyed(b"a", Some(b"1"), 1000), 0).await.unwrap();
+        log.append(keyed(b"a", None, 1000), 0).await.unwrap();
+        log.roll().await.unwrap();
+        log.append(keyed(b"b", Some(b"1"), 1000), 0).await.unwrap();
+        log.roll().await.unwrap();
+        log.append(keyed(b"c", Some(b"1"), 1000), 0).await.unwrap();
+        // The stable offset (the high watermark) ends the pass after the first segment,
+        // so it is cleaned alone, to nothing.
+        log.compact(1000 + DELETE_RETENTION_MS + 1, 2, 1 << 20)
+            .await
+            .unwrap();
+        log.apply_retention(1000 + DELETE_RETENTION_MS + 1)
+            .await
+            .unwrap();
+        assert_eq!(log.segment_count(), 3, "the emptied segment stays");
+        for reopened in [false, true] {
+            let log = if reopened {
+                log.close().await.unwrap();
+                let log = open(dir.path()).await;
+                log.apply_retention(1000 + DELETE_RETENTION_MS + 1)
+                    .await
+                    .unwrap();
+                log
+            } else {
+                log.clone()
+            };
+            assert_eq!(log.log_start_offset(), 0, "reopened: {reopened}");
+            let from_start = log.read(0, 1 << 20, i64::MAX).await.unwrap();
+            assert_eq!(
+                batch::BatchHeader::parse(&from_start[0])
+                    .unwrap()
+                    .base_offset,
+                2
+            );
+        }
     });
 }
 
