@@ -427,6 +427,59 @@ fn an_emptied_first_segment_keeps_the_log_start() {
     });
 }
 
+/// When a log is due: records younger than min.compaction.lag.ms are not cleanable yet;
+/// the dirty ratio measures what a pass would clean against everything cleanable; a
+/// dirty record older than max.compaction.lag.ms makes the log overdue whatever its ratio.
+#[test]
+fn compaction_lags_and_the_dirty_ratio_decide_when_a_log_is_due() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path()).await;
+        log.set_config(LogConfig {
+            min_compaction_lag_ms: 1000,
+            max_compaction_lag_ms: 5000,
+            ..config()
+        })
+        .unwrap();
+        for i in 0..4u8 {
+            log.append(keyed(&[i], Some(b"first"), 1000), 0)
+                .await
+                .unwrap();
+        }
+        log.roll().await.unwrap();
+        log.append(keyed(b"tail", Some(b"1"), 1000), 0)
+            .await
+            .unwrap();
+        assert!(
+            log.compaction_candidate(1500, i64::MAX).is_none(),
+            "younger than min.compaction.lag.ms"
+        );
+        let due = log.compaction_candidate(2500, i64::MAX).expect("cleanable");
+        assert!(!due.overdue);
+        assert_eq!(due.dirty_ratio(), 1.0);
+        log.compact(2500, i64::MAX, 1 << 20).await.unwrap();
+        assert!(
+            log.compaction_candidate(2500, i64::MAX).is_none(),
+            "all clean"
+        );
+        // One key rewritten: a small dirty part against the clean segment.
+        log.append(keyed(&[0], Some(b"second"), 3000), 0)
+            .await
+            .unwrap();
+        log.roll().await.unwrap();
+        let due = log.compaction_candidate(4500, i64::MAX).expect("cleanable");
+        assert!(!due.overdue);
+        assert!(
+            due.dirty_ratio() > 0.0 && due.dirty_ratio() < 1.0,
+            "{}",
+            due.dirty_ratio()
+        );
+        // Past max.compaction.lag.ms of the dirty records' time: overdue.
+        let overdue = log.compaction_candidate(9000, i64::MAX).expect("cleanable");
+        assert!(overdue.overdue);
+    });
+}
+
 /// A crash after a swap's commit point leaves `<base>.<end>.swap` next to the segments it
 /// replaces (all of them, or some, depending on how far the deletions got): opening the
 /// log finishes the swap.
