@@ -347,11 +347,10 @@ impl Router {
         self.start(handler, shard, call).await?.wait().await
     }
 
-    /// Serves the mesh: calls from other shards are started in arrival order, answers are
-    /// handed to whoever waits for them. Runs until the mesh closes.
-    /// Receives from every other shard in `queue`; the calls' handlers run there too
-    /// (a task spawns into its own queue), so other shards' requests get the request
-    /// path's shares, not the default queue's.
+    /// Serves the mesh until it closes: calls from other shards are started in arrival
+    /// order, answers are handed to whoever waits for them. The receivers run in `queue`,
+    /// and so do the calls' handlers (a task spawns into its own queue): other shards'
+    /// requests get the request path's shares, not the default queue's.
     pub fn serve<H: CallHandler>(
         self: &Rc<Self>,
         handler: Rc<H>,

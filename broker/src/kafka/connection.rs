@@ -13,7 +13,6 @@ use bytes::BytesMut;
 use futures_lite::io::{AsyncReadExt, ReadHalf};
 use glommio::channels::local_channel::LocalSender;
 use glommio::net::TcpStream;
-use kafka_protocol::messages::ApiKey;
 
 use super::codec::{self, DecodeError, SIZE_PREFIX_BYTES};
 use super::handlers;
@@ -66,28 +65,15 @@ async fn read_requests(
         let started = Instant::now();
         let request = match codec::decode(frame.freeze()) {
             Ok(request) => request,
-            Err(DecodeError::UnsupportedVersion {
-                header,
-                api: ApiKey::ApiVersions,
-            }) => {
-                let parts = handlers::api_versions_unsupported(&header);
-                let out = Outgoing {
-                    parts,
-                    permit: None,
-                    close_after: false,
-                };
-                let _ = responses
-                    .send(Box::pin(std::future::ready(Some(out))))
-                    .await;
-                continue;
-            }
+            // What can be answered without serving it: ApiVersions of an unknown
+            // version, and APIs weir does not serve that carry a request-wide error.
             Err(DecodeError::UnsupportedVersion { header, api })
-                if let Some(parts) = handlers::unserved_api(&header, api) =>
+                if let Some(parts) = handlers::unsupported(&header, api) =>
             {
                 tracing::debug!(
                     ?api,
                     version = header.request_api_version,
-                    "answered an unserved API with UNSUPPORTED_VERSION"
+                    "answered with UNSUPPORTED_VERSION"
                 );
                 let out = Outgoing {
                     parts,

@@ -177,7 +177,17 @@ fn api_versions(error: i16) -> ApiVersionsResponse {
 /// The answer to an ApiVersions request of a version this broker does not serve: version
 /// 0 of the response, `UNSUPPORTED_VERSION` and the versions it does serve, so the client
 /// can retry with one of them.
-pub fn api_versions_unsupported(header: &RequestHeader) -> Vec<Bytes> {
+/// The answer to a request whose API or version is not served, when one can be given
+/// (`None`: the connection is closed, as Kafka does): ApiVersions of an unknown version
+/// gets the table, an unserved API its own response with UNSUPPORTED_VERSION.
+pub fn unsupported(header: &RequestHeader, api: ApiKey) -> Option<Vec<Bytes>> {
+    match api {
+        ApiKey::ApiVersions => Some(api_versions_unsupported(header)),
+        api => unserved_api(header, api),
+    }
+}
+
+fn api_versions_unsupported(header: &RequestHeader) -> Vec<Bytes> {
     let body = ResponseKind::ApiVersions(api_versions(ResponseError::UnsupportedVersion.code()));
     match codec::encode(header.correlation_id, ApiKey::ApiVersions, 0, &body) {
         Ok(frame) => vec![frame.freeze()],
@@ -191,7 +201,7 @@ pub fn api_versions_unsupported(header: &RequestHeader) -> Vec<Bytes> {
 /// losing its connection. `None` for an API whose response has no request-wide error
 /// field (only per-item ones), for a version the codec cannot write, and for the
 /// served APIs: an unadvertised version of those is closed on, as Kafka does.
-pub fn unserved_api(header: &RequestHeader, api: ApiKey) -> Option<Vec<Bytes>> {
+fn unserved_api(header: &RequestHeader, api: ApiKey) -> Option<Vec<Bytes>> {
     use kafka_protocol::messages::*;
     let version = header.request_api_version;
     let codec = api.valid_versions();
