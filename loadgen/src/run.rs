@@ -19,7 +19,6 @@ use weir_bench::percentiles::nanos_histogram;
 use weir_client::{
     Acks, Client, ErrorCode, FetchSpec, FetchedPartition, OffsetQuery, ProduceResult, murmur2,
 };
-use weir_wire::batch::BATCH_HEADER_BYTES;
 use weir_wire::{BatchBuilder, BatchHeader, Compression, RecordIter};
 
 use crate::kafka::KafkaClient;
@@ -144,6 +143,14 @@ pub struct Report {
     /// against what consumers or the read-back received.
     pub verified: bool,
     pub ok: bool,
+}
+
+impl Config {
+    /// Reading what is stored, with nothing produced: consumers stop at the log end as
+    /// it was at start.
+    fn catch_up_only(&self) -> bool {
+        self.from_beginning && self.producers == 0
+    }
 }
 
 /// Where the load goes: every (topic, partition), numbered as one list of slots.
@@ -506,7 +513,7 @@ async fn run_thread(
                 .map(Outcome::Producer)
         }));
     }
-    let catch_up_only = config.from_beginning && config.producers == 0;
+    let catch_up_only = config.catch_up_only();
     for id in (0..config.consumers).filter(|c| *c as usize % config.threads == thread) {
         let slots: Vec<(i32, i64, i64)> = (0..layout.slots())
             .filter(|s| (*s as u32) % config.consumers == id)
@@ -823,11 +830,13 @@ async fn consume(
         last_ns: 0,
         offsets_read: 0,
     };
-    let mut positions: HashMap<i32, i64> = slots.iter().map(|(s, start, _)| (*s, *start)).collect();
-    while !slots.is_empty() && !shared.stop_consuming.load(Ordering::Acquire) {
-        let caught_up = slots
-            .iter()
-            .all(|(s, _, end)| positions.get(s).is_some_and(|at| at >= end));
+    // Per slot: where the next fetch starts, and where a catch-up read stops.
+    let mut positions: HashMap<i32, (i64, i64)> = slots
+        .iter()
+        .map(|(s, start, end)| (*s, (*start, *end)))
+        .collect();
+    while !positions.is_empty() && !shared.stop_consuming.load(Ordering::Acquire) {
+        let caught_up = positions.values().all(|(at, end)| at >= end);
         if catch_up_only && caught_up {
             break;
         }
@@ -837,8 +846,8 @@ async fn consume(
             max_bytes: 16 << 20,
             partitions: positions
                 .iter()
-                .filter(|(s, at)| !catch_up_only || **at < slots_end(&slots, **s))
-                .map(|(s, o)| {
+                .filter(|(_, (at, end))| !catch_up_only || at < end)
+                .map(|(s, (o, _))| {
                     (
                         layout.topic(*s).to_string(),
                         layout.partition(*s),
@@ -866,7 +875,13 @@ async fn consume(
                         fetched.topic, fetched.partition
                     )
                 })?;
-            let position = positions.get(&slot).copied().unwrap_or(0);
+            let Some((position, _)) = positions.get(&slot).copied() else {
+                bail!(
+                    "fetched {}-{}: not one of this consumer's partitions",
+                    fetched.topic,
+                    fetched.partition
+                );
+            };
             let before = outcome.receipts.received + outcome.receipts.corrupt;
             let next = receive(
                 &fetched.records,
@@ -878,7 +893,9 @@ async fn consume(
             )?;
             let next = next.max(position);
             outcome.offsets_read += (next - position) as u64;
-            positions.insert(slot, next);
+            if let Some((at, _)) = positions.get_mut(&slot) {
+                *at = next;
+            }
             let received = outcome.receipts.received + outcome.receipts.corrupt - before;
             let now = nanos_since(epoch);
             if received > 0 {
@@ -892,13 +909,6 @@ async fn consume(
     }
     shared.consumers_done.fetch_add(1, Ordering::AcqRel);
     Ok(outcome)
-}
-
-fn slots_end(slots: &[(i32, i64, i64)], slot: i32) -> i64 {
-    slots
-        .iter()
-        .find(|(s, _, _)| *s == slot)
-        .map_or(i64::MAX, |(_, _, end)| *end)
 }
 
 /// Verifies and counts the messages of `records` at or after `position`; returns the
@@ -917,19 +927,8 @@ fn receive(
         let header = BatchHeader::parse(&records[at..])?;
         let batch = &records[at..at + header.total_bytes()];
         let now = nanos_since(epoch);
-        let decompressed = match header.attributes.compression() {
-            Some(Compression::None) | None => None,
-            Some(codec) => Some(weir_wire::compression::decompress(
-                codec,
-                batch.get(BATCH_HEADER_BYTES..).unwrap_or_default(),
-                DECOMPRESSED_BATCH_BYTES_MAX,
-            )?),
-        };
-        let iter = match &decompressed {
-            Some(records) => RecordIter::over(header, records),
-            None => RecordIter::new(batch)?,
-        };
-        for record in iter {
+        let (_, section) = weir_wire::record::records_section(batch, DECOMPRESSED_BATCH_BYTES_MAX)?;
+        for record in RecordIter::over(header, &section) {
             let record = record?;
             if record.offset < position {
                 continue;
@@ -988,7 +987,7 @@ fn watch(config: &Config, shared: &Shared, epoch: Instant) {
         });
         shared.expected.store(produced, Ordering::Release);
         // Consumers catching up on stored data stop by themselves, at the end they saw.
-        let catch_up_only = config.from_beginning && config.producers == 0;
+        let catch_up_only = config.catch_up_only();
         let received_all = !catch_up_only && shared.consumed.load(Ordering::Relaxed) >= produced;
         let consumers_done =
             shared.consumers_done.load(Ordering::Acquire) >= u64::from(config.consumers);
@@ -1034,7 +1033,7 @@ fn report(
             }
         }
     }
-    let catch_up_only = config.from_beginning && config.producers == 0;
+    let catch_up_only = config.catch_up_only();
     let verified = config.consumers > 0 || read_back;
     let mut verdict = if verified {
         verify::verdict(&receipts, &expected)
