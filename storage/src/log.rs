@@ -149,10 +149,9 @@ struct LogState {
     sealing: Vec<glommio::Task<()>>,
     /// Compaction has handled every record below this offset (`compact.rs`).
     first_dirty_offset: i64,
-    /// Truncations and resets since the log was opened.
-    truncations: u64,
-    /// The most recent of them, oldest first: (the count after it, the offset it cut the
-    /// log to; `i64::MIN` for a reset, which removes everything).
+    /// The most recent truncations and resets, oldest first: (how many the log has seen
+    /// since it was opened, counting this one; the offset it cut the log to, `i64::MIN`
+    /// for a reset, which removes everything).
     cuts: VecDeque<(u64, i64)>,
 }
 
@@ -322,7 +321,6 @@ impl Log {
                 stats: LogStats::default(),
                 sealing: Vec::new(),
                 first_dirty_offset,
-                truncations: 0,
                 cuts: VecDeque::new(),
             }),
         });
@@ -452,7 +450,7 @@ impl Log {
     /// Waits, without forcing a sync, until every batch before `offset` is durable (for
     /// the `interval` policy, until the next periodic sync).
     pub async fn wait_durable(&self, offset: i64) -> Result<()> {
-        let truncations = self.state.borrow().truncations;
+        let truncations = self.state.borrow().truncations();
         loop {
             let changed = self.changed.listen();
             if self.reached(offset, Reach::Durable, truncations)? {
@@ -554,7 +552,7 @@ impl Log {
             base_offset,
             last_offset: header.last_offset(),
             max_timestamp: header.max_timestamp,
-            truncations: state.truncations,
+            truncations: state.truncations(),
         })
     }
 
@@ -616,7 +614,7 @@ impl Log {
 
     fn end_and_truncations(&self) -> (i64, u64) {
         let state = self.state.borrow();
-        (state.next_offset, state.truncations)
+        (state.next_offset, state.truncations())
     }
 
     /// Periodic work the owning shard calls every few milliseconds: writes what is pending
@@ -1453,8 +1451,7 @@ impl Log {
     fn finish_truncation(&self, cut: i64, result: Result<()>) -> Result<()> {
         let mut state = self.state.borrow_mut();
         state.truncating = false;
-        state.truncations += 1;
-        let count = state.truncations;
+        let count = state.truncations() + 1;
         if state.cuts.len() == CUTS_REMEMBERED {
             state.cuts.pop_front();
         }
@@ -1764,9 +1761,14 @@ impl Log {
 const CUTS_REMEMBERED: usize = 16;
 
 impl LogState {
+    /// Truncations and resets since the log was opened.
+    fn truncations(&self) -> u64 {
+        self.cuts.back().map_or(0, |(count, _)| *count)
+    }
+
     /// The lowest offset a truncation or reset after the `truncations`-th cut the log to.
     fn cut_since(&self, truncations: u64) -> Option<i64> {
-        if truncations >= self.truncations {
+        if truncations >= self.truncations() {
             return None;
         }
         let oldest_remembered = self.cuts.front().map_or(u64::MAX, |(count, _)| *count);
