@@ -171,44 +171,37 @@ fn every_advertised_version_of_every_api_works() {
     }
 
     // CreateTopics (the test topic first, then one per version) and DeleteTopics.
-    for v in versions(ApiKey::CreateTopics) {
-        let name = if v == *versions(ApiKey::CreateTopics).start() {
-            TOPIC.to_string()
-        } else {
-            format!("created-{v}")
-        };
+    let create_topic = |c: &mut Client, v: i16, name: &str, partitions: i32| {
         let request = CreateTopicsRequest::default()
             .with_topics(vec![
                 CreatableTopic::default()
-                    .with_name(topic_name(&name))
-                    .with_num_partitions(2)
+                    .with_name(topic_name(name))
+                    .with_num_partitions(partitions)
                     .with_replication_factor(1),
             ])
             .with_timeout_ms(10_000);
         let ResponseKind::CreateTopics(r) = c.send(ApiKey::CreateTopics, v, request.into()) else {
             unreachable!()
         };
-        assert_eq!(
-            r.topics[0].error_code, 0,
-            "CreateTopics v{v}: {:?}",
-            r.topics[0]
-        );
+        r.topics[0].clone()
+    };
+    for v in versions(ApiKey::CreateTopics) {
+        let name = if v == *versions(ApiKey::CreateTopics).start() {
+            TOPIC.to_string()
+        } else {
+            format!("created-{v}")
+        };
+        let created = create_topic(&mut c, v, &name, 2);
+        assert_eq!(created.error_code, 0, "CreateTopics v{v}: {created:?}");
     }
     for v in versions(ApiKey::DeleteTopics) {
         // Each version deletes a topic of its own, made here for it.
         let name = format!("doomed-{v}");
-        let create = CreateTopicsRequest::default()
-            .with_topics(vec![
-                CreatableTopic::default()
-                    .with_name(topic_name(&name))
-                    .with_num_partitions(1)
-                    .with_replication_factor(1),
-            ])
-            .with_timeout_ms(10_000);
-        let ResponseKind::CreateTopics(r) = c.send(ApiKey::CreateTopics, 7, create.into()) else {
-            unreachable!()
-        };
-        assert_eq!(r.topics[0].error_code, 0, "creating {name}");
+        assert_eq!(
+            create_topic(&mut c, 7, &name, 1).error_code,
+            0,
+            "creating {name}"
+        );
         let mut request = DeleteTopicsRequest::default().with_timeout_ms(10_000);
         if v >= 6 {
             request.topics = vec![DeleteTopicState::default().with_name(Some(topic_name(&name)))];
