@@ -21,7 +21,6 @@ import argparse
 import os
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scenario import Broker, log  # noqa: E402
@@ -86,9 +85,9 @@ def segment_files(data_dir):
     return len(sizes), sum(sizes)
 
 
-def metric(http, name):
-    text = urllib.request.urlopen(f"http://{http}/metrics", timeout=10).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines()
+def metric_total(broker, name):
+    """A /metrics family summed over its labels."""
+    return sum(float(line.split()[-1]) for line in broker.metrics_text().splitlines()
                if line.startswith(name + "{"))
 
 
@@ -110,7 +109,7 @@ def wait_compacted(broker, data_dir):
         _, _, records = consume_all(broker.kafka, 0)
         if count <= 4 and total <= 3 * SEGMENT_BYTES and len(records) <= 2 * KEYS:
             log(f"compacted: {count} segments, {total} bytes, {len(records)} records; "
-                f"{metric(broker.http, 'weir_compaction_records_removed_total'):.0f} records removed")
+                f"{metric_total(broker, 'weir_compaction_records_removed_total'):.0f} records removed")
             return
         if time.time() > deadline:
             raise AssertionError(

@@ -99,10 +99,14 @@ class Broker:
             except subprocess.TimeoutExpired:
                 self.kill9()
 
+    def metrics_text(self):
+        """weir's /metrics, as Prometheus text."""
+        return urllib.request.urlopen(f"http://{self.http}/metrics", timeout=10).read().decode()
+
     def metric(self, name, group=None):
         """One of weir's /metrics families, per partition of the test topic: a group's
         (labelled group, topic, partition) or a partition's (shard, topic, partition)."""
-        text = urllib.request.urlopen(f"http://{self.http}/metrics", timeout=10).read().decode()
+        text = self.metrics_text()
         values = {}
         first = r'group="([^"]+)",' if group is not None else r'shard="([^"]+)",'
         pattern = name + r'\{' + first + r'topic="([^"]+)",partition="(\d+)"\} (\S+)'
