@@ -49,6 +49,9 @@ pub struct BrokerConfig {
     /// Replicas of the committed-offsets topic, at most the initial brokers (Kafka's
     /// `offsets.topic.replication.factor`).
     pub offsets_topic_replication_factor: i16,
+    /// Replicas of the transaction-state topic, at most the initial brokers (Kafka's
+    /// `transaction.state.log.replication.factor`).
+    pub transaction_state_replication_factor: i16,
     /// How often leadership moves back to preferred replicas (0: never; Kafka's
     /// `leader.imbalance.check.interval.seconds`).
     pub leader_imbalance_check_interval_ms: u64,
@@ -89,6 +92,12 @@ pub struct BrokerConfig {
     pub auto_create_topics_partitions: i32,
     /// Partitions of the internal topic holding committed offsets (fixed at creation).
     pub offsets_topic_partitions: i32,
+    /// Partitions of the internal topic holding transaction state (fixed at creation;
+    /// Kafka's `transaction.state.log.num.partitions`).
+    pub transaction_state_partitions: i32,
+    /// The longest transaction timeout a producer may ask for (Kafka's
+    /// `transaction.max.timeout.ms`).
+    pub transaction_max_timeout_ms: u64,
     /// How long the first rebalance of an empty group waits for more members (Kafka's
     /// `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
@@ -153,6 +162,7 @@ impl Default for BrokerConfig {
             replica_fetch_max_bytes: 8 << 20,
             default_replication_factor: 1,
             offsets_topic_replication_factor: 3,
+            transaction_state_replication_factor: 3,
             leader_imbalance_check_interval_ms: 30_000,
             metadata_snapshot_entries: 10_000,
             native_listen: SocketAddr::from(([0, 0, 0, 0], 9192)),
@@ -171,6 +181,8 @@ impl Default for BrokerConfig {
             auto_create_topics_enable: true,
             auto_create_topics_partitions: 4,
             offsets_topic_partitions: 8,
+            transaction_state_partitions: 8,
+            transaction_max_timeout_ms: 900_000,
             group_initial_rebalance_delay_ms: 3_000,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
@@ -310,8 +322,13 @@ impl BrokerConfig {
             "group_min_session_timeout_ms must not exceed group_max_session_timeout_ms"
         );
         anyhow::ensure!(
-            self.offsets_topic_partitions > 0,
-            "offsets_topic_partitions must be positive"
+            self.offsets_topic_partitions > 0 && self.transaction_state_partitions > 0,
+            "offsets_topic_partitions and transaction_state_partitions must be positive"
+        );
+        anyhow::ensure!(
+            (1..=i32::MAX as u64).contains(&self.transaction_max_timeout_ms),
+            "transaction_max_timeout_ms must be within 1..={}",
+            i32::MAX
         );
         anyhow::ensure!(
             self.tick_ms > 0 && self.tick_ms <= 1000,
@@ -351,7 +368,9 @@ impl BrokerConfig {
             (1..=weir_replication::controller::REPLICATION_FACTOR_MAX)
                 .contains(&self.default_replication_factor)
                 && (1..=weir_replication::controller::REPLICATION_FACTOR_MAX)
-                    .contains(&self.offsets_topic_replication_factor),
+                    .contains(&self.offsets_topic_replication_factor)
+                && (1..=weir_replication::controller::REPLICATION_FACTOR_MAX)
+                    .contains(&self.transaction_state_replication_factor),
             "replication factors must be within 1..={}",
             weir_replication::controller::REPLICATION_FACTOR_MAX
         );

@@ -23,3 +23,4 @@ pub mod replica;
 pub mod router;
 pub mod shard;
 pub mod topic;
+pub mod txn;

@@ -48,6 +48,11 @@ pub const APIS: &[&str] = &[
     "kafka_describe_cluster",
     "kafka_delete_groups",
     "kafka_offset_delete",
+    "kafka_add_partitions_to_txn",
+    "kafka_add_offsets_to_txn",
+    "kafka_end_txn",
+    "kafka_write_txn_markers",
+    "kafka_txn_offset_commit",
     "kafka_other",
 ];
 

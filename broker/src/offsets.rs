@@ -54,23 +54,55 @@ struct Commit {
     metadata: String,
 }
 
-/// One offsets partition: its log and the latest commit per key.
+/// One offsets partition: its log, the latest commit per key, and the commits of open
+/// transactions (TxnOffsetCommit), per producer, which take effect with its commit marker.
 #[derive(Debug)]
 pub struct OffsetsPartition {
     log: Rc<Log>,
     latest: BTreeMap<Key, Commit>,
+    /// Producer id → its transaction's epoch and pending commits.
+    pending: BTreeMap<i64, (i16, BTreeMap<Key, Commit>)>,
+    /// The latest epoch seen of transactional producers (commits and markers): a
+    /// TxnOffsetCommit of an older epoch comes from a fenced producer.
+    epochs: BTreeMap<i64, i16>,
 }
+
+/// Transactional producers whose epoch an offsets partition remembers at most.
+const EPOCHS_REMEMBERED: usize = crate::producers::PRODUCERS_MAX;
 
 impl OffsetsPartition {
     /// Replays the partition's log into memory.
     pub async fn load(log: Rc<Log>) -> BrokerResult<OffsetsPartition> {
-        let mut latest = BTreeMap::new();
+        let mut store = OffsetsPartition {
+            log: log.clone(),
+            latest: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            epochs: BTreeMap::new(),
+        };
         let mut offset = log.log_start_offset();
         loop {
             let batches = log.read(offset, 1 << 20, i64::MAX).await?;
             let Some(last) = batches.last() else { break };
             offset = BatchHeader::parse(last)?.next_offset();
             for batch in &batches {
+                let header = BatchHeader::parse(batch)?;
+                if header.attributes.is_control() {
+                    let commit =
+                        weir_wire::control_type(batch)? == Some(weir_wire::ControlType::Commit);
+                    store.end_txn(header.producer_id, header.producer_epoch, commit);
+                    continue;
+                }
+                let latest = if header.attributes.is_transactional() {
+                    store.saw_epoch(header.producer_id, header.producer_epoch);
+                    let pending = store
+                        .pending
+                        .entry(header.producer_id)
+                        .or_insert_with(|| (header.producer_epoch, BTreeMap::new()));
+                    pending.0 = pending.0.max(header.producer_epoch);
+                    &mut pending.1
+                } else {
+                    &mut store.latest
+                };
                 for record in RecordIter::new(batch)? {
                     let record = record?;
                     let Some(key) = record.key else { continue };
@@ -94,7 +126,132 @@ impl OffsetsPartition {
                 }
             }
         }
-        Ok(OffsetsPartition { log, latest })
+        Ok(store)
+    }
+
+    /// A transaction marker of `producer_id` at `epoch`: its pending commits take
+    /// effect, or go. A marker older than the pending transaction (late, from a deposed
+    /// coordinator) changes nothing.
+    pub fn end_txn(&mut self, producer_id: i64, epoch: i16, commit: bool) {
+        self.saw_epoch(producer_id, epoch);
+        if self
+            .pending
+            .get(&producer_id)
+            .is_some_and(|(pending, _)| *pending > epoch)
+        {
+            return;
+        }
+        if let Some((_, pending)) = self.pending.remove(&producer_id)
+            && commit
+        {
+            self.latest.extend(pending);
+        }
+    }
+
+    fn saw_epoch(&mut self, producer_id: i64, epoch: i16) {
+        let known = self.epochs.entry(producer_id).or_insert(epoch);
+        *known = (*known).max(epoch);
+        if self.epochs.len() > EPOCHS_REMEMBERED {
+            let forgotten = self
+                .epochs
+                .keys()
+                .find(|p| **p != producer_id && !self.pending.contains_key(p))
+                .copied();
+            if let Some(forgotten) = forgotten {
+                self.epochs.remove(&forgotten);
+            }
+        }
+    }
+
+    /// TxnOffsetCommit: queues the commits as one transactional batch of the producer,
+    /// kept pending until its marker. The caller awaits durability.
+    /// Returns the batch's header too: the partition's transaction state takes it in.
+    pub fn start_txn_commit(
+        &mut self,
+        group: &str,
+        producer: (i64, i16),
+        offsets: &[(TopicPartition, i64, String)],
+        leader_epoch: i32,
+    ) -> BrokerResult<Option<(weir_storage::AppendInfo, BatchHeader)>> {
+        self.append_commits(group, Some(producer), offsets, leader_epoch)
+    }
+
+    /// One batch of commits, plain or (`producer`) of a transaction.
+    fn append_commits(
+        &mut self,
+        group: &str,
+        producer: Option<(i64, i16)>,
+        offsets: &[(TopicPartition, i64, String)],
+        leader_epoch: i32,
+    ) -> BrokerResult<Option<(weir_storage::AppendInfo, BatchHeader)>> {
+        if offsets.is_empty() {
+            return Ok(None);
+        }
+        if let Some((id, epoch)) = producer
+            && self.epochs.get(&id).is_some_and(|known| *known > epoch)
+        {
+            return Err(BrokerError::kafka(
+                kafka_protocol::ResponseError::ProducerFenced,
+                format!("producer {id} at epoch {epoch} is fenced"),
+            ));
+        }
+        let timestamp = now_ms();
+        let mut builder = BatchBuilder::new(timestamp);
+        if let Some((id, epoch)) = producer {
+            builder.producer(id, epoch, -1);
+            builder.transactional();
+        }
+        let commits = self.encode_commits(&mut builder, group, offsets, timestamp)?;
+        let batch = builder.build();
+        let header = BatchHeader::parse(&batch)?;
+        let info = self.log.start_append(batch, leader_epoch)?;
+        let header = BatchHeader {
+            base_offset: info.base_offset,
+            ..header
+        };
+        match producer {
+            Some((id, epoch)) => {
+                self.saw_epoch(id, epoch);
+                let pending = self
+                    .pending
+                    .entry(id)
+                    .or_insert_with(|| (epoch, BTreeMap::new()));
+                pending.0 = epoch;
+                pending.1.extend(commits);
+            }
+            None => self.latest.extend(commits),
+        }
+        Ok(Some((info, header)))
+    }
+
+    fn encode_commits(
+        &self,
+        builder: &mut BatchBuilder,
+        group: &str,
+        offsets: &[(TopicPartition, i64, String)],
+        timestamp: i64,
+    ) -> BrokerResult<Vec<(Key, Commit)>> {
+        let mut commits = Vec::with_capacity(offsets.len());
+        for (partition, offset, metadata) in offsets {
+            if metadata.len() > METADATA_BYTES_MAX {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "offset metadata over {METADATA_BYTES_MAX} bytes"
+                )));
+            }
+            let (key, value) = encode(group, partition, *offset, metadata);
+            builder.append(timestamp, Some(&key), Some(&value), &[]);
+            let key = (
+                group.to_string(),
+                partition.topic.clone(),
+                partition.partition,
+            );
+            let commit = Commit {
+                offset: *offset,
+                metadata: metadata.clone(),
+            };
+            commits.push((key, commit));
+        }
+        Ok(commits)
     }
 
     /// Queues the commits as one batch and makes them current at once, so that commits
@@ -106,36 +263,9 @@ impl OffsetsPartition {
         offsets: &[(TopicPartition, i64, String)],
         leader_epoch: i32,
     ) -> BrokerResult<Option<weir_storage::AppendInfo>> {
-        if offsets.is_empty() {
-            return Ok(None);
-        }
-        let timestamp = now_ms();
-        let mut builder = BatchBuilder::new(timestamp);
-        for (partition, offset, metadata) in offsets {
-            if metadata.len() > METADATA_BYTES_MAX {
-                return Err(BrokerError::InvalidRequest(format!(
-                    "offset metadata over {METADATA_BYTES_MAX} bytes"
-                )));
-            }
-            let (key, value) = encode(group, partition, *offset, metadata);
-            builder.append(timestamp, Some(&key), Some(&value), &[]);
-        }
-        let info = self.log.start_append(builder.build(), leader_epoch)?;
-        for (partition, offset, metadata) in offsets {
-            let key = (
-                group.to_string(),
-                partition.topic.clone(),
-                partition.partition,
-            );
-            self.latest.insert(
-                key,
-                Commit {
-                    offset: *offset,
-                    metadata: metadata.clone(),
-                },
-            );
-        }
-        Ok(Some(info))
+        Ok(self
+            .append_commits(group, None, offsets, leader_epoch)?
+            .map(|(info, _)| info))
     }
 
     /// Queues tombstones for the group's commits (of `only` these partitions, if given)
@@ -185,6 +315,23 @@ impl OffsetsPartition {
                 metadata: commit.metadata.clone(),
             })
             .collect()
+    }
+
+    /// The group's partitions with commits of an open transaction pending.
+    pub fn unstable(&self, group: &str) -> Vec<TopicPartition> {
+        let mut partitions: Vec<TopicPartition> = self
+            .pending
+            .values()
+            .flat_map(|(_, commits)| commits.keys())
+            .filter(|(g, _, _)| g == group)
+            .map(|(_, topic, partition)| TopicPartition {
+                topic: topic.clone(),
+                partition: *partition,
+            })
+            .collect();
+        partitions.sort();
+        partitions.dedup();
+        partitions
     }
 
     /// Every committed offset here: group, partition, offset.

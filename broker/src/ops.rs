@@ -18,11 +18,12 @@ use crate::group::GroupState;
 use crate::metadata::OFFSETS_TOPIC;
 use crate::offsets;
 use crate::router::{
-    Committed, GroupAnswer, GroupCall, MemberClaim, PartitionStatus, Pending, ShardAnswer,
+    Committed, Fetched, GroupAnswer, GroupCall, MemberClaim, PartitionStatus, Pending, ShardAnswer,
     ShardCall, TopicPartition,
 };
 use crate::shard::Shard;
 use crate::topic;
+use crate::txn::coordinator::TXN_TOPIC;
 
 /// The longest a fetch may wait for data, whatever it asks for.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -179,23 +180,26 @@ pub struct FetchPartition {
 }
 
 /// Each partition's batches and status, or its error.
-pub type FetchResults = Vec<(TopicPartition, BrokerResult<(Vec<Bytes>, PartitionStatus)>)>;
+pub type FetchResults = Vec<(TopicPartition, BrokerResult<Fetched>)>;
 
 /// Reads each partition at its owner; if fewer than `min_bytes` came back, waits for any
 /// of them to get new data (or `max_wait`) and reads again.
+/// Under `read_committed` only what is below each partition's last stable offset is read,
+/// with the aborted transactions among it.
 pub async fn fetch(
     shard: &Rc<Shard>,
     max_wait: Duration,
     min_bytes: i32,
     partitions: &[FetchPartition],
+    read_committed: bool,
 ) -> FetchResults {
     let deadline = Instant::now() + max_wait.min(FETCH_WAIT_MAX);
     loop {
-        let results = read_partitions(shard, partitions).await;
+        let results = read_partitions(shard, partitions, read_committed).await;
         let total: usize = results
             .iter()
             .filter_map(|(_, r)| r.as_ref().ok())
-            .flat_map(|(b, _)| b)
+            .flat_map(|f| &f.batches)
             .map(Bytes::len)
             .sum();
         let any_error = results.iter().any(|(_, r)| r.is_err());
@@ -211,11 +215,19 @@ pub async fn fetch(
             .iter()
             .map(|p| (p.partition.clone(), p.offset))
             .collect();
-        wait_for_data(shard, watched, remaining.unwrap_or_default(), false).await;
+        let wait = Watching {
+            to_log_end: false,
+            read_committed,
+        };
+        wait_for_data(shard, watched, remaining.unwrap_or_default(), wait).await;
     }
 }
 
-async fn read_partitions(shard: &Rc<Shard>, partitions: &[FetchPartition]) -> FetchResults {
+async fn read_partitions(
+    shard: &Rc<Shard>,
+    partitions: &[FetchPartition],
+    read_committed: bool,
+) -> FetchResults {
     let wanted: HashMap<TopicPartition, (i64, i32)> = partitions
         .iter()
         .map(|p| (p.partition.clone(), (p.offset, p.max_bytes)))
@@ -229,6 +241,7 @@ async fn read_partitions(shard: &Rc<Shard>, partitions: &[FetchPartition]) -> Fe
                 partition,
                 offset,
                 max_bytes: max_bytes.max(0) as usize,
+                read_committed,
             }
         },
         |answer| match answer {
@@ -239,12 +252,20 @@ async fn read_partitions(shard: &Rc<Shard>, partitions: &[FetchPartition]) -> Fe
     .await
 }
 
+/// What data counts for a wait: below the log end (a follower's), the high watermark, or
+/// the last stable offset (read_committed).
+#[derive(Debug, Clone, Copy)]
+struct Watching {
+    to_log_end: bool,
+    read_committed: bool,
+}
+
 /// Waits until a shard owning one of the partitions reports new data, or the timeout.
 async fn wait_for_data(
     shard: &Rc<Shard>,
     partitions: Vec<(TopicPartition, i64)>,
     timeout: Duration,
-    to_log_end: bool,
+    watching: Watching,
 ) {
     let mut by_owner: BTreeMap<usize, Vec<(TopicPartition, i64)>> = BTreeMap::new();
     for (tp, offset) in partitions {
@@ -257,7 +278,8 @@ async fn wait_for_data(
         let call = ShardCall::Watch {
             partitions,
             timeout,
-            to_log_end,
+            to_log_end: watching.to_log_end,
+            read_committed: watching.read_committed,
         };
         if let Ok(pending) = shard.router.start(shard, owner, call).await {
             waits.push(Box::pin(async move {
@@ -343,7 +365,11 @@ pub async fn replica_fetch(
             .iter()
             .map(|(tp, position, _)| (tp.clone(), position.fetch_offset))
             .collect();
-        wait_for_data(shard, watched, remaining.unwrap_or_default(), true).await;
+        let wait = Watching {
+            to_log_end: true,
+            read_committed: false,
+        };
+        wait_for_data(shard, watched, remaining.unwrap_or_default(), wait).await;
     }
 }
 
@@ -354,7 +380,9 @@ pub fn limit_response_bytes(results: &mut FetchResults, max_bytes: i32) {
     let mut budget = max_bytes.max(0) as usize;
     let mut first = true;
     for (_, result) in results.iter_mut() {
-        let Ok((batches, _)) = result else { continue };
+        let Ok(Fetched { batches, .. }) = result else {
+            continue;
+        };
         let bytes: usize = batches.iter().map(Bytes::len).sum();
         if !first && bytes > budget {
             batches.clear();
@@ -366,9 +394,11 @@ pub fn limit_response_bytes(results: &mut FetchResults, max_bytes: i32) {
 }
 
 /// `(offset, timestamp)` per partition; `(-1, -1)` when a timestamp lookup finds nothing.
+/// Under `read_committed`, the latest offset is the last stable offset.
 pub async fn list_offsets(
     shard: &Rc<Shard>,
     partitions: Vec<(TopicPartition, OffsetSpec, i64)>,
+    read_committed: bool,
 ) -> Vec<(TopicPartition, BrokerResult<(i64, i64)>)> {
     let specs: HashMap<TopicPartition, (OffsetSpec, i64)> = partitions
         .iter()
@@ -386,6 +416,7 @@ pub async fn list_offsets(
                 partition,
                 spec,
                 timestamp,
+                read_committed,
             }
         },
         |answer| match answer {
@@ -478,26 +509,63 @@ fn alterable_topic(
 /// coordinator).
 pub fn group_owner(shard: &Shard, group: &str) -> BrokerResult<usize> {
     offsets::validate_group(group)?;
+    internal_owner(shard, OFFSETS_TOPIC, group)
+}
+
+/// The shard of this broker leading `key`'s partition of an internal topic (keys spread
+/// over its partitions by `offsets::partition_for`).
+fn internal_owner(shard: &Shard, topic: &str, key: &str) -> BrokerResult<usize> {
     let image = shard.image();
     let topic = image
-        .topic(OFFSETS_TOPIC)
-        .ok_or_else(|| BrokerError::NotCoordinator(group.to_string()))?;
-    let partition = offsets::partition_for(group, topic.partition_count());
+        .topic(topic)
+        .ok_or_else(|| BrokerError::NotCoordinator(key.to_string()))?;
+    let partition = offsets::partition_for(key, topic.partition_count());
     let state = topic
         .partition(partition)
-        .ok_or_else(|| BrokerError::Internal("offsets partition missing".into()))?;
+        .ok_or_else(|| BrokerError::Internal(format!("{} partition missing", topic.name)))?;
     match state.replica(shard.node) {
         Some(replica) if state.leader == shard.node => Ok(replica.shard as usize),
-        _ => Err(BrokerError::NotCoordinator(group.to_string())),
+        _ => Err(BrokerError::NotCoordinator(key.to_string())),
     }
 }
 
 /// The broker coordinating `group` (the leader of its offsets partition), if any.
 pub fn group_coordinator(shard: &Shard, group: &str) -> Option<crate::metadata::BrokerImage> {
+    internal_leader(shard, OFFSETS_TOPIC, group)
+}
+
+/// The broker coordinating the transactions of `transactional_id` (the leader of its
+/// `__transaction_state` partition), if any.
+pub fn txn_coordinator(
+    shard: &Shard,
+    transactional_id: &str,
+) -> Option<crate::metadata::BrokerImage> {
+    internal_leader(shard, TXN_TOPIC, transactional_id)
+}
+
+fn internal_leader(shard: &Shard, topic: &str, key: &str) -> Option<crate::metadata::BrokerImage> {
     let image = shard.image();
-    let topic = image.topic(OFFSETS_TOPIC)?;
-    let state = topic.partition(offsets::partition_for(group, topic.partition_count()))?;
+    let topic = image.topic(topic)?;
+    let state = topic.partition(offsets::partition_for(key, topic.partition_count()))?;
     image.broker(state.leader).filter(|b| !b.fenced).cloned()
+}
+
+/// A request for the transaction coordinator of `transactional_id`, on this broker.
+pub async fn txn_call(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    call: crate::txn::TxnCall,
+) -> BrokerResult<crate::txn::TxnAnswer> {
+    crate::txn::coordinator::validate_id(transactional_id)?;
+    let owner = internal_owner(shard, TXN_TOPIC, transactional_id)?;
+    match shard
+        .router
+        .call(shard, owner, ShardCall::Txn(call))
+        .await?
+    {
+        ShardAnswer::Txn(answer) => Ok(answer),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Commits offsets for `group`. Offsets of unknown partitions, and negative offsets, are
@@ -507,6 +575,43 @@ pub async fn commit_offsets(
     group: String,
     member: MemberClaim,
     offsets: Vec<(TopicPartition, i64, String)>,
+) -> BrokerResult<Vec<(TopicPartition, BrokerResult<()>)>> {
+    commit_offsets_with(shard, group, offsets, |group, offsets| {
+        ShardCall::CommitOffsets {
+            group,
+            member,
+            offsets,
+        }
+    })
+    .await
+}
+
+/// TxnOffsetCommit: like `commit_offsets`, but the offsets take effect when the
+/// producer's transaction commits.
+pub async fn txn_commit_offsets(
+    shard: &Rc<Shard>,
+    group: String,
+    producer: (i64, i16),
+    member: Option<MemberClaim>,
+    offsets: Vec<(TopicPartition, i64, String)>,
+) -> BrokerResult<Vec<(TopicPartition, BrokerResult<()>)>> {
+    commit_offsets_with(shard, group, offsets, |group, offsets| {
+        ShardCall::TxnCommitOffsets {
+            group,
+            producer_id: producer.0,
+            producer_epoch: producer.1,
+            member,
+            offsets,
+        }
+    })
+    .await
+}
+
+async fn commit_offsets_with(
+    shard: &Rc<Shard>,
+    group: String,
+    offsets: Vec<(TopicPartition, i64, String)>,
+    call: impl FnOnce(String, Vec<(TopicPartition, i64, String)>) -> ShardCall,
 ) -> BrokerResult<Vec<(TopicPartition, BrokerResult<()>)>> {
     let owner = group_owner(shard, &group)?;
     let image = shard.image();
@@ -534,11 +639,7 @@ pub async fn commit_offsets(
         }
     }
     let committed: Vec<TopicPartition> = known.iter().map(|(tp, _, _)| tp.clone()).collect();
-    let call = ShardCall::CommitOffsets {
-        group,
-        member,
-        offsets: known,
-    };
+    let call = call(group, known);
     let result = match shard.router.call(shard, owner, call).await? {
         ShardAnswer::CommitOffsets(result) => result,
         other => Err(unexpected(other)),
@@ -559,6 +660,22 @@ pub async fn commit_offsets(
         .collect();
     all.extend(results);
     Ok(all)
+}
+
+/// The partitions of `group` whose committed offsets an open transaction may change.
+pub async fn unstable_offsets(
+    shard: &Rc<Shard>,
+    group: String,
+) -> BrokerResult<Vec<TopicPartition>> {
+    let owner = group_owner(shard, &group)?;
+    match shard
+        .router
+        .call(shard, owner, ShardCall::UnstableOffsets { group })
+        .await?
+    {
+        ShardAnswer::UnstableOffsets(result) => result,
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Everything `group` has committed.

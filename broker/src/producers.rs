@@ -146,7 +146,9 @@ impl ProducerTable {
         })
     }
 
-    /// Records an appended batch (its header as sent, and the base offset it was given).
+    /// Records an appended batch (its header as sent, and the base offset it was given),
+    /// or a transaction marker. A marker at a newer epoch fences the producer's older
+    /// epochs; one at an older epoch than known (a late marker) changes nothing.
     pub fn record(&mut self, header: &BatchHeader, base_offset: i64) {
         if header.producer_id < 0 {
             return;
@@ -174,9 +176,18 @@ impl ProducerTable {
                 batches: VecDeque::with_capacity(BATCHES_REMEMBERED),
                 last_active: clock,
             });
+        if header.attributes.is_control() && header.producer_epoch < entry.epoch {
+            return;
+        }
         if header.producer_epoch != entry.epoch {
             entry.epoch = header.producer_epoch;
             entry.batches.clear();
+        }
+        entry.last_active = clock;
+        if header.attributes.is_control() {
+            // A transaction marker carries no sequence; its epoch (bumped when the
+            // coordinator fenced the producer) is what it changes.
+            return;
         }
         if entry.batches.len() == BATCHES_REMEMBERED {
             entry.batches.pop_front();
@@ -186,7 +197,6 @@ impl ProducerTable {
             last_sequence: last_sequence(header),
             base_offset,
         });
-        entry.last_active = clock;
     }
 
     pub fn len(&self) -> usize {
@@ -242,6 +252,22 @@ mod tests {
             table.check(&header(-1, -1, -1, 1)),
             Ok(SequenceCheck::Append)
         );
+        // A marker at the same epoch keeps the sequence going; one at a bumped epoch
+        // (the coordinator fenced the producer) refuses the old epoch.
+        let marker = |epoch| {
+            let batch = weir_wire::control_batch(0, 7, epoch, weir_wire::ControlType::Abort, 0);
+            BatchHeader::parse(&batch).unwrap()
+        };
+        table.record(&marker(1), 106);
+        let after = header(7, 1, 1, 1);
+        assert_eq!(table.check(&after), Ok(SequenceCheck::Append));
+        table.record(&marker(2), 107);
+        assert_eq!(
+            table.check(&after),
+            Err(ResponseError::InvalidProducerEpoch)
+        );
+        table.record(&marker(0), 108);
+        assert_eq!(table.check(&header(7, 2, 0, 1)), Ok(SequenceCheck::Append));
     }
 
     /// A producer sends batches in order, each possibly retried later (within the five

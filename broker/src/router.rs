@@ -58,12 +58,16 @@ pub enum ShardCall {
         partition: TopicPartition,
         offset: i64,
         max_bytes: usize,
+        /// Up to the last stable offset, with the aborted transactions of what is read.
+        read_committed: bool,
     },
     /// Answers once any listed partition has data at or after its offset (below its high
     /// watermark, or with `to_log_end` below its log end), or at the timeout.
     Watch {
         partitions: Vec<(TopicPartition, i64)>,
         timeout: Duration,
+        /// Data counts below the last stable offset only.
+        read_committed: bool,
         to_log_end: bool,
     },
     /// A follower's fetch of one partition this shard leads.
@@ -77,6 +81,8 @@ pub enum ShardCall {
         partition: TopicPartition,
         spec: OffsetSpec,
         timestamp: i64,
+        /// Latest is the last stable offset.
+        read_committed: bool,
     },
     PartitionStatus {
         partition: TopicPartition,
@@ -91,9 +97,32 @@ pub enum ShardCall {
         group: String,
         partitions: Option<Vec<TopicPartition>>,
     },
+    /// TxnOffsetCommit: offsets committed when the producer's transaction commits.
+    TxnCommitOffsets {
+        group: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        /// Checked against the group's membership when given (TxnOffsetCommit v3+).
+        member: Option<MemberClaim>,
+        offsets: Vec<(TopicPartition, i64, String)>,
+    },
+    /// For the transaction coordinator of the id the call names.
+    Txn(crate::txn::TxnCall),
+    /// A transaction marker for the partition's leader to append.
+    WriteMarker {
+        partition: TopicPartition,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+    },
     /// Membership of a consumer group (its coordinator is the owner of its offsets).
     Group(GroupCall),
     FetchOffsets {
+        group: String,
+    },
+    /// The partitions with offsets of an open transaction pending for the group.
+    UnstableOffsets {
         group: String,
     },
     ListGroups,
@@ -209,8 +238,20 @@ pub enum GroupAnswer {
 pub struct PartitionStatus {
     pub log_start_offset: i64,
     pub high_watermark: i64,
+    /// The first offset of the oldest open transaction, or the high watermark (also when
+    /// the partition's transaction state is not loaded: nobody read_committed asked).
+    pub last_stable_offset: i64,
     pub log_end_offset: i64,
     pub size_bytes: u64,
+}
+
+/// One partition's part of a fetch.
+#[derive(Debug)]
+pub struct Fetched {
+    pub batches: Vec<Bytes>,
+    pub status: PartitionStatus,
+    /// Under read_committed, the aborted transactions with records among `batches`.
+    pub aborted: Vec<crate::txn::partition::AbortedTxn>,
 }
 
 #[derive(Debug)]
@@ -224,16 +265,18 @@ pub struct Committed {
 #[derive(Debug)]
 pub enum ShardAnswer {
     Produce(BrokerResult<(i64, i64)>),
-    Fetch(BrokerResult<(Vec<Bytes>, PartitionStatus)>),
+    Fetch(BrokerResult<Fetched>),
     Watched,
     ListOffsets(BrokerResult<(i64, i64)>),
     PartitionStatus(BrokerResult<PartitionStatus>),
     CommitOffsets(BrokerResult<()>),
     FetchOffsets(BrokerResult<Vec<Committed>>),
+    UnstableOffsets(BrokerResult<Vec<TopicPartition>>),
     /// Groups with their state and protocol type.
     ListGroups(Vec<(String, GroupState, String)>),
     DeleteOffsets(BrokerResult<Vec<TopicPartition>>),
     Group(GroupAnswer),
+    Txn(crate::txn::TxnAnswer),
     Admin(BrokerResult<()>),
     /// The new log start offset.
     DeleteRecords(BrokerResult<i64>),

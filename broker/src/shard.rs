@@ -34,10 +34,19 @@ use crate::router::{
     ShardAnswer, ShardCall, TopicPartition,
 };
 use crate::topic;
+use crate::txn::coordinator::{TXN_TOPIC, TxnStore};
+use crate::txn::partition::PartitionTxns;
+
+mod txn;
+
+type SharedTxns = Rc<RefCell<PartitionTxns>>;
 
 /// How far back a partition's idempotent-producer state is rebuilt (in offsets, within
 /// the active segment). A producer whose batches are all older is treated as new.
 const PRODUCER_REBUILD_OFFSETS: i64 = 100_000;
+
+/// How often transaction timeouts are checked and transaction checkpoints written.
+const TXN_TICK: Duration = Duration::from_secs(1);
 
 /// How often group sessions and join deadlines are checked.
 const GROUP_TICK: Duration = Duration::from_millis(100);
@@ -56,6 +65,15 @@ pub struct Shard {
     /// the log (codec and timestamp rewrites).
     topic_configs: RefCell<BTreeMap<String, topic::TopicConfig>>,
     offsets: RefCell<BTreeMap<i32, Rc<RefCell<OffsetsPartition>>>>,
+    /// The `__transaction_state` partitions this shard leads: it coordinates their ids.
+    txn_stores: RefCell<BTreeMap<i32, Rc<RefCell<TxnStore>>>>,
+    /// Transactional ids whose markers a task of this shard is writing.
+    txns_completing: RefCell<std::collections::BTreeSet<String>>,
+    /// The transaction state of partitions this shard leads, loaded when first needed.
+    txns: RefCell<BTreeMap<TopicPartition, Rc<RefCell<PartitionTxns>>>>,
+    /// For compaction, the transaction state of partitions this shard follows, with the
+    /// log's truncation count it is valid for.
+    replica_txns: RefCell<BTreeMap<TopicPartition, (u64, SharedTxns)>>,
     /// Idempotent producers' sequence state per partition, loaded on first use.
     producers: RefCell<BTreeMap<TopicPartition, ProducerTable>>,
     producer_loads: Semaphore,
@@ -92,10 +110,11 @@ pub struct Shard {
     stopping: Event,
 }
 
-fn status(log: &Log, high_watermark: i64) -> PartitionStatus {
+fn status(log: &Log, high_watermark: i64, last_stable_offset: i64) -> PartitionStatus {
     PartitionStatus {
         log_start_offset: log.log_start_offset(),
         high_watermark,
+        last_stable_offset,
         log_end_offset: log.log_end_offset(),
         size_bytes: log.size_bytes(),
     }
@@ -133,6 +152,10 @@ impl Shard {
             partitions: RefCell::new(BTreeMap::new()),
             topic_configs: RefCell::new(BTreeMap::new()),
             offsets: RefCell::new(BTreeMap::new()),
+            txn_stores: RefCell::new(BTreeMap::new()),
+            txns_completing: RefCell::default(),
+            txns: RefCell::new(BTreeMap::new()),
+            replica_txns: RefCell::new(BTreeMap::new()),
             producers: RefCell::new(BTreeMap::new()),
             producer_loads: Semaphore::new(1),
             producer_gates: RefCell::default(),
@@ -297,6 +320,15 @@ impl Shard {
         Ok((log, replication))
     }
 
+    fn partition_status(&self, partition: &TopicPartition, log: &Log) -> PartitionStatus {
+        let high_watermark = self.high_watermark(partition, log);
+        status(
+            log,
+            high_watermark,
+            self.last_stable_offset(partition, high_watermark),
+        )
+    }
+
     /// The high watermark of a partition this shard holds.
     fn high_watermark(&self, partition: &TopicPartition, log: &Log) -> i64 {
         self.replication(partition)
@@ -366,13 +398,19 @@ impl Shard {
                 partition,
                 offset,
                 max_bytes,
-            } => ShardAnswer::Fetch(self.fetch(&partition, offset, max_bytes).await),
+                read_committed,
+            } => ShardAnswer::Fetch(
+                self.fetch(&partition, offset, max_bytes, read_committed)
+                    .await,
+            ),
             ShardCall::Watch {
                 partitions,
                 timeout,
                 to_log_end,
+                read_committed,
             } => {
-                self.watch(&partitions, timeout, to_log_end).await;
+                self.watch(&partitions, timeout, to_log_end, read_committed)
+                    .await;
                 ShardAnswer::Watched
             }
             ShardCall::ReplicaFetch {
@@ -388,10 +426,47 @@ impl Shard {
                 partition,
                 spec,
                 timestamp,
-            } => ShardAnswer::ListOffsets(self.list_offsets(&partition, spec, timestamp).await),
+                read_committed,
+            } => ShardAnswer::ListOffsets(
+                self.list_offsets(&partition, spec, timestamp, read_committed)
+                    .await,
+            ),
             ShardCall::PartitionStatus { partition } => ShardAnswer::PartitionStatus(
                 self.log(&partition)
-                    .map(|l| status(&l, self.high_watermark(&partition, &l))),
+                    .map(|l| self.partition_status(&partition, &l)),
+            ),
+            ShardCall::TxnCommitOffsets {
+                group,
+                producer_id,
+                producer_epoch,
+                member,
+                offsets,
+            } => ShardAnswer::CommitOffsets(
+                self.txn_commit_offsets(
+                    &group,
+                    producer_id,
+                    producer_epoch,
+                    member.as_ref(),
+                    offsets,
+                )
+                .await,
+            ),
+            ShardCall::Txn(call) => ShardAnswer::Txn(self.txn_call(call).await),
+            ShardCall::WriteMarker {
+                partition,
+                producer_id,
+                producer_epoch,
+                commit,
+                coordinator_epoch,
+            } => ShardAnswer::Admin(
+                self.write_marker(
+                    &partition,
+                    producer_id,
+                    producer_epoch,
+                    commit,
+                    coordinator_epoch,
+                )
+                .await,
             ),
             ShardCall::CommitOffsets {
                 group,
@@ -405,6 +480,11 @@ impl Shard {
             ShardCall::FetchOffsets { group } => {
                 ShardAnswer::FetchOffsets(self.fetch_offsets(&group))
             }
+            ShardCall::UnstableOffsets { group } => ShardAnswer::UnstableOffsets(
+                offsets::validate_group(&group)
+                    .and_then(|()| self.offsets_partition(&group))
+                    .map(|leader| leader.store.borrow().unstable(&group)),
+            ),
             ShardCall::ListGroups => ShardAnswer::ListGroups(self.groups()),
             ShardCall::CreateTopic {
                 name,
@@ -458,7 +538,7 @@ impl Shard {
                     .partitions
                     .borrow()
                     .iter()
-                    .map(|(tp, log)| (tp.clone(), status(log, self.high_watermark(tp, log))))
+                    .map(|(tp, log)| (tp.clone(), self.partition_status(tp, log)))
                     .collect();
                 let mut snapshot =
                     self.metrics
@@ -482,6 +562,17 @@ impl Shard {
         acks: Acks,
     ) -> BrokerResult<(i64, i64)> {
         let (log, replication) = self.leader_log(partition)?;
+        if self
+            .image()
+            .topic(&partition.topic)
+            .is_some_and(|t| t.internal)
+        {
+            // Only the broker writes its internal topics (Kafka refuses this too).
+            return Err(BrokerError::InvalidTopic(format!(
+                "{} is internal: clients may not produce to it",
+                partition.topic
+            )));
+        }
         let (leader_epoch, in_sync) = match &*replication.role.borrow() {
             Role::Leader(leader) => (leader.leader_epoch(), leader.in_sync_count()),
             _ => return Err(not_leader(partition, self.node, NO_LEADER)),
@@ -584,6 +675,7 @@ impl Shard {
                         if let Some(table) = table.as_mut() {
                             table.record(header, info.base_offset);
                         }
+                        self.observe_append(partition, header, info.base_offset);
                         first_offset.get_or_insert(info.base_offset);
                         durable_needed = info.last_offset + 1;
                         last_append = Some(info);
@@ -703,11 +795,33 @@ impl Shard {
         partition: &TopicPartition,
         offset: i64,
         max_bytes: usize,
-    ) -> BrokerResult<(Vec<bytes::Bytes>, PartitionStatus)> {
-        let (log, replication) = self.leader_log(partition)?;
-        let status = status(&log, replication.high_watermark(&log));
-        let batches = log.read(offset, max_bytes, status.high_watermark).await?;
-        Ok((batches, status))
+        read_committed: bool,
+    ) -> BrokerResult<crate::router::Fetched> {
+        let (log, _) = self.leader_log(partition)?;
+        if !read_committed {
+            let status = self.partition_status(partition, &log);
+            let batches = log.read(offset, max_bytes, status.high_watermark).await?;
+            return Ok(crate::router::Fetched {
+                batches,
+                status,
+                aborted: Vec::new(),
+            });
+        }
+        let txns = self.partition_txns(partition, &log).await?;
+        let status = self.partition_status(partition, &log);
+        let batches = log
+            .read(offset, max_bytes, status.last_stable_offset)
+            .await?;
+        let end = match batches.last() {
+            Some(last) => weir_wire::BatchHeader::parse(last)?.next_offset(),
+            None => offset,
+        };
+        let aborted = txns.borrow().aborted_between(offset, end);
+        Ok(crate::router::Fetched {
+            batches,
+            status,
+            aborted,
+        })
     }
 
     /// A follower's fetch: where its log diverges from this leader's, or the batches from
@@ -771,6 +885,7 @@ impl Shard {
         partitions: &[(TopicPartition, i64)],
         timeout: Duration,
         to_log_end: bool,
+        read_committed: bool,
     ) {
         let deadline = Instant::now() + timeout;
         loop {
@@ -785,14 +900,20 @@ impl Shard {
                 listeners.push(log.listen_changes());
                 listeners.push(replication.changed.listen());
             }
-            let ready = watched.iter().any(|(log, replication, offset)| {
-                let end = if to_log_end {
-                    log.log_end_offset()
-                } else {
-                    replication.high_watermark(log)
-                };
-                end > *offset
-            });
+            let ready =
+                partitions
+                    .iter()
+                    .zip(&watched)
+                    .any(|((tp, _), (log, replication, offset))| {
+                        let end = if to_log_end {
+                            log.log_end_offset()
+                        } else if read_committed {
+                            self.last_stable_offset(tp, replication.high_watermark(log))
+                        } else {
+                            replication.high_watermark(log)
+                        };
+                        end > *offset
+                    });
             let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
                 return;
             };
@@ -820,10 +941,16 @@ impl Shard {
         partition: &TopicPartition,
         spec: OffsetSpec,
         timestamp: i64,
+        read_committed: bool,
     ) -> BrokerResult<(i64, i64)> {
         let (log, replication) = self.leader_log(partition)?;
         match spec {
             OffsetSpec::Earliest => Ok((log.log_start_offset(), -1)),
+            OffsetSpec::Latest if read_committed => {
+                self.partition_txns(partition, &log).await?;
+                let hw = replication.high_watermark(&log);
+                Ok((self.last_stable_offset(partition, hw), -1))
+            }
             OffsetSpec::Latest => Ok((replication.high_watermark(&log), -1)),
             _ => {
                 let timestamp = if timestamp == crate::ops::MAX_TIMESTAMP {
@@ -1046,11 +1173,14 @@ impl Shard {
     }
 
     /// Resolves once this broker serves as a member of the cluster: registered, unfenced,
-    /// and the metadata holds the offsets topic (or the broker stops).
+    /// and the metadata holds the internal topics (or the broker stops).
     pub async fn wait_ready(&self) {
         loop {
             let changed = self.metadata_changed.listen();
-            let ready = self.active.get() && self.image().topic(OFFSETS_TOPIC).is_some();
+            let image = self.image();
+            let ready = self.active.get()
+                && image.topic(OFFSETS_TOPIC).is_some()
+                && image.topic(TXN_TOPIC).is_some();
             if ready || self.shutting_down() {
                 return;
             }
@@ -1332,6 +1462,14 @@ impl Shard {
         // Producer state is a leader's, rebuilt from its log when it starts leading; a
         // follower's log changes under it.
         self.producers.borrow_mut().remove(partition);
+        self.forget_partition_txns(partition, log);
+        // What an internal partition keeps in memory is a leader's, and is read again
+        // from the log below: meanwhile nothing may decide on the old one.
+        if partition.topic == OFFSETS_TOPIC {
+            self.offsets.borrow_mut().remove(&partition.partition);
+        } else if partition.topic == TXN_TOPIC {
+            self.txn_stores.borrow_mut().remove(&partition.partition);
+        }
         let leader = match &*replication.role.borrow() {
             Role::Leader(_) => None,
             Role::Follower(follower) => Some(follower.leader),
@@ -1340,12 +1478,7 @@ impl Shard {
         match leader {
             None => {
                 tracing::debug!(%partition, epoch = replication.role.borrow().leader_epoch(), "leading");
-                if partition.topic == OFFSETS_TOPIC {
-                    let store = OffsetsPartition::load(log.clone()).await?;
-                    self.offsets
-                        .borrow_mut()
-                        .insert(partition.partition, Rc::new(RefCell::new(store)));
-                }
+                self.load_internal_partition(partition, log).await?;
             }
             Some(leader) => {
                 if self.fetchers.borrow_mut().insert(leader) {
@@ -1400,12 +1533,8 @@ impl Shard {
             self.storage.clone(),
         )
         .await?;
-        if partition.topic == OFFSETS_TOPIC {
-            let store = OffsetsPartition::load(log.clone()).await?;
-            self.offsets
-                .borrow_mut()
-                .insert(partition.partition, Rc::new(RefCell::new(store)));
-        }
+        crate::txn::partition::discard_checkpoint_beyond(&log).await?;
+        self.load_internal_partition(partition, &log).await?;
         self.partitions
             .borrow_mut()
             .insert(partition.clone(), log.clone());
@@ -1415,9 +1544,35 @@ impl Shard {
         Ok(log)
     }
 
+    /// What an internal topic's partition keeps in memory: committed offsets, or the
+    /// transactions this shard coordinates.
+    async fn load_internal_partition(
+        &self,
+        partition: &TopicPartition,
+        log: &Rc<Log>,
+    ) -> BrokerResult<()> {
+        if partition.topic == OFFSETS_TOPIC {
+            let store = OffsetsPartition::load(log.clone()).await?;
+            self.offsets
+                .borrow_mut()
+                .insert(partition.partition, Rc::new(RefCell::new(store)));
+        } else if partition.topic == TXN_TOPIC {
+            let store = TxnStore::load(log.clone()).await?;
+            self.txn_stores
+                .borrow_mut()
+                .insert(partition.partition, Rc::new(RefCell::new(store)));
+        }
+        Ok(())
+    }
+
     async fn close_partition(&self, partition: &TopicPartition, delete: bool) -> BrokerResult<()> {
         let log = self.partitions.borrow_mut().remove(partition);
         self.producers.borrow_mut().remove(partition);
+        self.txns.borrow_mut().remove(partition);
+        self.replica_txns.borrow_mut().remove(partition);
+        if partition.topic == TXN_TOPIC {
+            self.txn_stores.borrow_mut().remove(&partition.partition);
+        }
         if let Some(replication) = self.replication.borrow_mut().remove(partition) {
             // Waiters see the partition gone and answer.
             *replication.role.borrow_mut() = Role::Offline { high_watermark: 0 };
@@ -1444,12 +1599,18 @@ impl Shard {
         let retention_every = Duration::from_millis(self.config.retention_check_ms);
         let mut last_retention = Instant::now();
         let mut last_group_tick = Instant::now();
+        let mut last_txn_tick = Instant::now();
         while !self.shutting_down() {
             glommio::timer::sleep(tick).await;
             if last_group_tick.elapsed() >= GROUP_TICK {
                 last_group_tick = Instant::now();
                 self.groups.tick();
                 self.replication_tick();
+            }
+            if last_txn_tick.elapsed() >= TXN_TICK {
+                last_txn_tick = Instant::now();
+                self.txn_tick();
+                self.checkpoint_txns().await;
             }
             let logs: Vec<Rc<Log>> = self.partitions.borrow().values().cloned().collect();
             for log in &logs {
@@ -1562,8 +1723,23 @@ impl Shard {
                 // leader may truncate, and a key's older value removed for a newer one
                 // that is then cut would be lost. (Without transactions every record
                 // below it is stable.)
-                let stable_offset = self.high_watermark(&partition, &log);
-                match log.compact(now_ms, stable_offset, map_bytes).await {
+                // Nor anything of an open transaction, which may yet be aborted; and
+                // aborted records are dropped without shadowing anything.
+                let txns = match self.compaction_txns(&partition, &log).await {
+                    Ok(txns) => txns,
+                    Err(error) => {
+                        tracing::warn!(%partition, %error, "no transaction state; not compacted");
+                        continue;
+                    }
+                };
+                let stable_offset = txns
+                    .borrow()
+                    .last_stable_offset(self.high_watermark(&partition, &log));
+                let aborted = |header: &weir_wire::BatchHeader| txns.borrow().is_aborted(header);
+                match log
+                    .compact_transactional(now_ms, stable_offset, map_bytes, &aborted)
+                    .await
+                {
                     Ok(stats) => {
                         self.metrics.record_compaction(&stats);
                         tracing::debug!(%partition, ?stats, "compacted");
@@ -1585,7 +1761,8 @@ impl Shard {
         let partitions = self.partitions.borrow();
         let mut due: Vec<(f64, &TopicPartition, &Rc<Log>)> = Vec::new();
         for (partition, log) in partitions.iter() {
-            let stable_offset = self.high_watermark(partition, log);
+            let stable_offset =
+                self.last_stable_offset(partition, self.high_watermark(partition, log));
             let Some(candidate) = log.compaction_candidate(now_ms, stable_offset) else {
                 continue;
             };

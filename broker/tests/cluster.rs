@@ -549,3 +549,46 @@ fn failover_time_from_leader_kill_to_first_acknowledgement() {
     );
     cluster.stop_all().unwrap();
 }
+
+/// Transactions across brokers: a transactional producer writes to 6 partitions led by
+/// the 3 brokers, so the coordinator sends WriteTxnMarkers to the others; a partition
+/// leader is killed and restarted between two phases. read_committed sees exactly the
+/// committed transactions, read_uncommitted the aborted ones too.
+#[test]
+fn transactions_span_brokers_and_survive_a_leader_kill() {
+    let dir = test_dir();
+    let mut cluster =
+        Cluster::start(env!("CARGO_BIN_EXE_weir"), dir.path(), 3, false, &[]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(error) = cluster.cli(&[
+        "topic",
+        "create",
+        "tx-spanning",
+        "--partitions",
+        "6",
+        "--replication-factor",
+        "3",
+    ]) {
+        assert!(Instant::now() < deadline, "creating the topic: {error}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let phase = |cluster: &Cluster, phase: &str| {
+        let status = Command::new(python())
+            .arg(repo().join("tests/kafka_clients/transactions.py"))
+            .args(["spanning", "--bootstrap", &cluster.kafka_bootstrap()])
+            .args(["--phase", phase])
+            .arg("--work-dir")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "transactions.py spanning --phase {phase}");
+    };
+    phase(&cluster, "1");
+    let (victim, _) = leader_of_partition_0(&cluster, "tx-spanning").expect("a leader");
+    cluster.kill9(victim);
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.restart_and_wait(victim).unwrap();
+    phase(&cluster, "2");
+    phase(&cluster, "0");
+    cluster.stop_all().unwrap();
+}

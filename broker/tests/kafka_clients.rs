@@ -3,8 +3,9 @@
 //! codec the client supports, consumes them in a group of 3 processes with one killed
 //! mid-way, restarts the broker with kill -9 and checks that the group resumes at its
 //! committed offsets and that nothing was lost or reordered; `tools.py` runs kcat and the
-//! admin clients. The clients are installed by
-//! `scripts/install-test-deps`.
+//! admin clients; `transactions.py` runs transactional producers and read_committed
+//! consumers, and a consume-transform-produce pipeline under kills. The clients are
+//! installed by `scripts/install-test-deps`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -101,4 +102,23 @@ fn topic_configs_through_confluent_admin() {
 #[test]
 fn compacted_topic_through_librdkafka() {
     run("compaction.py", &[]);
+}
+
+/// Transactions through librdkafka: commits and aborts seen by read_committed and
+/// read_uncommitted consumers, offsets committed only with their transaction, an open
+/// transaction holding the last stable offset across a broker kill -9, fencing of a
+/// producer by a newer one of its transactional.id, and the broker's abort of a
+/// transaction past its timeout.
+#[test]
+fn transactions_through_librdkafka() {
+    run("transactions.py", &["basics"]);
+}
+
+/// Exactly once: 100,000 messages copied from one topic to another in transactions that
+/// commit the input offsets, while the copying process is killed (SIGKILL) 20 times and
+/// the broker 5 times; the output read with read_committed holds each input once, in
+/// order, and read_uncommitted sees the aborted records too.
+#[test]
+fn consume_transform_produce_exactly_once() {
+    run("transactions.py", &["pipeline"]);
 }

@@ -9,6 +9,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::delete_records_request::{
@@ -32,15 +34,23 @@ use kafka_protocol::messages::offset_fetch_request::{
 };
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::txn_offset_commit_request::{
+    TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::write_txn_markers_request::{
+    WritableTxnMarker, WritableTxnMarkerTopic,
+};
 use kafka_protocol::messages::{
-    AlterConfigsRequest, ApiKey, ApiVersionsRequest, BrokerId, CreatePartitionsRequest,
-    CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest,
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, AlterConfigsRequest, ApiKey,
+    ApiVersionsRequest, BrokerId, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, EndTxnRequest, FetchRequest,
     FindCoordinatorRequest, GroupId, HeartbeatRequest, IncrementalAlterConfigsRequest,
     InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
     ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
     OffsetFetchRequest, ProduceRequest, ProducerId, RequestHeader, RequestKind, ResponseHeader,
-    ResponseKind, SyncGroupRequest, TopicName,
+    ResponseKind, SyncGroupRequest, TopicName, TransactionalId, TxnOffsetCommitRequest,
+    WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use weir_broker::kafka::versions::SUPPORTED;
@@ -695,6 +705,177 @@ fn every_advertised_version_of_every_api_works() {
         assert_eq!(r.brokers.len(), 1);
     }
 
+    // Transactions: per version of the transaction APIs, one transaction of its own id
+    // (committed at even versions, aborted at odd ones) producing to partition v of a
+    // topic of its own, with offsets sent to it; then a read_committed fetch of each
+    // partition sees the aborted ones listed. WriteTxnMarkers ends one more transaction.
+    const TXN_TOPIC: &str = "versions-txn";
+    let txn_versions = versions(ApiKey::EndTxn);
+    let partitions = i32::from(*txn_versions.end()) + 2;
+    assert_eq!(create_topic(&mut c, 7, TXN_TOPIC, partitions).error_code, 0);
+    for v in txn_versions.clone() {
+        assert_eq!(versions(ApiKey::AddPartitionsToTxn), txn_versions);
+        assert_eq!(versions(ApiKey::AddOffsetsToTxn), txn_versions);
+        assert_eq!(versions(ApiKey::TxnOffsetCommit), txn_versions);
+        let id = format!("versions-txn-{v}");
+        let commit = v % 2 == 0;
+        let coordinator = FindCoordinatorRequest::default()
+            .with_key(s(&id))
+            .with_key_type(1);
+        let ResponseKind::FindCoordinator(r) =
+            c.send(ApiKey::FindCoordinator, 3, coordinator.into())
+        else {
+            unreachable!()
+        };
+        assert_eq!((r.error_code, r.node_id), (0, BrokerId(0)), "{id}");
+        let (producer, epoch) = init_transactional(&mut c, &id);
+        let request = AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(s(&id)))
+            .with_v3_and_below_producer_id(ProducerId(producer))
+            .with_v3_and_below_producer_epoch(epoch)
+            .with_v3_and_below_topics(vec![
+                AddPartitionsToTxnTopic::default()
+                    .with_name(topic_name(TXN_TOPIC))
+                    .with_partitions(vec![i32::from(v)]),
+            ]);
+        let ResponseKind::AddPartitionsToTxn(r) =
+            c.send(ApiKey::AddPartitionsToTxn, v, request.into())
+        else {
+            unreachable!()
+        };
+        let result = &r.results_by_topic_v3_and_below[0].results_by_partition[0];
+        assert_eq!(result.partition_error_code, 0, "AddPartitionsToTxn v{v}");
+        produce_transactional(&mut c, &id, TXN_TOPIC, i32::from(v), (producer, epoch));
+        let group = format!("versions-txn-group-{v}");
+        let request = AddOffsetsToTxnRequest::default()
+            .with_transactional_id(TransactionalId(s(&id)))
+            .with_producer_id(ProducerId(producer))
+            .with_producer_epoch(epoch)
+            .with_group_id(GroupId(s(&group)));
+        let ResponseKind::AddOffsetsToTxn(r) = c.send(ApiKey::AddOffsetsToTxn, v, request.into())
+        else {
+            unreachable!()
+        };
+        assert_eq!(r.error_code, 0, "AddOffsetsToTxn v{v}");
+        let request = TxnOffsetCommitRequest::default()
+            .with_transactional_id(TransactionalId(s(&id)))
+            .with_group_id(GroupId(s(&group)))
+            .with_producer_id(ProducerId(producer))
+            .with_producer_epoch(epoch)
+            .with_generation_id(-1)
+            .with_topics(vec![
+                TxnOffsetCommitRequestTopic::default()
+                    .with_name(topic_name(TOPIC))
+                    .with_partitions(vec![
+                        TxnOffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(7),
+                    ]),
+            ]);
+        let ResponseKind::TxnOffsetCommit(r) = c.send(ApiKey::TxnOffsetCommit, v, request.into())
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            r.topics[0].partitions[0].error_code, 0,
+            "TxnOffsetCommit v{v}"
+        );
+        // KIP-447: a consumer asking for stable offsets is told to wait for this one.
+        let request = OffsetFetchRequest::default()
+            .with_group_id(GroupId(s(&group)))
+            .with_require_stable(true)
+            .with_topics(Some(vec![
+                OffsetFetchRequestTopic::default()
+                    .with_name(topic_name(TOPIC))
+                    .with_partition_indexes(vec![0]),
+            ]));
+        let ResponseKind::OffsetFetch(r) = c.send(ApiKey::OffsetFetch, 7, request.into()) else {
+            unreachable!()
+        };
+        assert_eq!(
+            r.topics[0].partitions[0].error_code,
+            ResponseError::UnstableOffsetCommit.code(),
+            "OffsetFetch require_stable during {id}"
+        );
+        let request = EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(s(&id)))
+            .with_producer_id(ProducerId(producer))
+            .with_producer_epoch(epoch)
+            .with_committed(commit);
+        let ResponseKind::EndTxn(r) = c.send(ApiKey::EndTxn, v, request.into()) else {
+            unreachable!()
+        };
+        assert_eq!(r.error_code, 0, "EndTxn v{v}");
+        // The offsets count only if the transaction committed.
+        let request = OffsetFetchRequest::default()
+            .with_group_id(GroupId(s(&group)))
+            .with_topics(Some(vec![
+                OffsetFetchRequestTopic::default()
+                    .with_name(topic_name(TOPIC))
+                    .with_partition_indexes(vec![0]),
+            ]));
+        let ResponseKind::OffsetFetch(r) = c.send(ApiKey::OffsetFetch, 5, request.into()) else {
+            unreachable!()
+        };
+        let expected = if commit { 7 } else { -1 };
+        assert_eq!(r.topics[0].partitions[0].committed_offset, expected, "{id}");
+        // A stale epoch is fenced, named as the version knows it.
+        let request = EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(s(&id)))
+            .with_producer_id(ProducerId(producer))
+            .with_producer_epoch(epoch - 1)
+            .with_committed(commit);
+        let ResponseKind::EndTxn(r) = c.send(ApiKey::EndTxn, v, request.into()) else {
+            unreachable!()
+        };
+        let fenced = if v >= 2 {
+            ResponseError::ProducerFenced
+        } else {
+            ResponseError::InvalidProducerEpoch
+        };
+        assert_eq!(r.error_code, fenced.code(), "EndTxn v{v} with an old epoch");
+    }
+    // The marker's own partition: WriteTxnMarkers aborts an open transaction there.
+    let id = "versions-txn-markers";
+    let last = partitions - 1;
+    let (producer, epoch) = init_transactional(&mut c, id);
+    produce_transactional(&mut c, id, TXN_TOPIC, last, (producer, epoch));
+    let (lso, _) = fetch_committed(&mut c, TXN_TOPIC, last);
+    assert_eq!(lso, 0, "an open transaction holds the last stable offset");
+    for v in versions(ApiKey::WriteTxnMarkers) {
+        let request = WriteTxnMarkersRequest::default().with_markers(vec![
+            WritableTxnMarker::default()
+                .with_producer_id(ProducerId(producer))
+                .with_producer_epoch(epoch)
+                .with_transaction_result(false)
+                .with_coordinator_epoch(0)
+                .with_topics(vec![
+                    WritableTxnMarkerTopic::default()
+                        .with_name(topic_name(TXN_TOPIC))
+                        .with_partition_indexes(vec![last]),
+                ]),
+        ]);
+        let ResponseKind::WriteTxnMarkers(r) = c.send(ApiKey::WriteTxnMarkers, v, request.into())
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            r.markers[0].topics[0].partitions[0].error_code, 0,
+            "WriteTxnMarkers v{v}"
+        );
+    }
+    for partition in 0..partitions {
+        let (lso, aborted) = fetch_committed(&mut c, TXN_TOPIC, partition);
+        // 3 records and a marker.
+        assert_eq!(lso, 4, "{TXN_TOPIC}-{partition}");
+        let aborts = partition % 2 == 1 || partition == last;
+        assert_eq!(
+            aborted,
+            if aborts { vec![0] } else { vec![] },
+            "{TXN_TOPIC}-{partition}"
+        );
+    }
+
     let advertised: BTreeSet<(i16, i16)> = SUPPORTED
         .iter()
         .flat_map(|(api, min, max)| (*min..=*max).map(move |v| (*api as i16, v)))
@@ -704,4 +885,96 @@ fn every_advertised_version_of_every_api_works() {
         missed.is_empty(),
         "advertised but never exercised: {missed:?}"
     );
+}
+
+/// A transactional producer's id and epoch (InitProducerId v3 with the id).
+fn init_transactional(c: &mut Client, id: &str) -> (i64, i16) {
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(s(id))))
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let ResponseKind::InitProducerId(r) = c.send(ApiKey::InitProducerId, 3, request.into()) else {
+        unreachable!()
+    };
+    assert_eq!(r.error_code, 0, "InitProducerId for {id}");
+    (r.producer_id.0, r.producer_epoch)
+}
+
+/// Three records of the producer's transaction to `topic`-`partition`.
+fn produce_transactional(
+    c: &mut Client,
+    id: &str,
+    topic: &str,
+    partition: i32,
+    producer: (i64, i16),
+) {
+    let mut builder = BatchBuilder::new(1_700_000_000_000);
+    builder.producer(producer.0, producer.1, 0);
+    builder.transactional();
+    for i in 0..3 {
+        builder.append(
+            1_700_000_000_000,
+            Some(format!("k{i}").as_bytes()),
+            Some(b"v"),
+            &[],
+        );
+    }
+    let request = ProduceRequest::default()
+        .with_transactional_id(Some(TransactionalId(s(id))))
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(topic_name(topic))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(Bytes::from(builder.build().to_vec()))),
+                ]),
+        ]);
+    let ResponseKind::Produce(r) = c.send(ApiKey::Produce, 9, request.into()) else {
+        unreachable!()
+    };
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code, 0,
+        "transactional produce"
+    );
+}
+
+/// A read_committed fetch from offset 0: the last stable offset and the first offsets of
+/// the aborted transactions listed.
+fn fetch_committed(c: &mut Client, topic: &str, partition: i32) -> (i64, Vec<i64>) {
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_isolation_level(1)
+        .with_session_epoch(-1)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(topic_name(topic))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(partition)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    let ResponseKind::Fetch(r) = c.send(ApiKey::Fetch, 11, request.into()) else {
+        unreachable!()
+    };
+    let p = &r.responses[0].partitions[0];
+    assert_eq!(
+        p.error_code, 0,
+        "read_committed fetch of {topic}-{partition}"
+    );
+    let aborted = p
+        .aborted_transactions
+        .as_ref()
+        .expect("read_committed lists aborted transactions")
+        .iter()
+        .map(|a| a.first_offset)
+        .collect();
+    (p.last_stable_offset, aborted)
 }

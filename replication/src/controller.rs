@@ -33,8 +33,9 @@ pub struct ControllerConfig {
     pub default_replication_factor: i16,
     /// The brokers the cluster was formed with.
     pub initial_brokers: usize,
-    /// The internal topic of committed offsets, created once enough brokers are up.
-    pub offsets_topic: InternalTopic,
+    /// The internal topics (committed offsets, transaction state), each created once
+    /// enough brokers are up.
+    pub internal_topics: Vec<InternalTopic>,
     /// The id a new cluster gets (the first controller's proposal wins; the broker draws a
     /// random one at start).
     pub new_cluster_id: String,
@@ -358,7 +359,7 @@ impl Controller {
             // One broker per decision: each sees the elections the one before made.
             return fence(image, *node);
         }
-        if let Some(records) = self.create_offsets_topic(image) {
+        if let Some(records) = self.create_internal_topic(image) {
             return records;
         }
         let records = elect_leaderless(image);
@@ -377,11 +378,13 @@ impl Controller {
         Vec::new()
     }
 
-    fn create_offsets_topic(&self, image: &MetadataImage) -> Option<Vec<MetadataRecord>> {
-        let topic = &self.config.offsets_topic;
-        if image.topic(&topic.name).is_some() {
-            return None;
-        }
+    /// The first missing internal topic, if enough brokers are up for it.
+    fn create_internal_topic(&self, image: &MetadataImage) -> Option<Vec<MetadataRecord>> {
+        let topic = self
+            .config
+            .internal_topics
+            .iter()
+            .find(|t| image.topic(&t.name).is_none())?;
         let wanted = (topic.replication_factor.max(1) as usize).min(self.config.initial_brokers);
         let live = image.live_brokers().count();
         if live < wanted.max(1) {

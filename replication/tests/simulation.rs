@@ -292,12 +292,12 @@ impl World {
             leader_rebalance_interval_ms: 1000,
             default_replication_factor: 3,
             initial_brokers: count as usize,
-            offsets_topic: InternalTopic {
+            internal_topics: vec![InternalTopic {
                 name: TOPIC.into(),
                 partitions,
                 replication_factor: 3,
                 configs: vec![],
-            },
+            }],
             new_cluster_id: "simulated".into(),
         };
         let nodes = voters

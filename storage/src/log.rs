@@ -612,6 +612,12 @@ impl Log {
         self.wait_until(target, Reach::Durable, truncations).await
     }
 
+    /// Truncations and resets since the log was opened: state derived from the log (a
+    /// follower's view of its transactions) is stale once this changes.
+    pub fn truncations(&self) -> u64 {
+        self.state.borrow().truncations()
+    }
+
     fn end_and_truncations(&self) -> (i64, u64) {
         let state = self.state.borrow();
         (state.next_offset, state.truncations())

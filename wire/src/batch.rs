@@ -148,6 +148,15 @@ impl Attributes {
         }
     }
 
+    pub fn with_transactional(self) -> Attributes {
+        Attributes(self.0 | Self::TRANSACTIONAL)
+    }
+
+    /// A control batch (a transaction marker) is always transactional too.
+    pub fn with_control(self) -> Attributes {
+        Attributes(self.0 | Self::TRANSACTIONAL | Self::CONTROL)
+    }
+
     pub fn is_transactional(self) -> bool {
         self.0 & Self::TRANSACTIONAL != 0
     }

@@ -24,4 +24,7 @@ pub mod varint;
 
 pub use batch::{Attributes, BatchHeader, Compression, TimestampType};
 pub use error::WireError;
-pub use record::{BatchBuilder, Header, Record, RecordIter, check_client_batch};
+pub use record::{
+    BatchBuilder, ControlType, Header, Record, RecordIter, check_client_batch, control_batch,
+    control_type,
+};

@@ -30,6 +30,13 @@ pub fn check_client_batch(batch: &[u8]) -> Result<(), WireError> {
             value: i64::from(header.records_count),
         });
     }
+    if header.attributes.is_control() {
+        // Transaction markers are written by the broker, never by a producer.
+        return Err(WireError::InvalidField {
+            field: "control attribute",
+            value: i64::from(header.attributes.0),
+        });
+    }
     if header.last_offset_delta != header.records_count - 1 {
         return Err(WireError::InvalidField {
             field: "last offset delta",
@@ -357,6 +364,11 @@ impl BatchBuilder {
         self.base_sequence = base_sequence;
     }
 
+    /// Marks the batch as part of its producer's open transaction.
+    pub fn transactional(&mut self) {
+        self.attributes = self.attributes.with_transactional();
+    }
+
     /// Compresses the records with `codec` when built.
     pub fn compression(&mut self, codec: Compression) {
         self.attributes = self.attributes.with_compression(codec);
@@ -431,6 +443,61 @@ impl BatchBuilder {
     }
 }
 
+/// What a transaction marker says: the transaction's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlType {
+    Abort,
+    Commit,
+}
+
+impl ControlType {
+    fn code(self) -> i16 {
+        match self {
+            ControlType::Abort => 0,
+            ControlType::Commit => 1,
+        }
+    }
+}
+
+/// A transaction marker: a control batch of one record whose key is `version i16 (0) |
+/// type i16` and whose value is `version i16 (0) | coordinator epoch i32`, as Kafka
+/// writes them and its clients read them.
+pub fn control_batch(
+    timestamp: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    outcome: ControlType,
+    coordinator_epoch: i32,
+) -> BytesMut {
+    let mut builder = BatchBuilder::new(timestamp);
+    builder.producer(producer_id, producer_epoch, -1);
+    builder.attributes = builder.attributes.with_control();
+    let mut key = [0u8; 4];
+    key[2..].copy_from_slice(&outcome.code().to_be_bytes());
+    let mut value = [0u8; 6];
+    value[2..].copy_from_slice(&coordinator_epoch.to_be_bytes());
+    builder.append(timestamp, Some(&key), Some(&value), &[]);
+    builder.build()
+}
+
+/// The outcome a control batch records, or `None` for a data batch or a control record
+/// of a type weir does not know (which Kafka clients skip as well).
+pub fn control_type(batch: &[u8]) -> Result<Option<ControlType>, WireError> {
+    let header = BatchHeader::parse(batch)?;
+    if !header.attributes.is_control() {
+        return Ok(None);
+    }
+    let Some(record) = RecordIter::new(batch)?.next() else {
+        return Ok(None);
+    };
+    let record = record?;
+    Ok(match record.key {
+        Some([0, 0, 0, 0]) => Some(ControlType::Abort),
+        Some([0, 0, 0, 1]) => Some(ControlType::Commit),
+        _ => None,
+    })
+}
+
 fn encode_nullable(bytes: Option<&[u8]>, out: &mut Vec<u8>) {
     match bytes {
         None => encode_varint(-1, out),
@@ -445,6 +512,31 @@ fn encode_nullable(bytes: Option<&[u8]>, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use quickcheck::{TestResult, quickcheck};
+
+    #[test]
+    fn markers_say_their_outcome_and_are_refused_from_producers() {
+        for outcome in [ControlType::Abort, ControlType::Commit] {
+            let marker = control_batch(5, 42, 7, outcome, 3);
+            let header = BatchHeader::parse(&marker).unwrap();
+            assert!(header.attributes.is_control() && header.attributes.is_transactional());
+            assert_eq!((header.producer_id, header.producer_epoch), (42, 7));
+            assert_eq!(crate::batch::validate(&marker, 1 << 20).unwrap(), header);
+            assert_eq!(control_type(&marker).unwrap(), Some(outcome));
+            assert!(check_client_batch(&marker).is_err());
+        }
+        let mut data = BatchBuilder::new(5);
+        data.transactional();
+        data.append(5, None, Some(b"v"), &[]);
+        let data = data.build();
+        assert!(
+            BatchHeader::parse(&data)
+                .unwrap()
+                .attributes
+                .is_transactional()
+        );
+        assert_eq!(control_type(&data).unwrap(), None);
+        assert!(check_client_batch(&data).is_ok());
+    }
 
     quickcheck! {
         /// Any subset of a batch's records, rebuilt with the batch's codec, is a valid

@@ -361,12 +361,20 @@ impl Cluster {
             leader_rebalance_interval_ms: config.leader_imbalance_check_interval_ms,
             default_replication_factor: config.default_replication_factor,
             initial_brokers: config.voters().map_or(1, |v| v.len()),
-            offsets_topic: InternalTopic {
-                name: OFFSETS_TOPIC.into(),
-                partitions: config.offsets_topic_partitions,
-                replication_factor: config.offsets_topic_replication_factor,
-                configs: crate::offsets::topic_configs(),
-            },
+            internal_topics: vec![
+                InternalTopic {
+                    name: OFFSETS_TOPIC.into(),
+                    partitions: config.offsets_topic_partitions,
+                    replication_factor: config.offsets_topic_replication_factor,
+                    configs: crate::offsets::topic_configs(),
+                },
+                InternalTopic {
+                    name: crate::txn::coordinator::TXN_TOPIC.into(),
+                    partitions: config.transaction_state_partitions,
+                    replication_factor: config.transaction_state_replication_factor,
+                    configs: crate::txn::coordinator::topic_configs(),
+                },
+            ],
             new_cluster_id: uuid::Uuid::from_bytes(crate::metadata::random_id())
                 .simple()
                 .to_string(),

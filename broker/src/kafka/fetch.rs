@@ -13,8 +13,12 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, RequestHeader, ResponseKind};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{
+    ApiKey, FetchRequest, FetchResponse, ProducerId, RequestHeader, ResponseKind,
+};
 use uuid::Uuid;
 
 use super::codec::{self, SIZE_PREFIX_BYTES};
@@ -23,7 +27,7 @@ use super::handlers::{Reply, reply};
 use super::topics;
 use crate::error::BrokerError;
 use crate::ops::{self, FetchPartition};
-use crate::router::TopicPartition;
+use crate::router::{Fetched, TopicPartition};
 use crate::shard::Shard;
 
 /// The first version whose records field is compact (varint length + 1).
@@ -31,7 +35,6 @@ const FLEXIBLE_VERSION: i16 = 12;
 /// The first version that names topics by id.
 const TOPIC_ID_VERSION: i16 = 13;
 const SENTINEL_BYTES: usize = 16;
-const READ_COMMITTED: i8 = 1;
 
 thread_local! {
     /// Random per thread, so no encoded field can equal a sentinel by accident.
@@ -110,10 +113,10 @@ pub async fn fetch(shard: &Rc<Shard>, header: &RequestHeader, request: FetchRequ
         });
     }
     let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
-    let mut results = ops::fetch(shard, wait, request.min_bytes, &wanted).await;
+    let read_committed = request.isolation_level == topics::READ_COMMITTED;
+    let mut results = ops::fetch(shard, wait, request.min_bytes, &wanted, read_committed).await;
     ops::limit_response_bytes(&mut results, request.max_bytes);
     let mut results: Vec<Option<_>> = results.into_iter().map(|(_, r)| Some(r)).collect();
-    let read_committed = request.isolation_level == READ_COMMITTED;
     let mut records = Vec::new();
     let mut failed = false;
     let responses = slots
@@ -137,10 +140,26 @@ pub async fn fetch(shard: &Rc<Shard>, header: &RequestHeader, request: FetchRequ
                         .with_aborted_transactions(read_committed.then(Vec::new))
                         .with_records(Some(Bytes::new()));
                     match result {
-                        Ok((batches, status)) => {
+                        Ok(Fetched {
+                            batches,
+                            status,
+                            aborted,
+                        }) => {
+                            if read_committed {
+                                data.aborted_transactions = Some(
+                                    aborted
+                                        .iter()
+                                        .map(|a| {
+                                            AbortedTransaction::default()
+                                                .with_producer_id(ProducerId(a.producer_id))
+                                                .with_first_offset(a.first_offset)
+                                        })
+                                        .collect(),
+                                );
+                            }
                             data = data
                                 .with_high_watermark(status.high_watermark)
-                                .with_last_stable_offset(status.high_watermark);
+                                .with_last_stable_offset(status.last_stable_offset);
                             if version >= 5 {
                                 data = data.with_log_start_offset(status.log_start_offset);
                             }

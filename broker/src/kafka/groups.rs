@@ -56,8 +56,11 @@ fn optional(text: Option<&StrBytes>) -> Option<String> {
     text.map(|t| t.to_string()).filter(|t| !t.is_empty())
 }
 
-/// A group's coordinator is the leader of its offsets partition, on whichever broker;
-/// transactions have no coordinator yet.
+/// A group's coordinator is the leader of its offsets partition, a transactional id's
+/// the leader of its `__transaction_state` partition, on whichever broker.
+const GROUP_KEY: i8 = 0;
+const TRANSACTION_KEY: i8 = 1;
+
 pub fn find_coordinator(shard: &Shard, version: i16, request: FindCoordinatorRequest) -> Answer {
     let lookup = |key: &str| -> (i16, Option<StrBytes>, BrokerId, StrBytes, i32) {
         let none = |code: i16, message: String| {
@@ -69,16 +72,22 @@ pub fn find_coordinator(shard: &Shard, version: i16, request: FindCoordinatorReq
                 -1,
             )
         };
-        if request.key_type != 0 {
-            return none(
-                ResponseError::CoordinatorNotAvailable.code(),
-                "transactions are not supported yet".into(),
-            );
-        }
-        if let Err(error) = crate::offsets::validate_group(key) {
-            return none(coordinator_error(&error), error.to_string());
-        }
-        match ops::group_coordinator(shard, key) {
+        let coordinator = match request.key_type {
+            GROUP_KEY => {
+                crate::offsets::validate_group(key).map(|()| ops::group_coordinator(shard, key))
+            }
+            TRANSACTION_KEY => {
+                crate::txn::coordinator::validate_id(key).map(|()| ops::txn_coordinator(shard, key))
+            }
+            other => Err(BrokerError::InvalidRequest(format!(
+                "unknown coordinator key type {other}"
+            ))),
+        };
+        let coordinator = match coordinator {
+            Ok(coordinator) => coordinator,
+            Err(error) => return none(coordinator_error(&error), error.to_string()),
+        };
+        match coordinator {
             Some(broker) => (
                 0,
                 None,
@@ -88,7 +97,7 @@ pub fn find_coordinator(shard: &Shard, version: i16, request: FindCoordinatorReq
             ),
             None => none(
                 ResponseError::CoordinatorNotAvailable.code(),
-                format!("group {key} has no coordinator at the moment"),
+                format!("{key} has no coordinator at the moment"),
             ),
         }
     };
@@ -373,19 +382,42 @@ pub async fn offset_commit(shard: &Rc<Shard>, request: OffsetCommitRequest) -> A
 
 /// One group's committed offsets: of the partitions asked for (unknown ones answer -1),
 /// or all of them.
+/// Each partition's committed offset, metadata and error. With `require_stable`
+/// (KIP-447), a partition with offsets of an open transaction pending gets
+/// UNSTABLE_OFFSET_COMMIT, which clients retry: its committed offset is about to change.
 async fn fetch_group_offsets(
     shard: &Rc<Shard>,
     group: String,
     wanted: Option<Vec<(String, Vec<i32>)>>,
-) -> Result<Vec<(String, Vec<(i32, i64, String)>)>, i16> {
+    require_stable: bool,
+) -> Result<Vec<(String, Vec<(i32, i64, String, i16)>)>, i16> {
+    let unstable = if require_stable {
+        ops::unstable_offsets(shard, group.clone())
+            .await
+            .map_err(|e| coordinator_error(&e))?
+    } else {
+        Vec::new()
+    };
     let committed = ops::committed_offsets(shard, group)
         .await
         .map_err(|e| coordinator_error(&e))?;
     let found = |topic: &str, partition: i32| {
+        if unstable
+            .iter()
+            .any(|u| u.topic == topic && u.partition == partition)
+        {
+            return (
+                -1,
+                String::new(),
+                ResponseError::UnstableOffsetCommit.code(),
+            );
+        }
         committed
             .iter()
             .find(|c| c.partition.topic == topic && c.partition.partition == partition)
-            .map_or((-1, String::new()), |c| (c.offset, c.metadata.clone()))
+            .map_or((-1, String::new(), 0), |c| {
+                (c.offset, c.metadata.clone(), 0)
+            })
     };
     Ok(match wanted {
         Some(topics) => topics
@@ -394,8 +426,8 @@ async fn fetch_group_offsets(
                 let offsets = partitions
                     .into_iter()
                     .map(|p| {
-                        let (offset, metadata) = found(&topic, p);
-                        (p, offset, metadata)
+                        let (offset, metadata, error) = found(&topic, p);
+                        (p, offset, metadata, error)
                     })
                     .collect();
                 (topic, offsets)
@@ -403,13 +435,19 @@ async fn fetch_group_offsets(
             .collect(),
         None => ops::group_by_topic(
             committed
-                .into_iter()
-                .map(|c| (c.partition, (c.offset, c.metadata)))
+                .iter()
+                .map(|c| (c.partition.clone(), ()))
                 .collect(),
         )
         .into_iter()
         .map(|(topic, offsets)| {
-            let offsets = offsets.into_iter().map(|(p, (o, m))| (p, o, m)).collect();
+            let offsets = offsets
+                .into_iter()
+                .map(|(p, ())| {
+                    let (offset, metadata, error) = found(&topic, p);
+                    (p, offset, metadata, error)
+                })
+                .collect();
             (topic, offsets)
         })
         .collect(),
@@ -429,7 +467,8 @@ pub async fn offset_fetch(shard: &Rc<Shard>, version: i16, request: OffsetFetchR
             });
             let mut group =
                 OffsetFetchResponseGroup::default().with_group_id(asked.group_id.clone());
-            match fetch_group_offsets(shard, asked.group_id.to_string(), wanted).await {
+            let group_id = asked.group_id.to_string();
+            match fetch_group_offsets(shard, group_id, wanted, request.require_stable).await {
                 Ok(topics) => {
                     group.topics = topics
                         .into_iter()
@@ -439,12 +478,14 @@ pub async fn offset_fetch(shard: &Rc<Shard>, version: i16, request: OffsetFetchR
                                 .with_partitions(
                                     offsets
                                         .into_iter()
-                                        .map(|(p, offset, metadata)| {
+                                        .map(|(p, offset, metadata, error)| {
+                                            failed |= error != 0;
                                             OffsetFetchResponsePartitions::default()
                                                 .with_partition_index(p)
                                                 .with_committed_offset(offset)
                                                 .with_committed_leader_epoch(-1)
                                                 .with_metadata(Some(str_bytes(&metadata)))
+                                                .with_error_code(error)
                                         })
                                         .collect(),
                                 )
@@ -465,7 +506,9 @@ pub async fn offset_fetch(shard: &Rc<Shard>, version: i16, request: OffsetFetchR
                 .map(|t| (t.name.to_string(), t.partition_indexes))
                 .collect()
         });
-        match fetch_group_offsets(shard, request.group_id.to_string(), wanted).await {
+        let require_stable = version >= 7 && request.require_stable;
+        match fetch_group_offsets(shard, request.group_id.to_string(), wanted, require_stable).await
+        {
             Ok(topics) => {
                 response.topics = topics
                     .into_iter()
@@ -475,11 +518,13 @@ pub async fn offset_fetch(shard: &Rc<Shard>, version: i16, request: OffsetFetchR
                             .with_partitions(
                                 offsets
                                     .into_iter()
-                                    .map(|(p, offset, metadata)| {
+                                    .map(|(p, offset, metadata, error)| {
+                                        failed |= error != 0;
                                         let partition = OffsetFetchResponsePartition::default()
                                             .with_partition_index(p)
                                             .with_committed_offset(offset)
-                                            .with_metadata(Some(str_bytes(&metadata)));
+                                            .with_metadata(Some(str_bytes(&metadata)))
+                                            .with_error_code(error);
                                         if version >= 5 {
                                             partition.with_committed_leader_epoch(-1)
                                         } else {

@@ -10,8 +10,10 @@ mod errors;
 mod fetch;
 mod groups;
 mod handlers;
+pub mod peer;
 mod produce;
 mod topics;
+mod txn;
 pub mod versions;
 
 pub use connection::serve_connection;

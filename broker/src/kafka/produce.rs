@@ -11,14 +11,11 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
-use kafka_protocol::messages::{
-    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceResponse, ProducerId,
-    RequestHeader, RequestKind, ResponseKind,
-};
+use kafka_protocol::messages::{ApiKey, ProduceResponse, RequestHeader, RequestKind, ResponseKind};
 use weir_wire::native::schema::Acks;
 
 use super::codec::Request;
-use super::handlers::{Answer, Reply, reply, str_bytes};
+use super::handlers::{Reply, reply, str_bytes};
 use super::{errors, topics};
 use crate::error::{BrokerError, BrokerResult};
 use crate::ops::{self, Appended};
@@ -47,17 +44,15 @@ pub async fn start(shard: &Rc<Shard>, request: Request) -> Finish {
             format!("acks must be 0, 1 or -1, not {other}"),
         )),
     };
-    let refuse_all = match (&acks, &body.transactional_id) {
-        (Err(error), _) => Some((errors::code(error), error.to_string())),
-        (Ok(_), Some(_)) => Some((
-            ResponseError::InvalidTxnState.code(),
-            "transactions are not supported yet".to_string(),
-        )),
-        (Ok(_), None) => None,
-    };
+    let refuse_all = acks
+        .as_ref()
+        .err()
+        .map(|error| (errors::code(error), error.to_string()));
     // Where each partition's records lie in the frame; then the request (and with it
     // every other reference to the frame) is dropped, so the frame can be cut up.
     let base = frame.as_ptr() as usize;
+    // The transactional id is a slice of the frame too.
+    drop(body.transactional_id);
     let mut located: Vec<(TopicPartition, Option<Range<usize>>)> = Vec::new();
     for topic in body.topic_data {
         for partition in topic.partition_data {
@@ -188,44 +183,6 @@ fn partition_response(
                     .collect();
             }
             response.with_error_message(Some(str_bytes(&errors::message(&error))))
-        }
-    }
-}
-
-/// InitProducerId for idempotent producers: a new producer id with epoch 0, or (v3+, a
-/// producer that hit a sequence error) the same id with its epoch bumped. Transactional
-/// ids need a transaction coordinator, which does not exist yet.
-pub async fn init_producer_id(shard: &Rc<Shard>, request: InitProducerIdRequest) -> Answer {
-    let mut response = InitProducerIdResponse::default()
-        .with_producer_id(ProducerId(-1))
-        .with_producer_epoch(-1);
-    if request
-        .transactional_id
-        .as_ref()
-        .is_some_and(|t| !t.is_empty())
-    {
-        response.error_code = ResponseError::InvalidRequest.code();
-        return (ResponseKind::InitProducerId(response), true);
-    }
-    let (id, epoch) = (request.producer_id.0, request.producer_epoch);
-    if id >= 0 && (0..i16::MAX - 1).contains(&epoch) {
-        response.producer_id = ProducerId(id);
-        response.producer_epoch = epoch + 1;
-        return (ResponseKind::InitProducerId(response), false);
-    }
-    match shard.new_producer_id().await {
-        Ok(id) => {
-            response.producer_id = ProducerId(id);
-            response.producer_epoch = 0;
-            (ResponseKind::InitProducerId(response), false)
-        }
-        Err(error) => {
-            tracing::warn!(%error, "no producer id");
-            response.error_code = match error {
-                BrokerError::ShuttingDown => ResponseError::CoordinatorNotAvailable.code(),
-                other => errors::code(&other),
-            };
-            (ResponseKind::InitProducerId(response), true)
         }
     }
 }

@@ -213,6 +213,9 @@ fn topic_metadata(
     response
 }
 
+/// ListOffsets' and Fetch's `isolation_level` for read_committed.
+pub const READ_COMMITTED: i8 = 1;
+
 pub async fn list_offsets(shard: &Rc<Shard>, version: i16, request: ListOffsetsRequest) -> Answer {
     let mut queries = Vec::new();
     let mut refused: Vec<(TopicPartition, BrokerResult<(i64, i64)>)> = Vec::new();
@@ -241,7 +244,8 @@ pub async fn list_offsets(shard: &Rc<Shard>, version: i16, request: ListOffsetsR
             queries.push((tp, spec.0, spec.1));
         }
     }
-    let mut results = ops::list_offsets(shard, queries).await;
+    let read_committed = request.isolation_level == READ_COMMITTED;
+    let mut results = ops::list_offsets(shard, queries, read_committed).await;
     results.extend(refused);
     let failed = results.iter().any(|(_, r)| r.is_err());
     let topics = ops::group_by_topic(results)

@@ -626,7 +626,8 @@ async fn fetch(
             max_bytes,
         })
         .collect();
-    let mut results = ops::fetch(shard, wait, min_bytes, &partitions).await;
+    // The native protocol has no transactions yet: every read is read_uncommitted.
+    let mut results = ops::fetch(shard, wait, min_bytes, &partitions, false).await;
     ops::limit_response_bytes(&mut results, max_bytes);
     Ok(fetch_response(request_id, results))
 }
@@ -639,7 +640,7 @@ fn fetch_response(request_id: u64, results: FetchResults) -> Vec<Bytes> {
         |w, partition, result| {
             let (error, error_message) = error_fields(w, result.as_ref().err());
             let (batches, status) = match result {
-                Ok((batches, status)) => (batches, Some(status)),
+                Ok(fetched) => (fetched.batches, Some(fetched.status)),
                 Err(_) => (Vec::new(), None),
             };
             let records = w.add_records(batches);
@@ -679,7 +680,7 @@ async fn list_offsets(
     request_id: u64,
     partitions: Vec<(TopicPartition, OffsetSpec, i64)>,
 ) -> BrokerResult<Vec<Bytes>> {
-    let results = ops::list_offsets(shard, partitions).await;
+    let results = ops::list_offsets(shard, partitions, false).await;
     let mut w = ResponseWriter::new();
     let topics = per_topic(
         &mut w,

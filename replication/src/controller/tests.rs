@@ -7,12 +7,12 @@ fn config() -> ControllerConfig {
         leader_rebalance_interval_ms: 0,
         default_replication_factor: 1,
         initial_brokers: 3,
-        offsets_topic: InternalTopic {
+        internal_topics: vec![InternalTopic {
             name: "__consumer_offsets".into(),
             partitions: 2,
             replication_factor: 3,
             configs: vec![("cleanup.policy".into(), "compact".into())],
-        },
+        }],
         new_cluster_id: "test-cluster".into(),
     }
 }

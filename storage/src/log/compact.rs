@@ -21,6 +21,9 @@
 //!    recovery deletes the `.cleaned` file), then the old segments of `[base, end)` are
 //!    deleted and the swap file renamed to `<base>.log`; recovery finishes a swap it finds.
 //!
+//! In a log with transactions the caller says which batches belong to aborted
+//! transactions: they are dropped, and never enter the map.
+//!
 //! Record bytes are read and written in the background task queue, yielding the shard
 //! every [`SLICE`]; the log's I/O lock (appends, syncs) is never taken, and the layout
 //! lock (retention, truncation) only for the renames of a swap.
@@ -202,6 +205,21 @@ impl Log {
         stable_offset: i64,
         map_bytes: u64,
     ) -> Result<CompactionStats> {
+        self.compact_transactional(now_ms, stable_offset, map_bytes, &|_| false)
+            .await
+    }
+
+    /// [`Log::compact`] in a log with transactions: `aborted` says whether a data batch
+    /// belongs to an aborted transaction. Such batches are removed, and their keys do
+    /// not enter the map, so an aborted record never shadows the committed value of its
+    /// key (read_committed consumers would find the key gone).
+    pub async fn compact_transactional(
+        &self,
+        now_ms: i64,
+        stable_offset: i64,
+        map_bytes: u64,
+        aborted: &dyn Fn(&BatchHeader) -> bool,
+    ) -> Result<CompactionStats> {
         let config = self.config();
         let mut stats = CompactionStats::default();
         if !config.cleanup.compact {
@@ -242,7 +260,10 @@ impl Log {
             {
                 position += bytes.len() as u64;
                 stats.bytes_read += bytes.len() as u64;
-                if header.next_offset() <= first_dirty || header.attributes.is_control() {
+                if header.next_offset() <= first_dirty
+                    || header.attributes.is_control()
+                    || aborted(&header)
+                {
                     continue;
                 }
                 let records = header.records_count.max(0) as usize;
@@ -285,6 +306,7 @@ impl Log {
             map: &map,
             end,
             expire_before,
+            aborted,
         };
         let below_end = cleanable
             .segments
@@ -604,6 +626,8 @@ struct Filter<'a> {
     end: i64,
     /// Tombstones in batches whose newest timestamp is before this are dropped.
     expire_before: i64,
+    /// Batches of aborted transactions are dropped whole.
+    aborted: &'a dyn Fn(&BatchHeader) -> bool,
 }
 
 enum Kept {
@@ -631,6 +655,11 @@ impl Filter<'_> {
     fn apply(&self, header: &BatchHeader, bytes: &Bytes) -> Kept {
         if header.attributes.is_control() {
             return Kept::All;
+        }
+        if (self.aborted)(header) {
+            return Kept::Nothing {
+                removed: header.records_count.max(0) as u64,
+            };
         }
         let Ok((_, section)) = record::records_section(bytes, DECOMPRESSED_BATCH_BYTES_MAX) else {
             return Kept::All;

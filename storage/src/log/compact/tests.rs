@@ -561,3 +561,63 @@ fn young_and_unstable_records_are_not_compacted() {
         assert_eq!((stats.records_removed, count(log.clone()).await), (1, 1));
     });
 }
+
+/// An aborted transaction's record never shadows its key's committed value: with the
+/// aborted batches named, compaction drops them and keeps the older committed record.
+#[test]
+fn aborted_records_are_dropped_and_shadow_nothing() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path()).await;
+        let transactional = |producer: i64, value: &[u8]| {
+            let mut builder = BatchBuilder::new(1000);
+            builder.producer(producer, 0, 0);
+            builder.transactional();
+            builder.append(1000, Some(b"k"), Some(value), &[]);
+            builder.build()
+        };
+        log.append(keyed(b"k", Some(b"committed"), 1000), 0)
+            .await
+            .unwrap();
+        // Offset 1: producer 7's transaction, later aborted (its marker at 2).
+        log.append(transactional(7, b"aborted"), 0).await.unwrap();
+        let marker = weir_wire::control_batch(1000, 7, 0, weir_wire::ControlType::Abort, 0);
+        log.append(marker, 0).await.unwrap();
+        log.append(keyed(b"other", Some(b"v"), 1000), 0)
+            .await
+            .unwrap();
+        log.roll().await.unwrap();
+        let aborted = |header: &batch::BatchHeader| {
+            header.producer_id == 7
+                && header.attributes.is_transactional()
+                && header.base_offset == 1
+        };
+        let stats = log
+            .compact_transactional(i64::MAX / 2, i64::MAX, 1 << 20, &aborted)
+            .await
+            .unwrap();
+        assert_eq!(stats.records_removed, 1);
+        let records: Vec<(i64, Option<Vec<u8>>)> = read_records(&log)
+            .await
+            .into_iter()
+            .filter(|(_, w)| w.key.as_deref() == Some(b"k"))
+            .map(|(offset, w)| (offset, w.value))
+            .collect();
+        assert_eq!(records, vec![(0, Some(b"committed".to_vec()))]);
+        // Without the aborted batches named, the aborted value would have won.
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path()).await;
+        log.append(keyed(b"k", Some(b"committed"), 1000), 0)
+            .await
+            .unwrap();
+        log.append(transactional(7, b"aborted"), 0).await.unwrap();
+        log.roll().await.unwrap();
+        log.compact(i64::MAX / 2, i64::MAX, 1 << 20).await.unwrap();
+        let values: Vec<Option<Vec<u8>>> = read_records(&log)
+            .await
+            .into_iter()
+            .map(|(_, w)| w.value)
+            .collect();
+        assert_eq!(values, vec![Some(b"aborted".to_vec())]);
+    });
+}
