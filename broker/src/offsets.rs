@@ -13,9 +13,11 @@ use weir_wire::{BatchBuilder, BatchHeader, RecordIter};
 
 use crate::error::{BrokerError, BrokerResult};
 use crate::metadata::now_ms;
-use crate::router::{Committed, TopicPartition};
+use crate::router::{Committed, OffsetCommit, TopicPartition};
 
 const FORMAT_VERSION: u16 = 1;
+/// Values carry the committed leader epoch since version 2.
+const VALUE_VERSION: u16 = 2;
 /// Kafka's limit on a group id is 255 bytes in practice; metadata is capped like Kafka's
 /// `offset.metadata.max.bytes` (4096).
 pub const GROUP_BYTES_MAX: usize = 255;
@@ -51,6 +53,7 @@ pub fn topic_configs() -> Vec<(String, String)> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Commit {
     offset: i64,
+    leader_epoch: i32,
     metadata: String,
 }
 
@@ -170,7 +173,7 @@ impl OffsetsPartition {
         &mut self,
         group: &str,
         producer: (i64, i16),
-        offsets: &[(TopicPartition, i64, String)],
+        offsets: &[OffsetCommit],
         leader_epoch: i32,
     ) -> BrokerResult<Option<(weir_storage::AppendInfo, BatchHeader)>> {
         self.append_commits(group, Some(producer), offsets, leader_epoch)
@@ -181,7 +184,7 @@ impl OffsetsPartition {
         &mut self,
         group: &str,
         producer: Option<(i64, i16)>,
-        offsets: &[(TopicPartition, i64, String)],
+        offsets: &[OffsetCommit],
         leader_epoch: i32,
     ) -> BrokerResult<Option<(weir_storage::AppendInfo, BatchHeader)>> {
         if offsets.is_empty() {
@@ -228,27 +231,29 @@ impl OffsetsPartition {
         &self,
         builder: &mut BatchBuilder,
         group: &str,
-        offsets: &[(TopicPartition, i64, String)],
+        offsets: &[OffsetCommit],
         timestamp: i64,
     ) -> BrokerResult<Vec<(Key, Commit)>> {
         let mut commits = Vec::with_capacity(offsets.len());
-        for (partition, offset, metadata) in offsets {
-            if metadata.len() > METADATA_BYTES_MAX {
+        for offset in offsets {
+            if offset.metadata.len() > METADATA_BYTES_MAX {
                 return Err(BrokerError::InvalidRequest(format!(
                     "offset metadata over {METADATA_BYTES_MAX} bytes"
                 )));
             }
-            let (key, value) = encode(group, partition, *offset, metadata);
+            let partition = &offset.partition;
+            let commit = Commit {
+                offset: offset.offset,
+                leader_epoch: offset.leader_epoch,
+                metadata: offset.metadata.clone(),
+            };
+            let (key, value) = encode(group, partition, &commit);
             builder.append(timestamp, Some(&key), Some(&value), &[]);
             let key = (
                 group.to_string(),
                 partition.topic.clone(),
                 partition.partition,
             );
-            let commit = Commit {
-                offset: *offset,
-                metadata: metadata.clone(),
-            };
             commits.push((key, commit));
         }
         Ok(commits)
@@ -260,7 +265,7 @@ impl OffsetsPartition {
     pub fn start_commit(
         &mut self,
         group: &str,
-        offsets: &[(TopicPartition, i64, String)],
+        offsets: &[OffsetCommit],
         leader_epoch: i32,
     ) -> BrokerResult<Option<weir_storage::AppendInfo>> {
         Ok(self
@@ -312,6 +317,7 @@ impl OffsetsPartition {
                     partition: *partition,
                 },
                 offset: commit.offset,
+                leader_epoch: commit.leader_epoch,
                 metadata: commit.metadata.clone(),
             })
             .collect()
@@ -371,20 +377,17 @@ fn encode_key(group: &str, partition: &TopicPartition) -> Vec<u8> {
     key
 }
 
-/// key: `version u16 | group (u16 length, UTF-8) | topic (same) | partition i32`;
-/// value: `version u16 | offset i64 | commit timestamp i64 | metadata (u16 length, UTF-8)`,
-/// or none: a tombstone.
-fn encode(
-    group: &str,
-    partition: &TopicPartition,
-    offset: i64,
-    metadata: &str,
-) -> (Vec<u8>, Vec<u8>) {
+/// key: `version u16 (1) | group (u16 length, UTF-8) | topic (same) | partition i32`;
+/// value: `version u16 (2) | offset i64 | commit timestamp i64 | leader epoch i32 |
+/// metadata (u16 length, UTF-8)` (version 1, which weir wrote before, has no leader
+/// epoch), or none: a tombstone.
+fn encode(group: &str, partition: &TopicPartition, commit: &Commit) -> (Vec<u8>, Vec<u8>) {
     let key = encode_key(group, partition);
-    let mut value = FORMAT_VERSION.to_be_bytes().to_vec();
-    value.extend_from_slice(&offset.to_be_bytes());
+    let mut value = VALUE_VERSION.to_be_bytes().to_vec();
+    value.extend_from_slice(&commit.offset.to_be_bytes());
     value.extend_from_slice(&now_ms().to_be_bytes());
-    put_string(&mut value, metadata);
+    value.extend_from_slice(&commit.leader_epoch.to_be_bytes());
+    put_string(&mut value, &commit.metadata);
     (key, value)
 }
 
@@ -429,13 +432,23 @@ fn decode_key(key: &[u8]) -> Option<Key> {
 
 fn decode_value(value: &[u8]) -> Option<Commit> {
     let mut value = Reader(value);
-    if value.u16()? != FORMAT_VERSION {
+    let version = value.u16()?;
+    if version != FORMAT_VERSION && version != VALUE_VERSION {
         return None;
     }
     let offset = value.i64()?;
     let _timestamp = value.i64()?;
+    let leader_epoch = if version == VALUE_VERSION {
+        value.i32()?
+    } else {
+        -1
+    };
     let metadata = value.string()?;
-    Some(Commit { offset, metadata })
+    Some(Commit {
+        offset,
+        leader_epoch,
+        metadata,
+    })
 }
 
 #[cfg(test)]
@@ -444,10 +457,19 @@ mod tests {
     use quickcheck::quickcheck;
 
     quickcheck! {
-        fn commit_records_round_trip(group: String, topic: String, partition: i32, offset: i64, metadata: String) -> bool {
+        fn commit_records_round_trip(group: String, topic: String, partition: i32, offset: i64, leader_epoch: i32, metadata: String) -> bool {
             let tp = TopicPartition { topic: topic.clone(), partition };
-            let (key, value) = encode(&group, &tp, offset, &metadata);
-            decode_key(&key) == Some((group, topic, partition)) && decode_value(&value) == Some(Commit { offset, metadata })
+            let commit = Commit { offset, leader_epoch, metadata };
+            let (key, value) = encode(&group, &tp, &commit);
+            decode_key(&key) == Some((group, topic, partition)) && decode_value(&value) == Some(commit)
+        }
+
+        fn version_1_values_have_no_leader_epoch(offset: i64, metadata: String) -> bool {
+            let mut value = 1u16.to_be_bytes().to_vec();
+            value.extend_from_slice(&offset.to_be_bytes());
+            value.extend_from_slice(&0i64.to_be_bytes());
+            put_string(&mut value, &metadata);
+            decode_value(&value) == Some(Commit { offset, leader_epoch: -1, metadata })
         }
 
         fn random_commit_bytes_never_panic(key: Vec<u8>, value: Vec<u8>) -> bool {

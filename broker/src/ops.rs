@@ -18,8 +18,8 @@ use crate::group::GroupState;
 use crate::metadata::OFFSETS_TOPIC;
 use crate::offsets;
 use crate::router::{
-    Committed, Fetched, GroupAnswer, GroupCall, MemberClaim, PartitionStatus, Pending, ShardAnswer,
-    ShardCall, TopicPartition,
+    Committed, Fetched, GroupAnswer, GroupCall, MemberClaim, OffsetCommit, PartitionStatus,
+    Pending, ShardAnswer, ShardCall, TopicPartition,
 };
 use crate::shard::Shard;
 use crate::topic;
@@ -574,7 +574,7 @@ pub async fn commit_offsets(
     shard: &Rc<Shard>,
     group: String,
     member: MemberClaim,
-    offsets: Vec<(TopicPartition, i64, String)>,
+    offsets: Vec<OffsetCommit>,
 ) -> BrokerResult<Vec<(TopicPartition, BrokerResult<()>)>> {
     commit_offsets_with(shard, group, offsets, |group, offsets| {
         ShardCall::CommitOffsets {
@@ -593,7 +593,7 @@ pub async fn txn_commit_offsets(
     group: String,
     producer: (i64, i16),
     member: Option<MemberClaim>,
-    offsets: Vec<(TopicPartition, i64, String)>,
+    offsets: Vec<OffsetCommit>,
 ) -> BrokerResult<Vec<(TopicPartition, BrokerResult<()>)>> {
     commit_offsets_with(shard, group, offsets, |group, offsets| {
         ShardCall::TxnCommitOffsets {
@@ -610,14 +610,15 @@ pub async fn txn_commit_offsets(
 async fn commit_offsets_with(
     shard: &Rc<Shard>,
     group: String,
-    offsets: Vec<(TopicPartition, i64, String)>,
-    call: impl FnOnce(String, Vec<(TopicPartition, i64, String)>) -> ShardCall,
+    offsets: Vec<OffsetCommit>,
+    call: impl FnOnce(String, Vec<OffsetCommit>) -> ShardCall,
 ) -> BrokerResult<Vec<(TopicPartition, BrokerResult<()>)>> {
     let owner = group_owner(shard, &group)?;
     let image = shard.image();
     let mut results = Vec::with_capacity(offsets.len());
     let mut known = Vec::with_capacity(offsets.len());
-    for (tp, offset, metadata) in offsets {
+    for commit in offsets {
+        let (tp, offset) = (commit.partition.clone(), commit.offset);
         let exists = image
             .topic(&tp.topic)
             .is_some_and(|t| (0..t.partition_count()).contains(&tp.partition));
@@ -635,10 +636,10 @@ async fn commit_offsets_with(
             };
             results.push((tp, Err(error)));
         } else {
-            known.push((tp, offset, metadata));
+            known.push(commit);
         }
     }
-    let committed: Vec<TopicPartition> = known.iter().map(|(tp, _, _)| tp.clone()).collect();
+    let committed: Vec<TopicPartition> = known.iter().map(|c| c.partition.clone()).collect();
     let call = call(group, known);
     let result = match shard.router.call(shard, owner, call).await? {
         ShardAnswer::CommitOffsets(result) => result,

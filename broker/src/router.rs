@@ -90,7 +90,7 @@ pub enum ShardCall {
     CommitOffsets {
         group: String,
         member: MemberClaim,
-        offsets: Vec<(TopicPartition, i64, String)>,
+        offsets: Vec<OffsetCommit>,
     },
     /// Deletes a group's committed offsets: all of them, or those of these partitions.
     DeleteOffsets {
@@ -104,7 +104,7 @@ pub enum ShardCall {
         producer_epoch: i16,
         /// Checked against the group's membership when given (TxnOffsetCommit v3+).
         member: Option<MemberClaim>,
-        offsets: Vec<(TopicPartition, i64, String)>,
+        offsets: Vec<OffsetCommit>,
     },
     /// For the transaction coordinator of the id the call names.
     Txn(crate::txn::TxnCall),
@@ -254,10 +254,21 @@ pub struct Fetched {
     pub aborted: Vec<crate::txn::partition::AbortedTxn>,
 }
 
+/// One partition's offset to commit, with the leader epoch of the record before it
+/// (KIP-320; -1: unknown) and the client's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetCommit {
+    pub partition: TopicPartition,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+}
+
 #[derive(Debug)]
 pub struct Committed {
     pub partition: TopicPartition,
     pub offset: i64,
+    pub leader_epoch: i32,
     pub metadata: String,
 }
 

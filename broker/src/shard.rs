@@ -1045,7 +1045,7 @@ impl Shard {
         &self,
         group: &str,
         member: &MemberClaim,
-        offsets: Vec<(TopicPartition, i64, String)>,
+        offsets: Vec<crate::router::OffsetCommit>,
     ) -> BrokerResult<()> {
         offsets::validate_group(group)?;
         self.groups

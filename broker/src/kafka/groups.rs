@@ -37,7 +37,7 @@ use super::handlers::{Answer, str_bytes};
 use crate::error::BrokerError;
 use crate::group::{GroupState, JoinRequest, JoinResult, SyncRequest};
 use crate::ops;
-use crate::router::{GroupAnswer, GroupCall, MemberClaim, TopicPartition};
+use crate::router::{GroupAnswer, GroupCall, MemberClaim, OffsetCommit, TopicPartition};
 use crate::shard::Shard;
 
 /// Kafka's code for a broker error met while reaching a group's coordinator.
@@ -327,7 +327,7 @@ pub async fn offset_commit(shard: &Rc<Shard>, request: OffsetCommitRequest) -> A
         instance_id: optional(request.group_instance_id.as_ref()),
         generation: request.generation_id_or_member_epoch,
     };
-    let offsets: Vec<(TopicPartition, i64, String)> = request
+    let offsets: Vec<OffsetCommit> = request
         .topics
         .iter()
         .flat_map(|topic| {
@@ -341,7 +341,12 @@ pub async fn offset_commit(shard: &Rc<Shard>, request: OffsetCommitRequest) -> A
                     .as_ref()
                     .map(|m| m.to_string())
                     .unwrap_or_default();
-                (partition, p.committed_offset, metadata)
+                OffsetCommit {
+                    partition,
+                    offset: p.committed_offset,
+                    leader_epoch: p.committed_leader_epoch,
+                    metadata,
+                }
             })
         })
         .collect();
@@ -353,7 +358,7 @@ pub async fn offset_commit(shard: &Rc<Shard>, request: OffsetCommitRequest) -> A
                 .collect(),
             Err(error) => {
                 let error = coordinator_error(&error);
-                offsets.into_iter().map(|(tp, _, _)| (tp, error)).collect()
+                offsets.into_iter().map(|c| (c.partition, error)).collect()
             }
         };
     let failed = results.iter().any(|(_, error)| *error != 0);
@@ -382,6 +387,15 @@ pub async fn offset_commit(shard: &Rc<Shard>, request: OffsetCommitRequest) -> A
 
 /// One group's committed offsets: of the partitions asked for (unknown ones answer -1),
 /// or all of them.
+/// One partition's answer to OffsetFetch.
+struct FetchedOffset {
+    partition: i32,
+    offset: i64,
+    leader_epoch: i32,
+    metadata: String,
+    error: i16,
+}
+
 /// Each partition's committed offset, metadata and error. With `require_stable`
 /// (KIP-447), a partition with offsets of an open transaction pending gets
 /// UNSTABLE_OFFSET_COMMIT, which clients retry: its committed offset is about to change.
@@ -390,7 +404,7 @@ async fn fetch_group_offsets(
     group: String,
     wanted: Option<Vec<(String, Vec<i32>)>>,
     require_stable: bool,
-) -> Result<Vec<(String, Vec<(i32, i64, String, i16)>)>, i16> {
+) -> Result<Vec<(String, Vec<FetchedOffset>)>, i16> {
     let unstable = if require_stable {
         ops::unstable_offsets(shard, group.clone())
             .await
@@ -406,30 +420,39 @@ async fn fetch_group_offsets(
             .iter()
             .any(|u| u.topic == topic && u.partition == partition)
         {
-            return (
-                -1,
-                String::new(),
-                ResponseError::UnstableOffsetCommit.code(),
-            );
+            return FetchedOffset {
+                partition,
+                offset: -1,
+                leader_epoch: -1,
+                metadata: String::new(),
+                error: ResponseError::UnstableOffsetCommit.code(),
+            };
         }
         committed
             .iter()
             .find(|c| c.partition.topic == topic && c.partition.partition == partition)
-            .map_or((-1, String::new(), 0), |c| {
-                (c.offset, c.metadata.clone(), 0)
-            })
+            .map_or(
+                FetchedOffset {
+                    partition,
+                    offset: -1,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                    error: 0,
+                },
+                |c| FetchedOffset {
+                    partition,
+                    offset: c.offset,
+                    leader_epoch: c.leader_epoch,
+                    metadata: c.metadata.clone(),
+                    error: 0,
+                },
+            )
     };
     Ok(match wanted {
         Some(topics) => topics
             .into_iter()
             .map(|(topic, partitions)| {
-                let offsets = partitions
-                    .into_iter()
-                    .map(|p| {
-                        let (offset, metadata, error) = found(&topic, p);
-                        (p, offset, metadata, error)
-                    })
-                    .collect();
+                let offsets = partitions.into_iter().map(|p| found(&topic, p)).collect();
                 (topic, offsets)
             })
             .collect(),
@@ -443,10 +466,7 @@ async fn fetch_group_offsets(
         .map(|(topic, offsets)| {
             let offsets = offsets
                 .into_iter()
-                .map(|(p, ())| {
-                    let (offset, metadata, error) = found(&topic, p);
-                    (p, offset, metadata, error)
-                })
+                .map(|(p, ())| found(&topic, p))
                 .collect();
             (topic, offsets)
         })
@@ -478,14 +498,14 @@ pub async fn offset_fetch(shard: &Rc<Shard>, version: i16, request: OffsetFetchR
                                 .with_partitions(
                                     offsets
                                         .into_iter()
-                                        .map(|(p, offset, metadata, error)| {
-                                            failed |= error != 0;
+                                        .map(|f| {
+                                            failed |= f.error != 0;
                                             OffsetFetchResponsePartitions::default()
-                                                .with_partition_index(p)
-                                                .with_committed_offset(offset)
-                                                .with_committed_leader_epoch(-1)
-                                                .with_metadata(Some(str_bytes(&metadata)))
-                                                .with_error_code(error)
+                                                .with_partition_index(f.partition)
+                                                .with_committed_offset(f.offset)
+                                                .with_committed_leader_epoch(f.leader_epoch)
+                                                .with_metadata(Some(str_bytes(&f.metadata)))
+                                                .with_error_code(f.error)
                                         })
                                         .collect(),
                                 )
@@ -518,15 +538,15 @@ pub async fn offset_fetch(shard: &Rc<Shard>, version: i16, request: OffsetFetchR
                             .with_partitions(
                                 offsets
                                     .into_iter()
-                                    .map(|(p, offset, metadata, error)| {
-                                        failed |= error != 0;
+                                    .map(|f| {
+                                        failed |= f.error != 0;
                                         let partition = OffsetFetchResponsePartition::default()
-                                            .with_partition_index(p)
-                                            .with_committed_offset(offset)
-                                            .with_metadata(Some(str_bytes(&metadata)))
-                                            .with_error_code(error);
+                                            .with_partition_index(f.partition)
+                                            .with_committed_offset(f.offset)
+                                            .with_metadata(Some(str_bytes(&f.metadata)))
+                                            .with_error_code(f.error);
                                         if version >= 5 {
-                                            partition.with_committed_leader_epoch(-1)
+                                            partition.with_committed_leader_epoch(f.leader_epoch)
                                         } else {
                                             partition
                                         }

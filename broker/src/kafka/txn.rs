@@ -27,7 +27,7 @@ use super::handlers::Answer;
 use super::topics;
 use crate::error::BrokerError;
 use crate::ops;
-use crate::router::{MemberClaim, ShardAnswer, ShardCall, TopicPartition};
+use crate::router::{MemberClaim, OffsetCommit, ShardAnswer, ShardCall, TopicPartition};
 use crate::shard::Shard;
 use crate::txn::{TxnAnswer, TxnCall};
 
@@ -237,26 +237,26 @@ pub async fn txn_offset_commit(
         instance_id: request.group_instance_id.as_ref().map(|i| i.to_string()),
         generation: request.generation_id,
     });
-    let offsets: Vec<(TopicPartition, i64, String)> = request
+    let offsets: Vec<OffsetCommit> = request
         .topics
         .iter()
         .flat_map(|topic| {
-            topic.partitions.iter().map(|p| {
-                (
-                    TopicPartition {
-                        topic: topic.name.to_string(),
-                        partition: p.partition_index,
-                    },
-                    p.committed_offset,
-                    p.committed_metadata
-                        .as_ref()
-                        .map(|m| m.to_string())
-                        .unwrap_or_default(),
-                )
+            topic.partitions.iter().map(|p| OffsetCommit {
+                partition: TopicPartition {
+                    topic: topic.name.to_string(),
+                    partition: p.partition_index,
+                },
+                offset: p.committed_offset,
+                leader_epoch: p.committed_leader_epoch,
+                metadata: p
+                    .committed_metadata
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default(),
             })
         })
         .collect();
-    let partitions: Vec<TopicPartition> = offsets.iter().map(|(tp, _, _)| tp.clone()).collect();
+    let partitions: Vec<TopicPartition> = offsets.iter().map(|c| c.partition.clone()).collect();
     let producer = (request.producer_id.0, request.producer_epoch);
     let results: Vec<(TopicPartition, i16)> =
         match ops::txn_commit_offsets(shard, group, producer, member, offsets).await {

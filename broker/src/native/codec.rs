@@ -46,7 +46,7 @@ pub enum NativeRequest {
     },
     CommitOffsets {
         group: String,
-        offsets: Vec<(TopicPartition, i64, String)>,
+        offsets: Vec<crate::router::OffsetCommit>,
     },
     FetchOffsets {
         group: String,
@@ -228,7 +228,13 @@ pub fn decode(request: &schema::Request<'_>, payload: BytesMut) -> BrokerResult<
                             topic: t.name().to_string(),
                             partition: p.partition(),
                         };
-                        (tp, p.offset(), p.metadata().unwrap_or_default().to_string())
+                        crate::router::OffsetCommit {
+                            partition: tp,
+                            offset: p.offset(),
+                            // The native protocol does not carry it.
+                            leader_epoch: -1,
+                            metadata: p.metadata().unwrap_or_default().to_string(),
+                        }
                     })
                 })
                 .collect();

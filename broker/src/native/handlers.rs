@@ -725,7 +725,7 @@ async fn commit_offsets(
     shard: &Rc<Shard>,
     request_id: u64,
     group: String,
-    offsets: Vec<(TopicPartition, i64, String)>,
+    offsets: Vec<crate::router::OffsetCommit>,
 ) -> BrokerResult<Vec<Bytes>> {
     let results: Vec<(TopicPartition, ErrorCode)> =
         ops::commit_offsets(shard, group, MemberClaim::none(), offsets)

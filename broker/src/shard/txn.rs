@@ -244,7 +244,7 @@ impl Shard {
         producer_id: i64,
         producer_epoch: i16,
         member: Option<&MemberClaim>,
-        offsets: Vec<(TopicPartition, i64, String)>,
+        offsets: Vec<crate::router::OffsetCommit>,
     ) -> BrokerResult<()> {
         offsets::validate_group(group)?;
         if let Some(member) = member {
