@@ -55,6 +55,11 @@ pub enum BenchCommand {
     /// 3-broker cluster on this machine (three processes sharing its cores and its
     /// device). Runs alternate; figures are medians and the ratio RF=3 / RF=1.
     Replication(PairedRuns),
+    /// What exactly-once costs: durable closed-loop produce over the Kafka protocol
+    /// (acks=all, every batch fsynced, no consumers; read back to verify) as a plain producer, an idempotent one and a
+    /// transactional one committing every 100 messages, runs alternating; figures are
+    /// medians and each mode's ratio to plain.
+    ExactlyOnce(PairedRuns),
 }
 
 /// A comparison of two modes on one single-shard broker, runs alternating.
@@ -123,6 +128,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Gateway(args) => gateway(args),
         BenchCommand::Compaction(args) => compaction(args),
         BenchCommand::Replication(args) => replication(args),
+        BenchCommand::ExactlyOnce(args) => exactly_once(args),
     }
 }
 
@@ -208,6 +214,8 @@ fn base(brokers: &str, topic: String) -> Config {
         topic_configs: vec![],
         from_beginning: false,
         no_read_back: false,
+        idempotent: false,
+        transaction_messages: None,
     }
 }
 
@@ -614,6 +622,85 @@ fn gateway(args: PairedRuns) -> anyhow::Result<()> {
                 f.ratio,
                 f.limit_name,
                 f.kafka / f.limit
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The producer modes `weir bench exactly-once` compares: name, idempotent, messages per
+/// transaction.
+const PRODUCER_MODES: [(&str, bool, Option<u64>); 3] = [
+    ("plain", false, None),
+    ("idempotent", true, None),
+    (
+        "transactional, 100 messages per transaction",
+        true,
+        Some(100),
+    ),
+];
+
+fn exactly_once(args: PairedRuns) -> anyhow::Result<()> {
+    let PairedRuns {
+        data_dir,
+        runs,
+        broker_cpus,
+        json,
+    } = args;
+    let (limits, broker) = limits_and_broker(&data_dir, 1, broker_cpus)?;
+    let mut results: Vec<(&str, Vec<Report>)> = PRODUCER_MODES
+        .iter()
+        .map(|(name, _, _)| (*name, Vec::new()))
+        .collect();
+    for n in 0..runs {
+        // Alternate, so that every mode sees the device in the same moods.
+        for (slot, (name, idempotent, transaction_messages)) in PRODUCER_MODES.iter().enumerate() {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            eprintln!("{name} (run {})", n + 1);
+            let mut config = base(&broker.kafka, format!("exactly-once-{slot}-{n}"));
+            config.protocol = Protocol::Kafka;
+            // Produce only (read back afterwards to verify): a consumer would share the
+            // producer's connection, and each commit would wait behind its long-poll.
+            config.consumers = 0;
+            config.idempotent = *idempotent;
+            config.transaction_messages = *transaction_messages;
+            let topic = config.topic.clone();
+            let report = weir_loadgen::run(config)?;
+            delete_topic(&broker.native, &topic)?;
+            anyhow::ensure!(report.ok, "{name}: verification failed\n{}", report.table());
+            results[slot].1.push(report);
+        }
+    }
+    let figures: Vec<serde_json::Value> = results
+        .iter()
+        .map(|(mode, reports)| {
+            let throughput: Vec<f64> = reports.iter().map(|r| r.throughput_mb_s).collect();
+            let p99: Vec<f64> = reports.iter().map(|r| r.produce_latency_us.p99).collect();
+            serde_json::json!({
+                "mode": mode,
+                "produce_mb_s_runs": throughput,
+                "produce_mb_s": median(&throughput),
+                "produce_ack_p99_us_runs": p99,
+                "produce_ack_p99_us": median(&p99),
+            })
+        })
+        .collect();
+    let plain = figures[0]["produce_mb_s"].as_f64().unwrap_or(f64::NAN);
+    if json {
+        let value = serde_json::json!({ "limits": limits, "figures": figures });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        for f in &figures {
+            let mb_s = f["produce_mb_s"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "{:<46} produce {:>7.1} MB/s {}  /plain {:.3}  /direct write {:.3}  ack p99 {:>8.0} us {}",
+                f["mode"].as_str().unwrap_or_default(),
+                mb_s,
+                f["produce_mb_s_runs"],
+                mb_s / plain,
+                mb_s / limits.disk.direct_write_mb_s,
+                f["produce_ack_p99_us"].as_f64().unwrap_or(f64::NAN),
+                f["produce_ack_p99_us_runs"],
             );
         }
     }

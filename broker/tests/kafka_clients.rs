@@ -122,3 +122,12 @@ fn transactions_through_librdkafka() {
 fn consume_transform_produce_exactly_once() {
     run("transactions.py", &["pipeline"]);
 }
+
+/// Idempotence under broker kill -9: 100,000 messages from librdkafka's idempotent
+/// producer while the broker is killed and restarted 50 times; all delivered, each stored
+/// exactly once.
+#[test]
+fn idempotent_producer_through_50_broker_kills() {
+    run("transactions.py", &["idempotence"]);
+}
+

@@ -34,6 +34,8 @@ fn config(brokers: String) -> Config {
         topic_configs: vec![],
         from_beginning: false,
         no_read_back: false,
+        idempotent: false,
+        transaction_messages: None,
     }
 }
 
@@ -125,6 +127,36 @@ fn loadgen_verifies_the_kafka_gateway() {
         report.messages > 0 && report.consumed == report.messages,
         "{}",
         report.table()
+    );
+}
+
+/// Idempotent and transactional producing through the Kafka gateway (what
+/// `docs/BENCHMARKS.md` measures): batches carry producer ids and sequences, and in the
+/// transactional run 100-message transactions commit; every message is consumed once.
+#[test]
+fn loadgen_produces_idempotently_and_in_transactions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker =
+        BrokerProcess::start(env!("CARGO_BIN_EXE_weir"), dir.path(), 2, &[]).expect("broker");
+    for transaction_messages in [None, Some(100)] {
+        let mut config = config(broker.kafka.clone());
+        config.protocol = Protocol::Kafka;
+        config.topic = format!("load-{}", transaction_messages.unwrap_or(0));
+        config.idempotent = true;
+        config.transaction_messages = transaction_messages;
+        let report = weir_loadgen::run(config).expect("loadgen");
+        assert!(report.ok, "{transaction_messages:?}: {}", report.table());
+        assert!(
+            report.messages > 0 && report.consumed == report.messages && report.duplicates == 0,
+            "{}",
+            report.table()
+        );
+    }
+    let mut native = config(broker.native.clone());
+    native.idempotent = true;
+    assert!(
+        weir_loadgen::run(native).is_err(),
+        "the native protocol has no idempotence yet"
     );
 }
 

@@ -13,14 +13,16 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpStream;
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest,
-    ProduceRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind, TopicName,
+    AddPartitionsToTxnRequest, ApiKey, BrokerId, CreateTopicsRequest, EndTxnRequest, FetchRequest,
+    InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, ProducerId,
+    RequestHeader, RequestKind, ResponseHeader, ResponseKind, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use weir_client::{Acks, ErrorCode, FetchSpec, FetchedPartition, OffsetQuery, ProduceResult};
@@ -31,6 +33,9 @@ const FETCH_VERSION: i16 = 12;
 const LIST_OFFSETS_VERSION: i16 = 7;
 const METADATA_VERSION: i16 = 9;
 const CREATE_TOPICS_VERSION: i16 = 5;
+const INIT_PRODUCER_ID_VERSION: i16 = 4;
+/// AddPartitionsToTxn and EndTxn: the versions librdkafka uses.
+const TXN_VERSION: i16 = 1;
 /// The largest response loadgen accepts.
 const RESPONSE_BYTES_MAX: usize = 256 << 20;
 
@@ -48,7 +53,9 @@ fn code(error: i16) -> ErrorCode {
 
 struct Connection {
     writer: RefCell<Option<WriteHalf<TcpStream>>>,
-    write_turn: glommio::sync::Semaphore,
+    /// Requests are written in the order `call` was entered: a FIFO gate, so an
+    /// idempotent producer's pipelined batches keep their sequence order.
+    write_turn: Rc<weir_client::ArrivalGate>,
     /// Requests awaiting their response, in the order they were sent.
     waiting: RefCell<VecDeque<(i32, LocalSender<Bytes>)>>,
     correlation: Cell<i32>,
@@ -69,7 +76,7 @@ impl KafkaClient {
         let (reader, writer) = futures_lite::io::split(stream);
         let connection = Rc::new(Connection {
             writer: RefCell::new(Some(writer)),
-            write_turn: glommio::sync::Semaphore::new(1),
+            write_turn: weir_client::ArrivalGate::new(),
             waiting: RefCell::new(VecDeque::new()),
             correlation: Cell::new(0),
         });
@@ -86,6 +93,7 @@ impl KafkaClient {
         expect_response: bool,
     ) -> anyhow::Result<Option<ResponseKind>> {
         let connection = &self.connection;
+        let turn = connection.write_turn.take_ticket();
         let correlation = connection.correlation.get().wrapping_add(1);
         connection.correlation.set(correlation);
         let header = RequestHeader::default()
@@ -100,11 +108,8 @@ impl KafkaClient {
         let size = (frame.len() - 4) as i32;
         frame[..4].copy_from_slice(&size.to_be_bytes());
         let receiver = {
-            let _turn = connection
-                .write_turn
-                .acquire_permit(1)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            turn.wait_turn().await;
+            let _turn = turn;
             let receiver = expect_response.then(|| {
                 let (sender, receiver) = local_channel::new_bounded(1);
                 connection
@@ -301,6 +306,124 @@ impl KafkaClient {
             }
         }
         Ok(results)
+    }
+
+    /// InitProducerId: an idempotent producer's id and epoch, or a transactional one's.
+    pub async fn init_producer_id(
+        &self,
+        transactional_id: Option<&str>,
+    ) -> anyhow::Result<(i64, i16)> {
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(transactional_id.map(|t| TransactionalId(s(t))))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let response = self
+            .call_retrying(
+                ApiKey::InitProducerId,
+                INIT_PRODUCER_ID_VERSION,
+                request.into(),
+            )
+            .await?;
+        let ResponseKind::InitProducerId(r) = response else {
+            bail!("InitProducerId answered with {response:?}");
+        };
+        if r.error_code != 0 {
+            bail!("InitProducerId: Kafka error {}", r.error_code);
+        }
+        Ok((r.producer_id.0, r.producer_epoch))
+    }
+
+    pub async fn add_partitions_to_txn(
+        &self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        partitions: &[(String, i32)],
+    ) -> anyhow::Result<()> {
+        let topics = partitions
+            .iter()
+            .map(|(topic, partition)| {
+                AddPartitionsToTxnTopic::default()
+                    .with_name(TopicName(s(topic)))
+                    .with_partitions(vec![*partition])
+            })
+            .collect();
+        let request = AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(s(transactional_id)))
+            .with_v3_and_below_producer_id(ProducerId(producer.0))
+            .with_v3_and_below_producer_epoch(producer.1)
+            .with_v3_and_below_topics(topics);
+        let response = self
+            .call_retrying(ApiKey::AddPartitionsToTxn, TXN_VERSION, request.into())
+            .await?;
+        let ResponseKind::AddPartitionsToTxn(r) = response else {
+            bail!("AddPartitionsToTxn answered with {response:?}");
+        };
+        for topic in &r.results_by_topic_v3_and_below {
+            for p in &topic.results_by_partition {
+                if p.partition_error_code != 0 {
+                    bail!("AddPartitionsToTxn: Kafka error {}", p.partition_error_code);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn end_txn(
+        &self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        commit: bool,
+    ) -> anyhow::Result<()> {
+        let request = EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(s(transactional_id)))
+            .with_producer_id(ProducerId(producer.0))
+            .with_producer_epoch(producer.1)
+            .with_committed(commit);
+        let response = self
+            .call_retrying(ApiKey::EndTxn, TXN_VERSION, request.into())
+            .await?;
+        let ResponseKind::EndTxn(r) = response else {
+            bail!("EndTxn answered with {response:?}");
+        };
+        if r.error_code != 0 {
+            bail!("EndTxn: Kafka error {}", r.error_code);
+        }
+        Ok(())
+    }
+
+    /// A coordinator call, again while the coordinator says it is busy with the id
+    /// (CONCURRENT_TRANSACTIONS) or not ready (COORDINATOR_LOAD_IN_PROGRESS).
+    async fn call_retrying(
+        &self,
+        api: ApiKey,
+        version: i16,
+        body: RequestKind,
+    ) -> anyhow::Result<ResponseKind> {
+        const RETRIABLE: [i16; 2] = [51, 14];
+        for _ in 0..100 {
+            let response = self
+                .call(api, version, body.clone(), true)
+                .await?
+                .context("no response")?;
+            let code = match &response {
+                ResponseKind::InitProducerId(r) => r.error_code,
+                ResponseKind::EndTxn(r) => r.error_code,
+                ResponseKind::AddPartitionsToTxn(r) => r
+                    .results_by_topic_v3_and_below
+                    .iter()
+                    .flat_map(|t| &t.results_by_partition)
+                    .map(|p| p.partition_error_code)
+                    .find(|c| *c != 0)
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            if !RETRIABLE.contains(&code) {
+                return Ok(response);
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        bail!("{api:?}: the coordinator stayed busy")
     }
 
     pub async fn fetch(&self, spec: &FetchSpec) -> anyhow::Result<Vec<FetchedPartition>> {

@@ -119,6 +119,40 @@ pub struct Config {
     /// (untimed) to verify it; this skips that, and the report says it is unverified.
     #[arg(long)]
     pub no_read_back: bool,
+    /// Produce as idempotent producers (Kafka protocol, acks all): each gets a producer
+    /// id, and its batches carry sequence numbers the broker checks.
+    #[arg(long)]
+    pub idempotent: bool,
+    /// Produce in transactions of this many messages per producer (Kafka protocol, acks
+    /// all; implies --idempotent): a transaction adds its partitions as it first writes
+    /// to them, and commits once every batch of it is acknowledged.
+    #[arg(long)]
+    pub transaction_messages: Option<u64>,
+}
+
+/// A producer's idempotence and transaction state: its id and epoch, the next sequence
+/// number of each partition slot, and the open transaction's partitions and size.
+struct Idempotence {
+    producer: (i64, i16),
+    transactional_id: Option<String>,
+    sequences: HashMap<i32, i32>,
+    in_transaction: std::collections::BTreeSet<i32>,
+    transaction_messages: u64,
+}
+
+impl Idempotence {
+    /// Gives the batch its producer fields; sequences follow the order batches are
+    /// sent in (one connection, written in arrival order).
+    fn stamp(&mut self, slot: i32, batch: &mut OpenBatch) {
+        let sequence = self.sequences.entry(slot).or_insert(0);
+        batch
+            .builder
+            .producer(self.producer.0, self.producer.1, *sequence);
+        if self.transactional_id.is_some() {
+            batch.builder.transactional();
+        }
+        *sequence = sequence.wrapping_add(batch.builder.records_count()) & i32::MAX;
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -234,6 +268,8 @@ struct ConsumerOutcome {
     last_ns: u64,
     /// Offsets read past (the range consumed), to check catch-up reads against.
     offsets_read: u64,
+    /// Of those, offsets of transaction markers (which hold no message).
+    control_offsets: i64,
 }
 
 enum Outcome {
@@ -337,6 +373,14 @@ const DECOMPRESSED_BATCH_BYTES_MAX: usize = 256 << 20;
 /// Runs the load described by `config` and reports on it.
 pub fn run(config: Config) -> anyhow::Result<Report> {
     codec(&config.compression)?;
+    if (config.idempotent || config.transaction_messages.is_some())
+        && (config.protocol != Protocol::Kafka || config.acks != AcksArg::All)
+    {
+        bail!("--idempotent and --transaction-messages need --protocol kafka and --acks all");
+    }
+    if config.transaction_messages == Some(0) {
+        bail!("--transaction-messages must be positive");
+    }
     if config.message_bytes < message::MESSAGE_HEADER_BYTES
         || config.batch_bytes == 0
         || config.threads == 0
@@ -585,6 +629,21 @@ async fn produce(
     }));
     let in_flight = Rc::new(glommio::sync::Semaphore::new(config.in_flight as u64));
     let mut open: HashMap<i32, OpenBatch> = HashMap::new();
+    let mut idempotence = match &client {
+        Broker::Kafka(kafka) if config.idempotent || config.transaction_messages.is_some() => {
+            let transactional_id = config
+                .transaction_messages
+                .map(|_| format!("loadgen-{}-{id}", std::process::id()));
+            Some(Idempotence {
+                producer: kafka.init_producer_id(transactional_id.as_deref()).await?,
+                transactional_id,
+                sequences: HashMap::new(),
+                in_transaction: Default::default(),
+                transaction_messages: 0,
+            })
+        }
+        _ => None,
+    };
     let mut value = Vec::with_capacity(config.message_bytes_max.unwrap_or(config.message_bytes));
     let compression = codec(&config.compression)?;
     let (mut sequence, mut next_ns, mut rotation) = (0u64, nanos_since(epoch), id as i32);
@@ -637,6 +696,19 @@ async fn produce(
             };
             let key = (config.key_cardinality > 0)
                 .then(|| format!("key-{}", sequence % config.key_cardinality));
+            if let (Some(idem), Broker::Kafka(kafka)) = (&mut idempotence, &client)
+                && let Some(transactional_id) = &idem.transactional_id
+                && !idem.in_transaction.contains(&partition)
+            {
+                let tp = (
+                    layout.topic(partition).to_string(),
+                    layout.partition(partition),
+                );
+                kafka
+                    .add_partitions_to_txn(transactional_id, idem.producer, &[tp])
+                    .await?;
+                idem.in_transaction.insert(partition);
+            }
             let batch = open.entry(partition).or_insert_with(|| {
                 let mut builder = BatchBuilder::new(wall_ms(epoch_wall_ms, intended));
                 builder.compression(compression);
@@ -659,13 +731,48 @@ async fn produce(
             sequence += 1;
             next_ns += interval_ns.unwrap_or(0);
             if batch.builder.size_bytes() >= config.batch_bytes {
-                let batch = open.remove(&partition).expect("batch just filled");
+                let mut batch = open.remove(&partition).expect("batch just filled");
+                if let Some(idem) = &mut idempotence {
+                    idem.stamp(partition, &mut batch);
+                }
                 send(
                     &client, &config, layout, &shared, &state, &in_flight, partition, batch, epoch,
                     warmup_ns,
                 )
                 .await?;
                 rotation += 1;
+            }
+            let transaction_full = match (&mut idempotence, config.transaction_messages) {
+                (Some(idem), Some(limit)) => {
+                    idem.transaction_messages += 1;
+                    idem.transaction_messages >= limit
+                }
+                _ => false,
+            };
+            if transaction_full {
+                // Every batch of the transaction is sent and acknowledged, then it commits.
+                for (partition, mut batch) in std::mem::take(&mut open) {
+                    if let Some(idem) = &mut idempotence {
+                        idem.stamp(partition, &mut batch);
+                    }
+                    send(
+                        &client, &config, layout, &shared, &state, &in_flight, partition, batch,
+                        epoch, warmup_ns,
+                    )
+                    .await?;
+                }
+                let all = in_flight
+                    .acquire_permit(config.in_flight as u64)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                if let (Some(idem), Broker::Kafka(kafka)) = (&mut idempotence, &client)
+                    && let Some(transactional_id) = &idem.transactional_id
+                {
+                    kafka.end_txn(transactional_id, idem.producer, true).await?;
+                    idem.in_transaction.clear();
+                    idem.transaction_messages = 0;
+                }
+                drop(all);
             }
         }
         let lingering: Vec<i32> = open
@@ -674,7 +781,10 @@ async fn produce(
             .map(|(p, _)| *p)
             .collect();
         for partition in lingering {
-            if let Some(batch) = open.remove(&partition) {
+            if let Some(mut batch) = open.remove(&partition) {
+                if let Some(idem) = &mut idempotence {
+                    idem.stamp(partition, &mut batch);
+                }
                 send(
                     &client, &config, layout, &shared, &state, &in_flight, partition, batch, epoch,
                     warmup_ns,
@@ -700,7 +810,10 @@ async fn produce(
             }
         }
     }
-    for (partition, batch) in std::mem::take(&mut open) {
+    for (partition, mut batch) in std::mem::take(&mut open) {
+        if let Some(idem) = &mut idempotence {
+            idem.stamp(partition, &mut batch);
+        }
         send(
             &client, &config, layout, &shared, &state, &in_flight, partition, batch, epoch,
             warmup_ns,
@@ -708,6 +821,12 @@ async fn produce(
         .await?;
     }
     let _all = in_flight.acquire_permit(config.in_flight as u64).await;
+    if let (Some(idem), Broker::Kafka(kafka)) = (&mut idempotence, &client)
+        && let Some(transactional_id) = &idem.transactional_id
+        && !idem.in_transaction.is_empty()
+    {
+        kafka.end_txn(transactional_id, idem.producer, true).await?;
+    }
     shared.producers_done.fetch_add(1, Ordering::AcqRel);
     let state = Rc::try_unwrap(state)
         .map_err(|_| anyhow::anyhow!("a produce request outlived its producer"))?
@@ -829,6 +948,7 @@ async fn consume(
         first_ns: None,
         last_ns: 0,
         offsets_read: 0,
+        control_offsets: 0,
     };
     // Per slot: where the next fetch starts, and where a catch-up read stops.
     let mut positions: HashMap<i32, (i64, i64)> = slots
@@ -926,6 +1046,13 @@ fn receive(
     while at < records.len() {
         let header = BatchHeader::parse(&records[at..])?;
         let batch = &records[at..at + header.total_bytes()];
+        if header.attributes.is_control() {
+            // A transaction marker: no message, but it holds an offset.
+            outcome.control_offsets += header.next_offset() - header.base_offset;
+            next = header.next_offset();
+            at += header.total_bytes();
+            continue;
+        }
         let now = nanos_since(epoch);
         let (_, section) = weir_wire::record::records_section(batch, DECOMPRESSED_BATCH_BYTES_MAX)?;
         for record in RecordIter::over(header, &section) {
@@ -1013,7 +1140,7 @@ fn report(
     let mut receipts = Receipts::default();
     let (mut bytes_after_warmup, mut finished_ns, mut consumed_bytes) = (0u64, 0u64, 0u64);
     let (mut consume_first_ns, mut consume_last_ns) = (u64::MAX, 0u64);
-    let (mut messages_after_warmup, mut offsets_read) = (0u64, 0u64);
+    let (mut messages_after_warmup, mut offsets_read, mut stored_markers) = (0u64, 0u64, 0u64);
     for outcome in outcomes {
         match outcome {
             Outcome::Producer(p) => {
@@ -1029,6 +1156,7 @@ fn report(
                 consume_last_ns = consume_last_ns.max(c.last_ns);
                 consumed_bytes += c.bytes;
                 offsets_read += c.offsets_read;
+                stored_markers += c.control_offsets.max(0) as u64;
                 receipts.merge(c.receipts);
             }
         }
@@ -1043,7 +1171,7 @@ fn report(
     if catch_up_only {
         // Nothing was produced to expect: every stored offset read must have held a
         // message, and every stored offset must have been read.
-        let stored: u64 = stored.iter().sum();
+        let stored: u64 = stored.iter().sum::<u64>().saturating_sub(stored_markers);
         let delivered = receipts.received + receipts.corrupt;
         verdict.lost += stored.saturating_sub(delivered.min(offsets_read));
     }

@@ -335,6 +335,8 @@ fn config(address: String) -> Config {
         topic_configs: vec![],
         from_beginning: false,
         no_read_back: false,
+        idempotent: false,
+        transaction_messages: None,
     }
 }
 
