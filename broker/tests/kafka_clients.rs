@@ -130,4 +130,3 @@ fn consume_transform_produce_exactly_once() {
 fn idempotent_producer_through_50_broker_kills() {
     run("transactions.py", &["idempotence"]);
 }
-

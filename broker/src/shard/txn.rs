@@ -318,32 +318,45 @@ impl Shard {
         })
     }
 
-    /// Makes an entry current and durable on the coordinator's in-sync replicas.
+    /// Makes an entry current and durable on the coordinator's in-sync replicas. If it
+    /// does not become durable, the entry before it is current again, so that nothing
+    /// acts on a decision that may be lost (the client retries; a coordinator that
+    /// later finds the record in its log finishes it as decided, which is what the retry
+    /// asks for).
     async fn write_txn_entry(
         &self,
         leader: &TxnLeader,
         transactional_id: &str,
-        entries: Vec<TxnMetadata>,
+        entry: TxnMetadata,
     ) -> BrokerResult<()> {
-        let mut last = None;
-        for entry in entries {
-            last = Some(leader.store.borrow_mut().start_write(
-                transactional_id,
-                entry,
-                leader.leader_epoch,
-            )?);
+        let previous = leader.store.borrow().get(transactional_id).cloned();
+        let written = entry.clone();
+        let info =
+            leader
+                .store
+                .borrow_mut()
+                .start_write(transactional_id, entry, leader.leader_epoch)?;
+        let durable = match leader.log.finish_append(&info).await {
+            Ok(()) => {
+                self.wait_replicated(
+                    &leader.partition,
+                    &leader.log,
+                    &leader.replication,
+                    leader.leader_epoch,
+                    info.last_offset + 1,
+                    1,
+                )
+                .await
+            }
+            Err(error) => Err(error.into()),
+        };
+        if durable.is_err() {
+            let mut store = leader.store.borrow_mut();
+            if store.get(transactional_id) == Some(&written) {
+                store.restore(transactional_id, previous);
+            }
         }
-        let Some(info) = last else { return Ok(()) };
-        leader.log.finish_append(&info).await?;
-        self.wait_replicated(
-            &leader.partition,
-            &leader.log,
-            &leader.replication,
-            leader.leader_epoch,
-            info.last_offset + 1,
-            1,
-        )
-        .await
+        durable
     }
 
     pub(super) async fn txn_call(self: &Rc<Self>, call: TxnCall) -> TxnAnswer {
@@ -435,7 +448,7 @@ impl Shard {
                 // A new producer of the id: the old one's transaction is aborted, at an
                 // epoch the old one no longer has.
                 let aborting = entry.fence_and_abort();
-                self.write_txn_entry(&leader, transactional_id, vec![aborting.clone()])
+                self.write_txn_entry(&leader, transactional_id, aborting.clone())
                     .await?;
                 self.complete_txn(transactional_id, aborting).await?
             }
@@ -465,7 +478,7 @@ impl Shard {
             ));
         }
         let answer = (next.producer_id, next.producer_epoch);
-        self.write_txn_entry(&leader, transactional_id, vec![next])
+        self.write_txn_entry(&leader, transactional_id, next)
             .await?;
         Ok(answer)
     }
@@ -494,8 +507,7 @@ impl Shard {
                 .add_partitions(producer_id, producer_epoch, &partitions, now_ms())
                 .map_err(|e| kafka_error(e, transactional_id))?
         };
-        self.write_txn_entry(&leader, transactional_id, vec![next])
-            .await
+        self.write_txn_entry(&leader, transactional_id, next).await
     }
 
     async fn end_txn(
@@ -525,7 +537,7 @@ impl Shard {
                 transactional_id,
             ));
         };
-        self.write_txn_entry(&leader, transactional_id, vec![next.clone()])
+        self.write_txn_entry(&leader, transactional_id, next.clone())
             .await?;
         self.complete_txn(transactional_id, next).await.map(|_| ())
     }
@@ -554,7 +566,7 @@ impl Shard {
         let leader = self.txn_coordinator(transactional_id)?;
         unchanged(&leader)?;
         let completed = entry.completed();
-        self.write_txn_entry(&leader, transactional_id, vec![completed.clone()])
+        self.write_txn_entry(&leader, transactional_id, completed.clone())
             .await?;
         tracing::debug!(
             node = self.node,
@@ -749,7 +761,7 @@ impl Shard {
                 "aborting a transaction past its timeout"
             );
             let aborting = entry.fence_and_abort();
-            self.write_txn_entry(&leader, transactional_id, vec![aborting.clone()])
+            self.write_txn_entry(&leader, transactional_id, aborting.clone())
                 .await?;
             aborting
         };

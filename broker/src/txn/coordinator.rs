@@ -306,6 +306,18 @@ impl TxnStore {
         &self.log
     }
 
+    /// Puts back, in memory only, the entry a write that did not become durable replaced.
+    pub fn restore(&mut self, transactional_id: &str, previous: Option<TxnMetadata>) {
+        match previous {
+            Some(entry) => {
+                self.entries.insert(transactional_id.to_string(), entry);
+            }
+            None => {
+                self.entries.remove(transactional_id);
+            }
+        }
+    }
+
     /// Queues the entry and makes it current at once; the caller makes it durable
     /// (`Log::finish_append`, replication) before acting on it.
     pub fn start_write(
