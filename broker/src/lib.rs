@@ -19,6 +19,7 @@ pub mod net;
 pub mod offsets;
 pub mod ops;
 pub mod producers;
+pub mod replay;
 pub mod replica;
 pub mod router;
 pub mod shard;

@@ -82,53 +82,48 @@ impl OffsetsPartition {
             pending: BTreeMap::new(),
             epochs: BTreeMap::new(),
         };
-        let mut offset = log.log_start_offset();
-        loop {
-            let batches = log.read(offset, 1 << 20, i64::MAX).await?;
-            let Some(last) = batches.last() else { break };
-            offset = BatchHeader::parse(last)?.next_offset();
-            for batch in &batches {
-                let header = BatchHeader::parse(batch)?;
-                if header.attributes.is_control() {
-                    let commit =
-                        weir_wire::control_type(batch)? == Some(weir_wire::ControlType::Commit);
-                    store.end_txn(header.producer_id, header.producer_epoch, commit);
-                    continue;
-                }
-                let latest = if header.attributes.is_transactional() {
-                    store.saw_epoch(header.producer_id, header.producer_epoch);
-                    let pending = store
-                        .pending
-                        .entry(header.producer_id)
-                        .or_insert_with(|| (header.producer_epoch, BTreeMap::new()));
-                    pending.0 = pending.0.max(header.producer_epoch);
-                    &mut pending.1
-                } else {
-                    &mut store.latest
+        crate::replay::replay(&log, log.log_start_offset(), |batch, header| {
+            if header.attributes.is_control() {
+                let commit =
+                    weir_wire::control_type(batch)? == Some(weir_wire::ControlType::Commit);
+                store.end_txn(header.producer_id, header.producer_epoch, commit);
+                return Ok(());
+            }
+            let latest = if header.attributes.is_transactional() {
+                store.saw_epoch(header.producer_id, header.producer_epoch);
+                let pending = store
+                    .pending
+                    .entry(header.producer_id)
+                    .or_insert_with(|| (header.producer_epoch, BTreeMap::new()));
+                pending.0 = pending.0.max(header.producer_epoch);
+                &mut pending.1
+            } else {
+                &mut store.latest
+            };
+            for record in RecordIter::new(batch)? {
+                let record = record?;
+                let Some(key) = record.key else { continue };
+                let undecodable = || {
+                    BrokerError::Internal(format!(
+                        "undecodable commit at offset {} of {}",
+                        record.offset,
+                        log.dir().display()
+                    ))
                 };
-                for record in RecordIter::new(batch)? {
-                    let record = record?;
-                    let Some(key) = record.key else { continue };
-                    let undecodable = || {
-                        BrokerError::Internal(format!(
-                            "undecodable commit at offset {} of {}",
-                            record.offset,
-                            log.dir().display()
-                        ))
-                    };
-                    let key = decode_key(key).ok_or_else(undecodable)?;
-                    match record.value {
-                        Some(value) => {
-                            latest.insert(key, decode_value(value).ok_or_else(undecodable)?);
-                        }
-                        // A tombstone: the group or partition's offsets were deleted.
-                        None => {
-                            latest.remove(&key);
-                        }
+                let key = decode_key(key).ok_or_else(undecodable)?;
+                match record.value {
+                    Some(value) => {
+                        latest.insert(key, decode_value(value).ok_or_else(undecodable)?);
+                    }
+                    // A tombstone: the group or partition's offsets were deleted.
+                    None => {
+                        latest.remove(&key);
                     }
                 }
             }
-        }
+            Ok(())
+        })
+        .await?;
         Ok(store)
     }
 

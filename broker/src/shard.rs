@@ -769,18 +769,14 @@ impl Shard {
         let epoch = self.replication(partition)?.role.borrow().leader_epoch();
         let mut table = ProducerTable::default();
         let active_base = log.segment_base_offsets().last().copied().unwrap_or(0);
-        let mut offset = active_base
+        let from = active_base
             .max(log.log_end_offset() - PRODUCER_REBUILD_OFFSETS)
             .max(log.log_start_offset());
-        loop {
-            let batches = log.read(offset, 1 << 20, i64::MAX).await?;
-            let Some(last) = batches.last() else { break };
-            offset = weir_wire::BatchHeader::parse(last)?.next_offset();
-            for batch in &batches {
-                let header = weir_wire::BatchHeader::parse(batch)?;
-                table.record(&header, header.base_offset);
-            }
-        }
+        let offset = crate::replay::replay(log, from, |_, header| {
+            table.record(header, header.base_offset);
+            Ok(())
+        })
+        .await?;
         let now = self.replication(partition)?.role.borrow().leader_epoch();
         if epoch.is_none() || now != epoch {
             return Ok(());

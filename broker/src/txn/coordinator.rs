@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use kafka_protocol::ResponseError;
 use weir_storage::Log;
-use weir_wire::{BatchBuilder, BatchHeader, RecordIter};
+use weir_wire::{BatchBuilder, RecordIter};
 
 use crate::error::{BrokerError, BrokerResult};
 use crate::metadata::now_ms;
@@ -260,37 +260,33 @@ impl TxnStore {
     /// Replays the partition's log into memory.
     pub async fn load(log: Rc<Log>) -> BrokerResult<TxnStore> {
         let mut entries = BTreeMap::new();
-        let mut offset = log.log_start_offset();
-        loop {
-            let batches = log.read(offset, 1 << 20, i64::MAX).await?;
-            let Some(last) = batches.last() else { break };
-            offset = BatchHeader::parse(last)?.next_offset();
-            for batch in &batches {
-                // Only this broker writes entries; anything else (a marker sent by a
-                // client with WriteTxnMarkers) is skipped rather than stopping the load.
-                if BatchHeader::parse(batch)?.attributes.is_control() {
+        crate::replay::replay(&log, log.log_start_offset(), |batch, header| {
+            // Only this broker writes entries; anything else (a marker sent by a client
+            // with WriteTxnMarkers) is skipped rather than stopping the load.
+            if header.attributes.is_control() {
+                return Ok(());
+            }
+            for record in RecordIter::new(batch)? {
+                let record = record?;
+                let Some(id) = record.key.and_then(decode_key) else {
+                    tracing::warn!(offset = record.offset, log = %log.dir().display(), "skipping an undecodable transaction state key");
                     continue;
-                }
-                for record in RecordIter::new(batch)? {
-                    let record = record?;
-                    let Some(id) = record.key.and_then(decode_key) else {
-                        tracing::warn!(offset = record.offset, log = %log.dir().display(), "skipping an undecodable transaction state key");
-                        continue;
-                    };
-                    match record.value.map(decode_value) {
-                        Some(Some(entry)) => {
-                            entries.insert(id, entry);
-                        }
-                        Some(None) => {
-                            tracing::warn!(offset = record.offset, log = %log.dir().display(), "skipping an undecodable transaction state entry");
-                        }
-                        None => {
-                            entries.remove(&id);
-                        }
+                };
+                match record.value.map(decode_value) {
+                    Some(Some(entry)) => {
+                        entries.insert(id, entry);
+                    }
+                    Some(None) => {
+                        tracing::warn!(offset = record.offset, log = %log.dir().display(), "skipping an undecodable transaction state entry");
+                    }
+                    None => {
+                        entries.remove(&id);
                     }
                 }
             }
-        }
+            Ok(())
+        })
+        .await?;
         Ok(TxnStore { log, entries })
     }
 
