@@ -124,6 +124,13 @@ pub struct ProduceArgs {
     pub acks: AcksArg,
     #[arg(long, default_value = "5")]
     pub linger_ms: u64,
+    /// An idempotent producer: retries never duplicate a record.
+    #[arg(long)]
+    pub idempotent: bool,
+    /// Send every line in one transaction of this transactional id, committed at the
+    /// end of the input (fencing any older producer of the id).
+    #[arg(long)]
+    pub transactional_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -156,6 +163,9 @@ pub struct ConsumeArgs {
     /// Stop when nothing arrived for this long.
     #[arg(long)]
     pub idle_timeout_ms: Option<u64>,
+    /// Only records of committed transactions (Kafka's isolation.level=read_committed).
+    #[arg(long)]
+    pub read_committed: bool,
 }
 
 /// Runs a client command on a glommio executor of its own.
@@ -419,9 +429,14 @@ pub async fn produce(
     let config = ProducerConfig {
         acks,
         linger: Duration::from_millis(args.linger_ms),
+        idempotent: args.idempotent,
+        transactional_id: args.transactional_id.clone(),
         ..ProducerConfig::default()
     };
-    let producer = Producer::new(client, config);
+    let producer = Producer::new(client, config).await?;
+    if args.transactional_id.is_some() {
+        producer.begin_transaction()?;
+    }
     let headers: Vec<(String, Option<Bytes>)> = args
         .headers
         .iter()
@@ -451,10 +466,23 @@ pub async fn produce(
     }
     producer.flush().await;
     let count = deliveries.len() as u64;
+    let mut failure = None;
     for delivery in deliveries {
-        delivery.wait().await?;
+        if let Err(error) = delivery.wait().await {
+            failure.get_or_insert(error);
+        }
+    }
+    if args.transactional_id.is_some() {
+        match &failure {
+            // Nothing of a transaction with a lost record becomes visible.
+            Some(_) => producer.abort_transaction().await?,
+            None => producer.commit_transaction().await?,
+        }
     }
     producer.close().await;
+    if let Some(error) = failure {
+        return Err(error.into());
+    }
     Ok(count)
 }
 
@@ -485,6 +513,7 @@ pub async fn consume(brokers: String, args: ConsumeArgs) -> anyhow::Result<()> {
     let config = ConsumerConfig {
         group: args.group.clone(),
         start: start_from(&args.from)?,
+        read_committed: args.read_committed,
         ..ConsumerConfig::default()
     };
     let mut consumer = match args.partition {

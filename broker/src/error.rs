@@ -31,6 +31,9 @@ pub enum BrokerError {
     Storage(#[from] StorageError),
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// The broker is starting and does not have its metadata yet: clients retry.
+    #[error("the broker is starting: its metadata is not loaded yet")]
+    Starting,
     /// An error only the Kafka protocol has (consumer group membership, idempotent
     /// producers), with its Kafka error code.
     #[error("{message}")]
@@ -109,9 +112,9 @@ impl BrokerError {
             ) => ErrorCode::NotLeader,
             BrokerError::Storage(_) => ErrorCode::StorageError,
             BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
-            BrokerError::Kafka { .. } | BrokerError::InvalidRecords { .. } => {
-                ErrorCode::InvalidRequest
-            }
+            BrokerError::Starting => ErrorCode::LeaderNotAvailable,
+            BrokerError::Kafka { code, .. } => native_of_kafka(*code),
+            BrokerError::InvalidRecords { .. } => ErrorCode::InvalidRequest,
             BrokerError::NotLeader { .. } | BrokerError::NotCoordinator(_) => ErrorCode::NotLeader,
             BrokerError::LeaderNotAvailable { .. } => ErrorCode::LeaderNotAvailable,
             BrokerError::NotEnoughReplicas { .. }
@@ -139,10 +142,55 @@ impl BrokerError {
                 | BrokerError::NotEnoughReplicas { .. }
                 | BrokerError::NotEnoughReplicasAfterAppend { .. }
                 | BrokerError::NotCoordinator(_)
+                | BrokerError::Starting
                 | BrokerError::TimedOut(_)
                 | BrokerError::Controller(ControllerError::NotController { .. })
         )
     }
+}
+
+/// The native code of a Kafka error the native protocol can meet (idempotent and
+/// transactional producers); the rest, which only Kafka's group protocol produces, are
+/// InvalidRequest.
+fn native_of_kafka(code: i16) -> ErrorCode {
+    use kafka_protocol::ResponseError as K;
+    let native = [
+        (K::OutOfOrderSequenceNumber, ErrorCode::OutOfOrderSequence),
+        (K::InvalidProducerEpoch, ErrorCode::InvalidProducerEpoch),
+        (K::ProducerFenced, ErrorCode::ProducerFenced),
+        (
+            K::InvalidProducerIdMapping,
+            ErrorCode::InvalidProducerIdMapping,
+        ),
+        (K::InvalidTxnState, ErrorCode::InvalidTxnState),
+        (K::ConcurrentTransactions, ErrorCode::ConcurrentTransactions),
+        (
+            K::InvalidTransactionTimeout,
+            ErrorCode::InvalidTransactionTimeout,
+        ),
+        (K::UnstableOffsetCommit, ErrorCode::UnstableOffsetCommit),
+        (
+            K::CoordinatorNotAvailable,
+            ErrorCode::CoordinatorNotAvailable,
+        ),
+        (
+            K::CoordinatorLoadInProgress,
+            ErrorCode::CoordinatorNotAvailable,
+        ),
+        (K::NotCoordinator, ErrorCode::NotLeader),
+        (K::NotLeaderOrFollower, ErrorCode::NotLeader),
+        (K::NotEnoughReplicas, ErrorCode::NotEnoughReplicas),
+        (K::OperationNotAttempted, ErrorCode::OperationNotAttempted),
+        (
+            K::UnknownTopicOrPartition,
+            ErrorCode::UnknownTopicOrPartition,
+        ),
+        (K::RequestTimedOut, ErrorCode::Timeout),
+    ];
+    native
+        .iter()
+        .find(|(kafka, _)| kafka.code() == code)
+        .map_or(ErrorCode::InvalidRequest, |(_, native)| *native)
 }
 
 fn controller_code(error: &ControllerError) -> ErrorCode {
@@ -183,6 +231,51 @@ impl From<ControllerError> for BrokerError {
 }
 
 impl BrokerError {
+    /// The same error again, to answer several partitions with it (errors are not
+    /// `Clone`: some carry I/O errors). The variants a client's next step depends on are
+    /// kept; the others become their Kafka code and message.
+    pub fn same(&self) -> BrokerError {
+        match self {
+            BrokerError::Kafka { code, message } => BrokerError::Kafka {
+                code: *code,
+                message: message.clone(),
+            },
+            BrokerError::NotLeader {
+                topic,
+                partition,
+                node,
+                leader,
+            } => BrokerError::NotLeader {
+                topic: topic.clone(),
+                partition: *partition,
+                node: *node,
+                leader: *leader,
+            },
+            BrokerError::LeaderNotAvailable { topic, partition } => {
+                BrokerError::LeaderNotAvailable {
+                    topic: topic.clone(),
+                    partition: *partition,
+                }
+            }
+            BrokerError::UnknownTopicOrPartition { topic, partition } => {
+                BrokerError::UnknownTopicOrPartition {
+                    topic: topic.clone(),
+                    partition: *partition,
+                }
+            }
+            BrokerError::NotCoordinator(group) => BrokerError::NotCoordinator(group.clone()),
+            BrokerError::ShuttingDown => BrokerError::ShuttingDown,
+            BrokerError::Starting => BrokerError::Starting,
+            BrokerError::TimedOut(what) => BrokerError::TimedOut(what.clone()),
+            BrokerError::InvalidRequest(what) => BrokerError::InvalidRequest(what.clone()),
+            BrokerError::InvalidGroup(what) => BrokerError::InvalidGroup(what.clone()),
+            other => BrokerError::Kafka {
+                code: crate::kafka::errors::code(other),
+                message: other.to_string(),
+            },
+        }
+    }
+
     /// A Kafka protocol error: `ResponseError` names the code.
     pub fn kafka(error: kafka_protocol::ResponseError, message: impl Into<String>) -> BrokerError {
         BrokerError::Kafka {

@@ -568,6 +568,135 @@ pub async fn txn_call(
     }
 }
 
+/// InitProducerId, whatever the protocol: with a transactional id, at its coordinator
+/// (which fences older producers of the id); without, a new producer id for an
+/// idempotent producer, or (a producer that hit a sequence error says which id it had)
+/// the same id with its epoch bumped.
+pub async fn init_producer(
+    shard: &Rc<Shard>,
+    transactional_id: Option<String>,
+    timeout_ms: i32,
+    current: Option<(i64, i16)>,
+) -> BrokerResult<(i64, i16)> {
+    match (transactional_id, current) {
+        (Some(transactional_id), current) => {
+            let call = crate::txn::TxnCall::InitProducerId {
+                transactional_id: transactional_id.clone(),
+                timeout_ms,
+                expected: current,
+            };
+            match txn_call(shard, &transactional_id, call).await? {
+                crate::txn::TxnAnswer::Producer(result) => result,
+                other => Err(BrokerError::Internal(format!(
+                    "the coordinator answered {other:?}"
+                ))),
+            }
+        }
+        (None, Some((id, epoch))) if (0..i16::MAX - 1).contains(&epoch) => Ok((id, epoch + 1)),
+        (None, _) => shard.new_producer_id().await.map(|id| (id, 0)),
+    }
+}
+
+/// A transaction coordinator request that answers only success or failure.
+pub async fn txn_done(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    call: crate::txn::TxnCall,
+) -> BrokerResult<()> {
+    match txn_call(shard, transactional_id, call).await? {
+        crate::txn::TxnAnswer::Done(result) => result,
+        other => Err(BrokerError::Internal(format!(
+            "the coordinator answered {other:?}"
+        ))),
+    }
+}
+
+/// AddPartitionsToTxn: the partitions join the producer's transaction. A partition of
+/// an unknown (or internal) topic fails the whole request: it is answered
+/// UNKNOWN_TOPIC_OR_PARTITION and the others OPERATION_NOT_ATTEMPTED, as Kafka answers.
+pub async fn add_partitions_to_txn(
+    shard: &Rc<Shard>,
+    transactional_id: String,
+    producer: (i64, i16),
+    partitions: Vec<TopicPartition>,
+) -> Vec<(TopicPartition, BrokerResult<()>)> {
+    let image = shard.image();
+    let exists = |tp: &TopicPartition| {
+        // Internal topics join a transaction only through AddOffsetsToTxn.
+        image
+            .topic(&tp.topic)
+            .filter(|t| !t.internal)
+            .is_some_and(|t| (0..t.partition_count()).contains(&tp.partition))
+    };
+    if !partitions.iter().all(exists) {
+        return partitions
+            .into_iter()
+            .map(|tp| {
+                let error = if exists(&tp) {
+                    BrokerError::kafka(
+                        kafka_protocol::ResponseError::OperationNotAttempted,
+                        "another partition of the request is unknown",
+                    )
+                } else {
+                    BrokerError::UnknownTopicOrPartition {
+                        topic: tp.topic.clone(),
+                        partition: tp.partition,
+                    }
+                };
+                (tp, Err(error))
+            })
+            .collect();
+    }
+    let call = crate::txn::TxnCall::AddPartitions {
+        transactional_id: transactional_id.clone(),
+        producer_id: producer.0,
+        producer_epoch: producer.1,
+        partitions: partitions.clone(),
+    };
+    let result = txn_done(shard, &transactional_id, call).await;
+    partitions
+        .into_iter()
+        .map(|tp| (tp, result.as_ref().map(|_| ()).map_err(BrokerError::same)))
+        .collect()
+}
+
+/// AddOffsetsToTxn: the offsets partition of `group` joins the producer's transaction.
+pub async fn add_offsets_to_txn(
+    shard: &Rc<Shard>,
+    transactional_id: String,
+    producer: (i64, i16),
+    group: String,
+) -> BrokerResult<()> {
+    crate::offsets::validate_group(&group)?;
+    let call = crate::txn::TxnCall::AddOffsets {
+        transactional_id: transactional_id.clone(),
+        producer_id: producer.0,
+        producer_epoch: producer.1,
+        group,
+    };
+    txn_done(shard, &transactional_id, call).await
+}
+
+/// EndTxn: commits or aborts the producer's transaction.
+pub async fn end_txn(
+    shard: &Rc<Shard>,
+    transactional_id: String,
+    producer: (i64, i16),
+    commit: bool,
+) -> BrokerResult<()> {
+    let call = crate::txn::TxnCall::End {
+        transactional_id: transactional_id.clone(),
+        producer_id: producer.0,
+        producer_epoch: producer.1,
+        commit,
+    };
+    let result = txn_done(shard, &transactional_id, call).await;
+    if let Err(error) = &result {
+        tracing::debug!(%error, transactional_id, "EndTxn refused");
+    }
+    result
+}
+
 /// Commits offsets for `group`. Offsets of unknown partitions, and negative offsets, are
 /// refused one by one; the rest are committed together.
 pub async fn commit_offsets(
@@ -647,17 +776,7 @@ async fn commit_offsets_with(
     };
     let mut all: Vec<(TopicPartition, BrokerResult<()>)> = committed
         .into_iter()
-        .map(|tp| {
-            let outcome = match &result {
-                Ok(()) => Ok(()),
-                Err(BrokerError::Kafka { code, message }) => Err(BrokerError::Kafka {
-                    code: *code,
-                    message: message.clone(),
-                }),
-                Err(error) => Err(BrokerError::Internal(error.to_string())),
-            };
-            (tp, outcome)
-        })
+        .map(|tp| (tp, result.as_ref().map(|_| ()).map_err(BrokerError::same)))
         .collect();
     all.extend(results);
     Ok(all)

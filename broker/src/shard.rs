@@ -85,6 +85,8 @@ pub struct Shard {
     metadata: RefCell<Arc<MetadataImage>>,
     /// Whether this broker is registered and unfenced in `metadata` (it leads only then).
     active: Cell<bool>,
+    /// Set once `is_ready` first holds.
+    ready: Cell<bool>,
     /// Fired when a new metadata image is applied.
     pub metadata_changed: Event,
     /// This broker's id.
@@ -162,6 +164,7 @@ impl Shard {
             producer_ids: Cell::new((0, 0)),
             metadata: RefCell::new(Arc::new(MetadataImage::default())),
             active: Cell::new(false),
+            ready: Cell::new(false),
             metadata_changed: Event::new(),
             node,
             cluster: RefCell::new(None),
@@ -1170,14 +1173,23 @@ impl Shard {
 
     /// Resolves once this broker serves as a member of the cluster: registered, unfenced,
     /// and the metadata holds the internal topics (or the broker stops).
-    pub async fn wait_ready(&self) {
-        loop {
-            let changed = self.metadata_changed.listen();
+    /// Whether the broker has its metadata: it is registered and unfenced, and the
+    /// internal topics exist. Before, it would call every topic unknown.
+    pub fn is_ready(&self) -> bool {
+        if !self.ready.get() {
             let image = self.image();
             let ready = self.active.get()
                 && image.topic(OFFSETS_TOPIC).is_some()
                 && image.topic(TXN_TOPIC).is_some();
-            if ready || self.shutting_down() {
+            self.ready.set(ready);
+        }
+        self.ready.get()
+    }
+
+    pub async fn wait_ready(&self) {
+        loop {
+            let changed = self.metadata_changed.listen();
+            if self.is_ready() || self.shutting_down() {
                 return;
             }
             futures_lite::future::or(changed, glommio::timer::sleep(Duration::from_millis(100)))

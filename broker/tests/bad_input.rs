@@ -105,6 +105,7 @@ fn fetch_request(id: u64, topic: &str, offset: i64) -> Vec<u8> {
             min_bytes: 0,
             max_bytes: 1 << 20,
             topics: Some(topics),
+            isolation: schema::Isolation::ReadUncommitted,
         },
     );
     let request = schema::Request::create(

@@ -71,6 +71,7 @@ async fn read_everything(address: &str) -> std::collections::HashMap<(i32, i64),
                 min_bytes: 0,
                 max_bytes: 1 << 20,
                 partitions: vec![("kill".into(), partition, offset, 1 << 20)],
+                read_committed: false,
             };
             let fetched = client.fetch(&spec).await.expect("fetch");
             let bytes = &fetched[0].records;

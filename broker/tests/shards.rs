@@ -68,6 +68,7 @@ fn one_connection_spans_partitions_on_both_shards() {
                 partitions: (0..4)
                     .map(|p| ("spread".to_string(), p, 0, 1 << 20))
                     .collect(),
+                read_committed: false,
             };
             let fetched = client.fetch(&spec).await.expect("fetch");
             for p in 0..4 {
@@ -88,6 +89,7 @@ fn one_connection_spans_partitions_on_both_shards() {
                 partitions: (0..4)
                     .map(|p| ("spread".to_string(), p, 1, 1 << 20))
                     .collect(),
+                read_committed: false,
             };
             let waiting = glommio::spawn_local({
                 let client = client.clone();

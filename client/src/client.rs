@@ -78,6 +78,9 @@ pub struct FetchSpec {
     pub max_bytes: i32,
     /// (topic, partition, offset, max bytes)
     pub partitions: Vec<(String, i32, i64, i32)>,
+    /// Read only below each partition's last stable offset, with the aborted
+    /// transactions listed (Kafka's `isolation.level=read_committed`).
+    pub read_committed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -88,8 +91,12 @@ pub struct FetchedPartition {
     pub error_message: String,
     pub high_watermark: i64,
     pub log_start_offset: i64,
+    pub last_stable_offset: i64,
     /// Whole record batches, as the broker stored them.
     pub records: Bytes,
+    /// With `read_committed`: (producer id, first offset) of each aborted transaction
+    /// with batches among `records`, to be skipped.
+    pub aborted: Vec<(i64, i64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +153,7 @@ async fn handshake(connection: &Connection, client_id: &str) -> ClientResult<i32
     Ok(body.node_id())
 }
 
-async fn call_on(
+pub(crate) async fn call_on(
     connection: &Connection,
     body_type: RequestBody,
     build: impl FnOnce(
@@ -162,7 +169,32 @@ async fn call_on(
 
 /// One table per topic holding its partitions' tables, topics in first-seen order: the
 /// shape of every per-partition request.
-fn per_topic<P: 'static, T: 'static>(
+/// The topics of a commit request: (topic, partition, offset) each.
+pub(crate) fn commit_topics(
+    b: &mut Builder,
+    offsets: &[(String, i32, i64)],
+) -> TableVector<schema::CommitTopic<'static>> {
+    let entries = offsets
+        .iter()
+        .map(|(topic, partition, offset)| {
+            let args = schema::CommitPartitionArgs {
+                partition: *partition,
+                offset: *offset,
+                metadata: None,
+            };
+            (topic.as_str(), schema::CommitPartition::create(b, &args))
+        })
+        .collect();
+    per_topic(b, entries, |b, name, list| {
+        let args = schema::CommitTopicArgs {
+            name: Some(name),
+            partitions: Some(list),
+        };
+        schema::CommitTopic::create(b, &args)
+    })
+}
+
+pub(crate) fn per_topic<P: 'static, T: 'static>(
     b: &mut Builder,
     entries: Vec<(&str, flatbuffers::WIPOffset<P>)>,
     topic: impl Fn(
@@ -196,20 +228,24 @@ fn per_topic<P: 'static, T: 'static>(
 /// that it no longer leads.
 #[derive(Debug, Clone)]
 pub struct Client {
-    connection: Rc<Connection>,
     routes: Rc<Routes>,
 }
 
 /// What a client knows of the cluster: brokers, leaders, connections to them.
 #[derive(Debug, Default)]
 struct Routes {
-    /// The broker `connection` reaches.
+    /// The addresses the client was given, to connect to again after losing them all.
+    bootstrap_addresses: String,
+    /// The connection made first (or made again): admin requests go there.
+    bootstrap: RefCell<Option<Rc<Connection>>>,
+    /// The broker `bootstrap` reaches.
     bootstrap_node: Cell<i32>,
     brokers: RefCell<BTreeMap<i32, String>>,
     connections: RefCell<BTreeMap<i32, Rc<Connection>>>,
     leaders: RefCell<HashMap<(String, i32), i32>>,
-    /// Partitions of the committed-offsets topic (0: unknown).
-    offsets_partitions: Cell<i32>,
+    /// Partitions of the internal topics whose leaders coordinate (groups and
+    /// transactions), once learnt.
+    internal_partitions: RefCell<HashMap<String, i32>>,
     /// Produce calls route and write in the order they were made.
     send_gate: Rc<ArrivalGate>,
 }
@@ -235,12 +271,17 @@ fn unfetched(topic: &str, partition: i32, error: ErrorCode, message: &str) -> Fe
         error_message: message.to_string(),
         high_watermark: -1,
         log_start_offset: -1,
+        last_stable_offset: -1,
         records: Bytes::new(),
+        aborted: Vec::new(),
     }
 }
 
 /// The committed-offsets topic, whose partition leaders coordinate groups.
-const OFFSETS_TOPIC: &str = "__consumer_offsets";
+pub(crate) const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// The transaction-state topic, whose partition leaders coordinate transactions.
+pub(crate) const TXN_TOPIC: &str = "__transaction_state";
 
 /// Whether an error means "ask someone else" (a leader change, a broker gone): the
 /// client forgets what it knew of the partition's leader.
@@ -253,6 +294,14 @@ fn moved(code: ErrorCode) -> bool {
             | ErrorCode::UnknownLeaderEpoch
             | ErrorCode::ShuttingDown
     )
+}
+
+fn isolation(read_committed: bool) -> schema::Isolation {
+    if read_committed {
+        schema::Isolation::ReadCommitted
+    } else {
+        schema::Isolation::ReadUncommitted
+    }
 }
 
 fn strings<'a>(
@@ -287,23 +336,36 @@ impl Client {
     /// Connects to the first reachable address of `brokers` (comma-separated HOST:PORT)
     /// and shakes hands.
     pub async fn connect(brokers: &str) -> ClientResult<Client> {
+        let routes = Rc::new(Routes {
+            bootstrap_addresses: brokers.to_string(),
+            ..Routes::default()
+        });
+        let client = Client { routes };
+        client.bootstrap().await?;
+        Ok(client)
+    }
+
+    /// The bootstrap connection; connected again (to the first reachable address) if it
+    /// broke, so that a client outlives a broker's restart.
+    async fn bootstrap(&self) -> ClientResult<Rc<Connection>> {
+        let current = self.routes.bootstrap.borrow().clone();
+        if let Some(connection) = current.filter(|c| !c.is_broken()) {
+            return Ok(connection);
+        }
+        let brokers = &self.routes.bootstrap_addresses;
         let mut last_error = ClientError::Invalid(format!("no broker address in {brokers:?}"));
         for address in brokers.split(',').map(str::trim).filter(|a| !a.is_empty()) {
             match Connection::connect(address).await {
                 Ok(connection) => {
                     let node = handshake(&connection, "weir-client").await?;
-                    let routes = Rc::new(Routes::default());
-                    routes.bootstrap_node.set(node);
-                    return Ok(Client { connection, routes });
+                    self.routes.bootstrap_node.set(node);
+                    *self.routes.bootstrap.borrow_mut() = Some(connection.clone());
+                    return Ok(connection);
                 }
                 Err(error) => last_error = error,
             }
         }
         Err(last_error)
-    }
-
-    pub fn connection(&self) -> &Rc<Connection> {
-        &self.connection
     }
 
     async fn call(
@@ -314,7 +376,7 @@ impl Client {
         ) -> flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>,
         payload: Vec<Bytes>,
     ) -> ClientResult<ResponseFrame> {
-        call_on(&self.connection, body_type, build, payload).await
+        call_on(&*self.bootstrap().await?, body_type, build, payload).await
     }
 
     pub async fn metadata(&self, topics: Option<&[String]>) -> ClientResult<Metadata> {
@@ -709,6 +771,7 @@ impl Client {
                 min_bytes: spec.min_bytes,
                 max_bytes: spec.max_bytes,
                 topics: Some(topics),
+                isolation: isolation(spec.read_committed),
             };
             schema::FetchRequest::create(b, &args).as_union_value()
         };
@@ -734,7 +797,14 @@ impl Client {
                     error_message: p.error_message().unwrap_or_default().to_string(),
                     high_watermark: p.high_watermark(),
                     log_start_offset: p.log_start_offset(),
+                    last_stable_offset: p.last_stable_offset(),
                     records: frame.slice(p.records())?,
+                    aborted: p
+                        .aborted()
+                        .into_iter()
+                        .flatten()
+                        .map(|a| (a.producer_id(), a.first_offset()))
+                        .collect(),
                 });
             }
         }
@@ -747,6 +817,7 @@ impl Client {
         connection: &Connection,
         partitions: &[(String, i32)],
         query: OffsetQuery,
+        read_committed: bool,
     ) -> ClientResult<Vec<(String, i32, i64, i64)>> {
         let (spec, timestamp) = match query {
             OffsetQuery::Earliest => (OffsetSpec::Earliest, -1),
@@ -779,6 +850,7 @@ impl Client {
                 b,
                 &schema::ListOffsetsRequestArgs {
                     topics: Some(topics),
+                    isolation: isolation(read_committed),
                 },
             )
             .as_union_value()
@@ -811,24 +883,7 @@ impl Client {
         offsets: &[(String, i32, i64)],
     ) -> ClientResult<()> {
         let build = |b: &mut flatbuffers::FlatBufferBuilder<'static>| {
-            let entries = offsets
-                .iter()
-                .map(|(topic, partition, offset)| {
-                    let args = schema::CommitPartitionArgs {
-                        partition: *partition,
-                        offset: *offset,
-                        metadata: None,
-                    };
-                    (topic.as_str(), schema::CommitPartition::create(b, &args))
-                })
-                .collect();
-            let topics = per_topic(b, entries, |b, name, list| {
-                let args = schema::CommitTopicArgs {
-                    name: Some(name),
-                    partitions: Some(list),
-                };
-                schema::CommitTopic::create(b, &args)
-            });
+            let topics = commit_topics(b, offsets);
             let group = b.create_string(group);
             schema::CommitOffsetsRequest::create(
                 b,
@@ -860,6 +915,7 @@ impl Client {
         connection: &Connection,
         group: &str,
         topics: Option<&[String]>,
+        require_stable: bool,
     ) -> ClientResult<Vec<CommittedOffset>> {
         let build = |b: &mut flatbuffers::FlatBufferBuilder<'static>| {
             let topics = topics.map(|names| {
@@ -884,6 +940,7 @@ impl Client {
                 &schema::FetchOffsetsRequestArgs {
                     group: Some(group),
                     topics,
+                    require_stable,
                 },
             )
             .as_union_value()
@@ -893,6 +950,16 @@ impl Client {
         let body = response
             .body_as_fetch_offsets_response()
             .ok_or_else(|| ClientError::Invalid("no fetch offsets body".into()))?;
+        let partitions = body
+            .topics()
+            .into_iter()
+            .flatten()
+            .flat_map(|t| t.partitions().into_iter().flatten());
+        for p in partitions {
+            if p.error() != ErrorCode::None {
+                return Err(ClientError::broker(p.error(), Some("fetching offsets")));
+            }
+        }
         Ok(body
             .topics()
             .into_iter()
@@ -917,7 +984,7 @@ impl Client {
     /// bootstrap connection for the broker it reaches, or when the address is unknown).
     async fn connection_to(&self, node: i32) -> ClientResult<Rc<Connection>> {
         if node == self.routes.bootstrap_node.get() {
-            return Ok(self.connection.clone());
+            return self.bootstrap().await;
         }
         let existing = self.routes.connections.borrow().get(&node).cloned();
         if let Some(connection) = existing.filter(|c| !c.is_broken()) {
@@ -925,7 +992,7 @@ impl Client {
         }
         let address = self.routes.brokers.borrow().get(&node).cloned();
         let Some(address) = address else {
-            return Ok(self.connection.clone());
+            return self.bootstrap().await;
         };
         let connection = Connection::connect(&address).await?;
         handshake(&connection, "weir-client").await?;
@@ -944,10 +1011,11 @@ impl Client {
         }
         let mut leaders = self.routes.leaders.borrow_mut();
         for topic in &metadata.topics {
-            if topic.name == OFFSETS_TOPIC {
+            if topic.name == OFFSETS_TOPIC || topic.name == TXN_TOPIC {
                 self.routes
-                    .offsets_partitions
-                    .set(topic.partitions.len() as i32);
+                    .internal_partitions
+                    .borrow_mut()
+                    .insert(topic.name.clone(), topic.partitions.len() as i32);
             }
             for p in &topic.partitions {
                 if p.leader >= 0 {
@@ -1137,6 +1205,25 @@ impl Client {
         partitions: &[(String, i32)],
         query: OffsetQuery,
     ) -> ClientResult<Vec<(String, i32, i64, i64)>> {
+        self.list_offsets_isolated(partitions, query, false).await
+    }
+
+    /// `list_offsets` as a read_committed reader sees them: `Latest` is each partition's
+    /// last stable offset.
+    pub async fn list_stable_offsets(
+        &self,
+        partitions: &[(String, i32)],
+        query: OffsetQuery,
+    ) -> ClientResult<Vec<(String, i32, i64, i64)>> {
+        self.list_offsets_isolated(partitions, query, true).await
+    }
+
+    async fn list_offsets_isolated(
+        &self,
+        partitions: &[(String, i32)],
+        query: OffsetQuery,
+        read_committed: bool,
+    ) -> ClientResult<Vec<(String, i32, i64, i64)>> {
         let deadline = std::time::Instant::now() + ROUTING_RETRY;
         loop {
             let mut results = Vec::new();
@@ -1147,7 +1234,9 @@ impl Client {
                 let answer = match leader {
                     None => Err(ClientError::broker(ErrorCode::LeaderNotAvailable, None)),
                     Some(node) => match self.connection_to(node).await {
-                        Ok(connection) => Self::list_offsets_on(&connection, &subset, query).await,
+                        Ok(connection) => {
+                            Self::list_offsets_on(&connection, &subset, query, read_committed).await
+                        }
                         Err(error) => Err(error),
                     },
                 };
@@ -1169,28 +1258,27 @@ impl Client {
         }
     }
 
-    /// The connection to `group`'s coordinator: the leader of its offsets partition.
-    async fn coordinator(&self, group: &str) -> ClientResult<Rc<Connection>> {
-        if self.routes.offsets_partitions.get() == 0 {
-            let metadata = self.metadata(Some(&[OFFSETS_TOPIC.to_string()])).await?;
+    /// The connection to the coordinator of `key` (a group in the offsets topic, a
+    /// transactional id in the transaction-state topic): the leader of its partition.
+    async fn coordinator(&self, topic: &str, key: &str) -> ClientResult<Rc<Connection>> {
+        let known = || self.routes.internal_partitions.borrow().get(topic).copied();
+        if known().is_none() {
+            let metadata = self.metadata(Some(&[topic.to_string()])).await?;
             self.learn(&metadata);
         }
-        let partitions = self.routes.offsets_partitions.get().max(1);
-        let partition = (crc32c::crc32c(group.as_bytes()) % partitions as u32) as i32;
-        match self
-            .leaders(&[(OFFSETS_TOPIC.to_string(), partition)])
-            .await[0]
-        {
+        let partitions = known().unwrap_or(1).max(1);
+        let partition = (crc32c::crc32c(key.as_bytes()) % partitions as u32) as i32;
+        match self.leaders(&[(topic.to_string(), partition)]).await[0] {
             Some(node) => self.connection_to(node).await,
             None => Err(ClientError::broker(
                 ErrorCode::LeaderNotAvailable,
-                Some("no group coordinator"),
+                Some("no coordinator at the moment"),
             )),
         }
     }
 
     /// Runs `call` against `group`'s coordinator, finding it again after a move.
-    async fn with_coordinator<T, F>(
+    pub(crate) async fn with_coordinator<T, F>(
         &self,
         group: &str,
         call: impl Fn(Rc<Connection>) -> F,
@@ -1198,19 +1286,59 @@ impl Client {
     where
         F: std::future::Future<Output = ClientResult<T>>,
     {
+        self.with_coordinator_of(OFFSETS_TOPIC, group, call).await
+    }
+
+    /// Runs `call` against the coordinator of `key` in `topic`, finding it again after a
+    /// move and retrying what is retriable for a few seconds.
+    pub(crate) async fn with_coordinator_of<T, F>(
+        &self,
+        topic: &str,
+        key: &str,
+        call: impl Fn(Rc<Connection>) -> F,
+    ) -> ClientResult<T>
+    where
+        F: std::future::Future<Output = ClientResult<T>>,
+    {
         let deadline = std::time::Instant::now() + ROUTING_RETRY;
         loop {
-            let result = match self.coordinator(group).await {
+            let result = match self.coordinator(topic, key).await {
                 Ok(connection) => call(connection).await,
                 Err(error) => Err(error),
             };
             match result {
                 Err(error) if error.is_retriable() && std::time::Instant::now() < deadline => {
-                    self.routes.offsets_partitions.set(0);
-                    self.routes
-                        .leaders
-                        .borrow_mut()
-                        .retain(|(t, _), _| t != OFFSETS_TOPIC);
+                    if error.is_moved() {
+                        self.routes.internal_partitions.borrow_mut().remove(topic);
+                        self.routes
+                            .leaders
+                            .borrow_mut()
+                            .retain(|(t, _), _| t != topic);
+                    }
+                    glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs `call` on the bootstrap connection, connected again when lost, retrying
+    /// what is retriable for a few seconds.
+    pub(crate) async fn with_any_broker<T, F>(
+        &self,
+        call: impl Fn(Rc<Connection>) -> F,
+    ) -> ClientResult<T>
+    where
+        F: std::future::Future<Output = ClientResult<T>>,
+    {
+        let deadline = std::time::Instant::now() + ROUTING_RETRY;
+        loop {
+            let result = match self.bootstrap().await {
+                Ok(connection) => call(connection).await,
+                Err(error) => Err(error),
+            };
+            match result {
+                Err(error) if error.is_retriable() && std::time::Instant::now() < deadline => {
                     glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
                 }
                 other => return other,
@@ -1236,7 +1364,20 @@ impl Client {
         topics: Option<&[String]>,
     ) -> ClientResult<Vec<CommittedOffset>> {
         self.with_coordinator(group, |connection| async move {
-            Self::fetch_offsets_on(&connection, group, topics).await
+            Self::fetch_offsets_on(&connection, group, topics, false).await
+        })
+        .await
+    }
+
+    /// `fetch_offsets`, waiting (while `ROUTING_RETRY` lasts) until no open transaction
+    /// may still change them (KIP-447): what a transactional consumer starts from.
+    pub async fn fetch_stable_offsets(
+        &self,
+        group: &str,
+        topics: Option<&[String]>,
+    ) -> ClientResult<Vec<CommittedOffset>> {
+        self.with_coordinator(group, |connection| async move {
+            Self::fetch_offsets_on(&connection, group, topics, true).await
         })
         .await
     }

@@ -2,13 +2,13 @@
 //! committed offsets it starts from and commits to. (Group membership and rebalancing
 //! arrive with the Kafka gateway's group coordinator.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
-use weir_wire::{BatchHeader, RecordIter};
+use weir_wire::{BatchHeader, ControlType, RecordIter};
 
 use crate::ErrorCode;
-use crate::client::{Client, FetchSpec, OffsetQuery};
+use crate::client::{Client, FetchSpec, FetchedPartition, OffsetQuery};
 use crate::error::{ClientError, ClientResult};
 
 /// Where to start a partition that has no committed offset.
@@ -29,6 +29,10 @@ pub struct ConsumerConfig {
     pub min_bytes: i32,
     pub max_bytes: i32,
     pub partition_max_bytes: i32,
+    /// Kafka's `isolation.level=read_committed`: only records of committed transactions
+    /// (and non-transactional ones), up to the last stable offset; a group's committed
+    /// offsets are read once no open transaction may change them.
+    pub read_committed: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -40,6 +44,7 @@ impl Default for ConsumerConfig {
             min_bytes: 1,
             max_bytes: 50 << 20,
             partition_max_bytes: 1 << 20,
+            read_committed: false,
         }
     }
 }
@@ -86,7 +91,12 @@ impl Consumer {
         let mut positions = BTreeMap::new();
         if let Some(group) = &config.group {
             let topics: Vec<String> = partitions.iter().map(|(t, _)| t.clone()).collect();
-            for committed in client.fetch_offsets(group, Some(&topics)).await? {
+            let committed = if config.read_committed {
+                client.fetch_stable_offsets(group, Some(&topics)).await?
+            } else {
+                client.fetch_offsets(group, Some(&topics)).await?
+            };
+            for committed in committed {
                 if committed.offset >= 0 {
                     positions.insert((committed.topic, committed.partition), committed.offset);
                 }
@@ -108,11 +118,16 @@ impl Consumer {
                 }
             };
             if let Some(query) = query {
-                for (topic, partition, offset, _) in client.list_offsets(&missing, query).await? {
+                let found = if config.read_committed {
+                    client.list_stable_offsets(&missing, query).await?
+                } else {
+                    client.list_offsets(&missing, query).await?
+                };
+                for (topic, partition, offset, _) in found {
                     let offset = if offset >= 0 {
                         offset
                     } else {
-                        latest(&client, &topic, partition).await?
+                        latest(&client, &topic, partition, config.read_committed).await?
                     };
                     positions.insert((topic, partition), offset);
                 }
@@ -148,6 +163,7 @@ impl Consumer {
                     )
                 })
                 .collect(),
+            read_committed: self.config.read_committed,
         };
         let mut records = Vec::new();
         for fetched in self.client.fetch(&spec).await? {
@@ -171,13 +187,7 @@ impl Consumer {
                 ));
             }
             let position = self.positions.get(&key).copied().unwrap_or(0);
-            let next = decode_records(
-                &fetched.records,
-                &fetched.topic,
-                fetched.partition,
-                position,
-                &mut records,
-            )?;
+            let next = decode_records(&fetched, position, &mut records)?;
             self.positions.insert(key, next.max(position));
         }
         Ok(records)
@@ -199,27 +209,61 @@ impl Consumer {
     }
 }
 
-async fn latest(client: &Client, topic: &str, partition: i32) -> ClientResult<i64> {
-    let found = client
-        .list_offsets(&[(topic.to_string(), partition)], OffsetQuery::Latest)
-        .await?;
+async fn latest(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    read_committed: bool,
+) -> ClientResult<i64> {
+    let partitions = [(topic.to_string(), partition)];
+    let found = if read_committed {
+        client
+            .list_stable_offsets(&partitions, OffsetQuery::Latest)
+            .await?
+    } else {
+        client
+            .list_offsets(&partitions, OffsetQuery::Latest)
+            .await?
+    };
     Ok(found.first().map_or(0, |(_, _, offset, _)| *offset))
 }
 
-/// Appends the records of `batches` at or after `position` to `out`; returns the offset
-/// after the last batch.
+/// Appends the records of `fetched` at or after `position` to `out`; returns the offset
+/// after the last batch. Control batches (transaction markers) are never records; the
+/// batches of aborted transactions are skipped as Kafka's consumer skips them: a
+/// producer's transactional batches are dropped from the first offset of an aborted
+/// transaction of its (listed in the response) until its abort marker.
 fn decode_records(
-    batches: &Bytes,
-    topic: &str,
-    partition: i32,
+    fetched: &FetchedPartition,
     position: i64,
     out: &mut Vec<ConsumedRecord>,
 ) -> ClientResult<i64> {
+    let (batches, topic, partition) = (&fetched.records, &fetched.topic, fetched.partition);
+    let mut aborted = fetched.aborted.clone();
+    aborted.sort_by_key(|(_, first_offset)| *first_offset);
+    let mut aborted = aborted.into_iter().peekable();
+    let mut aborting: HashSet<i64> = HashSet::new();
     let mut next = position;
     let mut at = 0;
     while at < batches.len() {
         let header = BatchHeader::parse(&batches[at..])?;
         let batch = batches.slice(at..at + header.total_bytes());
+        next = header.next_offset();
+        at += header.total_bytes();
+        while let Some((producer_id, _)) =
+            aborted.next_if(|(_, first_offset)| *first_offset <= header.last_offset())
+        {
+            aborting.insert(producer_id);
+        }
+        if header.attributes.is_control() {
+            if weir_wire::control_type(&batch)? == Some(ControlType::Abort) {
+                aborting.remove(&header.producer_id);
+            }
+            continue;
+        }
+        if header.attributes.is_transactional() && aborting.contains(&header.producer_id) {
+            continue;
+        }
         for record in RecordIter::new(&batch)? {
             let record = record?;
             if record.offset < position {
@@ -244,8 +288,6 @@ fn decode_records(
                     .collect(),
             });
         }
-        next = header.next_offset();
-        at += header.total_bytes();
     }
     Ok(next)
 }

@@ -48,8 +48,30 @@ impl ClientError {
                         | ErrorCode::NotController
                         | ErrorCode::FencedLeaderEpoch
                         | ErrorCode::UnknownLeaderEpoch
+                        | ErrorCode::ConcurrentTransactions
+                        | ErrorCode::CoordinatorNotAvailable
+                        | ErrorCode::UnstableOffsetCommit
                 )
             }
+            _ => false,
+        }
+    }
+
+    /// Whether the error means the request went to the wrong broker (or lost it): the
+    /// client looks the leader or coordinator up again.
+    pub fn is_moved(&self) -> bool {
+        match self {
+            ClientError::ConnectionLost(_) | ClientError::Connect { .. } => true,
+            ClientError::Broker { code, .. } => matches!(
+                *code,
+                ErrorCode::NotLeader
+                    | ErrorCode::LeaderNotAvailable
+                    | ErrorCode::ShuttingDown
+                    | ErrorCode::NotOwner
+                    | ErrorCode::FencedLeaderEpoch
+                    | ErrorCode::UnknownLeaderEpoch
+                    | ErrorCode::CoordinatorNotAvailable
+            ),
             _ => false,
         }
     }

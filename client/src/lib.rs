@@ -9,6 +9,7 @@ mod gate;
 pub mod io;
 mod partitioner;
 mod producer;
+mod txn;
 
 pub use client::{
     Client, ClusterBroker, ClusterDescription, CommittedOffset, FetchSpec, FetchedPartition,
@@ -20,4 +21,5 @@ pub use error::{ClientError, ClientResult};
 pub use gate::{ArrivalGate, Ticket};
 pub use partitioner::murmur2;
 pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord};
+pub use txn::ProducerId;
 pub use weir_wire::native::schema::{Acks, ConfigSource, ErrorCode, OffsetSpec};

@@ -1,9 +1,21 @@
 //! A batching producer: records are gathered per partition into batches, which are sent
 //! when full (`batch_bytes`) or old enough (`linger`), several partitions per request,
 //! with retries of retriable errors.
+//!
+//! Idempotent (`idempotent`), every batch carries the producer's id, epoch and a
+//! sequence number per partition, so a retried batch the broker already has is answered
+//! with its offsets instead of being appended again, and retries never reorder: a retried
+//! batch goes back in line before the later batches of its partition. Transactional
+//! (`transactional_id`), batches between `begin_transaction` and `commit_transaction`
+//! (or `abort_transaction`) become visible to read_committed consumers together, or not
+//! at all, with the consumed offsets `send_offsets_to_transaction` adds.
+//!
+//! An idempotent or transactional producer that loses a batch for good (retries spent,
+//! or fenced by a newer producer of its transactional id) cannot continue its sequences:
+//! it fails every later call with that error, and a new producer takes over.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +29,7 @@ use crate::Acks;
 use crate::client::Client;
 use crate::error::{ClientError, ClientResult};
 use crate::partitioner::partition_for_key;
+use crate::txn::ProducerId;
 
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -32,6 +45,12 @@ pub struct ProducerConfig {
     pub retries: u32,
     pub retry_backoff: Duration,
     pub request_timeout_ms: i32,
+    /// Kafka's `enable.idempotence` (needs acks all).
+    pub idempotent: bool,
+    /// Kafka's `transactional.id`: a transactional producer (idempotent too).
+    pub transactional_id: Option<String>,
+    /// How long a transaction may stay open before the coordinator aborts it.
+    pub transaction_timeout_ms: i32,
 }
 
 impl Default for ProducerConfig {
@@ -45,6 +64,9 @@ impl Default for ProducerConfig {
             retries: 5,
             retry_backoff: Duration::from_millis(100),
             request_timeout_ms: 30_000,
+            idempotent: false,
+            transactional_id: None,
+            transaction_timeout_ms: 60_000,
         }
     }
 }
@@ -93,6 +115,30 @@ struct SealedBatch {
     bytes: Bytes,
     waiters: Vec<LocalSender<ClientResult<Delivery>>>,
     attempts: u32,
+    /// A retried batch waits in line until then (the retry backoff): the batches behind
+    /// it wait too, so that none of its partition overtakes it.
+    retry_at: Option<Instant>,
+    /// The first sequence number of an idempotent producer's batch.
+    sequence: Option<i32>,
+}
+
+/// An idempotent producer's id, and where each partition's sequences are.
+#[derive(Debug)]
+struct Sequences {
+    producer: ProducerId,
+    next: HashMap<(String, i32), i32>,
+    /// Per partition, the first sequences of batches sealed and not yet answered.
+    unanswered: HashMap<(String, i32), BTreeSet<i32>>,
+}
+
+/// Where a transactional producer is.
+#[derive(Debug, Default)]
+struct Transaction {
+    open: bool,
+    partitions: HashSet<(String, i32)>,
+    offsets_added: bool,
+    /// A batch of the open transaction failed: it can only be aborted.
+    failed: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +150,10 @@ struct State {
     /// Batches sealed or in flight, not yet answered.
     unanswered: usize,
     closed: bool,
+    sequences: Option<Sequences>,
+    transaction: Transaction,
+    /// Why an idempotent producer cannot go on (a lost batch, fencing).
+    fatal: Option<String>,
 }
 
 #[derive(Debug)]
@@ -122,37 +172,252 @@ pub struct Producer {
 }
 
 impl Producer {
-    pub fn new(client: Client, config: ProducerConfig) -> Producer {
+    /// A producer; an idempotent or transactional one gets its producer id first (a
+    /// transactional one fences older producers of its id, aborting what they left
+    /// open).
+    pub async fn new(client: Client, mut config: ProducerConfig) -> ClientResult<Producer> {
+        config.idempotent |= config.transactional_id.is_some();
+        let mut state = State::default();
+        if config.idempotent {
+            if config.acks != Acks::All {
+                return Err(ClientError::Invalid(
+                    "an idempotent producer needs acks all".into(),
+                ));
+            }
+            let producer = client
+                .init_producer(
+                    config.transactional_id.as_deref(),
+                    config.transaction_timeout_ms,
+                    None,
+                )
+                .await?;
+            state.sequences = Some(Sequences {
+                producer,
+                next: HashMap::new(),
+                unanswered: HashMap::new(),
+            });
+        }
         let inner = Rc::new(Inner {
             client,
             in_flight: Rc::new(Semaphore::new(config.in_flight_max as u64)),
             config,
-            state: RefCell::new(State::default()),
+            state: RefCell::new(state),
             changed: Event::new(),
         });
         glommio::spawn_local(run_sender(inner.clone())).detach();
-        Producer { inner }
+        Ok(Producer { inner })
+    }
+
+    /// The producer id and epoch of an idempotent producer.
+    pub fn producer_id(&self) -> Option<ProducerId> {
+        self.inner
+            .state
+            .borrow()
+            .sequences
+            .as_ref()
+            .map(|s| s.producer)
+    }
+
+    /// Fails if the producer cannot go on.
+    fn check_usable(&self) -> ClientResult<()> {
+        let state = self.inner.state.borrow();
+        if let Some(fatal) = &state.fatal {
+            return Err(ClientError::Invalid(fatal.clone()));
+        }
+        if state.closed {
+            return Err(ClientError::Invalid("producer closed".into()));
+        }
+        Ok(())
+    }
+
+    /// The transactional id, or an error for a producer without one.
+    fn transactional_id(&self) -> ClientResult<&str> {
+        self.inner
+            .config
+            .transactional_id
+            .as_deref()
+            .ok_or_else(|| ClientError::Invalid("not a transactional producer".into()))
+    }
+
+    fn producer(&self) -> ProducerId {
+        self.producer_id().unwrap_or((-1, -1))
+    }
+
+    /// Starts a transaction: what is sent until it is committed becomes visible to
+    /// read_committed consumers together.
+    pub fn begin_transaction(&self) -> ClientResult<()> {
+        self.transactional_id()?;
+        self.check_usable()?;
+        let mut state = self.inner.state.borrow_mut();
+        if state.transaction.open {
+            return Err(ClientError::Invalid("a transaction is already open".into()));
+        }
+        state.transaction = Transaction {
+            open: true,
+            ..Transaction::default()
+        };
+        Ok(())
+    }
+
+    /// Makes the partition part of the open transaction (AddPartitionsToTxn) before
+    /// anything is written to it.
+    async fn join_transaction(&self, topic: &str, partition: i32) -> ClientResult<()> {
+        let Some(transactional_id) = self.inner.config.transactional_id.as_deref() else {
+            return Ok(());
+        };
+        let key = (topic.to_string(), partition);
+        {
+            let state = self.inner.state.borrow();
+            if !state.transaction.open {
+                return Err(ClientError::Invalid(
+                    "a transactional producer sends within a transaction".into(),
+                ));
+            }
+            if state.transaction.partitions.contains(&key) {
+                return Ok(());
+            }
+        }
+        let result = self
+            .inner
+            .client
+            .add_partitions_to_txn(
+                transactional_id,
+                self.producer(),
+                std::slice::from_ref(&key),
+            )
+            .await;
+        self.fail_if_fenced(&result);
+        result?;
+        self.inner
+            .state
+            .borrow_mut()
+            .transaction
+            .partitions
+            .insert(key);
+        Ok(())
+    }
+
+    /// A fenced producer (a newer one has its transactional id) can do nothing more.
+    fn fail_if_fenced<T>(&self, result: &ClientResult<T>) {
+        if let Err(error @ ClientError::Broker { code, .. }) = result
+            && matches!(
+                *code,
+                crate::ErrorCode::ProducerFenced
+                    | crate::ErrorCode::InvalidProducerEpoch
+                    | crate::ErrorCode::InvalidProducerIdMapping
+            )
+        {
+            let mut state = self.inner.state.borrow_mut();
+            state.fatal.get_or_insert_with(|| error.to_string());
+        }
+    }
+
+    /// Commits `offsets` (topic, partition, next offset to consume) of `group` within
+    /// the open transaction: they take effect when it commits.
+    pub async fn send_offsets_to_transaction(
+        &self,
+        group: &str,
+        offsets: &[(String, i32, i64)],
+    ) -> ClientResult<()> {
+        let transactional_id = self.transactional_id()?;
+        self.check_usable()?;
+        if !self.inner.state.borrow().transaction.open {
+            return Err(ClientError::Invalid("no transaction is open".into()));
+        }
+        let client = &self.inner.client;
+        if !self.inner.state.borrow().transaction.offsets_added {
+            let result = client
+                .add_offsets_to_txn(transactional_id, self.producer(), group)
+                .await;
+            self.fail_if_fenced(&result);
+            result?;
+            self.inner.state.borrow_mut().transaction.offsets_added = true;
+        }
+        let result = client
+            .txn_commit_offsets(group, self.producer(), offsets)
+            .await;
+        self.fail_if_fenced(&result);
+        result
+    }
+
+    /// Sends what the transaction holds, waits for it, and commits it. If a batch of it
+    /// failed, nothing is committed: the transaction is aborted and the error returned.
+    pub async fn commit_transaction(&self) -> ClientResult<()> {
+        self.end_transaction(true).await
+    }
+
+    /// Waits for the batches sent, then aborts the transaction: none of it becomes
+    /// visible to read_committed consumers.
+    pub async fn abort_transaction(&self) -> ClientResult<()> {
+        self.end_transaction(false).await
+    }
+
+    async fn end_transaction(&self, commit: bool) -> ClientResult<()> {
+        let transactional_id = self.transactional_id()?;
+        if !self.inner.state.borrow().transaction.open {
+            return Err(ClientError::Invalid("no transaction is open".into()));
+        }
+        self.flush().await;
+        self.check_usable()?;
+        let (joined, failed) = {
+            let state = self.inner.state.borrow();
+            let t = &state.transaction;
+            (
+                !t.partitions.is_empty() || t.offsets_added,
+                t.failed.clone(),
+            )
+        };
+        let commit = commit && failed.is_none();
+        // A transaction that wrote nothing has nothing for the coordinator to end.
+        let result = if joined {
+            self.inner
+                .client
+                .end_txn(transactional_id, self.producer(), commit)
+                .await
+        } else {
+            Ok(())
+        };
+        self.fail_if_fenced(&result);
+        if result.is_ok() || self.inner.state.borrow().fatal.is_some() {
+            self.inner.state.borrow_mut().transaction = Transaction::default();
+        }
+        result?;
+        match failed {
+            Some(failure) => Err(ClientError::Invalid(format!(
+                "the transaction was aborted: {failure}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Adds a record to its partition's batch. Await the returned future for its offset.
     pub async fn send(&self, record: ProducerRecord) -> ClientResult<DeliveryFuture> {
+        self.check_usable()?;
         let partitions = self.partition_count(&record.topic).await?;
-        let inner = &self.inner;
-        let mut state = inner.state.borrow_mut();
-        if state.closed {
-            return Err(ClientError::Invalid("producer closed".into()));
-        }
         let partition = match (record.partition, &record.key) {
-            (Some(partition), _) if (0..partitions).contains(&partition) => partition,
+            (Some(partition), _) if (0..partitions).contains(&partition) => Some(partition),
             (Some(partition), _) => {
                 return Err(ClientError::Invalid(format!(
                     "{}-{partition} does not exist",
                     record.topic
                 )));
             }
-            (None, Some(key)) => partition_for_key(key, partitions),
-            (None, None) => *state.sticky.entry(record.topic.clone()).or_insert(0) % partitions,
+            (None, Some(key)) => Some(partition_for_key(key, partitions)),
+            (None, None) => None,
         };
+        // Unkeyed records stick to a partition until its batch fills.
+        let partition = partition.unwrap_or_else(|| {
+            let state = self.inner.state.borrow();
+            state.sticky.get(&record.topic).copied().unwrap_or(0) % partitions
+        });
+        // (A transactional producer awaits the coordinator here the first time it writes
+        // to a partition; the partition chosen stays joined whatever others do meanwhile.)
+        self.join_transaction(&record.topic, partition).await?;
+        let inner = &self.inner;
+        let mut state = inner.state.borrow_mut();
+        if state.closed {
+            return Err(ClientError::Invalid("producer closed".into()));
+        }
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let key = (record.topic.clone(), partition);
         let estimate = record.key.as_ref().map_or(0, Bytes::len)
@@ -163,7 +428,7 @@ impl Producer {
             .get(&key)
             .is_some_and(|b| b.builder.size_bytes() + estimate > inner.config.batch_bytes);
         if full {
-            seal(&mut state, &key);
+            seal(&mut state, &key, inner.config.transactional_id.is_some());
             if record.key.is_none() && record.partition.is_none() {
                 // Sticky partitioning: unkeyed records move on once a batch fills.
                 *state.sticky.entry(record.topic.clone()).or_insert(0) += 1;
@@ -213,7 +478,11 @@ impl Producer {
             let mut state = self.inner.state.borrow_mut();
             let keys: Vec<_> = state.open.keys().cloned().collect();
             for key in keys {
-                seal(&mut state, &key);
+                seal(
+                    &mut state,
+                    &key,
+                    self.inner.config.transactional_id.is_some(),
+                );
             }
         }
         self.inner.changed.notify(usize::MAX);
@@ -234,8 +503,23 @@ impl Producer {
     }
 }
 
-fn seal(state: &mut State, key: &(String, i32)) {
-    if let Some(batch) = state.open.remove(key) {
+/// Closes a partition's open batch and queues it; an idempotent producer's batch takes
+/// the partition's next sequence numbers.
+fn seal(state: &mut State, key: &(String, i32), transactional: bool) {
+    if let Some(mut batch) = state.open.remove(key) {
+        let sequence = state.sequences.as_mut().map(|s| {
+            let next = s.next.entry(key.clone()).or_insert(0);
+            let first = *next;
+            // Sequences wrap from i32::MAX to 0, as Kafka's do.
+            *next = ((i64::from(first) + i64::from(batch.builder.records_count()))
+                % (i64::from(i32::MAX) + 1)) as i32;
+            batch.builder.producer(s.producer.0, s.producer.1, first);
+            if transactional {
+                batch.builder.transactional();
+            }
+            s.unanswered.entry(key.clone()).or_default().insert(first);
+            first
+        });
         state.unanswered += 1;
         state.sealed.push_back(SealedBatch {
             topic: key.0.clone(),
@@ -243,6 +527,8 @@ fn seal(state: &mut State, key: &(String, i32)) {
             bytes: batch.builder.build().freeze(),
             waiters: batch.waiters,
             attempts: 0,
+            retry_at: None,
+            sequence,
         });
     }
 }
@@ -290,9 +576,9 @@ fn take_request(inner: &Inner) -> (Option<Vec<SealedBatch>>, Duration) {
         .map(|(k, _)| k.clone())
         .collect();
     for key in due {
-        seal(&mut state, &key);
+        seal(&mut state, &key, inner.config.transactional_id.is_some());
     }
-    let next = state
+    let mut next = state
         .open
         .values()
         .map(|b| linger.saturating_sub(b.opened.elapsed()))
@@ -300,7 +586,12 @@ fn take_request(inner: &Inner) -> (Option<Vec<SealedBatch>>, Duration) {
         .unwrap_or(linger);
     let mut taken = Vec::new();
     let mut bytes = 0;
+    let now = Instant::now();
     while let Some(batch) = state.sealed.front() {
+        if let Some(retry_at) = batch.retry_at.filter(|at| *at > now) {
+            next = next.min(retry_at - now);
+            break;
+        }
         let duplicate = taken
             .iter()
             .any(|t: &SealedBatch| t.topic == batch.topic && t.partition == batch.partition);
@@ -341,7 +632,7 @@ async fn send_request(inner: &Inner, batches: Vec<SealedBatch>) {
                 Some(r) if r.error == crate::ErrorCode::None => Ok(r.base_offset),
                 Some(r) => {
                     let error = ClientError::broker(r.error, Some(&r.error_message));
-                    let retriable = error.is_retriable();
+                    let retriable = error.is_retriable() || follows_a_retry(inner, &batch, r.error);
                     Err((error, retriable))
                 }
                 None => Err((
@@ -360,21 +651,84 @@ async fn send_request(inner: &Inner, batches: Vec<SealedBatch>) {
             Err((_, true)) if batch.attempts < inner.config.retries => retry.push(batch),
             Err((error, _)) => {
                 let message = error.to_string();
+                lost(inner, &batch, &message);
                 answer(inner, batch, |_| Err(ClientError::Invalid(message.clone())));
             }
         }
     }
-    if !retry.is_empty() {
-        glommio::timer::sleep(inner.config.retry_backoff).await;
-        let mut state = inner.state.borrow_mut();
-        for mut batch in retry.into_iter().rev() {
-            batch.attempts += 1;
-            state.sealed.push_front(batch);
-        }
+    let retry_at = Instant::now() + inner.config.retry_backoff;
+    let mut state = inner.state.borrow_mut();
+    for mut batch in retry.into_iter().rev() {
+        batch.attempts += 1;
+        batch.retry_at = Some(retry_at);
+        requeue(&mut state.sealed, batch);
+    }
+}
+
+/// Whether an idempotent batch refused as out of sequence only follows an earlier batch
+/// of its partition that is itself being retried: it goes through once that one has.
+fn follows_a_retry(inner: &Inner, batch: &SealedBatch, error: crate::ErrorCode) -> bool {
+    let (Some(sequence), crate::ErrorCode::OutOfOrderSequence) = (batch.sequence, error) else {
+        return false;
+    };
+    let state = inner.state.borrow();
+    let key = (batch.topic.clone(), batch.partition);
+    state
+        .sequences
+        .as_ref()
+        .and_then(|s| s.unanswered.get(&key))
+        .and_then(|pending| pending.first())
+        .is_some_and(|first| *first < sequence)
+}
+
+/// Puts a retried batch back in line: an idempotent one before the later batches of its
+/// partition (and after the earlier ones), so that they reach the broker in sequence.
+fn requeue(sealed: &mut VecDeque<SealedBatch>, batch: SealedBatch) {
+    let same = |b: &SealedBatch| b.topic == batch.topic && b.partition == batch.partition;
+    let at = batch.sequence.and_then(|sequence| {
+        let later = sealed
+            .iter()
+            .position(|b| same(b) && b.sequence.is_some_and(|s| s > sequence));
+        let earlier = sealed
+            .iter()
+            .rposition(|b| same(b) && b.sequence.is_some_and(|s| s < sequence));
+        later.or(earlier.map(|i| i + 1))
+    });
+    match at {
+        Some(at) => sealed.insert(at, batch),
+        None => sealed.push_front(batch),
+    }
+}
+
+/// A batch failed for good. An idempotent producer's later batches of the partition
+/// would all be out of sequence: the producer stops; in a transaction, the transaction
+/// can only be aborted.
+fn lost(inner: &Inner, batch: &SealedBatch, message: &str) {
+    let mut state = inner.state.borrow_mut();
+    if state.transaction.open {
+        state
+            .transaction
+            .failed
+            .get_or_insert_with(|| message.to_string());
+    }
+    if batch.sequence.is_some() {
+        let fatal = format!(
+            "the idempotent producer lost a batch of {}-{}: {message}",
+            batch.topic, batch.partition
+        );
+        state.fatal.get_or_insert(fatal);
     }
 }
 
 fn answer(inner: &Inner, batch: SealedBatch, result: impl Fn(i64) -> ClientResult<Delivery>) {
+    if let (Some(sequence), Some(sequences)) =
+        (batch.sequence, inner.state.borrow_mut().sequences.as_mut())
+    {
+        let key = (batch.topic.clone(), batch.partition);
+        if let Some(pending) = sequences.unanswered.get_mut(&key) {
+            pending.remove(&sequence);
+        }
+    }
     for (index, waiter) in batch.waiters.into_iter().enumerate() {
         let delivery = result(index as i64).map(|d| Delivery {
             partition: batch.partition,

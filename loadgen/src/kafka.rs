@@ -465,7 +465,10 @@ impl KafkaClient {
                     error_message: format!("Kafka error {}", p.error_code),
                     high_watermark: p.high_watermark,
                     log_start_offset: p.log_start_offset,
+                    last_stable_offset: p.last_stable_offset,
                     records: p.records.unwrap_or_default(),
+                    // Read uncommitted: nothing is listed.
+                    aborted: Vec::new(),
                 });
             }
         }

@@ -976,6 +976,7 @@ async fn consume(
                     )
                 })
                 .collect(),
+            read_committed: false,
         };
         for fetched in client.fetch(&spec).await.context("fetching")? {
             if fetched.error != ErrorCode::None {

@@ -33,6 +33,7 @@ pub fn code(error: &BrokerError) -> i16 {
         // Retriable: clients refresh metadata and retry, reaching the broker once it is
         // back.
         BrokerError::ShuttingDown => ResponseError::NotLeaderOrFollower,
+        BrokerError::Starting => ResponseError::LeaderNotAvailable,
         BrokerError::Kafka { code, .. } => return *code,
         BrokerError::InvalidRecords { .. } => ResponseError::InvalidRecord,
         BrokerError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,

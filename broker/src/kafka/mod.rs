@@ -6,7 +6,7 @@
 mod admin;
 pub mod codec;
 mod connection;
-mod errors;
+pub(crate) mod errors;
 mod fetch;
 mod groups;
 mod handlers;

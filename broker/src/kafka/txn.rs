@@ -29,7 +29,6 @@ use crate::error::BrokerError;
 use crate::ops;
 use crate::router::{MemberClaim, OffsetCommit, ShardAnswer, ShardCall, TopicPartition};
 use crate::shard::Shard;
-use crate::txn::{TxnAnswer, TxnCall};
 
 /// The code of an error met at a coordinator. PRODUCER_FENCED is new in these versions
 /// (InitProducerId v4, the others v2); older clients are told INVALID_PRODUCER_EPOCH, as
@@ -46,15 +45,6 @@ fn coordinator_code(error: &BrokerError, fenced_known: bool) -> i16 {
         ResponseError::InvalidProducerEpoch.code()
     } else {
         code
-    }
-}
-
-fn done(answer: crate::error::BrokerResult<TxnAnswer>) -> crate::error::BrokerResult<()> {
-    match answer? {
-        TxnAnswer::Done(result) => result,
-        other => Err(BrokerError::Internal(format!(
-            "the coordinator answered {other:?}"
-        ))),
     }
 }
 
@@ -75,24 +65,14 @@ pub async fn init_producer_id(
         .as_ref()
         .map(|t| t.to_string())
         .filter(|t| !t.is_empty());
-    let result = match transactional_id {
-        Some(transactional_id) => {
-            let call = TxnCall::InitProducerId {
-                transactional_id: transactional_id.clone(),
-                timeout_ms: request.transaction_timeout_ms,
-                expected: (id >= 0).then_some((id, epoch)),
-            };
-            match ops::txn_call(shard, &transactional_id, call).await {
-                Ok(TxnAnswer::Producer(result)) => result,
-                Ok(other) => Err(BrokerError::Internal(format!(
-                    "the coordinator answered {other:?}"
-                ))),
-                Err(error) => Err(error),
-            }
-        }
-        None if id >= 0 && (0..i16::MAX - 1).contains(&epoch) => Ok((id, epoch + 1)),
-        None => shard.new_producer_id().await.map(|id| (id, 0)),
-    };
+    let current = (id >= 0).then_some((id, epoch));
+    let result = ops::init_producer(
+        shard,
+        transactional_id,
+        request.transaction_timeout_ms,
+        current,
+    )
+    .await;
     match result {
         Ok((id, epoch)) => {
             response.producer_id = ProducerId(id);
@@ -116,49 +96,29 @@ pub async fn add_partitions_to_txn(
     request: AddPartitionsToTxnRequest,
 ) -> Answer {
     let transactional_id = request.v3_and_below_transactional_id.to_string();
-    let image = shard.image();
-    let mut partitions = Vec::new();
-    let mut unknown = false;
-    for topic in &request.v3_and_below_topics {
-        // Internal topics join a transaction only through AddOffsetsToTxn.
-        let known = image.topic(&topic.name).filter(|t| !t.internal);
-        for partition in &topic.partitions {
-            let exists = known.is_some_and(|t| (0..t.partition_count()).contains(partition));
-            unknown |= !exists;
-            partitions.push((
-                TopicPartition {
-                    topic: topic.name.to_string(),
-                    partition: *partition,
-                },
-                exists,
-            ));
-        }
-    }
-    let codes: Vec<(TopicPartition, i16)> = if unknown {
-        partitions
+    let partitions: Vec<TopicPartition> = request
+        .v3_and_below_topics
+        .iter()
+        .flat_map(|topic| {
+            topic.partitions.iter().map(|partition| TopicPartition {
+                topic: topic.name.to_string(),
+                partition: *partition,
+            })
+        })
+        .collect();
+    let producer = (
+        request.v3_and_below_producer_id.0,
+        request.v3_and_below_producer_epoch,
+    );
+    let codes: Vec<(TopicPartition, i16)> =
+        ops::add_partitions_to_txn(shard, transactional_id, producer, partitions)
+            .await
             .into_iter()
-            .map(|(tp, exists)| {
-                let code = if exists {
-                    ResponseError::OperationNotAttempted.code()
-                } else {
-                    ResponseError::UnknownTopicOrPartition.code()
-                };
+            .map(|(tp, result)| {
+                let code = result.map_or_else(|e| coordinator_code(&e, version >= 2), |()| 0);
                 (tp, code)
             })
-            .collect()
-    } else {
-        let call = TxnCall::AddPartitions {
-            transactional_id: transactional_id.clone(),
-            producer_id: request.v3_and_below_producer_id.0,
-            producer_epoch: request.v3_and_below_producer_epoch,
-            partitions: partitions.iter().map(|(tp, _)| tp.clone()).collect(),
-        };
-        let code = match done(ops::txn_call(shard, &transactional_id, call).await) {
-            Ok(()) => 0,
-            Err(error) => coordinator_code(&error, version >= 2),
-        };
-        partitions.into_iter().map(|(tp, _)| (tp, code)).collect()
-    };
+            .collect();
     let failed = codes.iter().any(|(_, code)| *code != 0);
     let results = ops::group_by_topic(codes)
         .into_iter()
@@ -187,37 +147,28 @@ pub async fn add_offsets_to_txn(
     version: i16,
     request: AddOffsetsToTxnRequest,
 ) -> Answer {
-    let transactional_id = request.transactional_id.to_string();
-    let group = request.group_id.to_string();
-    let result = match crate::offsets::validate_group(&group) {
-        Ok(()) => {
-            let call = TxnCall::AddOffsets {
-                transactional_id: transactional_id.clone(),
-                producer_id: request.producer_id.0,
-                producer_epoch: request.producer_epoch,
-                group,
-            };
-            done(ops::txn_call(shard, &transactional_id, call).await)
-        }
-        Err(error) => Err(error),
-    };
+    let producer = (request.producer_id.0, request.producer_epoch);
+    let result = ops::add_offsets_to_txn(
+        shard,
+        request.transactional_id.to_string(),
+        producer,
+        request.group_id.to_string(),
+    )
+    .await;
     let code = result.map_or_else(|e| coordinator_code(&e, version >= 2), |()| 0);
     let response = AddOffsetsToTxnResponse::default().with_error_code(code);
     (ResponseKind::AddOffsetsToTxn(response), code != 0)
 }
 
 pub async fn end_txn(shard: &Rc<Shard>, version: i16, request: EndTxnRequest) -> Answer {
-    let transactional_id = request.transactional_id.to_string();
-    let call = TxnCall::End {
-        transactional_id: transactional_id.clone(),
-        producer_id: request.producer_id.0,
-        producer_epoch: request.producer_epoch,
-        commit: request.committed,
-    };
-    let result = done(ops::txn_call(shard, &transactional_id, call).await);
-    if let Err(error) = &result {
-        tracing::debug!(%error, transactional_id, "EndTxn refused");
-    }
+    let producer = (request.producer_id.0, request.producer_epoch);
+    let result = ops::end_txn(
+        shard,
+        request.transactional_id.to_string(),
+        producer,
+        request.committed,
+    )
+    .await;
     let code = result.map_or_else(|e| coordinator_code(&e, version >= 2), |()| 0);
     let response = EndTxnResponse::default().with_error_code(code);
     (ResponseKind::EndTxn(response), code != 0)

@@ -40,9 +40,11 @@ pub enum NativeRequest {
         min_bytes: i32,
         max_bytes: i32,
         partitions: Vec<(TopicPartition, i64, i32)>,
+        read_committed: bool,
     },
     ListOffsets {
         partitions: Vec<(TopicPartition, OffsetSpec, i64)>,
+        read_committed: bool,
     },
     CommitOffsets {
         group: String,
@@ -51,6 +53,7 @@ pub enum NativeRequest {
     FetchOffsets {
         group: String,
         topics: Option<Vec<(String, Option<Vec<i32>>)>>,
+        require_stable: bool,
     },
     ListGroups,
     DescribeTopicConfigs {
@@ -80,9 +83,50 @@ pub enum NativeRequest {
         max_bytes: i32,
         partitions: Vec<(TopicPartition, weir_replication::FetchPosition, i32)>,
     },
+    InitProducer {
+        /// None: an idempotent producer without transactions.
+        transactional_id: Option<String>,
+        timeout_ms: i32,
+        /// The id and epoch the producer had, if any.
+        current: Option<Producer>,
+    },
+    AddPartitionsToTxn {
+        transactional_id: String,
+        producer: Producer,
+        partitions: Vec<TopicPartition>,
+    },
+    AddOffsetsToTxn {
+        transactional_id: String,
+        producer: Producer,
+        group: String,
+    },
+    EndTxn {
+        transactional_id: String,
+        producer: Producer,
+        commit: bool,
+    },
+    TxnCommitOffsets {
+        producer: Producer,
+        group: String,
+        offsets: Vec<crate::router::OffsetCommit>,
+    },
 }
 
+/// A producer id and epoch.
+pub type Producer = (i64, i16);
+
 impl NativeRequest {
+    /// The handshake and what brokers send each other, served before the metadata is in.
+    pub fn between_brokers(&self) -> bool {
+        matches!(
+            self,
+            NativeRequest::Handshake { .. }
+                | NativeRequest::RaftMessages { .. }
+                | NativeRequest::ControllerCall { .. }
+                | NativeRequest::ReplicaFetch { .. }
+        )
+    }
+
     pub fn api(&self) -> &'static str {
         match self {
             NativeRequest::Handshake { .. } => "handshake",
@@ -102,6 +146,11 @@ impl NativeRequest {
             NativeRequest::RaftMessages { .. } => "raft_messages",
             NativeRequest::ControllerCall { .. } => "controller_call",
             NativeRequest::ReplicaFetch { .. } => "replica_fetch",
+            NativeRequest::InitProducer { .. } => "init_producer",
+            NativeRequest::AddPartitionsToTxn { .. } => "add_partitions_to_txn",
+            NativeRequest::AddOffsetsToTxn { .. } => "add_offsets_to_txn",
+            NativeRequest::EndTxn { .. } => "end_txn",
+            NativeRequest::TxnCommitOffsets { .. } => "txn_commit_offsets",
         }
     }
 }
@@ -114,6 +163,39 @@ fn configs(
         .flatten()
         .map(|e| (e.key().to_string(), e.value().to_string()))
         .collect()
+}
+
+/// The offsets of a commit request's topics.
+fn commits(
+    topics: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<schema::CommitTopic<'_>>>>,
+) -> Vec<crate::router::OffsetCommit> {
+    topics
+        .into_iter()
+        .flatten()
+        .flat_map(|t| {
+            t.partitions()
+                .into_iter()
+                .flatten()
+                .map(move |p| crate::router::OffsetCommit {
+                    partition: TopicPartition {
+                        topic: t.name().to_string(),
+                        partition: p.partition(),
+                    },
+                    offset: p.offset(),
+                    // The native protocol does not carry it.
+                    leader_epoch: -1,
+                    metadata: p.metadata().unwrap_or_default().to_string(),
+                })
+        })
+        .collect()
+}
+
+fn read_committed(isolation: schema::Isolation) -> BrokerResult<bool> {
+    match isolation {
+        schema::Isolation::ReadUncommitted => Ok(false),
+        schema::Isolation::ReadCommitted => Ok(true),
+        other => Err(invalid(&format!("unknown isolation {}", other.0))),
+    }
 }
 
 fn invalid(message: &str) -> BrokerError {
@@ -189,6 +271,7 @@ pub fn decode(request: &schema::Request<'_>, payload: BytesMut) -> BrokerResult<
                 min_bytes: r.min_bytes(),
                 max_bytes: r.max_bytes(),
                 partitions,
+                read_committed: read_committed(r.isolation())?,
             }
         }
         Body::ListOffsetsRequest => {
@@ -212,35 +295,18 @@ pub fn decode(request: &schema::Request<'_>, payload: BytesMut) -> BrokerResult<
                     })
                 })
                 .collect();
-            NativeRequest::ListOffsets { partitions }
+            NativeRequest::ListOffsets {
+                partitions,
+                read_committed: read_committed(r.isolation())?,
+            }
         }
         Body::CommitOffsetsRequest => {
             let r = request
                 .body_as_commit_offsets_request()
                 .ok_or_else(|| invalid("commit body"))?;
-            let offsets = r
-                .topics()
-                .into_iter()
-                .flatten()
-                .flat_map(|t| {
-                    t.partitions().into_iter().flatten().map(move |p| {
-                        let tp = TopicPartition {
-                            topic: t.name().to_string(),
-                            partition: p.partition(),
-                        };
-                        crate::router::OffsetCommit {
-                            partition: tp,
-                            offset: p.offset(),
-                            // The native protocol does not carry it.
-                            leader_epoch: -1,
-                            metadata: p.metadata().unwrap_or_default().to_string(),
-                        }
-                    })
-                })
-                .collect();
             NativeRequest::CommitOffsets {
                 group: r.group().to_string(),
-                offsets,
+                offsets: commits(r.topics()),
             }
         }
         Body::FetchOffsetsRequest => {
@@ -261,6 +327,7 @@ pub fn decode(request: &schema::Request<'_>, payload: BytesMut) -> BrokerResult<
             NativeRequest::FetchOffsets {
                 group: r.group().to_string(),
                 topics,
+                require_stable: r.require_stable(),
             }
         }
         Body::ListGroupsRequest => NativeRequest::ListGroups,
@@ -352,6 +419,73 @@ pub fn decode(request: &schema::Request<'_>, payload: BytesMut) -> BrokerResult<
                 min_bytes: r.min_bytes(),
                 max_bytes: r.max_bytes(),
                 partitions,
+            }
+        }
+        Body::InitProducerRequest => {
+            let r = request
+                .body_as_init_producer_request()
+                .ok_or_else(|| invalid("init producer body"))?;
+            NativeRequest::InitProducer {
+                transactional_id: r
+                    .transactional_id()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string),
+                timeout_ms: r.transaction_timeout_ms(),
+                current: (r.producer_id() >= 0).then_some((r.producer_id(), r.producer_epoch())),
+            }
+        }
+        Body::AddPartitionsToTxnRequest => {
+            let r = request
+                .body_as_add_partitions_to_txn_request()
+                .ok_or_else(|| invalid("add partitions to txn body"))?;
+            let partitions = r
+                .topics()
+                .into_iter()
+                .flatten()
+                .flat_map(|t| {
+                    t.partitions()
+                        .into_iter()
+                        .flatten()
+                        .map(move |partition| TopicPartition {
+                            topic: t.name().to_string(),
+                            partition,
+                        })
+                })
+                .collect();
+            NativeRequest::AddPartitionsToTxn {
+                transactional_id: r.transactional_id().to_string(),
+                producer: (r.producer_id(), r.producer_epoch()),
+                partitions,
+            }
+        }
+        Body::AddOffsetsToTxnRequest => {
+            let r = request
+                .body_as_add_offsets_to_txn_request()
+                .ok_or_else(|| invalid("add offsets to txn body"))?;
+            NativeRequest::AddOffsetsToTxn {
+                transactional_id: r.transactional_id().to_string(),
+                producer: (r.producer_id(), r.producer_epoch()),
+                group: r.group().to_string(),
+            }
+        }
+        Body::EndTxnRequest => {
+            let r = request
+                .body_as_end_txn_request()
+                .ok_or_else(|| invalid("end txn body"))?;
+            NativeRequest::EndTxn {
+                transactional_id: r.transactional_id().to_string(),
+                producer: (r.producer_id(), r.producer_epoch()),
+                commit: r.commit(),
+            }
+        }
+        Body::TxnCommitOffsetsRequest => {
+            let r = request
+                .body_as_txn_commit_offsets_request()
+                .ok_or_else(|| invalid("txn commit offsets body"))?;
+            NativeRequest::TxnCommitOffsets {
+                producer: (r.producer_id(), r.producer_epoch()),
+                group: r.group().to_string(),
+                offsets: commits(r.topics()),
             }
         }
         _ => return Err(invalid("unknown request type")),

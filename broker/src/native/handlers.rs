@@ -59,6 +59,11 @@ pub async fn dispatch(
     if shard.shutting_down() {
         return error_reply(api, request_id, &BrokerError::ShuttingDown);
     }
+    // The native listener opens before the metadata is in (other brokers need it to
+    // form the quorum); until then a client's request would find no topic at all.
+    if !request.between_brokers() && !shard.is_ready() {
+        return error_reply(api, request_id, &BrokerError::Starting);
+    }
     if let NativeRequest::Produce { acks, partitions } = request {
         let partitions = partitions
             .into_iter()
@@ -134,26 +139,23 @@ async fn handle(
             min_bytes,
             max_bytes,
             partitions,
+            read_committed,
         } => {
-            fetch(
-                shard,
-                request_id,
-                max_wait_ms,
-                min_bytes,
-                max_bytes,
-                partitions,
-            )
-            .await
+            let limits = (max_wait_ms, min_bytes, max_bytes);
+            fetch(shard, request_id, limits, partitions, read_committed).await
         }
-        NativeRequest::ListOffsets { partitions } => {
-            list_offsets(shard, request_id, partitions).await
-        }
+        NativeRequest::ListOffsets {
+            partitions,
+            read_committed,
+        } => list_offsets(shard, request_id, partitions, read_committed).await,
         NativeRequest::CommitOffsets { group, offsets } => {
             commit_offsets(shard, request_id, group, offsets).await
         }
-        NativeRequest::FetchOffsets { group, topics } => {
-            fetch_offsets(shard, request_id, group, topics).await
-        }
+        NativeRequest::FetchOffsets {
+            group,
+            topics,
+            require_stable,
+        } => fetch_offsets(shard, request_id, group, topics, require_stable).await,
         NativeRequest::ListGroups => list_groups(shard, request_id).await,
         NativeRequest::DescribeTopicConfigs { name } => {
             describe_topic_configs(shard, request_id, &name)
@@ -201,10 +203,110 @@ async fn handle(
                 ops::replica_fetch(shard, replica, wait, min_bytes, max_bytes, &partitions).await;
             Ok(replica_fetch_response(request_id, results))
         }
+        NativeRequest::InitProducer {
+            transactional_id,
+            timeout_ms,
+            current,
+        } => {
+            let (producer_id, producer_epoch) =
+                ops::init_producer(shard, transactional_id, timeout_ms, current).await?;
+            let mut w = ResponseWriter::new();
+            let args = schema::InitProducerResponseArgs {
+                producer_id,
+                producer_epoch,
+            };
+            let body = schema::InitProducerResponse::create(&mut w.builder, &args);
+            let body = (
+                schema::ResponseBody::InitProducerResponse,
+                body.as_union_value(),
+            );
+            Ok(w.finish(request_id, None, Some(body)))
+        }
+        NativeRequest::AddPartitionsToTxn {
+            transactional_id,
+            producer,
+            partitions,
+        } => {
+            let results =
+                ops::add_partitions_to_txn(shard, transactional_id, producer, partitions).await;
+            Ok(txn_partition_results(
+                request_id,
+                results,
+                schema::ResponseBody::AddPartitionsToTxnResponse,
+            ))
+        }
+        NativeRequest::AddOffsetsToTxn {
+            transactional_id,
+            producer,
+            group,
+        } => {
+            ops::add_offsets_to_txn(shard, transactional_id, producer, group).await?;
+            empty_response(request_id, schema::ResponseBody::AddOffsetsToTxnResponse)
+        }
+        NativeRequest::EndTxn {
+            transactional_id,
+            producer,
+            commit,
+        } => {
+            ops::end_txn(shard, transactional_id, producer, commit).await?;
+            empty_response(request_id, schema::ResponseBody::EndTxnResponse)
+        }
+        NativeRequest::TxnCommitOffsets {
+            producer,
+            group,
+            offsets,
+        } => {
+            let results = ops::txn_commit_offsets(shard, group, producer, None, offsets).await?;
+            Ok(txn_partition_results(
+                request_id,
+                results,
+                schema::ResponseBody::TxnCommitOffsetsResponse,
+            ))
+        }
         NativeRequest::Produce { .. } => {
             Err(BrokerError::Internal("produce is dispatched apart".into()))
         }
     }
+}
+
+/// The per-partition errors of AddPartitionsToTxn and TxnCommitOffsets.
+fn txn_partition_results(
+    request_id: u64,
+    results: Vec<(TopicPartition, BrokerResult<()>)>,
+    body_type: schema::ResponseBody,
+) -> Vec<Bytes> {
+    let mut w = ResponseWriter::new();
+    let results = results
+        .into_iter()
+        .map(|(tp, r)| (tp, r.err().map_or(ErrorCode::None, |e| e.code())))
+        .collect();
+    let topics = per_topic(
+        &mut w,
+        results,
+        |w, partition, error| {
+            let args = schema::TxnPartitionResultArgs { partition, error };
+            schema::TxnPartitionResult::create(&mut w.builder, &args)
+        },
+        |b, name, partitions| {
+            let args = schema::TxnTopicResultArgs {
+                name: Some(name),
+                partitions: Some(partitions),
+            };
+            schema::TxnTopicResult::create(b, &args)
+        },
+    );
+    let body = if body_type == schema::ResponseBody::TxnCommitOffsetsResponse {
+        let args = schema::TxnCommitOffsetsResponseArgs {
+            topics: Some(topics),
+        };
+        schema::TxnCommitOffsetsResponse::create(&mut w.builder, &args).as_union_value()
+    } else {
+        let args = schema::AddPartitionsToTxnResponseArgs {
+            topics: Some(topics),
+        };
+        schema::AddPartitionsToTxnResponse::create(&mut w.builder, &args).as_union_value()
+    };
+    w.finish(request_id, None, Some((body_type, body)))
 }
 
 /// A response whose body has no fields.
@@ -216,6 +318,15 @@ fn empty_response(request_id: u64, body_type: schema::ResponseBody) -> BrokerRes
             &schema::MovePartitionResponseArgs {},
         )
         .as_union_value(),
+        schema::ResponseBody::AddOffsetsToTxnResponse => schema::AddOffsetsToTxnResponse::create(
+            &mut w.builder,
+            &schema::AddOffsetsToTxnResponseArgs {},
+        )
+        .as_union_value(),
+        schema::ResponseBody::EndTxnResponse => {
+            schema::EndTxnResponse::create(&mut w.builder, &schema::EndTxnResponseArgs {})
+                .as_union_value()
+        }
         _ => schema::RaftMessagesResponse::create(
             &mut w.builder,
             &schema::RaftMessagesResponseArgs {},
@@ -609,13 +720,13 @@ fn topic_info<'a>(
 }
 
 /// Reads the partitions (waiting as `ops::fetch` does) and answers with their batches.
+/// `limits`: max wait (ms), min bytes, max bytes.
 async fn fetch(
     shard: &Rc<Shard>,
     request_id: u64,
-    max_wait_ms: i32,
-    min_bytes: i32,
-    max_bytes: i32,
+    (max_wait_ms, min_bytes, max_bytes): (i32, i32, i32),
     partitions: Vec<(TopicPartition, i64, i32)>,
+    read_committed: bool,
 ) -> BrokerResult<Vec<Bytes>> {
     let wait = Duration::from_millis(u64::try_from(max_wait_ms).unwrap_or(0));
     let partitions: Vec<FetchPartition> = partitions
@@ -626,8 +737,7 @@ async fn fetch(
             max_bytes,
         })
         .collect();
-    // The native protocol has no transactions yet: every read is read_uncommitted.
-    let mut results = ops::fetch(shard, wait, min_bytes, &partitions, false).await;
+    let mut results = ops::fetch(shard, wait, min_bytes, &partitions, read_committed).await;
     ops::limit_response_bytes(&mut results, max_bytes);
     Ok(fetch_response(request_id, results))
 }
@@ -639,11 +749,16 @@ fn fetch_response(request_id: u64, results: FetchResults) -> Vec<Bytes> {
         results,
         |w, partition, result| {
             let (error, error_message) = error_fields(w, result.as_ref().err());
-            let (batches, status) = match result {
-                Ok(fetched) => (fetched.batches, Some(fetched.status)),
-                Err(_) => (Vec::new(), None),
+            let (batches, status, aborted) = match result {
+                Ok(fetched) => (fetched.batches, Some(fetched.status), fetched.aborted),
+                Err(_) => (Vec::new(), None, Vec::new()),
             };
             let records = w.add_records(batches);
+            let aborted: Vec<_> = aborted
+                .iter()
+                .map(|a| schema::AbortedTransaction::new(a.producer_id, a.first_offset))
+                .collect();
+            let aborted = w.builder.create_vector(&aborted);
             let args = schema::FetchPartitionResultArgs {
                 partition,
                 error,
@@ -651,6 +766,8 @@ fn fetch_response(request_id: u64, results: FetchResults) -> Vec<Bytes> {
                 high_watermark: status.map_or(-1, |s| s.high_watermark),
                 log_start_offset: status.map_or(-1, |s| s.log_start_offset),
                 records: Some(&records),
+                last_stable_offset: status.map_or(-1, |s| s.last_stable_offset),
+                aborted: Some(aborted),
             };
             schema::FetchPartitionResult::create(&mut w.builder, &args)
         },
@@ -679,8 +796,9 @@ async fn list_offsets(
     shard: &Rc<Shard>,
     request_id: u64,
     partitions: Vec<(TopicPartition, OffsetSpec, i64)>,
+    read_committed: bool,
 ) -> BrokerResult<Vec<Bytes>> {
-    let results = ops::list_offsets(shard, partitions, false).await;
+    let results = ops::list_offsets(shard, partitions, read_committed).await;
     let mut w = ResponseWriter::new();
     let topics = per_topic(
         &mut w,
@@ -772,7 +890,13 @@ async fn fetch_offsets(
     request_id: u64,
     group: String,
     topics: Option<Vec<(String, Option<Vec<i32>>)>>,
+    require_stable: bool,
 ) -> BrokerResult<Vec<Bytes>> {
+    let unstable = if require_stable {
+        ops::unstable_offsets(shard, group.clone()).await?
+    } else {
+        Vec::new()
+    };
     let committed = ops::committed_offsets(shard, group).await?;
     let lookup = |tp: &TopicPartition| {
         committed
@@ -810,18 +934,30 @@ async fn fetch_offsets(
                 .collect()
         }
     };
+    let wanted: Vec<_> = wanted
+        .into_iter()
+        .map(|(tp, found)| {
+            let unstable = unstable.contains(&tp);
+            (tp, (found, unstable))
+        })
+        .collect();
     let mut w = ResponseWriter::new();
     let topics = per_topic(
         &mut w,
         wanted,
-        |w, partition, found: Option<(i64, String)>| {
+        |w, partition, (found, unstable): (Option<(i64, String)>, bool)| {
             let metadata = found.as_ref().map(|(_, m)| w.string(m));
             let offset = found.map_or(-1, |(o, _)| o);
+            let (offset, error) = if unstable {
+                (-1, ErrorCode::UnstableOffsetCommit)
+            } else {
+                (offset, ErrorCode::None)
+            };
             let args = schema::CommittedPartitionArgs {
                 partition,
                 offset,
                 metadata,
-                error: ErrorCode::None,
+                error,
             };
             schema::CommittedPartition::create(&mut w.builder, &args)
         },

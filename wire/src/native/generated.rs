@@ -13,10 +13,10 @@ pub mod protocol {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 27;
+pub const ENUM_MAX_ERROR_CODE: i16 = 37;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 28] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 38] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::InvalidRequest,
@@ -45,6 +45,16 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 28] = [
   ErrorCode::LeaderNotAvailable,
   ErrorCode::StaleBrokerEpoch,
   ErrorCode::NotReplica,
+  ErrorCode::OutOfOrderSequence,
+  ErrorCode::InvalidProducerEpoch,
+  ErrorCode::ProducerFenced,
+  ErrorCode::InvalidProducerIdMapping,
+  ErrorCode::InvalidTxnState,
+  ErrorCode::ConcurrentTransactions,
+  ErrorCode::InvalidTransactionTimeout,
+  ErrorCode::UnstableOffsetCommit,
+  ErrorCode::CoordinatorNotAvailable,
+  ErrorCode::OperationNotAttempted,
 ];
 
 /// Errors, in every response. 0 is success.
@@ -90,9 +100,33 @@ impl ErrorCode {
   pub const StaleBrokerEpoch: Self = Self(26);
   /// The fetching broker is not a replica of the partition.
   pub const NotReplica: Self = Self(27);
+  /// An idempotent producer's batch does not follow the last one the partition has from
+  /// it (a batch in between was lost or is still being retried).
+  pub const OutOfOrderSequence: Self = Self(28);
+  /// The producer's epoch is older than the one the partition or the transaction
+  /// coordinator has: a newer producer of the same id took over.
+  pub const InvalidProducerEpoch: Self = Self(29);
+  /// A newer producer with the same transactional id took over; this one must stop.
+  pub const ProducerFenced: Self = Self(30);
+  /// The producer id is not the one the transactional id has.
+  pub const InvalidProducerIdMapping: Self = Self(31);
+  /// The request does not fit the state of the transaction.
+  pub const InvalidTxnState: Self = Self(32);
+  /// Another request of the transactional id is being decided, or its last transaction
+  /// is still being completed: retry shortly.
+  pub const ConcurrentTransactions: Self = Self(33);
+  /// The transaction timeout is over the broker's `transaction_max_timeout_ms`.
+  pub const InvalidTransactionTimeout: Self = Self(34);
+  /// An open transaction may still change the group's committed offsets
+  /// (`FetchOffsetsRequest.require_stable`): retry shortly.
+  pub const UnstableOffsetCommit: Self = Self(35);
+  /// The coordinator is loading its state or is not available: retry shortly.
+  pub const CoordinatorNotAvailable: Self = Self(36);
+  /// Not attempted because another part of the request failed.
+  pub const OperationNotAttempted: Self = Self(37);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 27;
+  pub const ENUM_MAX: i16 = 37;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -122,6 +156,16 @@ impl ErrorCode {
     Self::LeaderNotAvailable,
     Self::StaleBrokerEpoch,
     Self::NotReplica,
+    Self::OutOfOrderSequence,
+    Self::InvalidProducerEpoch,
+    Self::ProducerFenced,
+    Self::InvalidProducerIdMapping,
+    Self::InvalidTxnState,
+    Self::ConcurrentTransactions,
+    Self::InvalidTransactionTimeout,
+    Self::UnstableOffsetCommit,
+    Self::CoordinatorNotAvailable,
+    Self::OperationNotAttempted,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -154,6 +198,16 @@ impl ErrorCode {
       Self::LeaderNotAvailable => Some("LeaderNotAvailable"),
       Self::StaleBrokerEpoch => Some("StaleBrokerEpoch"),
       Self::NotReplica => Some("NotReplica"),
+      Self::OutOfOrderSequence => Some("OutOfOrderSequence"),
+      Self::InvalidProducerEpoch => Some("InvalidProducerEpoch"),
+      Self::ProducerFenced => Some("ProducerFenced"),
+      Self::InvalidProducerIdMapping => Some("InvalidProducerIdMapping"),
+      Self::InvalidTxnState => Some("InvalidTxnState"),
+      Self::ConcurrentTransactions => Some("ConcurrentTransactions"),
+      Self::InvalidTransactionTimeout => Some("InvalidTransactionTimeout"),
+      Self::UnstableOffsetCommit => Some("UnstableOffsetCommit"),
+      Self::CoordinatorNotAvailable => Some("CoordinatorNotAvailable"),
+      Self::OperationNotAttempted => Some("OperationNotAttempted"),
       _ => None,
     }
   }
@@ -385,6 +439,94 @@ impl<'a> ::flatbuffers::Verifiable for OffsetSpec {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for OffsetSpec {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_ISOLATION: i8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_ISOLATION: i8 = 1;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_ISOLATION: [Isolation; 2] = [
+  Isolation::ReadUncommitted,
+  Isolation::ReadCommitted,
+];
+
+/// What a fetch or a list-offsets request may see of transactions.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct Isolation(pub i8);
+#[allow(non_upper_case_globals)]
+impl Isolation {
+  /// Everything up to the high watermark, open and aborted transactions included.
+  pub const ReadUncommitted: Self = Self(0);
+  /// Only up to the last stable offset (the first offset of the oldest open
+  /// transaction), with the aborted transactions listed so the reader can skip them.
+  pub const ReadCommitted: Self = Self(1);
+
+  pub const ENUM_MIN: i8 = 0;
+  pub const ENUM_MAX: i8 = 1;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::ReadUncommitted,
+    Self::ReadCommitted,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::ReadUncommitted => Some("ReadUncommitted"),
+      Self::ReadCommitted => Some("ReadCommitted"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for Isolation {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for Isolation {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<i8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for Isolation {
+    type Output = Isolation;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<i8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for Isolation {
+  type Scalar = i8;
+  #[inline]
+  fn to_little_endian(self) -> i8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: i8) -> Self {
+    let b = i8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for Isolation {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    i8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for Isolation {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_CONFIG_SOURCE: i8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MAX_CONFIG_SOURCE: i8 = 5;
@@ -485,10 +627,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ConfigSource {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 17;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 22;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 18] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 23] = [
   RequestBody::NONE,
   RequestBody::HandshakeRequest,
   RequestBody::MetadataRequest,
@@ -507,6 +649,11 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 18] = [
   RequestBody::RaftMessagesRequest,
   RequestBody::ControllerCallRequest,
   RequestBody::ReplicaFetchRequest,
+  RequestBody::InitProducerRequest,
+  RequestBody::AddPartitionsToTxnRequest,
+  RequestBody::AddOffsetsToTxnRequest,
+  RequestBody::EndTxnRequest,
+  RequestBody::TxnCommitOffsetsRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -532,9 +679,14 @@ impl RequestBody {
   pub const RaftMessagesRequest: Self = Self(15);
   pub const ControllerCallRequest: Self = Self(16);
   pub const ReplicaFetchRequest: Self = Self(17);
+  pub const InitProducerRequest: Self = Self(18);
+  pub const AddPartitionsToTxnRequest: Self = Self(19);
+  pub const AddOffsetsToTxnRequest: Self = Self(20);
+  pub const EndTxnRequest: Self = Self(21);
+  pub const TxnCommitOffsetsRequest: Self = Self(22);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 17;
+  pub const ENUM_MAX: u8 = 22;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeRequest,
@@ -554,6 +706,11 @@ impl RequestBody {
     Self::RaftMessagesRequest,
     Self::ControllerCallRequest,
     Self::ReplicaFetchRequest,
+    Self::InitProducerRequest,
+    Self::AddPartitionsToTxnRequest,
+    Self::AddOffsetsToTxnRequest,
+    Self::EndTxnRequest,
+    Self::TxnCommitOffsetsRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -576,6 +733,11 @@ impl RequestBody {
       Self::RaftMessagesRequest => Some("RaftMessagesRequest"),
       Self::ControllerCallRequest => Some("ControllerCallRequest"),
       Self::ReplicaFetchRequest => Some("ReplicaFetchRequest"),
+      Self::InitProducerRequest => Some("InitProducerRequest"),
+      Self::AddPartitionsToTxnRequest => Some("AddPartitionsToTxnRequest"),
+      Self::AddOffsetsToTxnRequest => Some("AddOffsetsToTxnRequest"),
+      Self::EndTxnRequest => Some("EndTxnRequest"),
+      Self::TxnCommitOffsetsRequest => Some("TxnCommitOffsetsRequest"),
       _ => None,
     }
   }
@@ -635,10 +797,10 @@ pub struct RequestBodyUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 17;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 22;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 18] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 23] = [
   ResponseBody::NONE,
   ResponseBody::HandshakeResponse,
   ResponseBody::MetadataResponse,
@@ -657,6 +819,11 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 18] = [
   ResponseBody::RaftMessagesResponse,
   ResponseBody::ControllerCallResponse,
   ResponseBody::ReplicaFetchResponse,
+  ResponseBody::InitProducerResponse,
+  ResponseBody::AddPartitionsToTxnResponse,
+  ResponseBody::AddOffsetsToTxnResponse,
+  ResponseBody::EndTxnResponse,
+  ResponseBody::TxnCommitOffsetsResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -682,9 +849,14 @@ impl ResponseBody {
   pub const RaftMessagesResponse: Self = Self(15);
   pub const ControllerCallResponse: Self = Self(16);
   pub const ReplicaFetchResponse: Self = Self(17);
+  pub const InitProducerResponse: Self = Self(18);
+  pub const AddPartitionsToTxnResponse: Self = Self(19);
+  pub const AddOffsetsToTxnResponse: Self = Self(20);
+  pub const EndTxnResponse: Self = Self(21);
+  pub const TxnCommitOffsetsResponse: Self = Self(22);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 17;
+  pub const ENUM_MAX: u8 = 22;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeResponse,
@@ -704,6 +876,11 @@ impl ResponseBody {
     Self::RaftMessagesResponse,
     Self::ControllerCallResponse,
     Self::ReplicaFetchResponse,
+    Self::InitProducerResponse,
+    Self::AddPartitionsToTxnResponse,
+    Self::AddOffsetsToTxnResponse,
+    Self::EndTxnResponse,
+    Self::TxnCommitOffsetsResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -726,6 +903,11 @@ impl ResponseBody {
       Self::RaftMessagesResponse => Some("RaftMessagesResponse"),
       Self::ControllerCallResponse => Some("ControllerCallResponse"),
       Self::ReplicaFetchResponse => Some("ReplicaFetchResponse"),
+      Self::InitProducerResponse => Some("InitProducerResponse"),
+      Self::AddPartitionsToTxnResponse => Some("AddPartitionsToTxnResponse"),
+      Self::AddOffsetsToTxnResponse => Some("AddOffsetsToTxnResponse"),
+      Self::EndTxnResponse => Some("EndTxnResponse"),
+      Self::TxnCommitOffsetsResponse => Some("TxnCommitOffsetsResponse"),
       _ => None,
     }
   }
@@ -904,6 +1086,135 @@ impl<'a> PayloadSlice {
         &x_le as *const _ as *const u8,
         self.0[4..].as_mut_ptr(),
         ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+}
+
+/// A transaction aborted among the fetched batches: skip that producer's transactional
+/// batches from `first_offset` until its abort marker.
+// struct AbortedTransaction, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct AbortedTransaction(pub [u8; 16]);
+impl Default for AbortedTransaction { 
+  fn default() -> Self { 
+    Self([0; 16])
+  }
+}
+impl ::core::fmt::Debug for AbortedTransaction {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    f.debug_struct("AbortedTransaction")
+      .field("producer_id", &self.producer_id())
+      .field("first_offset", &self.first_offset())
+      .finish()
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for AbortedTransaction {}
+impl<'a> ::flatbuffers::Follow<'a> for AbortedTransaction {
+  type Inner = &'a AbortedTransaction;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { <&'a AbortedTransaction>::follow(buf, loc) }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for &'a AbortedTransaction {
+  type Inner = &'a AbortedTransaction;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { ::flatbuffers::follow_cast_ref::<AbortedTransaction>(buf, loc) }
+  }
+}
+impl<'b> ::flatbuffers::Push for AbortedTransaction {
+    type Output = AbortedTransaction;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = unsafe { ::core::slice::from_raw_parts(self as *const AbortedTransaction as *const u8, <Self as ::flatbuffers::Push>::size()) };
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn alignment() -> ::flatbuffers::PushAlignment {
+        ::flatbuffers::PushAlignment::new(8)
+    }
+}
+
+impl<'a> ::flatbuffers::Verifiable for AbortedTransaction {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> AbortedTransaction {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    producer_id: i64,
+    first_offset: i64,
+  ) -> Self {
+    let mut s = Self([0; 16]);
+    s.set_producer_id(producer_id);
+    s.set_first_offset(first_offset);
+    s
+  }
+
+  pub fn producer_id(&self) -> i64 {
+    let mut mem = ::core::mem::MaybeUninit::<<i64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<i64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_producer_id(&mut self, x: i64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        ::core::mem::size_of::<<i64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn first_offset(&self) -> i64 {
+    let mut mem = ::core::mem::MaybeUninit::<<i64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<i64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_first_offset(&mut self, x: i64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        ::core::mem::size_of::<<i64 as ::flatbuffers::EndianScalar>::Scalar>(),
       );
     }
   }
@@ -3904,6 +4215,7 @@ impl<'a> FetchRequest<'a> {
   pub const VT_MIN_BYTES: ::flatbuffers::VOffsetT = 6;
   pub const VT_MAX_BYTES: ::flatbuffers::VOffsetT = 8;
   pub const VT_TOPICS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ISOLATION: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3919,6 +4231,7 @@ impl<'a> FetchRequest<'a> {
     builder.add_max_bytes(args.max_bytes);
     builder.add_min_bytes(args.min_bytes);
     builder.add_max_wait_ms(args.max_wait_ms);
+    builder.add_isolation(args.isolation);
     builder.finish()
   }
 
@@ -3952,6 +4265,13 @@ impl<'a> FetchRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<FetchTopic>>>>(FetchRequest::VT_TOPICS, None)}
   }
+  #[inline]
+  pub fn isolation(&self) -> Isolation {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Isolation>(FetchRequest::VT_ISOLATION, Some(Isolation::ReadUncommitted)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for FetchRequest<'_> {
@@ -3964,6 +4284,7 @@ impl ::flatbuffers::Verifiable for FetchRequest<'_> {
      .visit_field::<i32>("min_bytes", Self::VT_MIN_BYTES, false)?
      .visit_field::<i32>("max_bytes", Self::VT_MAX_BYTES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<FetchTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .visit_field::<Isolation>("isolation", Self::VT_ISOLATION, false)?
      .finish();
     Ok(())
   }
@@ -3973,6 +4294,7 @@ pub struct FetchRequestArgs<'a> {
     pub min_bytes: i32,
     pub max_bytes: i32,
     pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<FetchTopic<'a>>>>>,
+    pub isolation: Isolation,
 }
 impl<'a> Default for FetchRequestArgs<'a> {
   #[inline]
@@ -3982,6 +4304,7 @@ impl<'a> Default for FetchRequestArgs<'a> {
       min_bytes: 1,
       max_bytes: 52428800,
       topics: None,
+      isolation: Isolation::ReadUncommitted,
     }
   }
 }
@@ -4008,6 +4331,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FetchRequestBuilder<'a, 'b, A
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(FetchRequest::VT_TOPICS, topics);
   }
   #[inline]
+  pub fn add_isolation(&mut self, isolation: Isolation) {
+    self.fbb_.push_slot::<Isolation>(FetchRequest::VT_ISOLATION, isolation, Isolation::ReadUncommitted);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FetchRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     FetchRequestBuilder {
@@ -4029,6 +4356,7 @@ impl ::core::fmt::Debug for FetchRequest<'_> {
       ds.field("min_bytes", &self.min_bytes());
       ds.field("max_bytes", &self.max_bytes());
       ds.field("topics", &self.topics());
+      ds.field("isolation", &self.isolation());
       ds.finish()
   }
 }
@@ -4054,6 +4382,8 @@ impl<'a> FetchPartitionResult<'a> {
   pub const VT_HIGH_WATERMARK: ::flatbuffers::VOffsetT = 10;
   pub const VT_LOG_START_OFFSET: ::flatbuffers::VOffsetT = 12;
   pub const VT_RECORDS: ::flatbuffers::VOffsetT = 14;
+  pub const VT_LAST_STABLE_OFFSET: ::flatbuffers::VOffsetT = 16;
+  pub const VT_ABORTED: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4065,8 +4395,10 @@ impl<'a> FetchPartitionResult<'a> {
     args: &'args FetchPartitionResultArgs<'args>
   ) -> ::flatbuffers::WIPOffset<FetchPartitionResult<'bldr>> {
     let mut builder = FetchPartitionResultBuilder::new(_fbb);
+    builder.add_last_stable_offset(args.last_stable_offset);
     builder.add_log_start_offset(args.log_start_offset);
     builder.add_high_watermark(args.high_watermark);
+    if let Some(x) = args.aborted { builder.add_aborted(x); }
     if let Some(x) = args.records { builder.add_records(x); }
     if let Some(x) = args.error_message { builder.add_error_message(x); }
     builder.add_partition(args.partition);
@@ -4118,6 +4450,22 @@ impl<'a> FetchPartitionResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<PayloadSlice>(FetchPartitionResult::VT_RECORDS, None)}
   }
+  /// The last stable offset: under ReadCommitted, nothing at or past it is returned.
+  #[inline]
+  pub fn last_stable_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(FetchPartitionResult::VT_LAST_STABLE_OFFSET, Some(-1)).unwrap()}
+  }
+  /// Under ReadCommitted, the aborted transactions with batches among `records`.
+  #[inline]
+  pub fn aborted(&self) -> Option<::flatbuffers::Vector<'a, AbortedTransaction>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, AbortedTransaction>>>(FetchPartitionResult::VT_ABORTED, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for FetchPartitionResult<'_> {
@@ -4132,6 +4480,8 @@ impl ::flatbuffers::Verifiable for FetchPartitionResult<'_> {
      .visit_field::<i64>("high_watermark", Self::VT_HIGH_WATERMARK, false)?
      .visit_field::<i64>("log_start_offset", Self::VT_LOG_START_OFFSET, false)?
      .visit_field::<PayloadSlice>("records", Self::VT_RECORDS, false)?
+     .visit_field::<i64>("last_stable_offset", Self::VT_LAST_STABLE_OFFSET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, AbortedTransaction>>>("aborted", Self::VT_ABORTED, false)?
      .finish();
     Ok(())
   }
@@ -4143,6 +4493,8 @@ pub struct FetchPartitionResultArgs<'a> {
     pub high_watermark: i64,
     pub log_start_offset: i64,
     pub records: Option<&'a PayloadSlice>,
+    pub last_stable_offset: i64,
+    pub aborted: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, AbortedTransaction>>>,
 }
 impl<'a> Default for FetchPartitionResultArgs<'a> {
   #[inline]
@@ -4154,6 +4506,8 @@ impl<'a> Default for FetchPartitionResultArgs<'a> {
       high_watermark: -1,
       log_start_offset: -1,
       records: None,
+      last_stable_offset: -1,
+      aborted: None,
     }
   }
 }
@@ -4188,6 +4542,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FetchPartitionResultBuilder<'
     self.fbb_.push_slot_always::<&PayloadSlice>(FetchPartitionResult::VT_RECORDS, records);
   }
   #[inline]
+  pub fn add_last_stable_offset(&mut self, last_stable_offset: i64) {
+    self.fbb_.push_slot::<i64>(FetchPartitionResult::VT_LAST_STABLE_OFFSET, last_stable_offset, -1);
+  }
+  #[inline]
+  pub fn add_aborted(&mut self, aborted: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , AbortedTransaction>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(FetchPartitionResult::VT_ABORTED, aborted);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FetchPartitionResultBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     FetchPartitionResultBuilder {
@@ -4211,6 +4573,8 @@ impl ::core::fmt::Debug for FetchPartitionResult<'_> {
       ds.field("high_watermark", &self.high_watermark());
       ds.field("log_start_offset", &self.log_start_offset());
       ds.field("records", &self.records());
+      ds.field("last_stable_offset", &self.last_stable_offset());
+      ds.field("aborted", &self.aborted());
       ds.finish()
   }
 }
@@ -4686,6 +5050,7 @@ impl<'a> ::flatbuffers::Follow<'a> for ListOffsetsRequest<'a> {
 
 impl<'a> ListOffsetsRequest<'a> {
   pub const VT_TOPICS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ISOLATION: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4698,6 +5063,7 @@ impl<'a> ListOffsetsRequest<'a> {
   ) -> ::flatbuffers::WIPOffset<ListOffsetsRequest<'bldr>> {
     let mut builder = ListOffsetsRequestBuilder::new(_fbb);
     if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.add_isolation(args.isolation);
     builder.finish()
   }
 
@@ -4709,6 +5075,14 @@ impl<'a> ListOffsetsRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ListOffsetsTopic>>>>(ListOffsetsRequest::VT_TOPICS, None)}
   }
+  /// ReadCommitted: `Latest` is the last stable offset rather than the high watermark.
+  #[inline]
+  pub fn isolation(&self) -> Isolation {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Isolation>(ListOffsetsRequest::VT_ISOLATION, Some(Isolation::ReadUncommitted)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ListOffsetsRequest<'_> {
@@ -4718,18 +5092,21 @@ impl ::flatbuffers::Verifiable for ListOffsetsRequest<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ListOffsetsTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .visit_field::<Isolation>("isolation", Self::VT_ISOLATION, false)?
      .finish();
     Ok(())
   }
 }
 pub struct ListOffsetsRequestArgs<'a> {
     pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ListOffsetsTopic<'a>>>>>,
+    pub isolation: Isolation,
 }
 impl<'a> Default for ListOffsetsRequestArgs<'a> {
   #[inline]
   fn default() -> Self {
     ListOffsetsRequestArgs {
       topics: None,
+      isolation: Isolation::ReadUncommitted,
     }
   }
 }
@@ -4742,6 +5119,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ListOffsetsRequestBuilder<'a,
   #[inline]
   pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ListOffsetsTopic<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ListOffsetsRequest::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn add_isolation(&mut self, isolation: Isolation) {
+    self.fbb_.push_slot::<Isolation>(ListOffsetsRequest::VT_ISOLATION, isolation, Isolation::ReadUncommitted);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ListOffsetsRequestBuilder<'a, 'b, A> {
@@ -4762,6 +5143,7 @@ impl ::core::fmt::Debug for ListOffsetsRequest<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("ListOffsetsRequest");
       ds.field("topics", &self.topics());
+      ds.field("isolation", &self.isolation());
       ds.finish()
   }
 }
@@ -5954,6 +6336,7 @@ impl<'a> ::flatbuffers::Follow<'a> for FetchOffsetsRequest<'a> {
 impl<'a> FetchOffsetsRequest<'a> {
   pub const VT_GROUP: ::flatbuffers::VOffsetT = 4;
   pub const VT_TOPICS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_REQUIRE_STABLE: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5967,6 +6350,7 @@ impl<'a> FetchOffsetsRequest<'a> {
     let mut builder = FetchOffsetsRequestBuilder::new(_fbb);
     if let Some(x) = args.topics { builder.add_topics(x); }
     if let Some(x) = args.group { builder.add_group(x); }
+    builder.add_require_stable(args.require_stable);
     builder.finish()
   }
 
@@ -5986,6 +6370,15 @@ impl<'a> FetchOffsetsRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<FetchOffsetsTopic>>>>(FetchOffsetsRequest::VT_TOPICS, None)}
   }
+  /// Refuse with UnstableOffsetCommit while an open transaction may change the group's
+  /// offsets (KIP-447), so a new consumer does not start from offsets about to move.
+  #[inline]
+  pub fn require_stable(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(FetchOffsetsRequest::VT_REQUIRE_STABLE, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for FetchOffsetsRequest<'_> {
@@ -5996,6 +6389,7 @@ impl ::flatbuffers::Verifiable for FetchOffsetsRequest<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group", Self::VT_GROUP, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<FetchOffsetsTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .visit_field::<bool>("require_stable", Self::VT_REQUIRE_STABLE, false)?
      .finish();
     Ok(())
   }
@@ -6003,6 +6397,7 @@ impl ::flatbuffers::Verifiable for FetchOffsetsRequest<'_> {
 pub struct FetchOffsetsRequestArgs<'a> {
     pub group: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<FetchOffsetsTopic<'a>>>>>,
+    pub require_stable: bool,
 }
 impl<'a> Default for FetchOffsetsRequestArgs<'a> {
   #[inline]
@@ -6010,6 +6405,7 @@ impl<'a> Default for FetchOffsetsRequestArgs<'a> {
     FetchOffsetsRequestArgs {
       group: None, // required field
       topics: None,
+      require_stable: false,
     }
   }
 }
@@ -6026,6 +6422,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FetchOffsetsRequestBuilder<'a
   #[inline]
   pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<FetchOffsetsTopic<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(FetchOffsetsRequest::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn add_require_stable(&mut self, require_stable: bool) {
+    self.fbb_.push_slot::<bool>(FetchOffsetsRequest::VT_REQUIRE_STABLE, require_stable, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FetchOffsetsRequestBuilder<'a, 'b, A> {
@@ -6048,6 +6448,7 @@ impl ::core::fmt::Debug for FetchOffsetsRequest<'_> {
     let mut ds = f.debug_struct("FetchOffsetsRequest");
       ds.field("group", &self.group());
       ds.field("topics", &self.topics());
+      ds.field("require_stable", &self.require_stable());
       ds.finish()
   }
 }
@@ -8260,6 +8661,1553 @@ impl ::core::fmt::Debug for ReplicaFetchResponse<'_> {
       ds.finish()
   }
 }
+pub enum InitProducerRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct InitProducerRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for InitProducerRequest<'a> {
+  type Inner = InitProducerRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> InitProducerRequest<'a> {
+  pub const VT_TRANSACTIONAL_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TRANSACTION_TIMEOUT_MS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    InitProducerRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args InitProducerRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<InitProducerRequest<'bldr>> {
+    let mut builder = InitProducerRequestBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    builder.add_transaction_timeout_ms(args.transaction_timeout_ms);
+    if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.finish()
+  }
+
+
+  /// Absent or empty: an idempotent producer, without transactions.
+  #[inline]
+  pub fn transactional_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(InitProducerRequest::VT_TRANSACTIONAL_ID, None)}
+  }
+  #[inline]
+  pub fn transaction_timeout_ms(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(InitProducerRequest::VT_TRANSACTION_TIMEOUT_MS, Some(60000)).unwrap()}
+  }
+  /// The id and epoch the producer already has (-1: none). With a transactional id the
+  /// coordinator checks them; without, the same id comes back with its epoch bumped
+  /// (a producer that hit a sequence error starts its sequences again).
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(InitProducerRequest::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(InitProducerRequest::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for InitProducerRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("transactional_id", Self::VT_TRANSACTIONAL_ID, false)?
+     .visit_field::<i32>("transaction_timeout_ms", Self::VT_TRANSACTION_TIMEOUT_MS, false)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct InitProducerRequestArgs<'a> {
+    pub transactional_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub transaction_timeout_ms: i32,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+impl<'a> Default for InitProducerRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    InitProducerRequestArgs {
+      transactional_id: None,
+      transaction_timeout_ms: 60000,
+      producer_id: -1,
+      producer_epoch: -1,
+    }
+  }
+}
+
+pub struct InitProducerRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> InitProducerRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_transactional_id(&mut self, transactional_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(InitProducerRequest::VT_TRANSACTIONAL_ID, transactional_id);
+  }
+  #[inline]
+  pub fn add_transaction_timeout_ms(&mut self, transaction_timeout_ms: i32) {
+    self.fbb_.push_slot::<i32>(InitProducerRequest::VT_TRANSACTION_TIMEOUT_MS, transaction_timeout_ms, 60000);
+  }
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(InitProducerRequest::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(InitProducerRequest::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> InitProducerRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    InitProducerRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<InitProducerRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for InitProducerRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("InitProducerRequest");
+      ds.field("transactional_id", &self.transactional_id());
+      ds.field("transaction_timeout_ms", &self.transaction_timeout_ms());
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.finish()
+  }
+}
+pub enum InitProducerResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct InitProducerResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for InitProducerResponse<'a> {
+  type Inner = InitProducerResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> InitProducerResponse<'a> {
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    InitProducerResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args InitProducerResponseArgs
+  ) -> ::flatbuffers::WIPOffset<InitProducerResponse<'bldr>> {
+    let mut builder = InitProducerResponseBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(InitProducerResponse::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(InitProducerResponse::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for InitProducerResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct InitProducerResponseArgs {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+impl<'a> Default for InitProducerResponseArgs {
+  #[inline]
+  fn default() -> Self {
+    InitProducerResponseArgs {
+      producer_id: -1,
+      producer_epoch: -1,
+    }
+  }
+}
+
+pub struct InitProducerResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> InitProducerResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(InitProducerResponse::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(InitProducerResponse::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> InitProducerResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    InitProducerResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<InitProducerResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for InitProducerResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("InitProducerResponse");
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.finish()
+  }
+}
+pub enum TxnTopicOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TxnTopic<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TxnTopic<'a> {
+  type Inner = TxnTopic<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TxnTopic<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TxnTopic { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TxnTopicArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TxnTopic<'bldr>> {
+    let mut builder = TxnTopicBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TxnTopic::VT_NAME, None).unwrap()}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<::flatbuffers::Vector<'a, i32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, i32>>>(TxnTopic::VT_PARTITIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TxnTopic<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, i32>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TxnTopicArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, i32>>>,
+}
+impl<'a> Default for TxnTopicArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TxnTopicArgs {
+      name: None, // required field
+      partitions: None,
+    }
+  }
+}
+
+pub struct TxnTopicBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnTopicBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnTopic::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , i32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnTopic::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnTopicBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TxnTopicBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TxnTopic<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, TxnTopic::VT_NAME,"name");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TxnTopic<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TxnTopic");
+      ds.field("name", &self.name());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+pub enum AddPartitionsToTxnRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AddPartitionsToTxnRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AddPartitionsToTxnRequest<'a> {
+  type Inner = AddPartitionsToTxnRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AddPartitionsToTxnRequest<'a> {
+  pub const VT_TRANSACTIONAL_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TOPICS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AddPartitionsToTxnRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AddPartitionsToTxnRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AddPartitionsToTxnRequest<'bldr>> {
+    let mut builder = AddPartitionsToTxnRequestBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn transactional_id(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AddPartitionsToTxnRequest::VT_TRANSACTIONAL_ID, None).unwrap()}
+  }
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(AddPartitionsToTxnRequest::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(AddPartitionsToTxnRequest::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnTopic<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnTopic>>>>(AddPartitionsToTxnRequest::VT_TOPICS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AddPartitionsToTxnRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("transactional_id", Self::VT_TRANSACTIONAL_ID, true)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TxnTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AddPartitionsToTxnRequestArgs<'a> {
+    pub transactional_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnTopic<'a>>>>>,
+}
+impl<'a> Default for AddPartitionsToTxnRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AddPartitionsToTxnRequestArgs {
+      transactional_id: None, // required field
+      producer_id: -1,
+      producer_epoch: -1,
+      topics: None,
+    }
+  }
+}
+
+pub struct AddPartitionsToTxnRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AddPartitionsToTxnRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_transactional_id(&mut self, transactional_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddPartitionsToTxnRequest::VT_TRANSACTIONAL_ID, transactional_id);
+  }
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(AddPartitionsToTxnRequest::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(AddPartitionsToTxnRequest::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<TxnTopic<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddPartitionsToTxnRequest::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AddPartitionsToTxnRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AddPartitionsToTxnRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AddPartitionsToTxnRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, AddPartitionsToTxnRequest::VT_TRANSACTIONAL_ID,"transactional_id");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AddPartitionsToTxnRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AddPartitionsToTxnRequest");
+      ds.field("transactional_id", &self.transactional_id());
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
+pub enum TxnPartitionResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TxnPartitionResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TxnPartitionResult<'a> {
+  type Inner = TxnPartitionResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TxnPartitionResult<'a> {
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TxnPartitionResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TxnPartitionResultArgs
+  ) -> ::flatbuffers::WIPOffset<TxnPartitionResult<'bldr>> {
+    let mut builder = TxnPartitionResultBuilder::new(_fbb);
+    builder.add_partition(args.partition);
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(TxnPartitionResult::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(TxnPartitionResult::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TxnPartitionResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TxnPartitionResultArgs {
+    pub partition: i32,
+    pub error: ErrorCode,
+}
+impl<'a> Default for TxnPartitionResultArgs {
+  #[inline]
+  fn default() -> Self {
+    TxnPartitionResultArgs {
+      partition: 0,
+      error: ErrorCode::None,
+    }
+  }
+}
+
+pub struct TxnPartitionResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnPartitionResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(TxnPartitionResult::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(TxnPartitionResult::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnPartitionResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TxnPartitionResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TxnPartitionResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TxnPartitionResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TxnPartitionResult");
+      ds.field("partition", &self.partition());
+      ds.field("error", &self.error());
+      ds.finish()
+  }
+}
+pub enum TxnTopicResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TxnTopicResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TxnTopicResult<'a> {
+  type Inner = TxnTopicResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TxnTopicResult<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TxnTopicResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TxnTopicResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TxnTopicResult<'bldr>> {
+    let mut builder = TxnTopicResultBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TxnTopicResult::VT_NAME, None).unwrap()}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnPartitionResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnPartitionResult>>>>(TxnTopicResult::VT_PARTITIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TxnTopicResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TxnPartitionResult>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TxnTopicResultArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnPartitionResult<'a>>>>>,
+}
+impl<'a> Default for TxnTopicResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TxnTopicResultArgs {
+      name: None, // required field
+      partitions: None,
+    }
+  }
+}
+
+pub struct TxnTopicResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnTopicResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnTopicResult::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<TxnPartitionResult<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnTopicResult::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnTopicResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TxnTopicResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TxnTopicResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, TxnTopicResult::VT_NAME,"name");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TxnTopicResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TxnTopicResult");
+      ds.field("name", &self.name());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+pub enum AddPartitionsToTxnResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AddPartitionsToTxnResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AddPartitionsToTxnResponse<'a> {
+  type Inner = AddPartitionsToTxnResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AddPartitionsToTxnResponse<'a> {
+  pub const VT_TOPICS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AddPartitionsToTxnResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AddPartitionsToTxnResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AddPartitionsToTxnResponse<'bldr>> {
+    let mut builder = AddPartitionsToTxnResponseBuilder::new(_fbb);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnTopicResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnTopicResult>>>>(AddPartitionsToTxnResponse::VT_TOPICS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AddPartitionsToTxnResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TxnTopicResult>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AddPartitionsToTxnResponseArgs<'a> {
+    pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnTopicResult<'a>>>>>,
+}
+impl<'a> Default for AddPartitionsToTxnResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AddPartitionsToTxnResponseArgs {
+      topics: None,
+    }
+  }
+}
+
+pub struct AddPartitionsToTxnResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AddPartitionsToTxnResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<TxnTopicResult<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddPartitionsToTxnResponse::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AddPartitionsToTxnResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AddPartitionsToTxnResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AddPartitionsToTxnResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AddPartitionsToTxnResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AddPartitionsToTxnResponse");
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
+pub enum AddOffsetsToTxnRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AddOffsetsToTxnRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AddOffsetsToTxnRequest<'a> {
+  type Inner = AddOffsetsToTxnRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AddOffsetsToTxnRequest<'a> {
+  pub const VT_TRANSACTIONAL_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_GROUP: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AddOffsetsToTxnRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AddOffsetsToTxnRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AddOffsetsToTxnRequest<'bldr>> {
+    let mut builder = AddOffsetsToTxnRequestBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    if let Some(x) = args.group { builder.add_group(x); }
+    if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn transactional_id(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AddOffsetsToTxnRequest::VT_TRANSACTIONAL_ID, None).unwrap()}
+  }
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(AddOffsetsToTxnRequest::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(AddOffsetsToTxnRequest::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn group(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AddOffsetsToTxnRequest::VT_GROUP, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AddOffsetsToTxnRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("transactional_id", Self::VT_TRANSACTIONAL_ID, true)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group", Self::VT_GROUP, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AddOffsetsToTxnRequestArgs<'a> {
+    pub transactional_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub group: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for AddOffsetsToTxnRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AddOffsetsToTxnRequestArgs {
+      transactional_id: None, // required field
+      producer_id: -1,
+      producer_epoch: -1,
+      group: None, // required field
+    }
+  }
+}
+
+pub struct AddOffsetsToTxnRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AddOffsetsToTxnRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_transactional_id(&mut self, transactional_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddOffsetsToTxnRequest::VT_TRANSACTIONAL_ID, transactional_id);
+  }
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(AddOffsetsToTxnRequest::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(AddOffsetsToTxnRequest::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn add_group(&mut self, group: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddOffsetsToTxnRequest::VT_GROUP, group);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AddOffsetsToTxnRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AddOffsetsToTxnRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AddOffsetsToTxnRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, AddOffsetsToTxnRequest::VT_TRANSACTIONAL_ID,"transactional_id");
+    self.fbb_.required(o, AddOffsetsToTxnRequest::VT_GROUP,"group");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AddOffsetsToTxnRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AddOffsetsToTxnRequest");
+      ds.field("transactional_id", &self.transactional_id());
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.field("group", &self.group());
+      ds.finish()
+  }
+}
+pub enum AddOffsetsToTxnResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AddOffsetsToTxnResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AddOffsetsToTxnResponse<'a> {
+  type Inner = AddOffsetsToTxnResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AddOffsetsToTxnResponse<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AddOffsetsToTxnResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args AddOffsetsToTxnResponseArgs
+  ) -> ::flatbuffers::WIPOffset<AddOffsetsToTxnResponse<'bldr>> {
+    let mut builder = AddOffsetsToTxnResponseBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for AddOffsetsToTxnResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AddOffsetsToTxnResponseArgs {
+}
+impl<'a> Default for AddOffsetsToTxnResponseArgs {
+  #[inline]
+  fn default() -> Self {
+    AddOffsetsToTxnResponseArgs {
+    }
+  }
+}
+
+pub struct AddOffsetsToTxnResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AddOffsetsToTxnResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AddOffsetsToTxnResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AddOffsetsToTxnResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AddOffsetsToTxnResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AddOffsetsToTxnResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AddOffsetsToTxnResponse");
+      ds.finish()
+  }
+}
+pub enum EndTxnRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct EndTxnRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for EndTxnRequest<'a> {
+  type Inner = EndTxnRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> EndTxnRequest<'a> {
+  pub const VT_TRANSACTIONAL_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_COMMIT: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    EndTxnRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args EndTxnRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<EndTxnRequest<'bldr>> {
+    let mut builder = EndTxnRequestBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.add_commit(args.commit);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn transactional_id(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(EndTxnRequest::VT_TRANSACTIONAL_ID, None).unwrap()}
+  }
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(EndTxnRequest::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(EndTxnRequest::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+  /// true: commit; false: abort.
+  #[inline]
+  pub fn commit(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(EndTxnRequest::VT_COMMIT, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for EndTxnRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("transactional_id", Self::VT_TRANSACTIONAL_ID, true)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .visit_field::<bool>("commit", Self::VT_COMMIT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct EndTxnRequestArgs<'a> {
+    pub transactional_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+}
+impl<'a> Default for EndTxnRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    EndTxnRequestArgs {
+      transactional_id: None, // required field
+      producer_id: -1,
+      producer_epoch: -1,
+      commit: false,
+    }
+  }
+}
+
+pub struct EndTxnRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EndTxnRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_transactional_id(&mut self, transactional_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(EndTxnRequest::VT_TRANSACTIONAL_ID, transactional_id);
+  }
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(EndTxnRequest::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(EndTxnRequest::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn add_commit(&mut self, commit: bool) {
+    self.fbb_.push_slot::<bool>(EndTxnRequest::VT_COMMIT, commit, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EndTxnRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    EndTxnRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<EndTxnRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, EndTxnRequest::VT_TRANSACTIONAL_ID,"transactional_id");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for EndTxnRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("EndTxnRequest");
+      ds.field("transactional_id", &self.transactional_id());
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.field("commit", &self.commit());
+      ds.finish()
+  }
+}
+pub enum EndTxnResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct EndTxnResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for EndTxnResponse<'a> {
+  type Inner = EndTxnResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> EndTxnResponse<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    EndTxnResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args EndTxnResponseArgs
+  ) -> ::flatbuffers::WIPOffset<EndTxnResponse<'bldr>> {
+    let mut builder = EndTxnResponseBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for EndTxnResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct EndTxnResponseArgs {
+}
+impl<'a> Default for EndTxnResponseArgs {
+  #[inline]
+  fn default() -> Self {
+    EndTxnResponseArgs {
+    }
+  }
+}
+
+pub struct EndTxnResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EndTxnResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EndTxnResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    EndTxnResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<EndTxnResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for EndTxnResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("EndTxnResponse");
+      ds.finish()
+  }
+}
+pub enum TxnCommitOffsetsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TxnCommitOffsetsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TxnCommitOffsetsRequest<'a> {
+  type Inner = TxnCommitOffsetsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TxnCommitOffsetsRequest<'a> {
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 6;
+  pub const VT_GROUP: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TOPICS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TxnCommitOffsetsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TxnCommitOffsetsRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TxnCommitOffsetsRequest<'bldr>> {
+    let mut builder = TxnCommitOffsetsRequestBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    if let Some(x) = args.group { builder.add_group(x); }
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(TxnCommitOffsetsRequest::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(TxnCommitOffsetsRequest::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn group(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TxnCommitOffsetsRequest::VT_GROUP, None).unwrap()}
+  }
+  #[inline]
+  pub fn topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CommitTopic<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CommitTopic>>>>(TxnCommitOffsetsRequest::VT_TOPICS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TxnCommitOffsetsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group", Self::VT_GROUP, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<CommitTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TxnCommitOffsetsRequestArgs<'a> {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub group: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CommitTopic<'a>>>>>,
+}
+impl<'a> Default for TxnCommitOffsetsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TxnCommitOffsetsRequestArgs {
+      producer_id: -1,
+      producer_epoch: -1,
+      group: None, // required field
+      topics: None,
+    }
+  }
+}
+
+pub struct TxnCommitOffsetsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnCommitOffsetsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(TxnCommitOffsetsRequest::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(TxnCommitOffsetsRequest::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn add_group(&mut self, group: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnCommitOffsetsRequest::VT_GROUP, group);
+  }
+  #[inline]
+  pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<CommitTopic<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnCommitOffsetsRequest::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnCommitOffsetsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TxnCommitOffsetsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TxnCommitOffsetsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, TxnCommitOffsetsRequest::VT_GROUP,"group");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TxnCommitOffsetsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TxnCommitOffsetsRequest");
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.field("group", &self.group());
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
+pub enum TxnCommitOffsetsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TxnCommitOffsetsResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TxnCommitOffsetsResponse<'a> {
+  type Inner = TxnCommitOffsetsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TxnCommitOffsetsResponse<'a> {
+  pub const VT_TOPICS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TxnCommitOffsetsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TxnCommitOffsetsResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TxnCommitOffsetsResponse<'bldr>> {
+    let mut builder = TxnCommitOffsetsResponseBuilder::new(_fbb);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnTopicResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnTopicResult>>>>(TxnCommitOffsetsResponse::VT_TOPICS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TxnCommitOffsetsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TxnTopicResult>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TxnCommitOffsetsResponseArgs<'a> {
+    pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnTopicResult<'a>>>>>,
+}
+impl<'a> Default for TxnCommitOffsetsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TxnCommitOffsetsResponseArgs {
+      topics: None,
+    }
+  }
+}
+
+pub struct TxnCommitOffsetsResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnCommitOffsetsResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<TxnTopicResult<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnCommitOffsetsResponse::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnCommitOffsetsResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TxnCommitOffsetsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TxnCommitOffsetsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TxnCommitOffsetsResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TxnCommitOffsetsResponse");
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -8557,6 +10505,76 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_init_producer_request(&self) -> Option<InitProducerRequest<'a>> {
+    if self.body_type() == RequestBody::InitProducerRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { InitProducerRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_add_partitions_to_txn_request(&self) -> Option<AddPartitionsToTxnRequest<'a>> {
+    if self.body_type() == RequestBody::AddPartitionsToTxnRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { AddPartitionsToTxnRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_add_offsets_to_txn_request(&self) -> Option<AddOffsetsToTxnRequest<'a>> {
+    if self.body_type() == RequestBody::AddOffsetsToTxnRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { AddOffsetsToTxnRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_end_txn_request(&self) -> Option<EndTxnRequest<'a>> {
+    if self.body_type() == RequestBody::EndTxnRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { EndTxnRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_txn_commit_offsets_request(&self) -> Option<TxnCommitOffsetsRequest<'a>> {
+    if self.body_type() == RequestBody::TxnCommitOffsetsRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { TxnCommitOffsetsRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -8585,6 +10603,11 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           RequestBody::RaftMessagesRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RaftMessagesRequest>>("RequestBody::RaftMessagesRequest", pos),
           RequestBody::ControllerCallRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ControllerCallRequest>>("RequestBody::ControllerCallRequest", pos),
           RequestBody::ReplicaFetchRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplicaFetchRequest>>("RequestBody::ReplicaFetchRequest", pos),
+          RequestBody::InitProducerRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InitProducerRequest>>("RequestBody::InitProducerRequest", pos),
+          RequestBody::AddPartitionsToTxnRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AddPartitionsToTxnRequest>>("RequestBody::AddPartitionsToTxnRequest", pos),
+          RequestBody::AddOffsetsToTxnRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AddOffsetsToTxnRequest>>("RequestBody::AddOffsetsToTxnRequest", pos),
+          RequestBody::EndTxnRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<EndTxnRequest>>("RequestBody::EndTxnRequest", pos),
+          RequestBody::TxnCommitOffsetsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TxnCommitOffsetsRequest>>("RequestBody::TxnCommitOffsetsRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -8761,6 +10784,41 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         RequestBody::ReplicaFetchRequest => {
           if let Some(x) = self.body_as_replica_fetch_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::InitProducerRequest => {
+          if let Some(x) = self.body_as_init_producer_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::AddPartitionsToTxnRequest => {
+          if let Some(x) = self.body_as_add_partitions_to_txn_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::AddOffsetsToTxnRequest => {
+          if let Some(x) = self.body_as_add_offsets_to_txn_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::EndTxnRequest => {
+          if let Some(x) = self.body_as_end_txn_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::TxnCommitOffsetsRequest => {
+          if let Some(x) = self.body_as_txn_commit_offsets_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -9106,6 +11164,81 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_init_producer_response(&self) -> Option<InitProducerResponse<'a>> {
+    if self.body_type() == ResponseBody::InitProducerResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { InitProducerResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_add_partitions_to_txn_response(&self) -> Option<AddPartitionsToTxnResponse<'a>> {
+    if self.body_type() == ResponseBody::AddPartitionsToTxnResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AddPartitionsToTxnResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_add_offsets_to_txn_response(&self) -> Option<AddOffsetsToTxnResponse<'a>> {
+    if self.body_type() == ResponseBody::AddOffsetsToTxnResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AddOffsetsToTxnResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_end_txn_response(&self) -> Option<EndTxnResponse<'a>> {
+    if self.body_type() == ResponseBody::EndTxnResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { EndTxnResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_txn_commit_offsets_response(&self) -> Option<TxnCommitOffsetsResponse<'a>> {
+    if self.body_type() == ResponseBody::TxnCommitOffsetsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { TxnCommitOffsetsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -9136,6 +11269,11 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           ResponseBody::RaftMessagesResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RaftMessagesResponse>>("ResponseBody::RaftMessagesResponse", pos),
           ResponseBody::ControllerCallResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ControllerCallResponse>>("ResponseBody::ControllerCallResponse", pos),
           ResponseBody::ReplicaFetchResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplicaFetchResponse>>("ResponseBody::ReplicaFetchResponse", pos),
+          ResponseBody::InitProducerResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InitProducerResponse>>("ResponseBody::InitProducerResponse", pos),
+          ResponseBody::AddPartitionsToTxnResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AddPartitionsToTxnResponse>>("ResponseBody::AddPartitionsToTxnResponse", pos),
+          ResponseBody::AddOffsetsToTxnResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AddOffsetsToTxnResponse>>("ResponseBody::AddOffsetsToTxnResponse", pos),
+          ResponseBody::EndTxnResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<EndTxnResponse>>("ResponseBody::EndTxnResponse", pos),
+          ResponseBody::TxnCommitOffsetsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TxnCommitOffsetsResponse>>("ResponseBody::TxnCommitOffsetsResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -9325,6 +11463,41 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         ResponseBody::ReplicaFetchResponse => {
           if let Some(x) = self.body_as_replica_fetch_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::InitProducerResponse => {
+          if let Some(x) = self.body_as_init_producer_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::AddPartitionsToTxnResponse => {
+          if let Some(x) = self.body_as_add_partitions_to_txn_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::AddOffsetsToTxnResponse => {
+          if let Some(x) = self.body_as_add_offsets_to_txn_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::EndTxnResponse => {
+          if let Some(x) = self.body_as_end_txn_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::TxnCommitOffsetsResponse => {
+          if let Some(x) = self.body_as_txn_commit_offsets_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
