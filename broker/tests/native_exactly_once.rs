@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -93,59 +93,42 @@ fn start_broker(dir: &std::path::Path, topics: &[&str]) -> BrokerProcess {
     broker
 }
 
-#[test]
-fn idempotent_producer_neither_loses_nor_duplicates_through_broker_kills() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut broker = start_broker(dir.path(), &["idem"]);
-    let address = broker.native.clone();
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let producing = {
-        let (stop, sent) = (stop.clone(), sent.clone());
-        std::thread::spawn(move || {
-            run(async move {
-                let client = Client::connect(&address).await.expect("connect");
-                let config = patient(ProducerConfig {
-                    idempotent: true,
-                    ..ProducerConfig::default()
-                });
-                let producer = Producer::new(client, config).await.expect("producer");
-                let mut deliveries = Vec::new();
-                let mut next = [0u64; PARTITIONS as usize];
-                while !stop.load(Ordering::Acquire) {
-                    for partition in 0..PARTITIONS {
-                        let n = &mut next[partition as usize];
-                        let value = format!("{partition}-{n}");
-                        *n += 1;
-                        let delivery = producer
-                            .send(record("idem", partition, value))
-                            .await
-                            .expect("send");
-                        deliveries.push(delivery);
-                    }
-                    sent.fetch_add(PARTITIONS as u64, Ordering::Relaxed);
-                    // Paced so that the kills land while batches are in flight.
-                    glommio::timer::sleep(Duration::from_micros(200)).await;
-                }
-                producer.flush().await;
-                for delivery in deliveries {
-                    delivery.wait().await.expect("every record is delivered");
-                }
-                next
-            })
-        })
-    };
-    let kills = 10;
-    for round in 0..kills {
-        std::thread::sleep(Duration::from_millis(300 + (round * 71) % 300));
-        broker.kill9();
-        broker.restart().expect("restart after kill -9");
+/// Sends `P-N` to each partition P, N counting from 0, with an idempotent producer that
+/// retries through anything, until `stop`; waits for every delivery (each must succeed)
+/// and returns how many each partition was sent.
+async fn produce_numbered(address: String, topic: &str, stop: Arc<AtomicBool>) -> Vec<u64> {
+    let client = Client::connect(&address).await.expect("connect");
+    let config = patient(ProducerConfig {
+        idempotent: true,
+        ..ProducerConfig::default()
+    });
+    let producer = Producer::new(client, config).await.expect("producer");
+    let mut deliveries = Vec::new();
+    let mut next = vec![0u64; PARTITIONS as usize];
+    while !stop.load(Ordering::Acquire) {
+        for partition in 0..PARTITIONS {
+            let n = &mut next[partition as usize];
+            let value = format!("{partition}-{n}");
+            *n += 1;
+            let delivery = producer
+                .send(record(topic, partition, value))
+                .await
+                .expect("send");
+            deliveries.push(delivery);
+        }
+        // Paced so that the kills land while batches are in flight.
+        glommio::timer::sleep(Duration::from_micros(200)).await;
     }
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Release);
-    let produced = producing.join().expect("producer thread");
-    let address = broker.native.clone();
-    let stored = run(async move { read_all(&address, "idem", false).await });
+    producer.flush().await;
+    for delivery in deliveries {
+        delivery.wait().await.expect("every record is delivered");
+    }
+    next
+}
+
+/// Checks that each partition holds exactly what `produce_numbered` sent it, in order;
+/// returns the total.
+fn check_numbered(produced: &[u64], stored: &BTreeMap<i32, Vec<String>>) -> usize {
     let mut total = 0;
     for partition in 0..PARTITIONS {
         let expected: Vec<String> = (0..produced[partition as usize])
@@ -165,10 +148,32 @@ fn idempotent_producer_neither_loses_nor_duplicates_through_broker_kills() {
         );
         total += got.len();
     }
-    println!(
-        "{total} records through {kills} kills: each stored once, in order ({} sent)",
-        sent.load(Ordering::Relaxed)
-    );
+    total
+}
+
+#[test]
+fn idempotent_producer_neither_loses_nor_duplicates_through_broker_kills() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut broker = start_broker(dir.path(), &["idem"]);
+    let address = broker.native.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let producing = {
+        let stop = stop.clone();
+        std::thread::spawn(move || run(produce_numbered(address, "idem", stop)))
+    };
+    let kills = 10;
+    for round in 0..kills {
+        std::thread::sleep(Duration::from_millis(300 + (round * 71) % 300));
+        broker.kill9();
+        broker.restart().expect("restart after kill -9");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Release);
+    let produced = producing.join().expect("producer thread");
+    let address = broker.native.clone();
+    let stored = run(async move { read_all(&address, "idem", false).await });
+    let total = check_numbered(&produced, &stored);
+    println!("{total} records through {kills} kills: each stored once, in order");
 }
 
 /// What befalls one life of the transformer.
@@ -440,4 +445,65 @@ fn cli_produces_in_a_transaction_and_consumes_read_committed() {
     // The commit marker sits between c and d: consumers never print it.
     assert_eq!(consume(&["--read-committed"]), "a\nb\nc\nd\n");
     assert_eq!(consume(&[]), "a\nb\nc\nd\n");
+}
+
+/// The leader of `topic`'s partition `partition`, as the cluster reports it.
+async fn leader_of(address: &str, topic: &str, partition: i32) -> Option<usize> {
+    let client = Client::connect(address).await.ok()?;
+    let metadata = client.metadata(Some(&[topic.to_string()])).await.ok()?;
+    let topic = metadata.topics.iter().find(|t| t.name == topic)?;
+    let leader = topic
+        .partitions
+        .iter()
+        .find(|p| p.partition == partition)?
+        .leader;
+    usize::try_from(leader).ok()
+}
+
+#[test]
+fn idempotent_producer_neither_loses_nor_duplicates_through_50_leader_kills() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cluster =
+        weir_tests::cluster::Cluster::start(env!("CARGO_BIN_EXE_weir"), dir.path(), 3, false, &[])
+            .expect("cluster");
+    let bootstrap = cluster.native_bootstrap();
+    let address = bootstrap.clone();
+    run(async move {
+        let client = Client::connect(&address).await.expect("connect");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while let Err(error) = client
+            .create_replicated_topic("failover", PARTITIONS, 3, &[])
+            .await
+        {
+            assert!(std::time::Instant::now() < deadline, "creating: {error}");
+            glommio::timer::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let producing = {
+        let (stop, address) = (stop.clone(), bootstrap.clone());
+        std::thread::spawn(move || run(produce_numbered(address, "failover", stop)))
+    };
+    let kills = 50;
+    for round in 0..kills {
+        std::thread::sleep(Duration::from_millis(200 + (round * 53) % 400));
+        let address = bootstrap.clone();
+        let partition = (round % PARTITIONS as u64) as i32;
+        // The leader of a partition being written to: every kill is a failover.
+        let victim = run(async move { leader_of(&address, "failover", partition).await })
+            .unwrap_or(round as usize % 3);
+        cluster.kill9(victim);
+        std::thread::sleep(Duration::from_millis(200 + (round * 31) % 500));
+        cluster
+            .restart_and_wait(victim)
+            .expect("restart after kill -9");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Release);
+    let produced = producing.join().expect("producer thread");
+    let address = bootstrap.clone();
+    let stored = run(async move { read_all(&address, "failover", false).await });
+    let total = check_numbered(&produced, &stored);
+    println!("{total} records through {kills} leader kills: each stored once, in order");
+    cluster.stop_all().expect("stop");
 }

@@ -4,8 +4,9 @@
 //!
 //! Idempotent (`idempotent`), every batch carries the producer's id, epoch and a
 //! sequence number per partition, so a retried batch the broker already has is answered
-//! with its offsets instead of being appended again, and retries never reorder: a retried
-//! batch goes back in line before the later batches of its partition. Transactional
+//! with its offsets instead of being appended again, and retries never reorder: a
+//! partition has one request in flight at a time, and a retried batch goes back in line
+//! before the later batches of its partition. Transactional
 //! (`transactional_id`), batches between `begin_transaction` and `commit_transaction`
 //! (or `abort_transaction`) become visible to read_committed consumers together, or not
 //! at all, with the consumed offsets `send_offsets_to_transaction` adds.
@@ -154,6 +155,8 @@ struct State {
     transaction: Transaction,
     /// Why an idempotent producer cannot go on (a lost batch, fencing).
     fatal: Option<String>,
+    /// An idempotent producer's partitions with a request in flight (one at a time).
+    in_flight: HashSet<(String, i32)>,
 }
 
 #[derive(Debug)]
@@ -587,6 +590,14 @@ fn take_request(inner: &Inner) -> (Option<Vec<SealedBatch>>, Duration) {
     let mut taken = Vec::new();
     let mut bytes = 0;
     let now = Instant::now();
+    if state.sequences.is_some() {
+        next = take_in_sequence(&mut state, &mut taken, inner.config.request_bytes_max, now)
+            .map_or(next, |wait| next.min(wait));
+        return (
+            (!taken.is_empty()).then_some(taken),
+            next.max(Duration::from_micros(100)),
+        );
+    }
     while let Some(batch) = state.sealed.front() {
         if let Some(retry_at) = batch.retry_at.filter(|at| *at > now) {
             next = next.min(retry_at - now);
@@ -609,7 +620,57 @@ fn take_request(inner: &Inner) -> (Option<Vec<SealedBatch>>, Duration) {
     )
 }
 
+/// An idempotent producer's pick: the first sealed batch of each partition that has none
+/// in flight and none waiting for its retry, up to `bytes_max`. One request per partition
+/// at a time keeps each partition's batches in sequence at the broker whatever happens to
+/// a request (no leader known yet, a connection refused, a leader change): a later
+/// batch can never land before an earlier one that failed, which a broker without state
+/// of the producer would accept and so make the earlier one a fatal gap. Returns how
+/// long until the next retry is due, if one waits.
+fn take_in_sequence(
+    state: &mut State,
+    taken: &mut Vec<SealedBatch>,
+    bytes_max: usize,
+    now: Instant,
+) -> Option<Duration> {
+    let mut blocked = state.in_flight.clone();
+    let mut wait: Option<Duration> = None;
+    let mut bytes = 0;
+    let mut index = 0;
+    // Once every partition is blocked nothing more can be taken: the scan stops there,
+    // so that a long queue (a broker down for a while) is not walked at every event.
+    let partitions: usize = state.partition_counts.values().map(|c| *c as usize).sum();
+    while index < state.sealed.len() && blocked.len() < partitions {
+        let batch = &state.sealed[index];
+        let key = (batch.topic.clone(), batch.partition);
+        let retry_wait = batch.retry_at.and_then(|at| at.checked_duration_since(now));
+        if let Some(retry_wait) = retry_wait.filter(|w| !w.is_zero()) {
+            wait = Some(wait.map_or(retry_wait, |w| w.min(retry_wait)));
+            blocked.insert(key);
+            index += 1;
+            continue;
+        }
+        if blocked.contains(&key) || (!taken.is_empty() && bytes + batch.bytes.len() > bytes_max) {
+            blocked.insert(key);
+            index += 1;
+            continue;
+        }
+        bytes += batch.bytes.len();
+        blocked.insert(key.clone());
+        state.in_flight.insert(key);
+        taken.extend(state.sealed.remove(index));
+    }
+    wait
+}
+
 async fn send_request(inner: &Inner, batches: Vec<SealedBatch>) {
+    let _in_flight = InFlight {
+        inner,
+        partitions: batches
+            .iter()
+            .map(|b| (b.topic.clone(), b.partition))
+            .collect(),
+    };
     let records = batches
         .iter()
         .map(|b| (b.topic.clone(), b.partition, b.bytes.clone()))
@@ -665,6 +726,22 @@ async fn send_request(inner: &Inner, batches: Vec<SealedBatch>) {
     }
 }
 
+/// An idempotent producer's partitions with a request in flight, released when the
+/// request's batches are answered or back in line.
+struct InFlight<'a> {
+    inner: &'a Inner,
+    partitions: Vec<(String, i32)>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut state = self.inner.state.borrow_mut();
+        for partition in &self.partitions {
+            state.in_flight.remove(partition);
+        }
+    }
+}
+
 /// Whether an idempotent batch refused as out of sequence only follows an earlier batch
 /// of its partition that is itself being retried: it goes through once that one has.
 fn follows_a_retry(inner: &Inner, batch: &SealedBatch, error: crate::ErrorCode) -> bool {
@@ -713,8 +790,11 @@ fn lost(inner: &Inner, batch: &SealedBatch, message: &str) {
     }
     if batch.sequence.is_some() {
         let fatal = format!(
-            "the idempotent producer lost a batch of {}-{}: {message}",
-            batch.topic, batch.partition
+            "the idempotent producer lost its batch of {}-{} at sequence {} (attempt {}): {message}",
+            batch.topic,
+            batch.partition,
+            batch.sequence.unwrap_or(-1),
+            batch.attempts + 1
         );
         state.fatal.get_or_insert(fatal);
     }
