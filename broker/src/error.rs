@@ -186,6 +186,23 @@ fn native_of_kafka(code: i16) -> ErrorCode {
             ErrorCode::UnknownTopicOrPartition,
         ),
         (K::RequestTimedOut, ErrorCode::Timeout),
+        (K::LeaderNotAvailable, ErrorCode::LeaderNotAvailable),
+        (
+            K::NotEnoughReplicasAfterAppend,
+            ErrorCode::NotEnoughReplicas,
+        ),
+        (K::NotController, ErrorCode::NotController),
+        (K::KafkaStorageError, ErrorCode::StorageError),
+        (K::UnknownServerError, ErrorCode::Unknown),
+        (K::CorruptMessage, ErrorCode::CorruptBatch),
+        (K::InvalidRecord, ErrorCode::CorruptBatch),
+        (K::MessageTooLarge, ErrorCode::BatchTooLarge),
+        (K::RecordListTooLarge, ErrorCode::BatchTooLarge),
+        (K::InvalidTopicException, ErrorCode::InvalidTopic),
+        (K::InvalidConfig, ErrorCode::InvalidConfig),
+        (K::OffsetOutOfRange, ErrorCode::OffsetOutOfRange),
+        (K::FencedLeaderEpoch, ErrorCode::FencedLeaderEpoch),
+        (K::UnknownLeaderEpoch, ErrorCode::UnknownLeaderEpoch),
     ];
     native
         .iter()

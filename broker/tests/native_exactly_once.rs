@@ -96,7 +96,12 @@ fn start_broker(dir: &std::path::Path, topics: &[&str]) -> BrokerProcess {
 /// Sends `P-N` to each partition P, N counting from 0, with an idempotent producer that
 /// retries through anything, until `stop`; waits for every delivery (each must succeed)
 /// and returns how many each partition was sent.
-async fn produce_numbered(address: String, topic: &str, stop: Arc<AtomicBool>) -> Vec<u64> {
+async fn produce_numbered(
+    address: String,
+    topic: &str,
+    pace: Duration,
+    stop: Arc<AtomicBool>,
+) -> Vec<u64> {
     let client = Client::connect(&address).await.expect("connect");
     let config = patient(ProducerConfig {
         idempotent: true,
@@ -117,7 +122,7 @@ async fn produce_numbered(address: String, topic: &str, stop: Arc<AtomicBool>) -
             deliveries.push(delivery);
         }
         // Paced so that the kills land while batches are in flight.
-        glommio::timer::sleep(Duration::from_micros(200)).await;
+        glommio::timer::sleep(pace).await;
     }
     producer.flush().await;
     for delivery in deliveries {
@@ -159,7 +164,14 @@ fn idempotent_producer_neither_loses_nor_duplicates_through_broker_kills() {
     let stop = Arc::new(AtomicBool::new(false));
     let producing = {
         let stop = stop.clone();
-        std::thread::spawn(move || run(produce_numbered(address, "idem", stop)))
+        std::thread::spawn(move || {
+            run(produce_numbered(
+                address,
+                "idem",
+                Duration::from_micros(200),
+                stop,
+            ))
+        })
     };
     let kills = 10;
     for round in 0..kills {
@@ -482,7 +494,14 @@ fn idempotent_producer_neither_loses_nor_duplicates_through_50_leader_kills() {
     let stop = Arc::new(AtomicBool::new(false));
     let producing = {
         let (stop, address) = (stop.clone(), bootstrap.clone());
-        std::thread::spawn(move || run(produce_numbered(address, "failover", stop)))
+        std::thread::spawn(move || {
+            run(produce_numbered(
+                address,
+                "failover",
+                Duration::from_millis(1),
+                stop,
+            ))
+        })
     };
     let kills = 50;
     for round in 0..kills {
@@ -506,4 +525,83 @@ fn idempotent_producer_neither_loses_nor_duplicates_through_50_leader_kills() {
     let total = check_numbered(&produced, &stored);
     println!("{total} records through {kills} leader kills: each stored once, in order");
     cluster.stop_all().expect("stop");
+}
+
+/// A batch the broker refuses for good (too large) fails its transaction: commit aborts
+/// it and says so, nothing of it is visible to read_committed, and the producer goes on
+/// under a new epoch. Offsets of two groups in one transaction both take effect.
+#[test]
+fn a_transaction_that_lost_a_batch_is_aborted_and_the_producer_goes_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = start_broker(dir.path(), &[]);
+    broker
+        .cli_ok(
+            &[
+                "topic",
+                "create",
+                "small",
+                "--partitions",
+                "1",
+                "-c",
+                "max.message.bytes=2048",
+            ],
+            None,
+        )
+        .expect("create");
+    let address = broker.native.clone();
+    run(async move {
+        let client = Client::connect(&address).await.expect("connect");
+        let config = ProducerConfig {
+            transactional_id: Some("lossy".into()),
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(client.clone(), config)
+            .await
+            .expect("producer");
+        let epoch = producer.producer_id().unwrap().1;
+
+        producer.begin_transaction().expect("begin");
+        let small = producer
+            .send(record("small", 0, "kept back".into()))
+            .await
+            .expect("send");
+        producer.flush().await;
+        let large = producer
+            .send(record("small", 0, "x".repeat(4096)))
+            .await
+            .expect("send");
+        let refused = producer.commit_transaction().await;
+        assert!(
+            matches!(&refused, Err(ClientError::Invalid(m)) if m.contains("aborted")),
+            "the commit of a transaction with a lost batch: {refused:?}"
+        );
+        assert!(small.wait().await.is_ok());
+        assert!(large.wait().await.is_err(), "the large record is refused");
+        assert!(producer.producer_id().unwrap().1 > epoch, "a new epoch");
+
+        producer.begin_transaction().expect("the producer goes on");
+        let delivered = producer
+            .send(record("small", 0, "committed".into()))
+            .await
+            .expect("send");
+        let offsets = [("small".to_string(), 0, 7)];
+        for group in ["first-group", "second-group"] {
+            producer
+                .send_offsets_to_transaction(group, &offsets)
+                .await
+                .expect("offsets");
+        }
+        producer.commit_transaction().await.expect("commit");
+        delivered.wait().await.expect("delivered");
+        for group in ["first-group", "second-group"] {
+            let committed = client
+                .fetch_stable_offsets(group, Some(&["small".to_string()]))
+                .await
+                .expect("stable offsets");
+            assert_eq!(committed[0].offset, 7, "{group}: {committed:?}");
+        }
+    });
+    let address = broker.native.clone();
+    let seen = run(async move { read_all(&address, "small", true).await });
+    assert_eq!(seen.get(&0).cloned().unwrap_or_default(), vec!["committed"]);
 }

@@ -129,8 +129,9 @@ type Builder = flatbuffers::FlatBufferBuilder<'static>;
 type TableVector<T> =
     flatbuffers::WIPOffset<flatbuffers::Vector<'static, flatbuffers::ForwardsUOffset<T>>>;
 
-/// Shakes hands on `connection`; returns the broker's node id.
-async fn handshake(connection: &Connection, client_id: &str) -> ClientResult<i32> {
+/// Shakes hands on `connection`; returns the broker's node id and whether it is still
+/// starting (without its metadata).
+async fn handshake(connection: &Connection, client_id: &str) -> ClientResult<(i32, bool)> {
     let frame = call_on(
         connection,
         RequestBody::HandshakeRequest,
@@ -150,7 +151,7 @@ async fn handshake(connection: &Connection, client_id: &str) -> ClientResult<i32
     let body = response
         .body_as_handshake_response()
         .ok_or_else(|| ClientError::Invalid("no handshake body".into()))?;
-    Ok(body.node_id())
+    Ok((body.node_id(), body.starting()))
 }
 
 pub(crate) async fn call_on(
@@ -240,6 +241,8 @@ struct Routes {
     bootstrap: RefCell<Option<Rc<Connection>>>,
     /// The broker `bootstrap` reaches.
     bootstrap_node: Cell<i32>,
+    /// Whether that broker was starting when the client shook hands with it.
+    bootstrap_starting: Cell<bool>,
     brokers: RefCell<BTreeMap<i32, String>>,
     connections: RefCell<BTreeMap<i32, Rc<Connection>>>,
     leaders: RefCell<HashMap<(String, i32), i32>>,
@@ -347,25 +350,51 @@ impl Client {
 
     /// The bootstrap connection; connected again (to the first reachable address) if it
     /// broke, so that a client outlives a broker's restart.
+    /// A broker that is still starting is taken only when no other answers, and looked
+    /// past again at the next call.
     async fn bootstrap(&self) -> ClientResult<Rc<Connection>> {
         let current = self.routes.bootstrap.borrow().clone();
-        if let Some(connection) = current.filter(|c| !c.is_broken()) {
+        if let Some(connection) = current.filter(|c| !c.is_broken())
+            && !self.routes.bootstrap_starting.get()
+        {
             return Ok(connection);
         }
         let brokers = &self.routes.bootstrap_addresses;
         let mut last_error = ClientError::Invalid(format!("no broker address in {brokers:?}"));
+        let mut starting = None;
         for address in brokers.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            match Connection::connect(address).await {
-                Ok(connection) => {
-                    let node = handshake(&connection, "weir-client").await?;
-                    self.routes.bootstrap_node.set(node);
-                    *self.routes.bootstrap.borrow_mut() = Some(connection.clone());
-                    return Ok(connection);
+            let shaken = match Connection::connect(address).await {
+                Ok(connection) => handshake(&connection, "weir-client")
+                    .await
+                    .map(|(node, is_starting)| (connection, node, is_starting)),
+                Err(error) => Err(error),
+            };
+            match shaken {
+                Ok((connection, node, false)) => {
+                    return Ok(self.use_bootstrap(connection, node, false));
+                }
+                Ok(started) => {
+                    starting.get_or_insert(started);
                 }
                 Err(error) => last_error = error,
             }
         }
-        Err(last_error)
+        match starting {
+            Some((connection, node, _)) => Ok(self.use_bootstrap(connection, node, true)),
+            None => Err(last_error),
+        }
+    }
+
+    fn use_bootstrap(
+        &self,
+        connection: Rc<Connection>,
+        node: i32,
+        starting: bool,
+    ) -> Rc<Connection> {
+        self.routes.bootstrap_node.set(node);
+        self.routes.bootstrap_starting.set(starting);
+        *self.routes.bootstrap.borrow_mut() = Some(connection.clone());
+        connection
     }
 
     async fn call(

@@ -43,8 +43,13 @@ pub struct ProducerConfig {
     pub in_flight_max: usize,
     /// Bytes of batches one request carries at most.
     pub request_bytes_max: usize,
+    /// Retries of a batch (an idempotent producer's retry for as long as
+    /// `delivery_timeout` allows, as Kafka's do with `retries` unset).
     pub retries: u32,
     pub retry_backoff: Duration,
+    /// A batch not acknowledged this long after it was sealed fails (Kafka's
+    /// `delivery.timeout.ms`).
+    pub delivery_timeout: Duration,
     pub request_timeout_ms: i32,
     /// Kafka's `enable.idempotence` (needs acks all).
     pub idempotent: bool,
@@ -64,6 +69,7 @@ impl Default for ProducerConfig {
             request_bytes_max: 1 << 20,
             retries: 5,
             retry_backoff: Duration::from_millis(100),
+            delivery_timeout: Duration::from_secs(120),
             request_timeout_ms: 30_000,
             idempotent: false,
             transactional_id: None,
@@ -119,17 +125,20 @@ struct SealedBatch {
     /// A retried batch waits in line until then (the retry backoff): the batches behind
     /// it wait too, so that none of its partition overtakes it.
     retry_at: Option<Instant>,
-    /// The first sequence number of an idempotent producer's batch.
-    sequence: Option<i32>,
+    sealed_at: Instant,
+    /// Where an idempotent producer's batch starts in its partition, counted without
+    /// wrapping (the batch header carries it modulo 2^31, as Kafka's sequences wrap), so
+    /// that comparisons hold across the wrap.
+    sequence: Option<i64>,
 }
 
 /// An idempotent producer's id, and where each partition's sequences are.
 #[derive(Debug)]
 struct Sequences {
     producer: ProducerId,
-    next: HashMap<(String, i32), i32>,
+    next: HashMap<(String, i32), i64>,
     /// Per partition, the first sequences of batches sealed and not yet answered.
-    unanswered: HashMap<(String, i32), BTreeSet<i32>>,
+    unanswered: HashMap<(String, i32), BTreeSet<i64>>,
 }
 
 /// Where a transactional producer is.
@@ -137,7 +146,10 @@ struct Sequences {
 struct Transaction {
     open: bool,
     partitions: HashSet<(String, i32)>,
-    offsets_added: bool,
+    /// Groups whose offsets joined (AddOffsetsToTxn), each once.
+    groups: HashSet<String>,
+    /// Set when commit or abort starts: nothing more may join, only the ending retried.
+    ending: bool,
     /// A batch of the open transaction failed: it can only be aborted.
     failed: Option<String>,
 }
@@ -153,8 +165,12 @@ struct State {
     closed: bool,
     sequences: Option<Sequences>,
     transaction: Transaction,
-    /// Why an idempotent producer cannot go on (a lost batch, fencing).
+    /// Why an idempotent producer cannot go on: it lost a batch, so its sequences have a
+    /// gap. A transactional one goes on once the transaction is aborted (with a new
+    /// epoch, whose sequences start again).
     fatal: Option<String>,
+    /// A newer producer of the transactional id took over: nothing more is possible.
+    fenced: Option<String>,
     /// An idempotent producer's partitions with a request in flight (one at a time).
     in_flight: HashSet<(String, i32)>,
 }
@@ -221,16 +237,60 @@ impl Producer {
             .map(|s| s.producer)
     }
 
-    /// Fails if the producer cannot go on.
+    /// Fails if the producer cannot go on, or its transaction is ending.
     fn check_usable(&self) -> ClientResult<()> {
+        self.check_not_fenced()?;
         let state = self.inner.state.borrow();
         if let Some(fatal) = &state.fatal {
             return Err(ClientError::Invalid(fatal.clone()));
+        }
+        if state.transaction.ending {
+            return Err(ClientError::Invalid(
+                "the transaction is ending: commit or abort it".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_not_fenced(&self) -> ClientResult<()> {
+        let state = self.inner.state.borrow();
+        if let Some(fenced) = &state.fenced {
+            return Err(ClientError::Invalid(fenced.clone()));
         }
         if state.closed {
             return Err(ClientError::Invalid("producer closed".into()));
         }
         Ok(())
+    }
+
+    /// Whether something may join the transaction now.
+    fn check_joinable(&self) -> ClientResult<()> {
+        let state = self.inner.state.borrow();
+        if !state.transaction.open {
+            return Err(ClientError::Invalid(
+                "a transactional producer sends within a transaction".into(),
+            ));
+        }
+        if state.transaction.ending {
+            return Err(ClientError::Invalid(
+                "the transaction is ending: commit or abort it".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A coordinator call failed: fenced, the producer stops; otherwise what the open
+    /// transaction holds may be incomplete, so it can only be aborted (retriable errors
+    /// were retried already).
+    fn note_failure<T>(&self, result: &ClientResult<T>) {
+        self.fail_if_fenced(result);
+        if let Err(error) = result {
+            let mut state = self.inner.state.borrow_mut();
+            if state.transaction.open && !state.transaction.ending {
+                let failure = error.to_string();
+                state.transaction.failed.get_or_insert(failure);
+            }
+        }
     }
 
     /// The transactional id, or an error for a producer without one.
@@ -269,16 +329,16 @@ impl Producer {
             return Ok(());
         };
         let key = (topic.to_string(), partition);
+        self.check_joinable()?;
+        if self
+            .inner
+            .state
+            .borrow()
+            .transaction
+            .partitions
+            .contains(&key)
         {
-            let state = self.inner.state.borrow();
-            if !state.transaction.open {
-                return Err(ClientError::Invalid(
-                    "a transactional producer sends within a transaction".into(),
-                ));
-            }
-            if state.transaction.partitions.contains(&key) {
-                return Ok(());
-            }
+            return Ok(());
         }
         let result = self
             .inner
@@ -289,8 +349,10 @@ impl Producer {
                 std::slice::from_ref(&key),
             )
             .await;
-        self.fail_if_fenced(&result);
+        self.note_failure(&result);
         result?;
+        // The transaction may have started ending meanwhile (another task's commit).
+        self.check_joinable()?;
         self.inner
             .state
             .borrow_mut()
@@ -311,7 +373,7 @@ impl Producer {
             )
         {
             let mut state = self.inner.state.borrow_mut();
-            state.fatal.get_or_insert_with(|| error.to_string());
+            state.fenced.get_or_insert_with(|| error.to_string());
         }
     }
 
@@ -324,22 +386,22 @@ impl Producer {
     ) -> ClientResult<()> {
         let transactional_id = self.transactional_id()?;
         self.check_usable()?;
-        if !self.inner.state.borrow().transaction.open {
-            return Err(ClientError::Invalid("no transaction is open".into()));
-        }
+        self.check_joinable()?;
         let client = &self.inner.client;
-        if !self.inner.state.borrow().transaction.offsets_added {
+        if !self.inner.state.borrow().transaction.groups.contains(group) {
             let result = client
                 .add_offsets_to_txn(transactional_id, self.producer(), group)
                 .await;
-            self.fail_if_fenced(&result);
+            self.note_failure(&result);
             result?;
-            self.inner.state.borrow_mut().transaction.offsets_added = true;
+            self.check_joinable()?;
+            let mut state = self.inner.state.borrow_mut();
+            state.transaction.groups.insert(group.to_string());
         }
         let result = client
             .txn_commit_offsets(group, self.producer(), offsets)
             .await;
-        self.fail_if_fenced(&result);
+        self.note_failure(&result);
         result
     }
 
@@ -357,18 +419,20 @@ impl Producer {
 
     async fn end_transaction(&self, commit: bool) -> ClientResult<()> {
         let transactional_id = self.transactional_id()?;
+        self.check_not_fenced()?;
         if !self.inner.state.borrow().transaction.open {
             return Err(ClientError::Invalid("no transaction is open".into()));
         }
+        // From here on nothing joins the transaction; if ending fails, only ending again
+        // is possible.
+        self.inner.state.borrow_mut().transaction.ending = true;
         self.flush().await;
-        self.check_usable()?;
+        self.check_not_fenced()?;
         let (joined, failed) = {
             let state = self.inner.state.borrow();
             let t = &state.transaction;
-            (
-                !t.partitions.is_empty() || t.offsets_added,
-                t.failed.clone(),
-            )
+            let failed = t.failed.clone().or_else(|| state.fatal.clone());
+            (!t.partitions.is_empty() || !t.groups.is_empty(), failed)
         };
         let commit = commit && failed.is_none();
         // A transaction that wrote nothing has nothing for the coordinator to end.
@@ -381,10 +445,33 @@ impl Producer {
             Ok(())
         };
         self.fail_if_fenced(&result);
-        if result.is_ok() || self.inner.state.borrow().fatal.is_some() {
+        if self.inner.state.borrow().fenced.is_some() {
             self.inner.state.borrow_mut().transaction = Transaction::default();
         }
         result?;
+        self.inner.state.borrow_mut().transaction = Transaction::default();
+        if self.inner.state.borrow().fatal.is_some() {
+            // A batch was lost: its partition's sequences have a gap. A new epoch starts
+            // them again (KIP-360), and the producer goes on.
+            let current = self.producer();
+            let timeout = self.inner.config.transaction_timeout_ms;
+            let result = self
+                .inner
+                .client
+                .init_producer(Some(transactional_id), timeout, Some(current))
+                .await;
+            self.fail_if_fenced(&result);
+            let producer = result?;
+            let mut state = self.inner.state.borrow_mut();
+            if let Some(sequences) = state.sequences.as_mut() {
+                *sequences = Sequences {
+                    producer,
+                    next: HashMap::new(),
+                    unanswered: HashMap::new(),
+                };
+            }
+            state.fatal = None;
+        }
         match failed {
             Some(failure) => Err(ClientError::Invalid(format!(
                 "the transaction was aborted: {failure}"
@@ -513,10 +600,10 @@ fn seal(state: &mut State, key: &(String, i32), transactional: bool) {
         let sequence = state.sequences.as_mut().map(|s| {
             let next = s.next.entry(key.clone()).or_insert(0);
             let first = *next;
+            *next += i64::from(batch.builder.records_count());
             // Sequences wrap from i32::MAX to 0, as Kafka's do.
-            *next = ((i64::from(first) + i64::from(batch.builder.records_count()))
-                % (i64::from(i32::MAX) + 1)) as i32;
-            batch.builder.producer(s.producer.0, s.producer.1, first);
+            let wrapped = (first % (i64::from(i32::MAX) + 1)) as i32;
+            batch.builder.producer(s.producer.0, s.producer.1, wrapped);
             if transactional {
                 batch.builder.transactional();
             }
@@ -531,6 +618,7 @@ fn seal(state: &mut State, key: &(String, i32), transactional: bool) {
             waiters: batch.waiters,
             attempts: 0,
             retry_at: None,
+            sealed_at: Instant::now(),
             sequence,
         });
     }
@@ -581,59 +669,48 @@ fn take_request(inner: &Inner) -> (Option<Vec<SealedBatch>>, Duration) {
     for key in due {
         seal(&mut state, &key, inner.config.transactional_id.is_some());
     }
-    let mut next = state
+    let next = state
         .open
         .values()
         .map(|b| linger.saturating_sub(b.opened.elapsed()))
         .min()
         .unwrap_or(linger);
     let mut taken = Vec::new();
-    let mut bytes = 0;
-    let now = Instant::now();
-    if state.sequences.is_some() {
-        next = take_in_sequence(&mut state, &mut taken, inner.config.request_bytes_max, now)
-            .map_or(next, |wait| next.min(wait));
-        return (
-            (!taken.is_empty()).then_some(taken),
-            next.max(Duration::from_micros(100)),
-        );
-    }
-    while let Some(batch) = state.sealed.front() {
-        if let Some(retry_at) = batch.retry_at.filter(|at| *at > now) {
-            next = next.min(retry_at - now);
-            break;
-        }
-        let duplicate = taken
-            .iter()
-            .any(|t: &SealedBatch| t.topic == batch.topic && t.partition == batch.partition);
-        if !taken.is_empty()
-            && (duplicate || bytes + batch.bytes.len() > inner.config.request_bytes_max)
-        {
-            break;
-        }
-        bytes += batch.bytes.len();
-        taken.extend(state.sealed.pop_front());
-    }
+    let one_in_flight = state.sequences.is_some();
+    let wait = take_batches(
+        &mut state,
+        &mut taken,
+        inner.config.request_bytes_max,
+        one_in_flight,
+    );
+    let next = wait.map_or(next, |wait| next.min(wait));
     (
         (!taken.is_empty()).then_some(taken),
         next.max(Duration::from_micros(100)),
     )
 }
 
-/// An idempotent producer's pick: the first sealed batch of each partition that has none
-/// in flight and none waiting for its retry, up to `bytes_max`. One request per partition
-/// at a time keeps each partition's batches in sequence at the broker whatever happens to
-/// a request (no leader known yet, a connection refused, a leader change): a later
-/// batch can never land before an earlier one that failed, which a broker without state
-/// of the producer would accept and so make the earlier one a fatal gap. Returns how
-/// long until the next retry is due, if one waits.
-fn take_in_sequence(
+/// Takes sealed batches for one request, in line order: at most one per partition, up to
+/// `bytes_max`, none of a partition whose first batch in line waits for its retry (its
+/// later ones stay behind it) and, for an idempotent producer (`one_in_flight`), none of
+/// a partition with a request in flight. One request per partition at a time keeps each
+/// partition's batches in sequence at the broker whatever happens to a request (no
+/// leader known yet, a connection refused, a leader change): a later batch can never
+/// land before an earlier one that failed, which a broker without state of the producer
+/// would accept and so make the earlier one a fatal gap. Returns how long until the next
+/// retry is due, if one waits.
+fn take_batches(
     state: &mut State,
     taken: &mut Vec<SealedBatch>,
     bytes_max: usize,
-    now: Instant,
+    one_in_flight: bool,
 ) -> Option<Duration> {
-    let mut blocked = state.in_flight.clone();
+    let now = Instant::now();
+    let mut blocked = if one_in_flight {
+        state.in_flight.clone()
+    } else {
+        HashSet::new()
+    };
     let mut wait: Option<Duration> = None;
     let mut bytes = 0;
     let mut index = 0;
@@ -657,7 +734,9 @@ fn take_in_sequence(
         }
         bytes += batch.bytes.len();
         blocked.insert(key.clone());
-        state.in_flight.insert(key);
+        if one_in_flight {
+            state.in_flight.insert(key);
+        }
         taken.extend(state.sealed.remove(index));
     }
     wait
@@ -709,7 +788,7 @@ async fn send_request(inner: &Inner, batches: Vec<SealedBatch>) {
                     offset: if base_offset < 0 { -1 } else { base_offset + i },
                 })
             }),
-            Err((_, true)) if batch.attempts < inner.config.retries => retry.push(batch),
+            Err((_, true)) if may_retry(inner, &batch) => retry.push(batch),
             Err((error, _)) => {
                 let message = error.to_string();
                 lost(inner, &batch, &message);
@@ -724,6 +803,12 @@ async fn send_request(inner: &Inner, batches: Vec<SealedBatch>) {
         batch.retry_at = Some(retry_at);
         requeue(&mut state.sealed, batch);
     }
+}
+
+fn may_retry(inner: &Inner, batch: &SealedBatch) -> bool {
+    let config = &inner.config;
+    batch.sealed_at.elapsed() < config.delivery_timeout
+        && (batch.sequence.is_some() || batch.attempts < config.retries)
 }
 
 /// An idempotent producer's partitions with a request in flight, released when the

@@ -486,6 +486,7 @@ fn handshake(
             broker_version: Some(broker_version),
             max_frame_bytes: shard.config.frame_bytes_max as u32,
             node_id: shard.config.node_id,
+            starting: !shard.is_ready(),
         },
     );
     Ok(w.finish(

@@ -1504,6 +1504,7 @@ impl<'a> HandshakeResponse<'a> {
   pub const VT_BROKER_VERSION: ::flatbuffers::VOffsetT = 6;
   pub const VT_MAX_FRAME_BYTES: ::flatbuffers::VOffsetT = 8;
   pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 10;
+  pub const VT_STARTING: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1519,6 +1520,7 @@ impl<'a> HandshakeResponse<'a> {
     builder.add_max_frame_bytes(args.max_frame_bytes);
     if let Some(x) = args.broker_version { builder.add_broker_version(x); }
     builder.add_version(args.version);
+    builder.add_starting(args.starting);
     builder.finish()
   }
 
@@ -1552,6 +1554,16 @@ impl<'a> HandshakeResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i32>(HandshakeResponse::VT_NODE_ID, Some(0)).unwrap()}
   }
+  /// The broker is starting and does not have its metadata yet: it answers every
+  /// request but those between brokers LeaderNotAvailable. A client with other
+  /// addresses bootstraps from another.
+  #[inline]
+  pub fn starting(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(HandshakeResponse::VT_STARTING, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for HandshakeResponse<'_> {
@@ -1564,6 +1576,7 @@ impl ::flatbuffers::Verifiable for HandshakeResponse<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("broker_version", Self::VT_BROKER_VERSION, false)?
      .visit_field::<u32>("max_frame_bytes", Self::VT_MAX_FRAME_BYTES, false)?
      .visit_field::<i32>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<bool>("starting", Self::VT_STARTING, false)?
      .finish();
     Ok(())
   }
@@ -1573,6 +1586,7 @@ pub struct HandshakeResponseArgs<'a> {
     pub broker_version: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub max_frame_bytes: u32,
     pub node_id: i32,
+    pub starting: bool,
 }
 impl<'a> Default for HandshakeResponseArgs<'a> {
   #[inline]
@@ -1582,6 +1596,7 @@ impl<'a> Default for HandshakeResponseArgs<'a> {
       broker_version: None,
       max_frame_bytes: 0,
       node_id: 0,
+      starting: false,
     }
   }
 }
@@ -1608,6 +1623,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HandshakeResponseBuilder<'a, 
     self.fbb_.push_slot::<i32>(HandshakeResponse::VT_NODE_ID, node_id, 0);
   }
   #[inline]
+  pub fn add_starting(&mut self, starting: bool) {
+    self.fbb_.push_slot::<bool>(HandshakeResponse::VT_STARTING, starting, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HandshakeResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HandshakeResponseBuilder {
@@ -1629,6 +1648,7 @@ impl ::core::fmt::Debug for HandshakeResponse<'_> {
       ds.field("broker_version", &self.broker_version());
       ds.field("max_frame_bytes", &self.max_frame_bytes());
       ds.field("node_id", &self.node_id());
+      ds.field("starting", &self.starting());
       ds.finish()
   }
 }
