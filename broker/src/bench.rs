@@ -648,17 +648,34 @@ fn exactly_once(args: PairedRuns) -> anyhow::Result<()> {
         json,
     } = args;
     let (limits, broker) = limits_and_broker(&data_dir, 1, broker_cpus)?;
-    let mut results: Vec<(&str, Vec<Report>)> = PRODUCER_MODES
+    // Each mode over both protocols: the Kafka gateway, and the native protocol.
+    let modes: Vec<(String, Protocol, bool, Option<u64>)> = [Protocol::Kafka, Protocol::Native]
+        .into_iter()
+        .flat_map(|protocol| {
+            PRODUCER_MODES.iter().map(move |(name, idempotent, txn)| {
+                let label = match protocol {
+                    Protocol::Kafka => "kafka",
+                    Protocol::Native => "native",
+                };
+                (format!("{label}: {name}"), protocol, *idempotent, *txn)
+            })
+        })
+        .collect();
+    let mut results: Vec<(&str, Vec<Report>)> = modes
         .iter()
-        .map(|(name, _, _)| (*name, Vec::new()))
+        .map(|(name, ..)| (name.as_str(), Vec::new()))
         .collect();
     for n in 0..runs {
         // Alternate, so that every mode sees the device in the same moods.
-        for (slot, (name, idempotent, transaction_messages)) in PRODUCER_MODES.iter().enumerate() {
+        for (slot, (name, protocol, idempotent, transaction_messages)) in modes.iter().enumerate() {
             std::thread::sleep(std::time::Duration::from_secs(2));
             eprintln!("{name} (run {})", n + 1);
-            let mut config = base(&broker.kafka, format!("exactly-once-{slot}-{n}"));
-            config.protocol = Protocol::Kafka;
+            let brokers = match protocol {
+                Protocol::Kafka => &broker.kafka,
+                Protocol::Native => &broker.native,
+            };
+            let mut config = base(brokers, format!("exactly-once-{slot}-{n}"));
+            config.protocol = *protocol;
             // Produce only (read back afterwards to verify): a consumer would share the
             // producer's connection, and each commit would wait behind its long-poll.
             config.consumers = 0;
@@ -685,12 +702,18 @@ fn exactly_once(args: PairedRuns) -> anyhow::Result<()> {
             })
         })
         .collect();
-    let plain = figures[0]["produce_mb_s"].as_f64().unwrap_or(f64::NAN);
+    // Each protocol's modes are against its own plain produce.
+    let plain_of = |index: usize| {
+        figures[index - index % PRODUCER_MODES.len()]["produce_mb_s"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
     if json {
         let value = serde_json::json!({ "limits": limits, "figures": figures });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        for f in &figures {
+        for (index, f) in figures.iter().enumerate() {
+            let plain = plain_of(index);
             let mb_s = f["produce_mb_s"].as_f64().unwrap_or(f64::NAN);
             println!(
                 "{:<46} produce {:>7.1} MB/s {}  /plain {:.3}  /direct write {:.3}  ack p99 {:>8.0} us {}",

@@ -22,8 +22,9 @@ fn allow_list() -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn librdkafka_test_suite_allow_list_passes() {
+/// Runs librdkafka's test-runner on `tests` against `bootstrap` and fails the test
+/// unless each of them ran and passed (the log is kept in `dir` then).
+fn run_suite(dir: tempfile::TempDir, bootstrap: &str, tests: &[String]) {
     let tests_dir = repo().join("target/librdkafka/src/tests");
     let runner = tests_dir.join("test-runner");
     assert!(
@@ -31,20 +32,8 @@ fn librdkafka_test_suite_allow_list_passes() {
         "{} is missing: run ./scripts/install-test-deps (./scripts/test does)",
         runner.display()
     );
-    let tests = allow_list();
-    assert!(
-        tests.len() >= 40,
-        "the allow-list has {} tests",
-        tests.len()
-    );
-
-    let dir = tempfile::tempdir().unwrap();
-    // Kafka's defaults, as the suite expects: some tests rely on the initial rebalance
-    // delay (3 s) putting consumers that start together in one generation.
-    let broker =
-        BrokerProcess::start(env!("CARGO_BIN_EXE_weir"), &dir.path().join("data"), 2, &[]).unwrap();
     let conf = dir.path().join("test.conf");
-    std::fs::write(&conf, format!("bootstrap.servers={}\n", broker.kafka)).unwrap();
+    std::fs::write(&conf, format!("bootstrap.servers={bootstrap}\n")).unwrap();
     let numbers: Vec<&str> = tests.iter().map(|t| &t[..4]).collect();
     let output = Command::new(&runner)
         .current_dir(&tests_dir)
@@ -82,7 +71,43 @@ fn librdkafka_test_suite_allow_list_passes() {
             kept.join("test-runner.log").display()
         );
     }
+}
+
+#[test]
+fn librdkafka_test_suite_allow_list_passes() {
+    let tests = allow_list();
+    assert!(
+        tests.len() >= 40,
+        "the allow-list has {} tests",
+        tests.len()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // Kafka's defaults, as the suite expects: some tests rely on the initial rebalance
+    // delay (3 s) putting consumers that start together in one generation.
+    let broker =
+        BrokerProcess::start(env!("CARGO_BIN_EXE_weir"), &dir.path().join("data"), 2, &[]).unwrap();
+    let bootstrap = broker.kafka.clone();
+    run_suite(dir, &bootstrap, &tests);
     drop(broker);
+}
+
+/// librdkafka's transactions test (0103) creates its topics with replication factor 3:
+/// it runs against a 3-broker cluster, transaction coordinators and partition leaders
+/// spread over the brokers.
+#[test]
+fn librdkafka_transactions_test_passes_against_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = weir_tests::cluster::Cluster::start(
+        env!("CARGO_BIN_EXE_weir"),
+        &dir.path().join("cluster"),
+        3,
+        false,
+        &[],
+    )
+    .unwrap();
+    let bootstrap = cluster.kafka_bootstrap();
+    run_suite(dir, &bootstrap, &["0103_transactions".to_string()]);
+    cluster.stop_all().unwrap();
 }
 
 /// Whether `test`'s PASSED line is in the runner's log with a non-zero run time: the

@@ -119,11 +119,11 @@ pub struct Config {
     /// (untimed) to verify it; this skips that, and the report says it is unverified.
     #[arg(long)]
     pub no_read_back: bool,
-    /// Produce as idempotent producers (Kafka protocol, acks all): each gets a producer
+    /// Produce as idempotent producers (either protocol, acks all): each gets a producer
     /// id, and its batches carry sequence numbers the broker checks.
     #[arg(long)]
     pub idempotent: bool,
-    /// Produce in transactions of this many messages per producer (Kafka protocol, acks
+    /// Produce in transactions of this many messages per producer (either protocol, acks
     /// all; implies --idempotent): a transaction adds its partitions as it first writes
     /// to them, and commits once every batch of it is acknowledged.
     #[arg(long)]
@@ -306,6 +306,42 @@ impl Broker {
         })
     }
 
+    async fn init_producer_id(&self, transactional_id: Option<&str>) -> anyhow::Result<(i64, i16)> {
+        match self {
+            Broker::Native(c) => Ok(c.init_producer(transactional_id, 60_000, None).await?),
+            Broker::Kafka(c) => c.init_producer_id(transactional_id).await,
+        }
+    }
+
+    async fn add_partitions_to_txn(
+        &self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        partitions: &[(String, i32)],
+    ) -> anyhow::Result<()> {
+        match self {
+            Broker::Native(c) => Ok(c
+                .add_partitions_to_txn(transactional_id, producer, partitions)
+                .await?),
+            Broker::Kafka(c) => {
+                c.add_partitions_to_txn(transactional_id, producer, partitions)
+                    .await
+            }
+        }
+    }
+
+    async fn end_txn(
+        &self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        commit: bool,
+    ) -> anyhow::Result<()> {
+        match self {
+            Broker::Native(c) => Ok(c.end_txn(transactional_id, producer, commit).await?),
+            Broker::Kafka(c) => c.end_txn(transactional_id, producer, commit).await,
+        }
+    }
+
     async fn partition_count(&self, topic: &str) -> anyhow::Result<i32> {
         match self {
             Broker::Native(c) => Ok(c.partition_count(topic).await?),
@@ -373,10 +409,8 @@ const DECOMPRESSED_BATCH_BYTES_MAX: usize = 256 << 20;
 /// Runs the load described by `config` and reports on it.
 pub fn run(config: Config) -> anyhow::Result<Report> {
     codec(&config.compression)?;
-    if (config.idempotent || config.transaction_messages.is_some())
-        && (config.protocol != Protocol::Kafka || config.acks != AcksArg::All)
-    {
-        bail!("--idempotent and --transaction-messages need --protocol kafka and --acks all");
+    if (config.idempotent || config.transaction_messages.is_some()) && config.acks != AcksArg::All {
+        bail!("--idempotent and --transaction-messages need --acks all");
     }
     if config.transaction_messages == Some(0) {
         bail!("--transaction-messages must be positive");
@@ -629,20 +663,19 @@ async fn produce(
     }));
     let in_flight = Rc::new(glommio::sync::Semaphore::new(config.in_flight as u64));
     let mut open: HashMap<i32, OpenBatch> = HashMap::new();
-    let mut idempotence = match &client {
-        Broker::Kafka(kafka) if config.idempotent || config.transaction_messages.is_some() => {
-            let transactional_id = config
-                .transaction_messages
-                .map(|_| format!("loadgen-{}-{id}", std::process::id()));
-            Some(Idempotence {
-                producer: kafka.init_producer_id(transactional_id.as_deref()).await?,
-                transactional_id,
-                sequences: HashMap::new(),
-                in_transaction: Default::default(),
-                transaction_messages: 0,
-            })
-        }
-        _ => None,
+    let mut idempotence = if config.idempotent || config.transaction_messages.is_some() {
+        let transactional_id = config
+            .transaction_messages
+            .map(|_| format!("loadgen-{}-{id}", std::process::id()));
+        Some(Idempotence {
+            producer: client.init_producer_id(transactional_id.as_deref()).await?,
+            transactional_id,
+            sequences: HashMap::new(),
+            in_transaction: Default::default(),
+            transaction_messages: 0,
+        })
+    } else {
+        None
     };
     let mut value = Vec::with_capacity(config.message_bytes_max.unwrap_or(config.message_bytes));
     let compression = codec(&config.compression)?;
@@ -696,7 +729,7 @@ async fn produce(
             };
             let key = (config.key_cardinality > 0)
                 .then(|| format!("key-{}", sequence % config.key_cardinality));
-            if let (Some(idem), Broker::Kafka(kafka)) = (&mut idempotence, &client)
+            if let Some(idem) = &mut idempotence
                 && let Some(transactional_id) = &idem.transactional_id
                 && !idem.in_transaction.contains(&partition)
             {
@@ -704,7 +737,7 @@ async fn produce(
                     layout.topic(partition).to_string(),
                     layout.partition(partition),
                 );
-                kafka
+                client
                     .add_partitions_to_txn(transactional_id, idem.producer, &[tp])
                     .await?;
                 idem.in_transaction.insert(partition);
@@ -765,10 +798,12 @@ async fn produce(
                     .acquire_permit(config.in_flight as u64)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
-                if let (Some(idem), Broker::Kafka(kafka)) = (&mut idempotence, &client)
+                if let Some(idem) = &mut idempotence
                     && let Some(transactional_id) = &idem.transactional_id
                 {
-                    kafka.end_txn(transactional_id, idem.producer, true).await?;
+                    client
+                        .end_txn(transactional_id, idem.producer, true)
+                        .await?;
                     idem.in_transaction.clear();
                     idem.transaction_messages = 0;
                 }
@@ -821,11 +856,13 @@ async fn produce(
         .await?;
     }
     let _all = in_flight.acquire_permit(config.in_flight as u64).await;
-    if let (Some(idem), Broker::Kafka(kafka)) = (&mut idempotence, &client)
+    if let Some(idem) = &mut idempotence
         && let Some(transactional_id) = &idem.transactional_id
         && !idem.in_transaction.is_empty()
     {
-        kafka.end_txn(transactional_id, idem.producer, true).await?;
+        client
+            .end_txn(transactional_id, idem.producer, true)
+            .await?;
     }
     shared.producers_done.fetch_add(1, Ordering::AcqRel);
     let state = Rc::try_unwrap(state)
