@@ -130,33 +130,42 @@ fn loadgen_verifies_the_kafka_gateway() {
     );
 }
 
-/// Idempotent and transactional producing through the Kafka gateway (what
+/// Idempotent and transactional producing over both protocols (what
 /// `docs/BENCHMARKS.md` measures): batches carry producer ids and sequences, and in the
-/// transactional run 100-message transactions commit; every message is consumed once.
+/// transactional runs 100-message transactions commit; every message is consumed once.
+/// Without acks all, idempotence is refused up front.
 #[test]
 fn loadgen_produces_idempotently_and_in_transactions() {
     let dir = tempfile::tempdir().expect("temp dir");
     let broker =
         BrokerProcess::start(env!("CARGO_BIN_EXE_weir"), dir.path(), 2, &[]).expect("broker");
-    for transaction_messages in [None, Some(100)] {
-        let mut config = config(broker.kafka.clone());
-        config.protocol = Protocol::Kafka;
-        config.topic = format!("load-{}", transaction_messages.unwrap_or(0));
-        config.idempotent = true;
-        config.transaction_messages = transaction_messages;
-        let report = weir_loadgen::run(config).expect("loadgen");
-        assert!(report.ok, "{transaction_messages:?}: {}", report.table());
-        assert!(
-            report.messages > 0 && report.consumed == report.messages && report.duplicates == 0,
-            "{}",
-            report.table()
-        );
+    let protocols = [
+        (Protocol::Kafka, broker.kafka.clone()),
+        (Protocol::Native, broker.native.clone()),
+    ];
+    for (protocol, address) in protocols {
+        for transaction_messages in [None, Some(100)] {
+            let mut config = config(address.clone());
+            config.protocol = protocol;
+            config.topic = format!("load-{protocol:?}-{}", transaction_messages.unwrap_or(0));
+            config.idempotent = true;
+            config.transaction_messages = transaction_messages;
+            let report = weir_loadgen::run(config).expect("loadgen");
+            let run = format!("{protocol:?} {transaction_messages:?}");
+            assert!(report.ok, "{run}: {}", report.table());
+            assert!(
+                report.messages > 0 && report.consumed == report.messages && report.duplicates == 0,
+                "{run}: {}",
+                report.table()
+            );
+        }
     }
-    let mut native = config(broker.native.clone());
-    native.idempotent = true;
+    let mut leader_acks = config(broker.native.clone());
+    leader_acks.idempotent = true;
+    leader_acks.acks = weir_loadgen::AcksArg::Leader;
     assert!(
-        weir_loadgen::run(native).is_err(),
-        "the native protocol has no idempotence yet"
+        weir_loadgen::run(leader_acks).is_err(),
+        "idempotence needs acks all"
     );
 }
 
