@@ -168,8 +168,6 @@ pub(crate) async fn call_on(
         .ok_or_else(|| ClientError::ConnectionLost("no response".into()))
 }
 
-/// One table per topic holding its partitions' tables, topics in first-seen order: the
-/// shape of every per-partition request.
 /// The topics of a commit request: (topic, partition, offset) each.
 pub(crate) fn commit_topics(
     b: &mut Builder,
@@ -195,6 +193,8 @@ pub(crate) fn commit_topics(
     })
 }
 
+/// One table per topic holding its partitions' tables, topics in first-seen order: the
+/// shape of every per-partition request.
 pub(crate) fn per_topic<P: 'static, T: 'static>(
     b: &mut Builder,
     entries: Vec<(&str, flatbuffers::WIPOffset<P>)>,
@@ -349,9 +349,9 @@ impl Client {
     }
 
     /// The bootstrap connection; connected again (to the first reachable address) if it
-    /// broke, so that a client outlives a broker's restart.
-    /// A broker that is still starting is taken only when no other answers, and looked
-    /// past again at the next call.
+    /// broke, so that a client outlives a broker's restart. A broker that is still
+    /// starting is taken only when no other answers, and looked past again at the next
+    /// call.
     async fn bootstrap(&self) -> ClientResult<Rc<Connection>> {
         let current = self.routes.bootstrap.borrow().clone();
         if let Some(connection) = current.filter(|c| !c.is_broken())
@@ -1247,7 +1247,7 @@ impl Client {
         self.list_offsets_isolated(partitions, query, true).await
     }
 
-    async fn list_offsets_isolated(
+    pub(crate) async fn list_offsets_isolated(
         &self,
         partitions: &[(String, i32)],
         query: OffsetQuery,
@@ -1329,26 +1329,15 @@ impl Client {
     where
         F: std::future::Future<Output = ClientResult<T>>,
     {
-        let deadline = std::time::Instant::now() + ROUTING_RETRY;
-        loop {
-            let result = match self.coordinator(topic, key).await {
-                Ok(connection) => call(connection).await,
-                Err(error) => Err(error),
-            };
-            match result {
-                Err(error) if error.is_retriable() && std::time::Instant::now() < deadline => {
-                    if error.is_moved() {
-                        self.routes.internal_partitions.borrow_mut().remove(topic);
-                        self.routes
-                            .leaders
-                            .borrow_mut()
-                            .retain(|(t, _), _| t != topic);
-                    }
-                    glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                other => return other,
-            }
-        }
+        let forget = || {
+            self.routes.internal_partitions.borrow_mut().remove(topic);
+            self.routes
+                .leaders
+                .borrow_mut()
+                .retain(|(t, _), _| t != topic);
+        };
+        self.with_retries(|| self.coordinator(topic, key), call, forget)
+            .await
     }
 
     /// Runs `call` on the bootstrap connection, connected again when lost, retrying
@@ -1360,14 +1349,33 @@ impl Client {
     where
         F: std::future::Future<Output = ClientResult<T>>,
     {
+        self.with_retries(|| self.bootstrap(), call, || {}).await
+    }
+
+    /// Runs `call` on the connection `route` finds, again while it fails retriably and
+    /// `ROUTING_RETRY` lasts; `forget` drops what routed it after an error that says
+    /// the request went to the wrong broker.
+    async fn with_retries<T, F, R>(
+        &self,
+        route: impl Fn() -> R,
+        call: impl Fn(Rc<Connection>) -> F,
+        forget: impl Fn(),
+    ) -> ClientResult<T>
+    where
+        R: std::future::Future<Output = ClientResult<Rc<Connection>>>,
+        F: std::future::Future<Output = ClientResult<T>>,
+    {
         let deadline = std::time::Instant::now() + ROUTING_RETRY;
         loop {
-            let result = match self.bootstrap().await {
+            let result = match route().await {
                 Ok(connection) => call(connection).await,
                 Err(error) => Err(error),
             };
             match result {
                 Err(error) if error.is_retriable() && std::time::Instant::now() < deadline => {
+                    if error.is_moved() {
+                        forget();
+                    }
                     glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
                 }
                 other => return other,

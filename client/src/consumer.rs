@@ -118,11 +118,9 @@ impl Consumer {
                 }
             };
             if let Some(query) = query {
-                let found = if config.read_committed {
-                    client.list_stable_offsets(&missing, query).await?
-                } else {
-                    client.list_offsets(&missing, query).await?
-                };
+                let found = client
+                    .list_offsets_isolated(&missing, query, config.read_committed)
+                    .await?;
                 for (topic, partition, offset, _) in found {
                     let offset = if offset >= 0 {
                         offset
@@ -216,15 +214,9 @@ async fn latest(
     read_committed: bool,
 ) -> ClientResult<i64> {
     let partitions = [(topic.to_string(), partition)];
-    let found = if read_committed {
-        client
-            .list_stable_offsets(&partitions, OffsetQuery::Latest)
-            .await?
-    } else {
-        client
-            .list_offsets(&partitions, OffsetQuery::Latest)
-            .await?
-    };
+    let found = client
+        .list_offsets_isolated(&partitions, OffsetQuery::Latest, read_committed)
+        .await?;
     Ok(found.first().map_or(0, |(_, _, offset, _)| *offset))
 }
 

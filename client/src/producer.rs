@@ -16,7 +16,7 @@
 //! it fails every later call with that error, and a new producer takes over.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -127,8 +127,7 @@ struct SealedBatch {
     retry_at: Option<Instant>,
     sealed_at: Instant,
     /// Where an idempotent producer's batch starts in its partition, counted without
-    /// wrapping (the batch header carries it modulo 2^31, as Kafka's sequences wrap), so
-    /// that comparisons hold across the wrap.
+    /// wrapping (the batch header carries it modulo 2^31, as Kafka's sequences wrap).
     sequence: Option<i64>,
 }
 
@@ -136,9 +135,20 @@ struct SealedBatch {
 #[derive(Debug)]
 struct Sequences {
     producer: ProducerId,
+    /// Its batches are transactional.
+    transactional: bool,
     next: HashMap<(String, i32), i64>,
-    /// Per partition, the first sequences of batches sealed and not yet answered.
-    unanswered: HashMap<(String, i32), BTreeSet<i64>>,
+}
+
+impl Sequences {
+    /// Sequences start at 0 in every partition, for a new producer id or epoch.
+    fn new(producer: ProducerId, transactional: bool) -> Sequences {
+        Sequences {
+            producer,
+            transactional,
+            next: HashMap::new(),
+        }
+    }
 }
 
 /// Where a transactional producer is.
@@ -210,11 +220,8 @@ impl Producer {
                     None,
                 )
                 .await?;
-            state.sequences = Some(Sequences {
-                producer,
-                next: HashMap::new(),
-                unanswered: HashMap::new(),
-            });
+            let transactional = config.transactional_id.is_some();
+            state.sequences = Some(Sequences::new(producer, transactional));
         }
         let inner = Rc::new(Inner {
             client,
@@ -464,11 +471,7 @@ impl Producer {
             let producer = result?;
             let mut state = self.inner.state.borrow_mut();
             if let Some(sequences) = state.sequences.as_mut() {
-                *sequences = Sequences {
-                    producer,
-                    next: HashMap::new(),
-                    unanswered: HashMap::new(),
-                };
+                *sequences = Sequences::new(producer, sequences.transactional);
             }
             state.fatal = None;
         }
@@ -518,7 +521,7 @@ impl Producer {
             .get(&key)
             .is_some_and(|b| b.builder.size_bytes() + estimate > inner.config.batch_bytes);
         if full {
-            seal(&mut state, &key, inner.config.transactional_id.is_some());
+            seal(&mut state, &key);
             if record.key.is_none() && record.partition.is_none() {
                 // Sticky partitioning: unkeyed records move on once a batch fills.
                 *state.sticky.entry(record.topic.clone()).or_insert(0) += 1;
@@ -568,11 +571,7 @@ impl Producer {
             let mut state = self.inner.state.borrow_mut();
             let keys: Vec<_> = state.open.keys().cloned().collect();
             for key in keys {
-                seal(
-                    &mut state,
-                    &key,
-                    self.inner.config.transactional_id.is_some(),
-                );
+                seal(&mut state, &key);
             }
         }
         self.inner.changed.notify(usize::MAX);
@@ -595,7 +594,7 @@ impl Producer {
 
 /// Closes a partition's open batch and queues it; an idempotent producer's batch takes
 /// the partition's next sequence numbers.
-fn seal(state: &mut State, key: &(String, i32), transactional: bool) {
+fn seal(state: &mut State, key: &(String, i32)) {
     if let Some(mut batch) = state.open.remove(key) {
         let sequence = state.sequences.as_mut().map(|s| {
             let next = s.next.entry(key.clone()).or_insert(0);
@@ -604,10 +603,9 @@ fn seal(state: &mut State, key: &(String, i32), transactional: bool) {
             // Sequences wrap from i32::MAX to 0, as Kafka's do.
             let wrapped = (first % (i64::from(i32::MAX) + 1)) as i32;
             batch.builder.producer(s.producer.0, s.producer.1, wrapped);
-            if transactional {
+            if s.transactional {
                 batch.builder.transactional();
             }
-            s.unanswered.entry(key.clone()).or_default().insert(first);
             first
         });
         state.unanswered += 1;
@@ -667,7 +665,7 @@ fn take_request(inner: &Inner) -> (Option<Vec<SealedBatch>>, Duration) {
         .map(|(k, _)| k.clone())
         .collect();
     for key in due {
-        seal(&mut state, &key, inner.config.transactional_id.is_some());
+        seal(&mut state, &key);
     }
     let next = state
         .open
@@ -772,7 +770,7 @@ async fn send_request(inner: &Inner, batches: Vec<SealedBatch>) {
                 Some(r) if r.error == crate::ErrorCode::None => Ok(r.base_offset),
                 Some(r) => {
                     let error = ClientError::broker(r.error, Some(&r.error_message));
-                    let retriable = error.is_retriable() || follows_a_retry(inner, &batch, r.error);
+                    let retriable = error.is_retriable();
                     Err((error, retriable))
                 }
                 None => Err((
@@ -801,7 +799,9 @@ async fn send_request(inner: &Inner, batches: Vec<SealedBatch>) {
     for mut batch in retry.into_iter().rev() {
         batch.attempts += 1;
         batch.retry_at = Some(retry_at);
-        requeue(&mut state.sealed, batch);
+        // First in line: with one request per partition in flight, every other batch of
+        // an idempotent producer's partition still in line is a later one.
+        state.sealed.push_front(batch);
     }
 }
 
@@ -824,41 +824,6 @@ impl Drop for InFlight<'_> {
         for partition in &self.partitions {
             state.in_flight.remove(partition);
         }
-    }
-}
-
-/// Whether an idempotent batch refused as out of sequence only follows an earlier batch
-/// of its partition that is itself being retried: it goes through once that one has.
-fn follows_a_retry(inner: &Inner, batch: &SealedBatch, error: crate::ErrorCode) -> bool {
-    let (Some(sequence), crate::ErrorCode::OutOfOrderSequence) = (batch.sequence, error) else {
-        return false;
-    };
-    let state = inner.state.borrow();
-    let key = (batch.topic.clone(), batch.partition);
-    state
-        .sequences
-        .as_ref()
-        .and_then(|s| s.unanswered.get(&key))
-        .and_then(|pending| pending.first())
-        .is_some_and(|first| *first < sequence)
-}
-
-/// Puts a retried batch back in line: an idempotent one before the later batches of its
-/// partition (and after the earlier ones), so that they reach the broker in sequence.
-fn requeue(sealed: &mut VecDeque<SealedBatch>, batch: SealedBatch) {
-    let same = |b: &SealedBatch| b.topic == batch.topic && b.partition == batch.partition;
-    let at = batch.sequence.and_then(|sequence| {
-        let later = sealed
-            .iter()
-            .position(|b| same(b) && b.sequence.is_some_and(|s| s > sequence));
-        let earlier = sealed
-            .iter()
-            .rposition(|b| same(b) && b.sequence.is_some_and(|s| s < sequence));
-        later.or(earlier.map(|i| i + 1))
-    });
-    match at {
-        Some(at) => sealed.insert(at, batch),
-        None => sealed.push_front(batch),
     }
 }
 
@@ -886,14 +851,6 @@ fn lost(inner: &Inner, batch: &SealedBatch, message: &str) {
 }
 
 fn answer(inner: &Inner, batch: SealedBatch, result: impl Fn(i64) -> ClientResult<Delivery>) {
-    if let (Some(sequence), Some(sequences)) =
-        (batch.sequence, inner.state.borrow_mut().sequences.as_mut())
-    {
-        let key = (batch.topic.clone(), batch.partition);
-        if let Some(pending) = sequences.unanswered.get_mut(&key) {
-            pending.remove(&sequence);
-        }
-    }
     for (index, waiter) in batch.waiters.into_iter().enumerate() {
         let delivery = result(index as i64).map(|d| Delivery {
             partition: batch.partition,
