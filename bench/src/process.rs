@@ -19,6 +19,8 @@ pub struct BrokerProcess {
     env: Vec<(String, String)>,
     args: Vec<String>,
     child: Option<Child>,
+    /// Every address the broker announced, by name (`kafka+SASL_SSL`, ...).
+    pub announced: Vec<(String, String)>,
     /// The native protocol address, HOST:PORT.
     pub native: String,
     /// The Kafka protocol address, HOST:PORT.
@@ -58,6 +60,7 @@ impl BrokerProcess {
                 .collect(),
             args,
             child: None,
+            announced: Vec::new(),
             native: String::new(),
             kafka: String::new(),
             http: String::new(),
@@ -97,6 +100,7 @@ impl BrokerProcess {
                     env: env(node),
                     args: Vec::new(),
                     child: None,
+                    announced: Vec::new(),
                     native: String::new(),
                     kafka: String::new(),
                     http: String::new(),
@@ -149,6 +153,11 @@ impl BrokerProcess {
                 .map(str::to_string)
                 .with_context(|| format!("no {name} in {line:?}"))
         };
+        self.announced = line
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         self.native = field("native=")?;
         self.kafka = field("kafka=")?;
         self.http = field("http=")?;
@@ -163,6 +172,15 @@ impl BrokerProcess {
             }
         }
         Ok(())
+    }
+
+    /// The address of an extra listener as the broker announced it (`kafka+SASL_SSL`).
+    pub fn extra_listener(&self, name: &str) -> anyhow::Result<String> {
+        self.announced
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .with_context(|| format!("the broker announced no {name} listener"))
     }
 
     pub fn pid(&self) -> Option<u32> {

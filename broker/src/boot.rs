@@ -13,6 +13,8 @@ use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 
 use crate::config::BrokerConfig;
 use crate::router::{self, Envelope, Router};
+use crate::security::tls::TlsServer;
+use crate::security::{Listener, ListenerKind};
 use crate::shard::Shard;
 
 /// How long a starting broker waits for a busy port to be released.
@@ -40,6 +42,24 @@ pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
     config.native_listen = claim_port(config.native_listen).context("native listener")?;
     config.kafka_listen = claim_port(config.kafka_listen).context("Kafka listener")?;
     config.http_listen = claim_port(config.http_listen).context("http listener")?;
+    for extra in [
+        &mut config.kafka_listeners,
+        &mut config.native_listeners,
+        &mut config.http_listeners,
+    ] {
+        for text in extra.iter_mut() {
+            let (protocol, address) = text.split_once("://").context("a listener")?;
+            let address = address
+                .parse()
+                .with_context(|| format!("listener {text}"))?;
+            let claimed = claim_port(address).with_context(|| format!("listener {text}"))?;
+            *text = format!("{protocol}://{claimed}");
+        }
+    }
+    let tls = match config.tls_settings()? {
+        Some(settings) => Some(Arc::new(TlsServer::new(&settings).context("TLS")?)),
+        None => None,
+    };
     let shards = config.shard_count();
     let lifecycle = Arc::new(Lifecycle::default());
     lifecycle.controller.store(-1, Ordering::Release);
@@ -48,14 +68,30 @@ pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
             .context("installing signal handlers")?;
     }
     let config = Arc::new(config);
+    if let Some(tls) = &tls
+        && config.tls_reload_interval_ms > 0
+    {
+        let (tls, shutdown) = (tls.clone(), lifecycle.shutdown.clone());
+        let every = Duration::from_millis(config.tls_reload_interval_ms);
+        std::thread::Builder::new()
+            .name("weir-tls-reload".into())
+            .spawn(move || {
+                while !shutdown.load(Ordering::Acquire) {
+                    std::thread::sleep(every.min(Duration::from_millis(200)));
+                    tls.reload_if_changed();
+                }
+            })
+            .context("starting the certificate reloader")?;
+    }
     let mesh = router::mesh(shards);
     let mut handles = Vec::with_capacity(shards);
     for id in 0..shards {
         let cpu = config.cpus.get(id).copied().unwrap_or(id);
-        let (config, mesh, lifecycle) = (config.clone(), mesh.clone(), lifecycle.clone());
+        let (config, mesh, lifecycle, tls) =
+            (config.clone(), mesh.clone(), lifecycle.clone(), tls.clone());
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("weir-shard-{id}"))
-            .spawn(move || async move { run_shard(id, shards, config, mesh, lifecycle).await })
+            .spawn(move || async move { run_shard(id, shards, config, mesh, lifecycle, tls).await })
             .map_err(std::io::Error::from)
             .with_context(|| format!("starting shard {id} on CPU {cpu} (weir needs io_uring and locked memory; see README)"))?;
         handles.push(handle);
@@ -108,6 +144,7 @@ async fn run_shard(
     config: Arc<BrokerConfig>,
     mesh: glommio::channels::channel_mesh::FullMesh<Envelope>,
     lifecycle: Arc<Lifecycle>,
+    tls: Option<Arc<TlsServer>>,
 ) -> anyhow::Result<()> {
     let (senders, receivers) = mesh
         .join()
@@ -133,7 +170,7 @@ async fn run_shard(
         .map_err(glommio_error)?;
     let background =
         executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
-    let started = start(&shard, &config, &lifecycle, requests, background).await;
+    let started = start(&shard, &config, &lifecycle, tls, requests, background).await;
     if let Err(error) = &started {
         tracing::error!(
             shard = id,
@@ -153,21 +190,21 @@ async fn start(
     shard: &Rc<Shard>,
     config: &BrokerConfig,
     lifecycle: &Lifecycle,
+    tls: Option<Arc<TlsServer>>,
     requests: glommio::TaskQueueHandle,
     background: glommio::TaskQueueHandle,
 ) -> anyhow::Result<()> {
     weir_storage::probe_direct_io(&config.data_dir).await?;
-    // The native listener first: the other brokers must reach this one before the
+    let listeners = config.listeners()?;
+    let tls_of = |listener: &Listener| tls.clone().filter(|_| listener.protocol.tls());
+    // The native listeners first: the other brokers must reach this one before the
     // controller quorum can form. Requests that come before the metadata get retriable
     // errors.
-    let native = crate::net::bind(config.native_listen)
-        .map_err(|e| anyhow::Error::from(e).context(format!("binding {}", config.native_listen)))?;
-    glommio::spawn_local_into(
-        crate::net::serve_listener(shard.clone(), native, crate::native::serve_connection),
-        requests,
-    )
-    .map_err(glommio_error)?
-    .detach();
+    let of_kind = |kind| listeners.iter().filter(move |l: &&Listener| l.kind == kind);
+    for listener in of_kind(ListenerKind::Native) {
+        let serve = crate::native::serve_connection;
+        spawn_listener(shard, listener, tls_of(listener), requests, serve)?;
+    }
     glommio::spawn_local_into(shard.clone().run_background(), background)
         .map_err(glommio_error)?
         .detach();
@@ -185,25 +222,24 @@ async fn start(
     shard.wait_ready().await;
     // Kafka clients only once the metadata is in: before, a restarted broker would call
     // topics unknown, which librdkafka does not retry. A refused connection it does.
-    let kafka = crate::net::bind(config.kafka_listen)
-        .map_err(|e| anyhow::Error::from(e).context(format!("binding {}", config.kafka_listen)))?;
-    glommio::spawn_local_into(
-        crate::net::serve_listener(shard.clone(), kafka, crate::kafka::serve_connection),
-        requests,
-    )
-    .map_err(glommio_error)?
-    .detach();
+    for listener in of_kind(ListenerKind::Kafka) {
+        let serve = crate::kafka::serve_connection;
+        spawn_listener(shard, listener, tls_of(listener), requests, serve)?;
+    }
     lifecycle.started.fetch_add(1, Ordering::AcqRel);
     if shard.id == 0 {
-        let http = crate::net::bind(config.http_listen).map_err(|e| {
-            anyhow::Error::from(e).context(format!("binding {}", config.http_listen))
-        })?;
-        glommio::spawn_local_into(
-            crate::http::serve(shard.clone(), http, lifecycle.ready.clone()),
-            requests,
-        )
-        .map_err(glommio_error)?
-        .detach();
+        for listener in of_kind(ListenerKind::Http) {
+            let socket = bind(listener)?;
+            let serve = crate::http::serve(
+                shard.clone(),
+                socket,
+                tls_of(listener),
+                lifecycle.ready.clone(),
+            );
+            glommio::spawn_local_into(serve, requests)
+                .map_err(glommio_error)?
+                .detach();
+        }
         while lifecycle.started.load(Ordering::Acquire) < shard.count && !shard.shutting_down() {
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
@@ -213,12 +249,55 @@ async fn start(
     Ok(())
 }
 
-/// Tells whoever started the broker (people, scripts, tests) where it serves.
+/// Serves `listener` on this shard with `serve` for each connection.
+fn spawn_listener<F, Fut>(
+    shard: &Rc<Shard>,
+    listener: &Listener,
+    tls: Option<Arc<TlsServer>>,
+    queue: glommio::TaskQueueHandle,
+    serve: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Rc<Shard>, crate::net::Accepted) -> Fut + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let socket = bind(listener)?;
+    let listener = Rc::new(listener.clone());
+    let accepting = crate::net::serve_listener(shard.clone(), listener, socket, tls, serve);
+    glommio::spawn_local_into(accepting, queue)
+        .map_err(glommio_error)?
+        .detach();
+    Ok(())
+}
+
+fn bind(listener: &Listener) -> anyhow::Result<glommio::net::TcpListener> {
+    crate::net::bind(listener.address)
+        .map_err(|e| anyhow::Error::from(e).context(format!("binding {listener}")))
+}
+
+/// Tells whoever started the broker (people, scripts, tests) where it serves: the main
+/// listeners, then each extra one as `KIND+PROTOCOL=ADDRESS` (`kafka+SASL_SSL=...`).
 fn announce(config: &BrokerConfig, shards: usize) {
+    let extra: String = [
+        ("kafka", &config.kafka_listeners),
+        ("native", &config.native_listeners),
+        ("http", &config.http_listeners),
+    ]
+    .iter()
+    .flat_map(|(kind, listeners)| {
+        listeners.iter().filter_map(move |text| {
+            let (protocol, address) = text.split_once("://")?;
+            Some(format!(
+                " {kind}+{}={address}",
+                protocol.to_ascii_uppercase()
+            ))
+        })
+    })
+    .collect();
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(
         stdout,
-        "weir serving native={} kafka={} http={} shards={shards} data_dir={}",
+        "weir serving native={} kafka={} http={}{extra} shards={shards} data_dir={}",
         config.native_listen,
         config.kafka_listen,
         config.http_listen,

@@ -101,6 +101,34 @@ pub enum GroupCommand {
     Describe { group: String },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user, or set its password: a SCRAM credential for each mechanism, salted
+    /// and hashed here (the password is not sent).
+    Create {
+        name: String,
+        #[arg(long)]
+        password: String,
+        /// SCRAM-SHA-256, SCRAM-SHA-512 or both (comma-separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "SCRAM-SHA-256,SCRAM-SHA-512"
+        )]
+        mechanism: Vec<String>,
+        #[arg(long, default_value_t = 8192)]
+        iterations: u32,
+    },
+    /// Remove a user's credentials (every mechanism unless one is named).
+    Delete {
+        name: String,
+        #[arg(long)]
+        mechanism: Option<String>,
+    },
+    /// Users with credentials, their mechanisms and iterations.
+    List,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum AcksArg {
     None,
@@ -584,6 +612,83 @@ fn print_record(
             writeln!(out, "{json}")
         }
     }
+}
+
+pub async fn user(brokers: String, command: UserCommand) -> anyhow::Result<()> {
+    use weir_replication::ScramMechanism;
+    let mechanism = |name: &str| {
+        ScramMechanism::from_name(name)
+            .with_context(|| format!("unknown mechanism {name}: SCRAM-SHA-256 or SCRAM-SHA-512"))
+    };
+    let client = Client::connect(&brokers).await?;
+    let mut out = std::io::stdout().lock();
+    let check = |results: Vec<(String, weir_client::ClientResult<()>)>| -> anyhow::Result<()> {
+        for (user, result) in results {
+            result.with_context(|| format!("user {user}"))?;
+        }
+        Ok(())
+    };
+    match command {
+        UserCommand::Create {
+            name,
+            password,
+            mechanism: mechanisms,
+            iterations,
+        } => {
+            let mut upsertions = Vec::new();
+            for m in &mechanisms {
+                let m = mechanism(m)?;
+                let (salt, salted_password) =
+                    crate::security::scram::salt_password(m, &password, iterations)
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                upsertions.push(weir_client::ScramUpsertion {
+                    user: name.clone(),
+                    mechanism: m.id(),
+                    iterations: iterations as i32,
+                    salt,
+                    salted_password,
+                });
+            }
+            check(client.alter_scram_credentials(&upsertions, &[]).await?)?;
+            writeln!(out, "user {name}: {}", mechanisms.join(","))?;
+        }
+        UserCommand::Delete {
+            name,
+            mechanism: only,
+        } => {
+            let mechanisms = match only {
+                Some(m) => vec![mechanism(&m)?],
+                None => {
+                    let described = client
+                        .describe_scram_credentials(std::slice::from_ref(&name))
+                        .await?;
+                    let (_, credentials) = described
+                        .into_iter()
+                        .next()
+                        .with_context(|| format!("no answer for user {name}"))?;
+                    credentials
+                        .with_context(|| format!("user {name}"))?
+                        .into_iter()
+                        .filter_map(|(id, _)| ScramMechanism::from_id(id))
+                        .collect()
+                }
+            };
+            let deletions: Vec<(String, i8)> =
+                mechanisms.iter().map(|m| (name.clone(), m.id())).collect();
+            check(client.alter_scram_credentials(&[], &deletions).await?)?;
+            writeln!(out, "user {name} deleted")?;
+        }
+        UserCommand::List => {
+            writeln!(out, "user\tmechanism\titerations")?;
+            for (user, credentials) in client.describe_scram_credentials(&[]).await? {
+                for (id, iterations) in credentials? {
+                    let name = ScramMechanism::from_id(id).map_or("?", |m| m.name());
+                    writeln!(out, "{user}\t{name}\t{iterations}")?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 pub async fn group(brokers: String, command: GroupCommand) -> anyhow::Result<()> {

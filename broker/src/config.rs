@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use weir_storage::{LogConfig, ShardStorageConfig};
 
+use crate::security::tls::{ClientAuth, TlsSettings};
+use crate::security::{Listener, ListenerKind, SecurityProtocol};
 use crate::topic::{self, TopicConfig};
 
 /// Prefix of the environment variables that set configuration keys.
@@ -63,6 +65,33 @@ pub struct BrokerConfig {
     pub kafka_listen: SocketAddr,
     /// Where `/metrics`, `/health` and `/ready` are served.
     pub http_listen: SocketAddr,
+    /// The security protocol of `kafka_listen`: PLAINTEXT, SSL, SASL_PLAINTEXT or
+    /// SASL_SSL.
+    pub kafka_listen_protocol: String,
+    /// More Kafka listeners, as `PROTOCOL://HOST:PORT`, one per protocol.
+    pub kafka_listeners: Vec<String>,
+    /// More native listeners (`PLAINTEXT://` or `SSL://HOST:PORT`).
+    pub native_listeners: Vec<String>,
+    /// More HTTP listeners (`PLAINTEXT://` or `SSL://HOST:PORT`).
+    pub http_listeners: Vec<String>,
+    /// PEM files of the certificate chain and private key TLS listeners present.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    /// PEM file of the CAs client certificates must chain to.
+    pub tls_client_ca_file: String,
+    /// Whether TLS clients present certificates: `none`, `requested` or `required`
+    /// (Kafka's `ssl.client.auth`).
+    pub tls_client_auth: String,
+    /// How often the certificate files are checked for a new certificate (0: never).
+    pub tls_reload_interval_ms: u64,
+    /// The SASL mechanisms SASL listeners offer (Kafka's `sasl.enabled.mechanisms`).
+    pub sasl_enabled_mechanisms: Vec<String>,
+    /// How long a failed authentication waits before it is answered (Kafka's
+    /// `connection.failed.authentication.delay.ms`).
+    pub sasl_failed_authentication_delay_ms: u64,
+    /// The largest frame a connection may send before it has authenticated (Kafka's
+    /// `sasl.server.max.receive.size`).
+    pub sasl_max_receive_bytes: usize,
     /// The host clients are told to connect to; empty means the native listen address
     /// (or 127.0.0.1 when that is a wildcard address).
     pub advertised_host: String,
@@ -168,6 +197,21 @@ impl Default for BrokerConfig {
             native_listen: SocketAddr::from(([0, 0, 0, 0], 9192)),
             kafka_listen: SocketAddr::from(([0, 0, 0, 0], 9092)),
             http_listen: SocketAddr::from(([0, 0, 0, 0], 9644)),
+            kafka_listen_protocol: "PLAINTEXT".into(),
+            kafka_listeners: Vec::new(),
+            native_listeners: Vec::new(),
+            http_listeners: Vec::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_client_ca_file: String::new(),
+            tls_client_auth: "none".into(),
+            tls_reload_interval_ms: 10_000,
+            sasl_enabled_mechanisms: crate::security::sasl::MECHANISMS
+                .iter()
+                .map(|m| m.to_string())
+                .collect(),
+            sasl_failed_authentication_delay_ms: 100,
+            sasl_max_receive_bytes: 512 << 10,
             advertised_host: String::new(),
             cores: 0,
             cpus: Vec::new(),
@@ -379,7 +423,118 @@ impl BrokerConfig {
             "metadata_snapshot_entries must be at least 10"
         );
         self.topic_defaults()?;
+        self.validate_security()?;
         Ok(())
+    }
+
+    fn validate_security(&self) -> anyhow::Result<()> {
+        let listeners = self.listeners()?;
+        for kind in [
+            ListenerKind::Kafka,
+            ListenerKind::Native,
+            ListenerKind::Http,
+        ] {
+            let of_kind: Vec<&Listener> = listeners.iter().filter(|l| l.kind == kind).collect();
+            for (index, listener) in of_kind.iter().enumerate() {
+                anyhow::ensure!(
+                    !of_kind[..index]
+                        .iter()
+                        .any(|l| l.protocol == listener.protocol),
+                    "two {} listeners with protocol {}: each protocol is served once",
+                    kind.name(),
+                    listener.protocol
+                );
+                anyhow::ensure!(
+                    kind == ListenerKind::Kafka || !listener.protocol.sasl(),
+                    "{} listener {listener}: SASL is served on Kafka listeners only",
+                    kind.name()
+                );
+            }
+        }
+        let tls = self.tls_settings()?;
+        anyhow::ensure!(
+            tls.is_some() || !listeners.iter().any(|l| l.protocol.tls()),
+            "TLS listeners need tls_cert_file and tls_key_file"
+        );
+        for mechanism in &self.sasl_enabled_mechanisms {
+            anyhow::ensure!(
+                crate::security::sasl::MECHANISMS.contains(&mechanism.as_str()),
+                "sasl_enabled_mechanisms: {mechanism} is not one of {:?}",
+                crate::security::sasl::MECHANISMS
+            );
+        }
+        anyhow::ensure!(
+            (1024..=self.frame_bytes_max).contains(&self.sasl_max_receive_bytes),
+            "sasl_max_receive_bytes must be within 1024..=frame_bytes_max"
+        );
+        Ok(())
+    }
+
+    /// Every listener: the three main ones, then the extra ones.
+    pub fn listeners(&self) -> anyhow::Result<Vec<Listener>> {
+        let kafka_protocol = SecurityProtocol::parse(&self.kafka_listen_protocol).ok_or_else(|| {
+            anyhow::anyhow!(
+                "kafka_listen_protocol {:?}: expected PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+                self.kafka_listen_protocol
+            )
+        })?;
+        let mut listeners = vec![
+            Listener {
+                kind: ListenerKind::Native,
+                protocol: SecurityProtocol::Plaintext,
+                address: self.native_listen,
+            },
+            Listener {
+                kind: ListenerKind::Kafka,
+                protocol: kafka_protocol,
+                address: self.kafka_listen,
+            },
+            Listener {
+                kind: ListenerKind::Http,
+                protocol: SecurityProtocol::Plaintext,
+                address: self.http_listen,
+            },
+        ];
+        for (kind, extra) in [
+            (ListenerKind::Kafka, &self.kafka_listeners),
+            (ListenerKind::Native, &self.native_listeners),
+            (ListenerKind::Http, &self.http_listeners),
+        ] {
+            for text in extra {
+                listeners.push(Listener::parse(kind, text)?);
+            }
+        }
+        Ok(listeners)
+    }
+
+    /// The TLS settings, if a certificate is configured.
+    pub fn tls_settings(&self) -> anyhow::Result<Option<TlsSettings>> {
+        let client_auth = ClientAuth::parse(&self.tls_client_auth).ok_or_else(|| {
+            anyhow::anyhow!(
+                "tls_client_auth {:?}: expected none, requested or required",
+                self.tls_client_auth
+            )
+        })?;
+        if self.tls_cert_file.is_empty() && self.tls_key_file.is_empty() {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            !self.tls_cert_file.is_empty() && !self.tls_key_file.is_empty(),
+            "tls_cert_file and tls_key_file go together"
+        );
+        let client_ca_file = Some(PathBuf::from(&self.tls_client_ca_file))
+            .filter(|_| !self.tls_client_ca_file.is_empty());
+        anyhow::ensure!(
+            client_auth == ClientAuth::None || client_ca_file.is_some(),
+            "tls_client_auth = {} needs tls_client_ca_file",
+            self.tls_client_auth
+        );
+        Ok(Some(TlsSettings {
+            cert_file: PathBuf::from(&self.tls_cert_file),
+            key_file: PathBuf::from(&self.tls_key_file),
+            client_ca_file,
+            client_auth,
+        }))
     }
 
     /// The controller quorum's voters: each initial broker's id and native address. A

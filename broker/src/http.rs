@@ -6,23 +6,39 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 
 use crate::metrics;
+use crate::net::Stream;
 use crate::router::{ShardAnswer, ShardCall};
+use crate::security::tls::TlsServer;
 use crate::shard::Shard;
 
 /// The most of a request head read before giving up on it.
 const REQUEST_HEAD_BYTES_MAX: usize = 8 << 10;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn serve(shard: Rc<Shard>, listener: TcpListener, ready: Arc<AtomicBool>) {
+pub async fn serve(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    tls: Option<Arc<TlsServer>>,
+    ready: Arc<AtomicBool>,
+) {
     while let Some(stream) = crate::net::next_connection(&shard, &listener).await {
         {
-            let (shard, ready) = (shard.clone(), ready.clone());
+            let (shard, ready, tls) = (shard.clone(), ready.clone(), tls.clone());
             glommio::spawn_local(async move {
                 let answered = futures_lite::future::or(
-                    async { Some(answer(&shard, stream, &ready).await) },
+                    async {
+                        let stream = match tls {
+                            None => Stream::Plain(stream),
+                            Some(tls) => match tls.accept(stream).await {
+                                Ok((stream, _)) => Stream::Tls(Box::new(stream)),
+                                Err(error) => return Some(Err(error)),
+                            },
+                        };
+                        Some(answer(&shard, stream, &ready).await)
+                    },
                     async {
                         glommio::timer::sleep(REQUEST_TIMEOUT).await;
                         None
@@ -37,11 +53,7 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener, ready: Arc<AtomicBoo
     }
 }
 
-async fn answer(
-    shard: &Rc<Shard>,
-    mut stream: TcpStream,
-    ready: &AtomicBool,
-) -> std::io::Result<()> {
+async fn answer(shard: &Rc<Shard>, mut stream: Stream, ready: &AtomicBool) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {

@@ -22,6 +22,7 @@ pub mod producers;
 pub mod replay;
 pub mod replica;
 pub mod router;
+pub mod security;
 pub mod shard;
 pub mod topic;
 pub mod txn;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use weir_broker::cli::{
     self, Brokers, ClusterCommand, ConsumeArgs, GroupCommand, PartitionCommand, ProduceArgs,
-    TopicCommand,
+    TopicCommand, UserCommand,
 };
 use weir_broker::config::{BrokerConfig, FlagOverrides};
 
@@ -99,6 +99,13 @@ enum Command {
         #[command(subcommand)]
         command: GroupCommand,
     },
+    /// Users and their SCRAM credentials (for SASL PLAIN and SCRAM logins).
+    User {
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -146,6 +153,7 @@ fn main() -> anyhow::Result<()> {
         Command::Group { brokers, command } => {
             cli::run(move || cli::group(brokers.brokers, command))
         }
+        Command::User { brokers, command } => cli::run(move || cli::user(brokers.brokers, command)),
         Command::Cluster { brokers, command } => {
             cli::run(move || cli::cluster(brokers.brokers, command))
         }

@@ -23,6 +23,8 @@ pub const APIS: &[&str] = &[
     "list_groups",
     "describe_topic_configs",
     "alter_topic_configs",
+    "alter_scram_credentials",
+    "describe_scram_credentials",
     "kafka_produce",
     "kafka_fetch",
     "kafka_list_offsets",
@@ -53,6 +55,12 @@ pub const APIS: &[&str] = &[
     "kafka_end_txn",
     "kafka_write_txn_markers",
     "kafka_txn_offset_commit",
+    "kafka_sasl",
+    "kafka_create_acls",
+    "kafka_describe_acls",
+    "kafka_delete_acls",
+    "kafka_describe_user_scram_credentials",
+    "kafka_alter_user_scram_credentials",
     "kafka_other",
 ];
 
@@ -71,6 +79,7 @@ pub struct ShardMetrics {
     pub bytes_out: Cell<u64>,
     pub connections: Cell<u64>,
     pub connections_total: Cell<u64>,
+    pub authentication_failures: Cell<u64>,
     pub memory_in_use: Cell<u64>,
     pub compaction: Cell<CompactionTotals>,
 }
@@ -106,6 +115,7 @@ impl Default for ShardMetrics {
             bytes_out: Cell::new(0),
             connections: Cell::new(0),
             connections_total: Cell::new(0),
+            authentication_failures: Cell::new(0),
             memory_in_use: Cell::new(0),
             compaction: Cell::new(CompactionTotals::default()),
         }
@@ -163,6 +173,7 @@ impl ShardMetrics {
             bytes_out: self.bytes_out.get(),
             connections: self.connections.get(),
             connections_total: self.connections_total.get(),
+            authentication_failures: self.authentication_failures.get(),
             memory_in_use: self.memory_in_use.get(),
             compaction: self.compaction.get(),
             cache_bytes,
@@ -189,6 +200,7 @@ pub struct ShardMetricsSnapshot {
     pub bytes_out: u64,
     pub connections: u64,
     pub connections_total: u64,
+    pub authentication_failures: u64,
     pub memory_in_use: u64,
     pub compaction: CompactionTotals,
     pub cache_bytes: u64,
@@ -325,6 +337,12 @@ pub fn render(snapshots: &[ShardMetricsSnapshot]) -> String {
         "counter",
         "Client connections accepted.",
         &mut per_shard(|s| s.connections_total).into_iter(),
+    );
+    family(
+        "weir_authentication_failures_total",
+        "counter",
+        "SASL authentications refused.",
+        &mut per_shard(|s| s.authentication_failures).into_iter(),
     );
     family(
         "weir_shard_memory_bytes",

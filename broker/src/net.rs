@@ -10,15 +10,88 @@ use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_lite::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::{Semaphore, StaticPermit};
 
 use crate::metrics::ShardMetrics;
+use crate::security::tls::TlsServer;
+use crate::security::{Listener, Principal};
 use crate::shard::Shard;
+
+/// A connection's byte stream: the socket itself, or TLS over it.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(stream) => stream,
+            Stream::Tls(stream) => stream.get_ref().0,
+        }
+    }
+
+    pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.tcp().peer_addr().map_err(std::io::Error::from)
+    }
+
+    /// The socket, for vectored sends that skip the stream (plaintext only: TLS must
+    /// see every byte).
+    fn plain_fd(&self) -> Option<RawFd> {
+        match self {
+            Stream::Plain(stream) => Some(stream.as_raw_fd()),
+            Stream::Tls(_) => None,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_close(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_close(cx),
+        }
+    }
+}
 
 /// A response ready to be written, holding its request's memory until then.
 #[derive(Debug)]
@@ -56,38 +129,69 @@ pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     Ok(listener)
 }
 
+/// A connection accepted (and, on a TLS listener, through its handshake).
+#[derive(Debug)]
+pub struct Accepted {
+    pub stream: Stream,
+    /// Who the connection is before any SASL exchange: a client certificate's subject,
+    /// else anonymous.
+    pub principal: Principal,
+    pub listener: Rc<Listener>,
+}
+
 /// Accepts connections on this shard's listener until shutdown, serving each with
-/// `serve`.
-pub async fn serve_listener<F, Fut>(shard: Rc<Shard>, listener: TcpListener, serve: F)
-where
-    F: Fn(Rc<Shard>, TcpStream) -> Fut,
+/// `serve` (after the TLS handshake, on a TLS listener).
+pub async fn serve_listener<F, Fut>(
+    shard: Rc<Shard>,
+    listener: Rc<Listener>,
+    socket: TcpListener,
+    tls: Option<Arc<TlsServer>>,
+    serve: F,
+) where
+    F: Fn(Rc<Shard>, Accepted) -> Fut + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    while let Some(stream) = next_connection(&shard, &listener).await {
-        match stream {
-            stream
-                if shard.metrics.connections.get() < shard.config.shard_connections_max as u64 =>
-            {
-                let _ = stream.set_nodelay(true);
-                let connection = serve(shard.clone(), stream);
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    ShardMetrics::add(&shard.metrics.connections, 1);
-                    ShardMetrics::add(&shard.metrics.connections_total, 1);
-                    connection.await;
-                    let connections = &shard.metrics.connections;
-                    connections.set(connections.get() - 1);
-                })
-                .detach();
-            }
-            stream => {
-                tracing::warn!(
-                    limit = shard.config.shard_connections_max,
-                    "refusing a connection: shard at its limit"
-                );
-                drop(stream);
-            }
+    let serve = Rc::new(serve);
+    while let Some(stream) = next_connection(&shard, &socket).await {
+        if shard.metrics.connections.get() >= shard.config.shard_connections_max as u64 {
+            tracing::warn!(
+                limit = shard.config.shard_connections_max,
+                "refusing a connection: shard at its limit"
+            );
+            drop(stream);
+            continue;
         }
+        let _ = stream.set_nodelay(true);
+        let (shard, listener, tls, serve) =
+            (shard.clone(), listener.clone(), tls.clone(), serve.clone());
+        glommio::spawn_local(async move {
+            ShardMetrics::add(&shard.metrics.connections, 1);
+            ShardMetrics::add(&shard.metrics.connections_total, 1);
+            let accepted = match tls {
+                None => Some(Accepted {
+                    stream: Stream::Plain(stream),
+                    principal: Principal::anonymous(),
+                    listener,
+                }),
+                Some(tls) => match tls.accept(stream).await {
+                    Ok((stream, principal)) => Some(Accepted {
+                        stream: Stream::Tls(Box::new(stream)),
+                        principal,
+                        listener,
+                    }),
+                    Err(error) => {
+                        tracing::info!(%error, "TLS handshake failed");
+                        None
+                    }
+                },
+            };
+            if let Some(accepted) = accepted {
+                serve(shard.clone(), accepted).await;
+            }
+            let connections = &shard.metrics.connections;
+            connections.set(connections.get() - 1);
+        })
+        .detach();
     }
 }
 
@@ -116,17 +220,17 @@ pub async fn next_connection(shard: &Shard, listener: &TcpListener) -> Option<Tc
 /// reason the reader stopped (if it was not the peer closing) and the peer's address.
 pub async fn run_connection<F, Fut>(
     shard: Rc<Shard>,
-    stream: TcpStream,
+    stream: Stream,
     read_requests: F,
 ) -> Result<(), (String, String)>
 where
-    F: FnOnce(Rc<Shard>, ReadHalf<TcpStream>, Rc<LocalSender<Queued>>) -> Fut,
+    F: FnOnce(Rc<Shard>, ReadHalf<Stream>, Rc<LocalSender<Queued>>) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
-    let fd = stream.as_raw_fd();
+    let fd = stream.plain_fd();
     let (reader, writer) = futures_lite::io::split(stream);
     let (responses, queue) =
         local_channel::new_bounded::<Queued>(shard.config.connection_requests_max);
@@ -142,15 +246,19 @@ where
 /// for the connection to close.
 fn spawn_writer(
     shard: Rc<Shard>,
-    mut writer: WriteHalf<TcpStream>,
-    fd: RawFd,
+    mut writer: WriteHalf<Stream>,
+    fd: Option<RawFd>,
     queue: LocalReceiver<Queued>,
 ) -> glommio::Task<()> {
     glommio::spawn_local(async move {
         while let Some(queued) = queue.recv().await {
             let Some(out) = queued.await else { continue };
             let bytes: usize = out.parts.iter().map(Bytes::len).sum();
-            if let Err(error) = weir_client::io::write_parts(&mut writer, fd, &out.parts).await {
+            let written = match fd {
+                Some(fd) => weir_client::io::write_parts(&mut writer, fd, &out.parts).await,
+                None => write_through(&mut writer, &out.parts).await,
+            };
+            if let Err(error) = written {
                 tracing::debug!(%error, "writing a response failed");
                 break;
             }
@@ -162,6 +270,15 @@ fn spawn_writer(
         }
         let _ = writer.close().await;
     })
+}
+
+/// Writes `parts` through the stream (TLS encrypts them into records as they go), then
+/// flushes: a response is on its way once this returns.
+async fn write_through(writer: &mut WriteHalf<Stream>, parts: &[Bytes]) -> std::io::Result<()> {
+    for part in parts {
+        writer.write_all(part).await?;
+    }
+    writer.flush().await
 }
 
 /// A request's share of the shard's memory budget and its connection's in-flight slot.

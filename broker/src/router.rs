@@ -141,6 +141,19 @@ pub enum ShardCall {
         name: String,
         configs: Vec<(String, String)>,
     },
+    /// Shard 0: adds and removes ACLs.
+    AlterAcls {
+        added: Vec<weir_replication::AclBinding>,
+        removed: Vec<weir_replication::AclBinding>,
+    },
+    /// Shard 0: sets or removes users' SCRAM credentials.
+    AlterScramCredentials {
+        changes: Vec<(
+            String,
+            weir_replication::ScramMechanism,
+            Option<weir_replication::ScramCredential>,
+        )>,
+    },
     /// Shard 0: grows a topic to `count` partitions.
     CreatePartitions {
         name: String,

@@ -505,6 +505,16 @@ impl Shard {
             ShardCall::CreatePartitions { name, count } => {
                 ShardAnswer::Admin(self.create_partitions(&name, count).await)
             }
+            ShardCall::AlterAcls { added, removed } => ShardAnswer::Admin(
+                self.ask_controller(ControllerRequest::AlterAcls { added, removed })
+                    .await
+                    .map(|_| ()),
+            ),
+            ShardCall::AlterScramCredentials { changes } => ShardAnswer::Admin(
+                self.ask_controller(ControllerRequest::AlterScramCredentials { changes })
+                    .await
+                    .map(|_| ()),
+            ),
             ShardCall::DeleteRecords { partition, offset } => {
                 ShardAnswer::DeleteRecords(self.delete_records(&partition, offset).await)
             }

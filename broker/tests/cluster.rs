@@ -11,20 +11,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use weir_tests::cluster::{Cluster, Network, read_replica};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn python() -> PathBuf {
-    let python = repo().join("target/test-venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run ./scripts/install-test-deps (./scripts/test does)",
-        python.display()
-    );
-    python
-}
+use weir_tests::{python, repo};
 
 fn script(name: &str) -> PathBuf {
     repo().join("tests/cluster").join(name)

@@ -7,23 +7,9 @@
 //! consumers, and a consume-transform-produce pipeline under kills. The clients are
 //! installed by `scripts/install-test-deps`.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The Python with the Kafka client packages.
-fn python() -> PathBuf {
-    let python = repo().join("target/test-venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run ./scripts/install-test-deps (./scripts/test does)",
-        python.display()
-    );
-    python
-}
+use weir_tests::{python, repo};
 
 /// Runs a script of `tests/kafka_clients` against the `weir` binary in a fresh directory.
 fn run(script: &str, args: &[&str]) {

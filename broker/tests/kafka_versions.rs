@@ -151,10 +151,17 @@ fn every_advertised_version_of_every_api_works() {
         dir.path(),
         2,
         &[],
-        &[("WEIR_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")],
+        &[
+            ("WEIR_GROUP_INITIAL_REBALANCE_DELAY_MS", "0"),
+            ("WEIR_KAFKA_LISTENERS", "[\"SASL_PLAINTEXT://127.0.0.1:0\"]"),
+            ("WEIR_SASL_FAILED_AUTHENTICATION_DELAY_MS", "1"),
+        ],
     )
     .unwrap();
     let mut c = Client::connect(&broker.kafka);
+    let sasl_listener = broker.extra_listener("kafka+SASL_PLAINTEXT").unwrap();
+    sasl_versions(&mut c, &sasl_listener);
+    acl_versions(&mut c);
 
     // ApiVersions: exactly the supported table.
     for v in versions(ApiKey::ApiVersions) {
@@ -885,6 +892,172 @@ fn every_advertised_version_of_every_api_works() {
         missed.is_empty(),
         "advertised but never exercised: {missed:?}"
     );
+}
+
+/// Users and SASL: AlterUserScramCredentials sets a credential (salted here, as Kafka's
+/// tools do), DescribeUserScramCredentials shows it, and every SaslHandshake and
+/// SaslAuthenticate version logs in with PLAIN on the SASL listener (and a wrong password
+/// is refused); version 0 of the handshake continues with a bare token.
+fn sasl_versions(c: &mut Client, sasl_listener: &str) {
+    use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion;
+    use kafka_protocol::messages::describe_user_scram_credentials_request::UserName;
+    use kafka_protocol::messages::{
+        AlterUserScramCredentialsRequest, DescribeUserScramCredentialsRequest,
+        SaslAuthenticateRequest, SaslHandshakeRequest,
+    };
+    let mechanism = weir_replication::ScramMechanism::Sha512;
+    let (salt, salted) =
+        weir_broker::security::scram::salt_password(mechanism, "pw", 4096).unwrap();
+    for v in versions(ApiKey::AlterUserScramCredentials) {
+        let request = AlterUserScramCredentialsRequest::default().with_upsertions(vec![
+            ScramCredentialUpsertion::default()
+                .with_name(s("user"))
+                .with_mechanism(mechanism.id())
+                .with_iterations(4096)
+                .with_salt(Bytes::from(salt.clone()))
+                .with_salted_password(Bytes::from(salted.clone())),
+        ]);
+        let ResponseKind::AlterUserScramCredentials(r) =
+            c.send(ApiKey::AlterUserScramCredentials, v, request.into())
+        else {
+            unreachable!()
+        };
+        assert_eq!(r.results[0].error_code, 0, "AlterUserScramCredentials v{v}");
+    }
+    for v in versions(ApiKey::DescribeUserScramCredentials) {
+        let request = DescribeUserScramCredentialsRequest::default()
+            .with_users(Some(vec![UserName::default().with_name(s("user"))]));
+        let ResponseKind::DescribeUserScramCredentials(r) =
+            c.send(ApiKey::DescribeUserScramCredentials, v, request.into())
+        else {
+            unreachable!()
+        };
+        let info = &r.results[0].credential_infos;
+        assert_eq!(
+            r.results[0].error_code, 0,
+            "DescribeUserScramCredentials v{v}"
+        );
+        assert_eq!((info[0].mechanism, info[0].iterations), (2, 4096));
+    }
+    let handshake = |c: &mut Client, v: i16| {
+        let request = SaslHandshakeRequest::default().with_mechanism(s("PLAIN"));
+        let ResponseKind::SaslHandshake(r) = c.send(ApiKey::SaslHandshake, v, request.into())
+        else {
+            unreachable!()
+        };
+        assert_eq!(r.error_code, 0, "SaslHandshake v{v}");
+        assert!(r.mechanisms.iter().any(|m| m.as_str() == "SCRAM-SHA-512"));
+    };
+    let metadata_answered = |c: &mut Client| {
+        let ResponseKind::Metadata(r) =
+            c.send(ApiKey::Metadata, 1, MetadataRequest::default().into())
+        else {
+            unreachable!()
+        };
+        assert!(!r.brokers.is_empty());
+    };
+    for v in versions(ApiKey::SaslAuthenticate) {
+        for (password, expected) in [("wrong", 58), ("pw", 0)] {
+            let mut sasl = Client::connect(sasl_listener);
+            handshake(&mut sasl, 1);
+            let request = SaslAuthenticateRequest::default()
+                .with_auth_bytes(Bytes::from(format!("\0user\0{password}")));
+            let ResponseKind::SaslAuthenticate(r) =
+                sasl.send(ApiKey::SaslAuthenticate, v, request.into())
+            else {
+                unreachable!()
+            };
+            assert_eq!(
+                r.error_code, expected,
+                "SaslAuthenticate v{v} with {password}"
+            );
+            if expected == 0 {
+                metadata_answered(&mut sasl);
+            }
+            c.exercised.append(&mut sasl.exercised);
+        }
+    }
+    // Version 0: the token goes bare, and so does the answer.
+    let mut sasl = Client::connect(sasl_listener);
+    handshake(&mut sasl, 0);
+    let token = b"\0user\0pw";
+    let mut framed = (token.len() as i32).to_be_bytes().to_vec();
+    framed.extend_from_slice(token);
+    sasl.stream.write_all(&framed).unwrap();
+    let mut size = [0u8; 4];
+    sasl.stream.read_exact(&mut size).unwrap();
+    assert_eq!(i32::from_be_bytes(size), 0, "PLAIN's answer is empty");
+    metadata_answered(&mut sasl);
+    c.exercised.append(&mut sasl.exercised);
+}
+
+/// ACLs: each CreateAcls version adds one (and refuses one whose resource type is a
+/// filter value), each DescribeAcls version finds them all by principal, each DeleteAcls
+/// version removes its own by exact name.
+fn acl_versions(c: &mut Client) {
+    use kafka_protocol::messages::create_acls_request::AclCreation;
+    use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
+    use kafka_protocol::messages::{CreateAclsRequest, DeleteAclsRequest, DescribeAclsRequest};
+    let creation = |resource_type: i8, name: &str| {
+        AclCreation::default()
+            .with_resource_type(resource_type)
+            .with_resource_name(s(name))
+            .with_resource_pattern_type(3)
+            .with_principal(s("User:alice"))
+            .with_host(s("*"))
+            .with_operation(3)
+            .with_permission_type(3)
+    };
+    for v in versions(ApiKey::CreateAcls) {
+        let request = CreateAclsRequest::default()
+            .with_creations(vec![creation(2, &format!("acl-v{v}")), creation(1, "any")]);
+        let ResponseKind::CreateAcls(r) = c.send(ApiKey::CreateAcls, v, request.into()) else {
+            unreachable!()
+        };
+        assert_eq!(r.results[0].error_code, 0, "CreateAcls v{v}");
+        assert_ne!(
+            r.results[1].error_code, 0,
+            "CreateAcls v{v} of resource type ANY"
+        );
+    }
+    let created = versions(ApiKey::CreateAcls).count();
+    for v in versions(ApiKey::DescribeAcls) {
+        let request = DescribeAclsRequest::default()
+            .with_resource_type_filter(1)
+            .with_resource_name_filter(None)
+            .with_pattern_type_filter(1)
+            .with_principal_filter(Some(s("User:alice")))
+            .with_host_filter(None)
+            .with_operation(1)
+            .with_permission_type(1);
+        let ResponseKind::DescribeAcls(r) = c.send(ApiKey::DescribeAcls, v, request.into()) else {
+            unreachable!()
+        };
+        assert_eq!(r.error_code, 0, "DescribeAcls v{v}");
+        assert_eq!(r.resources.len(), created, "DescribeAcls v{v}");
+        assert!(r.resources.iter().all(|res| res.acls.len() == 1));
+    }
+    for v in versions(ApiKey::DeleteAcls) {
+        let request = DeleteAclsRequest::default().with_filters(vec![
+            DeleteAclsFilter::default()
+                .with_resource_type_filter(2)
+                .with_resource_name_filter(Some(s(&format!("acl-v{v}"))))
+                .with_pattern_type_filter(3)
+                .with_principal_filter(None)
+                .with_host_filter(None)
+                .with_operation(1)
+                .with_permission_type(1),
+        ]);
+        let ResponseKind::DeleteAcls(r) = c.send(ApiKey::DeleteAcls, v, request.into()) else {
+            unreachable!()
+        };
+        assert_eq!(r.filter_results[0].error_code, 0, "DeleteAcls v{v}");
+        assert_eq!(
+            r.filter_results[0].matching_acls.len(),
+            1,
+            "DeleteAcls v{v}"
+        );
+    }
 }
 
 /// A transactional producer's id and epoch (InitProducerId v3 with the id).

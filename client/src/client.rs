@@ -640,6 +640,113 @@ impl Client {
             .collect())
     }
 
+    /// Sets and removes SCRAM credentials. Per user, all of its changes or none; the
+    /// result of each user.
+    pub async fn alter_scram_credentials(
+        &self,
+        upsertions: &[ScramUpsertion],
+        deletions: &[(String, i8)],
+    ) -> ClientResult<Vec<(String, ClientResult<()>)>> {
+        let frame = self
+            .call(
+                RequestBody::AlterScramCredentialsRequest,
+                |b| {
+                    let upsertions: Vec<_> = upsertions
+                        .iter()
+                        .map(|u| {
+                            let user = b.create_string(&u.user);
+                            let salt = b.create_vector(&u.salt);
+                            let salted_password = b.create_vector(&u.salted_password);
+                            let args = schema::ScramUpsertionArgs {
+                                user: Some(user),
+                                mechanism: u.mechanism,
+                                iterations: u.iterations,
+                                salt: Some(salt),
+                                salted_password: Some(salted_password),
+                            };
+                            schema::ScramUpsertion::create(b, &args)
+                        })
+                        .collect();
+                    let upsertions = b.create_vector(&upsertions);
+                    let deletions: Vec<_> = deletions
+                        .iter()
+                        .map(|(user, mechanism)| {
+                            let user = b.create_string(user);
+                            let args = schema::ScramDeletionArgs {
+                                user: Some(user),
+                                mechanism: *mechanism,
+                            };
+                            schema::ScramDeletion::create(b, &args)
+                        })
+                        .collect();
+                    let deletions = b.create_vector(&deletions);
+                    let args = schema::AlterScramCredentialsRequestArgs {
+                        upsertions: Some(upsertions),
+                        deletions: Some(deletions),
+                    };
+                    schema::AlterScramCredentialsRequest::create(b, &args).as_union_value()
+                },
+                vec![],
+            )
+            .await?;
+        let response = frame.checked()?;
+        let body = response
+            .body_as_alter_scram_credentials_response()
+            .ok_or_else(|| ClientError::Invalid("no alter scram credentials body".into()))?;
+        Ok(body
+            .results()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let result = match r.error() {
+                    ErrorCode::None => Ok(()),
+                    code => Err(ClientError::broker(code, r.error_message())),
+                };
+                (r.user().to_string(), result)
+            })
+            .collect())
+    }
+
+    /// Each user's SCRAM mechanisms and iterations: of `users`, or of every user when it
+    /// is empty.
+    pub async fn describe_scram_credentials(
+        &self,
+        users: &[String],
+    ) -> ClientResult<Vec<(String, ClientResult<Vec<(i8, i32)>>)>> {
+        let frame = self
+            .call(
+                RequestBody::DescribeScramCredentialsRequest,
+                |b| {
+                    let users = strings(b, users);
+                    let args = schema::DescribeScramCredentialsRequestArgs { users: Some(users) };
+                    schema::DescribeScramCredentialsRequest::create(b, &args).as_union_value()
+                },
+                vec![],
+            )
+            .await?;
+        let response = frame.checked()?;
+        let body = response
+            .body_as_describe_scram_credentials_response()
+            .ok_or_else(|| ClientError::Invalid("no describe scram credentials body".into()))?;
+        Ok(body
+            .users()
+            .into_iter()
+            .flatten()
+            .map(|u| {
+                let result = match u.error() {
+                    ErrorCode::None => Ok(u
+                        .credentials()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| (c.mechanism(), c.iterations()))
+                        .collect()),
+                    code => Err(ClientError::broker(code, u.error_message())),
+                };
+                (u.user().to_string(), result)
+            })
+            .collect())
+    }
+
     /// Overrides the keys of `set` and removes the overrides of the keys in `delete` (the
     /// broker's defaults apply again); the other overrides stay. All or nothing.
     pub async fn alter_topic_configs(
@@ -1441,4 +1548,16 @@ impl Client {
             .map(str::to_string)
             .collect())
     }
+}
+
+/// A SCRAM credential to set: the salt and the password salted and hashed by the
+/// caller (RFC 5802's SaltedPassword), with Kafka's mechanism id (1: SCRAM-SHA-256, 2:
+/// SCRAM-SHA-512).
+#[derive(Debug, Clone)]
+pub struct ScramUpsertion {
+    pub user: String,
+    pub mechanism: i8,
+    pub iterations: i32,
+    pub salt: Vec<u8>,
+    pub salted_password: Vec<u8>,
 }

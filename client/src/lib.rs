@@ -13,7 +13,8 @@ mod txn;
 
 pub use client::{
     Client, ClusterBroker, ClusterDescription, CommittedOffset, FetchSpec, FetchedPartition,
-    Metadata, OffsetQuery, PartitionMeta, ProduceResult, TopicConfigEntry, TopicMeta,
+    Metadata, OffsetQuery, PartitionMeta, ProduceResult, ScramUpsertion, TopicConfigEntry,
+    TopicMeta,
 };
 pub use connection::{Connection, PendingResponse, ResponseFrame};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};

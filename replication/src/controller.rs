@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::metadata::{
-    Endpoint, MetadataImage, MetadataRecord, NO_LEADER, NodeId, PartitionState, Replica,
+    AclBinding, Endpoint, MetadataImage, MetadataRecord, NO_LEADER, NodeId, PartitionState,
+    Replica, ScramCredential, ScramMechanism,
 };
 
 /// The partition count and replica count limits of one request, so that no request can
@@ -101,6 +102,15 @@ pub enum ControllerRequest {
         topic: String,
         partition: i32,
         replicas: Vec<NodeId>,
+    },
+    /// Adds and removes ACLs, all together.
+    AlterAcls {
+        added: Vec<AclBinding>,
+        removed: Vec<AclBinding>,
+    },
+    /// Sets or (`None`) removes users' SCRAM credentials, all together.
+    AlterScramCredentials {
+        changes: Vec<(String, ScramMechanism, Option<ScramCredential>)>,
     },
 }
 
@@ -295,6 +305,24 @@ impl Controller {
                 partition,
                 replicas,
             } => move_partition(image, topic, *partition, replicas),
+            ControllerRequest::AlterAcls { added, removed } => {
+                Ok(Decision::done(vec![MetadataRecord::AclsChanged {
+                    added: added.clone(),
+                    removed: removed.clone(),
+                }]))
+            }
+            ControllerRequest::AlterScramCredentials { changes } => Ok(Decision::done(
+                changes
+                    .iter()
+                    .map(
+                        |(user, mechanism, credential)| MetadataRecord::ScramCredentialChanged {
+                            user: user.clone(),
+                            mechanism: *mechanism,
+                            credential: credential.clone(),
+                        },
+                    )
+                    .collect(),
+            )),
         }
     }
 

@@ -22,8 +22,9 @@ pub use controller::{
     InternalTopic,
 };
 pub use metadata::{
-    BrokerImage, Endpoint, MetadataImage, MetadataRecord, NO_LEADER, NodeId, PartitionState,
-    Replica, TopicImage,
+    AclBinding, AclOperation, AclPatternType, AclPermission, AclResourceType, BrokerImage,
+    Endpoint, ListenerPort, MetadataImage, MetadataRecord, NO_LEADER, NodeId, PartitionState,
+    Replica, ScramCredential, ScramMechanism, TopicImage, UserScramCredential,
 };
 pub use partition::{
     FetchAnswer, FetchPosition, FetchRefusal, FollowerAction, FollowerReplica, LeaderReplica,

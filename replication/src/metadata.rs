@@ -24,6 +24,26 @@ pub struct Endpoint {
     pub host: String,
     pub native_port: u16,
     pub kafka_port: u16,
+    /// Every Kafka listener's port, by listener name (`SASL_SSL`, ...), `kafka_port`'s
+    /// among them: a client is told the brokers' ports on the listener it came in by.
+    pub kafka_listeners: Vec<ListenerPort>,
+}
+
+impl Endpoint {
+    /// The port of the Kafka listener `name` (the main Kafka port if there is none of
+    /// that name).
+    pub fn kafka_port_of(&self, name: &str) -> u16 {
+        self.kafka_listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map_or(self.kafka_port, |l| l.port)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ListenerPort {
+    pub name: String,
+    pub port: u16,
 }
 
 /// One copy of a partition: on which broker, and which of its shards owns it there.
@@ -125,6 +145,223 @@ pub enum MetadataRecord {
     ProducerIdsReserved {
         end: i64,
     },
+    /// ACLs added and removed, together.
+    AclsChanged {
+        added: Vec<AclBinding>,
+        removed: Vec<AclBinding>,
+    },
+    /// A user's SCRAM credential for one mechanism, set or (`None`) removed.
+    ScramCredentialChanged {
+        user: String,
+        mechanism: ScramMechanism,
+        credential: Option<ScramCredential>,
+    },
+}
+
+/// What an ACL is about, with Kafka's ids (`ResourceType`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize,
+)]
+pub enum AclResourceType {
+    Topic,
+    Group,
+    Cluster,
+    TransactionalId,
+}
+
+impl AclResourceType {
+    pub const ALL: [AclResourceType; 4] = [
+        AclResourceType::Topic,
+        AclResourceType::Group,
+        AclResourceType::Cluster,
+        AclResourceType::TransactionalId,
+    ];
+
+    pub fn id(self) -> i8 {
+        match self {
+            AclResourceType::Topic => 2,
+            AclResourceType::Group => 3,
+            AclResourceType::Cluster => 4,
+            AclResourceType::TransactionalId => 5,
+        }
+    }
+
+    pub fn from_id(id: i8) -> Option<AclResourceType> {
+        AclResourceType::ALL.into_iter().find(|t| t.id() == id)
+    }
+}
+
+/// How an ACL's resource name matches (Kafka's `PatternType`): the name itself (`*`:
+/// every resource of the type), or every name it begins.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize,
+)]
+pub enum AclPatternType {
+    Literal,
+    Prefixed,
+}
+
+impl AclPatternType {
+    pub fn id(self) -> i8 {
+        match self {
+            AclPatternType::Literal => 3,
+            AclPatternType::Prefixed => 4,
+        }
+    }
+
+    pub fn from_id(id: i8) -> Option<AclPatternType> {
+        [AclPatternType::Literal, AclPatternType::Prefixed]
+            .into_iter()
+            .find(|t| t.id() == id)
+    }
+}
+
+/// Kafka's ACL operations (`AclOperation`), with its ids.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize,
+)]
+pub enum AclOperation {
+    All,
+    Read,
+    Write,
+    Create,
+    Delete,
+    Alter,
+    Describe,
+    ClusterAction,
+    DescribeConfigs,
+    AlterConfigs,
+    IdempotentWrite,
+}
+
+impl AclOperation {
+    pub const ALL: [AclOperation; 11] = [
+        AclOperation::All,
+        AclOperation::Read,
+        AclOperation::Write,
+        AclOperation::Create,
+        AclOperation::Delete,
+        AclOperation::Alter,
+        AclOperation::Describe,
+        AclOperation::ClusterAction,
+        AclOperation::DescribeConfigs,
+        AclOperation::AlterConfigs,
+        AclOperation::IdempotentWrite,
+    ];
+
+    pub fn id(self) -> i8 {
+        match self {
+            AclOperation::All => 2,
+            AclOperation::Read => 3,
+            AclOperation::Write => 4,
+            AclOperation::Create => 5,
+            AclOperation::Delete => 6,
+            AclOperation::Alter => 7,
+            AclOperation::Describe => 8,
+            AclOperation::ClusterAction => 9,
+            AclOperation::DescribeConfigs => 10,
+            AclOperation::AlterConfigs => 11,
+            AclOperation::IdempotentWrite => 12,
+        }
+    }
+
+    pub fn from_id(id: i8) -> Option<AclOperation> {
+        AclOperation::ALL.into_iter().find(|o| o.id() == id)
+    }
+}
+
+/// Whether an ACL allows or denies (Kafka's `AclPermissionType`; deny wins).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize,
+)]
+pub enum AclPermission {
+    Deny,
+    Allow,
+}
+
+impl AclPermission {
+    pub fn id(self) -> i8 {
+        match self {
+            AclPermission::Deny => 2,
+            AclPermission::Allow => 3,
+        }
+    }
+
+    pub fn from_id(id: i8) -> Option<AclPermission> {
+        [AclPermission::Deny, AclPermission::Allow]
+            .into_iter()
+            .find(|p| p.id() == id)
+    }
+}
+
+/// One ACL: `principal` (`User:alice`, `User:*`) from `host` (an address, `*`) may (or
+/// may not) do `operation` on the resources `resource_name` names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize)]
+pub struct AclBinding {
+    pub resource_type: AclResourceType,
+    pub resource_name: String,
+    pub pattern: AclPatternType,
+    pub principal: String,
+    pub host: String,
+    pub operation: AclOperation,
+    pub permission: AclPermission,
+}
+
+/// The SCRAM mechanisms, with Kafka's ids (`ScramMechanism` in its admin API).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize,
+)]
+pub enum ScramMechanism {
+    Sha256,
+    Sha512,
+}
+
+impl ScramMechanism {
+    pub const ALL: [ScramMechanism; 2] = [ScramMechanism::Sha256, ScramMechanism::Sha512];
+
+    /// Kafka's id of the mechanism.
+    pub fn id(self) -> i8 {
+        match self {
+            ScramMechanism::Sha256 => 1,
+            ScramMechanism::Sha512 => 2,
+        }
+    }
+
+    pub fn from_id(id: i8) -> Option<ScramMechanism> {
+        ScramMechanism::ALL.into_iter().find(|m| m.id() == id)
+    }
+
+    /// The SASL name of the mechanism.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScramMechanism::Sha256 => "SCRAM-SHA-256",
+            ScramMechanism::Sha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ScramMechanism> {
+        ScramMechanism::ALL
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// What a server keeps of a SCRAM password (RFC 5802): enough to check a client's proof
+/// and to prove itself, not enough to log in as the user.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ScramCredential {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+/// One user's credential for one mechanism, as a snapshot holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct UserScramCredential {
+    pub user: String,
+    pub mechanism: ScramMechanism,
+    pub credential: ScramCredential,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -177,6 +414,10 @@ pub struct MetadataImage {
     pub topics: BTreeMap<String, Arc<TopicImage>>,
     /// Producer ids below this are reserved.
     pub producer_ids_end: i64,
+    /// SCRAM credentials by user and mechanism.
+    pub scram_credentials: BTreeMap<(String, ScramMechanism), Arc<ScramCredential>>,
+    /// Every ACL.
+    pub acls: Arc<std::collections::BTreeSet<AclBinding>>,
 }
 
 impl MetadataImage {
@@ -271,6 +512,29 @@ impl MetadataImage {
             MetadataRecord::ProducerIdsReserved { end } => {
                 self.producer_ids_end = self.producer_ids_end.max(*end);
             }
+            MetadataRecord::AclsChanged { added, removed } => {
+                let acls = Arc::make_mut(&mut self.acls);
+                for acl in removed {
+                    acls.remove(acl);
+                }
+                acls.extend(added.iter().cloned());
+            }
+            MetadataRecord::ScramCredentialChanged {
+                user,
+                mechanism,
+                credential,
+            } => {
+                let key = (user.clone(), *mechanism);
+                match credential {
+                    Some(credential) => {
+                        self.scram_credentials
+                            .insert(key, Arc::new(credential.clone()));
+                    }
+                    None => {
+                        self.scram_credentials.remove(&key);
+                    }
+                }
+            }
         }
     }
 
@@ -287,6 +551,14 @@ impl MetadataImage {
     /// The topic with this id.
     pub fn topic_by_id(&self, id: &[u8; 16]) -> Option<&Arc<TopicImage>> {
         self.topics.values().find(|t| t.id == *id)
+    }
+
+    pub fn scram_credential(
+        &self,
+        user: &str,
+        mechanism: ScramMechanism,
+    ) -> Option<&Arc<ScramCredential>> {
+        self.scram_credentials.get(&(user.to_string(), mechanism))
     }
 
     pub fn broker(&self, node: NodeId) -> Option<&BrokerImage> {
@@ -344,6 +616,16 @@ impl MetadataImage {
             brokers: self.brokers.values().cloned().collect(),
             topics: self.topics.values().map(|t| (**t).clone()).collect(),
             producer_ids_end: self.producer_ids_end,
+            scram_credentials: self
+                .scram_credentials
+                .iter()
+                .map(|((user, mechanism), credential)| UserScramCredential {
+                    user: user.clone(),
+                    mechanism: *mechanism,
+                    credential: (**credential).clone(),
+                })
+                .collect(),
+            acls: self.acls.iter().cloned().collect(),
         }
     }
 
@@ -358,6 +640,12 @@ impl MetadataImage {
                 .map(|t| (t.name.clone(), Arc::new(t)))
                 .collect(),
             producer_ids_end: snapshot.producer_ids_end,
+            scram_credentials: snapshot
+                .scram_credentials
+                .into_iter()
+                .map(|c| ((c.user, c.mechanism), Arc::new(c.credential)))
+                .collect(),
+            acls: Arc::new(snapshot.acls.into_iter().collect()),
         }
     }
 }
@@ -370,6 +658,8 @@ pub struct ImageSnapshot {
     pub brokers: Vec<BrokerImage>,
     pub topics: Vec<TopicImage>,
     pub producer_ids_end: i64,
+    pub scram_credentials: Vec<UserScramCredential>,
+    pub acls: Vec<AclBinding>,
 }
 
 /// Encodes the records of one Raft entry.
@@ -480,6 +770,7 @@ mod tests {
             host: "127.0.0.1".into(),
             native_port: 9192,
             kafka_port: 9092,
+            kafka_listeners: Vec::new(),
         };
         image.apply(
             5,
@@ -501,6 +792,28 @@ mod tests {
         let records = vec![
             created("a", &[&[1, 2]]),
             MetadataRecord::ProducerIdsReserved { end: 1000 },
+            MetadataRecord::ScramCredentialChanged {
+                user: "alice".into(),
+                mechanism: ScramMechanism::Sha512,
+                credential: Some(ScramCredential {
+                    salt: vec![1; 16],
+                    iterations: 4096,
+                    stored_key: vec![2; 64],
+                    server_key: vec![3; 64],
+                }),
+            },
+            MetadataRecord::AclsChanged {
+                added: vec![AclBinding {
+                    resource_type: AclResourceType::Topic,
+                    resource_name: "orders-".into(),
+                    pattern: AclPatternType::Prefixed,
+                    principal: "User:alice".into(),
+                    host: "*".into(),
+                    operation: AclOperation::Read,
+                    permission: AclPermission::Allow,
+                }],
+                removed: vec![],
+            },
         ];
         assert_eq!(decode_records(&encode_records(&records)).unwrap(), records);
         let mut image = MetadataImage::default();

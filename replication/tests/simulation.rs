@@ -278,6 +278,7 @@ fn endpoint(node: NodeId) -> Endpoint {
         host: format!("10.0.0.{node}"),
         native_port: 9192,
         kafka_port: 9092,
+        kafka_listeners: Vec::new(),
     }
 }
 

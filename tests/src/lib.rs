@@ -110,3 +110,19 @@ pub fn crash_batch_stored(base_offset: i64) -> Vec<u8> {
     weir_wire::batch::assign_offset_and_epoch(&mut batch, base_offset, 0);
     batch.to_vec()
 }
+
+/// The repository's root.
+pub fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Python with the Kafka client packages (`scripts/install-test-deps` makes it).
+pub fn python() -> std::path::PathBuf {
+    let python = repo().join("target/test-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run ./scripts/install-test-deps (./scripts/test does)",
+        python.display()
+    );
+    python
+}

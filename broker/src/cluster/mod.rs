@@ -595,6 +595,17 @@ impl Cluster {
             host: self.config.advertised_host(),
             native_port: self.config.native_listen.port(),
             kafka_port: self.config.kafka_listen.port(),
+            kafka_listeners: self
+                .config
+                .listeners()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|l| l.kind == crate::security::ListenerKind::Kafka)
+                .map(|l| weir_replication::ListenerPort {
+                    name: l.name().to_string(),
+                    port: l.address.port(),
+                })
+                .collect(),
         }
     }
 

@@ -16,10 +16,14 @@ use kafka_protocol::messages::describe_configs_response::{
 };
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
 use kafka_protocol::messages::{
-    AlterConfigsRequest, AlterConfigsResponse, BrokerId, CreatePartitionsRequest,
-    CreatePartitionsResponse, DeleteRecordsRequest, DeleteRecordsResponse, DescribeClusterRequest,
-    DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ResponseKind, TopicName,
+    AlterConfigsRequest, AlterConfigsResponse, AlterUserScramCredentialsRequest,
+    AlterUserScramCredentialsResponse, BrokerId, CreateAclsRequest, CreateAclsResponse,
+    CreatePartitionsRequest, CreatePartitionsResponse, DeleteAclsRequest, DeleteAclsResponse,
+    DeleteRecordsRequest, DeleteRecordsResponse, DescribeAclsRequest, DescribeAclsResponse,
+    DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, DescribeUserScramCredentialsRequest,
+    DescribeUserScramCredentialsResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -29,6 +33,7 @@ use crate::config::BrokerConfig;
 use crate::error::{BrokerError, BrokerResult};
 use crate::ops;
 use crate::router::{ShardAnswer, ShardCall, TopicPartition};
+use crate::security::acl;
 use crate::shard::Shard;
 use crate::topic;
 
@@ -485,8 +490,13 @@ pub async fn delete_records(shard: &Rc<Shard>, request: DeleteRecordsRequest) ->
     (ResponseKind::DeleteRecords(response), failed)
 }
 
-pub fn describe_cluster(shard: &Shard, version: i16, request: DescribeClusterRequest) -> Answer {
-    let brokers = crate::kafka::topics::brokers(shard)
+pub fn describe_cluster(
+    shard: &Shard,
+    listener: &crate::security::Listener,
+    version: i16,
+    request: DescribeClusterRequest,
+) -> Answer {
+    let brokers = crate::kafka::topics::brokers(shard, listener)
         .into_iter()
         .map(|broker| {
             DescribeClusterBroker::default()
@@ -513,4 +523,231 @@ pub fn describe_cluster(shard: &Shard, version: i16, request: DescribeClusterReq
         response.cluster_authorized_operations = i32::MIN;
     }
     (ResponseKind::DescribeCluster(response), false)
+}
+
+pub fn describe_user_scram_credentials(
+    shard: &Shard,
+    request: DescribeUserScramCredentialsRequest,
+) -> Answer {
+    use kafka_protocol::messages::describe_user_scram_credentials_response::{
+        CredentialInfo, DescribeUserScramCredentialsResult,
+    };
+    let users = request
+        .users
+        .filter(|users| !users.is_empty())
+        .map(|users| users.into_iter().map(|u| u.name.to_string()).collect());
+    let mut failed = false;
+    let results = crate::security::users::describe(shard, users)
+        .into_iter()
+        .map(|(user, result)| {
+            let entry = DescribeUserScramCredentialsResult::default().with_user(str_bytes(&user));
+            match result {
+                Ok(credentials) => entry.with_credential_infos(
+                    credentials
+                        .into_iter()
+                        .map(|(mechanism, iterations)| {
+                            CredentialInfo::default()
+                                .with_mechanism(mechanism.id())
+                                .with_iterations(iterations as i32)
+                        })
+                        .collect(),
+                ),
+                Err(error) => {
+                    failed = true;
+                    entry
+                        .with_error_code(errors::code(&error))
+                        .with_error_message(Some(str_bytes(&error.to_string())))
+                }
+            }
+        })
+        .collect();
+    let response = DescribeUserScramCredentialsResponse::default().with_results(results);
+    (ResponseKind::DescribeUserScramCredentials(response), failed)
+}
+
+pub async fn alter_user_scram_credentials(
+    shard: &Rc<Shard>,
+    request: AlterUserScramCredentialsRequest,
+) -> Answer {
+    use crate::security::users::{Deletion, Upsertion};
+    use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
+    let upsertions = request
+        .upsertions
+        .into_iter()
+        .map(|u| Upsertion {
+            user: u.name.to_string(),
+            mechanism: u.mechanism,
+            iterations: u.iterations,
+            salt: u.salt.to_vec(),
+            salted_password: u.salted_password.to_vec(),
+        })
+        .collect();
+    let deletions = request
+        .deletions
+        .into_iter()
+        .map(|d| Deletion {
+            user: d.name.to_string(),
+            mechanism: d.mechanism,
+        })
+        .collect();
+    let mut failed = false;
+    let results = crate::security::users::alter(shard, upsertions, deletions)
+        .await
+        .into_iter()
+        .map(|(user, result)| {
+            let entry = AlterUserScramCredentialsResult::default().with_user(str_bytes(&user));
+            match result {
+                Ok(()) => entry,
+                Err(error) => {
+                    failed = true;
+                    entry
+                        .with_error_code(errors::code(&error))
+                        .with_error_message(Some(str_bytes(&error.to_string())))
+                }
+            }
+        })
+        .collect();
+    let response = AlterUserScramCredentialsResponse::default().with_results(results);
+    (ResponseKind::AlterUserScramCredentials(response), failed)
+}
+
+/// `(error code, message)` of a failed item, for the per-item error fields.
+fn item_error(error: &BrokerError) -> (i16, Option<StrBytes>) {
+    (errors::code(error), Some(str_bytes(&error.to_string())))
+}
+
+pub async fn create_acls(shard: &Rc<Shard>, request: CreateAclsRequest) -> Answer {
+    use kafka_protocol::messages::create_acls_response::AclCreationResult;
+    let bindings = request
+        .creations
+        .iter()
+        .map(|c| {
+            acl::binding(
+                c.resource_type,
+                c.resource_name.as_str(),
+                c.resource_pattern_type,
+                c.principal.as_str(),
+                c.host.as_str(),
+                c.operation,
+                c.permission_type,
+            )
+        })
+        .collect();
+    let mut failed = false;
+    let results = acl::create(shard, bindings)
+        .await
+        .into_iter()
+        .map(|result| match result {
+            Ok(()) => AclCreationResult::default(),
+            Err(error) => {
+                failed = true;
+                let (code, message) = item_error(&error);
+                AclCreationResult::default()
+                    .with_error_code(code)
+                    .with_error_message(message)
+            }
+        })
+        .collect();
+    let response = CreateAclsResponse::default().with_results(results);
+    (ResponseKind::CreateAcls(response), failed)
+}
+
+pub fn describe_acls(shard: &Shard, request: DescribeAclsRequest) -> Answer {
+    use kafka_protocol::messages::describe_acls_response::{AclDescription, DescribeAclsResource};
+    let filter = acl::AclFilter::new(
+        request.resource_type_filter,
+        request.resource_name_filter.as_deref(),
+        request.pattern_type_filter,
+        request.principal_filter.as_deref(),
+        request.host_filter.as_deref(),
+        request.operation,
+        request.permission_type,
+    );
+    let filter = match filter {
+        Ok(filter) => filter,
+        Err(error) => {
+            let (code, message) = item_error(&error);
+            let response = DescribeAclsResponse::default()
+                .with_error_code(code)
+                .with_error_message(message);
+            return (ResponseKind::DescribeAcls(response), true);
+        }
+    };
+    // Grouped by resource, as Kafka answers.
+    let mut resources: Vec<DescribeAclsResource> = Vec::new();
+    for binding in acl::describe(shard, &filter) {
+        let description = AclDescription::default()
+            .with_principal(str_bytes(&binding.principal))
+            .with_host(str_bytes(&binding.host))
+            .with_operation(binding.operation.id())
+            .with_permission_type(binding.permission.id());
+        let same = |r: &&mut DescribeAclsResource| {
+            r.resource_type == binding.resource_type.id()
+                && r.resource_name.as_str() == binding.resource_name
+                && r.pattern_type == binding.pattern.id()
+        };
+        match resources.iter_mut().find(|r| same(r)) {
+            Some(resource) => resource.acls.push(description),
+            None => resources.push(
+                DescribeAclsResource::default()
+                    .with_resource_type(binding.resource_type.id())
+                    .with_resource_name(str_bytes(&binding.resource_name))
+                    .with_pattern_type(binding.pattern.id())
+                    .with_acls(vec![description]),
+            ),
+        }
+    }
+    let response = DescribeAclsResponse::default().with_resources(resources);
+    (ResponseKind::DescribeAcls(response), false)
+}
+
+pub async fn delete_acls(shard: &Rc<Shard>, request: DeleteAclsRequest) -> Answer {
+    use kafka_protocol::messages::delete_acls_response::{
+        DeleteAclsFilterResult, DeleteAclsMatchingAcl,
+    };
+    let filters = request
+        .filters
+        .iter()
+        .map(|f| {
+            acl::AclFilter::new(
+                f.resource_type_filter,
+                f.resource_name_filter.as_deref(),
+                f.pattern_type_filter,
+                f.principal_filter.as_deref(),
+                f.host_filter.as_deref(),
+                f.operation,
+                f.permission_type,
+            )
+        })
+        .collect();
+    let mut failed = false;
+    let results = acl::delete(shard, filters)
+        .await
+        .into_iter()
+        .map(|result| match result {
+            Ok(acls) => DeleteAclsFilterResult::default().with_matching_acls(
+                acls.into_iter()
+                    .map(|b| {
+                        DeleteAclsMatchingAcl::default()
+                            .with_resource_type(b.resource_type.id())
+                            .with_resource_name(str_bytes(&b.resource_name))
+                            .with_pattern_type(b.pattern.id())
+                            .with_principal(str_bytes(&b.principal))
+                            .with_host(str_bytes(&b.host))
+                            .with_operation(b.operation.id())
+                            .with_permission_type(b.permission.id())
+                    })
+                    .collect(),
+            ),
+            Err(error) => {
+                failed = true;
+                let (code, message) = item_error(&error);
+                DeleteAclsFilterResult::default()
+                    .with_error_code(code)
+                    .with_error_message(message)
+            }
+        })
+        .collect();
+    let response = DeleteAclsResponse::default().with_filter_results(results);
+    (ResponseKind::DeleteAcls(response), failed)
 }

@@ -75,6 +75,18 @@ impl std::fmt::Display for DecodeError {
 }
 
 /// Checks a frame's size prefix before anything is read or allocated for the frame.
+/// The size of a bare SASL token (after a version 0 SaslHandshake): no header, any size
+/// up to `max_bytes`.
+pub fn token_size(prefix: [u8; SIZE_PREFIX_BYTES], max_bytes: usize) -> Result<usize, String> {
+    let size = i32::from_be_bytes(prefix);
+    match usize::try_from(size) {
+        Ok(size) if size <= max_bytes => Ok(size),
+        _ => Err(format!(
+            "SASL token of {size} bytes (the limit is {max_bytes})"
+        )),
+    }
+}
+
 pub fn frame_size(prefix: [u8; SIZE_PREFIX_BYTES], max_bytes: usize) -> Result<usize, String> {
     let size = i32::from_be_bytes(prefix);
     let size = usize::try_from(size).map_err(|_| format!("negative frame size {size}"))?;

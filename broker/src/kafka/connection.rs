@@ -12,33 +12,43 @@ use std::time::Instant;
 use bytes::BytesMut;
 use futures_lite::io::{AsyncReadExt, ReadHalf};
 use glommio::channels::local_channel::LocalSender;
-use glommio::net::TcpStream;
+use kafka_protocol::messages::ApiKey;
 
 use super::codec::{self, DecodeError, SIZE_PREFIX_BYTES};
 use super::handlers;
+use super::sasl::{self, Session};
 use crate::metrics::ShardMetrics;
-use crate::net::{self, InFlight, MemoryHold, Outgoing, Queued};
+use crate::net::{self, Accepted, InFlight, MemoryHold, Outgoing, Queued, Stream};
 use crate::shard::Shard;
 
-pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
+pub async fn serve_connection(shard: Rc<Shard>, accepted: Accepted) {
     // Kafka reports a group member's host as `/address`.
-    let client_host: Rc<str> = stream
+    let client_host: Rc<str> = accepted
+        .stream
         .peer_addr()
         .map_or_else(|_| "/unknown".into(), |a| format!("/{}", a.ip()).into());
-    let read = move |shard, reader, responses| read_requests(shard, reader, responses, client_host);
-    if let Err((reason, peer)) = net::run_connection(shard, stream, read).await {
+    let session = Rc::new(Session::new(
+        accepted.listener,
+        accepted.principal,
+        client_host,
+    ));
+    let reader_session = session.clone();
+    let read =
+        move |shard, reader, responses| read_requests(shard, reader, responses, reader_session);
+    if let Err((reason, peer)) = net::run_connection(shard, accepted.stream, read).await {
         // A client that sent something unusable learns why only from the broker's log
         // (the protocol has no way to say it); warn so an operator can find it.
-        tracing::warn!(%peer, %reason, "closing Kafka connection");
+        let principal = session.principal();
+        tracing::warn!(%peer, %principal, %reason, "closing Kafka connection");
     }
 }
 
 /// Reads frames until the peer closes, the broker shuts down or a frame is unusable.
 async fn read_requests(
     shard: Rc<Shard>,
-    mut reader: ReadHalf<TcpStream>,
+    mut reader: ReadHalf<Stream>,
     responses: Rc<LocalSender<Queued>>,
-    client_host: Rc<str>,
+    session: Rc<Session>,
 ) -> Result<(), String> {
     let (shard, responses) = (&shard, &*responses);
     let slots = Rc::new(glommio::sync::Semaphore::new(
@@ -54,7 +64,17 @@ async fn read_requests(
             SIZE_PREFIX_BYTES => {}
             _ => return Err("connection closed inside a frame".into()),
         }
-        let size = codec::frame_size(prefix, shard.config.frame_bytes_max)?;
+        let authenticated = session.authenticated();
+        let size_max = if authenticated {
+            shard.config.frame_bytes_max
+        } else {
+            shard.config.sasl_max_receive_bytes
+        };
+        let size = if session.expects_raw_token() {
+            codec::token_size(prefix, size_max)?
+        } else {
+            codec::frame_size(prefix, size_max)?
+        };
         let frame_bytes = (SIZE_PREFIX_BYTES + size) as u64;
         let memory = MemoryHold::acquire(shard, &slots, frame_bytes).await?;
         let mut frame = BytesMut::zeroed(size);
@@ -63,6 +83,27 @@ async fn read_requests(
         }
         ShardMetrics::add(&shard.metrics.bytes_in, frame_bytes);
         let started = Instant::now();
+        if session.expects_raw_token() {
+            let answer = sasl::raw_token(shard, &session, frame.freeze()).await;
+            shard
+                .metrics
+                .record("kafka_sasl", started.elapsed(), answer.is_none());
+            drop(memory);
+            let Some(parts) = answer else {
+                return Err("authentication failed".into());
+            };
+            send_now(responses, parts, false).await?;
+            continue;
+        }
+        // Before authentication only the API key is looked at, so the request decoders
+        // never see what an unauthenticated peer sends beyond the SASL exchange.
+        let api_key = i16::from_be_bytes([frame[0], frame[1]]);
+        if !authenticated && !sasl::allowed_before_authentication(api_key) {
+            return Err(format!(
+                "API key {api_key} before authentication on {}",
+                session.listener
+            ));
+        }
         let request = match codec::decode(frame.freeze()) {
             Ok(request) => request,
             // What can be answered without serving it: ApiVersions of an unknown
@@ -75,24 +116,30 @@ async fn read_requests(
                     version = header.request_api_version,
                     "answered with UNSUPPORTED_VERSION"
                 );
-                let out = Outgoing {
-                    parts,
-                    permit: None,
-                    close_after: false,
-                };
-                if responses
-                    .send(Box::pin(std::future::ready(Some(out))))
-                    .await
-                    .is_err()
-                {
-                    return Err("response writer stopped".into());
-                }
+                send_now(responses, parts, false).await?;
                 continue;
             }
             Err(error) => return Err(error.to_string()),
         };
+        if matches!(
+            request.api,
+            ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        ) {
+            // In line: the next frame is read only once the exchange has moved on.
+            let reply = sasl::handle(shard, &session, request).await;
+            shard
+                .metrics
+                .record("kafka_sasl", started.elapsed(), reply.failed);
+            let close = reply.close_after;
+            drop(memory);
+            send_now(responses, reply.parts, close).await?;
+            if close {
+                return Err("authentication failed".into());
+            }
+            continue;
+        }
         let in_flight = InFlight::start(shard);
-        let reply = handlers::dispatch(shard, request, &client_host).await;
+        let reply = handlers::dispatch(shard, request, &session).await;
         let shard = shard.clone();
         let task = glommio::spawn_local(async move {
             let _in_flight = in_flight;
@@ -114,8 +161,25 @@ async fn read_requests(
     }
 }
 
+/// Queues a response that is ready now (after those queued before it).
+async fn send_now(
+    responses: &LocalSender<Queued>,
+    parts: Vec<bytes::Bytes>,
+    close_after: bool,
+) -> Result<(), String> {
+    let out = Outgoing {
+        parts,
+        permit: None,
+        close_after,
+    };
+    responses
+        .send(Box::pin(std::future::ready(Some(out))))
+        .await
+        .map_err(|_| "response writer stopped".to_string())
+}
+
 /// Reads until `buffer` is full or the peer closes; returns the bytes read.
-async fn read_full(reader: &mut ReadHalf<TcpStream>, buffer: &mut [u8]) -> Result<usize, String> {
+async fn read_full(reader: &mut ReadHalf<Stream>, buffer: &mut [u8]) -> Result<usize, String> {
     let mut filled = 0;
     while filled < buffer.len() {
         let read = reader

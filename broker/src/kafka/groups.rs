@@ -38,6 +38,7 @@ use crate::error::BrokerError;
 use crate::group::{GroupState, JoinRequest, JoinResult, SyncRequest};
 use crate::ops;
 use crate::router::{GroupAnswer, GroupCall, MemberClaim, OffsetCommit, TopicPartition};
+use crate::security::Listener;
 use crate::shard::Shard;
 
 /// Kafka's code for a broker error met while reaching a group's coordinator.
@@ -61,7 +62,12 @@ fn optional(text: Option<&StrBytes>) -> Option<String> {
 const GROUP_KEY: i8 = 0;
 const TRANSACTION_KEY: i8 = 1;
 
-pub fn find_coordinator(shard: &Shard, version: i16, request: FindCoordinatorRequest) -> Answer {
+pub fn find_coordinator(
+    shard: &Shard,
+    listener: &Listener,
+    version: i16,
+    request: FindCoordinatorRequest,
+) -> Answer {
     let lookup = |key: &str| -> (i16, Option<StrBytes>, BrokerId, StrBytes, i32) {
         let none = |code: i16, message: String| {
             (
@@ -93,7 +99,7 @@ pub fn find_coordinator(shard: &Shard, version: i16, request: FindCoordinatorReq
                 None,
                 BrokerId(broker.node),
                 str_bytes(&broker.endpoint.host),
-                i32::from(broker.endpoint.kafka_port),
+                i32::from(broker.endpoint.kafka_port_of(listener.name())),
             ),
             None => none(
                 ResponseError::CoordinatorNotAvailable.code(),

@@ -12,6 +12,7 @@ mod groups;
 mod handlers;
 pub mod peer;
 mod produce;
+mod sasl;
 mod topics;
 mod txn;
 pub mod versions;

@@ -27,6 +27,7 @@ use crate::error::{BrokerError, BrokerResult};
 use crate::metadata::{MetadataImage, TopicImage};
 use crate::ops;
 use crate::router::{ShardCall, TopicPartition};
+use crate::security::Listener;
 use crate::shard::Shard;
 use crate::topic;
 
@@ -49,7 +50,7 @@ fn error_message(error: &BrokerError) -> Option<kafka_protocol::protocol::StrByt
 /// vanished from the list makes librdkafka drop its requests in flight as never sent,
 /// which desynchronizes idempotent producers). Before this broker has joined: itself, so
 /// that a client has somewhere to retry.
-pub fn brokers(shard: &Shard) -> Vec<MetadataResponseBroker> {
+pub fn brokers(shard: &Shard, listener: &Listener) -> Vec<MetadataResponseBroker> {
     let image = shard.image();
     let live: Vec<MetadataResponseBroker> = image
         .brokers
@@ -58,7 +59,7 @@ pub fn brokers(shard: &Shard) -> Vec<MetadataResponseBroker> {
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(broker.node))
                 .with_host(str_bytes(&broker.endpoint.host))
-                .with_port(i32::from(broker.endpoint.kafka_port))
+                .with_port(i32::from(broker.endpoint.kafka_port_of(listener.name())))
         })
         .collect();
     if !live.is_empty() {
@@ -68,7 +69,7 @@ pub fn brokers(shard: &Shard) -> Vec<MetadataResponseBroker> {
         MetadataResponseBroker::default()
             .with_node_id(BrokerId(shard.config.node_id))
             .with_host(str_bytes(&shard.config.advertised_host()))
-            .with_port(i32::from(shard.config.kafka_listen.port())),
+            .with_port(i32::from(listener.address.port())),
     ]
 }
 
@@ -81,7 +82,12 @@ pub fn leader_epoch(shard: &Shard, topic: &str, partition: i32) -> i32 {
         .map_or(0, |p| p.leader_epoch)
 }
 
-pub async fn metadata(shard: &Rc<Shard>, version: i16, request: MetadataRequest) -> Answer {
+pub async fn metadata(
+    shard: &Rc<Shard>,
+    listener: &Listener,
+    version: i16,
+    request: MetadataRequest,
+) -> Answer {
     let mut image = shard.image();
     // Version 0 asks for every topic with an empty list; later versions with null.
     let wanted: Option<Vec<(Option<String>, Uuid)>> = match request.topics {
@@ -124,7 +130,7 @@ pub async fn metadata(shard: &Rc<Shard>, version: i16, request: MetadataRequest)
             .collect(),
     };
     let mut response = MetadataResponse::default()
-        .with_brokers(brokers(shard))
+        .with_brokers(brokers(shard, listener))
         .with_topics(topics);
     if version >= 1 {
         response = response.with_controller_id(BrokerId(shard.controller_node().unwrap_or(-1)));

@@ -110,6 +110,14 @@ pub enum NativeRequest {
         group: String,
         offsets: Vec<crate::router::OffsetCommit>,
     },
+    AlterScramCredentials {
+        upsertions: Vec<crate::security::users::Upsertion>,
+        deletions: Vec<crate::security::users::Deletion>,
+    },
+    DescribeScramCredentials {
+        /// `None`: every user.
+        users: Option<Vec<String>>,
+    },
 }
 
 /// A producer id and epoch.
@@ -151,6 +159,8 @@ impl NativeRequest {
             NativeRequest::AddOffsetsToTxn { .. } => "add_offsets_to_txn",
             NativeRequest::EndTxn { .. } => "end_txn",
             NativeRequest::TxnCommitOffsets { .. } => "txn_commit_offsets",
+            NativeRequest::AlterScramCredentials { .. } => "alter_scram_credentials",
+            NativeRequest::DescribeScramCredentials { .. } => "describe_scram_credentials",
         }
     }
 }
@@ -486,6 +496,47 @@ pub fn decode(request: &schema::Request<'_>, payload: BytesMut) -> BrokerResult<
                 producer: (r.producer_id(), r.producer_epoch()),
                 group: r.group().to_string(),
                 offsets: commits(r.topics()),
+            }
+        }
+        Body::AlterScramCredentialsRequest => {
+            use crate::security::users::{Deletion, Upsertion};
+            let r = request
+                .body_as_alter_scram_credentials_request()
+                .ok_or_else(|| invalid("alter scram credentials body"))?;
+            NativeRequest::AlterScramCredentials {
+                upsertions: r
+                    .upsertions()
+                    .iter()
+                    .flatten()
+                    .map(|u| Upsertion {
+                        user: u.user().to_string(),
+                        mechanism: u.mechanism(),
+                        iterations: u.iterations(),
+                        salt: u.salt().map(|b| b.bytes().to_vec()).unwrap_or_default(),
+                        salted_password: u
+                            .salted_password()
+                            .map(|b| b.bytes().to_vec())
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+                deletions: r
+                    .deletions()
+                    .iter()
+                    .flatten()
+                    .map(|d| Deletion {
+                        user: d.user().to_string(),
+                        mechanism: d.mechanism(),
+                    })
+                    .collect(),
+            }
+        }
+        Body::DescribeScramCredentialsRequest => {
+            let r = request
+                .body_as_describe_scram_credentials_request()
+                .ok_or_else(|| invalid("describe scram credentials body"))?;
+            let users: Vec<String> = r.users().iter().flatten().map(str::to_string).collect();
+            NativeRequest::DescribeScramCredentials {
+                users: Some(users).filter(|u| !u.is_empty()),
             }
         }
         _ => return Err(invalid("unknown request type")),

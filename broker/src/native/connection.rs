@@ -7,19 +7,18 @@ use std::time::Instant;
 use bytes::BytesMut;
 use futures_lite::io::{AsyncReadExt, ReadHalf};
 use glommio::channels::local_channel::LocalSender;
-use glommio::net::TcpStream;
 use weir_wire::native::{self, FRAME_PREFIX_BYTES};
 
 use super::handlers;
 use crate::metrics::ShardMetrics;
-use crate::net::{self, MemoryHold, Outgoing, Queued};
+use crate::net::{self, Accepted, MemoryHold, Outgoing, Queued, Stream};
 use crate::shard::Shard;
 
 /// Bytes read from a socket at once when frames are small.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
-pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
-    if let Err((reason, peer)) = net::run_connection(shard, stream, read_requests).await {
+pub async fn serve_connection(shard: Rc<Shard>, accepted: Accepted) {
+    if let Err((reason, peer)) = net::run_connection(shard, accepted.stream, read_requests).await {
         tracing::debug!(%peer, %reason, "closing connection");
     }
 }
@@ -27,7 +26,7 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
 /// Reads frames until the peer closes, the broker shuts down or a frame is unusable.
 async fn read_requests(
     shard: Rc<Shard>,
-    reader: ReadHalf<TcpStream>,
+    reader: ReadHalf<Stream>,
     responses: Rc<LocalSender<Queued>>,
 ) -> Result<(), String> {
     let (shard, responses) = (&shard, &responses);
@@ -105,7 +104,7 @@ async fn send_fatal(responses: &LocalSender<Queued>, message: &str) {
 }
 
 struct FrameReader {
-    reader: ReadHalf<TcpStream>,
+    reader: ReadHalf<Stream>,
     buffer: BytesMut,
 }
 

@@ -263,10 +263,108 @@ async fn handle(
                 schema::ResponseBody::TxnCommitOffsetsResponse,
             ))
         }
+        NativeRequest::AlterScramCredentials {
+            upsertions,
+            deletions,
+        } => {
+            let results = crate::security::users::alter(shard, upsertions, deletions).await;
+            Ok(alter_scram_credentials_response(request_id, results))
+        }
+        NativeRequest::DescribeScramCredentials { users } => {
+            let results = crate::security::users::describe(shard, users);
+            Ok(describe_scram_credentials_response(request_id, results))
+        }
         NativeRequest::Produce { .. } => {
             Err(BrokerError::Internal("produce is dispatched apart".into()))
         }
     }
+}
+
+fn alter_scram_credentials_response(
+    request_id: u64,
+    results: Vec<(String, BrokerResult<()>)>,
+) -> Vec<Bytes> {
+    let mut w = ResponseWriter::new();
+    let results: Vec<_> = results
+        .into_iter()
+        .map(|(user, result)| {
+            let user = w.builder.create_string(&user);
+            let (error, message) = match result {
+                Ok(()) => (ErrorCode::None, None),
+                Err(e) => (e.code(), Some(w.builder.create_string(&e.to_string()))),
+            };
+            let args = schema::UserResultArgs {
+                user: Some(user),
+                error,
+                error_message: message,
+            };
+            schema::UserResult::create(&mut w.builder, &args)
+        })
+        .collect();
+    let results = w.builder.create_vector(&results);
+    let args = schema::AlterScramCredentialsResponseArgs {
+        results: Some(results),
+    };
+    let body =
+        schema::AlterScramCredentialsResponse::create(&mut w.builder, &args).as_union_value();
+    w.finish(
+        request_id,
+        None,
+        Some((schema::ResponseBody::AlterScramCredentialsResponse, body)),
+    )
+}
+
+fn describe_scram_credentials_response(
+    request_id: u64,
+    results: Vec<crate::security::users::Described>,
+) -> Vec<Bytes> {
+    let mut w = ResponseWriter::new();
+    let users: Vec<_> = results
+        .into_iter()
+        .map(|(user, result)| {
+            let user = w.builder.create_string(&user);
+            let (error, message, credentials) = match result {
+                Ok(credentials) => {
+                    let credentials: Vec<_> = credentials
+                        .into_iter()
+                        .map(|(mechanism, iterations)| {
+                            let args = schema::ScramCredentialInfoArgs {
+                                mechanism: mechanism.id(),
+                                iterations: iterations as i32,
+                            };
+                            schema::ScramCredentialInfo::create(&mut w.builder, &args)
+                        })
+                        .collect();
+                    (
+                        ErrorCode::None,
+                        None,
+                        Some(w.builder.create_vector(&credentials)),
+                    )
+                }
+                Err(e) => (
+                    e.code(),
+                    Some(w.builder.create_string(&e.to_string())),
+                    None,
+                ),
+            };
+            let args = schema::UserCredentialsArgs {
+                user: Some(user),
+                error,
+                error_message: message,
+                credentials,
+            };
+            schema::UserCredentials::create(&mut w.builder, &args)
+        })
+        .collect();
+    let users = w.builder.create_vector(&users);
+    let args = schema::DescribeScramCredentialsResponseArgs { users: Some(users) };
+    let body =
+        schema::DescribeScramCredentialsResponse::create(&mut w.builder, &args).as_union_value();
+    w.finish(
+        request_id,
+        None,
+        Some((schema::ResponseBody::DescribeScramCredentialsResponse, body)),
+    )
 }
 
 /// The per-partition errors of AddPartitionsToTxn and TxnCommitOffsets.

@@ -22,6 +22,7 @@ fn endpoint(node: NodeId) -> Endpoint {
         host: format!("127.0.0.{}", node + 1),
         native_port: 9192,
         kafka_port: 9092,
+        kafka_listeners: Vec::new(),
     }
 }
 

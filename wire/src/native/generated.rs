@@ -627,10 +627,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ConfigSource {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 22;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 24;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 23] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 25] = [
   RequestBody::NONE,
   RequestBody::HandshakeRequest,
   RequestBody::MetadataRequest,
@@ -654,6 +654,8 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 23] = [
   RequestBody::AddOffsetsToTxnRequest,
   RequestBody::EndTxnRequest,
   RequestBody::TxnCommitOffsetsRequest,
+  RequestBody::AlterScramCredentialsRequest,
+  RequestBody::DescribeScramCredentialsRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -684,9 +686,11 @@ impl RequestBody {
   pub const AddOffsetsToTxnRequest: Self = Self(20);
   pub const EndTxnRequest: Self = Self(21);
   pub const TxnCommitOffsetsRequest: Self = Self(22);
+  pub const AlterScramCredentialsRequest: Self = Self(23);
+  pub const DescribeScramCredentialsRequest: Self = Self(24);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 22;
+  pub const ENUM_MAX: u8 = 24;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeRequest,
@@ -711,6 +715,8 @@ impl RequestBody {
     Self::AddOffsetsToTxnRequest,
     Self::EndTxnRequest,
     Self::TxnCommitOffsetsRequest,
+    Self::AlterScramCredentialsRequest,
+    Self::DescribeScramCredentialsRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -738,6 +744,8 @@ impl RequestBody {
       Self::AddOffsetsToTxnRequest => Some("AddOffsetsToTxnRequest"),
       Self::EndTxnRequest => Some("EndTxnRequest"),
       Self::TxnCommitOffsetsRequest => Some("TxnCommitOffsetsRequest"),
+      Self::AlterScramCredentialsRequest => Some("AlterScramCredentialsRequest"),
+      Self::DescribeScramCredentialsRequest => Some("DescribeScramCredentialsRequest"),
       _ => None,
     }
   }
@@ -797,10 +805,10 @@ pub struct RequestBodyUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 22;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 24;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 23] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 25] = [
   ResponseBody::NONE,
   ResponseBody::HandshakeResponse,
   ResponseBody::MetadataResponse,
@@ -824,6 +832,8 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 23] = [
   ResponseBody::AddOffsetsToTxnResponse,
   ResponseBody::EndTxnResponse,
   ResponseBody::TxnCommitOffsetsResponse,
+  ResponseBody::AlterScramCredentialsResponse,
+  ResponseBody::DescribeScramCredentialsResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -854,9 +864,11 @@ impl ResponseBody {
   pub const AddOffsetsToTxnResponse: Self = Self(20);
   pub const EndTxnResponse: Self = Self(21);
   pub const TxnCommitOffsetsResponse: Self = Self(22);
+  pub const AlterScramCredentialsResponse: Self = Self(23);
+  pub const DescribeScramCredentialsResponse: Self = Self(24);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 22;
+  pub const ENUM_MAX: u8 = 24;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeResponse,
@@ -881,6 +893,8 @@ impl ResponseBody {
     Self::AddOffsetsToTxnResponse,
     Self::EndTxnResponse,
     Self::TxnCommitOffsetsResponse,
+    Self::AlterScramCredentialsResponse,
+    Self::DescribeScramCredentialsResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -908,6 +922,8 @@ impl ResponseBody {
       Self::AddOffsetsToTxnResponse => Some("AddOffsetsToTxnResponse"),
       Self::EndTxnResponse => Some("EndTxnResponse"),
       Self::TxnCommitOffsetsResponse => Some("TxnCommitOffsetsResponse"),
+      Self::AlterScramCredentialsResponse => Some("AlterScramCredentialsResponse"),
+      Self::DescribeScramCredentialsResponse => Some("DescribeScramCredentialsResponse"),
       _ => None,
     }
   }
@@ -10228,6 +10244,1085 @@ impl ::core::fmt::Debug for TxnCommitOffsetsResponse<'_> {
       ds.finish()
   }
 }
+pub enum ScramUpsertionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A SCRAM credential to set, as Kafka's AlterUserScramCredentials carries it: the client
+/// salts and hashes the password (RFC 5802's SaltedPassword), so it never crosses the
+/// network.
+pub struct ScramUpsertion<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ScramUpsertion<'a> {
+  type Inner = ScramUpsertion<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ScramUpsertion<'a> {
+  pub const VT_USER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MECHANISM: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ITERATIONS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_SALT: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SALTED_PASSWORD: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ScramUpsertion { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ScramUpsertionArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ScramUpsertion<'bldr>> {
+    let mut builder = ScramUpsertionBuilder::new(_fbb);
+    if let Some(x) = args.salted_password { builder.add_salted_password(x); }
+    if let Some(x) = args.salt { builder.add_salt(x); }
+    builder.add_iterations(args.iterations);
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.add_mechanism(args.mechanism);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ScramUpsertion::VT_USER, None).unwrap()}
+  }
+  /// Kafka's ids: 1 SCRAM-SHA-256, 2 SCRAM-SHA-512.
+  #[inline]
+  pub fn mechanism(&self) -> i8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i8>(ScramUpsertion::VT_MECHANISM, Some(0)).unwrap()}
+  }
+  /// 4096..=16384.
+  #[inline]
+  pub fn iterations(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ScramUpsertion::VT_ITERATIONS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn salt(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ScramUpsertion::VT_SALT, None)}
+  }
+  #[inline]
+  pub fn salted_password(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ScramUpsertion::VT_SALTED_PASSWORD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ScramUpsertion<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, true)?
+     .visit_field::<i8>("mechanism", Self::VT_MECHANISM, false)?
+     .visit_field::<i32>("iterations", Self::VT_ITERATIONS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("salt", Self::VT_SALT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("salted_password", Self::VT_SALTED_PASSWORD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ScramUpsertionArgs<'a> {
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub mechanism: i8,
+    pub iterations: i32,
+    pub salt: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub salted_password: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ScramUpsertionArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ScramUpsertionArgs {
+      user: None, // required field
+      mechanism: 0,
+      iterations: 0,
+      salt: None,
+      salted_password: None,
+    }
+  }
+}
+
+pub struct ScramUpsertionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScramUpsertionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ScramUpsertion::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_mechanism(&mut self, mechanism: i8) {
+    self.fbb_.push_slot::<i8>(ScramUpsertion::VT_MECHANISM, mechanism, 0);
+  }
+  #[inline]
+  pub fn add_iterations(&mut self, iterations: i32) {
+    self.fbb_.push_slot::<i32>(ScramUpsertion::VT_ITERATIONS, iterations, 0);
+  }
+  #[inline]
+  pub fn add_salt(&mut self, salt: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ScramUpsertion::VT_SALT, salt);
+  }
+  #[inline]
+  pub fn add_salted_password(&mut self, salted_password: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ScramUpsertion::VT_SALTED_PASSWORD, salted_password);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ScramUpsertionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ScramUpsertionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ScramUpsertion<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ScramUpsertion::VT_USER,"user");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ScramUpsertion<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ScramUpsertion");
+      ds.field("user", &self.user());
+      ds.field("mechanism", &self.mechanism());
+      ds.field("iterations", &self.iterations());
+      ds.field("salt", &self.salt());
+      ds.field("salted_password", &self.salted_password());
+      ds.finish()
+  }
+}
+pub enum ScramDeletionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ScramDeletion<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ScramDeletion<'a> {
+  type Inner = ScramDeletion<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ScramDeletion<'a> {
+  pub const VT_USER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MECHANISM: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ScramDeletion { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ScramDeletionArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ScramDeletion<'bldr>> {
+    let mut builder = ScramDeletionBuilder::new(_fbb);
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.add_mechanism(args.mechanism);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ScramDeletion::VT_USER, None).unwrap()}
+  }
+  #[inline]
+  pub fn mechanism(&self) -> i8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i8>(ScramDeletion::VT_MECHANISM, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ScramDeletion<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, true)?
+     .visit_field::<i8>("mechanism", Self::VT_MECHANISM, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ScramDeletionArgs<'a> {
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub mechanism: i8,
+}
+impl<'a> Default for ScramDeletionArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ScramDeletionArgs {
+      user: None, // required field
+      mechanism: 0,
+    }
+  }
+}
+
+pub struct ScramDeletionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScramDeletionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ScramDeletion::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_mechanism(&mut self, mechanism: i8) {
+    self.fbb_.push_slot::<i8>(ScramDeletion::VT_MECHANISM, mechanism, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ScramDeletionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ScramDeletionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ScramDeletion<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ScramDeletion::VT_USER,"user");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ScramDeletion<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ScramDeletion");
+      ds.field("user", &self.user());
+      ds.field("mechanism", &self.mechanism());
+      ds.finish()
+  }
+}
+pub enum AlterScramCredentialsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Per user, all of its changes or none (Kafka's rule).
+pub struct AlterScramCredentialsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterScramCredentialsRequest<'a> {
+  type Inner = AlterScramCredentialsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterScramCredentialsRequest<'a> {
+  pub const VT_UPSERTIONS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DELETIONS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterScramCredentialsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AlterScramCredentialsRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AlterScramCredentialsRequest<'bldr>> {
+    let mut builder = AlterScramCredentialsRequestBuilder::new(_fbb);
+    if let Some(x) = args.deletions { builder.add_deletions(x); }
+    if let Some(x) = args.upsertions { builder.add_upsertions(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn upsertions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ScramUpsertion<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ScramUpsertion>>>>(AlterScramCredentialsRequest::VT_UPSERTIONS, None)}
+  }
+  #[inline]
+  pub fn deletions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ScramDeletion<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ScramDeletion>>>>(AlterScramCredentialsRequest::VT_DELETIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AlterScramCredentialsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ScramUpsertion>>>>("upsertions", Self::VT_UPSERTIONS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ScramDeletion>>>>("deletions", Self::VT_DELETIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterScramCredentialsRequestArgs<'a> {
+    pub upsertions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ScramUpsertion<'a>>>>>,
+    pub deletions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ScramDeletion<'a>>>>>,
+}
+impl<'a> Default for AlterScramCredentialsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterScramCredentialsRequestArgs {
+      upsertions: None,
+      deletions: None,
+    }
+  }
+}
+
+pub struct AlterScramCredentialsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterScramCredentialsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_upsertions(&mut self, upsertions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ScramUpsertion<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterScramCredentialsRequest::VT_UPSERTIONS, upsertions);
+  }
+  #[inline]
+  pub fn add_deletions(&mut self, deletions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ScramDeletion<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterScramCredentialsRequest::VT_DELETIONS, deletions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterScramCredentialsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterScramCredentialsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterScramCredentialsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterScramCredentialsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterScramCredentialsRequest");
+      ds.field("upsertions", &self.upsertions());
+      ds.field("deletions", &self.deletions());
+      ds.finish()
+  }
+}
+pub enum UserResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct UserResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for UserResult<'a> {
+  type Inner = UserResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> UserResult<'a> {
+  pub const VT_USER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ERROR_MESSAGE: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    UserResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args UserResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<UserResult<'bldr>> {
+    let mut builder = UserResultBuilder::new(_fbb);
+    if let Some(x) = args.error_message { builder.add_error_message(x); }
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(UserResult::VT_USER, None).unwrap()}
+  }
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(UserResult::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn error_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(UserResult::VT_ERROR_MESSAGE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for UserResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, true)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct UserResultArgs<'a> {
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub error: ErrorCode,
+    pub error_message: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for UserResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    UserResultArgs {
+      user: None, // required field
+      error: ErrorCode::None,
+      error_message: None,
+    }
+  }
+}
+
+pub struct UserResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> UserResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(UserResult::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(UserResult::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_error_message(&mut self, error_message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(UserResult::VT_ERROR_MESSAGE, error_message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> UserResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    UserResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<UserResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, UserResult::VT_USER,"user");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for UserResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("UserResult");
+      ds.field("user", &self.user());
+      ds.field("error", &self.error());
+      ds.field("error_message", &self.error_message());
+      ds.finish()
+  }
+}
+pub enum AlterScramCredentialsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AlterScramCredentialsResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterScramCredentialsResponse<'a> {
+  type Inner = AlterScramCredentialsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterScramCredentialsResponse<'a> {
+  pub const VT_RESULTS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterScramCredentialsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AlterScramCredentialsResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AlterScramCredentialsResponse<'bldr>> {
+    let mut builder = AlterScramCredentialsResponseBuilder::new(_fbb);
+    if let Some(x) = args.results { builder.add_results(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn results(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<UserResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<UserResult>>>>(AlterScramCredentialsResponse::VT_RESULTS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AlterScramCredentialsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<UserResult>>>>("results", Self::VT_RESULTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterScramCredentialsResponseArgs<'a> {
+    pub results: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<UserResult<'a>>>>>,
+}
+impl<'a> Default for AlterScramCredentialsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterScramCredentialsResponseArgs {
+      results: None,
+    }
+  }
+}
+
+pub struct AlterScramCredentialsResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterScramCredentialsResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_results(&mut self, results: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<UserResult<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterScramCredentialsResponse::VT_RESULTS, results);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterScramCredentialsResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterScramCredentialsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterScramCredentialsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterScramCredentialsResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterScramCredentialsResponse");
+      ds.field("results", &self.results());
+      ds.finish()
+  }
+}
+pub enum DescribeScramCredentialsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeScramCredentialsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DescribeScramCredentialsRequest<'a> {
+  type Inner = DescribeScramCredentialsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DescribeScramCredentialsRequest<'a> {
+  pub const VT_USERS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DescribeScramCredentialsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DescribeScramCredentialsRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DescribeScramCredentialsRequest<'bldr>> {
+    let mut builder = DescribeScramCredentialsRequestBuilder::new(_fbb);
+    if let Some(x) = args.users { builder.add_users(x); }
+    builder.finish()
+  }
+
+
+  /// Empty: every user that has a credential.
+  #[inline]
+  pub fn users(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(DescribeScramCredentialsRequest::VT_USERS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DescribeScramCredentialsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("users", Self::VT_USERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeScramCredentialsRequestArgs<'a> {
+    pub users: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for DescribeScramCredentialsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DescribeScramCredentialsRequestArgs {
+      users: None,
+    }
+  }
+}
+
+pub struct DescribeScramCredentialsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeScramCredentialsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_users(&mut self, users: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DescribeScramCredentialsRequest::VT_USERS, users);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DescribeScramCredentialsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DescribeScramCredentialsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeScramCredentialsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DescribeScramCredentialsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeScramCredentialsRequest");
+      ds.field("users", &self.users());
+      ds.finish()
+  }
+}
+pub enum ScramCredentialInfoOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ScramCredentialInfo<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ScramCredentialInfo<'a> {
+  type Inner = ScramCredentialInfo<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ScramCredentialInfo<'a> {
+  pub const VT_MECHANISM: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ITERATIONS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ScramCredentialInfo { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ScramCredentialInfoArgs
+  ) -> ::flatbuffers::WIPOffset<ScramCredentialInfo<'bldr>> {
+    let mut builder = ScramCredentialInfoBuilder::new(_fbb);
+    builder.add_iterations(args.iterations);
+    builder.add_mechanism(args.mechanism);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn mechanism(&self) -> i8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i8>(ScramCredentialInfo::VT_MECHANISM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn iterations(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ScramCredentialInfo::VT_ITERATIONS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ScramCredentialInfo<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i8>("mechanism", Self::VT_MECHANISM, false)?
+     .visit_field::<i32>("iterations", Self::VT_ITERATIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ScramCredentialInfoArgs {
+    pub mechanism: i8,
+    pub iterations: i32,
+}
+impl<'a> Default for ScramCredentialInfoArgs {
+  #[inline]
+  fn default() -> Self {
+    ScramCredentialInfoArgs {
+      mechanism: 0,
+      iterations: 0,
+    }
+  }
+}
+
+pub struct ScramCredentialInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScramCredentialInfoBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_mechanism(&mut self, mechanism: i8) {
+    self.fbb_.push_slot::<i8>(ScramCredentialInfo::VT_MECHANISM, mechanism, 0);
+  }
+  #[inline]
+  pub fn add_iterations(&mut self, iterations: i32) {
+    self.fbb_.push_slot::<i32>(ScramCredentialInfo::VT_ITERATIONS, iterations, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ScramCredentialInfoBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ScramCredentialInfoBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ScramCredentialInfo<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ScramCredentialInfo<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ScramCredentialInfo");
+      ds.field("mechanism", &self.mechanism());
+      ds.field("iterations", &self.iterations());
+      ds.finish()
+  }
+}
+pub enum UserCredentialsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct UserCredentials<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for UserCredentials<'a> {
+  type Inner = UserCredentials<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> UserCredentials<'a> {
+  pub const VT_USER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ERROR_MESSAGE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_CREDENTIALS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    UserCredentials { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args UserCredentialsArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<UserCredentials<'bldr>> {
+    let mut builder = UserCredentialsBuilder::new(_fbb);
+    if let Some(x) = args.credentials { builder.add_credentials(x); }
+    if let Some(x) = args.error_message { builder.add_error_message(x); }
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(UserCredentials::VT_USER, None).unwrap()}
+  }
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(UserCredentials::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn error_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(UserCredentials::VT_ERROR_MESSAGE, None)}
+  }
+  #[inline]
+  pub fn credentials(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ScramCredentialInfo<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ScramCredentialInfo>>>>(UserCredentials::VT_CREDENTIALS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for UserCredentials<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, true)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ScramCredentialInfo>>>>("credentials", Self::VT_CREDENTIALS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct UserCredentialsArgs<'a> {
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub error: ErrorCode,
+    pub error_message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub credentials: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ScramCredentialInfo<'a>>>>>,
+}
+impl<'a> Default for UserCredentialsArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    UserCredentialsArgs {
+      user: None, // required field
+      error: ErrorCode::None,
+      error_message: None,
+      credentials: None,
+    }
+  }
+}
+
+pub struct UserCredentialsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> UserCredentialsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(UserCredentials::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(UserCredentials::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_error_message(&mut self, error_message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(UserCredentials::VT_ERROR_MESSAGE, error_message);
+  }
+  #[inline]
+  pub fn add_credentials(&mut self, credentials: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ScramCredentialInfo<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(UserCredentials::VT_CREDENTIALS, credentials);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> UserCredentialsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    UserCredentialsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<UserCredentials<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, UserCredentials::VT_USER,"user");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for UserCredentials<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("UserCredentials");
+      ds.field("user", &self.user());
+      ds.field("error", &self.error());
+      ds.field("error_message", &self.error_message());
+      ds.field("credentials", &self.credentials());
+      ds.finish()
+  }
+}
+pub enum DescribeScramCredentialsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeScramCredentialsResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DescribeScramCredentialsResponse<'a> {
+  type Inner = DescribeScramCredentialsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DescribeScramCredentialsResponse<'a> {
+  pub const VT_USERS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DescribeScramCredentialsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DescribeScramCredentialsResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DescribeScramCredentialsResponse<'bldr>> {
+    let mut builder = DescribeScramCredentialsResponseBuilder::new(_fbb);
+    if let Some(x) = args.users { builder.add_users(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn users(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<UserCredentials<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<UserCredentials>>>>(DescribeScramCredentialsResponse::VT_USERS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DescribeScramCredentialsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<UserCredentials>>>>("users", Self::VT_USERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeScramCredentialsResponseArgs<'a> {
+    pub users: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<UserCredentials<'a>>>>>,
+}
+impl<'a> Default for DescribeScramCredentialsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DescribeScramCredentialsResponseArgs {
+      users: None,
+    }
+  }
+}
+
+pub struct DescribeScramCredentialsResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeScramCredentialsResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_users(&mut self, users: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<UserCredentials<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DescribeScramCredentialsResponse::VT_USERS, users);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DescribeScramCredentialsResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DescribeScramCredentialsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeScramCredentialsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DescribeScramCredentialsResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeScramCredentialsResponse");
+      ds.field("users", &self.users());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -10595,6 +11690,34 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_alter_scram_credentials_request(&self) -> Option<AlterScramCredentialsRequest<'a>> {
+    if self.body_type() == RequestBody::AlterScramCredentialsRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { AlterScramCredentialsRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_scram_credentials_request(&self) -> Option<DescribeScramCredentialsRequest<'a>> {
+    if self.body_type() == RequestBody::DescribeScramCredentialsRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { DescribeScramCredentialsRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -10628,6 +11751,8 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           RequestBody::AddOffsetsToTxnRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AddOffsetsToTxnRequest>>("RequestBody::AddOffsetsToTxnRequest", pos),
           RequestBody::EndTxnRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<EndTxnRequest>>("RequestBody::EndTxnRequest", pos),
           RequestBody::TxnCommitOffsetsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TxnCommitOffsetsRequest>>("RequestBody::TxnCommitOffsetsRequest", pos),
+          RequestBody::AlterScramCredentialsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterScramCredentialsRequest>>("RequestBody::AlterScramCredentialsRequest", pos),
+          RequestBody::DescribeScramCredentialsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeScramCredentialsRequest>>("RequestBody::DescribeScramCredentialsRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -10839,6 +11964,20 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         RequestBody::TxnCommitOffsetsRequest => {
           if let Some(x) = self.body_as_txn_commit_offsets_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::AlterScramCredentialsRequest => {
+          if let Some(x) = self.body_as_alter_scram_credentials_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::DescribeScramCredentialsRequest => {
+          if let Some(x) = self.body_as_describe_scram_credentials_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -11259,6 +12398,36 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_alter_scram_credentials_response(&self) -> Option<AlterScramCredentialsResponse<'a>> {
+    if self.body_type() == ResponseBody::AlterScramCredentialsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AlterScramCredentialsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_scram_credentials_response(&self) -> Option<DescribeScramCredentialsResponse<'a>> {
+    if self.body_type() == ResponseBody::DescribeScramCredentialsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DescribeScramCredentialsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -11294,6 +12463,8 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           ResponseBody::AddOffsetsToTxnResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AddOffsetsToTxnResponse>>("ResponseBody::AddOffsetsToTxnResponse", pos),
           ResponseBody::EndTxnResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<EndTxnResponse>>("ResponseBody::EndTxnResponse", pos),
           ResponseBody::TxnCommitOffsetsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TxnCommitOffsetsResponse>>("ResponseBody::TxnCommitOffsetsResponse", pos),
+          ResponseBody::AlterScramCredentialsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterScramCredentialsResponse>>("ResponseBody::AlterScramCredentialsResponse", pos),
+          ResponseBody::DescribeScramCredentialsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeScramCredentialsResponse>>("ResponseBody::DescribeScramCredentialsResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -11518,6 +12689,20 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         ResponseBody::TxnCommitOffsetsResponse => {
           if let Some(x) = self.body_as_txn_commit_offsets_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::AlterScramCredentialsResponse => {
+          if let Some(x) = self.body_as_alter_scram_credentials_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::DescribeScramCredentialsResponse => {
+          if let Some(x) = self.body_as_describe_scram_credentials_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -1,0 +1,246 @@
+//! Security on the Kafka listeners with real clients and real certificates (made here
+//! with rcgen, never committed): `tests/kafka_clients/security.py` runs confluent-kafka,
+//! kafka-python and kcat over SSL (with and without a client certificate), SASL_SSL
+//! with SCRAM-SHA-512 and SCRAM-SHA-256, and SASL_PLAINTEXT with PLAIN, refuses a wrong
+//! password with an authentication error, manages users through the Kafka admin API and
+//! `weir user`, serves /metrics over HTTPS, and reloads a replaced certificate without a
+//! restart. And a fuzz of the path before authentication: random bytes and valid
+//! non-SASL requests from unauthenticated connections are closed on without reaching a
+//! request handler, and the broker keeps serving.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use weir_tests::broker::BrokerProcess;
+use weir_tests::{python, repo};
+
+fn name(pairs: &[(DnType, &str)]) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    for (kind, value) in pairs {
+        name.push(kind.clone(), *value);
+    }
+    name
+}
+
+/// A test CA and what it signs, as PEM files in `dir`: `ca.pem`; the broker's
+/// `server.pem`/`server.key` and a second pair for the reload (`server2.*`); a client
+/// certificate `client.pem`/`client.key` (CN=writer,O=weir); and `stranger.*`, a client
+/// certificate from a CA nobody trusts.
+fn write_certificates(dir: &Path) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.distinguished_name = name(&[(DnType::CommonName, "weir test CA")]);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    let leaf = |file: &str, subject: &[(DnType, &str)], sans: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name = name(subject);
+        let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+    };
+    let hosts = || vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    leaf("server", &[(DnType::CommonName, "weir broker")], hosts());
+    leaf(
+        "server2",
+        &[(DnType::CommonName, "weir broker renewed")],
+        hosts(),
+    );
+    leaf(
+        "client",
+        &[
+            (DnType::OrganizationName, "weir"),
+            (DnType::CommonName, "writer"),
+        ],
+        vec![],
+    );
+    let stranger_key = KeyPair::generate().unwrap();
+    let mut stranger = CertificateParams::new(Vec::<String>::new()).unwrap();
+    stranger.distinguished_name = name(&[(DnType::CommonName, "stranger")]);
+    let stranger = stranger.self_signed(&stranger_key).unwrap();
+    std::fs::write(dir.join("stranger.pem"), stranger.pem()).unwrap();
+    std::fs::write(dir.join("stranger.key"), stranger_key.serialize_pem()).unwrap();
+}
+
+#[test]
+fn kafka_clients_over_tls_and_sasl() {
+    let work = tempfile::tempdir().unwrap();
+    let certs = work.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    write_certificates(&certs);
+    let status = Command::new(python())
+        .arg(repo().join("tests/kafka_clients/security.py"))
+        .args(["--weir", env!("CARGO_BIN_EXE_weir")])
+        .arg("--work-dir")
+        .arg(work.path())
+        .arg("--certs")
+        .arg(&certs)
+        .status()
+        .expect("running security.py");
+    assert!(status.success(), "security.py failed");
+}
+
+// ---- before authentication -------------------------------------------------------
+
+fn connect(address: &str) -> TcpStream {
+    let stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// A request frame: size, api key, version, correlation id, client id, then `body`.
+fn frame(api_key: i16, version: i16, body: &[u8]) -> Vec<u8> {
+    let mut request = Vec::new();
+    request.extend_from_slice(&api_key.to_be_bytes());
+    request.extend_from_slice(&version.to_be_bytes());
+    request.extend_from_slice(&7i32.to_be_bytes());
+    request.extend_from_slice(&(-1i16).to_be_bytes());
+    request.extend_from_slice(body);
+    let mut framed = (request.len() as i32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&request);
+    framed
+}
+
+/// The broker closed the connection (EOF or reset) without answering.
+fn closed_unanswered(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+/// ApiVersions on a fresh connection is still answered.
+fn serving(address: &str) -> bool {
+    let mut stream = connect(address);
+    // ApiVersions v0: an empty body.
+    if stream.write_all(&frame(18, 0, &[])).is_err() {
+        return false;
+    }
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).is_ok() && i32::from_be_bytes(size) > 0
+}
+
+/// What an unauthenticated peer sends.
+#[derive(Debug, Clone)]
+enum Hostile {
+    /// A well-formed header of an API other than ApiVersions and the SASL ones, with an
+    /// arbitrary body (a Metadata request is an empty-ish body at version 0).
+    Request {
+        api_key: i16,
+        version: i16,
+        body: Vec<u8>,
+    },
+    /// Bytes, whatever they are.
+    Garbage(Vec<u8>),
+}
+
+impl Arbitrary for Hostile {
+    fn arbitrary(g: &mut Gen) -> Hostile {
+        if bool::arbitrary(g) {
+            let api_key = loop {
+                let key = i16::from(u8::arbitrary(g) % 75);
+                if ![17, 18, 36].contains(&key) {
+                    break key;
+                }
+            };
+            Hostile::Request {
+                api_key,
+                version: i16::from(u8::arbitrary(g) % 14),
+                body: Vec::arbitrary(g),
+            }
+        } else {
+            Hostile::Garbage(Vec::arbitrary(g))
+        }
+    }
+}
+
+/// The broker under the property test (quickcheck takes plain functions).
+static ADDRESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+#[test]
+fn unauthenticated_connections_reach_no_request_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_with_env(
+        env!("CARGO_BIN_EXE_weir"),
+        dir.path(),
+        1,
+        &[],
+        &[("WEIR_KAFKA_LISTEN_PROTOCOL", "SASL_PLAINTEXT")],
+    )
+    .unwrap();
+    let address = broker.kafka.clone();
+    // Valid requests of every kind a client might try first: each closes the connection
+    // unanswered.
+    for (api_key, version, body) in [
+        (3i16, 0i16, vec![0, 0, 0, 0]),             // Metadata v0, no topics
+        (3, 1, vec![0xff, 0xff, 0xff, 0xff]),       // Metadata v1, all topics
+        (0, 3, vec![0xff, 0xff, 0, 1, 0, 0, 0, 0]), // Produce
+        (19, 2, vec![0, 0, 0, 0]),                  // CreateTopics
+        (10, 0, vec![0, 1, b'g']),                  // FindCoordinator
+    ] {
+        let mut stream = connect(&address);
+        stream.write_all(&frame(api_key, version, &body)).unwrap();
+        assert!(
+            closed_unanswered(&mut stream),
+            "API {api_key} v{version} before authentication was answered"
+        );
+    }
+    // A frame bigger than sasl_max_receive_bytes (512 KiB) is refused by its size alone.
+    let mut stream = connect(&address);
+    stream.write_all(&(1i32 << 20).to_be_bytes()).unwrap();
+    assert!(
+        closed_unanswered(&mut stream),
+        "a 1 MiB frame before authentication"
+    );
+    ADDRESS.set(address.clone()).unwrap();
+    fn property(hostile: Hostile) -> TestResult {
+        let address = ADDRESS.get().unwrap();
+        let bytes = match &hostile {
+            Hostile::Request {
+                api_key,
+                version,
+                body,
+            } => frame(*api_key, *version, body),
+            Hostile::Garbage(bytes) => bytes.clone(),
+        };
+        let mut stream = connect(address);
+        let _ = stream.write_all(&bytes);
+        if let Hostile::Request { .. } = hostile
+            && !closed_unanswered(&mut stream)
+        {
+            return TestResult::error(format!("{hostile:?} was answered"));
+        }
+        drop(stream);
+        TestResult::from_bool(serving(address))
+    }
+    QuickCheck::new()
+        .tests(300)
+        .quickcheck(property as fn(Hostile) -> TestResult);
+    assert!(serving(&address));
+    // Nothing reached a handler: every request counted is ApiVersions.
+    let (_, metrics) = broker.http_get("/metrics").unwrap();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("weir_requests_total{"))
+    {
+        let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            count == 0.0 || line.contains("api=\"kafka_api_versions\""),
+            "a request reached a handler before authentication: {line}"
+        );
+    }
+}
