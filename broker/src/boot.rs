@@ -13,6 +13,7 @@ use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 
 use crate::config::BrokerConfig;
 use crate::router::{self, Envelope, Router};
+use crate::security::limits::ConnectionLimits;
 use crate::security::tls::TlsServer;
 use crate::security::{Listener, ListenerKind};
 use crate::shard::Shard;
@@ -32,6 +33,16 @@ struct Lifecycle {
     ready: Arc<AtomicBool>,
     started: AtomicUsize,
     drained: AtomicUsize,
+}
+
+/// What every shard's listeners share: the TLS side and the connection limits.
+#[derive(Debug, Clone)]
+struct Access {
+    tls: Option<Arc<TlsServer>>,
+    /// The limits of Kafka connections.
+    limits: Arc<ConnectionLimits>,
+    /// The native listeners carry the brokers' own traffic too: counted, never refused.
+    unlimited: Arc<ConnectionLimits>,
 }
 
 /// Runs the broker until SIGTERM or SIGINT, then stops it gracefully.
@@ -56,6 +67,8 @@ pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
             *text = format!("{protocol}://{claimed}");
         }
     }
+    let limits = ConnectionLimits::new(config.connection_limits()?);
+    let unlimited = ConnectionLimits::new(Default::default());
     let tls = match config.tls_settings()? {
         Some(settings) => Some(Arc::new(TlsServer::new(&settings).context("TLS")?)),
         None => None,
@@ -87,11 +100,15 @@ pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
     let mut handles = Vec::with_capacity(shards);
     for id in 0..shards {
         let cpu = config.cpus.get(id).copied().unwrap_or(id);
-        let (config, mesh, lifecycle, tls) =
-            (config.clone(), mesh.clone(), lifecycle.clone(), tls.clone());
+        let (config, mesh, lifecycle) = (config.clone(), mesh.clone(), lifecycle.clone());
+        let access = Access {
+            tls: tls.clone(),
+            limits: limits.clone(),
+            unlimited: unlimited.clone(),
+        };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("weir-shard-{id}"))
-            .spawn(move || async move { run_shard(id, shards, config, mesh, lifecycle, tls).await })
+            .spawn(move || async move { run_shard(id, shards, config, mesh, lifecycle, access).await })
             .map_err(std::io::Error::from)
             .with_context(|| format!("starting shard {id} on CPU {cpu} (weir needs io_uring and locked memory; see README)"))?;
         handles.push(handle);
@@ -144,7 +161,7 @@ async fn run_shard(
     config: Arc<BrokerConfig>,
     mesh: glommio::channels::channel_mesh::FullMesh<Envelope>,
     lifecycle: Arc<Lifecycle>,
-    tls: Option<Arc<TlsServer>>,
+    access: Access,
 ) -> anyhow::Result<()> {
     let (senders, receivers) = mesh
         .join()
@@ -170,7 +187,7 @@ async fn run_shard(
         .map_err(glommio_error)?;
     let background =
         executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
-    let started = start(&shard, &config, &lifecycle, tls, requests, background).await;
+    let started = start(&shard, &config, &lifecycle, access, requests, background).await;
     if let Err(error) = &started {
         tracing::error!(
             shard = id,
@@ -190,20 +207,20 @@ async fn start(
     shard: &Rc<Shard>,
     config: &BrokerConfig,
     lifecycle: &Lifecycle,
-    tls: Option<Arc<TlsServer>>,
+    access: Access,
     requests: glommio::TaskQueueHandle,
     background: glommio::TaskQueueHandle,
 ) -> anyhow::Result<()> {
     weir_storage::probe_direct_io(&config.data_dir).await?;
     let listeners = config.listeners()?;
-    let tls_of = |listener: &Listener| tls.clone().filter(|_| listener.protocol.tls());
+    let tls_of = |listener: &Listener| access.tls.clone().filter(|_| listener.protocol.tls());
     // The native listeners first: the other brokers must reach this one before the
     // controller quorum can form. Requests that come before the metadata get retriable
     // errors.
     let of_kind = |kind| listeners.iter().filter(move |l: &&Listener| l.kind == kind);
     for listener in of_kind(ListenerKind::Native) {
         let serve = crate::native::serve_connection;
-        spawn_listener(shard, listener, tls_of(listener), requests, serve)?;
+        spawn_listener(shard, listener, tls_of(listener), &access, requests, serve)?;
     }
     glommio::spawn_local_into(shard.clone().run_background(), background)
         .map_err(glommio_error)?
@@ -224,7 +241,7 @@ async fn start(
     // topics unknown, which librdkafka does not retry. A refused connection it does.
     for listener in of_kind(ListenerKind::Kafka) {
         let serve = crate::kafka::serve_connection;
-        spawn_listener(shard, listener, tls_of(listener), requests, serve)?;
+        spawn_listener(shard, listener, tls_of(listener), &access, requests, serve)?;
     }
     lifecycle.started.fetch_add(1, Ordering::AcqRel);
     if shard.id == 0 {
@@ -254,6 +271,7 @@ fn spawn_listener<F, Fut>(
     shard: &Rc<Shard>,
     listener: &Listener,
     tls: Option<Arc<TlsServer>>,
+    access: &Access,
     queue: glommio::TaskQueueHandle,
     serve: F,
 ) -> anyhow::Result<()>
@@ -263,7 +281,11 @@ where
 {
     let socket = bind(listener)?;
     let listener = Rc::new(listener.clone());
-    let accepting = crate::net::serve_listener(shard.clone(), listener, socket, tls, serve);
+    let limits = match listener.kind {
+        ListenerKind::Kafka => access.limits.clone(),
+        _ => access.unlimited.clone(),
+    };
+    let accepting = crate::net::serve_listener(shard.clone(), listener, socket, tls, limits, serve);
     glommio::spawn_local_into(accepting, queue)
         .map_err(glommio_error)?
         .detach();

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use weir_storage::{LogConfig, ShardStorageConfig};
 
+use crate::security::limits::LimitSettings;
 use crate::security::tls::{ClientAuth, TlsSettings};
 use crate::security::{Listener, ListenerKind, SecurityProtocol};
 use crate::topic::{self, TopicConfig};
@@ -92,6 +93,18 @@ pub struct BrokerConfig {
     /// The largest frame a connection may send before it has authenticated (Kafka's
     /// `sasl.server.max.receive.size`).
     pub sasl_max_receive_bytes: usize,
+    /// Kafka client connections open at once on this broker (0: no limit; Kafka's
+    /// `max.connections`). Native listeners carry the brokers' own traffic: not limited.
+    pub max_connections: usize,
+    /// Kafka client connections from one address (0: no limit; Kafka's
+    /// `max.connections.per.ip`).
+    pub max_connections_per_ip: usize,
+    /// Other limits for particular addresses, as `ADDRESS=COUNT` (Kafka's
+    /// `max.connections.per.ip.overrides`).
+    pub max_connections_per_ip_overrides: Vec<String>,
+    /// New Kafka client connections taken per second (0: no limit; Kafka's
+    /// `max.connection.creation.rate`).
+    pub max_connection_creation_rate: u32,
     /// The host clients are told to connect to; empty means the native listen address
     /// (or 127.0.0.1 when that is a wildcard address).
     pub advertised_host: String,
@@ -212,6 +225,10 @@ impl Default for BrokerConfig {
                 .collect(),
             sasl_failed_authentication_delay_ms: 100,
             sasl_max_receive_bytes: 512 << 10,
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            max_connections_per_ip_overrides: Vec::new(),
+            max_connection_creation_rate: 0,
             advertised_host: String::new(),
             cores: 0,
             cpus: Vec::new(),
@@ -424,7 +441,36 @@ impl BrokerConfig {
         );
         self.topic_defaults()?;
         self.validate_security()?;
+        self.connection_limits()?;
         Ok(())
+    }
+
+    /// The connection limits, overrides parsed.
+    pub fn connection_limits(&self) -> anyhow::Result<LimitSettings> {
+        let per_ip_overrides = self
+            .max_connections_per_ip_overrides
+            .iter()
+            .map(|entry| {
+                let (address, count) = entry.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "max_connections_per_ip_overrides entry {entry:?}: expected ADDRESS=COUNT"
+                    )
+                })?;
+                let address = address.trim().parse().map_err(|e| {
+                    anyhow::anyhow!("max_connections_per_ip_overrides entry {entry:?}: {e}")
+                })?;
+                let count = count.trim().parse().map_err(|e| {
+                    anyhow::anyhow!("max_connections_per_ip_overrides entry {entry:?}: {e}")
+                })?;
+                Ok((address, count))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(LimitSettings {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            per_ip_overrides,
+            creation_rate: self.max_connection_creation_rate,
+        })
     }
 
     fn validate_security(&self) -> anyhow::Result<()> {

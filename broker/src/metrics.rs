@@ -80,6 +80,10 @@ pub struct ShardMetrics {
     pub connections: Cell<u64>,
     pub connections_total: Cell<u64>,
     pub authentication_failures: Cell<u64>,
+    /// Connections closed on accept for a connection limit, and accepts delayed by the
+    /// creation rate.
+    pub connections_refused: Cell<u64>,
+    pub connections_throttled: Cell<u64>,
     pub memory_in_use: Cell<u64>,
     pub compaction: Cell<CompactionTotals>,
 }
@@ -116,6 +120,8 @@ impl Default for ShardMetrics {
             connections: Cell::new(0),
             connections_total: Cell::new(0),
             authentication_failures: Cell::new(0),
+            connections_refused: Cell::new(0),
+            connections_throttled: Cell::new(0),
             memory_in_use: Cell::new(0),
             compaction: Cell::new(CompactionTotals::default()),
         }
@@ -174,6 +180,8 @@ impl ShardMetrics {
             connections: self.connections.get(),
             connections_total: self.connections_total.get(),
             authentication_failures: self.authentication_failures.get(),
+            connections_refused: self.connections_refused.get(),
+            connections_throttled: self.connections_throttled.get(),
             memory_in_use: self.memory_in_use.get(),
             compaction: self.compaction.get(),
             cache_bytes,
@@ -201,6 +209,8 @@ pub struct ShardMetricsSnapshot {
     pub connections: u64,
     pub connections_total: u64,
     pub authentication_failures: u64,
+    pub connections_refused: u64,
+    pub connections_throttled: u64,
     pub memory_in_use: u64,
     pub compaction: CompactionTotals,
     pub cache_bytes: u64,
@@ -343,6 +353,18 @@ pub fn render(snapshots: &[ShardMetricsSnapshot]) -> String {
         "counter",
         "SASL authentications refused.",
         &mut per_shard(|s| s.authentication_failures).into_iter(),
+    );
+    family(
+        "weir_connections_refused_total",
+        "counter",
+        "Connections closed on accept: max_connections or max_connections_per_ip.",
+        &mut per_shard(|s| s.connections_refused).into_iter(),
+    );
+    family(
+        "weir_connections_throttled_total",
+        "counter",
+        "Accepts delayed by max_connection_creation_rate.",
+        &mut per_shard(|s| s.connections_throttled).into_iter(),
     );
     family(
         "weir_shard_memory_bytes",

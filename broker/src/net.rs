@@ -20,6 +20,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::{Semaphore, StaticPermit};
 
 use crate::metrics::ShardMetrics;
+use crate::security::limits::{Admitted, ConnectionLimits, Refusal};
 use crate::security::tls::TlsServer;
 use crate::security::{Listener, Principal};
 use crate::shard::Shard;
@@ -146,6 +147,7 @@ pub async fn serve_listener<F, Fut>(
     listener: Rc<Listener>,
     socket: TcpListener,
     tls: Option<Arc<TlsServer>>,
+    limits: Arc<ConnectionLimits>,
     serve: F,
 ) where
     F: Fn(Rc<Shard>, Accepted) -> Fut + 'static,
@@ -161,10 +163,15 @@ pub async fn serve_listener<F, Fut>(
             drop(stream);
             continue;
         }
+        let Some(admitted) = admit(&shard, &limits, &stream).await else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (shard, listener, tls, serve) =
             (shard.clone(), listener.clone(), tls.clone(), serve.clone());
         glommio::spawn_local(async move {
+            let _admitted = admitted;
             ShardMetrics::add(&shard.metrics.connections, 1);
             ShardMetrics::add(&shard.metrics.connections_total, 1);
             let accepted = match tls {
@@ -192,6 +199,30 @@ pub async fn serve_listener<F, Fut>(
             connections.set(connections.get() - 1);
         })
         .detach();
+    }
+}
+
+/// The connection's place under the broker's connection limits: `None` if it must be
+/// closed; waits (accepting nothing more on this shard) while the creation rate is spent.
+async fn admit(
+    shard: &Shard,
+    limits: &Arc<ConnectionLimits>,
+    stream: &TcpStream,
+) -> Option<Admitted> {
+    let ip = stream.peer_addr().ok()?.ip();
+    loop {
+        match limits.admit(ip, std::time::Instant::now()) {
+            Ok(admitted) => return Some(admitted),
+            Err(Refusal::Later(wait)) => {
+                ShardMetrics::add(&shard.metrics.connections_throttled, 1);
+                glommio::timer::sleep(wait).await;
+            }
+            Err(Refusal::Full(reason)) => {
+                ShardMetrics::add(&shard.metrics.connections_refused, 1);
+                tracing::warn!(%ip, %reason, "refusing a connection");
+                return None;
+            }
+        }
     }
 }
 

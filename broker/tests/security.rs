@@ -244,3 +244,123 @@ fn unauthenticated_connections_reach_no_request_handler() {
         );
     }
 }
+
+// ---- connection limits -------------------------------------------------------------
+
+/// A connection to `address` from the local address `from` (any 127.x.y.z is ours).
+fn connect_from(from: [u8; 4], address: &str) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let local = std::net::SocketAddr::from((from, 0));
+    socket.bind(&local.into()).unwrap();
+    let target: std::net::SocketAddr = address.parse().unwrap();
+    socket.connect(&target.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+}
+
+/// Whether ApiVersions is answered on `stream`.
+fn answered(stream: &mut TcpStream) -> bool {
+    if stream.write_all(&frame(18, 0, &[])).is_err() {
+        return false;
+    }
+    let mut size = [0u8; 4];
+    if stream.read_exact(&mut size).is_err() {
+        return false;
+    }
+    let mut body = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
+    stream.read_exact(&mut body).is_ok()
+}
+
+#[test]
+fn connection_limits_close_new_connections_per_address_and_in_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_with_env(
+        env!("CARGO_BIN_EXE_weir"),
+        dir.path(),
+        2,
+        &[],
+        &[
+            ("WEIR_MAX_CONNECTIONS", "5"),
+            ("WEIR_MAX_CONNECTIONS_PER_IP", "3"),
+            (
+                "WEIR_MAX_CONNECTIONS_PER_IP_OVERRIDES",
+                "[\"127.0.0.2=10\"]",
+            ),
+        ],
+    )
+    .unwrap();
+    // The listener is on 127.0.0.1; clients come from 127.0.0.1 and 127.0.0.2.
+    let address = broker.kafka.clone();
+    let mut first: Vec<TcpStream> = (0..3)
+        .map(|_| connect_from([127, 0, 0, 1], &address))
+        .collect();
+    assert!(
+        first.iter_mut().all(answered),
+        "3 connections from one address"
+    );
+    let mut fourth = connect_from([127, 0, 0, 1], &address);
+    assert!(
+        !answered(&mut fourth),
+        "a 4th from the same address was served"
+    );
+    // 127.0.0.2 may have 10, but the broker only 5 in all.
+    let mut second: Vec<TcpStream> = (0..2)
+        .map(|_| connect_from([127, 0, 0, 2], &address))
+        .collect();
+    assert!(
+        second.iter_mut().all(answered),
+        "127.0.0.2 under its override"
+    );
+    let mut sixth = connect_from([127, 0, 0, 2], &address);
+    assert!(!answered(&mut sixth), "a 6th connection in all was served");
+    // A closed connection gives its place back (once the broker has seen it close).
+    drop(first.pop());
+    let served_again = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        answered(&mut connect_from([127, 0, 0, 1], &address))
+    });
+    assert!(served_again, "the freed place was not given back");
+    let (_, metrics) = broker.http_get("/metrics").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("weir_connections_refused_total{") && !l.ends_with(" 0")),
+        "refusals not counted"
+    );
+}
+
+#[test]
+fn the_connection_creation_rate_delays_accepting_and_loses_no_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_with_env(
+        env!("CARGO_BIN_EXE_weir"),
+        dir.path(),
+        1,
+        &[],
+        &[("WEIR_MAX_CONNECTION_CREATION_RATE", "10")],
+    )
+    .unwrap();
+    // 30 clients at once: the kernel's backlog holds them while the broker takes 10 a
+    // second; every one is served in the end.
+    let mut clients: Vec<TcpStream> = (0..30).map(|_| connect(&broker.kafka)).collect();
+    for stream in &mut clients {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+    }
+    assert!(
+        clients.iter_mut().all(answered),
+        "a delayed client was lost"
+    );
+    let (_, metrics) = broker.http_get("/metrics").unwrap();
+    let throttled: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("weir_connections_throttled_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(throttled >= 1.0, "no accept was delayed: {throttled}");
+}

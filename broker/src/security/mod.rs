@@ -4,6 +4,7 @@
 //! (`scram`).
 
 pub mod acl;
+pub mod limits;
 pub mod sasl;
 pub mod scram;
 pub mod tls;
