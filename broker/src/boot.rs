@@ -80,6 +80,16 @@ pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, lifecycle.shutdown.clone())
             .context("installing signal handlers")?;
     }
+    let secured = config
+        .listeners()?
+        .iter()
+        .any(|l| l.protocol != crate::security::SecurityProtocol::Plaintext);
+    if secured && config.super_users.is_empty() {
+        tracing::warn!(
+            "secured listeners but no super_users: anyone who reaches the broker (the native \
+             listener included) can change credentials and ACLs"
+        );
+    }
     let config = Arc::new(config);
     if let Some(tls) = &tls
         && config.tls_reload_interval_ms > 0
@@ -89,9 +99,14 @@ pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("weir-tls-reload".into())
             .spawn(move || {
+                let mut last = Instant::now();
                 while !shutdown.load(Ordering::Acquire) {
+                    // Short naps, so that a stopping broker does not wait for the interval.
                     std::thread::sleep(every.min(Duration::from_millis(200)));
-                    tls.reload_if_changed();
+                    if last.elapsed() >= every {
+                        tls.reload_if_changed();
+                        last = Instant::now();
+                    }
                 }
             })
             .context("starting the certificate reloader")?;

@@ -85,6 +85,9 @@ pub struct BrokerConfig {
     pub tls_client_auth: String,
     /// How often the certificate files are checked for a new certificate (0: never).
     pub tls_reload_interval_ms: u64,
+    /// Principals that may change credentials and ACLs (`User:admin`; Kafka's
+    /// `super.users`). Empty: anyone may.
+    pub super_users: Vec<String>,
     /// The SASL mechanisms SASL listeners offer (Kafka's `sasl.enabled.mechanisms`).
     pub sasl_enabled_mechanisms: Vec<String>,
     /// How long a failed authentication waits before it is answered (Kafka's
@@ -219,6 +222,7 @@ impl Default for BrokerConfig {
             tls_client_ca_file: String::new(),
             tls_client_auth: "none".into(),
             tls_reload_interval_ms: 10_000,
+            super_users: Vec::new(),
             sasl_enabled_mechanisms: crate::security::sasl::MECHANISMS
                 .iter()
                 .map(|m| m.to_string())
@@ -496,6 +500,18 @@ impl BrokerConfig {
                     kind.name()
                 );
             }
+        }
+        anyhow::ensure!(
+            self.cluster.len() <= 1 || self.kafka_listen_protocol.eq_ignore_ascii_case("PLAINTEXT"),
+            "in a cluster, kafka_listen carries transaction markers between brokers and stays \
+             PLAINTEXT: serve secured Kafka listeners with kafka_listeners"
+        );
+        for user in &self.super_users {
+            anyhow::ensure!(
+                user.strip_prefix("User:")
+                    .is_some_and(|name| !name.is_empty()),
+                "super_users: {user:?} is not User:NAME"
+            );
         }
         let tls = self.tls_settings()?;
         anyhow::ensure!(

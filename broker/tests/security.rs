@@ -364,3 +364,26 @@ fn the_connection_creation_rate_delays_accepting_and_loses_no_client() {
         .sum();
     assert!(throttled >= 1.0, "no accept was delayed: {throttled}");
 }
+
+/// With super users named, nobody else changes credentials: `weir user create` over the
+/// native protocol (anonymous without a client certificate) is refused.
+#[test]
+fn only_super_users_change_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_with_env(
+        env!("CARGO_BIN_EXE_weir"),
+        dir.path(),
+        1,
+        &[],
+        &[("WEIR_SUPER_USERS", "[\"User:admin\"]")],
+    )
+    .unwrap();
+    let out = broker
+        .cli(&["user", "create", "mallory", "--password", "pw"], None)
+        .unwrap();
+    assert!(!out.status.success(), "an anonymous client created a user");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("super_users"), "{stderr}");
+    let listed = broker.cli(&["user", "list"], None).unwrap();
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("mallory"));
+}

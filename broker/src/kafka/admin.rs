@@ -751,3 +751,61 @@ pub async fn delete_acls(shard: &Rc<Shard>, request: DeleteAclsRequest) -> Answe
     let response = DeleteAclsResponse::default().with_filter_results(results);
     (ResponseKind::DeleteAcls(response), failed)
 }
+
+/// CreateAcls refused as a whole: each creation gets the error.
+pub fn create_acls_refused(request: &CreateAclsRequest, error: &BrokerError) -> Answer {
+    use kafka_protocol::messages::create_acls_response::AclCreationResult;
+    let (code, message) = item_error(error);
+    let results = request
+        .creations
+        .iter()
+        .map(|_| {
+            AclCreationResult::default()
+                .with_error_code(code)
+                .with_error_message(message.clone())
+        })
+        .collect();
+    let response = CreateAclsResponse::default().with_results(results);
+    (ResponseKind::CreateAcls(response), true)
+}
+
+/// DeleteAcls refused as a whole: each filter gets the error.
+pub fn delete_acls_refused(request: &DeleteAclsRequest, error: &BrokerError) -> Answer {
+    use kafka_protocol::messages::delete_acls_response::DeleteAclsFilterResult;
+    let (code, message) = item_error(error);
+    let results = request
+        .filters
+        .iter()
+        .map(|_| {
+            DeleteAclsFilterResult::default()
+                .with_error_code(code)
+                .with_error_message(message.clone())
+        })
+        .collect();
+    let response = DeleteAclsResponse::default().with_filter_results(results);
+    (ResponseKind::DeleteAcls(response), true)
+}
+
+/// AlterUserScramCredentials refused as a whole: each user named gets the error.
+pub fn alter_user_scram_credentials_refused(
+    request: &AlterUserScramCredentialsRequest,
+    error: &BrokerError,
+) -> Answer {
+    use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
+    let (code, message) = item_error(error);
+    let mut users: Vec<&StrBytes> = request.deletions.iter().map(|d| &d.name).collect();
+    users.extend(request.upsertions.iter().map(|u| &u.name));
+    users.sort();
+    users.dedup();
+    let results = users
+        .into_iter()
+        .map(|user| {
+            AlterUserScramCredentialsResult::default()
+                .with_user(user.clone())
+                .with_error_code(code)
+                .with_error_message(message.clone())
+        })
+        .collect();
+    let response = AlterUserScramCredentialsResponse::default().with_results(results);
+    (ResponseKind::AlterUserScramCredentials(response), true)
+}

@@ -87,10 +87,12 @@ pub async fn handle(shard: &Rc<Shard>, session: &Session, request: Request) -> R
     let header = request.header.clone();
     let version = header.request_api_version;
     let (body, close) = match request.body {
-        RequestKind::SaslHandshake(body) => (
-            handshake(shard, session, body.mechanism.as_str(), version == 0),
-            false,
-        ),
+        RequestKind::SaslHandshake(body) => {
+            let response = handshake(shard, session, body.mechanism.as_str(), version == 0);
+            // As Kafka does: a refused handshake is answered, then the connection closes.
+            let refused = matches!(&response, ResponseKind::SaslHandshake(r) if r.error_code != 0);
+            (response, refused)
+        }
         RequestKind::SaslAuthenticate(body) => authenticate(shard, session, body.auth_bytes).await,
         _ => unreachable_request(),
     };

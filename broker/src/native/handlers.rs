@@ -16,6 +16,7 @@ use super::codec::{self, NativeRequest, ResponseWriter, error_fields};
 use crate::error::{BrokerError, BrokerResult};
 use crate::ops::{self, Appended, FetchPartition, FetchResults, StartedProduce};
 use crate::router::{MemberClaim, PartitionStatus, ShardCall, TopicPartition};
+use crate::security::Principal;
 use crate::shard::Shard;
 use crate::topic::{ConfigChange, ConfigSource};
 
@@ -49,6 +50,7 @@ pub async fn dispatch(
     shard: &Rc<Shard>,
     request: schema::Request<'_>,
     payload: BytesMut,
+    principal: &Principal,
 ) -> ReplyFuture {
     let request_id = request.request_id();
     let request = match codec::decode(&request, payload) {
@@ -63,6 +65,11 @@ pub async fn dispatch(
     // form the quorum); until then a client's request would find no topic at all.
     if !request.between_brokers() && !shard.is_ready() {
         return error_reply(api, request_id, &BrokerError::Starting);
+    }
+    if matches!(request, NativeRequest::AlterScramCredentials { .. })
+        && let Err(error) = crate::security::may_manage_security(shard, principal)
+    {
+        return error_reply(api, request_id, &error);
     }
     if let NativeRequest::Produce { acks, partitions } = request {
         let partitions = partitions

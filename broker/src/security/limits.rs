@@ -82,9 +82,9 @@ impl ConnectionLimits {
             .map_err(|_| Refusal::Full("connection limits unavailable".into()))?;
         let rate = self.settings.creation_rate;
         if rate > 0 {
-            let elapsed = state
-                .window
-                .map_or(Duration::MAX, |window| now.saturating_duration_since(window));
+            let elapsed = state.window.map_or(Duration::MAX, |window| {
+                now.saturating_duration_since(window)
+            });
             if elapsed >= Duration::from_secs(1) {
                 (state.window, state.created) = (Some(now), 0);
             } else if state.created >= rate {

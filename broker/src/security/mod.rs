@@ -154,6 +154,24 @@ impl fmt::Display for Principal {
     }
 }
 
+/// Whether `principal` may change users' credentials and the ACLs. With `super_users`
+/// set, only they may; without, anyone who reaches the broker may (the broker warns at
+/// start when it has secured listeners but no super users). Until ACLs are enforced,
+/// this is the one authorization the broker does.
+pub fn may_manage_security(
+    shard: &crate::shard::Shard,
+    principal: &Principal,
+) -> crate::error::BrokerResult<()> {
+    let super_users = &shard.config.super_users;
+    if super_users.is_empty() || super_users.iter().any(|u| *u == principal.to_string()) {
+        return Ok(());
+    }
+    Err(crate::error::BrokerError::Kafka {
+        code: kafka_protocol::ResponseError::ClusterAuthorizationFailed.code(),
+        message: format!("{principal} may not change credentials or ACLs (not in super_users)"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

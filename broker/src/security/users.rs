@@ -186,28 +186,36 @@ pub fn describe(shard: &Shard, users: Option<Vec<String>>) -> Vec<Described> {
                 })
                 .collect()
         }
-        Some(users) => users
-            .iter()
-            .enumerate()
-            .map(|(index, user)| {
-                let result = if users[..index].contains(user) {
-                    Err(kafka_error(
-                        ResponseError::DuplicateResource,
-                        format!("{user} is named twice"),
-                    ))
-                } else {
-                    let credentials = of(user);
-                    if credentials.is_empty() {
+        Some(users) => {
+            // One entry per user, as Kafka answers; a user named twice is an error.
+            let mut unique: Vec<&String> = Vec::new();
+            for user in &users {
+                if !unique.contains(&user) {
+                    unique.push(user);
+                }
+            }
+            unique
+                .into_iter()
+                .map(|user| {
+                    let result = if users.iter().filter(|u| *u == user).count() > 1 {
                         Err(kafka_error(
-                            ResponseError::ResourceNotFound,
-                            format!("{user} has no credentials"),
+                            ResponseError::DuplicateResource,
+                            format!("{user} is named twice"),
                         ))
                     } else {
-                        Ok(credentials)
-                    }
-                };
-                (user.clone(), result)
-            })
-            .collect(),
+                        let credentials = of(user);
+                        if credentials.is_empty() {
+                            Err(kafka_error(
+                                ResponseError::ResourceNotFound,
+                                format!("{user} has no credentials"),
+                            ))
+                        } else {
+                            Ok(credentials)
+                        }
+                    };
+                    (user.clone(), result)
+                })
+                .collect()
+        }
     }
 }
