@@ -125,13 +125,7 @@ fn closed_unanswered(stream: &mut TcpStream) -> bool {
 
 /// ApiVersions on a fresh connection is still answered.
 fn serving(address: &str) -> bool {
-    let mut stream = connect(address);
-    // ApiVersions v0: an empty body.
-    if stream.write_all(&frame(18, 0, &[])).is_err() {
-        return false;
-    }
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size).is_ok() && i32::from_be_bytes(size) > 0
+    answered(&mut connect(address))
 }
 
 /// What an unauthenticated peer sends.
@@ -262,7 +256,7 @@ fn connect_from(from: [u8; 4], address: &str) -> TcpStream {
     stream
 }
 
-/// Whether ApiVersions is answered on `stream`.
+/// Whether ApiVersions (v0: an empty body) is answered on `stream`.
 fn answered(stream: &mut TcpStream) -> bool {
     if stream.write_all(&frame(18, 0, &[])).is_err() {
         return false;
@@ -271,8 +265,9 @@ fn answered(stream: &mut TcpStream) -> bool {
     if stream.read_exact(&mut size).is_err() {
         return false;
     }
-    let mut body = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
-    stream.read_exact(&mut body).is_ok()
+    let size = i32::from_be_bytes(size);
+    let mut body = vec![0u8; size.max(0) as usize];
+    size > 0 && stream.read_exact(&mut body).is_ok()
 }
 
 #[test]

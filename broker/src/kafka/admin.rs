@@ -33,7 +33,7 @@ use crate::config::BrokerConfig;
 use crate::error::{BrokerError, BrokerResult};
 use crate::ops;
 use crate::router::{ShardAnswer, ShardCall, TopicPartition};
-use crate::security::acl;
+use crate::security::{Principal, acl};
 use crate::shard::Shard;
 use crate::topic;
 
@@ -567,6 +567,7 @@ pub fn describe_user_scram_credentials(
 
 pub async fn alter_user_scram_credentials(
     shard: &Rc<Shard>,
+    principal: &Principal,
     request: AlterUserScramCredentialsRequest,
 ) -> Answer {
     use crate::security::users::{Deletion, Upsertion};
@@ -591,7 +592,7 @@ pub async fn alter_user_scram_credentials(
         })
         .collect();
     let mut failed = false;
-    let results = crate::security::users::alter(shard, upsertions, deletions)
+    let results = crate::security::users::alter(shard, principal, upsertions, deletions)
         .await
         .into_iter()
         .map(|(user, result)| {
@@ -616,7 +617,11 @@ fn item_error(error: &BrokerError) -> (i16, Option<StrBytes>) {
     (errors::code(error), Some(str_bytes(&error.to_string())))
 }
 
-pub async fn create_acls(shard: &Rc<Shard>, request: CreateAclsRequest) -> Answer {
+pub async fn create_acls(
+    shard: &Rc<Shard>,
+    principal: &Principal,
+    request: CreateAclsRequest,
+) -> Answer {
     use kafka_protocol::messages::create_acls_response::AclCreationResult;
     let bindings = request
         .creations
@@ -634,7 +639,7 @@ pub async fn create_acls(shard: &Rc<Shard>, request: CreateAclsRequest) -> Answe
         })
         .collect();
     let mut failed = false;
-    let results = acl::create(shard, bindings)
+    let results = acl::create(shard, principal, bindings)
         .await
         .into_iter()
         .map(|result| match result {
@@ -701,7 +706,11 @@ pub fn describe_acls(shard: &Shard, request: DescribeAclsRequest) -> Answer {
     (ResponseKind::DescribeAcls(response), false)
 }
 
-pub async fn delete_acls(shard: &Rc<Shard>, request: DeleteAclsRequest) -> Answer {
+pub async fn delete_acls(
+    shard: &Rc<Shard>,
+    principal: &Principal,
+    request: DeleteAclsRequest,
+) -> Answer {
     use kafka_protocol::messages::delete_acls_response::{
         DeleteAclsFilterResult, DeleteAclsMatchingAcl,
     };
@@ -721,7 +730,7 @@ pub async fn delete_acls(shard: &Rc<Shard>, request: DeleteAclsRequest) -> Answe
         })
         .collect();
     let mut failed = false;
-    let results = acl::delete(shard, filters)
+    let results = acl::delete(shard, principal, filters)
         .await
         .into_iter()
         .map(|result| match result {
@@ -750,62 +759,4 @@ pub async fn delete_acls(shard: &Rc<Shard>, request: DeleteAclsRequest) -> Answe
         .collect();
     let response = DeleteAclsResponse::default().with_filter_results(results);
     (ResponseKind::DeleteAcls(response), failed)
-}
-
-/// CreateAcls refused as a whole: each creation gets the error.
-pub fn create_acls_refused(request: &CreateAclsRequest, error: &BrokerError) -> Answer {
-    use kafka_protocol::messages::create_acls_response::AclCreationResult;
-    let (code, message) = item_error(error);
-    let results = request
-        .creations
-        .iter()
-        .map(|_| {
-            AclCreationResult::default()
-                .with_error_code(code)
-                .with_error_message(message.clone())
-        })
-        .collect();
-    let response = CreateAclsResponse::default().with_results(results);
-    (ResponseKind::CreateAcls(response), true)
-}
-
-/// DeleteAcls refused as a whole: each filter gets the error.
-pub fn delete_acls_refused(request: &DeleteAclsRequest, error: &BrokerError) -> Answer {
-    use kafka_protocol::messages::delete_acls_response::DeleteAclsFilterResult;
-    let (code, message) = item_error(error);
-    let results = request
-        .filters
-        .iter()
-        .map(|_| {
-            DeleteAclsFilterResult::default()
-                .with_error_code(code)
-                .with_error_message(message.clone())
-        })
-        .collect();
-    let response = DeleteAclsResponse::default().with_filter_results(results);
-    (ResponseKind::DeleteAcls(response), true)
-}
-
-/// AlterUserScramCredentials refused as a whole: each user named gets the error.
-pub fn alter_user_scram_credentials_refused(
-    request: &AlterUserScramCredentialsRequest,
-    error: &BrokerError,
-) -> Answer {
-    use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
-    let (code, message) = item_error(error);
-    let mut users: Vec<&StrBytes> = request.deletions.iter().map(|d| &d.name).collect();
-    users.extend(request.upsertions.iter().map(|u| &u.name));
-    users.sort();
-    users.dedup();
-    let results = users
-        .into_iter()
-        .map(|user| {
-            AlterUserScramCredentialsResult::default()
-                .with_user(user.clone())
-                .with_error_code(code)
-                .with_error_message(message.clone())
-        })
-        .collect();
-    let response = AlterUserScramCredentialsResponse::default().with_results(results);
-    (ResponseKind::AlterUserScramCredentials(response), true)
 }

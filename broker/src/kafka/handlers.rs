@@ -154,26 +154,17 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, session: &Rc<Session>
                 admin::describe_cluster(&shard, listener, version, body)
             }
             RequestKind::CreateAcls(body) => {
-                match crate::security::may_manage_security(&shard, &session.principal()) {
-                    Ok(()) => admin::create_acls(&shard, body).await,
-                    Err(error) => admin::create_acls_refused(&body, &error),
-                }
+                admin::create_acls(&shard, &session.principal(), body).await
             }
             RequestKind::DescribeAcls(body) => admin::describe_acls(&shard, body),
             RequestKind::DeleteAcls(body) => {
-                match crate::security::may_manage_security(&shard, &session.principal()) {
-                    Ok(()) => admin::delete_acls(&shard, body).await,
-                    Err(error) => admin::delete_acls_refused(&body, &error),
-                }
+                admin::delete_acls(&shard, &session.principal(), body).await
             }
             RequestKind::DescribeUserScramCredentials(body) => {
                 admin::describe_user_scram_credentials(&shard, body)
             }
             RequestKind::AlterUserScramCredentials(body) => {
-                match crate::security::may_manage_security(&shard, &session.principal()) {
-                    Ok(()) => admin::alter_user_scram_credentials(&shard, body).await,
-                    Err(error) => admin::alter_user_scram_credentials_refused(&body, &error),
-                }
+                admin::alter_user_scram_credentials(&shard, &session.principal(), body).await
             }
             RequestKind::ApiVersions(_) => (ResponseKind::ApiVersions(api_versions(0)), false),
             RequestKind::Metadata(body) => {

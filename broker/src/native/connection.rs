@@ -19,7 +19,7 @@ use crate::shard::Shard;
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
 pub async fn serve_connection(shard: Rc<Shard>, accepted: Accepted) {
-    let principal = accepted.principal;
+    let principal = Rc::new(accepted.principal);
     let read = move |shard, reader, responses| read_requests(shard, reader, responses, principal);
     if let Err((reason, peer)) = net::run_connection(shard, accepted.stream, read).await {
         tracing::debug!(%peer, %reason, "closing connection");
@@ -31,7 +31,7 @@ async fn read_requests(
     shard: Rc<Shard>,
     reader: ReadHalf<Stream>,
     responses: Rc<LocalSender<Queued>>,
-    principal: Principal,
+    principal: Rc<Principal>,
 ) -> Result<(), String> {
     let (shard, responses) = (&shard, &responses);
     let mut frames = FrameReader {

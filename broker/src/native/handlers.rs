@@ -50,7 +50,7 @@ pub async fn dispatch(
     shard: &Rc<Shard>,
     request: schema::Request<'_>,
     payload: BytesMut,
-    principal: &Principal,
+    principal: &Rc<Principal>,
 ) -> ReplyFuture {
     let request_id = request.request_id();
     let request = match codec::decode(&request, payload) {
@@ -66,11 +66,6 @@ pub async fn dispatch(
     if !request.between_brokers() && !shard.is_ready() {
         return error_reply(api, request_id, &BrokerError::Starting);
     }
-    if matches!(request, NativeRequest::AlterScramCredentials { .. })
-        && let Err(error) = crate::security::may_manage_security(shard, principal)
-    {
-        return error_reply(api, request_id, &error);
-    }
     if let NativeRequest::Produce { acks, partitions } = request {
         let partitions = partitions
             .into_iter()
@@ -80,8 +75,9 @@ pub async fn dispatch(
         return Box::pin(async move { (api, finish_produce(request_id, acks, started).await) });
     }
     let shard = shard.clone();
+    let principal = principal.clone();
     Box::pin(async move {
-        let result = handle(&shard, request_id, request).await;
+        let result = handle(&shard, request_id, request, &principal).await;
         let reply = match result {
             Ok(parts) => Reply {
                 parts,
@@ -100,6 +96,7 @@ async fn handle(
     shard: &Rc<Shard>,
     request_id: u64,
     request: NativeRequest,
+    principal: &Principal,
 ) -> BrokerResult<Vec<Bytes>> {
     match request {
         NativeRequest::Handshake {
@@ -274,7 +271,8 @@ async fn handle(
             upsertions,
             deletions,
         } => {
-            let results = crate::security::users::alter(shard, upsertions, deletions).await;
+            let results =
+                crate::security::users::alter(shard, principal, upsertions, deletions).await;
             Ok(alter_scram_credentials_response(request_id, results))
         }
         NativeRequest::DescribeScramCredentials { users } => {

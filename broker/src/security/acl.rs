@@ -539,10 +539,13 @@ pub fn describe(shard: &Shard, filter: &AclFilter) -> Vec<AclBinding> {
 }
 
 /// Adds the valid bindings (one metadata record for all of them); each binding's result.
+/// All are refused unless `principal` may manage security (`super::may_manage_security`).
 pub async fn create(
     shard: &Rc<Shard>,
+    principal: &Principal,
     bindings: Vec<BrokerResult<AclBinding>>,
 ) -> Vec<BrokerResult<()>> {
+    let bindings = refused_unless_allowed(shard, principal, bindings);
     let added: Vec<AclBinding> = bindings
         .iter()
         .filter_map(|b| b.as_ref().ok())
@@ -567,11 +570,14 @@ pub async fn create(
         .collect()
 }
 
-/// Removes every ACL a valid filter selects; per filter, the ACLs it removed.
+/// Removes every ACL a valid filter selects; per filter, the ACLs it removed. All are
+/// refused unless `principal` may manage security.
 pub async fn delete(
     shard: &Rc<Shard>,
+    principal: &Principal,
     filters: Vec<BrokerResult<AclFilter>>,
 ) -> Vec<BrokerResult<Vec<AclBinding>>> {
+    let filters = refused_unless_allowed(shard, principal, filters);
     let matched: Vec<BrokerResult<Vec<AclBinding>>> = filters
         .into_iter()
         .map(|filter| filter.map(|f| describe(shard, &f)))
@@ -596,4 +602,16 @@ pub async fn delete(
             (Ok(_), Err(error)) => Err(error.same()),
         })
         .collect()
+}
+
+/// `items` as they are if `principal` may manage security, else each one refused.
+fn refused_unless_allowed<T>(
+    shard: &Shard,
+    principal: &Principal,
+    items: Vec<BrokerResult<T>>,
+) -> Vec<BrokerResult<T>> {
+    match super::may_manage_security(shard, principal) {
+        Ok(()) => items,
+        Err(error) => items.into_iter().map(|_| Err(error.same())).collect(),
+    }
 }

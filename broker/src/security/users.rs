@@ -8,7 +8,7 @@ use std::rc::Rc;
 use kafka_protocol::ResponseError;
 use weir_replication::{ScramCredential, ScramMechanism};
 
-use super::scram;
+use super::{Principal, scram};
 use crate::error::{BrokerError, BrokerResult};
 use crate::ops;
 use crate::router::ShardCall;
@@ -52,12 +52,15 @@ fn mechanism(id: i8) -> BrokerResult<ScramMechanism> {
 }
 
 /// Applies the changes, Kafka's way: per user, all of its changes or (if one of them is
-/// wrong) none; the result of each user, in the order users first appear.
+/// wrong) none; the result of each user, in the order users first appear. Every user is
+/// refused unless `principal` may manage security (`super::may_manage_security`).
 pub async fn alter(
     shard: &Rc<Shard>,
+    principal: &Principal,
     upsertions: Vec<Upsertion>,
     deletions: Vec<Deletion>,
 ) -> Vec<(String, BrokerResult<()>)> {
+    let allowed = super::may_manage_security(shard, principal);
     let image = shard.image();
     type Change = (String, ScramMechanism, Option<ScramCredential>);
     let mut users: Vec<(String, BrokerResult<Vec<Change>>)> = Vec::new();
@@ -70,6 +73,10 @@ pub async fn alter(
                 users.len() - 1
             });
         let entry = &mut users[at].1;
+        let change = match &allowed {
+            Ok(()) => change,
+            Err(refused) => Err(refused.same()),
+        };
         match (entry.as_mut(), change) {
             (Ok(changes), Ok(change)) => {
                 if changes.iter().any(|(_, m, _)| *m == change.1) {
