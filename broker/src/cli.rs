@@ -129,6 +129,91 @@ pub enum UserCommand {
     List,
 }
 
+/// The resource an ACL is about: one of these.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct AclResource {
+    /// A topic (`*`: every topic; with `--pattern prefixed`, a prefix).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// A consumer group.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// The cluster (Kafka's `kafka-cluster`): admin, transactions' markers, idempotence.
+    #[arg(long)]
+    pub cluster: bool,
+    /// A transactional producer's id.
+    #[arg(long)]
+    pub transactional_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AclPatternArg {
+    /// The name itself (`*`: every resource of the type).
+    Literal,
+    /// Every resource whose name starts with it.
+    Prefixed,
+    /// (Filters only) either.
+    Any,
+    /// (Filters only) what applies to the named resource: its name, `*` and its prefixes.
+    Match,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AclPermissionArg {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclCommand {
+    /// Allow (or deny) a principal operations on a resource; one ACL per operation.
+    Create {
+        #[command(flatten)]
+        resource: AclResource,
+        #[arg(long, value_enum, default_value = "literal")]
+        pattern: AclPatternArg,
+        /// `User:NAME`, or `User:*` for every principal.
+        #[arg(long, required = true)]
+        principal: String,
+        /// The client address it applies to.
+        #[arg(long, default_value = "*")]
+        host: String,
+        /// Kafka's operations, comma-separated: all, read, write, create, delete, alter,
+        /// describe, cluster_action, describe_configs, alter_configs, idempotent_write.
+        #[arg(long, value_delimiter = ',', required = true)]
+        operation: Vec<String>,
+        #[arg(long, value_enum, default_value = "allow")]
+        permission: AclPermissionArg,
+    },
+    /// The ACLs, all or those the options select.
+    List {
+        #[command(flatten)]
+        filter: AclFilterArgs,
+    },
+    /// Remove the ACLs the options select (at least one option).
+    Delete {
+        #[command(flatten)]
+        filter: AclFilterArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AclFilterArgs {
+    #[command(flatten)]
+    resource: AclResource,
+    #[arg(long, value_enum, default_value = "any")]
+    pattern: AclPatternArg,
+    #[arg(long)]
+    principal: Option<String>,
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long)]
+    operation: Option<String>,
+    #[arg(long, value_enum)]
+    permission: Option<AclPermissionArg>,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum AcksArg {
     None,
@@ -157,6 +242,7 @@ pub struct ProduceArgs {
     pub idempotent: bool,
     /// Send every line in one transaction of this transactional id, committed at the
     /// end of the input (fencing any older producer of the id).
+    /// A transactional producer's id.
     #[arg(long)]
     pub transactional_id: Option<String>,
 }
@@ -684,6 +770,144 @@ pub async fn user(brokers: String, command: UserCommand) -> anyhow::Result<()> {
                 for (id, iterations) in credentials? {
                     let name = ScramMechanism::from_id(id).map_or("?", |m| m.name());
                     writeln!(out, "{user}\t{name}\t{iterations}")?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Kafka's ids of the filter-only values.
+const ACL_ANY: i8 = 1;
+const ACL_MATCH: i8 = 2;
+
+/// The resource's type id and name (`None` when no resource is named).
+fn acl_resource(resource: &AclResource) -> Option<(i8, String)> {
+    use weir_replication::AclResourceType as T;
+    let named = |t: T, name: &Option<String>| name.clone().map(|n| (t.id(), n));
+    named(T::Topic, &resource.topic)
+        .or_else(|| named(T::Group, &resource.group))
+        .or_else(|| named(T::TransactionalId, &resource.transactional_id))
+        .or_else(|| {
+            resource.cluster.then(|| {
+                let name = crate::security::acl::CLUSTER_RESOURCE.to_string();
+                (T::Cluster.id(), name)
+            })
+        })
+}
+
+fn acl_pattern(pattern: AclPatternArg) -> i8 {
+    use weir_replication::AclPatternType as P;
+    match pattern {
+        AclPatternArg::Literal => P::Literal.id(),
+        AclPatternArg::Prefixed => P::Prefixed.id(),
+        AclPatternArg::Any => ACL_ANY,
+        AclPatternArg::Match => ACL_MATCH,
+    }
+}
+
+fn acl_permission(permission: AclPermissionArg) -> i8 {
+    use weir_replication::AclPermission as P;
+    match permission {
+        AclPermissionArg::Allow => P::Allow.id(),
+        AclPermissionArg::Deny => P::Deny.id(),
+    }
+}
+
+fn acl_operation(name: &str) -> anyhow::Result<i8> {
+    weir_replication::AclOperation::from_name(name)
+        .map(|o| o.id())
+        .with_context(|| format!("unknown operation {name}"))
+}
+
+fn acl_filter(args: AclFilterArgs) -> anyhow::Result<weir_client::AclFilter> {
+    let (resource_type, resource_name) = match acl_resource(&args.resource) {
+        Some((t, name)) => (t, Some(name)),
+        None => (ACL_ANY, None),
+    };
+    Ok(weir_client::AclFilter {
+        resource_type,
+        resource_name,
+        pattern: acl_pattern(args.pattern),
+        principal: args.principal,
+        host: args.host,
+        operation: args
+            .operation
+            .as_deref()
+            .map_or(Ok(ACL_ANY), acl_operation)?,
+        permission: args.permission.map_or(ACL_ANY, acl_permission),
+    })
+}
+
+fn write_acl(out: &mut impl Write, acl: &weir_client::Acl) -> std::io::Result<()> {
+    use weir_replication::{AclOperation, AclPatternType, AclPermission, AclResourceType};
+    let name = |n: Option<&'static str>| n.unwrap_or("?");
+    writeln!(
+        out,
+        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        name(AclResourceType::from_id(acl.resource_type).map(|t| t.name())),
+        acl.resource_name,
+        name(AclPatternType::from_id(acl.pattern).map(|p| p.name())),
+        acl.principal,
+        acl.host,
+        name(AclOperation::from_id(acl.operation).map(|o| o.name())),
+        name(AclPermission::from_id(acl.permission).map(|p| p.name())),
+    )
+}
+
+const ACL_HEADER: &str = "resource\tname\tpattern\tprincipal\thost\toperation\tpermission";
+
+pub async fn acl(brokers: String, command: AclCommand) -> anyhow::Result<()> {
+    let client = Client::connect(&brokers).await?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        AclCommand::Create {
+            resource,
+            pattern,
+            principal,
+            host,
+            operation,
+            permission,
+        } => {
+            let (resource_type, resource_name) = acl_resource(&resource)
+                .context("name the resource: --topic, --group, --cluster or --transactional-id")?;
+            if matches!(pattern, AclPatternArg::Any | AclPatternArg::Match) {
+                bail!("an ACL's pattern is literal or prefixed");
+            }
+            let acls = operation
+                .iter()
+                .map(|op| {
+                    Ok(weir_client::Acl {
+                        resource_type,
+                        resource_name: resource_name.clone(),
+                        pattern: acl_pattern(pattern),
+                        principal: principal.clone(),
+                        host: host.clone(),
+                        operation: acl_operation(op)?,
+                        permission: acl_permission(permission),
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            for (acl, result) in acls.iter().zip(client.create_acls(&acls).await?) {
+                result.with_context(|| format!("ACL {acl:?}"))?;
+                write_acl(&mut out, acl)?;
+            }
+        }
+        AclCommand::List { filter } => {
+            let filter = acl_filter(filter)?;
+            writeln!(out, "{ACL_HEADER}")?;
+            for acl in client.describe_acls(&filter).await? {
+                write_acl(&mut out, &acl)?;
+            }
+        }
+        AclCommand::Delete { filter } => {
+            let filter = acl_filter(filter)?;
+            if filter == weir_client::AclFilter::default() {
+                bail!("name what to delete (a resource, --principal, --operation, ...)");
+            }
+            for result in client.delete_acls(&[filter]).await? {
+                for acl in result? {
+                    write_acl(&mut out, &acl)?;
                 }
             }
         }

@@ -88,6 +88,12 @@ pub struct BrokerConfig {
     /// Principals that may change credentials and ACLs (`User:admin`; Kafka's
     /// `super.users`). Empty: anyone may.
     pub super_users: Vec<String>,
+    /// Whether every request is checked against the ACLs (Kafka's `authorizer.class.name`
+    /// set to its standard authorizer). Off: every request is allowed.
+    pub authorizer_enabled: bool,
+    /// With the authorizer on, whether a resource no ACL matches is open to everyone
+    /// (Kafka's `allow.everyone.if.no.acl.found`).
+    pub allow_everyone_if_no_acl_found: bool,
     /// The SASL mechanisms SASL listeners offer (Kafka's `sasl.enabled.mechanisms`).
     pub sasl_enabled_mechanisms: Vec<String>,
     /// How long a failed authentication waits before it is answered (Kafka's
@@ -223,6 +229,8 @@ impl Default for BrokerConfig {
             tls_client_auth: "none".into(),
             tls_reload_interval_ms: 10_000,
             super_users: Vec::new(),
+            authorizer_enabled: false,
+            allow_everyone_if_no_acl_found: false,
             sasl_enabled_mechanisms: crate::security::sasl::MECHANISMS
                 .iter()
                 .map(|m| m.to_string())
@@ -506,6 +514,11 @@ impl BrokerConfig {
             "in a cluster, kafka_listen carries transaction markers between brokers and stays \
              PLAINTEXT: serve secured Kafka listeners with kafka_listeners"
         );
+        anyhow::ensure!(
+            self.cluster.len() <= 1 || !self.authorizer_enabled,
+            "authorizer_enabled is for a single broker for now: brokers reach each other \
+             unauthenticated, so their own requests could not be told from a client's"
+        );
         for user in &self.super_users {
             anyhow::ensure!(
                 user.strip_prefix("User:")
@@ -530,6 +543,15 @@ impl BrokerConfig {
             "sasl_max_receive_bytes must be within 1024..=frame_bytes_max"
         );
         Ok(())
+    }
+
+    /// How requests are authorized: `None` when the authorizer is off.
+    pub fn authorizer_config(&self) -> Option<crate::security::acl::AuthorizerConfig> {
+        self.authorizer_enabled
+            .then(|| crate::security::acl::AuthorizerConfig {
+                super_users: self.super_users.clone(),
+                allow_if_no_acl: self.allow_everyone_if_no_acl_found,
+            })
     }
 
     /// Every listener: the three main ones, then the extra ones.
@@ -836,6 +858,31 @@ mod tests {
             expected.map(|(k, v)| (k, v.to_string())).to_vec()
         );
         assert_eq!(config.storage_config().compaction_map_bytes, 8 << 20);
+    }
+
+    /// The authorizer reads `super_users` and `allow_everyone_if_no_acl_found`, and is
+    /// refused in a cluster (brokers' own requests would be anonymous).
+    #[test]
+    fn the_authorizer_is_configured_and_single_broker() {
+        let config = load(None, &[], FlagOverrides::default()).unwrap();
+        assert!(config.authorizer_config().is_none());
+        let env = [
+            ("WEIR_AUTHORIZER_ENABLED", "true"),
+            ("WEIR_SUPER_USERS", "[\"User:admin\"]"),
+            ("WEIR_ALLOW_EVERYONE_IF_NO_ACL_FOUND", "true"),
+        ];
+        let authorizer = load(None, &env, FlagOverrides::default())
+            .unwrap()
+            .authorizer_config()
+            .unwrap();
+        assert_eq!(authorizer.super_users, ["User:admin"]);
+        assert!(authorizer.allow_if_no_acl);
+        let cluster = FlagOverrides {
+            cluster: Some(vec!["127.0.0.1:9192".into(), "127.0.0.1:9193".into()]),
+            ..FlagOverrides::default()
+        };
+        let error = load(None, &env[..1], cluster).unwrap_err().to_string();
+        assert!(error.contains("authorizer_enabled"), "{error}");
     }
 
     #[test]

@@ -81,6 +81,14 @@ pub enum BrokerError {
     NotCoordinator(String),
     #[error("timed out: {0}")]
     TimedOut(String),
+    /// The ACLs do not allow the request (or this part of it).
+    #[error("{principal} is not allowed {} on {} {name}", operation.name(), resource_type.name())]
+    Unauthorized {
+        principal: String,
+        operation: weir_replication::AclOperation,
+        resource_type: weir_replication::AclResourceType,
+        name: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -114,6 +122,7 @@ impl BrokerError {
             BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
             BrokerError::Starting => ErrorCode::LeaderNotAvailable,
             BrokerError::Kafka { code, .. } => native_of_kafka(*code),
+            BrokerError::Unauthorized { .. } => ErrorCode::AuthorizationFailed,
             BrokerError::InvalidRecords { .. } => ErrorCode::InvalidRequest,
             BrokerError::NotLeader { .. } | BrokerError::NotCoordinator(_) => ErrorCode::NotLeader,
             BrokerError::LeaderNotAvailable { .. } => ErrorCode::LeaderNotAvailable,
@@ -169,6 +178,16 @@ fn native_of_kafka(code: i16) -> ErrorCode {
             ErrorCode::InvalidTransactionTimeout,
         ),
         (K::UnstableOffsetCommit, ErrorCode::UnstableOffsetCommit),
+        (
+            K::ClusterAuthorizationFailed,
+            ErrorCode::AuthorizationFailed,
+        ),
+        (K::TopicAuthorizationFailed, ErrorCode::AuthorizationFailed),
+        (K::GroupAuthorizationFailed, ErrorCode::AuthorizationFailed),
+        (
+            K::TransactionalIdAuthorizationFailed,
+            ErrorCode::AuthorizationFailed,
+        ),
         (
             K::CoordinatorNotAvailable,
             ErrorCode::CoordinatorNotAvailable,
@@ -286,6 +305,17 @@ impl BrokerError {
             BrokerError::TimedOut(what) => BrokerError::TimedOut(what.clone()),
             BrokerError::InvalidRequest(what) => BrokerError::InvalidRequest(what.clone()),
             BrokerError::InvalidGroup(what) => BrokerError::InvalidGroup(what.clone()),
+            BrokerError::Unauthorized {
+                principal,
+                operation,
+                resource_type,
+                name,
+            } => BrokerError::Unauthorized {
+                principal: principal.clone(),
+                operation: *operation,
+                resource_type: *resource_type,
+                name: name.clone(),
+            },
             other => BrokerError::Kafka {
                 code: crate::kafka::errors::code(other),
                 message: other.to_string(),

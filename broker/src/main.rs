@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use weir_broker::cli::{
-    self, Brokers, ClusterCommand, ConsumeArgs, GroupCommand, PartitionCommand, ProduceArgs,
-    TopicCommand, UserCommand,
+    self, AclCommand, Brokers, ClusterCommand, ConsumeArgs, GroupCommand, PartitionCommand,
+    ProduceArgs, TopicCommand, UserCommand,
 };
 use weir_broker::config::{BrokerConfig, FlagOverrides};
 
@@ -106,6 +106,14 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// ACLs: who may do what to which topics, groups, transactional ids and the cluster
+    /// (enforced with `authorizer_enabled`).
+    Acl {
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(subcommand)]
+        command: AclCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -154,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             cli::run(move || cli::group(brokers.brokers, command))
         }
         Command::User { brokers, command } => cli::run(move || cli::user(brokers.brokers, command)),
+        Command::Acl { brokers, command } => cli::run(move || cli::acl(brokers.brokers, command)),
         Command::Cluster { brokers, command } => {
             cli::run(move || cli::cluster(brokers.brokers, command))
         }

@@ -22,7 +22,7 @@ use glommio::sync::{Semaphore, StaticPermit};
 use crate::metrics::ShardMetrics;
 use crate::security::limits::{Admitted, ConnectionLimits, Refusal};
 use crate::security::tls::TlsServer;
-use crate::security::{Listener, Principal};
+use crate::security::{Caller, Listener, Principal};
 use crate::shard::Shard;
 
 /// A connection's byte stream: the socket itself, or TLS over it.
@@ -138,6 +138,17 @@ pub struct Accepted {
     /// else anonymous.
     pub principal: Principal,
     pub listener: Rc<Listener>,
+}
+
+impl Accepted {
+    /// Who the connection is and where from, for authorization.
+    pub fn caller(&self) -> Caller {
+        let host = self
+            .stream
+            .peer_addr()
+            .map_or_else(|_| "unknown".to_string(), |a| a.ip().to_string());
+        Caller::new(self.principal.clone(), host)
+    }
 }
 
 /// Accepts connections on this shard's listener until shutdown, serving each with

@@ -21,9 +21,11 @@ use crate::router::{
     Committed, Fetched, GroupAnswer, GroupCall, MemberClaim, OffsetCommit, PartitionStatus,
     Pending, ShardAnswer, ShardCall, TopicPartition,
 };
+use crate::security::Caller;
 use crate::shard::Shard;
 use crate::topic;
 use crate::txn::coordinator::TXN_TOPIC;
+use weir_replication::{AclOperation, AclResourceType};
 
 /// The longest a fetch may wait for data, whatever it asks for.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -53,12 +55,14 @@ pub type StartedProduce = Vec<(TopicPartition, BrokerResult<Pending>)>;
 /// record batches, already split.
 pub async fn start_produce(
     shard: &Rc<Shard>,
+    caller: &Caller,
     partitions: Vec<(TopicPartition, BrokerResult<Vec<BytesMut>>)>,
     acks: Acks,
 ) -> StartedProduce {
     let mut started = Vec::with_capacity(partitions.len());
     for (partition, batches) in partitions {
         let pending = async {
+            may_topic(shard, caller, AclOperation::Write, &partition.topic)?;
             let batches = batches?;
             let owner = shard.owner(&partition)?;
             let call = ShardCall::Produce {
@@ -187,6 +191,42 @@ pub type FetchResults = Vec<(TopicPartition, BrokerResult<Fetched>)>;
 /// Under `read_committed` only what is below each partition's last stable offset is read,
 /// with the aborted transactions among it.
 pub async fn fetch(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    max_wait: Duration,
+    min_bytes: i32,
+    partitions: &[FetchPartition],
+    read_committed: bool,
+) -> FetchResults {
+    // Partitions the caller may not read are answered at once and left out of the wait
+    // (which an error would otherwise end early, every time).
+    let refused: Vec<Option<BrokerError>> = partitions
+        .iter()
+        .map(|p| may_topic(shard, caller, AclOperation::Read, &p.partition.topic).err())
+        .collect();
+    if refused.iter().all(Option::is_none) {
+        return fetch_allowed(shard, max_wait, min_bytes, partitions, read_committed).await;
+    }
+    let allowed: Vec<FetchPartition> = partitions
+        .iter()
+        .zip(&refused)
+        .filter(|(_, r)| r.is_none())
+        .map(|(p, _)| p.clone())
+        .collect();
+    let mut read = fetch_allowed(shard, max_wait, min_bytes, &allowed, read_committed)
+        .await
+        .into_iter();
+    partitions
+        .iter()
+        .zip(refused)
+        .filter_map(|(p, refusal)| match refusal {
+            Some(error) => Some((p.partition.clone(), Err(error))),
+            None => read.next(),
+        })
+        .collect()
+}
+
+async fn fetch_allowed(
     shard: &Rc<Shard>,
     max_wait: Duration,
     min_bytes: i32,
@@ -397,6 +437,21 @@ pub fn limit_response_bytes(results: &mut FetchResults, max_bytes: i32) {
 /// Under `read_committed`, the latest offset is the last stable offset.
 pub async fn list_offsets(
     shard: &Rc<Shard>,
+    caller: &Caller,
+    partitions: Vec<(TopicPartition, OffsetSpec, i64)>,
+    read_committed: bool,
+) -> Vec<(TopicPartition, BrokerResult<(i64, i64)>)> {
+    let (partitions, refused) = split_refused(partitions, |(tp, _, _)| {
+        may_topic(shard, caller, AclOperation::Describe, &tp.topic)
+    });
+    let refused = refused.into_iter().map(|((tp, _, _), e)| (tp, Err(e)));
+    let mut results = list_offsets_allowed(shard, partitions, read_committed).await;
+    results.extend(refused);
+    results
+}
+
+async fn list_offsets_allowed(
+    shard: &Rc<Shard>,
     partitions: Vec<(TopicPartition, OffsetSpec, i64)>,
     read_committed: bool,
 ) -> Vec<(TopicPartition, BrokerResult<(i64, i64)>)> {
@@ -574,10 +629,27 @@ pub async fn txn_call(
 /// the same id with its epoch bumped.
 pub async fn init_producer(
     shard: &Rc<Shard>,
+    caller: &Caller,
     transactional_id: Option<String>,
     timeout_ms: i32,
     current: Option<(i64, i16)>,
 ) -> BrokerResult<(i64, i16)> {
+    match &transactional_id {
+        Some(id) => may_txn(shard, caller, id)?,
+        // Kafka's rule since 3.0 (KIP-679): IDEMPOTENT_WRITE on the cluster, or WRITE on
+        // some topic.
+        None if !shard.authorizer.allows_some(
+            caller,
+            AclOperation::Write,
+            AclResourceType::Topic,
+        ) =>
+        {
+            shard
+                .authorizer
+                .check_cluster(caller, AclOperation::IdempotentWrite)?
+        }
+        None => {}
+    }
     match (transactional_id, current) {
         (Some(transactional_id), current) => {
             let call = crate::txn::TxnCall::InitProducerId {
@@ -616,10 +688,34 @@ pub async fn txn_done(
 /// UNKNOWN_TOPIC_OR_PARTITION and the others OPERATION_NOT_ATTEMPTED, as Kafka answers.
 pub async fn add_partitions_to_txn(
     shard: &Rc<Shard>,
+    caller: &Caller,
     transactional_id: String,
     producer: (i64, i16),
     partitions: Vec<TopicPartition>,
 ) -> Vec<(TopicPartition, BrokerResult<()>)> {
+    if let Err(error) = may_txn(shard, caller, &transactional_id) {
+        return all_refused(partitions, &error);
+    }
+    // A partition the caller may not write fails the request as an unknown one does.
+    let refused: Vec<Option<BrokerError>> = partitions
+        .iter()
+        .map(|tp| may_topic(shard, caller, AclOperation::Write, &tp.topic).err())
+        .collect();
+    if refused.iter().any(Option::is_some) {
+        return partitions
+            .into_iter()
+            .zip(refused)
+            .map(|(tp, refusal)| {
+                let error = refusal.unwrap_or_else(|| {
+                    BrokerError::kafka(
+                        kafka_protocol::ResponseError::OperationNotAttempted,
+                        "another partition of the request is not allowed",
+                    )
+                });
+                (tp, Err(error))
+            })
+            .collect();
+    }
     let image = shard.image();
     let exists = |tp: &TopicPartition| {
         // Internal topics join a transaction only through AddOffsetsToTxn.
@@ -663,10 +759,13 @@ pub async fn add_partitions_to_txn(
 /// AddOffsetsToTxn: the offsets partition of `group` joins the producer's transaction.
 pub async fn add_offsets_to_txn(
     shard: &Rc<Shard>,
+    caller: &Caller,
     transactional_id: String,
     producer: (i64, i16),
     group: String,
 ) -> BrokerResult<()> {
+    may_txn(shard, caller, &transactional_id)?;
+    may_group(shard, caller, AclOperation::Read, &group)?;
     crate::offsets::validate_group(&group)?;
     let call = crate::txn::TxnCall::AddOffsets {
         transactional_id: transactional_id.clone(),
@@ -680,10 +779,12 @@ pub async fn add_offsets_to_txn(
 /// EndTxn: commits or aborts the producer's transaction.
 pub async fn end_txn(
     shard: &Rc<Shard>,
+    caller: &Caller,
     transactional_id: String,
     producer: (i64, i16),
     commit: bool,
 ) -> BrokerResult<()> {
+    may_txn(shard, caller, &transactional_id)?;
     let call = crate::txn::TxnCall::End {
         transactional_id: transactional_id.clone(),
         producer_id: producer.0,
@@ -701,11 +802,12 @@ pub async fn end_txn(
 /// refused one by one; the rest are committed together.
 pub async fn commit_offsets(
     shard: &Rc<Shard>,
+    caller: &Caller,
     group: String,
     member: MemberClaim,
     offsets: Vec<OffsetCommit>,
 ) -> BrokerResult<Vec<(TopicPartition, BrokerResult<()>)>> {
-    commit_offsets_with(shard, group, offsets, |group, offsets| {
+    commit_offsets_with(shard, caller, group, offsets, |group, offsets| {
         ShardCall::CommitOffsets {
             group,
             member,
@@ -719,12 +821,13 @@ pub async fn commit_offsets(
 /// producer's transaction commits.
 pub async fn txn_commit_offsets(
     shard: &Rc<Shard>,
+    caller: &Caller,
     group: String,
     producer: (i64, i16),
     member: Option<MemberClaim>,
     offsets: Vec<OffsetCommit>,
 ) -> BrokerResult<Vec<(TopicPartition, BrokerResult<()>)>> {
-    commit_offsets_with(shard, group, offsets, |group, offsets| {
+    commit_offsets_with(shard, caller, group, offsets, |group, offsets| {
         ShardCall::TxnCommitOffsets {
             group,
             producer_id: producer.0,
@@ -738,10 +841,12 @@ pub async fn txn_commit_offsets(
 
 async fn commit_offsets_with(
     shard: &Rc<Shard>,
+    caller: &Caller,
     group: String,
     offsets: Vec<OffsetCommit>,
     call: impl FnOnce(String, Vec<OffsetCommit>) -> ShardCall,
 ) -> BrokerResult<Vec<(TopicPartition, BrokerResult<()>)>> {
+    may_group(shard, caller, AclOperation::Read, &group)?;
     let owner = group_owner(shard, &group)?;
     let image = shard.image();
     let mut results = Vec::with_capacity(offsets.len());
@@ -751,7 +856,9 @@ async fn commit_offsets_with(
         let exists = image
             .topic(&tp.topic)
             .is_some_and(|t| (0..t.partition_count()).contains(&tp.partition));
-        if offset < 0 {
+        if let Err(error) = may_topic(shard, caller, AclOperation::Read, &tp.topic) {
+            results.push((tp, Err(error)));
+        } else if offset < 0 {
             results.push((
                 tp,
                 Err(BrokerError::InvalidRequest(format!(
@@ -830,12 +937,36 @@ pub async fn list_groups(shard: &Rc<Shard>) -> BrokerResult<Vec<(String, GroupSt
     Ok(groups)
 }
 
-/// Calls the coordinator of `group` (the owner of its offsets partition).
+/// `list_groups`, as `caller` may see it: every group with DESCRIBE on the cluster, else
+/// those it may describe (Kafka's ListGroups).
+pub async fn list_groups_described(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+) -> BrokerResult<Vec<(String, GroupState, String)>> {
+    let mut groups = list_groups(shard).await?;
+    if !shard.authorizer.allows(
+        caller,
+        AclOperation::Describe,
+        AclResourceType::Cluster,
+        crate::security::acl::CLUSTER_RESOURCE,
+    ) {
+        groups.retain(|(group, _, _)| {
+            may_group(shard, caller, AclOperation::Describe, group).is_ok()
+        });
+    }
+    Ok(groups)
+}
+
+/// Calls the coordinator of `group` (the owner of its offsets partition), if `caller`
+/// may do `operation` on the group.
 pub async fn group_call(
     shard: &Rc<Shard>,
+    caller: &Caller,
+    operation: AclOperation,
     group: &str,
     call: GroupCall,
 ) -> BrokerResult<GroupAnswer> {
+    may_group(shard, caller, operation, group)?;
     let owner = group_owner(shard, group)?;
     match shard
         .router
@@ -874,4 +1005,71 @@ pub fn group_by_topic<T>(results: Vec<(TopicPartition, T)>) -> Vec<(String, Vec<
         }
     }
     grouped
+}
+
+// ---- authorization, the same for both protocols -----------------------------------
+
+/// `Err` (TOPIC_AUTHORIZATION_FAILED) unless `caller` may do `operation` on the topic.
+pub fn may_topic(
+    shard: &Shard,
+    caller: &Caller,
+    operation: AclOperation,
+    topic: &str,
+) -> BrokerResult<()> {
+    shard
+        .authorizer
+        .check(caller, operation, AclResourceType::Topic, topic)
+}
+
+/// `Err` (GROUP_AUTHORIZATION_FAILED) unless `caller` may do `operation` on the group.
+pub fn may_group(
+    shard: &Shard,
+    caller: &Caller,
+    operation: AclOperation,
+    group: &str,
+) -> BrokerResult<()> {
+    shard
+        .authorizer
+        .check(caller, operation, AclResourceType::Group, group)
+}
+
+/// `Err` unless `caller` may use the transactional id (WRITE on it).
+pub fn may_txn(shard: &Shard, caller: &Caller, transactional_id: &str) -> BrokerResult<()> {
+    shard.authorizer.check(
+        caller,
+        AclOperation::Write,
+        AclResourceType::TransactionalId,
+        transactional_id,
+    )
+}
+
+/// `Err` unless `caller` may create the topic: CREATE on the cluster or on the topic.
+pub fn may_create_topic(shard: &Shard, caller: &Caller, topic: &str) -> BrokerResult<()> {
+    shard
+        .authorizer
+        .check_cluster(caller, AclOperation::Create)
+        .or_else(|_| may_topic(shard, caller, AclOperation::Create, topic))
+}
+
+/// Splits `items` into those `check` allows and those it refuses, with the refusal.
+pub fn split_refused<T>(
+    items: Vec<T>,
+    check: impl Fn(&T) -> BrokerResult<()>,
+) -> (Vec<T>, Vec<(T, BrokerError)>) {
+    let mut allowed = Vec::with_capacity(items.len());
+    let mut refused = Vec::new();
+    for item in items {
+        match check(&item) {
+            Ok(()) => allowed.push(item),
+            Err(error) => refused.push((item, error)),
+        }
+    }
+    (allowed, refused)
+}
+
+fn all_refused<T>(items: Vec<T>, error: &BrokerError) -> Vec<(T, BrokerResult<()>)> {
+    items
+        .into_iter()
+        .map(|item| (item, Err(error.same())))
+        .collect()
 }

@@ -83,6 +83,8 @@ pub struct Shard {
     /// This shard's block of producer ids: the next one and the end.
     producer_ids: Cell<(i64, i64)>,
     metadata: RefCell<Arc<MetadataImage>>,
+    /// The ACLs of `metadata`, enforced when `authorizer_enabled`.
+    pub authorizer: crate::security::acl::Authorizer,
     /// Whether this broker is registered and unfenced in `metadata` (it leads only then).
     active: Cell<bool>,
     /// Set once `is_ready` first holds.
@@ -143,6 +145,7 @@ impl Shard {
             initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
         };
         let node = config.node_id;
+        let authorizer = crate::security::acl::Authorizer::new(config.authorizer_config());
         Ok(Rc::new(Shard {
             id,
             count,
@@ -163,6 +166,7 @@ impl Shard {
             producer_gates: RefCell::default(),
             producer_ids: Cell::new((0, 0)),
             metadata: RefCell::new(Arc::new(MetadataImage::default())),
+            authorizer,
             active: Cell::new(false),
             ready: Cell::new(false),
             metadata_changed: Event::new(),
@@ -1446,6 +1450,7 @@ impl Shard {
                 self.role_changed(&partition, &log, &replication).await?;
             }
         }
+        self.authorizer.update(&image.acls);
         *self.metadata.borrow_mut() = image;
         self.active.set(active);
         self.metadata_changed.notify(usize::MAX);

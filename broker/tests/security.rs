@@ -90,6 +90,22 @@ fn kafka_clients_over_tls_and_sasl() {
     assert!(status.success(), "security.py failed");
 }
 
+/// The authorizer with real clients: `tests/kafka_clients/acls.py` (produce but not
+/// consume, a prefixed set of topics only, no topic creation; the native CLI under the
+/// same ACLs).
+#[test]
+fn acls_hold_real_clients_to_what_they_are_allowed() {
+    let work = tempfile::tempdir().unwrap();
+    let status = Command::new(python())
+        .arg(repo().join("tests/kafka_clients/acls.py"))
+        .args(["--weir", env!("CARGO_BIN_EXE_weir")])
+        .arg("--work-dir")
+        .arg(work.path())
+        .status()
+        .expect("running acls.py");
+    assert!(status.success(), "acls.py failed");
+}
+
 // ---- before authentication -------------------------------------------------------
 
 fn connect(address: &str) -> TcpStream {

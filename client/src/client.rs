@@ -747,6 +747,97 @@ impl Client {
             .collect())
     }
 
+    /// Adds ACLs (a super user's request, or one allowed ALTER on the cluster); each one's
+    /// result, in order.
+    pub async fn create_acls(&self, acls: &[Acl]) -> ClientResult<Vec<ClientResult<()>>> {
+        let frame = self
+            .call(
+                RequestBody::CreateAclsRequest,
+                |b| {
+                    let acls: Vec<_> = acls.iter().map(|a| acl_binding(b, a)).collect();
+                    let acls = b.create_vector(&acls);
+                    let args = schema::CreateAclsRequestArgs { acls: Some(acls) };
+                    schema::CreateAclsRequest::create(b, &args).as_union_value()
+                },
+                vec![],
+            )
+            .await?;
+        let response = frame.checked()?;
+        let body = response
+            .body_as_create_acls_response()
+            .ok_or_else(|| ClientError::Invalid("no create acls body".into()))?;
+        Ok(body
+            .results()
+            .into_iter()
+            .flatten()
+            .map(|r| match r.error() {
+                ErrorCode::None => Ok(()),
+                code => Err(ClientError::broker(code, r.error_message())),
+            })
+            .collect())
+    }
+
+    /// The ACLs `filter` selects.
+    pub async fn describe_acls(&self, filter: &AclFilter) -> ClientResult<Vec<Acl>> {
+        let frame = self
+            .call(
+                RequestBody::DescribeAclsRequest,
+                |b| {
+                    let filter = acl_filter(b, filter);
+                    let args = schema::DescribeAclsRequestArgs {
+                        filter: Some(filter),
+                    };
+                    schema::DescribeAclsRequest::create(b, &args).as_union_value()
+                },
+                vec![],
+            )
+            .await?;
+        let response = frame.checked()?;
+        let body = response
+            .body_as_describe_acls_response()
+            .ok_or_else(|| ClientError::Invalid("no describe acls body".into()))?;
+        Ok(body
+            .acls()
+            .into_iter()
+            .flatten()
+            .map(|a| acl_of(&a))
+            .collect())
+    }
+
+    /// Removes every ACL each filter selects; per filter, the ACLs it removed.
+    pub async fn delete_acls(
+        &self,
+        filters: &[AclFilter],
+    ) -> ClientResult<Vec<ClientResult<Vec<Acl>>>> {
+        let frame = self
+            .call(
+                RequestBody::DeleteAclsRequest,
+                |b| {
+                    let filters: Vec<_> = filters.iter().map(|f| acl_filter(b, f)).collect();
+                    let filters = b.create_vector(&filters);
+                    let args = schema::DeleteAclsRequestArgs {
+                        filters: Some(filters),
+                    };
+                    schema::DeleteAclsRequest::create(b, &args).as_union_value()
+                },
+                vec![],
+            )
+            .await?;
+        let response = frame.checked()?;
+        let body = response
+            .body_as_delete_acls_response()
+            .ok_or_else(|| ClientError::Invalid("no delete acls body".into()))?;
+        Ok(body
+            .results()
+            .into_iter()
+            .flatten()
+            .map(|r| match r.error() {
+                ErrorCode::None => Ok(r.acls().into_iter().flatten().map(|a| acl_of(&a)).collect()),
+                code => Err(ClientError::broker(code, r.error_message())),
+            })
+            .collect())
+    }
+
     /// Overrides the keys of `set` and removes the overrides of the keys in `delete` (the
     /// broker's defaults apply again); the other overrides stay. All or nothing.
     pub async fn alter_topic_configs(
@@ -1547,6 +1638,91 @@ impl Client {
             .flatten()
             .map(str::to_string)
             .collect())
+    }
+}
+
+/// An ACL, with Kafka's ids for its resource type, pattern, operation and permission
+/// (`docs/PROTOCOL.md`, AclBinding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acl {
+    pub resource_type: i8,
+    pub resource_name: String,
+    pub pattern: i8,
+    pub principal: String,
+    pub host: String,
+    pub operation: i8,
+    pub permission: i8,
+}
+
+/// Which ACLs to describe or delete: Kafka's ids, 1 (ANY) for any (pattern 2: MATCH);
+/// `None` strings match any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclFilter {
+    pub resource_type: i8,
+    pub resource_name: Option<String>,
+    pub pattern: i8,
+    pub principal: Option<String>,
+    pub host: Option<String>,
+    pub operation: i8,
+    pub permission: i8,
+}
+
+impl Default for AclFilter {
+    /// Every ACL.
+    fn default() -> AclFilter {
+        AclFilter {
+            resource_type: 1,
+            resource_name: None,
+            pattern: 1,
+            principal: None,
+            host: None,
+            operation: 1,
+            permission: 1,
+        }
+    }
+}
+
+fn acl_binding<'a>(
+    b: &mut flatbuffers::FlatBufferBuilder<'a>,
+    acl: &Acl,
+) -> flatbuffers::WIPOffset<schema::AclBinding<'a>> {
+    let args = schema::AclBindingArgs {
+        resource_type: acl.resource_type,
+        resource_name: Some(b.create_string(&acl.resource_name)),
+        pattern: acl.pattern,
+        principal: Some(b.create_string(&acl.principal)),
+        host: Some(b.create_string(&acl.host)),
+        operation: acl.operation,
+        permission: acl.permission,
+    };
+    schema::AclBinding::create(b, &args)
+}
+
+fn acl_filter<'a>(
+    b: &mut flatbuffers::FlatBufferBuilder<'a>,
+    filter: &AclFilter,
+) -> flatbuffers::WIPOffset<schema::AclFilter<'a>> {
+    let args = schema::AclFilterArgs {
+        resource_type: filter.resource_type,
+        resource_name: filter.resource_name.as_deref().map(|s| b.create_string(s)),
+        pattern: filter.pattern,
+        principal: filter.principal.as_deref().map(|s| b.create_string(s)),
+        host: filter.host.as_deref().map(|s| b.create_string(s)),
+        operation: filter.operation,
+        permission: filter.permission,
+    };
+    schema::AclFilter::create(b, &args)
+}
+
+fn acl_of(acl: &schema::AclBinding<'_>) -> Acl {
+    Acl {
+        resource_type: acl.resource_type(),
+        resource_name: acl.resource_name().to_string(),
+        pattern: acl.pattern(),
+        principal: acl.principal().to_string(),
+        host: acl.host().to_string(),
+        operation: acl.operation(),
+        permission: acl.permission(),
     }
 }
 

@@ -12,9 +12,9 @@ mod producer;
 mod txn;
 
 pub use client::{
-    Client, ClusterBroker, ClusterDescription, CommittedOffset, FetchSpec, FetchedPartition,
-    Metadata, OffsetQuery, PartitionMeta, ProduceResult, ScramUpsertion, TopicConfigEntry,
-    TopicMeta,
+    Acl, AclFilter, Client, ClusterBroker, ClusterDescription, CommittedOffset, FetchSpec,
+    FetchedPartition, Metadata, OffsetQuery, PartitionMeta, ProduceResult, ScramUpsertion,
+    TopicConfigEntry, TopicMeta,
 };
 pub use connection::{Connection, PendingResponse, ResponseFrame};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};

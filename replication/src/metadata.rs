@@ -189,6 +189,16 @@ impl AclResourceType {
     pub fn from_id(id: i8) -> Option<AclResourceType> {
         AclResourceType::ALL.into_iter().find(|t| t.id() == id)
     }
+
+    /// Kafka's name (`TOPIC`, `TRANSACTIONAL_ID`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AclResourceType::Topic => "TOPIC",
+            AclResourceType::Group => "GROUP",
+            AclResourceType::Cluster => "CLUSTER",
+            AclResourceType::TransactionalId => "TRANSACTIONAL_ID",
+        }
+    }
 }
 
 /// How an ACL's resource name matches (Kafka's `PatternType`): the name itself (`*`:
@@ -213,6 +223,13 @@ impl AclPatternType {
         [AclPatternType::Literal, AclPatternType::Prefixed]
             .into_iter()
             .find(|t| t.id() == id)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AclPatternType::Literal => "LITERAL",
+            AclPatternType::Prefixed => "PREFIXED",
+        }
     }
 }
 
@@ -268,6 +285,31 @@ impl AclOperation {
     pub fn from_id(id: i8) -> Option<AclOperation> {
         AclOperation::ALL.into_iter().find(|o| o.id() == id)
     }
+
+    /// Kafka's name (`READ`, `DESCRIBE_CONFIGS`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AclOperation::All => "ALL",
+            AclOperation::Read => "READ",
+            AclOperation::Write => "WRITE",
+            AclOperation::Create => "CREATE",
+            AclOperation::Delete => "DELETE",
+            AclOperation::Alter => "ALTER",
+            AclOperation::Describe => "DESCRIBE",
+            AclOperation::ClusterAction => "CLUSTER_ACTION",
+            AclOperation::DescribeConfigs => "DESCRIBE_CONFIGS",
+            AclOperation::AlterConfigs => "ALTER_CONFIGS",
+            AclOperation::IdempotentWrite => "IDEMPOTENT_WRITE",
+        }
+    }
+
+    /// The operation Kafka names so, in any case, with `-` or `_`.
+    pub fn from_name(name: &str) -> Option<AclOperation> {
+        let name = name.replace('-', "_");
+        AclOperation::ALL
+            .into_iter()
+            .find(|o| o.name().eq_ignore_ascii_case(&name))
+    }
 }
 
 /// Whether an ACL allows or denies (Kafka's `AclPermissionType`; deny wins).
@@ -291,6 +333,13 @@ impl AclPermission {
         [AclPermission::Deny, AclPermission::Allow]
             .into_iter()
             .find(|p| p.id() == id)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AclPermission::Deny => "DENY",
+            AclPermission::Allow => "ALLOW",
+        }
     }
 }
 

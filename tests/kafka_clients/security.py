@@ -36,7 +36,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from scenario import log  # noqa: E402
+from scenario import log, stop_process  # noqa: E402
 
 MESSAGES = 2_000
 PASSWORD = "alice-s3cret"
@@ -76,13 +76,7 @@ class SecureBroker:
         return self.fields[listener]
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def cli(self, *args):
         return subprocess.run([self.binary, *args, "--brokers", self.fields["native"]],

@@ -33,9 +33,10 @@ use crate::config::BrokerConfig;
 use crate::error::{BrokerError, BrokerResult};
 use crate::ops;
 use crate::router::{ShardAnswer, ShardCall, TopicPartition};
-use crate::security::{Principal, acl};
+use crate::security::{Caller, acl};
 use crate::shard::Shard;
 use crate::topic;
+use weir_replication::AclOperation;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -214,7 +215,27 @@ fn check_broker_name(shard: &Shard, name: &str) -> Result<(), (ResponseError, St
     }
 }
 
-pub fn describe_configs(shard: &Shard, version: i16, request: DescribeConfigsRequest) -> Answer {
+/// Whether `caller` may do `operation` (DESCRIBE_CONFIGS or ALTER_CONFIGS) on a config
+/// resource: a topic's configs, or (a broker's) the cluster's.
+fn may_configs(
+    shard: &Shard,
+    caller: &Caller,
+    operation: AclOperation,
+    resource_type: i8,
+    name: &str,
+) -> BrokerResult<()> {
+    match resource_type {
+        RESOURCE_TOPIC => ops::may_topic(shard, caller, operation, name),
+        _ => shard.authorizer.check_cluster(caller, operation),
+    }
+}
+
+pub fn describe_configs(
+    shard: &Shard,
+    caller: &Caller,
+    version: i16,
+    request: DescribeConfigsRequest,
+) -> Answer {
     let mut failed = false;
     let results = request
         .resources
@@ -223,7 +244,13 @@ pub fn describe_configs(shard: &Shard, version: i16, request: DescribeConfigsReq
             let mut result = DescribeConfigsResult::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
-            match describe_resource(shard, resource.resource_type, &resource.resource_name) {
+            let (kind, name) = (resource.resource_type, &resource.resource_name);
+            let described = may_configs(shard, caller, AclOperation::DescribeConfigs, kind, name)
+                .map_err(|e| (errors::code(&e), e.to_string()))
+                .and_then(|()| {
+                    describe_resource(shard, kind, name).map_err(|(e, m)| (e.code(), m))
+                });
+            match described {
                 Ok(entries) => {
                     let wanted = |name: &str| {
                         resource
@@ -239,7 +266,7 @@ pub fn describe_configs(shard: &Shard, version: i16, request: DescribeConfigsReq
                 }
                 Err((error, message)) => {
                     failed = true;
-                    result.error_code = error.code();
+                    result.error_code = error;
                     result.error_message = Some(str_bytes(&message));
                 }
             }
@@ -291,11 +318,18 @@ fn broker_configs_are_static() -> BrokerError {
 }
 
 /// AlterConfigs replaces a topic's whole set of overrides.
-pub async fn alter_configs(shard: &Rc<Shard>, request: AlterConfigsRequest) -> Answer {
+pub async fn alter_configs(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    request: AlterConfigsRequest,
+) -> Answer {
     let mut responses = Vec::with_capacity(request.resources.len());
     for resource in request.resources {
         let name = resource.resource_name.to_string();
+        let kind = resource.resource_type;
+        let allowed = may_configs(shard, caller, AclOperation::AlterConfigs, kind, &name);
         let result = match resource.resource_type {
+            _ if allowed.is_err() => allowed,
             RESOURCE_TOPIC => {
                 let configs = resource
                     .configs
@@ -341,12 +375,16 @@ fn config_change(operation: i8, value: Option<&str>) -> BrokerResult<topic::Conf
 
 pub async fn incremental_alter_configs(
     shard: &Rc<Shard>,
+    caller: &Caller,
     request: IncrementalAlterConfigsRequest,
 ) -> Answer {
     let mut responses = Vec::with_capacity(request.resources.len());
     for resource in request.resources {
         let name = resource.resource_name.to_string();
+        let kind = resource.resource_type;
+        let allowed = may_configs(shard, caller, AclOperation::AlterConfigs, kind, &name);
         let result = match resource.resource_type {
+            _ if allowed.is_err() => allowed,
             RESOURCE_TOPIC => match shard.image().topic(&name).cloned() {
                 None => Err(BrokerError::UnknownTopic(name.clone())),
                 Some(topic) => {
@@ -389,7 +427,11 @@ pub async fn incremental_alter_configs(
     (ResponseKind::IncrementalAlterConfigs(response), failed)
 }
 
-pub async fn create_partitions(shard: &Rc<Shard>, request: CreatePartitionsRequest) -> Answer {
+pub async fn create_partitions(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    request: CreatePartitionsRequest,
+) -> Answer {
     let mut results = Vec::with_capacity(request.topics.len());
     let node = BrokerId(shard.config.node_id);
     for asked in request.topics {
@@ -400,7 +442,9 @@ pub async fn create_partitions(shard: &Rc<Shard>, request: CreatePartitionsReque
             .flatten()
             .flat_map(|a| &a.broker_ids)
             .any(|id| *id != node);
-        let result = if foreign_broker {
+        let result = if let Err(error) = ops::may_topic(shard, caller, AclOperation::Alter, &name) {
+            Err(error)
+        } else if foreign_broker {
             Err(BrokerError::kafka(
                 ResponseError::InvalidReplicaAssignment,
                 format!("only broker {} exists", node.0),
@@ -437,7 +481,11 @@ pub async fn create_partitions(shard: &Rc<Shard>, request: CreatePartitionsReque
     (ResponseKind::CreatePartitions(response), failed)
 }
 
-pub async fn delete_records(shard: &Rc<Shard>, request: DeleteRecordsRequest) -> Answer {
+pub async fn delete_records(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    request: DeleteRecordsRequest,
+) -> Answer {
     let mut asked = Vec::new();
     let mut offsets = BTreeMap::new();
     for topic in &request.topics {
@@ -450,7 +498,10 @@ pub async fn delete_records(shard: &Rc<Shard>, request: DeleteRecordsRequest) ->
             asked.push(tp);
         }
     }
-    let results = ops::fan_out(
+    let (asked, refused) = ops::split_refused(asked, |tp| {
+        ops::may_topic(shard, caller, AclOperation::Delete, &tp.topic)
+    });
+    let mut results = ops::fan_out(
         shard,
         asked,
         |partition| ShardCall::DeleteRecords {
@@ -463,6 +514,7 @@ pub async fn delete_records(shard: &Rc<Shard>, request: DeleteRecordsRequest) ->
         },
     )
     .await;
+    results.extend(refused.into_iter().map(|(tp, e)| (tp, Err(e))));
     let failed = results.iter().any(|(_, r)| r.is_err());
     let topics = ops::group_by_topic(results)
         .into_iter()
@@ -527,6 +579,7 @@ pub fn describe_cluster(
 
 pub fn describe_user_scram_credentials(
     shard: &Shard,
+    caller: &Caller,
     request: DescribeUserScramCredentialsRequest,
 ) -> Answer {
     use kafka_protocol::messages::describe_user_scram_credentials_response::{
@@ -536,6 +589,15 @@ pub fn describe_user_scram_credentials(
         .users
         .filter(|users| !users.is_empty())
         .map(|users| users.into_iter().map(|u| u.name.to_string()).collect());
+    if let Err(error) = shard
+        .authorizer
+        .check_cluster(caller, AclOperation::Describe)
+    {
+        let response = DescribeUserScramCredentialsResponse::default()
+            .with_error_code(errors::code(&error))
+            .with_error_message(Some(str_bytes(&error.to_string())));
+        return (ResponseKind::DescribeUserScramCredentials(response), true);
+    }
     let mut failed = false;
     let results = crate::security::users::describe(shard, users)
         .into_iter()
@@ -567,7 +629,7 @@ pub fn describe_user_scram_credentials(
 
 pub async fn alter_user_scram_credentials(
     shard: &Rc<Shard>,
-    principal: &Principal,
+    caller: &Caller,
     request: AlterUserScramCredentialsRequest,
 ) -> Answer {
     use crate::security::users::{Deletion, Upsertion};
@@ -592,7 +654,7 @@ pub async fn alter_user_scram_credentials(
         })
         .collect();
     let mut failed = false;
-    let results = crate::security::users::alter(shard, principal, upsertions, deletions)
+    let results = crate::security::users::alter(shard, caller, upsertions, deletions)
         .await
         .into_iter()
         .map(|(user, result)| {
@@ -617,11 +679,7 @@ fn item_error(error: &BrokerError) -> (i16, Option<StrBytes>) {
     (errors::code(error), Some(str_bytes(&error.to_string())))
 }
 
-pub async fn create_acls(
-    shard: &Rc<Shard>,
-    principal: &Principal,
-    request: CreateAclsRequest,
-) -> Answer {
+pub async fn create_acls(shard: &Rc<Shard>, caller: &Caller, request: CreateAclsRequest) -> Answer {
     use kafka_protocol::messages::create_acls_response::AclCreationResult;
     let bindings = request
         .creations
@@ -639,7 +697,7 @@ pub async fn create_acls(
         })
         .collect();
     let mut failed = false;
-    let results = acl::create(shard, principal, bindings)
+    let results = acl::create(shard, caller, bindings)
         .await
         .into_iter()
         .map(|result| match result {
@@ -657,7 +715,7 @@ pub async fn create_acls(
     (ResponseKind::CreateAcls(response), failed)
 }
 
-pub fn describe_acls(shard: &Shard, request: DescribeAclsRequest) -> Answer {
+pub fn describe_acls(shard: &Shard, caller: &Caller, request: DescribeAclsRequest) -> Answer {
     use kafka_protocol::messages::describe_acls_response::{AclDescription, DescribeAclsResource};
     let filter = acl::AclFilter::new(
         request.resource_type_filter,
@@ -668,6 +726,10 @@ pub fn describe_acls(shard: &Shard, request: DescribeAclsRequest) -> Answer {
         request.operation,
         request.permission_type,
     );
+    let filter = shard
+        .authorizer
+        .check_cluster(caller, AclOperation::Describe)
+        .and(filter);
     let filter = match filter {
         Ok(filter) => filter,
         Err(error) => {
@@ -706,11 +768,7 @@ pub fn describe_acls(shard: &Shard, request: DescribeAclsRequest) -> Answer {
     (ResponseKind::DescribeAcls(response), false)
 }
 
-pub async fn delete_acls(
-    shard: &Rc<Shard>,
-    principal: &Principal,
-    request: DeleteAclsRequest,
-) -> Answer {
+pub async fn delete_acls(shard: &Rc<Shard>, caller: &Caller, request: DeleteAclsRequest) -> Answer {
     use kafka_protocol::messages::delete_acls_response::{
         DeleteAclsFilterResult, DeleteAclsMatchingAcl,
     };
@@ -730,7 +788,7 @@ pub async fn delete_acls(
         })
         .collect();
     let mut failed = false;
-    let results = acl::delete(shard, principal, filters)
+    let results = acl::delete(shard, caller, filters)
         .await
         .into_iter()
         .map(|result| match result {

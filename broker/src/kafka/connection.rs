@@ -22,16 +22,10 @@ use crate::net::{self, Accepted, InFlight, MemoryHold, Outgoing, Queued, Stream}
 use crate::shard::Shard;
 
 pub async fn serve_connection(shard: Rc<Shard>, accepted: Accepted) {
+    let caller = accepted.caller();
     // Kafka reports a group member's host as `/address`.
-    let client_host: Rc<str> = accepted
-        .stream
-        .peer_addr()
-        .map_or_else(|_| "/unknown".into(), |a| format!("/{}", a.ip()).into());
-    let session = Rc::new(Session::new(
-        accepted.listener,
-        accepted.principal,
-        client_host,
-    ));
+    let client_host: Rc<str> = format!("/{}", caller.host).into();
+    let session = Rc::new(Session::new(accepted.listener, caller, client_host));
     let reader_session = session.clone();
     let read =
         move |shard, reader, responses| read_requests(shard, reader, responses, reader_session);

@@ -1,7 +1,7 @@
 //! Kafka error codes for the broker's errors.
 
 use kafka_protocol::ResponseError;
-use weir_replication::{ControllerError, FetchRefusal};
+use weir_replication::{AclResourceType, ControllerError, FetchRefusal};
 use weir_storage::StorageError;
 use weir_wire::WireError;
 
@@ -67,6 +67,12 @@ pub fn code(error: &BrokerError) -> i16 {
             ControllerError::InvalidUpdateVersion { .. } => ResponseError::InvalidUpdateVersion,
             ControllerError::IneligibleReplica(_) => ResponseError::IneligibleReplica,
             _ => ResponseError::UnknownServerError,
+        },
+        BrokerError::Unauthorized { resource_type, .. } => match resource_type {
+            AclResourceType::Topic => ResponseError::TopicAuthorizationFailed,
+            AclResourceType::Group => ResponseError::GroupAuthorizationFailed,
+            AclResourceType::Cluster => ResponseError::ClusterAuthorizationFailed,
+            AclResourceType::TransactionalId => ResponseError::TransactionalIdAuthorizationFailed,
         },
         BrokerError::Internal(_) => ResponseError::UnknownServerError,
     };

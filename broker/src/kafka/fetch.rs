@@ -28,6 +28,7 @@ use super::topics;
 use crate::error::BrokerError;
 use crate::ops::{self, FetchPartition};
 use crate::router::{Fetched, TopicPartition};
+use crate::security::Caller;
 use crate::shard::Shard;
 
 /// The first version whose records field is compact (varint length + 1).
@@ -65,7 +66,12 @@ enum PartitionSlot {
     Refused(i32, BrokerError),
 }
 
-pub async fn fetch(shard: &Rc<Shard>, header: &RequestHeader, request: FetchRequest) -> Reply {
+pub async fn fetch(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    header: &RequestHeader,
+    request: FetchRequest,
+) -> Reply {
     let version = header.request_api_version;
     if request.session_id != 0 {
         // Fetch sessions are not kept: a client holding one starts over with a full
@@ -114,7 +120,15 @@ pub async fn fetch(shard: &Rc<Shard>, header: &RequestHeader, request: FetchRequ
     }
     let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
     let read_committed = request.isolation_level == topics::READ_COMMITTED;
-    let mut results = ops::fetch(shard, wait, request.min_bytes, &wanted, read_committed).await;
+    let mut results = ops::fetch(
+        shard,
+        caller,
+        wait,
+        request.min_bytes,
+        &wanted,
+        read_committed,
+    )
+    .await;
     ops::limit_response_bytes(&mut results, request.max_bytes);
     let mut results: Vec<Option<_>> = results.into_iter().map(|(_, r)| Some(r)).collect();
     let mut records = Vec::new();

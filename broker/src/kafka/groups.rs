@@ -38,8 +38,9 @@ use crate::error::BrokerError;
 use crate::group::{GroupState, JoinRequest, JoinResult, SyncRequest};
 use crate::ops;
 use crate::router::{GroupAnswer, GroupCall, MemberClaim, OffsetCommit, TopicPartition};
-use crate::security::Listener;
+use crate::security::{Caller, Listener};
 use crate::shard::Shard;
+use weir_replication::{AclOperation, AclResourceType};
 
 /// Kafka's code for a broker error met while reaching a group's coordinator.
 fn coordinator_error(error: &BrokerError) -> i16 {
@@ -64,6 +65,7 @@ const TRANSACTION_KEY: i8 = 1;
 
 pub fn find_coordinator(
     shard: &Shard,
+    caller: &Caller,
     listener: &Listener,
     version: i16,
     request: FindCoordinatorRequest,
@@ -79,12 +81,19 @@ pub fn find_coordinator(
             )
         };
         let coordinator = match request.key_type {
-            GROUP_KEY => {
-                crate::offsets::validate_group(key).map(|()| ops::group_coordinator(shard, key))
-            }
-            TRANSACTION_KEY => {
-                crate::txn::coordinator::validate_id(key).map(|()| ops::txn_coordinator(shard, key))
-            }
+            GROUP_KEY => ops::may_group(shard, caller, AclOperation::Describe, key)
+                .and_then(|()| crate::offsets::validate_group(key))
+                .map(|()| ops::group_coordinator(shard, key)),
+            TRANSACTION_KEY => shard
+                .authorizer
+                .check(
+                    caller,
+                    AclOperation::Describe,
+                    AclResourceType::TransactionalId,
+                    key,
+                )
+                .and_then(|()| crate::txn::coordinator::validate_id(key))
+                .map(|()| ops::txn_coordinator(shard, key)),
             other => Err(BrokerError::InvalidRequest(format!(
                 "unknown coordinator key type {other}"
             ))),
@@ -140,6 +149,7 @@ pub fn find_coordinator(
 
 pub async fn join_group(
     shard: &Rc<Shard>,
+    caller: &Caller,
     header: &RequestHeader,
     client_host: &str,
     request: JoinGroupRequest,
@@ -175,7 +185,7 @@ pub async fn join_group(
         group: group.clone(),
         request: join,
     };
-    let result = match ops::group_call(shard, &group, call).await {
+    let result = match ops::group_call(shard, caller, AclOperation::Read, &group, call).await {
         Ok(GroupAnswer::Join(result)) => result,
         Ok(_) => JoinResult::failed(ResponseError::UnknownServerError, ""),
         Err(error) => {
@@ -220,7 +230,12 @@ pub async fn join_group(
     (ResponseKind::JoinGroup(response), failed)
 }
 
-pub async fn sync_group(shard: &Rc<Shard>, version: i16, request: SyncGroupRequest) -> Answer {
+pub async fn sync_group(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    version: i16,
+    request: SyncGroupRequest,
+) -> Answer {
     let group = request.group_id.to_string();
     let sync = SyncRequest {
         member_id: request.member_id.to_string(),
@@ -239,7 +254,7 @@ pub async fn sync_group(shard: &Rc<Shard>, version: i16, request: SyncGroupReque
         request: sync,
     };
     let mut response = SyncGroupResponse::default();
-    match ops::group_call(shard, &group, call).await {
+    match ops::group_call(shard, caller, AclOperation::Read, &group, call).await {
         Ok(GroupAnswer::Sync(result)) => {
             response.error_code = result.error.map_or(0, |e| e.code());
             response.assignment = result.assignment;
@@ -255,7 +270,7 @@ pub async fn sync_group(shard: &Rc<Shard>, version: i16, request: SyncGroupReque
     (ResponseKind::SyncGroup(response), failed)
 }
 
-pub async fn heartbeat(shard: &Rc<Shard>, request: HeartbeatRequest) -> Answer {
+pub async fn heartbeat(shard: &Rc<Shard>, caller: &Caller, request: HeartbeatRequest) -> Answer {
     let group = request.group_id.to_string();
     let member = MemberClaim {
         member_id: request.member_id.to_string(),
@@ -266,7 +281,7 @@ pub async fn heartbeat(shard: &Rc<Shard>, request: HeartbeatRequest) -> Answer {
         group: group.clone(),
         member,
     };
-    let error = match ops::group_call(shard, &group, call).await {
+    let error = match ops::group_call(shard, caller, AclOperation::Read, &group, call).await {
         Ok(GroupAnswer::Heartbeat(result)) => code(result),
         Ok(_) => ResponseError::UnknownServerError.code(),
         Err(error) => coordinator_error(&error),
@@ -279,7 +294,12 @@ pub async fn heartbeat(shard: &Rc<Shard>, request: HeartbeatRequest) -> Answer {
     )
 }
 
-pub async fn leave_group(shard: &Rc<Shard>, version: i16, request: LeaveGroupRequest) -> Answer {
+pub async fn leave_group(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    version: i16,
+    request: LeaveGroupRequest,
+) -> Answer {
     let group = request.group_id.to_string();
     let members: Vec<(String, Option<String>)> = if version >= 3 {
         request
@@ -299,7 +319,7 @@ pub async fn leave_group(shard: &Rc<Shard>, version: i16, request: LeaveGroupReq
         group: group.clone(),
         members: members.clone(),
     };
-    let results = match ops::group_call(shard, &group, call).await {
+    let results = match ops::group_call(shard, caller, AclOperation::Read, &group, call).await {
         Ok(GroupAnswer::Leave(results)) => results,
         Ok(_) => vec![Err(ResponseError::UnknownServerError); members.len()],
         Err(error) => {
@@ -326,7 +346,11 @@ pub async fn leave_group(shard: &Rc<Shard>, version: i16, request: LeaveGroupReq
     (ResponseKind::LeaveGroup(response), failed)
 }
 
-pub async fn offset_commit(shard: &Rc<Shard>, request: OffsetCommitRequest) -> Answer {
+pub async fn offset_commit(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    request: OffsetCommitRequest,
+) -> Answer {
     let group = request.group_id.to_string();
     let member = MemberClaim {
         member_id: request.member_id.to_string(),
@@ -357,7 +381,7 @@ pub async fn offset_commit(shard: &Rc<Shard>, request: OffsetCommitRequest) -> A
         })
         .collect();
     let results: Vec<(TopicPartition, i16)> =
-        match ops::commit_offsets(shard, group, member, offsets.clone()).await {
+        match ops::commit_offsets(shard, caller, group, member, offsets.clone()).await {
             Ok(results) => results
                 .into_iter()
                 .map(|(tp, result)| (tp, result.err().map_or(0, |e| errors::code(&e))))
@@ -391,8 +415,6 @@ pub async fn offset_commit(shard: &Rc<Shard>, request: OffsetCommitRequest) -> A
     )
 }
 
-/// One group's committed offsets: of the partitions asked for (unknown ones answer -1),
-/// or all of them.
 /// One partition's answer to OffsetFetch.
 struct FetchedOffset {
     partition: i32,
@@ -407,10 +429,15 @@ struct FetchedOffset {
 /// UNSTABLE_OFFSET_COMMIT, which clients retry: its committed offset is about to change.
 async fn fetch_group_offsets(
     shard: &Rc<Shard>,
+    caller: &Caller,
     group: String,
     wanted: Option<Vec<(String, Vec<i32>)>>,
     require_stable: bool,
 ) -> Result<Vec<(String, Vec<FetchedOffset>)>, i16> {
+    ops::may_group(shard, caller, AclOperation::Describe, &group)
+        .map_err(|e| coordinator_error(&e))?;
+    let described =
+        |topic: &str| ops::may_topic(shard, caller, AclOperation::Describe, topic).is_ok();
     let unstable = if require_stable {
         ops::unstable_offsets(shard, group.clone())
             .await
@@ -422,6 +449,15 @@ async fn fetch_group_offsets(
         .await
         .map_err(|e| coordinator_error(&e))?;
     let found = |topic: &str, partition: i32| {
+        if !described(topic) {
+            return FetchedOffset {
+                partition,
+                offset: -1,
+                leader_epoch: -1,
+                metadata: String::new(),
+                error: ResponseError::TopicAuthorizationFailed.code(),
+            };
+        }
         if unstable
             .iter()
             .any(|u| u.topic == topic && u.partition == partition)
@@ -462,9 +498,11 @@ async fn fetch_group_offsets(
                 (topic, offsets)
             })
             .collect(),
+        // Every committed offset: those of topics the caller may not describe are left out.
         None => ops::group_by_topic(
             committed
                 .iter()
+                .filter(|c| described(&c.partition.topic))
                 .map(|c| (c.partition.clone(), ()))
                 .collect(),
         )
@@ -480,7 +518,12 @@ async fn fetch_group_offsets(
     })
 }
 
-pub async fn offset_fetch(shard: &Rc<Shard>, version: i16, request: OffsetFetchRequest) -> Answer {
+pub async fn offset_fetch(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    version: i16,
+    request: OffsetFetchRequest,
+) -> Answer {
     let mut response = OffsetFetchResponse::default();
     let mut failed = false;
     if version >= 8 {
@@ -494,7 +537,8 @@ pub async fn offset_fetch(shard: &Rc<Shard>, version: i16, request: OffsetFetchR
             let mut group =
                 OffsetFetchResponseGroup::default().with_group_id(asked.group_id.clone());
             let group_id = asked.group_id.to_string();
-            match fetch_group_offsets(shard, group_id, wanted, request.require_stable).await {
+            match fetch_group_offsets(shard, caller, group_id, wanted, request.require_stable).await
+            {
                 Ok(topics) => {
                     group.topics = topics
                         .into_iter()
@@ -533,7 +577,14 @@ pub async fn offset_fetch(shard: &Rc<Shard>, version: i16, request: OffsetFetchR
                 .collect()
         });
         let require_stable = version >= 7 && request.require_stable;
-        match fetch_group_offsets(shard, request.group_id.to_string(), wanted, require_stable).await
+        match fetch_group_offsets(
+            shard,
+            caller,
+            request.group_id.to_string(),
+            wanted,
+            require_stable,
+        )
+        .await
         {
             Ok(topics) => {
                 response.topics = topics
@@ -573,8 +624,13 @@ pub async fn offset_fetch(shard: &Rc<Shard>, version: i16, request: OffsetFetchR
     (ResponseKind::OffsetFetch(response), failed)
 }
 
-pub async fn list_groups(shard: &Rc<Shard>, version: i16, request: ListGroupsRequest) -> Answer {
-    let groups = match ops::list_groups(shard).await {
+pub async fn list_groups(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    version: i16,
+    request: ListGroupsRequest,
+) -> Answer {
+    let groups = match ops::list_groups_described(shard, caller).await {
         Ok(groups) => groups,
         Err(error) => {
             let response = ListGroupsResponse::default().with_error_code(coordinator_error(&error));
@@ -617,6 +673,7 @@ pub async fn list_groups(shard: &Rc<Shard>, version: i16, request: ListGroupsReq
 
 pub async fn describe_groups(
     shard: &Rc<Shard>,
+    caller: &Caller,
     version: i16,
     request: DescribeGroupsRequest,
 ) -> Answer {
@@ -635,7 +692,7 @@ pub async fn describe_groups(
         let call = GroupCall::Describe {
             group: group.clone(),
         };
-        match ops::group_call(shard, &group, call).await {
+        match ops::group_call(shard, caller, AclOperation::Describe, &group, call).await {
             Ok(GroupAnswer::Describe(Some(found))) => {
                 described.group_state = str_bytes(found.state.name());
                 described.protocol_type = str_bytes(&found.protocol_type);
@@ -675,7 +732,11 @@ pub async fn describe_groups(
     (ResponseKind::DescribeGroups(response), failed)
 }
 
-pub async fn delete_groups(shard: &Rc<Shard>, request: DeleteGroupsRequest) -> Answer {
+pub async fn delete_groups(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    request: DeleteGroupsRequest,
+) -> Answer {
     let mut response = DeleteGroupsResponse::default();
     let mut failed = false;
     for group_id in request.groups_names {
@@ -683,7 +744,7 @@ pub async fn delete_groups(shard: &Rc<Shard>, request: DeleteGroupsRequest) -> A
         let call = GroupCall::Delete {
             group: group.clone(),
         };
-        let error = match ops::group_call(shard, &group, call).await {
+        let error = match ops::group_call(shard, caller, AclOperation::Delete, &group, call).await {
             Ok(GroupAnswer::Delete(result)) => code(result),
             Ok(_) => ResponseError::UnknownServerError.code(),
             Err(error) => coordinator_error(&error),
@@ -701,13 +762,18 @@ pub async fn delete_groups(shard: &Rc<Shard>, request: DeleteGroupsRequest) -> A
 /// Deletes committed offsets of partitions the group no longer consumes. A group with
 /// members may be using them, so it is refused, as Kafka refuses offsets of subscribed
 /// topics.
-pub async fn offset_delete(shard: &Rc<Shard>, request: OffsetDeleteRequest) -> Answer {
+pub async fn offset_delete(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    request: OffsetDeleteRequest,
+) -> Answer {
     let group = request.group_id.to_string();
     let mut response = OffsetDeleteResponse::default();
     let describe = GroupCall::Describe {
         group: group.clone(),
     };
-    let active = match ops::group_call(shard, &group, describe).await {
+    let active = match ops::group_call(shard, caller, AclOperation::Delete, &group, describe).await
+    {
         Ok(GroupAnswer::Describe(found)) => found.is_some_and(|g| !g.members.is_empty()),
         Ok(_) => false,
         Err(error) => {
@@ -725,7 +791,10 @@ pub async fn offset_delete(shard: &Rc<Shard>, request: OffsetDeleteRequest) -> A
             })
         })
         .collect();
-    let results: Vec<(TopicPartition, i16)> = if active {
+    let (asked, refused) = ops::split_refused(asked, |tp| {
+        ops::may_topic(shard, caller, AclOperation::Read, &tp.topic)
+    });
+    let mut results: Vec<(TopicPartition, i16)> = if active {
         let error = ResponseError::GroupSubscribedToTopic.code();
         asked.into_iter().map(|tp| (tp, error)).collect()
     } else {
@@ -737,6 +806,7 @@ pub async fn offset_delete(shard: &Rc<Shard>, request: OffsetDeleteRequest) -> A
             }
         }
     };
+    results.extend(refused.into_iter().map(|(tp, e)| (tp, errors::code(&e))));
     let failed = results.iter().any(|(_, e)| *e != 0);
     response.topics = ops::group_by_topic(results)
         .into_iter()

@@ -103,8 +103,9 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, session: &Rc<Session>
     let api = request.api;
     let name = api_name(api);
     let header = request.header.clone();
+    let caller = session.caller();
     if let RequestKind::Produce(_) = request.body {
-        let finish = produce::start(shard, request).await;
+        let finish = produce::start(shard, &caller, request).await;
         return Box::pin(async move { (name, finish.await) });
     }
     let shard = shard.clone();
@@ -112,75 +113,86 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, session: &Rc<Session>
     Box::pin(async move {
         let client_host = &*session.client_host;
         let listener = &*session.listener;
+        let caller = &*caller;
         let version = header.request_api_version;
         let (body, failed) = match request.body {
             RequestKind::FindCoordinator(body) => {
-                groups::find_coordinator(&shard, listener, version, body)
+                groups::find_coordinator(&shard, caller, listener, version, body)
             }
             RequestKind::JoinGroup(body) => {
-                groups::join_group(&shard, &header, client_host, body).await
+                groups::join_group(&shard, caller, &header, client_host, body).await
             }
-            RequestKind::SyncGroup(body) => groups::sync_group(&shard, version, body).await,
-            RequestKind::Heartbeat(body) => groups::heartbeat(&shard, body).await,
-            RequestKind::LeaveGroup(body) => groups::leave_group(&shard, version, body).await,
-            RequestKind::OffsetCommit(body) => groups::offset_commit(&shard, body).await,
-            RequestKind::OffsetFetch(body) => groups::offset_fetch(&shard, version, body).await,
-            RequestKind::ListGroups(body) => groups::list_groups(&shard, version, body).await,
+            RequestKind::SyncGroup(body) => groups::sync_group(&shard, caller, version, body).await,
+            RequestKind::Heartbeat(body) => groups::heartbeat(&shard, caller, body).await,
+            RequestKind::LeaveGroup(body) => {
+                groups::leave_group(&shard, caller, version, body).await
+            }
+            RequestKind::OffsetCommit(body) => groups::offset_commit(&shard, caller, body).await,
+            RequestKind::OffsetFetch(body) => {
+                groups::offset_fetch(&shard, caller, version, body).await
+            }
+            RequestKind::ListGroups(body) => {
+                groups::list_groups(&shard, caller, version, body).await
+            }
             RequestKind::DescribeGroups(body) => {
-                groups::describe_groups(&shard, version, body).await
+                groups::describe_groups(&shard, caller, version, body).await
             }
-            RequestKind::DeleteGroups(body) => groups::delete_groups(&shard, body).await,
-            RequestKind::OffsetDelete(body) => groups::offset_delete(&shard, body).await,
-            RequestKind::InitProducerId(body) => txn::init_producer_id(&shard, version, body).await,
+            RequestKind::DeleteGroups(body) => groups::delete_groups(&shard, caller, body).await,
+            RequestKind::OffsetDelete(body) => groups::offset_delete(&shard, caller, body).await,
+            RequestKind::InitProducerId(body) => {
+                txn::init_producer_id(&shard, caller, version, body).await
+            }
             RequestKind::AddPartitionsToTxn(body) => {
-                txn::add_partitions_to_txn(&shard, version, body).await
+                txn::add_partitions_to_txn(&shard, caller, version, body).await
             }
             RequestKind::AddOffsetsToTxn(body) => {
-                txn::add_offsets_to_txn(&shard, version, body).await
+                txn::add_offsets_to_txn(&shard, caller, version, body).await
             }
-            RequestKind::EndTxn(body) => txn::end_txn(&shard, version, body).await,
+            RequestKind::EndTxn(body) => txn::end_txn(&shard, caller, version, body).await,
             RequestKind::TxnOffsetCommit(body) => {
-                txn::txn_offset_commit(&shard, version, body).await
+                txn::txn_offset_commit(&shard, caller, version, body).await
             }
-            RequestKind::WriteTxnMarkers(body) => txn::write_txn_markers(&shard, body).await,
-            RequestKind::DescribeConfigs(body) => admin::describe_configs(&shard, version, body),
-            RequestKind::AlterConfigs(body) => admin::alter_configs(&shard, body).await,
+            RequestKind::WriteTxnMarkers(body) => {
+                txn::write_txn_markers(&shard, caller, body).await
+            }
+            RequestKind::DescribeConfigs(body) => {
+                admin::describe_configs(&shard, caller, version, body)
+            }
+            RequestKind::AlterConfigs(body) => admin::alter_configs(&shard, caller, body).await,
             RequestKind::IncrementalAlterConfigs(body) => {
-                admin::incremental_alter_configs(&shard, body).await
+                admin::incremental_alter_configs(&shard, caller, body).await
             }
-            RequestKind::CreatePartitions(body) => admin::create_partitions(&shard, body).await,
-            RequestKind::DeleteRecords(body) => admin::delete_records(&shard, body).await,
+            RequestKind::CreatePartitions(body) => {
+                admin::create_partitions(&shard, caller, body).await
+            }
+            RequestKind::DeleteRecords(body) => admin::delete_records(&shard, caller, body).await,
             RequestKind::DescribeCluster(body) => {
                 admin::describe_cluster(&shard, listener, version, body)
             }
-            RequestKind::CreateAcls(body) => {
-                admin::create_acls(&shard, &session.principal(), body).await
-            }
-            RequestKind::DescribeAcls(body) => admin::describe_acls(&shard, body),
-            RequestKind::DeleteAcls(body) => {
-                admin::delete_acls(&shard, &session.principal(), body).await
-            }
+            RequestKind::CreateAcls(body) => admin::create_acls(&shard, caller, body).await,
+            RequestKind::DescribeAcls(body) => admin::describe_acls(&shard, caller, body),
+            RequestKind::DeleteAcls(body) => admin::delete_acls(&shard, caller, body).await,
             RequestKind::DescribeUserScramCredentials(body) => {
-                admin::describe_user_scram_credentials(&shard, body)
+                admin::describe_user_scram_credentials(&shard, caller, body)
             }
             RequestKind::AlterUserScramCredentials(body) => {
-                admin::alter_user_scram_credentials(&shard, &session.principal(), body).await
+                admin::alter_user_scram_credentials(&shard, caller, body).await
             }
             RequestKind::ApiVersions(_) => (ResponseKind::ApiVersions(api_versions(0)), false),
             RequestKind::Metadata(body) => {
-                topics::metadata(&shard, listener, header.request_api_version, body).await
+                topics::metadata(&shard, caller, listener, version, body).await
             }
             RequestKind::CreateTopics(body) => {
-                topics::create_topics(&shard, header.request_api_version, body).await
+                topics::create_topics(&shard, caller, version, body).await
             }
             RequestKind::DeleteTopics(body) => {
-                topics::delete_topics(&shard, header.request_api_version, body).await
+                topics::delete_topics(&shard, caller, version, body).await
             }
             RequestKind::ListOffsets(body) => {
-                topics::list_offsets(&shard, header.request_api_version, body).await
+                topics::list_offsets(&shard, caller, version, body).await
             }
             RequestKind::Fetch(body) => {
-                let parts = fetch::fetch(&shard, &header, body).await;
+                let parts = fetch::fetch(&shard, caller, &header, body).await;
                 return (name, Some(parts));
             }
             other => {

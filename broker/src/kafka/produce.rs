@@ -20,12 +20,13 @@ use super::{errors, topics};
 use crate::error::{BrokerError, BrokerResult};
 use crate::ops::{self, Appended};
 use crate::router::TopicPartition;
+use crate::security::Caller;
 use crate::shard::Shard;
 
 type Finish = Pin<Box<dyn Future<Output = Option<Reply>>>>;
 
 /// Starts the request's appends (in arrival order) and returns what finishes it.
-pub async fn start(shard: &Rc<Shard>, request: Request) -> Finish {
+pub async fn start(shard: &Rc<Shard>, caller: &Caller, request: Request) -> Finish {
     let Request {
         header,
         body,
@@ -44,9 +45,16 @@ pub async fn start(shard: &Rc<Shard>, request: Request) -> Finish {
             format!("acks must be 0, 1 or -1, not {other}"),
         )),
     };
+    // A transactional producer's request needs WRITE on its transactional id, else none
+    // of it is appended.
+    let txn_refused = body
+        .transactional_id
+        .as_ref()
+        .and_then(|id| ops::may_txn(shard, caller, id).err());
     let refuse_all = acks
         .as_ref()
         .err()
+        .or(txn_refused.as_ref())
         .map(|error| (errors::code(error), error.to_string()));
     // Where each partition's records lie in the frame; then the request (and with it
     // every other reference to the frame) is dropped, so the frame can be cut up.
@@ -86,7 +94,7 @@ pub async fn start(shard: &Rc<Shard>, request: Request) -> Finish {
     }
     let acks = acks.unwrap_or(Acks::All);
     let batches = cut(shard, frame, located);
-    let started = ops::start_produce(shard, batches, acks).await;
+    let started = ops::start_produce(shard, caller, batches, acks).await;
     Box::pin(async move {
         let results = ops::finish_produce(started).await;
         (acks != Acks::None).then(|| respond(&header, results))

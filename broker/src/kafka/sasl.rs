@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
 use super::codec::Request;
 use super::handlers::{self, Reply, str_bytes};
 use crate::security::sasl::{Exchange, Step};
-use crate::security::{Listener, Principal};
+use crate::security::{Caller, Listener, Principal};
 use crate::shard::Shard;
 
 /// Where a connection is in authenticating.
@@ -37,12 +37,12 @@ pub struct Session {
     pub listener: Rc<Listener>,
     /// The client's address as Kafka reports hosts (`/127.0.0.1`).
     pub client_host: Rc<str>,
-    principal: RefCell<Principal>,
+    caller: RefCell<Rc<Caller>>,
     state: RefCell<State>,
 }
 
 impl Session {
-    pub fn new(listener: Rc<Listener>, principal: Principal, client_host: Rc<str>) -> Session {
+    pub fn new(listener: Rc<Listener>, caller: Caller, client_host: Rc<str>) -> Session {
         let state = if listener.protocol.sasl() {
             State::Waiting
         } else {
@@ -51,7 +51,7 @@ impl Session {
         Session {
             listener,
             client_host,
-            principal: RefCell::new(principal),
+            caller: RefCell::new(Rc::new(caller)),
             state: RefCell::new(state),
         }
     }
@@ -61,7 +61,12 @@ impl Session {
     }
 
     pub fn principal(&self) -> Principal {
-        self.principal.borrow().clone()
+        self.caller.borrow().principal.clone()
+    }
+
+    /// Who sends this connection's requests, for authorization.
+    pub fn caller(&self) -> Rc<Caller> {
+        self.caller.borrow().clone()
     }
 
     /// Whether the next frame is a bare SASL token (after a version 0 handshake).
@@ -207,7 +212,8 @@ async fn step(shard: &Rc<Shard>, session: &Session, input: Bytes, raw_framing: b
         }
         Step::Done(out, principal) => {
             tracing::debug!(%principal, mechanism, "authenticated");
-            *session.principal.borrow_mut() = principal;
+            let host = session.caller.borrow().host.clone();
+            *session.caller.borrow_mut() = Rc::new(Caller::new(principal, host));
             *session.state.borrow_mut() = State::Done;
             Outcome::Done(Bytes::from(out))
         }

@@ -27,9 +27,10 @@ use crate::error::{BrokerError, BrokerResult};
 use crate::metadata::{MetadataImage, TopicImage};
 use crate::ops;
 use crate::router::{ShardCall, TopicPartition};
-use crate::security::Listener;
+use crate::security::{Caller, Listener};
 use crate::shard::Shard;
 use crate::topic;
+use weir_replication::AclOperation;
 
 /// Kafka's special ListOffsets timestamps.
 const LATEST: i64 = -1;
@@ -84,6 +85,7 @@ pub fn leader_epoch(shard: &Shard, topic: &str, partition: i32) -> i32 {
 
 pub async fn metadata(
     shard: &Rc<Shard>,
+    caller: &Caller,
     listener: &Listener,
     version: i16,
     request: MetadataRequest,
@@ -101,10 +103,15 @@ pub async fn metadata(
     };
     let auto_create = (version < 4 || request.allow_auto_topic_creation)
         && shard.config.auto_create_topics_enable;
+    let described =
+        |name: &str| ops::may_topic(shard, caller, AclOperation::Describe, name).is_ok();
     let mut created_any = false;
     if let (Some(wanted), true) = (&wanted, auto_create) {
         for name in wanted.iter().filter_map(|(name, _)| name.as_deref()) {
-            if image.topic(name).is_none() && auto_create_topic(shard, name).await {
+            if image.topic(name).is_none()
+                && ops::may_create_topic(shard, caller, name).is_ok()
+                && auto_create_topic(shard, name).await
+            {
                 created_any = true;
             }
         }
@@ -112,10 +119,13 @@ pub async fn metadata(
     if created_any {
         image = shard.image();
     }
+    // Topics the caller may not describe: left out of "every topic", and a named one is
+    // answered TOPIC_AUTHORIZATION_FAILED whether it exists or not.
     let topics = match wanted {
         None => image
             .topics
             .values()
+            .filter(|t| described(&t.name))
             .map(|t| topic_metadata(shard, version, Some(&t.name), Some(t)))
             .collect(),
         Some(wanted) => wanted
@@ -125,6 +135,16 @@ pub async fn metadata(
                     Some(name) => image.topic(name),
                     None => image.topic_by_id(id.as_bytes()),
                 };
+                let visible = match (name, found) {
+                    (Some(name), _) => described(name),
+                    (None, Some(topic)) => described(&topic.name),
+                    (None, None) => true,
+                };
+                if !visible {
+                    return MetadataResponseTopic::default()
+                        .with_name(name.as_deref().map(topic_name))
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                }
                 topic_metadata(shard, version, name.as_deref(), found)
             })
             .collect(),
@@ -222,7 +242,12 @@ fn topic_metadata(
 /// ListOffsets' and Fetch's `isolation_level` for read_committed.
 pub const READ_COMMITTED: i8 = 1;
 
-pub async fn list_offsets(shard: &Rc<Shard>, version: i16, request: ListOffsetsRequest) -> Answer {
+pub async fn list_offsets(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    version: i16,
+    request: ListOffsetsRequest,
+) -> Answer {
     let mut queries = Vec::new();
     let mut refused: Vec<(TopicPartition, BrokerResult<(i64, i64)>)> = Vec::new();
     for topic in request.topics {
@@ -251,7 +276,7 @@ pub async fn list_offsets(shard: &Rc<Shard>, version: i16, request: ListOffsetsR
         }
     }
     let read_committed = request.isolation_level == READ_COMMITTED;
-    let mut results = ops::list_offsets(shard, queries, read_committed).await;
+    let mut results = ops::list_offsets(shard, caller, queries, read_committed).await;
     results.extend(refused);
     let failed = results.iter().any(|(_, r)| r.is_err());
     let topics = ops::group_by_topic(results)
@@ -375,13 +400,15 @@ fn created_configs(described: Vec<topic::DescribedConfig>) -> Vec<CreatableTopic
 
 pub async fn create_topics(
     shard: &Rc<Shard>,
+    caller: &Caller,
     version: i16,
     request: CreateTopicsRequest,
 ) -> Answer {
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         let name = topic.name.0.to_string();
-        let checked = creatable(shard, &shard.image(), topic);
+        let checked = ops::may_create_topic(shard, caller, &name)
+            .and_then(|()| creatable(shard, &shard.image(), topic));
         let outcome = match checked {
             Ok(created) if !request.validate_only => {
                 let call = ShardCall::CreateTopic {
@@ -428,6 +455,7 @@ pub async fn create_topics(
 
 pub async fn delete_topics(
     shard: &Rc<Shard>,
+    caller: &Caller,
     version: i16,
     request: DeleteTopicsRequest,
 ) -> Answer {
@@ -452,18 +480,24 @@ pub async fn delete_topics(
             Some(name) => image.topic(name).cloned(),
             None => image.topic_by_id(id.as_bytes()).cloned(),
         };
-        let outcome = match &found {
-            Some(topic) => {
+        // Whether the topic exists is told only to a caller that may delete it.
+        let refused = name
+            .as_deref()
+            .or(found.as_ref().map(|t| t.name.as_str()))
+            .and_then(|n| ops::may_topic(shard, caller, AclOperation::Delete, n).err());
+        let outcome = match (refused, &found) {
+            (Some(error), _) => Err(error),
+            (None, Some(topic)) => {
                 let call = ShardCall::DeleteTopic {
                     name: topic.name.clone(),
                 };
                 ops::admin(shard, call).await
             }
-            None if name.is_none() => Err(BrokerError::kafka(
+            (None, None) if name.is_none() => Err(BrokerError::kafka(
                 ResponseError::UnknownTopicId,
                 format!("no topic has id {id}"),
             )),
-            None => Err(BrokerError::UnknownTopic(name.clone().unwrap_or_default())),
+            (None, None) => Err(BrokerError::UnknownTopic(name.clone().unwrap_or_default())),
         };
         let name = name.or_else(|| found.as_ref().map(|t| t.name.clone()));
         let mut result = DeletableTopicResult::default().with_name(name.as_deref().map(topic_name));

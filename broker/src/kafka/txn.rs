@@ -28,7 +28,10 @@ use super::topics;
 use crate::error::BrokerError;
 use crate::ops;
 use crate::router::{MemberClaim, OffsetCommit, ShardAnswer, ShardCall, TopicPartition};
+use crate::security::Caller;
 use crate::shard::Shard;
+use kafka_protocol::messages::write_txn_markers_request::WritableTxnMarker;
+use weir_replication::AclOperation;
 
 /// The code of an error met at a coordinator. PRODUCER_FENCED is new in these versions
 /// (InitProducerId v4, the others v2); older clients are told INVALID_PRODUCER_EPOCH, as
@@ -53,6 +56,7 @@ fn coordinator_code(error: &BrokerError, fenced_known: bool) -> i16 {
 /// a producer that hit a sequence error) the same id with its epoch bumped.
 pub async fn init_producer_id(
     shard: &Rc<Shard>,
+    caller: &Caller,
     version: i16,
     request: InitProducerIdRequest,
 ) -> Answer {
@@ -68,6 +72,7 @@ pub async fn init_producer_id(
     let current = (id >= 0).then_some((id, epoch));
     let result = ops::init_producer(
         shard,
+        caller,
         transactional_id,
         request.transaction_timeout_ms,
         current,
@@ -92,6 +97,7 @@ pub async fn init_producer_id(
 /// the others OPERATION_NOT_ATTEMPTED, as Kafka answers.
 pub async fn add_partitions_to_txn(
     shard: &Rc<Shard>,
+    caller: &Caller,
     version: i16,
     request: AddPartitionsToTxnRequest,
 ) -> Answer {
@@ -111,7 +117,7 @@ pub async fn add_partitions_to_txn(
         request.v3_and_below_producer_epoch,
     );
     let codes: Vec<(TopicPartition, i16)> =
-        ops::add_partitions_to_txn(shard, transactional_id, producer, partitions)
+        ops::add_partitions_to_txn(shard, caller, transactional_id, producer, partitions)
             .await
             .into_iter()
             .map(|(tp, result)| {
@@ -144,12 +150,14 @@ pub async fn add_partitions_to_txn(
 
 pub async fn add_offsets_to_txn(
     shard: &Rc<Shard>,
+    caller: &Caller,
     version: i16,
     request: AddOffsetsToTxnRequest,
 ) -> Answer {
     let producer = (request.producer_id.0, request.producer_epoch);
     let result = ops::add_offsets_to_txn(
         shard,
+        caller,
         request.transactional_id.to_string(),
         producer,
         request.group_id.to_string(),
@@ -160,10 +168,16 @@ pub async fn add_offsets_to_txn(
     (ResponseKind::AddOffsetsToTxn(response), code != 0)
 }
 
-pub async fn end_txn(shard: &Rc<Shard>, version: i16, request: EndTxnRequest) -> Answer {
+pub async fn end_txn(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    version: i16,
+    request: EndTxnRequest,
+) -> Answer {
     let producer = (request.producer_id.0, request.producer_epoch);
     let result = ops::end_txn(
         shard,
+        caller,
         request.transactional_id.to_string(),
         producer,
         request.committed,
@@ -179,6 +193,7 @@ pub async fn end_txn(shard: &Rc<Shard>, version: i16, request: EndTxnRequest) ->
 /// producer outside the group).
 pub async fn txn_offset_commit(
     shard: &Rc<Shard>,
+    caller: &Caller,
     version: i16,
     request: TxnOffsetCommitRequest,
 ) -> Answer {
@@ -209,22 +224,25 @@ pub async fn txn_offset_commit(
         .collect();
     let partitions: Vec<TopicPartition> = offsets.iter().map(|c| c.partition.clone()).collect();
     let producer = (request.producer_id.0, request.producer_epoch);
-    let results: Vec<(TopicPartition, i16)> =
-        match ops::txn_commit_offsets(shard, group, producer, member, offsets).await {
-            Ok(results) => results
-                .into_iter()
-                .map(|(tp, r)| {
-                    (
-                        tp,
-                        r.map_or_else(|e| coordinator_code(&e, version >= 2), |()| 0),
-                    )
-                })
-                .collect(),
-            Err(error) => {
-                let code = coordinator_code(&error, version >= 2);
-                partitions.into_iter().map(|tp| (tp, code)).collect()
-            }
-        };
+    let committed = match ops::may_txn(shard, caller, &request.transactional_id) {
+        Ok(()) => ops::txn_commit_offsets(shard, caller, group, producer, member, offsets).await,
+        Err(error) => Err(error),
+    };
+    let results: Vec<(TopicPartition, i16)> = match committed {
+        Ok(results) => results
+            .into_iter()
+            .map(|(tp, r)| {
+                (
+                    tp,
+                    r.map_or_else(|e| coordinator_code(&e, version >= 2), |()| 0),
+                )
+            })
+            .collect(),
+        Err(error) => {
+            let code = coordinator_code(&error, version >= 2);
+            partitions.into_iter().map(|tp| (tp, code)).collect()
+        }
+    };
     let failed = results.iter().any(|(_, code)| *code != 0);
     let topics = ops::group_by_topic(results)
         .into_iter()
@@ -248,7 +266,16 @@ pub async fn txn_offset_commit(
 }
 
 /// WriteTxnMarkers: a coordinator's markers for partitions this broker leads.
-pub async fn write_txn_markers(shard: &Rc<Shard>, request: WriteTxnMarkersRequest) -> Answer {
+pub async fn write_txn_markers(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    request: WriteTxnMarkersRequest,
+) -> Answer {
+    // Only brokers write markers: CLUSTER_ACTION, else every partition is refused.
+    let refused = shard
+        .authorizer
+        .check_cluster(caller, AclOperation::ClusterAction)
+        .err();
     let mut failed = false;
     let mut markers = Vec::with_capacity(request.markers.len());
     for marker in request.markers {
@@ -262,22 +289,13 @@ pub async fn write_txn_markers(shard: &Rc<Shard>, request: WriteTxnMarkersReques
                 })
             })
             .collect();
-        let results = ops::fan_out(
-            shard,
-            partitions,
-            |partition| ShardCall::WriteMarker {
-                partition,
-                producer_id: marker.producer_id.0,
-                producer_epoch: marker.producer_epoch,
-                commit: marker.transaction_result,
-                coordinator_epoch: marker.coordinator_epoch,
-            },
-            |answer| match answer {
-                ShardAnswer::Admin(result) => result,
-                other => Err(ops::unexpected(other)),
-            },
-        )
-        .await;
+        let results = match &refused {
+            Some(error) => partitions
+                .into_iter()
+                .map(|tp| (tp, Err(error.same())))
+                .collect(),
+            None => write_markers(shard, &marker, partitions).await,
+        };
         let codes: Vec<(TopicPartition, i16)> = results
             .into_iter()
             .map(|(tp, r)| (tp, r.map_or_else(|e| errors::code(&e), |()| 0)))
@@ -308,4 +326,28 @@ pub async fn write_txn_markers(shard: &Rc<Shard>, request: WriteTxnMarkersReques
     }
     let response = WriteTxnMarkersResponse::default().with_markers(markers);
     (ResponseKind::WriteTxnMarkers(response), failed)
+}
+
+/// Writes one marker to each of its partitions (at their owners).
+async fn write_markers(
+    shard: &Rc<Shard>,
+    marker: &WritableTxnMarker,
+    partitions: Vec<TopicPartition>,
+) -> Vec<(TopicPartition, crate::error::BrokerResult<()>)> {
+    ops::fan_out(
+        shard,
+        partitions,
+        |partition| ShardCall::WriteMarker {
+            partition,
+            producer_id: marker.producer_id.0,
+            producer_epoch: marker.producer_epoch,
+            commit: marker.transaction_result,
+            coordinator_epoch: marker.coordinator_epoch,
+        },
+        |answer| match answer {
+            ShardAnswer::Admin(result) => result,
+            other => Err(ops::unexpected(other)),
+        },
+    )
+    .await
 }

@@ -10,6 +10,8 @@ use weir_wire::native::{self, encode_prefix};
 
 use crate::error::{BrokerError, BrokerResult};
 use crate::router::TopicPartition;
+use crate::security::acl::{self, AclFilter};
+use weir_replication::AclBinding;
 
 /// A request with everything it needs owned, so its handling can outlive the frame header.
 #[derive(Debug)]
@@ -118,6 +120,16 @@ pub enum NativeRequest {
         /// `None`: every user.
         users: Option<Vec<String>>,
     },
+    /// Each ACL as decoded (an invalid one is refused alone).
+    CreateAcls {
+        acls: Vec<BrokerResult<AclBinding>>,
+    },
+    DescribeAcls {
+        filter: BrokerResult<AclFilter>,
+    },
+    DeleteAcls {
+        filters: Vec<BrokerResult<AclFilter>>,
+    },
 }
 
 /// A producer id and epoch.
@@ -161,6 +173,9 @@ impl NativeRequest {
             NativeRequest::TxnCommitOffsets { .. } => "txn_commit_offsets",
             NativeRequest::AlterScramCredentials { .. } => "alter_scram_credentials",
             NativeRequest::DescribeScramCredentials { .. } => "describe_scram_credentials",
+            NativeRequest::CreateAcls { .. } => "create_acls",
+            NativeRequest::DescribeAcls { .. } => "describe_acls",
+            NativeRequest::DeleteAcls { .. } => "delete_acls",
         }
     }
 }
@@ -539,8 +554,64 @@ pub fn decode(request: &schema::Request<'_>, payload: BytesMut) -> BrokerResult<
                 users: Some(users).filter(|u| !u.is_empty()),
             }
         }
+        Body::CreateAclsRequest => {
+            let r = request
+                .body_as_create_acls_request()
+                .ok_or_else(|| invalid("create acls body"))?;
+            NativeRequest::CreateAcls {
+                acls: r
+                    .acls()
+                    .iter()
+                    .flatten()
+                    .map(|a| {
+                        acl::binding(
+                            a.resource_type(),
+                            a.resource_name(),
+                            a.pattern(),
+                            a.principal(),
+                            a.host(),
+                            a.operation(),
+                            a.permission(),
+                        )
+                    })
+                    .collect(),
+            }
+        }
+        Body::DescribeAclsRequest => {
+            let r = request
+                .body_as_describe_acls_request()
+                .ok_or_else(|| invalid("describe acls body"))?;
+            NativeRequest::DescribeAcls {
+                filter: acl_filter(&r.filter()),
+            }
+        }
+        Body::DeleteAclsRequest => {
+            let r = request
+                .body_as_delete_acls_request()
+                .ok_or_else(|| invalid("delete acls body"))?;
+            NativeRequest::DeleteAcls {
+                filters: r
+                    .filters()
+                    .iter()
+                    .flatten()
+                    .map(|f| acl_filter(&f))
+                    .collect(),
+            }
+        }
         _ => return Err(invalid("unknown request type")),
     })
+}
+
+fn acl_filter(f: &schema::AclFilter<'_>) -> BrokerResult<AclFilter> {
+    AclFilter::new(
+        f.resource_type(),
+        f.resource_name(),
+        f.pattern(),
+        f.principal(),
+        f.host(),
+        f.operation(),
+        f.permission(),
+    )
 }
 
 /// Cuts each partition's records out of the payload. Slices must not overlap.

@@ -16,9 +16,10 @@ use super::codec::{self, NativeRequest, ResponseWriter, error_fields};
 use crate::error::{BrokerError, BrokerResult};
 use crate::ops::{self, Appended, FetchPartition, FetchResults, StartedProduce};
 use crate::router::{MemberClaim, PartitionStatus, ShardCall, TopicPartition};
-use crate::security::Principal;
+use crate::security::Caller;
 use crate::shard::Shard;
 use crate::topic::{ConfigChange, ConfigSource};
+use weir_replication::AclOperation;
 
 /// A response frame, and whether it reports a failure (for metrics).
 pub struct Reply {
@@ -50,7 +51,7 @@ pub async fn dispatch(
     shard: &Rc<Shard>,
     request: schema::Request<'_>,
     payload: BytesMut,
-    principal: &Rc<Principal>,
+    caller: &Rc<Caller>,
 ) -> ReplyFuture {
     let request_id = request.request_id();
     let request = match codec::decode(&request, payload) {
@@ -71,13 +72,13 @@ pub async fn dispatch(
             .into_iter()
             .map(|(tp, records)| (tp, ops::split_batches(shard, records)))
             .collect();
-        let started = ops::start_produce(shard, partitions, acks).await;
+        let started = ops::start_produce(shard, caller, partitions, acks).await;
         return Box::pin(async move { (api, finish_produce(request_id, acks, started).await) });
     }
     let shard = shard.clone();
-    let principal = principal.clone();
+    let caller = caller.clone();
     Box::pin(async move {
-        let result = handle(&shard, request_id, request, &principal).await;
+        let result = handle(&shard, request_id, request, &caller).await;
         let reply = match result {
             Ok(parts) => Reply {
                 parts,
@@ -96,21 +97,33 @@ async fn handle(
     shard: &Rc<Shard>,
     request_id: u64,
     request: NativeRequest,
-    principal: &Principal,
+    caller: &Caller,
 ) -> BrokerResult<Vec<Bytes>> {
+    // Brokers' own requests (the handshake, which brokers send too, is anyone's).
+    if matches!(
+        request,
+        NativeRequest::RaftMessages { .. }
+            | NativeRequest::ControllerCall { .. }
+            | NativeRequest::ReplicaFetch { .. }
+    ) {
+        shard
+            .authorizer
+            .check_cluster(caller, AclOperation::ClusterAction)?;
+    }
     match request {
         NativeRequest::Handshake {
             client_id,
             min_version,
             max_version,
         } => handshake(shard, request_id, &client_id, min_version, max_version),
-        NativeRequest::Metadata { topics } => metadata(shard, request_id, topics).await,
+        NativeRequest::Metadata { topics } => metadata(shard, caller, request_id, topics).await,
         NativeRequest::CreateTopic {
             name,
             partitions,
             configs,
             replication_factor,
         } => {
+            ops::may_create_topic(shard, caller, &name)?;
             let partitions = if partitions <= 0 {
                 shard.config.default_partitions
             } else {
@@ -130,6 +143,7 @@ async fn handle(
             .await
         }
         NativeRequest::DeleteTopic { name } => {
+            ops::may_topic(shard, caller, AclOperation::Delete, &name)?;
             admin(
                 shard,
                 request_id,
@@ -146,22 +160,34 @@ async fn handle(
             read_committed,
         } => {
             let limits = (max_wait_ms, min_bytes, max_bytes);
-            fetch(shard, request_id, limits, partitions, read_committed).await
+            fetch(
+                shard,
+                caller,
+                request_id,
+                limits,
+                partitions,
+                read_committed,
+            )
+            .await
         }
         NativeRequest::ListOffsets {
             partitions,
             read_committed,
-        } => list_offsets(shard, request_id, partitions, read_committed).await,
+        } => list_offsets(shard, caller, request_id, partitions, read_committed).await,
         NativeRequest::CommitOffsets { group, offsets } => {
-            commit_offsets(shard, request_id, group, offsets).await
+            commit_offsets(shard, caller, request_id, group, offsets).await
         }
         NativeRequest::FetchOffsets {
             group,
             topics,
             require_stable,
-        } => fetch_offsets(shard, request_id, group, topics, require_stable).await,
-        NativeRequest::ListGroups => list_groups(shard, request_id).await,
+        } => {
+            ops::may_group(shard, caller, AclOperation::Describe, &group)?;
+            fetch_offsets(shard, caller, request_id, group, topics, require_stable).await
+        }
+        NativeRequest::ListGroups => list_groups(shard, caller, request_id).await,
         NativeRequest::DescribeTopicConfigs { name } => {
+            ops::may_topic(shard, caller, AclOperation::DescribeConfigs, &name)?;
             describe_topic_configs(shard, request_id, &name)
         }
         NativeRequest::AlterTopicConfigs {
@@ -169,12 +195,18 @@ async fn handle(
             set,
             delete,
             validate_only,
-        } => alter_topic_configs(shard, request_id, &name, &set, &delete, validate_only).await,
+        } => {
+            ops::may_topic(shard, caller, AclOperation::AlterConfigs, &name)?;
+            alter_topic_configs(shard, request_id, &name, &set, &delete, validate_only).await
+        }
         NativeRequest::DescribeCluster => describe_cluster(shard, request_id),
         NativeRequest::MovePartition {
             partition,
             replicas,
         } => {
+            shard
+                .authorizer
+                .check_cluster(caller, AclOperation::Alter)?;
             ops::admin(
                 shard,
                 ShardCall::MovePartition {
@@ -213,7 +245,7 @@ async fn handle(
             current,
         } => {
             let (producer_id, producer_epoch) =
-                ops::init_producer(shard, transactional_id, timeout_ms, current).await?;
+                ops::init_producer(shard, caller, transactional_id, timeout_ms, current).await?;
             let mut w = ResponseWriter::new();
             let args = schema::InitProducerResponseArgs {
                 producer_id,
@@ -232,7 +264,8 @@ async fn handle(
             partitions,
         } => {
             let results =
-                ops::add_partitions_to_txn(shard, transactional_id, producer, partitions).await;
+                ops::add_partitions_to_txn(shard, caller, transactional_id, producer, partitions)
+                    .await;
             Ok(txn_partition_results(
                 request_id,
                 results,
@@ -244,7 +277,7 @@ async fn handle(
             producer,
             group,
         } => {
-            ops::add_offsets_to_txn(shard, transactional_id, producer, group).await?;
+            ops::add_offsets_to_txn(shard, caller, transactional_id, producer, group).await?;
             empty_response(request_id, schema::ResponseBody::AddOffsetsToTxnResponse)
         }
         NativeRequest::EndTxn {
@@ -252,7 +285,7 @@ async fn handle(
             producer,
             commit,
         } => {
-            ops::end_txn(shard, transactional_id, producer, commit).await?;
+            ops::end_txn(shard, caller, transactional_id, producer, commit).await?;
             empty_response(request_id, schema::ResponseBody::EndTxnResponse)
         }
         NativeRequest::TxnCommitOffsets {
@@ -260,7 +293,8 @@ async fn handle(
             group,
             offsets,
         } => {
-            let results = ops::txn_commit_offsets(shard, group, producer, None, offsets).await?;
+            let results =
+                ops::txn_commit_offsets(shard, caller, group, producer, None, offsets).await?;
             Ok(txn_partition_results(
                 request_id,
                 results,
@@ -271,18 +305,127 @@ async fn handle(
             upsertions,
             deletions,
         } => {
-            let results =
-                crate::security::users::alter(shard, principal, upsertions, deletions).await;
+            let results = crate::security::users::alter(shard, caller, upsertions, deletions).await;
             Ok(alter_scram_credentials_response(request_id, results))
         }
         NativeRequest::DescribeScramCredentials { users } => {
+            shard
+                .authorizer
+                .check_cluster(caller, AclOperation::Describe)?;
             let results = crate::security::users::describe(shard, users);
             Ok(describe_scram_credentials_response(request_id, results))
+        }
+        NativeRequest::CreateAcls { acls } => {
+            let results = crate::security::acl::create(shard, caller, acls).await;
+            Ok(acl_results(request_id, results))
+        }
+        NativeRequest::DescribeAcls { filter } => {
+            shard
+                .authorizer
+                .check_cluster(caller, AclOperation::Describe)?;
+            let acls = crate::security::acl::describe(shard, &filter?);
+            Ok(describe_acls_response(request_id, &acls))
+        }
+        NativeRequest::DeleteAcls { filters } => {
+            let results = crate::security::acl::delete(shard, caller, filters).await;
+            Ok(delete_acls_response(request_id, results))
         }
         NativeRequest::Produce { .. } => {
             Err(BrokerError::Internal("produce is dispatched apart".into()))
         }
     }
+}
+
+fn acl_binding<'a>(
+    b: &mut FlatBufferBuilder<'a>,
+    acl: &weir_replication::AclBinding,
+) -> WIPOffset<schema::AclBinding<'a>> {
+    let args = schema::AclBindingArgs {
+        resource_type: acl.resource_type.id(),
+        resource_name: Some(b.create_string(&acl.resource_name)),
+        pattern: acl.pattern.id(),
+        principal: Some(b.create_string(&acl.principal)),
+        host: Some(b.create_string(&acl.host)),
+        operation: acl.operation.id(),
+        permission: acl.permission.id(),
+    };
+    schema::AclBinding::create(b, &args)
+}
+
+fn acl_results(request_id: u64, results: Vec<BrokerResult<()>>) -> Vec<Bytes> {
+    let mut w = ResponseWriter::new();
+    let results: Vec<_> = results
+        .iter()
+        .map(|result| {
+            let (error, error_message) = error_fields(&mut w, result.as_ref().err());
+            let args = schema::AclResultArgs {
+                error,
+                error_message,
+            };
+            schema::AclResult::create(&mut w.builder, &args)
+        })
+        .collect();
+    let results = w.builder.create_vector(&results);
+    let args = schema::CreateAclsResponseArgs {
+        results: Some(results),
+    };
+    let body = schema::CreateAclsResponse::create(&mut w.builder, &args).as_union_value();
+    w.finish(
+        request_id,
+        None,
+        Some((schema::ResponseBody::CreateAclsResponse, body)),
+    )
+}
+
+fn describe_acls_response(request_id: u64, acls: &[weir_replication::AclBinding]) -> Vec<Bytes> {
+    let mut w = ResponseWriter::new();
+    let acls: Vec<_> = acls
+        .iter()
+        .map(|a| acl_binding(&mut w.builder, a))
+        .collect();
+    let acls = w.builder.create_vector(&acls);
+    let args = schema::DescribeAclsResponseArgs { acls: Some(acls) };
+    let body = schema::DescribeAclsResponse::create(&mut w.builder, &args).as_union_value();
+    w.finish(
+        request_id,
+        None,
+        Some((schema::ResponseBody::DescribeAclsResponse, body)),
+    )
+}
+
+fn delete_acls_response(
+    request_id: u64,
+    results: Vec<BrokerResult<Vec<weir_replication::AclBinding>>>,
+) -> Vec<Bytes> {
+    let mut w = ResponseWriter::new();
+    let results: Vec<_> = results
+        .iter()
+        .map(|result| {
+            let (error, error_message) = error_fields(&mut w, result.as_ref().err());
+            let acls: Vec<_> = result
+                .iter()
+                .flatten()
+                .map(|a| acl_binding(&mut w.builder, a))
+                .collect();
+            let acls = w.builder.create_vector(&acls);
+            let args = schema::DeleteAclsFilterResultArgs {
+                error,
+                error_message,
+                acls: Some(acls),
+            };
+            schema::DeleteAclsFilterResult::create(&mut w.builder, &args)
+        })
+        .collect();
+    let results = w.builder.create_vector(&results);
+    let args = schema::DeleteAclsResponseArgs {
+        results: Some(results),
+    };
+    let body = schema::DeleteAclsResponse::create(&mut w.builder, &args).as_union_value();
+    w.finish(
+        request_id,
+        None,
+        Some((schema::ResponseBody::DeleteAclsResponse, body)),
+    )
 }
 
 fn alter_scram_credentials_response(
@@ -700,11 +843,26 @@ async fn admin(
 
 async fn metadata(
     shard: &Rc<Shard>,
+    caller: &Caller,
     request_id: u64,
     topics: Option<Vec<String>>,
 ) -> BrokerResult<Vec<Bytes>> {
     let image = shard.image();
-    let names = topics.unwrap_or_else(|| image.topics.keys().cloned().collect());
+    // Topics the caller may not describe: left out of "every topic"; a named one is
+    // answered AuthorizationFailed whether it exists or not.
+    let described = |name: &String| ops::may_topic(shard, caller, AclOperation::Describe, name);
+    let (names, refused): (Vec<String>, Vec<String>) = match topics {
+        None => (
+            image
+                .topics
+                .keys()
+                .filter(|name| described(name).is_ok())
+                .cloned()
+                .collect(),
+            Vec::new(),
+        ),
+        Some(names) => names.into_iter().partition(|name| described(name).is_ok()),
+    };
     let statuses = ops::partition_statuses(shard, ops::partitions_of(shard, &names)).await;
     let mut w = ResponseWriter::new();
     let brokers: Vec<_> = image
@@ -727,6 +885,14 @@ async fn metadata(
     for name in &names {
         let info = topic_info(&mut w, shard, &image, name, &statuses);
         topic_infos.push(info);
+    }
+    for name in &refused {
+        let args = schema::TopicInfoArgs {
+            name: Some(w.string(name)),
+            error: ErrorCode::AuthorizationFailed,
+            ..Default::default()
+        };
+        topic_infos.push(schema::TopicInfo::create(&mut w.builder, &args));
     }
     let topics = w.builder.create_vector(&topic_infos);
     let body = schema::MetadataResponse::create(
@@ -827,6 +993,7 @@ fn topic_info<'a>(
 /// `limits`: max wait (ms), min bytes, max bytes.
 async fn fetch(
     shard: &Rc<Shard>,
+    caller: &Caller,
     request_id: u64,
     (max_wait_ms, min_bytes, max_bytes): (i32, i32, i32),
     partitions: Vec<(TopicPartition, i64, i32)>,
@@ -841,7 +1008,7 @@ async fn fetch(
             max_bytes,
         })
         .collect();
-    let mut results = ops::fetch(shard, wait, min_bytes, &partitions, read_committed).await;
+    let mut results = ops::fetch(shard, caller, wait, min_bytes, &partitions, read_committed).await;
     ops::limit_response_bytes(&mut results, max_bytes);
     Ok(fetch_response(request_id, results))
 }
@@ -898,11 +1065,12 @@ fn fetch_response(request_id: u64, results: FetchResults) -> Vec<Bytes> {
 
 async fn list_offsets(
     shard: &Rc<Shard>,
+    caller: &Caller,
     request_id: u64,
     partitions: Vec<(TopicPartition, OffsetSpec, i64)>,
     read_committed: bool,
 ) -> BrokerResult<Vec<Bytes>> {
-    let results = ops::list_offsets(shard, partitions, read_committed).await;
+    let results = ops::list_offsets(shard, caller, partitions, read_committed).await;
     let mut w = ResponseWriter::new();
     let topics = per_topic(
         &mut w,
@@ -945,12 +1113,13 @@ async fn list_offsets(
 
 async fn commit_offsets(
     shard: &Rc<Shard>,
+    caller: &Caller,
     request_id: u64,
     group: String,
     offsets: Vec<crate::router::OffsetCommit>,
 ) -> BrokerResult<Vec<Bytes>> {
     let results: Vec<(TopicPartition, ErrorCode)> =
-        ops::commit_offsets(shard, group, MemberClaim::none(), offsets)
+        ops::commit_offsets(shard, caller, group, MemberClaim::none(), offsets)
             .await?
             .into_iter()
             .map(|(tp, result)| (tp, result.map_or_else(|e| e.code(), |()| ErrorCode::None)))
@@ -991,6 +1160,7 @@ async fn commit_offsets(
 
 async fn fetch_offsets(
     shard: &Rc<Shard>,
+    caller: &Caller,
     request_id: u64,
     group: String,
     topics: Option<Vec<(String, Option<Vec<i32>>)>>,
@@ -1008,9 +1178,13 @@ async fn fetch_offsets(
             .find(|c| c.partition == *tp)
             .map(|c| (c.offset, c.metadata.clone()))
     };
+    let described = |topic: &str| ops::may_topic(shard, caller, AclOperation::Describe, topic);
     let wanted: Vec<(TopicPartition, Option<(i64, String)>)> = match topics {
+        // All of the group's offsets: those of topics the caller may not describe are
+        // left out; a topic named in the request is answered with the refusal.
         None => committed
             .iter()
+            .filter(|c| described(&c.partition.topic).is_ok())
             .map(|c| (c.partition.clone(), Some((c.offset, c.metadata.clone()))))
             .collect(),
         Some(topics) => {
@@ -1041,22 +1215,29 @@ async fn fetch_offsets(
     let wanted: Vec<_> = wanted
         .into_iter()
         .map(|(tp, found)| {
-            let unstable = unstable.contains(&tp);
-            (tp, (found, unstable))
+            let error = if described(&tp.topic).is_err() {
+                ErrorCode::AuthorizationFailed
+            } else if unstable.contains(&tp) {
+                ErrorCode::UnstableOffsetCommit
+            } else {
+                ErrorCode::None
+            };
+            (tp, (found, error))
         })
         .collect();
     let mut w = ResponseWriter::new();
     let topics = per_topic(
         &mut w,
         wanted,
-        |w, partition, (found, unstable): (Option<(i64, String)>, bool)| {
-            let metadata = found.as_ref().map(|(_, m)| w.string(m));
-            let offset = found.map_or(-1, |(o, _)| o);
-            let (offset, error) = if unstable {
-                (-1, ErrorCode::UnstableOffsetCommit)
-            } else {
-                (offset, ErrorCode::None)
+        |w, partition, (found, error): (Option<(i64, String)>, ErrorCode)| {
+            let (found, offset) = match error {
+                ErrorCode::None => {
+                    let offset = found.as_ref().map_or(-1, |(o, _)| *o);
+                    (found, offset)
+                }
+                _ => (None, -1),
             };
+            let metadata = found.as_ref().map(|(_, m)| w.string(m));
             let args = schema::CommittedPartitionArgs {
                 partition,
                 offset,
@@ -1089,8 +1270,12 @@ async fn fetch_offsets(
     ))
 }
 
-async fn list_groups(shard: &Rc<Shard>, request_id: u64) -> BrokerResult<Vec<Bytes>> {
-    let groups = ops::list_groups(shard).await?;
+async fn list_groups(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    request_id: u64,
+) -> BrokerResult<Vec<Bytes>> {
+    let groups = ops::list_groups_described(shard, caller).await?;
     let mut w = ResponseWriter::new();
     let names: Vec<_> = groups.iter().map(|(g, _, _)| w.string(g)).collect();
     let groups = w.builder.create_vector(&names);

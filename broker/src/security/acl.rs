@@ -8,13 +8,14 @@
 //! The index answers with a lookup per prefix of the name instead of a scan of every
 //! ACL; `tests` checks it against a plain reading of the rules on random ACL sets.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use weir_replication::{AclBinding, AclOperation, AclPatternType, AclPermission, AclResourceType};
 
-use super::Principal;
+use super::{Caller, Principal};
 use crate::error::{BrokerError, BrokerResult};
 use crate::ops;
 use crate::router::ShardCall;
@@ -27,14 +28,6 @@ pub struct AclIndex {
     prefixed: HashMap<(AclResourceType, String), Vec<Arc<AclBinding>>>,
     /// The lengths of the prefixed patterns of each type (to look up only those).
     prefix_lengths: HashMap<AclResourceType, Vec<usize>>,
-}
-
-/// Who asks, from where.
-#[derive(Debug, Clone, Copy)]
-pub struct Requester<'a> {
-    pub principal: &'a Principal,
-    /// The client's address (`127.0.0.1`).
-    pub host: &'a str,
 }
 
 /// The broker's authorization settings.
@@ -88,17 +81,17 @@ impl AclIndex {
         literal.chain(prefixed).map(|acl| &**acl)
     }
 
-    /// Whether `requester` may do `operation` on the resource.
+    /// Whether `caller` may do `operation` on the resource.
     pub fn authorize(
         &self,
         config: &AuthorizerConfig,
-        requester: Requester<'_>,
+        caller: &Caller,
         operation: AclOperation,
         resource_type: AclResourceType,
         name: &str,
     ) -> bool {
-        let principal = requester.principal.to_string();
-        if config.super_users.contains(&principal) {
+        let principal = caller.principal_text();
+        if config.super_users.iter().any(|u| u == principal) {
             return true;
         }
         let mut any = false;
@@ -106,7 +99,7 @@ impl AclIndex {
         for acl in self.matching(resource_type, name) {
             any = true;
             let who = acl.principal == principal || acl.principal == "User:*";
-            let from = acl.host == "*" || acl.host == requester.host;
+            let from = acl.host == "*" || acl.host == caller.host;
             if !(who && from) {
                 continue;
             }
@@ -127,6 +120,59 @@ impl AclIndex {
     }
 }
 
+impl AclIndex {
+    /// Whether `caller` may do `operation` on some resource of the type (Kafka's
+    /// `authorizeByResourceType`, for InitProducerId without a transactional id): an
+    /// ALLOW that no DENY covers, or no ACL of the type under `allow_if_no_acl`.
+    pub fn authorize_some(
+        &self,
+        config: &AuthorizerConfig,
+        caller: &Caller,
+        operation: AclOperation,
+        resource_type: AclResourceType,
+    ) -> bool {
+        let principal = caller.principal_text();
+        if config.super_users.iter().any(|u| u == principal) {
+            return true;
+        }
+        let of_type: Vec<&AclBinding> = self
+            .literal
+            .iter()
+            .chain(&self.prefixed)
+            .filter(|((t, _), _)| *t == resource_type)
+            .flat_map(|(_, acls)| acls.iter().map(|a| &**a))
+            .collect();
+        if of_type.is_empty() {
+            return config.allow_if_no_acl;
+        }
+        let applies = |acl: &&AclBinding| {
+            (acl.principal == principal || acl.principal == "User:*")
+                && (acl.host == "*" || acl.host == caller.host)
+        };
+        let denies: Vec<&AclBinding> = of_type
+            .iter()
+            .copied()
+            .filter(applies)
+            .filter(|a| a.permission == AclPermission::Deny)
+            .filter(|a| a.operation == operation || a.operation == AclOperation::All)
+            .collect();
+        let covers = |deny: &AclBinding, allow: &AclBinding| match deny.pattern {
+            AclPatternType::Literal => {
+                deny.resource_name == "*"
+                    || (allow.pattern == AclPatternType::Literal
+                        && deny.resource_name == allow.resource_name)
+            }
+            AclPatternType::Prefixed => allow.resource_name.starts_with(&deny.resource_name),
+        };
+        of_type
+            .iter()
+            .copied()
+            .filter(applies)
+            .filter(|a| a.permission == AclPermission::Allow && allows(a.operation, operation))
+            .any(|allow| !denies.iter().any(|deny| covers(deny, allow)))
+    }
+}
+
 /// Whether an ALLOW of `granted` covers `wanted`.
 fn allows(granted: AclOperation, wanted: AclOperation) -> bool {
     use AclOperation::*;
@@ -134,6 +180,99 @@ fn allows(granted: AclOperation, wanted: AclOperation) -> bool {
         || granted == wanted
         || (wanted == Describe && matches!(granted, Read | Write | Delete | Alter))
         || (wanted == DescribeConfigs && granted == AlterConfigs)
+}
+
+/// The broker's enforcement of the ACLs: off unless `authorizer_enabled`; on, every
+/// request is checked against an index of the current metadata's ACLs, rebuilt when
+/// they change (`update`, on each metadata image).
+#[derive(Debug)]
+pub struct Authorizer {
+    /// `None`: authorization is off and everything is allowed.
+    config: Option<AuthorizerConfig>,
+    /// The ACLs the index was built from (compared by pointer) and the index.
+    index: RefCell<(Arc<BTreeSet<AclBinding>>, Rc<AclIndex>)>,
+}
+
+impl Authorizer {
+    pub fn new(config: Option<AuthorizerConfig>) -> Authorizer {
+        Authorizer {
+            config,
+            index: RefCell::default(),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.config.is_some()
+    }
+
+    /// Takes the ACLs of a new metadata image (a pointer comparison when they did not
+    /// change).
+    pub fn update(&self, acls: &Arc<BTreeSet<AclBinding>>) {
+        if self.config.is_none() || Arc::ptr_eq(&self.index.borrow().0, acls) {
+            return;
+        }
+        *self.index.borrow_mut() = (acls.clone(), Rc::new(AclIndex::new(acls.iter())));
+    }
+
+    /// Whether `caller` may do `operation` on the resource.
+    pub fn allows(
+        &self,
+        caller: &Caller,
+        operation: AclOperation,
+        resource_type: AclResourceType,
+        name: &str,
+    ) -> bool {
+        let Some(config) = &self.config else {
+            return true;
+        };
+        let index = self.index.borrow().1.clone();
+        index.authorize(config, caller, operation, resource_type, name)
+    }
+
+    /// Whether `caller` may do `operation` on some resource of the type.
+    pub fn allows_some(
+        &self,
+        caller: &Caller,
+        operation: AclOperation,
+        resource_type: AclResourceType,
+    ) -> bool {
+        let Some(config) = &self.config else {
+            return true;
+        };
+        let index = self.index.borrow().1.clone();
+        index.authorize_some(config, caller, operation, resource_type)
+    }
+
+    /// `allows` as a result: the error names who was refused what, with the Kafka code
+    /// of the resource type (TOPIC_, GROUP_, CLUSTER_ or
+    /// TRANSACTIONAL_ID_AUTHORIZATION_FAILED).
+    pub fn check(
+        &self,
+        caller: &Caller,
+        operation: AclOperation,
+        resource_type: AclResourceType,
+        name: &str,
+    ) -> BrokerResult<()> {
+        if self.allows(caller, operation, resource_type, name) {
+            return Ok(());
+        }
+        Err(BrokerError::Unauthorized {
+            principal: caller.principal.to_string(),
+            operation,
+            resource_type,
+            name: name.to_string(),
+        })
+    }
+
+    /// `check` on the cluster resource.
+    pub fn check_cluster(&self, caller: &Caller, operation: AclOperation) -> BrokerResult<()> {
+        self.check(
+            caller,
+            operation,
+            AclResourceType::Cluster,
+            CLUSTER_RESOURCE,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -253,14 +392,13 @@ mod tests {
             super_users: case.super_users.clone(),
             allow_if_no_acl: case.allow_if_no_acl,
         };
-        let principal = Principal::user(case.user.trim_start_matches("User:"));
-        let requester = Requester {
-            principal: &principal,
-            host: case.host,
-        };
+        let caller = Caller::new(
+            Principal::user(case.user.trim_start_matches("User:")),
+            case.host,
+        );
         index.authorize(
             &config,
-            requester,
+            &caller,
             case.operation,
             case.resource_type,
             case.name,
@@ -343,6 +481,84 @@ mod tests {
         );
     }
 
+    /// InitProducerId's rule: an ALLOW of WRITE on some topic, unless a DENY covers that
+    /// ALLOW's pattern.
+    #[test]
+    fn some_topic_is_writable_unless_a_deny_covers_the_allow() {
+        use AclOperation::*;
+        use AclPatternType::*;
+        use AclPermission::*;
+        let config = AuthorizerConfig::default();
+        let alice = Caller::new(Principal::user("alice"), "10.0.0.1");
+        let some = |acls: &[AclBinding]| {
+            AclIndex::new(acls).authorize_some(&config, &alice, Write, AclResourceType::Topic)
+        };
+        let write = acl("orders-", Prefixed, "User:alice", Write, Allow);
+        assert!(some(std::slice::from_ref(&write)));
+        assert!(!some(&[acl(
+            "orders-",
+            Prefixed,
+            "User:alice",
+            Read,
+            Allow
+        )]));
+        assert!(!some(&[
+            write.clone(),
+            acl("orders", Prefixed, "User:*", Write, Deny)
+        ]));
+        assert!(!some(&[
+            write.clone(),
+            acl("*", Literal, "User:alice", All, Deny)
+        ]));
+        assert!(
+            some(&[
+                write.clone(),
+                acl("orders-eu", Literal, "User:alice", Write, Deny)
+            ]),
+            "a literal DENY inside the prefix leaves the rest writable"
+        );
+        let superuser = AuthorizerConfig {
+            super_users: vec!["User:alice".into()],
+            allow_if_no_acl: false,
+        };
+        assert!(AclIndex::new(&[]).authorize_some(
+            &superuser,
+            &alice,
+            Write,
+            AclResourceType::Topic
+        ));
+    }
+
+    /// The index follows the metadata's ACLs, and an authorizer that is off allows all.
+    #[test]
+    fn the_authorizer_follows_new_acls_and_is_off_unless_enabled() {
+        let alice = Caller::new(Principal::user("alice"), "10.0.0.1");
+        let read =
+            |a: &Authorizer| a.allows(&alice, AclOperation::Read, AclResourceType::Topic, "t");
+        let off = Authorizer::new(None);
+        assert!(read(&off));
+        let on = Authorizer::new(Some(AuthorizerConfig::default()));
+        assert!(!read(&on));
+        let acls = Arc::new(BTreeSet::from([acl(
+            "t",
+            AclPatternType::Literal,
+            "User:alice",
+            AclOperation::Read,
+            AclPermission::Allow,
+        )]));
+        on.update(&acls);
+        assert!(read(&on));
+        let error = on
+            .check(&alice, AclOperation::Write, AclResourceType::Topic, "t")
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "User:alice is not allowed WRITE on TOPIC t"
+        );
+        on.update(&Arc::new(BTreeSet::new()));
+        assert!(!read(&on));
+    }
+
     #[test]
     fn deny_wins_and_describe_is_implied() {
         use AclOperation::*;
@@ -354,14 +570,8 @@ mod tests {
         ];
         let index = AclIndex::new(&acls);
         let config = AuthorizerConfig::default();
-        let alice = Principal::user("alice");
-        let ask = |op, name| {
-            let requester = Requester {
-                principal: &alice,
-                host: "10.0.0.1",
-            };
-            index.authorize(&config, requester, op, AclResourceType::Topic, name)
-        };
+        let alice = Caller::new(Principal::user("alice"), "10.0.0.1");
+        let ask = |op, name| index.authorize(&config, &alice, op, AclResourceType::Topic, name);
         assert!(ask(Read, "orders-eu"));
         assert!(ask(Describe, "orders-eu"), "READ implies DESCRIBE");
         assert!(!ask(Write, "orders-eu"));
@@ -539,13 +749,13 @@ pub fn describe(shard: &Shard, filter: &AclFilter) -> Vec<AclBinding> {
 }
 
 /// Adds the valid bindings (one metadata record for all of them); each binding's result.
-/// All are refused unless `principal` may manage security (`super::may_manage_security`).
+/// All are refused unless `caller` may manage security (`super::may_manage_security`).
 pub async fn create(
     shard: &Rc<Shard>,
-    principal: &Principal,
+    caller: &Caller,
     bindings: Vec<BrokerResult<AclBinding>>,
 ) -> Vec<BrokerResult<()>> {
-    let bindings = refused_unless_allowed(shard, principal, bindings);
+    let bindings = refused_unless_allowed(shard, caller, bindings);
     let added: Vec<AclBinding> = bindings
         .iter()
         .filter_map(|b| b.as_ref().ok())
@@ -571,13 +781,13 @@ pub async fn create(
 }
 
 /// Removes every ACL a valid filter selects; per filter, the ACLs it removed. All are
-/// refused unless `principal` may manage security.
+/// refused unless `caller` may manage security.
 pub async fn delete(
     shard: &Rc<Shard>,
-    principal: &Principal,
+    caller: &Caller,
     filters: Vec<BrokerResult<AclFilter>>,
 ) -> Vec<BrokerResult<Vec<AclBinding>>> {
-    let filters = refused_unless_allowed(shard, principal, filters);
+    let filters = refused_unless_allowed(shard, caller, filters);
     let matched: Vec<BrokerResult<Vec<AclBinding>>> = filters
         .into_iter()
         .map(|filter| filter.map(|f| describe(shard, &f)))
@@ -604,13 +814,13 @@ pub async fn delete(
         .collect()
 }
 
-/// `items` as they are if `principal` may manage security, else each one refused.
+/// `items` as they are if `caller` may manage security, else each one refused.
 fn refused_unless_allowed<T>(
     shard: &Shard,
-    principal: &Principal,
+    caller: &Caller,
     items: Vec<BrokerResult<T>>,
 ) -> Vec<BrokerResult<T>> {
-    match super::may_manage_security(shard, principal) {
+    match super::may_manage_security(shard, caller) {
         Ok(()) => items,
         Err(error) => items.into_iter().map(|_| Err(error.same())).collect(),
     }

@@ -154,21 +154,59 @@ impl fmt::Display for Principal {
     }
 }
 
-/// Whether `principal` may change users' credentials and the ACLs. With `super_users`
-/// set, only they may; without, anyone who reaches the broker may (the broker warns at
-/// start when it has secured listeners but no super users). Until ACLs are enforced,
-/// this is the one authorization the broker does.
+/// Who sends a request and from where: what authorization decides on. Built once per
+/// connection (again after SASL names the principal), so a check allocates nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub principal: Principal,
+    /// `User:NAME`, as ACLs name principals.
+    principal_text: String,
+    /// The client's address as ACLs name hosts (`127.0.0.1`).
+    pub host: String,
+}
+
+impl Caller {
+    pub fn new(principal: Principal, host: impl Into<String>) -> Caller {
+        Caller {
+            principal_text: principal.to_string(),
+            principal,
+            host: host.into(),
+        }
+    }
+
+    /// The principal as ACLs and `super_users` write it (`User:alice`).
+    pub fn principal_text(&self) -> &str {
+        &self.principal_text
+    }
+}
+
+/// Whether `caller` may change users' credentials and the ACLs. With the authorizer on,
+/// that is ALTER on the cluster; with it off and `super_users` set, only they may;
+/// with neither, anyone who reaches the broker may (the broker warns at start when it
+/// has secured listeners but no super users).
 pub fn may_manage_security(
     shard: &crate::shard::Shard,
-    principal: &Principal,
+    caller: &Caller,
 ) -> crate::error::BrokerResult<()> {
+    use weir_replication::{AclOperation, AclResourceType};
+    if shard.authorizer.enabled() {
+        return shard.authorizer.check(
+            caller,
+            AclOperation::Alter,
+            AclResourceType::Cluster,
+            acl::CLUSTER_RESOURCE,
+        );
+    }
     let super_users = &shard.config.super_users;
-    if super_users.is_empty() || super_users.iter().any(|u| *u == principal.to_string()) {
+    if super_users.is_empty() || super_users.iter().any(|u| u == caller.principal_text()) {
         return Ok(());
     }
     Err(crate::error::BrokerError::Kafka {
         code: kafka_protocol::ResponseError::ClusterAuthorizationFailed.code(),
-        message: format!("{principal} may not change credentials or ACLs (not in super_users)"),
+        message: format!(
+            "{} may not change credentials or ACLs (not in super_users)",
+            caller.principal
+        ),
     })
 }
 

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use kafka_protocol::ResponseError;
 use weir_replication::{ScramCredential, ScramMechanism};
 
-use super::{Principal, scram};
+use super::{Caller, scram};
 use crate::error::{BrokerError, BrokerResult};
 use crate::ops;
 use crate::router::ShardCall;
@@ -53,14 +53,14 @@ fn mechanism(id: i8) -> BrokerResult<ScramMechanism> {
 
 /// Applies the changes, Kafka's way: per user, all of its changes or (if one of them is
 /// wrong) none; the result of each user, in the order users first appear. Every user is
-/// refused unless `principal` may manage security (`super::may_manage_security`).
+/// refused unless `caller` may manage security (`super::may_manage_security`).
 pub async fn alter(
     shard: &Rc<Shard>,
-    principal: &Principal,
+    caller: &Caller,
     upsertions: Vec<Upsertion>,
     deletions: Vec<Deletion>,
 ) -> Vec<(String, BrokerResult<()>)> {
-    let allowed = super::may_manage_security(shard, principal);
+    let allowed = super::may_manage_security(shard, caller);
     let image = shard.image();
     type Change = (String, ScramMechanism, Option<ScramCredential>);
     let mut users: Vec<(String, BrokerResult<Vec<Change>>)> = Vec::new();

@@ -13,10 +13,10 @@ pub mod protocol {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 37;
+pub const ENUM_MAX_ERROR_CODE: i16 = 38;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 38] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 39] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::InvalidRequest,
@@ -55,6 +55,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 38] = [
   ErrorCode::UnstableOffsetCommit,
   ErrorCode::CoordinatorNotAvailable,
   ErrorCode::OperationNotAttempted,
+  ErrorCode::AuthorizationFailed,
 ];
 
 /// Errors, in every response. 0 is success.
@@ -124,9 +125,11 @@ impl ErrorCode {
   pub const CoordinatorNotAvailable: Self = Self(36);
   /// Not attempted because another part of the request failed.
   pub const OperationNotAttempted: Self = Self(37);
+  /// The broker's ACLs do not allow the principal this (`error_message` says what).
+  pub const AuthorizationFailed: Self = Self(38);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 37;
+  pub const ENUM_MAX: i16 = 38;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -166,6 +169,7 @@ impl ErrorCode {
     Self::UnstableOffsetCommit,
     Self::CoordinatorNotAvailable,
     Self::OperationNotAttempted,
+    Self::AuthorizationFailed,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -208,6 +212,7 @@ impl ErrorCode {
       Self::UnstableOffsetCommit => Some("UnstableOffsetCommit"),
       Self::CoordinatorNotAvailable => Some("CoordinatorNotAvailable"),
       Self::OperationNotAttempted => Some("OperationNotAttempted"),
+      Self::AuthorizationFailed => Some("AuthorizationFailed"),
       _ => None,
     }
   }
@@ -627,10 +632,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ConfigSource {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 24;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 27;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 25] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 28] = [
   RequestBody::NONE,
   RequestBody::HandshakeRequest,
   RequestBody::MetadataRequest,
@@ -656,6 +661,9 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 25] = [
   RequestBody::TxnCommitOffsetsRequest,
   RequestBody::AlterScramCredentialsRequest,
   RequestBody::DescribeScramCredentialsRequest,
+  RequestBody::CreateAclsRequest,
+  RequestBody::DescribeAclsRequest,
+  RequestBody::DeleteAclsRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -688,9 +696,12 @@ impl RequestBody {
   pub const TxnCommitOffsetsRequest: Self = Self(22);
   pub const AlterScramCredentialsRequest: Self = Self(23);
   pub const DescribeScramCredentialsRequest: Self = Self(24);
+  pub const CreateAclsRequest: Self = Self(25);
+  pub const DescribeAclsRequest: Self = Self(26);
+  pub const DeleteAclsRequest: Self = Self(27);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 24;
+  pub const ENUM_MAX: u8 = 27;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeRequest,
@@ -717,6 +728,9 @@ impl RequestBody {
     Self::TxnCommitOffsetsRequest,
     Self::AlterScramCredentialsRequest,
     Self::DescribeScramCredentialsRequest,
+    Self::CreateAclsRequest,
+    Self::DescribeAclsRequest,
+    Self::DeleteAclsRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -746,6 +760,9 @@ impl RequestBody {
       Self::TxnCommitOffsetsRequest => Some("TxnCommitOffsetsRequest"),
       Self::AlterScramCredentialsRequest => Some("AlterScramCredentialsRequest"),
       Self::DescribeScramCredentialsRequest => Some("DescribeScramCredentialsRequest"),
+      Self::CreateAclsRequest => Some("CreateAclsRequest"),
+      Self::DescribeAclsRequest => Some("DescribeAclsRequest"),
+      Self::DeleteAclsRequest => Some("DeleteAclsRequest"),
       _ => None,
     }
   }
@@ -805,10 +822,10 @@ pub struct RequestBodyUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 24;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 27;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 25] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 28] = [
   ResponseBody::NONE,
   ResponseBody::HandshakeResponse,
   ResponseBody::MetadataResponse,
@@ -834,6 +851,9 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 25] = [
   ResponseBody::TxnCommitOffsetsResponse,
   ResponseBody::AlterScramCredentialsResponse,
   ResponseBody::DescribeScramCredentialsResponse,
+  ResponseBody::CreateAclsResponse,
+  ResponseBody::DescribeAclsResponse,
+  ResponseBody::DeleteAclsResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -866,9 +886,12 @@ impl ResponseBody {
   pub const TxnCommitOffsetsResponse: Self = Self(22);
   pub const AlterScramCredentialsResponse: Self = Self(23);
   pub const DescribeScramCredentialsResponse: Self = Self(24);
+  pub const CreateAclsResponse: Self = Self(25);
+  pub const DescribeAclsResponse: Self = Self(26);
+  pub const DeleteAclsResponse: Self = Self(27);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 24;
+  pub const ENUM_MAX: u8 = 27;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeResponse,
@@ -895,6 +918,9 @@ impl ResponseBody {
     Self::TxnCommitOffsetsResponse,
     Self::AlterScramCredentialsResponse,
     Self::DescribeScramCredentialsResponse,
+    Self::CreateAclsResponse,
+    Self::DescribeAclsResponse,
+    Self::DeleteAclsResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -924,6 +950,9 @@ impl ResponseBody {
       Self::TxnCommitOffsetsResponse => Some("TxnCommitOffsetsResponse"),
       Self::AlterScramCredentialsResponse => Some("AlterScramCredentialsResponse"),
       Self::DescribeScramCredentialsResponse => Some("DescribeScramCredentialsResponse"),
+      Self::CreateAclsResponse => Some("CreateAclsResponse"),
+      Self::DescribeAclsResponse => Some("DescribeAclsResponse"),
+      Self::DeleteAclsResponse => Some("DeleteAclsResponse"),
       _ => None,
     }
   }
@@ -11323,6 +11352,1236 @@ impl ::core::fmt::Debug for DescribeScramCredentialsResponse<'_> {
       ds.finish()
   }
 }
+pub enum AclBindingOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// An ACL, with Kafka's ids: resource_type 2 TOPIC, 3 GROUP, 4 CLUSTER (named
+/// `kafka-cluster`), 5 TRANSACTIONAL_ID; pattern 3 LITERAL, 4 PREFIXED; operation 2 ALL,
+/// 3 READ, 4 WRITE, 5 CREATE, 6 DELETE, 7 ALTER, 8 DESCRIBE, 9 CLUSTER_ACTION,
+/// 10 DESCRIBE_CONFIGS, 11 ALTER_CONFIGS, 12 IDEMPOTENT_WRITE; permission 2 DENY, 3 ALLOW.
+pub struct AclBinding<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AclBinding<'a> {
+  type Inner = AclBinding<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AclBinding<'a> {
+  pub const VT_RESOURCE_TYPE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_RESOURCE_NAME: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PATTERN: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PRINCIPAL: ::flatbuffers::VOffsetT = 10;
+  pub const VT_HOST: ::flatbuffers::VOffsetT = 12;
+  pub const VT_OPERATION: ::flatbuffers::VOffsetT = 14;
+  pub const VT_PERMISSION: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AclBinding { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AclBindingArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AclBinding<'bldr>> {
+    let mut builder = AclBindingBuilder::new(_fbb);
+    if let Some(x) = args.host { builder.add_host(x); }
+    if let Some(x) = args.principal { builder.add_principal(x); }
+    if let Some(x) = args.resource_name { builder.add_resource_name(x); }
+    builder.add_permission(args.permission);
+    builder.add_operation(args.operation);
+    builder.add_pattern(args.pattern);
+    builder.add_resource_type(args.resource_type);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn resource_type(&self) -> i8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i8>(AclBinding::VT_RESOURCE_TYPE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn resource_name(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AclBinding::VT_RESOURCE_NAME, None).unwrap()}
+  }
+  #[inline]
+  pub fn pattern(&self) -> i8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i8>(AclBinding::VT_PATTERN, Some(0)).unwrap()}
+  }
+  /// `User:NAME`, or `User:*` for every principal.
+  #[inline]
+  pub fn principal(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AclBinding::VT_PRINCIPAL, None).unwrap()}
+  }
+  /// A client address, or `*`.
+  #[inline]
+  pub fn host(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AclBinding::VT_HOST, None).unwrap()}
+  }
+  #[inline]
+  pub fn operation(&self) -> i8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i8>(AclBinding::VT_OPERATION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn permission(&self) -> i8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i8>(AclBinding::VT_PERMISSION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AclBinding<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i8>("resource_type", Self::VT_RESOURCE_TYPE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("resource_name", Self::VT_RESOURCE_NAME, true)?
+     .visit_field::<i8>("pattern", Self::VT_PATTERN, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("principal", Self::VT_PRINCIPAL, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("host", Self::VT_HOST, true)?
+     .visit_field::<i8>("operation", Self::VT_OPERATION, false)?
+     .visit_field::<i8>("permission", Self::VT_PERMISSION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AclBindingArgs<'a> {
+    pub resource_type: i8,
+    pub resource_name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub pattern: i8,
+    pub principal: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub host: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub operation: i8,
+    pub permission: i8,
+}
+impl<'a> Default for AclBindingArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AclBindingArgs {
+      resource_type: 0,
+      resource_name: None, // required field
+      pattern: 0,
+      principal: None, // required field
+      host: None, // required field
+      operation: 0,
+      permission: 0,
+    }
+  }
+}
+
+pub struct AclBindingBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AclBindingBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_resource_type(&mut self, resource_type: i8) {
+    self.fbb_.push_slot::<i8>(AclBinding::VT_RESOURCE_TYPE, resource_type, 0);
+  }
+  #[inline]
+  pub fn add_resource_name(&mut self, resource_name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AclBinding::VT_RESOURCE_NAME, resource_name);
+  }
+  #[inline]
+  pub fn add_pattern(&mut self, pattern: i8) {
+    self.fbb_.push_slot::<i8>(AclBinding::VT_PATTERN, pattern, 0);
+  }
+  #[inline]
+  pub fn add_principal(&mut self, principal: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AclBinding::VT_PRINCIPAL, principal);
+  }
+  #[inline]
+  pub fn add_host(&mut self, host: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AclBinding::VT_HOST, host);
+  }
+  #[inline]
+  pub fn add_operation(&mut self, operation: i8) {
+    self.fbb_.push_slot::<i8>(AclBinding::VT_OPERATION, operation, 0);
+  }
+  #[inline]
+  pub fn add_permission(&mut self, permission: i8) {
+    self.fbb_.push_slot::<i8>(AclBinding::VT_PERMISSION, permission, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AclBindingBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AclBindingBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AclBinding<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, AclBinding::VT_RESOURCE_NAME,"resource_name");
+    self.fbb_.required(o, AclBinding::VT_PRINCIPAL,"principal");
+    self.fbb_.required(o, AclBinding::VT_HOST,"host");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AclBinding<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AclBinding");
+      ds.field("resource_type", &self.resource_type());
+      ds.field("resource_name", &self.resource_name());
+      ds.field("pattern", &self.pattern());
+      ds.field("principal", &self.principal());
+      ds.field("host", &self.host());
+      ds.field("operation", &self.operation());
+      ds.field("permission", &self.permission());
+      ds.finish()
+  }
+}
+pub enum AclFilterOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Which ACLs to describe or delete (Kafka's AclBindingFilter): the ids of AclBinding,
+/// or 1 (ANY) for any; pattern 2 (MATCH) selects what applies to the named resource (its
+/// literal name, `*`, and its prefixes). A string left out matches any.
+pub struct AclFilter<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AclFilter<'a> {
+  type Inner = AclFilter<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AclFilter<'a> {
+  pub const VT_RESOURCE_TYPE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_RESOURCE_NAME: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PATTERN: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PRINCIPAL: ::flatbuffers::VOffsetT = 10;
+  pub const VT_HOST: ::flatbuffers::VOffsetT = 12;
+  pub const VT_OPERATION: ::flatbuffers::VOffsetT = 14;
+  pub const VT_PERMISSION: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AclFilter { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AclFilterArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AclFilter<'bldr>> {
+    let mut builder = AclFilterBuilder::new(_fbb);
+    if let Some(x) = args.host { builder.add_host(x); }
+    if let Some(x) = args.principal { builder.add_principal(x); }
+    if let Some(x) = args.resource_name { builder.add_resource_name(x); }
+    builder.add_permission(args.permission);
+    builder.add_operation(args.operation);
+    builder.add_pattern(args.pattern);
+    builder.add_resource_type(args.resource_type);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn resource_type(&self) -> i8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i8>(AclFilter::VT_RESOURCE_TYPE, Some(1)).unwrap()}
+  }
+  #[inline]
+  pub fn resource_name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AclFilter::VT_RESOURCE_NAME, None)}
+  }
+  #[inline]
+  pub fn pattern(&self) -> i8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i8>(AclFilter::VT_PATTERN, Some(1)).unwrap()}
+  }
+  #[inline]
+  pub fn principal(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AclFilter::VT_PRINCIPAL, None)}
+  }
+  #[inline]
+  pub fn host(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AclFilter::VT_HOST, None)}
+  }
+  #[inline]
+  pub fn operation(&self) -> i8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i8>(AclFilter::VT_OPERATION, Some(1)).unwrap()}
+  }
+  #[inline]
+  pub fn permission(&self) -> i8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i8>(AclFilter::VT_PERMISSION, Some(1)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AclFilter<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i8>("resource_type", Self::VT_RESOURCE_TYPE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("resource_name", Self::VT_RESOURCE_NAME, false)?
+     .visit_field::<i8>("pattern", Self::VT_PATTERN, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("principal", Self::VT_PRINCIPAL, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("host", Self::VT_HOST, false)?
+     .visit_field::<i8>("operation", Self::VT_OPERATION, false)?
+     .visit_field::<i8>("permission", Self::VT_PERMISSION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AclFilterArgs<'a> {
+    pub resource_type: i8,
+    pub resource_name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub pattern: i8,
+    pub principal: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub host: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub operation: i8,
+    pub permission: i8,
+}
+impl<'a> Default for AclFilterArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AclFilterArgs {
+      resource_type: 1,
+      resource_name: None,
+      pattern: 1,
+      principal: None,
+      host: None,
+      operation: 1,
+      permission: 1,
+    }
+  }
+}
+
+pub struct AclFilterBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AclFilterBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_resource_type(&mut self, resource_type: i8) {
+    self.fbb_.push_slot::<i8>(AclFilter::VT_RESOURCE_TYPE, resource_type, 1);
+  }
+  #[inline]
+  pub fn add_resource_name(&mut self, resource_name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AclFilter::VT_RESOURCE_NAME, resource_name);
+  }
+  #[inline]
+  pub fn add_pattern(&mut self, pattern: i8) {
+    self.fbb_.push_slot::<i8>(AclFilter::VT_PATTERN, pattern, 1);
+  }
+  #[inline]
+  pub fn add_principal(&mut self, principal: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AclFilter::VT_PRINCIPAL, principal);
+  }
+  #[inline]
+  pub fn add_host(&mut self, host: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AclFilter::VT_HOST, host);
+  }
+  #[inline]
+  pub fn add_operation(&mut self, operation: i8) {
+    self.fbb_.push_slot::<i8>(AclFilter::VT_OPERATION, operation, 1);
+  }
+  #[inline]
+  pub fn add_permission(&mut self, permission: i8) {
+    self.fbb_.push_slot::<i8>(AclFilter::VT_PERMISSION, permission, 1);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AclFilterBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AclFilterBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AclFilter<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AclFilter<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AclFilter");
+      ds.field("resource_type", &self.resource_type());
+      ds.field("resource_name", &self.resource_name());
+      ds.field("pattern", &self.pattern());
+      ds.field("principal", &self.principal());
+      ds.field("host", &self.host());
+      ds.field("operation", &self.operation());
+      ds.field("permission", &self.permission());
+      ds.finish()
+  }
+}
+pub enum CreateAclsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct CreateAclsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CreateAclsRequest<'a> {
+  type Inner = CreateAclsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CreateAclsRequest<'a> {
+  pub const VT_ACLS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CreateAclsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CreateAclsRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CreateAclsRequest<'bldr>> {
+    let mut builder = CreateAclsRequestBuilder::new(_fbb);
+    if let Some(x) = args.acls { builder.add_acls(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn acls(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclBinding<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclBinding>>>>(CreateAclsRequest::VT_ACLS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CreateAclsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<AclBinding>>>>("acls", Self::VT_ACLS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CreateAclsRequestArgs<'a> {
+    pub acls: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclBinding<'a>>>>>,
+}
+impl<'a> Default for CreateAclsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CreateAclsRequestArgs {
+      acls: None,
+    }
+  }
+}
+
+pub struct CreateAclsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CreateAclsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_acls(&mut self, acls: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<AclBinding<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CreateAclsRequest::VT_ACLS, acls);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CreateAclsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CreateAclsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CreateAclsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CreateAclsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CreateAclsRequest");
+      ds.field("acls", &self.acls());
+      ds.finish()
+  }
+}
+pub enum AclResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AclResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AclResult<'a> {
+  type Inner = AclResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AclResult<'a> {
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR_MESSAGE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AclResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AclResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AclResult<'bldr>> {
+    let mut builder = AclResultBuilder::new(_fbb);
+    if let Some(x) = args.error_message { builder.add_error_message(x); }
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(AclResult::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn error_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AclResult::VT_ERROR_MESSAGE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AclResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AclResultArgs<'a> {
+    pub error: ErrorCode,
+    pub error_message: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for AclResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AclResultArgs {
+      error: ErrorCode::None,
+      error_message: None,
+    }
+  }
+}
+
+pub struct AclResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AclResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(AclResult::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_error_message(&mut self, error_message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AclResult::VT_ERROR_MESSAGE, error_message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AclResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AclResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AclResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AclResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AclResult");
+      ds.field("error", &self.error());
+      ds.field("error_message", &self.error_message());
+      ds.finish()
+  }
+}
+pub enum CreateAclsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One result per ACL of the request, in its order.
+pub struct CreateAclsResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CreateAclsResponse<'a> {
+  type Inner = CreateAclsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CreateAclsResponse<'a> {
+  pub const VT_RESULTS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CreateAclsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CreateAclsResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CreateAclsResponse<'bldr>> {
+    let mut builder = CreateAclsResponseBuilder::new(_fbb);
+    if let Some(x) = args.results { builder.add_results(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn results(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclResult>>>>(CreateAclsResponse::VT_RESULTS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CreateAclsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<AclResult>>>>("results", Self::VT_RESULTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CreateAclsResponseArgs<'a> {
+    pub results: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclResult<'a>>>>>,
+}
+impl<'a> Default for CreateAclsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CreateAclsResponseArgs {
+      results: None,
+    }
+  }
+}
+
+pub struct CreateAclsResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CreateAclsResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_results(&mut self, results: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<AclResult<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CreateAclsResponse::VT_RESULTS, results);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CreateAclsResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CreateAclsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CreateAclsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CreateAclsResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CreateAclsResponse");
+      ds.field("results", &self.results());
+      ds.finish()
+  }
+}
+pub enum DescribeAclsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeAclsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DescribeAclsRequest<'a> {
+  type Inner = DescribeAclsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DescribeAclsRequest<'a> {
+  pub const VT_FILTER: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DescribeAclsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DescribeAclsRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DescribeAclsRequest<'bldr>> {
+    let mut builder = DescribeAclsRequestBuilder::new(_fbb);
+    if let Some(x) = args.filter { builder.add_filter(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn filter(&self) -> AclFilter<'a> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<AclFilter>>(DescribeAclsRequest::VT_FILTER, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DescribeAclsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<AclFilter>>("filter", Self::VT_FILTER, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeAclsRequestArgs<'a> {
+    pub filter: Option<::flatbuffers::WIPOffset<AclFilter<'a>>>,
+}
+impl<'a> Default for DescribeAclsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DescribeAclsRequestArgs {
+      filter: None, // required field
+    }
+  }
+}
+
+pub struct DescribeAclsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeAclsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_filter(&mut self, filter: ::flatbuffers::WIPOffset<AclFilter<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<AclFilter>>(DescribeAclsRequest::VT_FILTER, filter);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DescribeAclsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DescribeAclsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeAclsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, DescribeAclsRequest::VT_FILTER,"filter");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DescribeAclsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeAclsRequest");
+      ds.field("filter", &self.filter());
+      ds.finish()
+  }
+}
+pub enum DescribeAclsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeAclsResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DescribeAclsResponse<'a> {
+  type Inner = DescribeAclsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DescribeAclsResponse<'a> {
+  pub const VT_ACLS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DescribeAclsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DescribeAclsResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DescribeAclsResponse<'bldr>> {
+    let mut builder = DescribeAclsResponseBuilder::new(_fbb);
+    if let Some(x) = args.acls { builder.add_acls(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn acls(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclBinding<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclBinding>>>>(DescribeAclsResponse::VT_ACLS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DescribeAclsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<AclBinding>>>>("acls", Self::VT_ACLS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeAclsResponseArgs<'a> {
+    pub acls: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclBinding<'a>>>>>,
+}
+impl<'a> Default for DescribeAclsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DescribeAclsResponseArgs {
+      acls: None,
+    }
+  }
+}
+
+pub struct DescribeAclsResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeAclsResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_acls(&mut self, acls: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<AclBinding<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DescribeAclsResponse::VT_ACLS, acls);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DescribeAclsResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DescribeAclsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeAclsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DescribeAclsResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeAclsResponse");
+      ds.field("acls", &self.acls());
+      ds.finish()
+  }
+}
+pub enum DeleteAclsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DeleteAclsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DeleteAclsRequest<'a> {
+  type Inner = DeleteAclsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DeleteAclsRequest<'a> {
+  pub const VT_FILTERS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DeleteAclsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DeleteAclsRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DeleteAclsRequest<'bldr>> {
+    let mut builder = DeleteAclsRequestBuilder::new(_fbb);
+    if let Some(x) = args.filters { builder.add_filters(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn filters(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclFilter<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclFilter>>>>(DeleteAclsRequest::VT_FILTERS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DeleteAclsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<AclFilter>>>>("filters", Self::VT_FILTERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DeleteAclsRequestArgs<'a> {
+    pub filters: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclFilter<'a>>>>>,
+}
+impl<'a> Default for DeleteAclsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DeleteAclsRequestArgs {
+      filters: None,
+    }
+  }
+}
+
+pub struct DeleteAclsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteAclsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_filters(&mut self, filters: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<AclFilter<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DeleteAclsRequest::VT_FILTERS, filters);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeleteAclsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DeleteAclsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DeleteAclsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DeleteAclsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DeleteAclsRequest");
+      ds.field("filters", &self.filters());
+      ds.finish()
+  }
+}
+pub enum DeleteAclsFilterResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The ACLs one filter deleted, or why it deleted none.
+pub struct DeleteAclsFilterResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DeleteAclsFilterResult<'a> {
+  type Inner = DeleteAclsFilterResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DeleteAclsFilterResult<'a> {
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR_MESSAGE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ACLS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DeleteAclsFilterResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DeleteAclsFilterResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DeleteAclsFilterResult<'bldr>> {
+    let mut builder = DeleteAclsFilterResultBuilder::new(_fbb);
+    if let Some(x) = args.acls { builder.add_acls(x); }
+    if let Some(x) = args.error_message { builder.add_error_message(x); }
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(DeleteAclsFilterResult::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn error_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(DeleteAclsFilterResult::VT_ERROR_MESSAGE, None)}
+  }
+  #[inline]
+  pub fn acls(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclBinding<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclBinding>>>>(DeleteAclsFilterResult::VT_ACLS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DeleteAclsFilterResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<AclBinding>>>>("acls", Self::VT_ACLS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DeleteAclsFilterResultArgs<'a> {
+    pub error: ErrorCode,
+    pub error_message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub acls: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclBinding<'a>>>>>,
+}
+impl<'a> Default for DeleteAclsFilterResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DeleteAclsFilterResultArgs {
+      error: ErrorCode::None,
+      error_message: None,
+      acls: None,
+    }
+  }
+}
+
+pub struct DeleteAclsFilterResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteAclsFilterResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(DeleteAclsFilterResult::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_error_message(&mut self, error_message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DeleteAclsFilterResult::VT_ERROR_MESSAGE, error_message);
+  }
+  #[inline]
+  pub fn add_acls(&mut self, acls: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<AclBinding<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DeleteAclsFilterResult::VT_ACLS, acls);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeleteAclsFilterResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DeleteAclsFilterResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DeleteAclsFilterResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DeleteAclsFilterResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DeleteAclsFilterResult");
+      ds.field("error", &self.error());
+      ds.field("error_message", &self.error_message());
+      ds.field("acls", &self.acls());
+      ds.finish()
+  }
+}
+pub enum DeleteAclsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DeleteAclsResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DeleteAclsResponse<'a> {
+  type Inner = DeleteAclsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DeleteAclsResponse<'a> {
+  pub const VT_RESULTS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DeleteAclsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DeleteAclsResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DeleteAclsResponse<'bldr>> {
+    let mut builder = DeleteAclsResponseBuilder::new(_fbb);
+    if let Some(x) = args.results { builder.add_results(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn results(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<DeleteAclsFilterResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<DeleteAclsFilterResult>>>>(DeleteAclsResponse::VT_RESULTS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DeleteAclsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<DeleteAclsFilterResult>>>>("results", Self::VT_RESULTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DeleteAclsResponseArgs<'a> {
+    pub results: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<DeleteAclsFilterResult<'a>>>>>,
+}
+impl<'a> Default for DeleteAclsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DeleteAclsResponseArgs {
+      results: None,
+    }
+  }
+}
+
+pub struct DeleteAclsResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteAclsResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_results(&mut self, results: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<DeleteAclsFilterResult<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DeleteAclsResponse::VT_RESULTS, results);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeleteAclsResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DeleteAclsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DeleteAclsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DeleteAclsResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DeleteAclsResponse");
+      ds.field("results", &self.results());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -11718,6 +12977,48 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_create_acls_request(&self) -> Option<CreateAclsRequest<'a>> {
+    if self.body_type() == RequestBody::CreateAclsRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { CreateAclsRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_acls_request(&self) -> Option<DescribeAclsRequest<'a>> {
+    if self.body_type() == RequestBody::DescribeAclsRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { DescribeAclsRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_delete_acls_request(&self) -> Option<DeleteAclsRequest<'a>> {
+    if self.body_type() == RequestBody::DeleteAclsRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { DeleteAclsRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -11753,6 +13054,9 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           RequestBody::TxnCommitOffsetsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TxnCommitOffsetsRequest>>("RequestBody::TxnCommitOffsetsRequest", pos),
           RequestBody::AlterScramCredentialsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterScramCredentialsRequest>>("RequestBody::AlterScramCredentialsRequest", pos),
           RequestBody::DescribeScramCredentialsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeScramCredentialsRequest>>("RequestBody::DescribeScramCredentialsRequest", pos),
+          RequestBody::CreateAclsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CreateAclsRequest>>("RequestBody::CreateAclsRequest", pos),
+          RequestBody::DescribeAclsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeAclsRequest>>("RequestBody::DescribeAclsRequest", pos),
+          RequestBody::DeleteAclsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteAclsRequest>>("RequestBody::DeleteAclsRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -11978,6 +13282,27 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         RequestBody::DescribeScramCredentialsRequest => {
           if let Some(x) = self.body_as_describe_scram_credentials_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::CreateAclsRequest => {
+          if let Some(x) = self.body_as_create_acls_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::DescribeAclsRequest => {
+          if let Some(x) = self.body_as_describe_acls_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::DeleteAclsRequest => {
+          if let Some(x) = self.body_as_delete_acls_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -12428,6 +13753,51 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_create_acls_response(&self) -> Option<CreateAclsResponse<'a>> {
+    if self.body_type() == ResponseBody::CreateAclsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CreateAclsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_acls_response(&self) -> Option<DescribeAclsResponse<'a>> {
+    if self.body_type() == ResponseBody::DescribeAclsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DescribeAclsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_delete_acls_response(&self) -> Option<DeleteAclsResponse<'a>> {
+    if self.body_type() == ResponseBody::DeleteAclsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DeleteAclsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -12465,6 +13835,9 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           ResponseBody::TxnCommitOffsetsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TxnCommitOffsetsResponse>>("ResponseBody::TxnCommitOffsetsResponse", pos),
           ResponseBody::AlterScramCredentialsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterScramCredentialsResponse>>("ResponseBody::AlterScramCredentialsResponse", pos),
           ResponseBody::DescribeScramCredentialsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeScramCredentialsResponse>>("ResponseBody::DescribeScramCredentialsResponse", pos),
+          ResponseBody::CreateAclsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CreateAclsResponse>>("ResponseBody::CreateAclsResponse", pos),
+          ResponseBody::DescribeAclsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeAclsResponse>>("ResponseBody::DescribeAclsResponse", pos),
+          ResponseBody::DeleteAclsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteAclsResponse>>("ResponseBody::DeleteAclsResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -12703,6 +14076,27 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         ResponseBody::DescribeScramCredentialsResponse => {
           if let Some(x) = self.body_as_describe_scram_credentials_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::CreateAclsResponse => {
+          if let Some(x) = self.body_as_create_acls_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::DescribeAclsResponse => {
+          if let Some(x) = self.body_as_describe_acls_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::DeleteAclsResponse => {
+          if let Some(x) = self.body_as_delete_acls_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
