@@ -43,6 +43,8 @@ struct Access {
     limits: Arc<ConnectionLimits>,
     /// The native listeners carry the brokers' own traffic too: counted, never refused.
     unlimited: Arc<ConnectionLimits>,
+    /// Client quotas' usage, counted across the shards.
+    quotas: Arc<crate::security::quotas::QuotaManager>,
 }
 
 /// Runs the broker until SIGTERM or SIGINT, then stops it gracefully.
@@ -68,6 +70,8 @@ pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
         }
     }
     let limits = ConnectionLimits::new(config.connection_limits()?);
+    let quotas =
+        crate::security::quotas::QuotaManager::new(Duration::from_millis(config.quota_burst_ms));
     let unlimited = ConnectionLimits::new(Default::default());
     let tls = match config.tls_settings()? {
         Some(settings) => Some(Arc::new(TlsServer::new(&settings).context("TLS")?)),
@@ -120,6 +124,7 @@ pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
             tls: tls.clone(),
             limits: limits.clone(),
             unlimited: unlimited.clone(),
+            quotas: quotas.clone(),
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("weir-shard-{id}"))
@@ -190,6 +195,7 @@ async fn run_shard(
         router.clone(),
         lifecycle.shutdown.clone(),
         lifecycle.controller.clone(),
+        access.quotas.clone(),
     )?;
     let executor = glommio::executor();
     let requests = executor.create_task_queue(

@@ -94,6 +94,9 @@ pub struct BrokerConfig {
     /// With the authorizer on, whether a resource no ACL matches is open to everyone
     /// (Kafka's `allow.everyone.if.no.acl.found`).
     pub allow_everyone_if_no_acl_found: bool,
+    /// How far ahead of its quota a client may run before it is throttled (a burst of
+    /// this many milliseconds' worth of its quota).
+    pub quota_burst_ms: u64,
     /// The SASL mechanisms SASL listeners offer (Kafka's `sasl.enabled.mechanisms`).
     pub sasl_enabled_mechanisms: Vec<String>,
     /// How long a failed authentication waits before it is answered (Kafka's
@@ -231,6 +234,7 @@ impl Default for BrokerConfig {
             super_users: Vec::new(),
             authorizer_enabled: false,
             allow_everyone_if_no_acl_found: false,
+            quota_burst_ms: 500,
             sasl_enabled_mechanisms: crate::security::sasl::MECHANISMS
                 .iter()
                 .map(|m| m.to_string())

@@ -87,6 +87,9 @@ pub struct ShardMetrics {
     /// creation rate.
     pub connections_refused: Cell<u64>,
     pub connections_throttled: Cell<u64>,
+    /// Requests over a client quota, and the milliseconds their connections were held.
+    pub quota_throttled: Cell<u64>,
+    pub quota_throttle_ms: Cell<u64>,
     pub memory_in_use: Cell<u64>,
     pub compaction: Cell<CompactionTotals>,
 }
@@ -125,6 +128,8 @@ impl Default for ShardMetrics {
             authentication_failures: Cell::new(0),
             connections_refused: Cell::new(0),
             connections_throttled: Cell::new(0),
+            quota_throttled: Cell::new(0),
+            quota_throttle_ms: Cell::new(0),
             memory_in_use: Cell::new(0),
             compaction: Cell::new(CompactionTotals::default()),
         }
@@ -185,6 +190,8 @@ impl ShardMetrics {
             authentication_failures: self.authentication_failures.get(),
             connections_refused: self.connections_refused.get(),
             connections_throttled: self.connections_throttled.get(),
+            quota_throttled: self.quota_throttled.get(),
+            quota_throttle_ms: self.quota_throttle_ms.get(),
             memory_in_use: self.memory_in_use.get(),
             compaction: self.compaction.get(),
             cache_bytes,
@@ -214,6 +221,8 @@ pub struct ShardMetricsSnapshot {
     pub authentication_failures: u64,
     pub connections_refused: u64,
     pub connections_throttled: u64,
+    pub quota_throttled: u64,
+    pub quota_throttle_ms: u64,
     pub memory_in_use: u64,
     pub compaction: CompactionTotals,
     pub cache_bytes: u64,
@@ -368,6 +377,18 @@ pub fn render(snapshots: &[ShardMetricsSnapshot]) -> String {
         "counter",
         "Accepts delayed by max_connection_creation_rate.",
         &mut per_shard(|s| s.connections_throttled).into_iter(),
+    );
+    family(
+        "weir_quota_throttled_total",
+        "counter",
+        "Requests over a client quota (their connections are held off).",
+        &mut per_shard(|s| s.quota_throttled).into_iter(),
+    );
+    family(
+        "weir_quota_throttle_milliseconds_total",
+        "counter",
+        "Milliseconds connections over a client quota were held off.",
+        &mut per_shard(|s| s.quota_throttle_ms).into_iter(),
     );
     family(
         "weir_shard_memory_bytes",

@@ -143,10 +143,10 @@ pub struct Accepted {
 impl Accepted {
     /// Who the connection is and where from, for authorization.
     pub fn caller(&self) -> Caller {
-        let host = self
-            .stream
-            .peer_addr()
-            .map_or_else(|_| "unknown".to_string(), |a| a.ip().to_string());
+        let host = self.stream.peer_addr().map_or_else(
+            |_| "unknown".to_string(),
+            |a| a.ip().to_canonical().to_string(),
+        );
         Caller::new(self.principal.clone(), host)
     }
 }

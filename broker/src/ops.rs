@@ -47,6 +47,37 @@ pub struct Appended {
     pub log_start_offset: i64,
 }
 
+/// Who produces: the caller, and the transactional id it names (Kafka's Produce carries
+/// it; a transactional batch needs WRITE on it, with the authorizer on).
+#[derive(Debug, Clone, Copy)]
+pub struct Producing<'a> {
+    pub caller: &'a Caller,
+    pub transactional_id: Option<&'a str>,
+}
+
+impl Producing<'_> {
+    /// Kafka's rule: transactional batches are taken only with a transactional id the
+    /// caller may WRITE (else any producer could write into another's transaction).
+    fn may_write_transactions(&self, shard: &Shard, batches: &[BytesMut]) -> BrokerResult<()> {
+        if !shard.authorizer.enabled() {
+            return Ok(());
+        }
+        let transactional = batches.iter().any(|b| {
+            weir_wire::batch::BatchHeader::parse(b).is_ok_and(|h| h.attributes.is_transactional())
+        });
+        if !transactional {
+            return Ok(());
+        }
+        match self.transactional_id {
+            Some(id) => may_txn(shard, self.caller, id),
+            None => Err(BrokerError::kafka(
+                kafka_protocol::ResponseError::TransactionalIdAuthorizationFailed,
+                "transactional batches need the producer's transactional id",
+            )),
+        }
+    }
+}
+
 /// A produce request's appends, started at their owners in request order.
 pub type StartedProduce = Vec<(TopicPartition, BrokerResult<Pending>)>;
 
@@ -55,15 +86,21 @@ pub type StartedProduce = Vec<(TopicPartition, BrokerResult<Pending>)>;
 /// record batches, already split.
 pub async fn start_produce(
     shard: &Rc<Shard>,
-    caller: &Caller,
+    producer: Producing<'_>,
     partitions: Vec<(TopicPartition, BrokerResult<Vec<BytesMut>>)>,
     acks: Acks,
 ) -> StartedProduce {
     let mut started = Vec::with_capacity(partitions.len());
     for (partition, batches) in partitions {
         let pending = async {
-            may_topic(shard, caller, AclOperation::Write, &partition.topic)?;
+            may_topic(
+                shard,
+                producer.caller,
+                AclOperation::Write,
+                &partition.topic,
+            )?;
             let batches = batches?;
+            producer.may_write_transactions(shard, &batches)?;
             let owner = shard.owner(&partition)?;
             let call = ShardCall::Produce {
                 partition: partition.clone(),
@@ -200,28 +237,35 @@ pub async fn fetch(
 ) -> FetchResults {
     // Partitions the caller may not read are answered at once and left out of the wait
     // (which an error would otherwise end early, every time).
-    let refused: Vec<Option<BrokerError>> = partitions
-        .iter()
-        .map(|p| may_topic(shard, caller, AclOperation::Read, &p.partition.topic).err())
-        .collect();
-    if refused.iter().all(Option::is_none) {
+    let may_read =
+        |p: &FetchPartition| may_topic(shard, caller, AclOperation::Read, &p.partition.topic);
+    if !shard.authorizer.enabled() || partitions.iter().all(|p| may_read(p).is_ok()) {
         return fetch_allowed(shard, max_wait, min_bytes, partitions, read_committed).await;
     }
+    let refused: Vec<Option<BrokerError>> = partitions.iter().map(|p| may_read(p).err()).collect();
     let allowed: Vec<FetchPartition> = partitions
         .iter()
         .zip(&refused)
         .filter(|(_, r)| r.is_none())
         .map(|(p, _)| p.clone())
         .collect();
-    let mut read = fetch_allowed(shard, max_wait, min_bytes, &allowed, read_committed)
-        .await
-        .into_iter();
+    // Nothing to read: the refusals are the whole answer, now.
+    let mut read = if allowed.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        fetch_allowed(shard, max_wait, min_bytes, &allowed, read_committed)
+            .await
+            .into_iter()
+    };
     partitions
         .iter()
         .zip(refused)
-        .filter_map(|(p, refusal)| match refusal {
-            Some(error) => Some((p.partition.clone(), Err(error))),
-            None => read.next(),
+        .map(|(p, refusal)| match refusal {
+            Some(error) => (p.partition.clone(), Err(error)),
+            None => read.next().unwrap_or_else(|| {
+                let missing = BrokerError::Internal("a fetch result is missing".into());
+                (p.partition.clone(), Err(missing))
+            }),
         })
         .collect()
 }
@@ -327,8 +371,10 @@ async fn wait_for_data(
             }));
         }
     }
+    // With nothing to watch (an empty fetch, as a consumer whose partitions are all
+    // paused sends) the wait is the whole timeout, as Kafka's is, not a busy loop.
     let any = futures_lite::future::poll_fn(|cx| {
-        if waits.is_empty() || waits.iter_mut().any(|w| w.as_mut().poll(cx).is_ready()) {
+        if waits.iter_mut().any(|w| w.as_mut().poll(cx).is_ready()) {
             std::task::Poll::Ready(())
         } else {
             std::task::Poll::Pending
@@ -441,6 +487,9 @@ pub async fn list_offsets(
     partitions: Vec<(TopicPartition, OffsetSpec, i64)>,
     read_committed: bool,
 ) -> Vec<(TopicPartition, BrokerResult<(i64, i64)>)> {
+    if !shard.authorizer.enabled() {
+        return list_offsets_allowed(shard, partitions, read_committed).await;
+    }
     let (partitions, refused) = split_refused(partitions, |(tp, _, _)| {
         may_topic(shard, caller, AclOperation::Describe, &tp.topic)
     });
@@ -697,11 +746,10 @@ pub async fn add_partitions_to_txn(
         return all_refused(partitions, &error);
     }
     // A partition the caller may not write fails the request as an unknown one does.
-    let refused: Vec<Option<BrokerError>> = partitions
-        .iter()
-        .map(|tp| may_topic(shard, caller, AclOperation::Write, &tp.topic).err())
-        .collect();
-    if refused.iter().any(Option::is_some) {
+    let may_write = |tp: &TopicPartition| may_topic(shard, caller, AclOperation::Write, &tp.topic);
+    if shard.authorizer.enabled() && partitions.iter().any(|tp| may_write(tp).is_err()) {
+        let refused: Vec<Option<BrokerError>> =
+            partitions.iter().map(|tp| may_write(tp).err()).collect();
         return partitions
             .into_iter()
             .zip(refused)

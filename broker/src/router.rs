@@ -146,6 +146,10 @@ pub enum ShardCall {
         added: Vec<weir_replication::AclBinding>,
         removed: Vec<weir_replication::AclBinding>,
     },
+    /// Shard 0: sets or removes client quotas.
+    AlterClientQuotas {
+        changes: Vec<(weir_replication::QuotaEntity, String, Option<u64>)>,
+    },
     /// Shard 0: sets or removes users' SCRAM credentials.
     AlterScramCredentials {
         changes: Vec<(

@@ -85,6 +85,8 @@ pub struct Shard {
     metadata: RefCell<Arc<MetadataImage>>,
     /// The ACLs of `metadata`, enforced when `authorizer_enabled`.
     pub authorizer: crate::security::acl::Authorizer,
+    /// Client quotas' usage, shared with the other shards.
+    pub quotas: Arc<crate::security::quotas::QuotaManager>,
     /// Whether this broker is registered and unfenced in `metadata` (it leads only then).
     active: Cell<bool>,
     /// Set once `is_ready` first holds.
@@ -138,6 +140,7 @@ impl Shard {
         router: Rc<Router>,
         shutdown: Arc<AtomicBool>,
         controller: Arc<std::sync::atomic::AtomicI32>,
+        quotas: Arc<crate::security::quotas::QuotaManager>,
     ) -> anyhow::Result<Rc<Shard>> {
         let limits = GroupLimits {
             min_session_timeout_ms: config.group_min_session_timeout_ms,
@@ -167,6 +170,7 @@ impl Shard {
             producer_ids: Cell::new((0, 0)),
             metadata: RefCell::new(Arc::new(MetadataImage::default())),
             authorizer,
+            quotas,
             active: Cell::new(false),
             ready: Cell::new(false),
             metadata_changed: Event::new(),
@@ -186,6 +190,32 @@ impl Shard {
 
     pub fn image(&self) -> Arc<MetadataImage> {
         self.metadata.borrow().clone()
+    }
+
+    /// Counts `amount` of a client's usage against the quota that applies to it; how
+    /// long its connection must now hold off (zero, at the cost of one check, when no
+    /// quota is set).
+    pub fn throttle(
+        &self,
+        kind: crate::security::quotas::QuotaKind,
+        caller: &crate::security::Caller,
+        client_id: &str,
+        amount: u64,
+    ) -> Duration {
+        let image = self.metadata.borrow();
+        if image.quotas.is_empty() {
+            return Duration::ZERO;
+        }
+        let now = std::time::Instant::now();
+        let user = &caller.principal.name;
+        let throttle = self
+            .quotas
+            .record(&image.quotas, kind, user, client_id, amount, now);
+        if !throttle.is_zero() {
+            ShardMetrics::add(&self.metrics.quota_throttled, 1);
+            ShardMetrics::add(&self.metrics.quota_throttle_ms, throttle.as_millis() as u64);
+        }
+        throttle
     }
 
     /// Resolves once the shard is shutting down. Waits on an event rather than a timer, so
@@ -511,6 +541,11 @@ impl Shard {
             }
             ShardCall::AlterAcls { added, removed } => ShardAnswer::Admin(
                 self.ask_controller(ControllerRequest::AlterAcls { added, removed })
+                    .await
+                    .map(|_| ()),
+            ),
+            ShardCall::AlterClientQuotas { changes } => ShardAnswer::Admin(
+                self.ask_controller(ControllerRequest::AlterClientQuotas { changes })
                     .await
                     .map(|_| ()),
             ),

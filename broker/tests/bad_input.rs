@@ -64,6 +64,7 @@ fn produce_request(id: u64, topic: &str, partition: i32, records: &[u8]) -> Vec<
             acks: schema::Acks::All,
             timeout_ms: 5000,
             topics: Some(topics),
+            transactional_id: None,
         },
     );
     let request = schema::Request::create(

@@ -893,6 +893,7 @@ impl Client {
         acks: Acks,
         timeout_ms: i32,
         records: &[(String, i32, Bytes)],
+        transactional_id: Option<&str>,
     ) -> ClientResult<PendingResponse> {
         let mut offset = 0u32;
         let mut slices = Vec::with_capacity(records.len());
@@ -919,12 +920,14 @@ impl Client {
                 };
                 schema::ProduceTopic::create(b, &args)
             });
+            let transactional_id = transactional_id.map(|id| b.create_string(id));
             schema::ProduceRequest::create(
                 b,
                 &schema::ProduceRequestArgs {
                     acks,
                     timeout_ms,
                     topics: Some(topics),
+                    transactional_id,
                 },
             )
             .as_union_value()
@@ -1299,6 +1302,18 @@ impl Client {
         timeout_ms: i32,
         records: Vec<(String, i32, Bytes)>,
     ) -> ClientResult<Vec<ProduceResult>> {
+        self.produce_as(acks, timeout_ms, records, None).await
+    }
+
+    /// `produce` for a transactional producer, which names its transactional id (with the
+    /// broker's authorizer on, its transactional batches need WRITE on it).
+    pub async fn produce_as(
+        &self,
+        acks: Acks,
+        timeout_ms: i32,
+        records: Vec<(String, i32, Bytes)>,
+        transactional_id: Option<&str>,
+    ) -> ClientResult<Vec<ProduceResult>> {
         // Routing (which may await metadata or a new connection) and writing happen in
         // the order of the calls: a producer's batches for a partition must reach its
         // leader in the order they were made.
@@ -1324,7 +1339,8 @@ impl Client {
                 Some(node) => {
                     let pending = match self.connection_to(*node).await {
                         Ok(connection) => {
-                            Self::send_produce(&connection, acks, timeout_ms, &subset).await
+                            let id = transactional_id;
+                            Self::send_produce(&connection, acks, timeout_ms, &subset, id).await
                         }
                         Err(error) => Err(error),
                     };

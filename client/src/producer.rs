@@ -406,7 +406,7 @@ impl Producer {
             state.transaction.groups.insert(group.to_string());
         }
         let result = client
-            .txn_commit_offsets(group, self.producer(), offsets)
+            .txn_commit_offsets(transactional_id, group, self.producer(), offsets)
             .await;
         self.note_failure(&result);
         result
@@ -754,7 +754,12 @@ async fn send_request(inner: &Inner, batches: Vec<SealedBatch>) {
         .collect();
     let result = inner
         .client
-        .produce(inner.config.acks, inner.config.request_timeout_ms, records)
+        .produce_as(
+            inner.config.acks,
+            inner.config.request_timeout_ms,
+            records,
+            inner.config.transactional_id.as_deref(),
+        )
         .await;
     let mut retry = Vec::new();
     for batch in batches {

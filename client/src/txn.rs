@@ -193,6 +193,7 @@ impl Client {
     /// when it commits, and vanish if it aborts.
     pub async fn txn_commit_offsets(
         &self,
+        transactional_id: &str,
         group: &str,
         producer: ProducerId,
         offsets: &[(String, i32, i64)],
@@ -201,11 +202,13 @@ impl Client {
             let build = |b: &mut flatbuffers::FlatBufferBuilder<'static>| {
                 let topics = commit_topics(b, offsets);
                 let group = b.create_string(group);
+                let transactional_id = b.create_string(transactional_id);
                 let args = schema::TxnCommitOffsetsRequestArgs {
                     producer_id: producer.0,
                     producer_epoch: producer.1,
                     group: Some(group),
                     topics: Some(topics),
+                    transactional_id: Some(transactional_id),
                 };
                 schema::TxnCommitOffsetsRequest::create(b, &args).as_union_value()
             };

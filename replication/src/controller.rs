@@ -16,7 +16,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::metadata::{
     AclBinding, Endpoint, MetadataImage, MetadataRecord, NO_LEADER, NodeId, PartitionState,
-    Replica, ScramCredential, ScramMechanism,
+    QuotaEntity, Replica, ScramCredential, ScramMechanism,
 };
 
 /// The partition count and replica count limits of one request, so that no request can
@@ -111,6 +111,10 @@ pub enum ControllerRequest {
     /// Sets or (`None`) removes users' SCRAM credentials, all together.
     AlterScramCredentials {
         changes: Vec<(String, ScramMechanism, Option<ScramCredential>)>,
+    },
+    /// Sets or (`None`) removes client quotas, all together.
+    AlterClientQuotas {
+        changes: Vec<(QuotaEntity, String, Option<u64>)>,
     },
 }
 
@@ -311,6 +315,16 @@ impl Controller {
                     removed: removed.clone(),
                 }]))
             }
+            ControllerRequest::AlterClientQuotas { changes } => Ok(Decision::done(
+                changes
+                    .iter()
+                    .map(|(entity, key, value)| MetadataRecord::ClientQuotaChanged {
+                        entity: entity.clone(),
+                        key: key.clone(),
+                        value: *value,
+                    })
+                    .collect(),
+            )),
             ControllerRequest::AlterScramCredentials { changes } => Ok(Decision::done(
                 changes
                     .iter()

@@ -23,8 +23,9 @@ pub use controller::{
 };
 pub use metadata::{
     AclBinding, AclOperation, AclPatternType, AclPermission, AclResourceType, BrokerImage,
-    Endpoint, ListenerPort, MetadataImage, MetadataRecord, NO_LEADER, NodeId, PartitionState,
-    Replica, ScramCredential, ScramMechanism, TopicImage, UserScramCredential,
+    ClientQuotas, Endpoint, ListenerPort, MetadataImage, MetadataRecord, NO_LEADER, NodeId,
+    PartitionState, QuotaEntity, QuotaName, Replica, ScramCredential, ScramMechanism, TopicImage,
+    UserScramCredential,
 };
 pub use partition::{
     FetchAnswer, FetchPosition, FetchRefusal, FollowerAction, FollowerReplica, LeaderReplica,

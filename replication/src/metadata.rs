@@ -156,7 +156,32 @@ pub enum MetadataRecord {
         mechanism: ScramMechanism,
         credential: Option<ScramCredential>,
     },
+    /// One client quota of an entity (`producer_byte_rate`, ...), set or (`None`) removed.
+    ClientQuotaChanged {
+        entity: QuotaEntity,
+        key: String,
+        value: Option<u64>,
+    },
 }
+
+/// One part of a quota entity (Kafka's `ClientQuotaEntity`): a name, or the default
+/// (`<default>`: every user, or client id, without a quota of its own).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize)]
+pub enum QuotaName {
+    Default,
+    Named(String),
+}
+
+/// Whom a client quota applies to: a user, a client id, or a client id of a user, each
+/// named or the default. Both `None` is no entity.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize)]
+pub struct QuotaEntity {
+    pub user: Option<QuotaName>,
+    pub client_id: Option<QuotaName>,
+}
+
+/// Every entity's quotas, by key.
+pub type ClientQuotas = BTreeMap<QuotaEntity, BTreeMap<String, u64>>;
 
 /// What an ACL is about, with Kafka's ids (`ResourceType`).
 #[derive(
@@ -467,6 +492,8 @@ pub struct MetadataImage {
     pub scram_credentials: BTreeMap<(String, ScramMechanism), Arc<ScramCredential>>,
     /// Every ACL.
     pub acls: Arc<std::collections::BTreeSet<AclBinding>>,
+    /// Client quotas (produce and fetch byte rates, request rates).
+    pub quotas: Arc<ClientQuotas>,
 }
 
 impl MetadataImage {
@@ -567,6 +594,21 @@ impl MetadataImage {
                     acls.remove(acl);
                 }
                 acls.extend(added.iter().cloned());
+            }
+            MetadataRecord::ClientQuotaChanged { entity, key, value } => {
+                let quotas = Arc::make_mut(&mut self.quotas);
+                let keys = quotas.entry(entity.clone()).or_default();
+                match value {
+                    Some(value) => {
+                        keys.insert(key.clone(), *value);
+                    }
+                    None => {
+                        keys.remove(key);
+                    }
+                }
+                if keys.is_empty() {
+                    quotas.remove(entity);
+                }
             }
             MetadataRecord::ScramCredentialChanged {
                 user,
@@ -675,6 +717,14 @@ impl MetadataImage {
                 })
                 .collect(),
             acls: self.acls.iter().cloned().collect(),
+            quotas: self
+                .quotas
+                .iter()
+                .flat_map(|(entity, keys)| {
+                    keys.iter()
+                        .map(move |(key, value)| (entity.clone(), key.clone(), *value))
+                })
+                .collect(),
         }
     }
 
@@ -695,6 +745,13 @@ impl MetadataImage {
                 .map(|c| ((c.user, c.mechanism), Arc::new(c.credential)))
                 .collect(),
             acls: Arc::new(snapshot.acls.into_iter().collect()),
+            quotas: Arc::new(snapshot.quotas.into_iter().fold(
+                ClientQuotas::new(),
+                |mut quotas, (entity, key, value)| {
+                    quotas.entry(entity).or_default().insert(key, value);
+                    quotas
+                },
+            )),
         }
     }
 }
@@ -709,6 +766,7 @@ pub struct ImageSnapshot {
     pub producer_ids_end: i64,
     pub scram_credentials: Vec<UserScramCredential>,
     pub acls: Vec<AclBinding>,
+    pub quotas: Vec<(QuotaEntity, String, u64)>,
 }
 
 /// Encodes the records of one Raft entry.
@@ -862,6 +920,14 @@ mod tests {
                     permission: AclPermission::Allow,
                 }],
                 removed: vec![],
+            },
+            MetadataRecord::ClientQuotaChanged {
+                entity: QuotaEntity {
+                    user: Some(QuotaName::Named("alice".into())),
+                    client_id: Some(QuotaName::Default),
+                },
+                key: "producer_byte_rate".into(),
+                value: Some(1 << 20),
             },
         ];
         assert_eq!(decode_records(&encode_records(&records)).unwrap(), records);

@@ -13,7 +13,8 @@ only super user, and:
   `orders` and READ on group `writer-group`; `reader` READ on topics prefixed
   `metrics-` and on groups prefixed `dash-`;
 - writer produces to `orders` (librdkafka, and kafka-python whose idempotent producer
-  needs WRITE on some topic for InitProducerId), but cannot consume it, cannot create a
+  needs WRITE on some topic for InitProducerId) and commits a transaction with an id
+  it may WRITE (prefix `writer-`, another id is refused), but cannot consume it, cannot create a
   topic (CreateTopics, nor by Metadata auto-creation), and cannot change ACLs;
 - reader consumes both metrics- topics in group dash-1 and sees only them in Metadata,
   but cannot produce to them, cannot read `orders`, and cannot join a group outside
@@ -111,6 +112,8 @@ def grant(broker):
                    "*", AclOperation.READ, allow),
         AclBinding(ResourceType.GROUP, "writer-group", ResourcePatternType.LITERAL,
                    "User:writer", "*", AclOperation.READ, allow),
+        AclBinding(ResourceType.TRANSACTIONAL_ID, "writer-", ResourcePatternType.PREFIXED,
+                   "User:writer", "*", AclOperation.WRITE, allow),
     ]
     admin = AdminClient(broker.config("admin"))
     for binding, future in admin.create_acls(bindings).items():
@@ -179,6 +182,20 @@ def writer_checks(broker):
     producer.flush(30)
     producer.close()
     log("writer: kafka-python (idempotent) produced to orders")
+
+    from confluent_kafka import KafkaException, Producer
+    txn = Producer(dict(config, **{"transactional.id": "writer-txn"}))
+    txn.init_transactions(30)
+    txn.begin_transaction()
+    txn.produce("orders", value="in-a-transaction")
+    txn.commit_transaction(30)
+    other = Producer(dict(config, **{"transactional.id": "other-txn"}))
+    try:
+        other.init_transactions(30)
+        raise AssertionError("writer used transactional id other-txn")
+    except KafkaException as error:
+        assert error.args[0].name() == "TRANSACTIONAL_ID_AUTHORIZATION_FAILED", error
+    log("writer: a transaction as writer-txn committed; other-txn refused")
 
     # Its group is allowed: the topic is what it may not read.
     _, errors = consume(config, ["orders"], "writer-group", 1, seconds=20)

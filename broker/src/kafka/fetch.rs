@@ -24,11 +24,12 @@ use uuid::Uuid;
 use super::codec::{self, SIZE_PREFIX_BYTES};
 use super::errors;
 use super::handlers::{Reply, reply};
+use super::sasl::Session;
 use super::topics;
 use crate::error::BrokerError;
 use crate::ops::{self, FetchPartition};
 use crate::router::{Fetched, TopicPartition};
-use crate::security::Caller;
+use crate::security::quotas::{QuotaKind, throttle_ms};
 use crate::shard::Shard;
 
 /// The first version whose records field is compact (varint length + 1).
@@ -66,12 +67,16 @@ enum PartitionSlot {
     Refused(i32, BrokerError),
 }
 
+/// `session` is held off for the fetched bytes over the client's quota;
+/// `requests_throttle` is what its request quota already asked.
 pub async fn fetch(
     shard: &Rc<Shard>,
-    caller: &Caller,
+    session: &Session,
     header: &RequestHeader,
     request: FetchRequest,
+    requests_throttle: Duration,
 ) -> Reply {
+    let caller = &*session.caller();
     let version = header.request_api_version;
     if request.session_id != 0 {
         // Fetch sessions are not kept: a client holding one starts over with a full
@@ -200,7 +205,14 @@ pub async fn fetch(
             }
         })
         .collect();
-    let response = FetchResponse::default().with_responses(responses);
+    let fetched: usize = records.iter().flatten().map(Bytes::len).sum();
+    let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
+    let bytes_throttle = shard.throttle(QuotaKind::Fetch, caller, client_id, fetched as u64);
+    session.mute(bytes_throttle);
+    let mut response = FetchResponse::default().with_responses(responses);
+    if version >= 1 {
+        response.throttle_time_ms = throttle_ms(bytes_throttle.max(requests_throttle));
+    }
     match encode_with_records(header.correlation_id, version, &response, records) {
         Ok(parts) => Reply {
             parts,

@@ -577,6 +577,7 @@ pub async fn offset_fetch(
                 .collect()
         });
         let require_stable = version >= 7 && request.require_stable;
+        let asked: Option<Vec<(String, Vec<i32>)>> = wanted.clone();
         match fetch_group_offsets(
             shard,
             caller,
@@ -617,6 +618,28 @@ pub async fn offset_fetch(
                 failed = true;
                 if version >= 2 {
                     response.error_code = error;
+                } else {
+                    // Versions 0 and 1 have no request-wide error: each partition asked
+                    // for carries it, as Kafka answers.
+                    response.topics = asked
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(name, partitions)| {
+                            OffsetFetchResponseTopic::default()
+                                .with_name(TopicName(str_bytes(&name)))
+                                .with_partitions(
+                                    partitions
+                                        .into_iter()
+                                        .map(|p| {
+                                            OffsetFetchResponsePartition::default()
+                                                .with_partition_index(p)
+                                                .with_committed_offset(-1)
+                                                .with_error_code(error)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect();
                 }
             }
         }

@@ -17,6 +17,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::codec::{self, Request};
 use super::sasl::Session;
 use super::{admin, fetch, groups, produce, topics, txn, versions};
+use crate::security::quotas::QuotaKind;
 use crate::shard::Shard;
 
 /// A response frame, and whether it reports a failure (for metrics).
@@ -104,8 +105,17 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, session: &Rc<Session>
     let name = api_name(api);
     let header = request.header.clone();
     let caller = session.caller();
+    let client_id = request.header.client_id.as_ref().map_or("", |c| c.as_str());
+    // The request quota holds the connection off at once; the byte quotas once the
+    // bytes are known (a produce's now, a fetch's when it is read).
+    let requests_throttle = shard.throttle(QuotaKind::Request, &caller, client_id, 1);
+    session.mute(requests_throttle);
     if let RequestKind::Produce(_) = request.body {
-        let finish = produce::start(shard, &caller, request).await;
+        let bytes = request.frame.len() as u64;
+        let bytes_throttle = shard.throttle(QuotaKind::Produce, &caller, client_id, bytes);
+        session.mute(bytes_throttle);
+        let throttle = bytes_throttle.max(requests_throttle);
+        let finish = produce::start(shard, &caller, request, throttle).await;
         return Box::pin(async move { (name, finish.await) });
     }
     let shard = shard.clone();
@@ -192,7 +202,7 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, session: &Rc<Session>
                 topics::list_offsets(&shard, caller, version, body).await
             }
             RequestKind::Fetch(body) => {
-                let parts = fetch::fetch(&shard, caller, &header, body).await;
+                let parts = fetch::fetch(&shard, &session, &header, body, requests_throttle).await;
                 return (name, Some(parts));
             }
             other => {

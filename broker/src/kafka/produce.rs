@@ -5,6 +5,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::ResponseError;
@@ -26,7 +27,13 @@ use crate::shard::Shard;
 type Finish = Pin<Box<dyn Future<Output = Option<Reply>>>>;
 
 /// Starts the request's appends (in arrival order) and returns what finishes it.
-pub async fn start(shard: &Rc<Shard>, caller: &Caller, request: Request) -> Finish {
+/// `throttle`: how long the client's quotas hold it off (for `throttle_time_ms`).
+pub async fn start(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    request: Request,
+    throttle: Duration,
+) -> Finish {
     let Request {
         header,
         body,
@@ -45,17 +52,11 @@ pub async fn start(shard: &Rc<Shard>, caller: &Caller, request: Request) -> Fini
             format!("acks must be 0, 1 or -1, not {other}"),
         )),
     };
-    // A transactional producer's request needs WRITE on its transactional id, else none
-    // of it is appended.
-    let txn_refused = body
-        .transactional_id
-        .as_ref()
-        .and_then(|id| ops::may_txn(shard, caller, id).err());
     let refuse_all = acks
         .as_ref()
         .err()
-        .or(txn_refused.as_ref())
         .map(|error| (errors::code(error), error.to_string()));
+    let transactional_id = body.transactional_id.as_ref().map(|id| id.to_string());
     // Where each partition's records lie in the frame; then the request (and with it
     // every other reference to the frame) is dropped, so the frame can be cut up.
     let base = frame.as_ptr() as usize;
@@ -90,14 +91,20 @@ pub async fn start(shard: &Rc<Shard>, caller: &Caller, request: Request) -> Fini
                 (tp, Err(error))
             })
             .collect();
-        return Box::pin(std::future::ready(Some(respond(&header, results))));
+        return Box::pin(std::future::ready(Some(respond(
+            &header, results, throttle,
+        ))));
     }
     let acks = acks.unwrap_or(Acks::All);
     let batches = cut(shard, frame, located);
-    let started = ops::start_produce(shard, caller, batches, acks).await;
+    let producer = ops::Producing {
+        caller,
+        transactional_id: transactional_id.as_deref(),
+    };
+    let started = ops::start_produce(shard, producer, batches, acks).await;
     Box::pin(async move {
         let results = ops::finish_produce(started).await;
-        (acks != Acks::None).then(|| respond(&header, results))
+        (acks != Acks::None).then(|| respond(&header, results, throttle))
     })
 }
 
@@ -143,6 +150,7 @@ fn cut(
 fn respond(
     header: &RequestHeader,
     results: Vec<(TopicPartition, BrokerResult<Appended>)>,
+    throttle: Duration,
 ) -> Reply {
     let version = header.request_api_version;
     let failed = results.iter().any(|(_, r)| r.is_err());
@@ -158,7 +166,11 @@ fn respond(
                 .with_partition_responses(partitions)
         })
         .collect();
-    let body = ResponseKind::Produce(ProduceResponse::default().with_responses(responses));
+    let mut response = ProduceResponse::default().with_responses(responses);
+    if version >= 1 {
+        response.throttle_time_ms = crate::security::quotas::throttle_ms(throttle);
+    }
+    let body = ResponseKind::Produce(response);
     reply(header, ApiKey::Produce, &body, failed)
 }
 

@@ -106,12 +106,17 @@ pub async fn metadata(
     let described =
         |name: &str| ops::may_topic(shard, caller, AclOperation::Describe, name).is_ok();
     let mut created_any = false;
+    // Missing topics the caller may describe but not create: TOPIC_AUTHORIZATION_FAILED,
+    // as Kafka answers, so that producers fail at once instead of waiting for them.
+    let mut not_creatable = std::collections::BTreeSet::new();
     if let (Some(wanted), true) = (&wanted, auto_create) {
         for name in wanted.iter().filter_map(|(name, _)| name.as_deref()) {
-            if image.topic(name).is_none()
-                && ops::may_create_topic(shard, caller, name).is_ok()
-                && auto_create_topic(shard, name).await
-            {
+            if image.topic(name).is_some() || !described(name) {
+                continue;
+            }
+            if ops::may_create_topic(shard, caller, name).is_err() {
+                not_creatable.insert(name.to_string());
+            } else if auto_create_topic(shard, name).await {
                 created_any = true;
             }
         }
@@ -136,14 +141,20 @@ pub async fn metadata(
                     None => image.topic_by_id(id.as_bytes()),
                 };
                 let visible = match (name, found) {
-                    (Some(name), _) => described(name),
+                    (Some(name), _) => described(name) && !not_creatable.contains(name),
                     (None, Some(topic)) => described(&topic.name),
                     (None, None) => true,
                 };
                 if !visible {
-                    return MetadataResponseTopic::default()
+                    // Ids are not secret (Kafka echoes them); names of topics asked for
+                    // by id are.
+                    let mut refused = MetadataResponseTopic::default()
                         .with_name(name.as_deref().map(topic_name))
                         .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                    if version >= 10 {
+                        refused = refused.with_topic_id(*id);
+                    }
+                    return refused;
                 }
                 topic_metadata(shard, version, name.as_deref(), found)
             })
@@ -256,6 +267,10 @@ pub async fn list_offsets(
                 topic: topic.name.0.to_string(),
                 partition: partition.partition_index,
             };
+            if let Err(error) = ops::may_topic(shard, caller, AclOperation::Describe, &tp.topic) {
+                refused.push((tp, Err(error)));
+                continue;
+            }
             let spec = match partition.timestamp {
                 LATEST => (OffsetSpec::Latest, -1),
                 EARLIEST | EARLIEST_LOCAL => (OffsetSpec::Earliest, -1),
@@ -432,8 +447,12 @@ pub async fn create_topics(
                 if version >= 5 {
                     result = result
                         .with_num_partitions(partitions)
-                        .with_replication_factor(1)
-                        .with_configs(Some(created_configs(described)));
+                        .with_replication_factor(1);
+                    // The configs only to a caller that may describe them (Kafka's rule).
+                    match ops::may_topic(shard, caller, AclOperation::DescribeConfigs, &name) {
+                        Ok(()) => result = result.with_configs(Some(created_configs(described))),
+                        Err(error) => result.topic_config_error_code = errors::code(&error),
+                    }
                 }
                 if version >= 7 {
                     let id = shard.image().topic(&name).map_or([0; 16], |t| t.id);
@@ -476,15 +495,24 @@ pub async fn delete_topics(
     let mut results = Vec::with_capacity(wanted.len());
     for (name, id) in wanted {
         let image = shard.image();
-        let found = match &name {
+        let mut found = match &name {
             Some(name) => image.topic(name).cloned(),
             None => image.topic_by_id(id.as_bytes()).cloned(),
         };
-        // Whether the topic exists is told only to a caller that may delete it.
-        let refused = name
-            .as_deref()
-            .or(found.as_ref().map(|t| t.name.as_str()))
-            .and_then(|n| ops::may_topic(shard, caller, AclOperation::Delete, n).err());
+        // Whether the topic exists is told only to a caller that may delete it; a topic
+        // asked for by id that the caller may not describe is an unknown id.
+        let refused = match (&name, &found) {
+            (Some(name), _) => ops::may_topic(shard, caller, AclOperation::Delete, name).err(),
+            (None, Some(topic)) => {
+                if ops::may_topic(shard, caller, AclOperation::Describe, &topic.name).is_err() {
+                    found = None;
+                    None
+                } else {
+                    ops::may_topic(shard, caller, AclOperation::Delete, &topic.name).err()
+                }
+            }
+            (None, None) => None,
+        };
         let outcome = match (refused, &found) {
             (Some(error), _) => Err(error),
             (None, Some(topic)) => {

@@ -36,6 +36,7 @@ pub enum NativeRequest {
     Produce {
         acks: Acks,
         partitions: Vec<(TopicPartition, BytesMut)>,
+        transactional_id: Option<String>,
     },
     Fetch {
         max_wait_ms: i32,
@@ -111,6 +112,7 @@ pub enum NativeRequest {
         producer: Producer,
         group: String,
         offsets: Vec<crate::router::OffsetCommit>,
+        transactional_id: Option<String>,
     },
     AlterScramCredentials {
         upsertions: Vec<crate::security::users::Upsertion>,
@@ -511,6 +513,7 @@ pub fn decode(request: &schema::Request<'_>, payload: BytesMut) -> BrokerResult<
                 producer: (r.producer_id(), r.producer_epoch()),
                 group: r.group().to_string(),
                 offsets: commits(r.topics()),
+                transactional_id: r.transactional_id().map(str::to_string),
             }
         }
         Body::AlterScramCredentialsRequest => {
@@ -652,6 +655,7 @@ fn decode_produce(
     Ok(NativeRequest::Produce {
         acks: r.acks(),
         partitions: partitions.into_iter().map(|(_, tp, b)| (tp, b)).collect(),
+        transactional_id: r.transactional_id().map(str::to_string),
     })
 }
 

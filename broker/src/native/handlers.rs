@@ -67,12 +67,21 @@ pub async fn dispatch(
     if !request.between_brokers() && !shard.is_ready() {
         return error_reply(api, request_id, &BrokerError::Starting);
     }
-    if let NativeRequest::Produce { acks, partitions } = request {
+    if let NativeRequest::Produce {
+        acks,
+        partitions,
+        transactional_id,
+    } = request
+    {
         let partitions = partitions
             .into_iter()
             .map(|(tp, records)| (tp, ops::split_batches(shard, records)))
             .collect();
-        let started = ops::start_produce(shard, caller, partitions, acks).await;
+        let producer = ops::Producing {
+            caller,
+            transactional_id: transactional_id.as_deref(),
+        };
+        let started = ops::start_produce(shard, producer, partitions, acks).await;
         return Box::pin(async move { (api, finish_produce(request_id, acks, started).await) });
     }
     let shard = shard.clone();
@@ -292,7 +301,17 @@ async fn handle(
             producer,
             group,
             offsets,
+            transactional_id,
         } => {
+            if shard.authorizer.enabled() {
+                let id = transactional_id.as_deref().ok_or_else(|| {
+                    BrokerError::InvalidRequest(
+                        "with the authorizer on, TxnCommitOffsets names its transactional id"
+                            .into(),
+                    )
+                })?;
+                ops::may_txn(shard, caller, id)?;
+            }
             let results =
                 ops::txn_commit_offsets(shard, caller, group, producer, None, offsets).await?;
             Ok(txn_partition_results(

@@ -5,6 +5,7 @@
 
 pub mod acl;
 pub mod limits;
+pub mod quotas;
 pub mod sasl;
 pub mod scram;
 pub mod tls;

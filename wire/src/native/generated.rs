@@ -3530,6 +3530,7 @@ impl<'a> ProduceRequest<'a> {
   pub const VT_ACKS: ::flatbuffers::VOffsetT = 4;
   pub const VT_TIMEOUT_MS: ::flatbuffers::VOffsetT = 6;
   pub const VT_TOPICS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TRANSACTIONAL_ID: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3541,6 +3542,7 @@ impl<'a> ProduceRequest<'a> {
     args: &'args ProduceRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ProduceRequest<'bldr>> {
     let mut builder = ProduceRequestBuilder::new(_fbb);
+    if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
     if let Some(x) = args.topics { builder.add_topics(x); }
     builder.add_timeout_ms(args.timeout_ms);
     builder.add_acks(args.acks);
@@ -3569,6 +3571,15 @@ impl<'a> ProduceRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ProduceTopic>>>>(ProduceRequest::VT_TOPICS, None)}
   }
+  /// A transactional producer's id: with the authorizer on, transactional batches are
+  /// taken only with an id the connection may WRITE.
+  #[inline]
+  pub fn transactional_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ProduceRequest::VT_TRANSACTIONAL_ID, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ProduceRequest<'_> {
@@ -3580,6 +3591,7 @@ impl ::flatbuffers::Verifiable for ProduceRequest<'_> {
      .visit_field::<Acks>("acks", Self::VT_ACKS, false)?
      .visit_field::<i32>("timeout_ms", Self::VT_TIMEOUT_MS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ProduceTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("transactional_id", Self::VT_TRANSACTIONAL_ID, false)?
      .finish();
     Ok(())
   }
@@ -3588,6 +3600,7 @@ pub struct ProduceRequestArgs<'a> {
     pub acks: Acks,
     pub timeout_ms: i32,
     pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ProduceTopic<'a>>>>>,
+    pub transactional_id: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for ProduceRequestArgs<'a> {
   #[inline]
@@ -3596,6 +3609,7 @@ impl<'a> Default for ProduceRequestArgs<'a> {
       acks: Acks::All,
       timeout_ms: 30000,
       topics: None,
+      transactional_id: None,
     }
   }
 }
@@ -3618,6 +3632,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ProduceRequestBuilder<'a, 'b,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ProduceRequest::VT_TOPICS, topics);
   }
   #[inline]
+  pub fn add_transactional_id(&mut self, transactional_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ProduceRequest::VT_TRANSACTIONAL_ID, transactional_id);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ProduceRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ProduceRequestBuilder {
@@ -3638,6 +3656,7 @@ impl ::core::fmt::Debug for ProduceRequest<'_> {
       ds.field("acks", &self.acks());
       ds.field("timeout_ms", &self.timeout_ms());
       ds.field("topics", &self.topics());
+      ds.field("transactional_id", &self.transactional_id());
       ds.finish()
   }
 }
@@ -10049,6 +10068,7 @@ impl<'a> TxnCommitOffsetsRequest<'a> {
   pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 6;
   pub const VT_GROUP: ::flatbuffers::VOffsetT = 8;
   pub const VT_TOPICS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_TRANSACTIONAL_ID: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -10061,6 +10081,7 @@ impl<'a> TxnCommitOffsetsRequest<'a> {
   ) -> ::flatbuffers::WIPOffset<TxnCommitOffsetsRequest<'bldr>> {
     let mut builder = TxnCommitOffsetsRequestBuilder::new(_fbb);
     builder.add_producer_id(args.producer_id);
+    if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
     if let Some(x) = args.topics { builder.add_topics(x); }
     if let Some(x) = args.group { builder.add_group(x); }
     builder.add_producer_epoch(args.producer_epoch);
@@ -10096,6 +10117,14 @@ impl<'a> TxnCommitOffsetsRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CommitTopic>>>>(TxnCommitOffsetsRequest::VT_TOPICS, None)}
   }
+  /// The producer's transactional id (with the authorizer on, needed, and WRITE on it).
+  #[inline]
+  pub fn transactional_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TxnCommitOffsetsRequest::VT_TRANSACTIONAL_ID, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for TxnCommitOffsetsRequest<'_> {
@@ -10108,6 +10137,7 @@ impl ::flatbuffers::Verifiable for TxnCommitOffsetsRequest<'_> {
      .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group", Self::VT_GROUP, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<CommitTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("transactional_id", Self::VT_TRANSACTIONAL_ID, false)?
      .finish();
     Ok(())
   }
@@ -10117,6 +10147,7 @@ pub struct TxnCommitOffsetsRequestArgs<'a> {
     pub producer_epoch: i16,
     pub group: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CommitTopic<'a>>>>>,
+    pub transactional_id: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for TxnCommitOffsetsRequestArgs<'a> {
   #[inline]
@@ -10126,6 +10157,7 @@ impl<'a> Default for TxnCommitOffsetsRequestArgs<'a> {
       producer_epoch: -1,
       group: None, // required field
       topics: None,
+      transactional_id: None,
     }
   }
 }
@@ -10152,6 +10184,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnCommitOffsetsRequestBuilde
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnCommitOffsetsRequest::VT_TOPICS, topics);
   }
   #[inline]
+  pub fn add_transactional_id(&mut self, transactional_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnCommitOffsetsRequest::VT_TRANSACTIONAL_ID, transactional_id);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnCommitOffsetsRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     TxnCommitOffsetsRequestBuilder {
@@ -10174,6 +10210,7 @@ impl ::core::fmt::Debug for TxnCommitOffsetsRequest<'_> {
       ds.field("producer_epoch", &self.producer_epoch());
       ds.field("group", &self.group());
       ds.field("topics", &self.topics());
+      ds.field("transactional_id", &self.transactional_id());
       ds.finish()
   }
 }
