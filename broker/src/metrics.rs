@@ -64,6 +64,8 @@ pub const APIS: &[&str] = &[
     "kafka_delete_acls",
     "kafka_describe_user_scram_credentials",
     "kafka_alter_user_scram_credentials",
+    "kafka_describe_client_quotas",
+    "kafka_alter_client_quotas",
     "kafka_other",
 ];
 

@@ -108,22 +108,22 @@ fn each_kind_of_bad_kafka_request_gets_an_error_or_a_closed_connection() {
     // UNSUPPORTED_VERSION in its own response, and the connection stays usable.
     let mut stream = connect(&address);
     stream
-        .write_all(&frame(ApiKey::DescribeClientQuotas, 0, 1, &[0; 16]))
+        .write_all(&frame(ApiKey::CreateDelegationToken, 1, 1, &[0; 16]))
         .unwrap();
-    let mut response = read_frame(&mut stream).expect("DescribeClientQuotas answered");
+    let mut response = read_frame(&mut stream).expect("CreateDelegationToken answered");
     let header = ResponseHeader::decode(&mut response, 0).unwrap();
     assert_eq!(header.correlation_id, 7);
-    let quotas =
-        kafka_protocol::messages::DescribeClientQuotasResponse::decode(&mut response, 0).unwrap();
-    assert_eq!(quotas.error_code, 35, "UNSUPPORTED_VERSION");
+    let token =
+        kafka_protocol::messages::CreateDelegationTokenResponse::decode(&mut response, 1).unwrap();
+    assert_eq!(token.error_code, 35, "UNSUPPORTED_VERSION");
     stream.write_all(&api_versions_frame(3)).unwrap();
     assert!(read_frame(&mut stream).is_some(), "still usable");
-    // One whose response has only per-item errors (AlterClientQuotas): closed.
+    // One whose response has only per-item errors (ElectLeaders v0): closed.
     let mut stream = connect(&address);
     stream
-        .write_all(&frame(ApiKey::AlterClientQuotas, 0, 1, &[0; 16]))
+        .write_all(&frame(ApiKey::ElectLeaders, 0, 1, &[0; 16]))
         .unwrap();
-    assert_closed(&mut stream, "AlterClientQuotas");
+    assert_closed(&mut stream, "ElectLeaders");
     assert_serving(&address);
 
     // The 25-byte Produce v9 whose topic array claims four billion entries: the crate

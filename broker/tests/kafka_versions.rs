@@ -162,6 +162,7 @@ fn every_advertised_version_of_every_api_works() {
     let sasl_listener = broker.extra_listener("kafka+SASL_PLAINTEXT").unwrap();
     sasl_versions(&mut c, &sasl_listener);
     acl_versions(&mut c);
+    quota_versions(&mut c);
 
     // ApiVersions: exactly the supported table.
     for v in versions(ApiKey::ApiVersions) {
@@ -1057,6 +1058,72 @@ fn acl_versions(c: &mut Client) {
             1,
             "DeleteAcls v{v}"
         );
+    }
+}
+
+/// Client quotas: each AlterClientQuotas version sets a quota of its own user (and
+/// refuses an unknown key, changing nothing of that entity), each DescribeClientQuotas
+/// version finds them (exact, and every user with `strict`).
+fn quota_versions(c: &mut Client) {
+    use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
+    use kafka_protocol::messages::describe_client_quotas_request::ComponentData;
+    use kafka_protocol::messages::{AlterClientQuotasRequest, DescribeClientQuotasRequest};
+    let user = |name: &str| {
+        vec![
+            EntityData::default()
+                .with_entity_type(s("user"))
+                .with_entity_name(Some(s(name))),
+        ]
+    };
+    let op = |key: &str, value: f64| OpData::default().with_key(s(key)).with_value(value);
+    for v in versions(ApiKey::AlterClientQuotas) {
+        let request = AlterClientQuotasRequest::default().with_entries(vec![
+            EntryData::default()
+                .with_entity(user(&format!("quota-v{v}")))
+                .with_ops(vec![op("producer_byte_rate", 1048576.0)]),
+            EntryData::default()
+                .with_entity(user("refused"))
+                .with_ops(vec![
+                    op("consumer_byte_rate", 1.0),
+                    op("request_percentage", 50.0),
+                ]),
+        ]);
+        let ResponseKind::AlterClientQuotas(r) =
+            c.send(ApiKey::AlterClientQuotas, v, request.into())
+        else {
+            unreachable!()
+        };
+        assert_eq!(r.entries[0].error_code, 0, "AlterClientQuotas v{v}");
+        assert_ne!(
+            r.entries[1].error_code, 0,
+            "AlterClientQuotas v{v}: unknown key"
+        );
+    }
+    for v in versions(ApiKey::DescribeClientQuotas) {
+        let every_user = ComponentData::default()
+            .with_entity_type(s("user"))
+            .with_match_type(2)
+            .with_match(None);
+        let request = DescribeClientQuotasRequest::default()
+            .with_components(vec![every_user])
+            .with_strict(true);
+        let ResponseKind::DescribeClientQuotas(r) =
+            c.send(ApiKey::DescribeClientQuotas, v, request.into())
+        else {
+            unreachable!()
+        };
+        assert_eq!(r.error_code, 0, "DescribeClientQuotas v{v}");
+        let entries = r.entries.unwrap_or_default();
+        let users: Vec<_> = entries
+            .iter()
+            .map(|e| e.entity[0].entity_name.as_ref().map(|n| n.to_string()))
+            .collect();
+        let expected: Vec<_> = versions(ApiKey::AlterClientQuotas)
+            .map(|v| Some(format!("quota-v{v}")))
+            .collect();
+        assert_eq!(users, expected, "DescribeClientQuotas v{v}");
+        assert_eq!(entries[0].values[0].key.as_str(), "producer_byte_rate");
+        assert_eq!(entries[0].values[0].value, 1048576.0);
     }
 }
 

@@ -16,12 +16,13 @@ use kafka_protocol::messages::describe_configs_response::{
 };
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
 use kafka_protocol::messages::{
-    AlterConfigsRequest, AlterConfigsResponse, AlterUserScramCredentialsRequest,
-    AlterUserScramCredentialsResponse, BrokerId, CreateAclsRequest, CreateAclsResponse,
-    CreatePartitionsRequest, CreatePartitionsResponse, DeleteAclsRequest, DeleteAclsResponse,
-    DeleteRecordsRequest, DeleteRecordsResponse, DescribeAclsRequest, DescribeAclsResponse,
-    DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
-    DescribeConfigsResponse, DescribeUserScramCredentialsRequest,
+    AlterClientQuotasRequest, AlterClientQuotasResponse, AlterConfigsRequest, AlterConfigsResponse,
+    AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse, BrokerId,
+    CreateAclsRequest, CreateAclsResponse, CreatePartitionsRequest, CreatePartitionsResponse,
+    DeleteAclsRequest, DeleteAclsResponse, DeleteRecordsRequest, DeleteRecordsResponse,
+    DescribeAclsRequest, DescribeAclsResponse, DescribeClientQuotasRequest,
+    DescribeClientQuotasResponse, DescribeClusterRequest, DescribeClusterResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, DescribeUserScramCredentialsRequest,
     DescribeUserScramCredentialsResponse, IncrementalAlterConfigsRequest,
     IncrementalAlterConfigsResponse, ResponseKind, TopicName,
 };
@@ -33,7 +34,7 @@ use crate::config::BrokerConfig;
 use crate::error::{BrokerError, BrokerResult};
 use crate::ops;
 use crate::router::{ShardAnswer, ShardCall, TopicPartition};
-use crate::security::{Caller, acl};
+use crate::security::{Caller, acl, quotas};
 use crate::shard::Shard;
 use crate::topic;
 use weir_replication::AclOperation;
@@ -817,4 +818,106 @@ pub async fn delete_acls(shard: &Rc<Shard>, caller: &Caller, request: DeleteAcls
         .collect();
     let response = DeleteAclsResponse::default().with_filter_results(results);
     (ResponseKind::DeleteAcls(response), failed)
+}
+
+pub fn describe_client_quotas(
+    shard: &Shard,
+    caller: &Caller,
+    request: DescribeClientQuotasRequest,
+) -> Answer {
+    use kafka_protocol::messages::describe_client_quotas_response::{
+        EntityData, EntryData, ValueData,
+    };
+    let components: Vec<(&str, i8, Option<&str>)> = request
+        .components
+        .iter()
+        .map(|c| (c.entity_type.as_str(), c.match_type, c._match.as_deref()))
+        .collect();
+    let described = quotas::QuotaFilter::new(&components, request.strict)
+        .and_then(|filter| quotas::describe(shard, caller, &filter));
+    let response = match described {
+        Ok(found) => DescribeClientQuotasResponse::default().with_entries(Some(
+            found
+                .into_iter()
+                .map(|(entity, keys)| {
+                    let entity = quotas::entity_parts(&entity)
+                        .into_iter()
+                        .map(|(kind, name)| {
+                            EntityData::default()
+                                .with_entity_type(str_bytes(kind))
+                                .with_entity_name(name.map(str_bytes))
+                        })
+                        .collect();
+                    let values = keys
+                        .into_iter()
+                        .map(|(key, value)| {
+                            ValueData::default()
+                                .with_key(str_bytes(&key))
+                                .with_value(value as f64)
+                        })
+                        .collect();
+                    EntryData::default().with_entity(entity).with_values(values)
+                })
+                .collect(),
+        )),
+        Err(error) => {
+            let (code, message) = item_error(&error);
+            let response = DescribeClientQuotasResponse::default()
+                .with_error_code(code)
+                .with_error_message(message);
+            return (ResponseKind::DescribeClientQuotas(response), true);
+        }
+    };
+    (ResponseKind::DescribeClientQuotas(response), false)
+}
+
+pub async fn alter_client_quotas(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    request: AlterClientQuotasRequest,
+) -> Answer {
+    use kafka_protocol::messages::alter_client_quotas_response::{EntityData, EntryData};
+    let entries = request
+        .entries
+        .iter()
+        .map(|entry| {
+            let parts: Vec<(&str, Option<&str>)> = entry
+                .entity
+                .iter()
+                .map(|e| (e.entity_type.as_str(), e.entity_name.as_deref()))
+                .collect();
+            let changes = entry
+                .ops
+                .iter()
+                .map(|op| (op.key.to_string(), (!op.remove).then_some(op.value)))
+                .collect();
+            (quotas::entity(&parts), changes)
+        })
+        .collect();
+    let results = quotas::alter(shard, caller, entries, request.validate_only).await;
+    let mut failed = false;
+    let entries = request
+        .entries
+        .into_iter()
+        .zip(results)
+        .map(|(entry, result)| {
+            let entity = entry
+                .entity
+                .into_iter()
+                .map(|e| {
+                    EntityData::default()
+                        .with_entity_type(e.entity_type)
+                        .with_entity_name(e.entity_name)
+                })
+                .collect();
+            let mut answer = EntryData::default().with_entity(entity);
+            if let Err(error) = result {
+                failed = true;
+                (answer.error_code, answer.error_message) = item_error(&error);
+            }
+            answer
+        })
+        .collect();
+    let response = AlterClientQuotasResponse::default().with_entries(entries);
+    (ResponseKind::AlterClientQuotas(response), failed)
 }

@@ -72,6 +72,8 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DeleteAcls => "kafka_delete_acls",
         ApiKey::DescribeUserScramCredentials => "kafka_describe_user_scram_credentials",
         ApiKey::AlterUserScramCredentials => "kafka_alter_user_scram_credentials",
+        ApiKey::DescribeClientQuotas => "kafka_describe_client_quotas",
+        ApiKey::AlterClientQuotas => "kafka_alter_client_quotas",
         _ => "kafka_other",
     }
 }
@@ -188,6 +190,12 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, session: &Rc<Session>
             RequestKind::AlterUserScramCredentials(body) => {
                 admin::alter_user_scram_credentials(&shard, caller, body).await
             }
+            RequestKind::DescribeClientQuotas(body) => {
+                admin::describe_client_quotas(&shard, caller, body)
+            }
+            RequestKind::AlterClientQuotas(body) => {
+                admin::alter_client_quotas(&shard, caller, body).await
+            }
             RequestKind::ApiVersions(_) => (ResponseKind::ApiVersions(api_versions(0)), false),
             RequestKind::Metadata(body) => {
                 topics::metadata(&shard, caller, listener, version, body).await
@@ -282,7 +290,6 @@ fn unserved_api(header: &RequestHeader, api: ApiKey) -> Option<Vec<Bytes>> {
         };
     }
     let body = with_error! {
-        DescribeClientQuotas => DescribeClientQuotasResponse,
         ListTransactions => ListTransactionsResponse,
         CreateDelegationToken => CreateDelegationTokenResponse,
         RenewDelegationToken => RenewDelegationTokenResponse,

@@ -17,7 +17,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use weir_replication::{ClientQuotas, QuotaEntity, QuotaName};
+use std::rc::Rc;
+
+use weir_replication::{AclOperation, ClientQuotas, QuotaEntity, QuotaName};
+
+use super::Caller;
+use crate::error::{BrokerError, BrokerResult};
+use crate::ops;
+use crate::router::ShardCall;
+use crate::shard::Shard;
 
 /// Bytes a second of produce requests (Kafka's key).
 pub const PRODUCER_BYTE_RATE: &str = "producer_byte_rate";
@@ -175,6 +183,208 @@ pub fn value_of(key: &str, value: f64) -> Result<u64, String> {
     Ok(value as u64)
 }
 
+// ---- managing quotas (DescribeClientQuotas, AlterClientQuotas) --------------------
+
+/// Kafka's entity type names.
+pub const USER: &str = "user";
+pub const CLIENT_ID: &str = "client-id";
+
+fn invalid(message: String) -> BrokerError {
+    BrokerError::InvalidRequest(message)
+}
+
+/// An entity as Kafka's quota requests carry it: (entity type, name; `None` for the
+/// default), each type at most once.
+pub fn entity(parts: &[(&str, Option<&str>)]) -> BrokerResult<QuotaEntity> {
+    let mut entity = QuotaEntity {
+        user: None,
+        client_id: None,
+    };
+    for (kind, name) in parts {
+        let slot = match *kind {
+            USER => &mut entity.user,
+            CLIENT_ID => &mut entity.client_id,
+            other => {
+                return Err(invalid(format!(
+                    "quota entity type {other:?}: {USER} or {CLIENT_ID}"
+                )));
+            }
+        };
+        if slot.is_some() {
+            return Err(invalid(format!("quota entity names {kind} twice")));
+        }
+        *slot = Some(match name {
+            Some(name) => QuotaName::Named(name.to_string()),
+            None => QuotaName::Default,
+        });
+    }
+    if entity.user.is_none() && entity.client_id.is_none() {
+        return Err(invalid("a quota entity names a user or a client id".into()));
+    }
+    Ok(entity)
+}
+
+/// An entity's parts as Kafka's responses carry them.
+pub fn entity_parts(entity: &QuotaEntity) -> Vec<(&'static str, Option<&str>)> {
+    fn name(n: &QuotaName) -> Option<&str> {
+        match n {
+            QuotaName::Default => None,
+            QuotaName::Named(name) => Some(name),
+        }
+    }
+    let mut parts = Vec::with_capacity(2);
+    if let Some(user) = &entity.user {
+        parts.push((USER, name(user)));
+    }
+    if let Some(client_id) = &entity.client_id {
+        parts.push((CLIENT_ID, name(client_id)));
+    }
+    parts
+}
+
+/// How a DescribeClientQuotas component matches an entity's part (Kafka's match types).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartMatch {
+    /// Kafka's 0: that name.
+    Exact(String),
+    /// 1: the default.
+    Default,
+    /// 2: any name or the default (the part is there).
+    Specified,
+}
+
+/// Which quotas DescribeClientQuotas lists: entities with every component's part
+/// matching, and (`strict`) no other part.
+#[derive(Debug, Clone)]
+pub struct QuotaFilter {
+    pub components: Vec<(String, PartMatch)>,
+    pub strict: bool,
+}
+
+impl QuotaFilter {
+    /// Kafka's components: (entity type, match type, match).
+    pub fn new(components: &[(&str, i8, Option<&str>)], strict: bool) -> BrokerResult<QuotaFilter> {
+        let mut checked: Vec<(String, PartMatch)> = Vec::new();
+        for (kind, match_type, name) in components {
+            if ![USER, CLIENT_ID].contains(kind) {
+                return Err(invalid(format!(
+                    "quota entity type {kind:?}: {USER} or {CLIENT_ID}"
+                )));
+            }
+            if checked.iter().any(|(k, _)| k == kind) {
+                return Err(invalid(format!("the filter names {kind} twice")));
+            }
+            let part = match (match_type, name) {
+                (0, Some(name)) => PartMatch::Exact(name.to_string()),
+                (0, None) => return Err(invalid(format!("an exact match of {kind} needs a name"))),
+                (1, _) => PartMatch::Default,
+                (2, _) => PartMatch::Specified,
+                (other, _) => return Err(invalid(format!("match type {other}: 0, 1 or 2"))),
+            };
+            checked.push((kind.to_string(), part));
+        }
+        Ok(QuotaFilter {
+            components: checked,
+            strict,
+        })
+    }
+
+    pub fn matches(&self, entity: &QuotaEntity) -> bool {
+        let part = |kind: &str| match kind {
+            USER => entity.user.as_ref(),
+            _ => entity.client_id.as_ref(),
+        };
+        let each = self
+            .components
+            .iter()
+            .all(|(kind, wanted)| match (part(kind), wanted) {
+                (Some(QuotaName::Named(name)), PartMatch::Exact(wanted)) => name == wanted,
+                (Some(QuotaName::Default), PartMatch::Default) => true,
+                (Some(_), PartMatch::Specified) => true,
+                _ => false,
+            });
+        let named = |kind: &str| self.components.iter().any(|(k, _)| k == kind);
+        let others = (entity.user.is_some() && !named(USER))
+            || (entity.client_id.is_some() && !named(CLIENT_ID));
+        each && !(self.strict && others)
+    }
+}
+
+/// The quotas `filter` selects; DESCRIBE_CONFIGS on the cluster, with the authorizer on.
+pub fn describe(
+    shard: &Shard,
+    caller: &Caller,
+    filter: &QuotaFilter,
+) -> BrokerResult<Vec<(QuotaEntity, std::collections::BTreeMap<String, u64>)>> {
+    shard
+        .authorizer
+        .check_cluster(caller, AclOperation::DescribeConfigs)?;
+    Ok(shard
+        .image()
+        .quotas
+        .iter()
+        .filter(|(entity, _)| filter.matches(entity))
+        .map(|(entity, keys)| (entity.clone(), keys.clone()))
+        .collect())
+}
+
+/// A checked change: the entity, the key and its new value (`None`: removed).
+type QuotaChange = (QuotaEntity, String, Option<u64>);
+
+/// One entity's changes: each key's new value, `None` to remove it.
+pub type EntityChanges = (BrokerResult<QuotaEntity>, Vec<(String, Option<f64>)>);
+
+/// Applies the changes (one metadata entry for every valid entity): per entity, all of
+/// its changes or, if one is wrong, none. ALTER_CONFIGS on the cluster, with the
+/// authorizer on.
+pub async fn alter(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    entries: Vec<EntityChanges>,
+    validate_only: bool,
+) -> Vec<BrokerResult<()>> {
+    let allowed = shard
+        .authorizer
+        .check_cluster(caller, AclOperation::AlterConfigs);
+    let checked: Vec<BrokerResult<Vec<QuotaChange>>> = entries
+        .into_iter()
+        .map(|(entity, changes)| {
+            allowed.as_ref().map_err(BrokerError::same)?;
+            let entity = entity?;
+            let mut keys: Vec<&str> = Vec::new();
+            changes
+                .iter()
+                .map(|(key, value)| {
+                    if keys.contains(&key.as_str()) {
+                        return Err(invalid(format!("quota {key} is changed twice")));
+                    }
+                    keys.push(key);
+                    let value = match value {
+                        Some(value) => Some(value_of(key, *value).map_err(invalid)?),
+                        None if KEYS.contains(&key.as_str()) => None,
+                        None => return Err(invalid(value_of(key, 0.0).unwrap_err())),
+                    };
+                    Ok((entity.clone(), key.clone(), value))
+                })
+                .collect()
+        })
+        .collect();
+    let changes: Vec<_> = checked.iter().flatten().flatten().cloned().collect();
+    let applied = if validate_only || changes.is_empty() {
+        Ok(())
+    } else {
+        ops::admin(shard, ShardCall::AlterClientQuotas { changes }).await
+    };
+    checked
+        .into_iter()
+        .map(|result| match (result, &applied) {
+            (Err(error), _) => Err(error),
+            (Ok(_), Ok(())) => Ok(()),
+            (Ok(_), Err(error)) => Err(error.same()),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +479,34 @@ mod tests {
         }
         let rate = sent as f64 / (now - start).as_secs_f64();
         assert!((100_000.0..=106_000.0).contains(&rate), "{rate}");
+    }
+
+    /// DescribeClientQuotas' filters, as Kafka's: exact, default and specified parts,
+    /// strict or not.
+    #[test]
+    fn filters_select_entities_as_kafkas_do() {
+        let alice_app = entity(&[(USER, Some("alice")), (CLIENT_ID, Some("app"))]).unwrap();
+        let alice = entity(&[(USER, Some("alice"))]).unwrap();
+        let default_user = entity(&[(USER, None)]).unwrap();
+        let app = entity(&[(CLIENT_ID, Some("app"))]).unwrap();
+        let all = [&alice_app, &alice, &default_user, &app];
+        let select = |components: &[(&str, i8, Option<&str>)], strict| {
+            let filter = QuotaFilter::new(components, strict).unwrap();
+            all.iter().filter(|e| filter.matches(e)).count()
+        };
+        assert_eq!(select(&[(USER, 0, Some("alice"))], false), 2);
+        assert_eq!(select(&[(USER, 0, Some("alice"))], true), 1);
+        assert_eq!(select(&[(USER, 1, None)], false), 1);
+        assert_eq!(select(&[(USER, 2, None)], false), 3);
+        assert_eq!(select(&[(CLIENT_ID, 2, None)], true), 1);
+        assert_eq!(select(&[], false), 4);
+        assert!(QuotaFilter::new(&[("ip", 2, None)], false).is_err());
+        assert!(entity(&[(USER, None), (USER, Some("x"))]).is_err());
+        assert!(entity(&[]).is_err());
+        assert_eq!(
+            entity_parts(&alice_app),
+            [(USER, Some("alice")), (CLIENT_ID, Some("app"))]
+        );
     }
 
     #[test]
