@@ -214,6 +214,48 @@ pub struct AclFilterArgs {
     permission: Option<AclPermissionArg>,
 }
 
+/// Whom a quota is for: a user, a client id, or both (each a name or the default).
+#[derive(Debug, Args)]
+pub struct QuotaEntityArgs {
+    #[arg(long, conflicts_with = "default_user")]
+    pub user: Option<String>,
+    /// Every user without a quota of its own.
+    #[arg(long)]
+    pub default_user: bool,
+    #[arg(long, conflicts_with = "default_client_id")]
+    pub client_id: Option<String>,
+    /// Every client id without a quota of its own.
+    #[arg(long)]
+    pub default_client_id: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Set or remove an entity's quotas: producer_byte_rate and consumer_byte_rate
+    /// (bytes a second), request_rate (requests a second). All or nothing.
+    Alter {
+        #[command(flatten)]
+        entity: QuotaEntityArgs,
+        /// KEY=VALUE (repeatable).
+        #[arg(
+            long = "set",
+            value_name = "KEY=VALUE",
+            required_unless_present = "remove"
+        )]
+        set: Vec<String>,
+        /// KEY (repeatable).
+        #[arg(long = "remove", value_name = "KEY")]
+        remove: Vec<String>,
+    },
+    /// Quotas of entities naming the user and (or) client id; neither: every one.
+    Describe {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        client_id: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum AcksArg {
     None,
@@ -771,6 +813,67 @@ pub async fn user(brokers: String, command: UserCommand) -> anyhow::Result<()> {
                     let name = ScramMechanism::from_id(id).map_or("?", |m| m.name());
                     writeln!(out, "{user}\t{name}\t{iterations}")?;
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn quota(brokers: String, command: QuotaCommand) -> anyhow::Result<()> {
+    let client = Client::connect(&brokers).await?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        QuotaCommand::Alter {
+            entity,
+            set,
+            remove,
+        } => {
+            let set = set
+                .iter()
+                .map(|pair| {
+                    let (key, value) = pair
+                        .split_once('=')
+                        .with_context(|| format!("--set {pair}: KEY=VALUE"))?;
+                    let value: f64 = value
+                        .parse()
+                        .with_context(|| format!("--set {pair}: the value is a number"))?;
+                    Ok((key.to_string(), value))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let entity = weir_client::QuotaTarget {
+                user: entity.user,
+                user_default: entity.default_user,
+                client_id: entity.client_id,
+                client_id_default: entity.default_client_id,
+            };
+            let alteration = weir_client::QuotaAlteration {
+                entity,
+                set,
+                remove,
+            };
+            for result in client.alter_client_quotas(&[alteration]).await? {
+                result?;
+            }
+        }
+        QuotaCommand::Describe { user, client_id } => {
+            let found = client
+                .describe_client_quotas(user.as_deref(), client_id.as_deref())
+                .await?;
+            for (target, values) in found {
+                let part = |name: &Option<String>, default: bool| match (name, default) {
+                    (Some(name), _) => Some(name.clone()),
+                    (None, true) => Some("<default>".to_string()),
+                    (None, false) => None,
+                };
+                let mut entity = Vec::new();
+                if let Some(user) = part(&target.user, target.user_default) {
+                    entity.push(format!("user={user}"));
+                }
+                if let Some(client_id) = part(&target.client_id, target.client_id_default) {
+                    entity.push(format!("client-id={client_id}"));
+                }
+                let values: Vec<String> = values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                writeln!(out, "{}\t{}", entity.join(","), values.join(","))?;
             }
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use weir_broker::cli::{
     self, AclCommand, Brokers, ClusterCommand, ConsumeArgs, GroupCommand, PartitionCommand,
-    ProduceArgs, TopicCommand, UserCommand,
+    ProduceArgs, QuotaCommand, TopicCommand, UserCommand,
 };
 use weir_broker::config::{BrokerConfig, FlagOverrides};
 
@@ -106,6 +106,13 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Client quotas: byte and request rates per user and client id.
+    Quota {
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(subcommand)]
+        command: QuotaCommand,
+    },
     /// ACLs: who may do what to which topics, groups, transactional ids and the cluster
     /// (enforced with `authorizer_enabled`).
     Acl {
@@ -162,6 +169,9 @@ fn main() -> anyhow::Result<()> {
             cli::run(move || cli::group(brokers.brokers, command))
         }
         Command::User { brokers, command } => cli::run(move || cli::user(brokers.brokers, command)),
+        Command::Quota { brokers, command } => {
+            cli::run(move || cli::quota(brokers.brokers, command))
+        }
         Command::Acl { brokers, command } => cli::run(move || cli::acl(brokers.brokers, command)),
         Command::Cluster { brokers, command } => {
             cli::run(move || cli::cluster(brokers.brokers, command))

@@ -28,6 +28,8 @@ pub const APIS: &[&str] = &[
     "create_acls",
     "describe_acls",
     "delete_acls",
+    "alter_client_quotas",
+    "describe_client_quotas",
     "kafka_produce",
     "kafka_fetch",
     "kafka_list_offsets",

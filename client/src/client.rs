@@ -307,6 +307,14 @@ fn isolation(read_committed: bool) -> schema::Isolation {
     }
 }
 
+/// One item's result in a response of many.
+fn item_result(error: ErrorCode, message: Option<&str>) -> ClientResult<()> {
+    match error {
+        ErrorCode::None => Ok(()),
+        code => Err(ClientError::broker(code, message)),
+    }
+}
+
 fn strings<'a>(
     builder: &mut flatbuffers::FlatBufferBuilder<'a>,
     values: &[String],
@@ -770,10 +778,7 @@ impl Client {
             .results()
             .into_iter()
             .flatten()
-            .map(|r| match r.error() {
-                ErrorCode::None => Ok(()),
-                code => Err(ClientError::broker(code, r.error_message())),
-            })
+            .map(|r| item_result(r.error(), r.error_message()))
             .collect())
     }
 
@@ -834,6 +839,109 @@ impl Client {
             .map(|r| match r.error() {
                 ErrorCode::None => Ok(r.acls().into_iter().flatten().map(|a| acl_of(&a)).collect()),
                 code => Err(ClientError::broker(code, r.error_message())),
+            })
+            .collect())
+    }
+
+    /// Sets and removes client quotas; per entity all of its changes or none, and each
+    /// entity's result in order.
+    pub async fn alter_client_quotas(
+        &self,
+        alterations: &[QuotaAlteration],
+    ) -> ClientResult<Vec<ClientResult<()>>> {
+        let frame = self
+            .call(
+                RequestBody::AlterClientQuotasRequest,
+                |b| {
+                    let entries: Vec<_> = alterations
+                        .iter()
+                        .map(|a| {
+                            let entity = quota_entity(b, &a.entity);
+                            let set: Vec<_> = a
+                                .set
+                                .iter()
+                                .map(|(key, value)| {
+                                    let args = schema::QuotaValueArgs {
+                                        key: Some(b.create_string(key)),
+                                        value: *value,
+                                    };
+                                    schema::QuotaValue::create(b, &args)
+                                })
+                                .collect();
+                            let set = b.create_vector(&set);
+                            let remove = strings(b, &a.remove);
+                            let args = schema::QuotaAlterationArgs {
+                                entity: Some(entity),
+                                set: Some(set),
+                                remove: Some(remove),
+                            };
+                            schema::QuotaAlteration::create(b, &args)
+                        })
+                        .collect();
+                    let entries = b.create_vector(&entries);
+                    let args = schema::AlterClientQuotasRequestArgs {
+                        entries: Some(entries),
+                        validate_only: false,
+                    };
+                    schema::AlterClientQuotasRequest::create(b, &args).as_union_value()
+                },
+                vec![],
+            )
+            .await?;
+        let response = frame.checked()?;
+        let body = response
+            .body_as_alter_client_quotas_response()
+            .ok_or_else(|| ClientError::Invalid("no alter client quotas body".into()))?;
+        Ok(body
+            .results()
+            .into_iter()
+            .flatten()
+            .map(|r| item_result(r.error(), r.error_message()))
+            .collect())
+    }
+
+    /// The quotas of entities naming `user` and (or) `client_id`; neither: every one.
+    pub async fn describe_client_quotas(
+        &self,
+        user: Option<&str>,
+        client_id: Option<&str>,
+    ) -> ClientResult<Vec<(QuotaTarget, Vec<(String, f64)>)>> {
+        let frame = self
+            .call(
+                RequestBody::DescribeClientQuotasRequest,
+                |b| {
+                    let args = schema::DescribeClientQuotasRequestArgs {
+                        user: user.map(|u| b.create_string(u)),
+                        client_id: client_id.map(|c| b.create_string(c)),
+                    };
+                    schema::DescribeClientQuotasRequest::create(b, &args).as_union_value()
+                },
+                vec![],
+            )
+            .await?;
+        let response = frame.checked()?;
+        let body = response
+            .body_as_describe_client_quotas_response()
+            .ok_or_else(|| ClientError::Invalid("no describe client quotas body".into()))?;
+        Ok(body
+            .entries()
+            .into_iter()
+            .flatten()
+            .map(|entry| {
+                let e = entry.entity();
+                let target = QuotaTarget {
+                    user: e.user().map(str::to_string),
+                    user_default: e.user_default(),
+                    client_id: e.client_id().map(str::to_string),
+                    client_id_default: e.client_id_default(),
+                };
+                let values = entry
+                    .values()
+                    .into_iter()
+                    .flatten()
+                    .map(|v| (v.key().to_string(), v.value()))
+                    .collect();
+                (target, values)
             })
             .collect())
     }
@@ -1655,6 +1763,37 @@ impl Client {
             .map(str::to_string)
             .collect())
     }
+}
+
+/// Whom a client quota applies to: a user, a client id or both, each a name or the
+/// default (`*_default`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QuotaTarget {
+    pub user: Option<String>,
+    pub user_default: bool,
+    pub client_id: Option<String>,
+    pub client_id_default: bool,
+}
+
+/// Quotas to set (key, value) and keys whose quota goes, for one entity.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QuotaAlteration {
+    pub entity: QuotaTarget,
+    pub set: Vec<(String, f64)>,
+    pub remove: Vec<String>,
+}
+
+fn quota_entity<'a>(
+    b: &mut flatbuffers::FlatBufferBuilder<'a>,
+    target: &QuotaTarget,
+) -> flatbuffers::WIPOffset<schema::QuotaEntity<'a>> {
+    let args = schema::QuotaEntityArgs {
+        user: target.user.as_deref().map(|u| b.create_string(u)),
+        user_default: target.user_default,
+        client_id: target.client_id.as_deref().map(|c| b.create_string(c)),
+        client_id_default: target.client_id_default,
+    };
+    schema::QuotaEntity::create(b, &args)
 }
 
 /// An ACL, with Kafka's ids for its resource type, pattern, operation and permission

@@ -13,8 +13,8 @@ mod txn;
 
 pub use client::{
     Acl, AclFilter, Client, ClusterBroker, ClusterDescription, CommittedOffset, FetchSpec,
-    FetchedPartition, Metadata, OffsetQuery, PartitionMeta, ProduceResult, ScramUpsertion,
-    TopicConfigEntry, TopicMeta,
+    FetchedPartition, Metadata, OffsetQuery, PartitionMeta, ProduceResult, QuotaAlteration,
+    QuotaTarget, ScramUpsertion, TopicConfigEntry, TopicMeta,
 };
 pub use connection::{Connection, PendingResponse, ResponseFrame};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};

@@ -770,16 +770,56 @@ pub struct ImageSnapshot {
 }
 
 /// Encodes the records of one Raft entry.
+/// The layout of the metadata's records and snapshots. rkyv archives have a fixed
+/// layout, so any change to a record or the snapshot is a new version; a build refuses
+/// (as corrupt, naming both versions) what another version wrote instead of misreading
+/// it. 1: client quotas (`ClientQuotaChanged`, `ImageSnapshot::quotas`).
+pub const METADATA_FORMAT_VERSION: u32 = 1;
+
+/// Before each archive: a magic and the format version (16 bytes, so the archive
+/// after it stays aligned).
+const FORMAT_MAGIC: &[u8; 8] = b"weirmeta";
+const FORMAT_HEADER_BYTES: usize = 16;
+
+fn with_header(archive: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(FORMAT_HEADER_BYTES + archive.len());
+    bytes.extend_from_slice(FORMAT_MAGIC);
+    bytes.extend_from_slice(&METADATA_FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&[0; 4]);
+    bytes.extend_from_slice(archive);
+    bytes
+}
+
+/// The archive after the header, if the header names this build's format.
+fn archive_of<'a>(
+    bytes: &'a [u8],
+    what: &'static str,
+) -> Result<&'a [u8], crate::ReplicationError> {
+    let corrupt = |reason: String| crate::ReplicationError::Corrupt { what, reason };
+    if bytes.len() < FORMAT_HEADER_BYTES || &bytes[..8] != FORMAT_MAGIC {
+        return Err(corrupt(
+            "no format header: written by a build before metadata format versions".into(),
+        ));
+    }
+    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if version != METADATA_FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "metadata format version {version}; this build reads version {METADATA_FORMAT_VERSION}"
+        )));
+    }
+    Ok(&bytes[FORMAT_HEADER_BYTES..])
+}
+
 pub fn encode_records(records: &[MetadataRecord]) -> Vec<u8> {
     let records = records.to_vec();
     rkyv::to_bytes::<rkyv::rancor::Error>(&records)
-        .map(|bytes| bytes.into_vec())
+        .map(|bytes| with_header(&bytes))
         .unwrap_or_else(|error| panic!("archiving metadata records cannot fail: {error}"))
 }
 
 /// Decodes (and validates) the records of one Raft entry.
 pub fn decode_records(bytes: &[u8]) -> Result<Vec<MetadataRecord>, crate::ReplicationError> {
-    let aligned = aligned(bytes);
+    let aligned = aligned(archive_of(bytes, "metadata records")?);
     rkyv::from_bytes::<Vec<MetadataRecord>, rkyv::rancor::Error>(&aligned).map_err(|error| {
         crate::ReplicationError::Corrupt {
             what: "metadata records",
@@ -790,12 +830,12 @@ pub fn decode_records(bytes: &[u8]) -> Result<Vec<MetadataRecord>, crate::Replic
 
 pub fn encode_snapshot(snapshot: &ImageSnapshot) -> Vec<u8> {
     rkyv::to_bytes::<rkyv::rancor::Error>(snapshot)
-        .map(|bytes| bytes.into_vec())
+        .map(|bytes| with_header(&bytes))
         .unwrap_or_else(|error| panic!("archiving a metadata snapshot cannot fail: {error}"))
 }
 
 pub fn decode_snapshot(bytes: &[u8]) -> Result<ImageSnapshot, crate::ReplicationError> {
-    let aligned = aligned(bytes);
+    let aligned = aligned(archive_of(bytes, "metadata snapshot")?);
     rkyv::from_bytes::<ImageSnapshot, rkyv::rancor::Error>(&aligned).map_err(|error| {
         crate::ReplicationError::Corrupt {
             what: "metadata snapshot",
@@ -931,6 +971,13 @@ mod tests {
             },
         ];
         assert_eq!(decode_records(&encode_records(&records)).unwrap(), records);
+        // Another format version, or none, is refused, not misread.
+        let mut other = encode_records(&records);
+        other[8] ^= 0xff;
+        let error = decode_records(&other).unwrap_err().to_string();
+        assert!(error.contains("format version"), "{error}");
+        let unversioned = &encode_records(&records)[FORMAT_HEADER_BYTES..];
+        assert!(decode_records(unversioned).is_err());
         let mut image = MetadataImage::default();
         image.apply(2, &records);
         let back = MetadataImage::from_snapshot(

@@ -132,6 +132,13 @@ pub enum NativeRequest {
     DeleteAcls {
         filters: Vec<BrokerResult<AclFilter>>,
     },
+    AlterClientQuotas {
+        entries: Vec<crate::security::quotas::EntityChanges>,
+        validate_only: bool,
+    },
+    DescribeClientQuotas {
+        filter: BrokerResult<crate::security::quotas::QuotaFilter>,
+    },
 }
 
 /// A producer id and epoch.
@@ -178,6 +185,8 @@ impl NativeRequest {
             NativeRequest::CreateAcls { .. } => "create_acls",
             NativeRequest::DescribeAcls { .. } => "describe_acls",
             NativeRequest::DeleteAcls { .. } => "delete_acls",
+            NativeRequest::AlterClientQuotas { .. } => "alter_client_quotas",
+            NativeRequest::DescribeClientQuotas { .. } => "describe_client_quotas",
         }
     }
 }
@@ -601,8 +610,74 @@ pub fn decode(request: &schema::Request<'_>, payload: BytesMut) -> BrokerResult<
                     .collect(),
             }
         }
+        Body::AlterClientQuotasRequest => {
+            let r = request
+                .body_as_alter_client_quotas_request()
+                .ok_or_else(|| invalid("alter client quotas body"))?;
+            let entries = r
+                .entries()
+                .iter()
+                .flatten()
+                .map(|entry| {
+                    let mut changes: Vec<(String, Option<f64>)> = entry
+                        .set()
+                        .iter()
+                        .flatten()
+                        .map(|v| (v.key().to_string(), Some(v.value())))
+                        .collect();
+                    changes.extend(
+                        entry
+                            .remove()
+                            .iter()
+                            .flatten()
+                            .map(|key| (key.to_string(), None)),
+                    );
+                    (quota_entity(&entry.entity()), changes)
+                })
+                .collect();
+            NativeRequest::AlterClientQuotas {
+                entries,
+                validate_only: r.validate_only(),
+            }
+        }
+        Body::DescribeClientQuotasRequest => {
+            use crate::security::quotas::{CLIENT_ID, QuotaFilter, USER};
+            let r = request
+                .body_as_describe_client_quotas_request()
+                .ok_or_else(|| invalid("describe client quotas body"))?;
+            let mut components = Vec::new();
+            if let Some(user) = r.user() {
+                components.push((USER, 0, Some(user)));
+            }
+            if let Some(client_id) = r.client_id() {
+                components.push((CLIENT_ID, 0, Some(client_id)));
+            }
+            NativeRequest::DescribeClientQuotas {
+                filter: QuotaFilter::new(&components, false),
+            }
+        }
         _ => return Err(invalid("unknown request type")),
     })
+}
+
+/// A native quota entity: each part a name, the default, or absent.
+fn quota_entity(e: &schema::QuotaEntity<'_>) -> BrokerResult<weir_replication::QuotaEntity> {
+    use crate::security::quotas::{CLIENT_ID, USER};
+    let mut parts = Vec::new();
+    for (kind, name, default) in [
+        (USER, e.user(), e.user_default()),
+        (CLIENT_ID, e.client_id(), e.client_id_default()),
+    ] {
+        match (name, default) {
+            (Some(_), true) => {
+                return Err(invalid(&format!("{kind}: a name or the default, not both")));
+            }
+            (Some(name), false) => parts.push((kind, Some(name))),
+            (None, true) => parts.push((kind, None)),
+            (None, false) => {}
+        }
+    }
+    crate::security::quotas::entity(&parts)
 }
 
 fn acl_filter(f: &schema::AclFilter<'_>) -> BrokerResult<AclFilter> {

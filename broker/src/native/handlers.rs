@@ -349,10 +349,104 @@ async fn handle(
             let results = crate::security::acl::delete(shard, caller, filters).await;
             Ok(delete_acls_response(request_id, results))
         }
+        NativeRequest::AlterClientQuotas {
+            entries,
+            validate_only,
+        } => {
+            let results =
+                crate::security::quotas::alter(shard, caller, entries, validate_only).await;
+            Ok(quota_results(request_id, &results))
+        }
+        NativeRequest::DescribeClientQuotas { filter } => {
+            let found = crate::security::quotas::describe(shard, caller, &filter?)?;
+            Ok(describe_client_quotas_response(request_id, &found))
+        }
         NativeRequest::Produce { .. } => {
             Err(BrokerError::Internal("produce is dispatched apart".into()))
         }
     }
+}
+
+fn quota_results(request_id: u64, results: &[BrokerResult<()>]) -> Vec<Bytes> {
+    let mut w = ResponseWriter::new();
+    let results: Vec<_> = results
+        .iter()
+        .map(|result| {
+            let (error, error_message) = error_fields(&mut w, result.as_ref().err());
+            let args = schema::QuotaResultArgs {
+                error,
+                error_message,
+            };
+            schema::QuotaResult::create(&mut w.builder, &args)
+        })
+        .collect();
+    let results = w.builder.create_vector(&results);
+    let args = schema::AlterClientQuotasResponseArgs {
+        results: Some(results),
+    };
+    let body = schema::AlterClientQuotasResponse::create(&mut w.builder, &args).as_union_value();
+    w.finish(
+        request_id,
+        None,
+        Some((schema::ResponseBody::AlterClientQuotasResponse, body)),
+    )
+}
+
+fn describe_client_quotas_response(
+    request_id: u64,
+    found: &[(
+        weir_replication::QuotaEntity,
+        std::collections::BTreeMap<String, u64>,
+    )],
+) -> Vec<Bytes> {
+    use weir_replication::QuotaName;
+    let mut w = ResponseWriter::new();
+    let entries: Vec<_> = found
+        .iter()
+        .map(|(entity, keys)| {
+            let b = &mut w.builder;
+            let part = |b: &mut FlatBufferBuilder<'static>, part: &Option<QuotaName>| match part {
+                Some(QuotaName::Named(name)) => (Some(b.create_string(name)), false),
+                Some(QuotaName::Default) => (None, true),
+                None => (None, false),
+            };
+            let (user, user_default) = part(b, &entity.user);
+            let (client_id, client_id_default) = part(b, &entity.client_id);
+            let args = schema::QuotaEntityArgs {
+                user,
+                user_default,
+                client_id,
+                client_id_default,
+            };
+            let entity = schema::QuotaEntity::create(b, &args);
+            let values: Vec<_> = keys
+                .iter()
+                .map(|(key, value)| {
+                    let args = schema::QuotaValueArgs {
+                        key: Some(b.create_string(key)),
+                        value: *value as f64,
+                    };
+                    schema::QuotaValue::create(b, &args)
+                })
+                .collect();
+            let values = b.create_vector(&values);
+            let args = schema::QuotaEntryArgs {
+                entity: Some(entity),
+                values: Some(values),
+            };
+            schema::QuotaEntry::create(b, &args)
+        })
+        .collect();
+    let entries = w.builder.create_vector(&entries);
+    let args = schema::DescribeClientQuotasResponseArgs {
+        entries: Some(entries),
+    };
+    let body = schema::DescribeClientQuotasResponse::create(&mut w.builder, &args).as_union_value();
+    w.finish(
+        request_id,
+        None,
+        Some((schema::ResponseBody::DescribeClientQuotasResponse, body)),
+    )
 }
 
 fn acl_binding<'a>(

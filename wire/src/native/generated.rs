@@ -632,10 +632,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ConfigSource {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 27;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 29;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 28] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 30] = [
   RequestBody::NONE,
   RequestBody::HandshakeRequest,
   RequestBody::MetadataRequest,
@@ -664,6 +664,8 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 28] = [
   RequestBody::CreateAclsRequest,
   RequestBody::DescribeAclsRequest,
   RequestBody::DeleteAclsRequest,
+  RequestBody::AlterClientQuotasRequest,
+  RequestBody::DescribeClientQuotasRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -699,9 +701,11 @@ impl RequestBody {
   pub const CreateAclsRequest: Self = Self(25);
   pub const DescribeAclsRequest: Self = Self(26);
   pub const DeleteAclsRequest: Self = Self(27);
+  pub const AlterClientQuotasRequest: Self = Self(28);
+  pub const DescribeClientQuotasRequest: Self = Self(29);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 27;
+  pub const ENUM_MAX: u8 = 29;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeRequest,
@@ -731,6 +735,8 @@ impl RequestBody {
     Self::CreateAclsRequest,
     Self::DescribeAclsRequest,
     Self::DeleteAclsRequest,
+    Self::AlterClientQuotasRequest,
+    Self::DescribeClientQuotasRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -763,6 +769,8 @@ impl RequestBody {
       Self::CreateAclsRequest => Some("CreateAclsRequest"),
       Self::DescribeAclsRequest => Some("DescribeAclsRequest"),
       Self::DeleteAclsRequest => Some("DeleteAclsRequest"),
+      Self::AlterClientQuotasRequest => Some("AlterClientQuotasRequest"),
+      Self::DescribeClientQuotasRequest => Some("DescribeClientQuotasRequest"),
       _ => None,
     }
   }
@@ -822,10 +830,10 @@ pub struct RequestBodyUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 27;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 29;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 28] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 30] = [
   ResponseBody::NONE,
   ResponseBody::HandshakeResponse,
   ResponseBody::MetadataResponse,
@@ -854,6 +862,8 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 28] = [
   ResponseBody::CreateAclsResponse,
   ResponseBody::DescribeAclsResponse,
   ResponseBody::DeleteAclsResponse,
+  ResponseBody::AlterClientQuotasResponse,
+  ResponseBody::DescribeClientQuotasResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -889,9 +899,11 @@ impl ResponseBody {
   pub const CreateAclsResponse: Self = Self(25);
   pub const DescribeAclsResponse: Self = Self(26);
   pub const DeleteAclsResponse: Self = Self(27);
+  pub const AlterClientQuotasResponse: Self = Self(28);
+  pub const DescribeClientQuotasResponse: Self = Self(29);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 27;
+  pub const ENUM_MAX: u8 = 29;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeResponse,
@@ -921,6 +933,8 @@ impl ResponseBody {
     Self::CreateAclsResponse,
     Self::DescribeAclsResponse,
     Self::DeleteAclsResponse,
+    Self::AlterClientQuotasResponse,
+    Self::DescribeClientQuotasResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -953,6 +967,8 @@ impl ResponseBody {
       Self::CreateAclsResponse => Some("CreateAclsResponse"),
       Self::DescribeAclsResponse => Some("DescribeAclsResponse"),
       Self::DeleteAclsResponse => Some("DeleteAclsResponse"),
+      Self::AlterClientQuotasResponse => Some("AlterClientQuotasResponse"),
+      Self::DescribeClientQuotasResponse => Some("DescribeClientQuotasResponse"),
       _ => None,
     }
   }
@@ -12619,6 +12635,1051 @@ impl ::core::fmt::Debug for DeleteAclsResponse<'_> {
       ds.finish()
   }
 }
+pub enum QuotaEntityOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Whom a quota applies to: a user, a client id, or both, each a name or (`*_default`)
+/// the default for those without one of their own. At least one is given.
+pub struct QuotaEntity<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for QuotaEntity<'a> {
+  type Inner = QuotaEntity<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> QuotaEntity<'a> {
+  pub const VT_USER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_USER_DEFAULT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CLIENT_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_CLIENT_ID_DEFAULT: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    QuotaEntity { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args QuotaEntityArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<QuotaEntity<'bldr>> {
+    let mut builder = QuotaEntityBuilder::new(_fbb);
+    if let Some(x) = args.client_id { builder.add_client_id(x); }
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.add_client_id_default(args.client_id_default);
+    builder.add_user_default(args.user_default);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(QuotaEntity::VT_USER, None)}
+  }
+  #[inline]
+  pub fn user_default(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(QuotaEntity::VT_USER_DEFAULT, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn client_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(QuotaEntity::VT_CLIENT_ID, None)}
+  }
+  #[inline]
+  pub fn client_id_default(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(QuotaEntity::VT_CLIENT_ID_DEFAULT, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for QuotaEntity<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .visit_field::<bool>("user_default", Self::VT_USER_DEFAULT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_id", Self::VT_CLIENT_ID, false)?
+     .visit_field::<bool>("client_id_default", Self::VT_CLIENT_ID_DEFAULT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct QuotaEntityArgs<'a> {
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub user_default: bool,
+    pub client_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub client_id_default: bool,
+}
+impl<'a> Default for QuotaEntityArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    QuotaEntityArgs {
+      user: None,
+      user_default: false,
+      client_id: None,
+      client_id_default: false,
+    }
+  }
+}
+
+pub struct QuotaEntityBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> QuotaEntityBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(QuotaEntity::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_user_default(&mut self, user_default: bool) {
+    self.fbb_.push_slot::<bool>(QuotaEntity::VT_USER_DEFAULT, user_default, false);
+  }
+  #[inline]
+  pub fn add_client_id(&mut self, client_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(QuotaEntity::VT_CLIENT_ID, client_id);
+  }
+  #[inline]
+  pub fn add_client_id_default(&mut self, client_id_default: bool) {
+    self.fbb_.push_slot::<bool>(QuotaEntity::VT_CLIENT_ID_DEFAULT, client_id_default, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> QuotaEntityBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    QuotaEntityBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<QuotaEntity<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for QuotaEntity<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("QuotaEntity");
+      ds.field("user", &self.user());
+      ds.field("user_default", &self.user_default());
+      ds.field("client_id", &self.client_id());
+      ds.field("client_id_default", &self.client_id_default());
+      ds.finish()
+  }
+}
+pub enum QuotaValueOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// `producer_byte_rate`, `consumer_byte_rate` (bytes a second) or `request_rate`
+/// (requests a second).
+pub struct QuotaValue<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for QuotaValue<'a> {
+  type Inner = QuotaValue<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> QuotaValue<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    QuotaValue { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args QuotaValueArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<QuotaValue<'bldr>> {
+    let mut builder = QuotaValueBuilder::new(_fbb);
+    builder.add_value(args.value);
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(QuotaValue::VT_KEY, None).unwrap()}
+  }
+  #[inline]
+  pub fn value(&self) -> f64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<f64>(QuotaValue::VT_VALUE, Some(0.0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for QuotaValue<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("key", Self::VT_KEY, true)?
+     .visit_field::<f64>("value", Self::VT_VALUE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct QuotaValueArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub value: f64,
+}
+impl<'a> Default for QuotaValueArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    QuotaValueArgs {
+      key: None, // required field
+      value: 0.0,
+    }
+  }
+}
+
+pub struct QuotaValueBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> QuotaValueBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(QuotaValue::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: f64) {
+    self.fbb_.push_slot::<f64>(QuotaValue::VT_VALUE, value, 0.0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> QuotaValueBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    QuotaValueBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<QuotaValue<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, QuotaValue::VT_KEY,"key");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for QuotaValue<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("QuotaValue");
+      ds.field("key", &self.key());
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
+pub enum QuotaAlterationOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct QuotaAlteration<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for QuotaAlteration<'a> {
+  type Inner = QuotaAlteration<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> QuotaAlteration<'a> {
+  pub const VT_ENTITY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SET: ::flatbuffers::VOffsetT = 6;
+  pub const VT_REMOVE: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    QuotaAlteration { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args QuotaAlterationArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<QuotaAlteration<'bldr>> {
+    let mut builder = QuotaAlterationBuilder::new(_fbb);
+    if let Some(x) = args.remove { builder.add_remove(x); }
+    if let Some(x) = args.set { builder.add_set(x); }
+    if let Some(x) = args.entity { builder.add_entity(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn entity(&self) -> QuotaEntity<'a> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<QuotaEntity>>(QuotaAlteration::VT_ENTITY, None).unwrap()}
+  }
+  #[inline]
+  pub fn set(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaValue<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaValue>>>>(QuotaAlteration::VT_SET, None)}
+  }
+  /// Keys whose quota goes.
+  #[inline]
+  pub fn remove(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(QuotaAlteration::VT_REMOVE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for QuotaAlteration<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<QuotaEntity>>("entity", Self::VT_ENTITY, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<QuotaValue>>>>("set", Self::VT_SET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("remove", Self::VT_REMOVE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct QuotaAlterationArgs<'a> {
+    pub entity: Option<::flatbuffers::WIPOffset<QuotaEntity<'a>>>,
+    pub set: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaValue<'a>>>>>,
+    pub remove: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for QuotaAlterationArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    QuotaAlterationArgs {
+      entity: None, // required field
+      set: None,
+      remove: None,
+    }
+  }
+}
+
+pub struct QuotaAlterationBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> QuotaAlterationBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_entity(&mut self, entity: ::flatbuffers::WIPOffset<QuotaEntity<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<QuotaEntity>>(QuotaAlteration::VT_ENTITY, entity);
+  }
+  #[inline]
+  pub fn add_set(&mut self, set: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<QuotaValue<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(QuotaAlteration::VT_SET, set);
+  }
+  #[inline]
+  pub fn add_remove(&mut self, remove: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(QuotaAlteration::VT_REMOVE, remove);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> QuotaAlterationBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    QuotaAlterationBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<QuotaAlteration<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, QuotaAlteration::VT_ENTITY,"entity");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for QuotaAlteration<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("QuotaAlteration");
+      ds.field("entity", &self.entity());
+      ds.field("set", &self.set());
+      ds.field("remove", &self.remove());
+      ds.finish()
+  }
+}
+pub enum AlterClientQuotasRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Per entity, all of its changes or none.
+pub struct AlterClientQuotasRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterClientQuotasRequest<'a> {
+  type Inner = AlterClientQuotasRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterClientQuotasRequest<'a> {
+  pub const VT_ENTRIES: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALIDATE_ONLY: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterClientQuotasRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AlterClientQuotasRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AlterClientQuotasRequest<'bldr>> {
+    let mut builder = AlterClientQuotasRequestBuilder::new(_fbb);
+    if let Some(x) = args.entries { builder.add_entries(x); }
+    builder.add_validate_only(args.validate_only);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn entries(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaAlteration<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaAlteration>>>>(AlterClientQuotasRequest::VT_ENTRIES, None)}
+  }
+  #[inline]
+  pub fn validate_only(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(AlterClientQuotasRequest::VT_VALIDATE_ONLY, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AlterClientQuotasRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<QuotaAlteration>>>>("entries", Self::VT_ENTRIES, false)?
+     .visit_field::<bool>("validate_only", Self::VT_VALIDATE_ONLY, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterClientQuotasRequestArgs<'a> {
+    pub entries: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaAlteration<'a>>>>>,
+    pub validate_only: bool,
+}
+impl<'a> Default for AlterClientQuotasRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterClientQuotasRequestArgs {
+      entries: None,
+      validate_only: false,
+    }
+  }
+}
+
+pub struct AlterClientQuotasRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterClientQuotasRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_entries(&mut self, entries: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<QuotaAlteration<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterClientQuotasRequest::VT_ENTRIES, entries);
+  }
+  #[inline]
+  pub fn add_validate_only(&mut self, validate_only: bool) {
+    self.fbb_.push_slot::<bool>(AlterClientQuotasRequest::VT_VALIDATE_ONLY, validate_only, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterClientQuotasRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterClientQuotasRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterClientQuotasRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterClientQuotasRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterClientQuotasRequest");
+      ds.field("entries", &self.entries());
+      ds.field("validate_only", &self.validate_only());
+      ds.finish()
+  }
+}
+pub enum QuotaResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct QuotaResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for QuotaResult<'a> {
+  type Inner = QuotaResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> QuotaResult<'a> {
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR_MESSAGE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    QuotaResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args QuotaResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<QuotaResult<'bldr>> {
+    let mut builder = QuotaResultBuilder::new(_fbb);
+    if let Some(x) = args.error_message { builder.add_error_message(x); }
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(QuotaResult::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn error_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(QuotaResult::VT_ERROR_MESSAGE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for QuotaResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct QuotaResultArgs<'a> {
+    pub error: ErrorCode,
+    pub error_message: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for QuotaResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    QuotaResultArgs {
+      error: ErrorCode::None,
+      error_message: None,
+    }
+  }
+}
+
+pub struct QuotaResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> QuotaResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(QuotaResult::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_error_message(&mut self, error_message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(QuotaResult::VT_ERROR_MESSAGE, error_message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> QuotaResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    QuotaResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<QuotaResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for QuotaResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("QuotaResult");
+      ds.field("error", &self.error());
+      ds.field("error_message", &self.error_message());
+      ds.finish()
+  }
+}
+pub enum AlterClientQuotasResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One result per entry of the request, in its order.
+pub struct AlterClientQuotasResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterClientQuotasResponse<'a> {
+  type Inner = AlterClientQuotasResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterClientQuotasResponse<'a> {
+  pub const VT_RESULTS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterClientQuotasResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AlterClientQuotasResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AlterClientQuotasResponse<'bldr>> {
+    let mut builder = AlterClientQuotasResponseBuilder::new(_fbb);
+    if let Some(x) = args.results { builder.add_results(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn results(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaResult>>>>(AlterClientQuotasResponse::VT_RESULTS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AlterClientQuotasResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<QuotaResult>>>>("results", Self::VT_RESULTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterClientQuotasResponseArgs<'a> {
+    pub results: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaResult<'a>>>>>,
+}
+impl<'a> Default for AlterClientQuotasResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterClientQuotasResponseArgs {
+      results: None,
+    }
+  }
+}
+
+pub struct AlterClientQuotasResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterClientQuotasResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_results(&mut self, results: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<QuotaResult<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterClientQuotasResponse::VT_RESULTS, results);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterClientQuotasResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterClientQuotasResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterClientQuotasResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterClientQuotasResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterClientQuotasResponse");
+      ds.field("results", &self.results());
+      ds.finish()
+  }
+}
+pub enum DescribeClientQuotasRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The quotas of entities naming this user and (or) this client id; neither: every one.
+pub struct DescribeClientQuotasRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DescribeClientQuotasRequest<'a> {
+  type Inner = DescribeClientQuotasRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DescribeClientQuotasRequest<'a> {
+  pub const VT_USER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CLIENT_ID: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DescribeClientQuotasRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DescribeClientQuotasRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DescribeClientQuotasRequest<'bldr>> {
+    let mut builder = DescribeClientQuotasRequestBuilder::new(_fbb);
+    if let Some(x) = args.client_id { builder.add_client_id(x); }
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(DescribeClientQuotasRequest::VT_USER, None)}
+  }
+  #[inline]
+  pub fn client_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(DescribeClientQuotasRequest::VT_CLIENT_ID, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DescribeClientQuotasRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_id", Self::VT_CLIENT_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeClientQuotasRequestArgs<'a> {
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub client_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for DescribeClientQuotasRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DescribeClientQuotasRequestArgs {
+      user: None,
+      client_id: None,
+    }
+  }
+}
+
+pub struct DescribeClientQuotasRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeClientQuotasRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DescribeClientQuotasRequest::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_client_id(&mut self, client_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DescribeClientQuotasRequest::VT_CLIENT_ID, client_id);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DescribeClientQuotasRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DescribeClientQuotasRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeClientQuotasRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DescribeClientQuotasRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeClientQuotasRequest");
+      ds.field("user", &self.user());
+      ds.field("client_id", &self.client_id());
+      ds.finish()
+  }
+}
+pub enum QuotaEntryOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct QuotaEntry<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for QuotaEntry<'a> {
+  type Inner = QuotaEntry<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> QuotaEntry<'a> {
+  pub const VT_ENTITY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUES: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    QuotaEntry { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args QuotaEntryArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<QuotaEntry<'bldr>> {
+    let mut builder = QuotaEntryBuilder::new(_fbb);
+    if let Some(x) = args.values { builder.add_values(x); }
+    if let Some(x) = args.entity { builder.add_entity(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn entity(&self) -> QuotaEntity<'a> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<QuotaEntity>>(QuotaEntry::VT_ENTITY, None).unwrap()}
+  }
+  #[inline]
+  pub fn values(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaValue<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaValue>>>>(QuotaEntry::VT_VALUES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for QuotaEntry<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<QuotaEntity>>("entity", Self::VT_ENTITY, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<QuotaValue>>>>("values", Self::VT_VALUES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct QuotaEntryArgs<'a> {
+    pub entity: Option<::flatbuffers::WIPOffset<QuotaEntity<'a>>>,
+    pub values: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaValue<'a>>>>>,
+}
+impl<'a> Default for QuotaEntryArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    QuotaEntryArgs {
+      entity: None, // required field
+      values: None,
+    }
+  }
+}
+
+pub struct QuotaEntryBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> QuotaEntryBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_entity(&mut self, entity: ::flatbuffers::WIPOffset<QuotaEntity<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<QuotaEntity>>(QuotaEntry::VT_ENTITY, entity);
+  }
+  #[inline]
+  pub fn add_values(&mut self, values: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<QuotaValue<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(QuotaEntry::VT_VALUES, values);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> QuotaEntryBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    QuotaEntryBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<QuotaEntry<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, QuotaEntry::VT_ENTITY,"entity");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for QuotaEntry<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("QuotaEntry");
+      ds.field("entity", &self.entity());
+      ds.field("values", &self.values());
+      ds.finish()
+  }
+}
+pub enum DescribeClientQuotasResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeClientQuotasResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DescribeClientQuotasResponse<'a> {
+  type Inner = DescribeClientQuotasResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DescribeClientQuotasResponse<'a> {
+  pub const VT_ENTRIES: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DescribeClientQuotasResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DescribeClientQuotasResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DescribeClientQuotasResponse<'bldr>> {
+    let mut builder = DescribeClientQuotasResponseBuilder::new(_fbb);
+    if let Some(x) = args.entries { builder.add_entries(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn entries(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaEntry>>>>(DescribeClientQuotasResponse::VT_ENTRIES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DescribeClientQuotasResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<QuotaEntry>>>>("entries", Self::VT_ENTRIES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeClientQuotasResponseArgs<'a> {
+    pub entries: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaEntry<'a>>>>>,
+}
+impl<'a> Default for DescribeClientQuotasResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DescribeClientQuotasResponseArgs {
+      entries: None,
+    }
+  }
+}
+
+pub struct DescribeClientQuotasResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeClientQuotasResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_entries(&mut self, entries: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<QuotaEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DescribeClientQuotasResponse::VT_ENTRIES, entries);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DescribeClientQuotasResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DescribeClientQuotasResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeClientQuotasResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DescribeClientQuotasResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeClientQuotasResponse");
+      ds.field("entries", &self.entries());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -13056,6 +14117,34 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_alter_client_quotas_request(&self) -> Option<AlterClientQuotasRequest<'a>> {
+    if self.body_type() == RequestBody::AlterClientQuotasRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { AlterClientQuotasRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_client_quotas_request(&self) -> Option<DescribeClientQuotasRequest<'a>> {
+    if self.body_type() == RequestBody::DescribeClientQuotasRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { DescribeClientQuotasRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -13094,6 +14183,8 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           RequestBody::CreateAclsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CreateAclsRequest>>("RequestBody::CreateAclsRequest", pos),
           RequestBody::DescribeAclsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeAclsRequest>>("RequestBody::DescribeAclsRequest", pos),
           RequestBody::DeleteAclsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteAclsRequest>>("RequestBody::DeleteAclsRequest", pos),
+          RequestBody::AlterClientQuotasRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterClientQuotasRequest>>("RequestBody::AlterClientQuotasRequest", pos),
+          RequestBody::DescribeClientQuotasRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeClientQuotasRequest>>("RequestBody::DescribeClientQuotasRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -13340,6 +14431,20 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         RequestBody::DeleteAclsRequest => {
           if let Some(x) = self.body_as_delete_acls_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::AlterClientQuotasRequest => {
+          if let Some(x) = self.body_as_alter_client_quotas_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::DescribeClientQuotasRequest => {
+          if let Some(x) = self.body_as_describe_client_quotas_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -13835,6 +14940,36 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_alter_client_quotas_response(&self) -> Option<AlterClientQuotasResponse<'a>> {
+    if self.body_type() == ResponseBody::AlterClientQuotasResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AlterClientQuotasResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_client_quotas_response(&self) -> Option<DescribeClientQuotasResponse<'a>> {
+    if self.body_type() == ResponseBody::DescribeClientQuotasResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DescribeClientQuotasResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -13875,6 +15010,8 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           ResponseBody::CreateAclsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CreateAclsResponse>>("ResponseBody::CreateAclsResponse", pos),
           ResponseBody::DescribeAclsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeAclsResponse>>("ResponseBody::DescribeAclsResponse", pos),
           ResponseBody::DeleteAclsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteAclsResponse>>("ResponseBody::DeleteAclsResponse", pos),
+          ResponseBody::AlterClientQuotasResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterClientQuotasResponse>>("ResponseBody::AlterClientQuotasResponse", pos),
+          ResponseBody::DescribeClientQuotasResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeClientQuotasResponse>>("ResponseBody::DescribeClientQuotasResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -14134,6 +15271,20 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         ResponseBody::DeleteAclsResponse => {
           if let Some(x) = self.body_as_delete_acls_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::AlterClientQuotasResponse => {
+          if let Some(x) = self.body_as_alter_client_quotas_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::DescribeClientQuotasResponse => {
+          if let Some(x) = self.body_as_describe_client_quotas_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
