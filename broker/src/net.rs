@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -138,6 +139,37 @@ pub struct Accepted {
     /// else anonymous.
     pub principal: Principal,
     pub listener: Rc<Listener>,
+}
+
+/// A connection held off by a client quota's throttle: its read loop reads nothing more
+/// until the time is over (KIP-219's muted channel); responses already due still go out.
+#[derive(Debug, Default)]
+pub struct Mute {
+    until: std::cell::Cell<Option<Instant>>,
+}
+
+impl Mute {
+    /// Holds the connection off for `delay` from now, unless it is held longer already.
+    pub fn hold(&self, delay: Duration) {
+        if delay.is_zero() {
+            return;
+        }
+        let until = Instant::now() + delay;
+        self.until
+            .set(Some(self.until.get().map_or(until, |u| u.max(until))));
+    }
+
+    /// Waits out the hold, if there is one (or until the shard stops).
+    pub async fn wait(&self, shard: &Shard) {
+        let Some(until) = self.until.get() else {
+            return;
+        };
+        let wait = until.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            futures_lite::future::or(glommio::timer::sleep(wait), shard.stopped()).await;
+        }
+        self.until.set(None);
+    }
 }
 
 impl Accepted {

@@ -144,7 +144,7 @@ def main():
     bootstrap = broker.fields["kafka"]
     report = {"quota_bytes_per_second": QUOTA, "seconds": args.seconds}
     try:
-        for topic in ["bulk", "steady", "reading"]:
+        for topic in ["bulk", "steady", "reading", "native"]:
             broker.cli("topic", "create", topic, "--partitions", "2")
         # More to read than the fetch quota lets through in the span.
         from confluent_kafka import Producer
@@ -202,6 +202,27 @@ def main():
         assert report["fetch_rate_over_quota"] > 0.3, report
         assert not alone_throttled and not beside_throttled, "steady was throttled"
         assert len(beside) > 100, "steady got too little through"
+
+        # The native protocol is held to the same quotas: the CLI's client id
+        # (`weir-client`, from its handshake) over a produce quota is throttled, and
+        # every record still arrives.
+        broker.cli("quota", "alter", "--client-id", "weir-client", "--set",
+                   f"producer_byte_rate={QUOTA}")
+        before = broker.metric("weir_quota_throttled_total")
+        lines = "".join(f"{i:08d}{'n' * 992}\n" for i in range(3 * QUOTA // 1000))
+        out = subprocess.run([broker.binary, "produce", "native", "--brokers",
+                              broker.fields["native"]], input=lines, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        throttled = broker.metric("weir_quota_throttled_total") - before
+        assert throttled > 0, "the native producer was not throttled"
+        broker.cli("quota", "alter", "--client-id", "weir-client", "--remove",
+                   "producer_byte_rate")
+        count = broker.cli("consume", "native", "--from", "beginning", "--count",
+                           str(3 * QUOTA // 1000)).count("\n")
+        assert count == 3 * QUOTA // 1000, count
+        log(f"native: weir produce over its quota throttled {throttled:.0f} times, "
+            f"{count} records arrived")
     finally:
         stop_process(broker.process)
     if args.report:

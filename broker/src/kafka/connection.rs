@@ -52,13 +52,7 @@ async fn read_requests(
         if shard.shutting_down() {
             return Err("shutting down".into());
         }
-        if let Some(until) = session.muted_until() {
-            // Over a client quota: nothing more is read until the throttle is over (the
-            // responses already due still go out).
-            let wait = until.saturating_duration_since(Instant::now());
-            futures_lite::future::or(glommio::timer::sleep(wait), shard.stopped()).await;
-            continue;
-        }
+        session.mute.wait(shard).await;
         let mut prefix = [0u8; SIZE_PREFIX_BYTES];
         match read_full(&mut reader, &mut prefix).await? {
             0 => return Ok(()),

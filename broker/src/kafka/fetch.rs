@@ -208,7 +208,7 @@ pub async fn fetch(
     let fetched: usize = records.iter().flatten().map(Bytes::len).sum();
     let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
     let bytes_throttle = shard.throttle(QuotaKind::Fetch, caller, client_id, fetched as u64);
-    session.mute(bytes_throttle);
+    session.mute.hold(bytes_throttle);
     let mut response = FetchResponse::default().with_responses(responses);
     if version >= 1 {
         response.throttle_time_ms = throttle_ms(bytes_throttle.max(requests_throttle));

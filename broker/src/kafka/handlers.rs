@@ -111,11 +111,11 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, session: &Rc<Session>
     // The request quota holds the connection off at once; the byte quotas once the
     // bytes are known (a produce's now, a fetch's when it is read).
     let requests_throttle = shard.throttle(QuotaKind::Request, &caller, client_id, 1);
-    session.mute(requests_throttle);
+    session.mute.hold(requests_throttle);
     if let RequestKind::Produce(_) = request.body {
         let bytes = request.frame.len() as u64;
         let bytes_throttle = shard.throttle(QuotaKind::Produce, &caller, client_id, bytes);
-        session.mute(bytes_throttle);
+        session.mute.hold(bytes_throttle);
         let throttle = bytes_throttle.max(requests_throttle);
         let finish = produce::start(shard, &caller, request, throttle).await;
         return Box::pin(async move { (name, finish.await) });

@@ -39,8 +39,8 @@ pub struct Session {
     pub client_host: Rc<str>,
     caller: RefCell<Rc<Caller>>,
     state: RefCell<State>,
-    /// Until when the connection is not read: a client quota's throttle (KIP-219).
-    muted_until: std::cell::Cell<Option<std::time::Instant>>,
+    /// A client quota's throttle.
+    pub mute: crate::net::Mute,
 }
 
 impl Session {
@@ -54,7 +54,7 @@ impl Session {
             listener,
             client_host,
             caller: RefCell::new(Rc::new(caller)),
-            muted_until: std::cell::Cell::new(None),
+            mute: crate::net::Mute::default(),
             state: RefCell::new(state),
         }
     }
@@ -65,23 +65,6 @@ impl Session {
 
     pub fn principal(&self) -> Principal {
         self.caller.borrow().principal.clone()
-    }
-
-    /// Holds the connection off for `delay` (from now, unless it is held longer already).
-    pub fn mute(&self, delay: Duration) {
-        if delay.is_zero() {
-            return;
-        }
-        let until = std::time::Instant::now() + delay;
-        let later = self.muted_until.get().map_or(until, |u| u.max(until));
-        self.muted_until.set(Some(later));
-    }
-
-    /// Until when the connection is held off, if it is.
-    pub fn muted_until(&self) -> Option<std::time::Instant> {
-        self.muted_until
-            .get()
-            .filter(|u| *u > std::time::Instant::now())
     }
 
     /// Who sends this connection's requests, for authorization.

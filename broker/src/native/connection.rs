@@ -12,15 +12,14 @@ use weir_wire::native::{self, FRAME_PREFIX_BYTES};
 use super::handlers;
 use crate::metrics::ShardMetrics;
 use crate::net::{self, Accepted, MemoryHold, Outgoing, Queued, Stream};
-use crate::security::Caller;
 use crate::shard::Shard;
 
 /// Bytes read from a socket at once when frames are small.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
 pub async fn serve_connection(shard: Rc<Shard>, accepted: Accepted) {
-    let caller = Rc::new(accepted.caller());
-    let read = move |shard, reader, responses| read_requests(shard, reader, responses, caller);
+    let session = Rc::new(handlers::Session::new(accepted.caller()));
+    let read = move |shard, reader, responses| read_requests(shard, reader, responses, session);
     if let Err((reason, peer)) = net::run_connection(shard, accepted.stream, read).await {
         tracing::debug!(%peer, %reason, "closing connection");
     }
@@ -31,7 +30,7 @@ async fn read_requests(
     shard: Rc<Shard>,
     reader: ReadHalf<Stream>,
     responses: Rc<LocalSender<Queued>>,
-    caller: Rc<Caller>,
+    session: Rc<handlers::Session>,
 ) -> Result<(), String> {
     let (shard, responses) = (&shard, &responses);
     let mut frames = FrameReader {
@@ -45,6 +44,7 @@ async fn read_requests(
         if shard.shutting_down() {
             return Err("shutting down".into());
         }
+        session.mute.wait(shard).await;
         let Some(prefix) = frames.prefix().await? else {
             return Ok(());
         };
@@ -71,7 +71,7 @@ async fn read_requests(
             }
         };
         shard.request_started();
-        let reply = handlers::dispatch(shard, request, frame, &caller).await;
+        let reply = handlers::dispatch(shard, request, frame, &session).await;
         let (shard, responses) = (shard.clone(), responses.clone());
         glommio::spawn_local(async move {
             let (api, response) = reply.await;

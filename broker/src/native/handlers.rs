@@ -17,6 +17,7 @@ use crate::error::{BrokerError, BrokerResult};
 use crate::ops::{self, Appended, FetchPartition, FetchResults, StartedProduce};
 use crate::router::{MemberClaim, PartitionStatus, ShardCall, TopicPartition};
 use crate::security::Caller;
+use crate::security::quotas::QuotaKind;
 use crate::shard::Shard;
 use crate::topic::{ConfigChange, ConfigSource};
 use weir_replication::AclOperation;
@@ -47,12 +48,40 @@ fn error_reply(api: &'static str, request_id: u64, error: &BrokerError) -> Reply
     )))
 }
 
+/// Who a native connection is, the client id its handshake named, and its quota
+/// throttle.
+#[derive(Debug)]
+pub struct Session {
+    pub caller: Caller,
+    pub client_id: std::cell::RefCell<String>,
+    pub mute: crate::net::Mute,
+}
+
+impl Session {
+    pub fn new(caller: Caller) -> Session {
+        Session {
+            caller,
+            client_id: Default::default(),
+            mute: Default::default(),
+        }
+    }
+
+    /// Counts usage against the connection's client quota, holding it off if over.
+    fn throttle(&self, shard: &Shard, kind: QuotaKind, amount: u64) {
+        let client_id = self.client_id.borrow();
+        self.mute
+            .hold(shard.throttle(kind, &self.caller, &client_id, amount));
+    }
+}
+
 pub async fn dispatch(
     shard: &Rc<Shard>,
     request: schema::Request<'_>,
     payload: BytesMut,
-    caller: &Rc<Caller>,
+    session: &Rc<Session>,
 ) -> ReplyFuture {
+    let caller = &session.caller;
+    let payload_bytes = payload.len() as u64;
     let request_id = request.request_id();
     let request = match codec::decode(&request, payload) {
         Ok(request) => request,
@@ -66,6 +95,17 @@ pub async fn dispatch(
     // form the quorum); until then a client's request would find no topic at all.
     if !request.between_brokers() && !shard.is_ready() {
         return error_reply(api, request_id, &BrokerError::Starting);
+    }
+    if let NativeRequest::Handshake { client_id, .. } = &request {
+        session.client_id.borrow_mut().clone_from(client_id);
+    }
+    // Client quotas, as on Kafka connections: the connection is held off (the native
+    // protocol has no throttle field; the broker's hold is the whole of it).
+    if !request.between_brokers() {
+        session.throttle(shard, QuotaKind::Request, 1);
+    }
+    if matches!(request, NativeRequest::Produce { .. }) {
+        session.throttle(shard, QuotaKind::Produce, payload_bytes);
     }
     if let NativeRequest::Produce {
         acks,
@@ -85,9 +125,14 @@ pub async fn dispatch(
         return Box::pin(async move { (api, finish_produce(request_id, acks, started).await) });
     }
     let shard = shard.clone();
-    let caller = caller.clone();
+    let session = session.clone();
+    let fetch = matches!(request, NativeRequest::Fetch { .. });
     Box::pin(async move {
-        let result = handle(&shard, request_id, request, &caller).await;
+        let result = handle(&shard, request_id, request, &session.caller).await;
+        if fetch && let Ok(parts) = &result {
+            let bytes = parts.iter().map(Bytes::len).sum::<usize>() as u64;
+            session.throttle(&shard, QuotaKind::Fetch, bytes);
+        }
         let reply = match result {
             Ok(parts) => Reply {
                 parts,
