@@ -29,7 +29,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
@@ -119,9 +118,13 @@ def bulk_produce(bootstrap, seconds, result):
 def bulk_read(bootstrap, seconds):
     """Bytes a second `bulk-reader` consumes over the span, after the warm-up."""
     from confluent_kafka import Consumer
+    # Small fetches and a small prefetch queue, so that what is consumed in the span is
+    # what the broker sent in it (give or take 256 KiB), not a backlog from before.
     consumer = Consumer({"bootstrap.servers": bootstrap, "client.id": "bulk-reader",
                          "group.id": "bulk-readers", "auto.offset.reset": "earliest",
-                         "fetch.max.bytes": 1 << 20})
+                         "fetch.max.bytes": 256 << 10, "message.max.bytes": 256 << 10,
+                         "max.partition.fetch.bytes": 128 << 10,
+                         "queued.max.messages.kbytes": 256})
     consumer.subscribe(["reading"])
     start = time.time()
     got = 0
@@ -139,7 +142,15 @@ def main():
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--report")
+    parser.add_argument("--bulk", action="store_true", help="(internal) the bulk producer")
+    parser.add_argument("--bootstrap")
     args = parser.parse_args()
+    if args.bulk:
+        result = {}
+        bulk_produce(args.bootstrap, args.seconds, result)
+        with open(os.path.join(args.work_dir, "bulk.json"), "w") as f:
+            json.dump(result, f)
+        return
     broker = Broker(args.weir, os.path.join(args.work_dir, "data"))
     bootstrap = broker.fields["kafka"]
     report = {"quota_bytes_per_second": QUOTA, "seconds": args.seconds}
@@ -168,14 +179,19 @@ def main():
         assert f"client-id=bulk-reader\tconsumer_byte_rate={QUOTA}" in described, described
         log("quotas set:", described.strip().replace("\n", "; "))
 
-        alone, alone_throttled = steady_latencies(bootstrap, 5)
+        alone, alone_throttled = steady_latencies(bootstrap, args.seconds)
         report["steady_alone_ms"] = {"p50": percentile(alone, 0.5), "p99": percentile(alone, 0.99)}
-        result = {}
-        bulk = threading.Thread(target=bulk_produce, args=(bootstrap, args.seconds, result))
-        bulk.start()
+        # The bulk producer in a process of its own, so that it and `steady` do not share
+        # an interpreter lock (which would show up as `steady`'s latency).
+        result_file = os.path.join(args.work_dir, "bulk.json")
+        bulk = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--bulk",
+                                 "--weir", args.weir, "--work-dir", args.work_dir,
+                                 "--seconds", str(args.seconds), "--bootstrap", bootstrap])
         time.sleep(WARMUP)
         beside, beside_throttled = steady_latencies(bootstrap, args.seconds)
-        bulk.join()
+        assert bulk.wait(timeout=120) == 0, "the bulk producer failed"
+        with open(result_file) as f:
+            result = json.load(f)
         report["steady_beside_bulk_ms"] = {"p50": percentile(beside, 0.5),
                                            "p99": percentile(beside, 0.99)}
         report["produce_rate_over_quota"] = result["produce_rate"] / QUOTA
