@@ -105,6 +105,8 @@ pub struct BrokerConfig {
     /// The largest frame a connection may send before it has authenticated (Kafka's
     /// `sasl.server.max.receive.size`).
     pub sasl_max_receive_bytes: usize,
+    /// How long a connection to a SASL listener has to authenticate before it is closed.
+    pub sasl_authentication_timeout_ms: u64,
     /// Kafka client connections open at once on this broker (0: no limit; Kafka's
     /// `max.connections`). Native listeners carry the brokers' own traffic: not limited.
     pub max_connections: usize,
@@ -241,6 +243,7 @@ impl Default for BrokerConfig {
                 .collect(),
             sasl_failed_authentication_delay_ms: 100,
             sasl_max_receive_bytes: 512 << 10,
+            sasl_authentication_timeout_ms: 10_000,
             max_connections: 0,
             max_connections_per_ip: 0,
             max_connections_per_ip_overrides: Vec::new(),

@@ -108,6 +108,37 @@ fn acls_hold_real_clients_to_what_they_are_allowed() {
 
 // ---- before authentication -------------------------------------------------------
 
+/// A connection that never authenticates is closed once its time is up, one that is in
+/// the middle of a frame too, while ApiVersions is still served to newcomers.
+#[test]
+fn connections_that_do_not_authenticate_are_closed_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_with_env(
+        env!("CARGO_BIN_EXE_weir"),
+        dir.path(),
+        1,
+        &[],
+        &[
+            ("WEIR_KAFKA_LISTEN_PROTOCOL", "SASL_PLAINTEXT"),
+            ("WEIR_SASL_AUTHENTICATION_TIMEOUT_MS", "300"),
+        ],
+    )
+    .unwrap();
+    let mut silent = connect(&broker.kafka);
+    let mut halfway = connect(&broker.kafka);
+    halfway.write_all(&100i32.to_be_bytes()).unwrap();
+    // The read timeout of `connect` (longer than 300 ms) would fail the reads instead.
+    assert!(
+        closed_unanswered(&mut silent),
+        "a silent connection stayed open"
+    );
+    assert!(
+        closed_unanswered(&mut halfway),
+        "a half-sent frame kept its connection"
+    );
+    assert!(serving(&broker.kafka));
+}
+
 fn connect(address: &str) -> TcpStream {
     let stream = TcpStream::connect(address).unwrap();
     stream

@@ -7,7 +7,7 @@
 //! a copy, which needs the buffer to be theirs alone.
 
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_lite::io::{AsyncReadExt, ReadHalf};
@@ -48,13 +48,17 @@ async fn read_requests(
     let slots = Rc::new(glommio::sync::Semaphore::new(
         shard.config.connection_requests_max as u64,
     ));
+    let authentication_deadline =
+        Instant::now() + Duration::from_millis(shard.config.sasl_authentication_timeout_ms);
     loop {
         if shard.shutting_down() {
             return Err("shutting down".into());
         }
         session.mute.wait(shard).await;
         let mut prefix = [0u8; SIZE_PREFIX_BYTES];
-        match read_full(&mut reader, &mut prefix).await? {
+        // Until it has authenticated, a connection is on the clock.
+        let deadline = (!session.authenticated()).then_some(authentication_deadline);
+        match before(deadline, read_full(&mut reader, &mut prefix)).await? {
             0 => return Ok(()),
             SIZE_PREFIX_BYTES => {}
             _ => return Err("connection closed inside a frame".into()),
@@ -73,7 +77,7 @@ async fn read_requests(
         let frame_bytes = (SIZE_PREFIX_BYTES + size) as u64;
         let memory = MemoryHold::acquire(shard, &slots, frame_bytes).await?;
         let mut frame = BytesMut::zeroed(size);
-        if read_full(&mut reader, &mut frame).await? != size {
+        if before(deadline, read_full(&mut reader, &mut frame)).await? != size {
             return Err("connection closed inside a frame".into());
         }
         ShardMetrics::add(&shard.metrics.bytes_in, frame_bytes);
@@ -171,6 +175,21 @@ async fn send_now(
         .send(Box::pin(std::future::ready(Some(out))))
         .await
         .map_err(|_| "response writer stopped".to_string())
+}
+
+/// `read`, unless `deadline` (the end of the time to authenticate) passes first.
+async fn before(
+    deadline: Option<Instant>,
+    read: impl std::future::Future<Output = Result<usize, String>>,
+) -> Result<usize, String> {
+    let Some(deadline) = deadline else {
+        return read.await;
+    };
+    let late = async {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        Err("not authenticated in time (sasl_authentication_timeout_ms)".to_string())
+    };
+    futures_lite::future::or(read, late).await
 }
 
 /// Reads until `buffer` is full or the peer closes; returns the bytes read.
