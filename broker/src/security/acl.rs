@@ -24,8 +24,9 @@ use crate::shard::Shard;
 /// The ACLs arranged by what they match; built once per metadata change.
 #[derive(Debug, Default)]
 pub struct AclIndex {
-    literal: HashMap<(AclResourceType, String), Vec<Arc<AclBinding>>>,
-    prefixed: HashMap<(AclResourceType, String), Vec<Arc<AclBinding>>>,
+    /// By resource type, then name: looked up with the request's `&str`, no allocation.
+    literal: HashMap<AclResourceType, HashMap<String, Vec<Arc<AclBinding>>>>,
+    prefixed: HashMap<AclResourceType, HashMap<String, Vec<Arc<AclBinding>>>>,
     /// The lengths of the prefixed patterns of each type (to look up only those).
     prefix_lengths: HashMap<AclResourceType, Vec<usize>>,
 }
@@ -44,18 +45,23 @@ impl AclIndex {
     pub fn new<'a>(acls: impl IntoIterator<Item = &'a AclBinding>) -> AclIndex {
         let mut index = AclIndex::default();
         for acl in acls {
-            let key = (acl.resource_type, acl.resource_name.clone());
+            let (kind, name) = (acl.resource_type, acl.resource_name.clone());
             let acl = Arc::new(acl.clone());
-            match acl.pattern {
-                AclPatternType::Literal => index.literal.entry(key).or_default().push(acl),
+            let map = match acl.pattern {
+                AclPatternType::Literal => &mut index.literal,
                 AclPatternType::Prefixed => {
-                    let lengths = index.prefix_lengths.entry(key.0).or_default();
-                    if !lengths.contains(&key.1.len()) {
-                        lengths.push(key.1.len());
+                    let lengths = index.prefix_lengths.entry(kind).or_default();
+                    if !lengths.contains(&name.len()) {
+                        lengths.push(name.len());
                     }
-                    index.prefixed.entry(key).or_default().push(acl);
+                    &mut index.prefixed
                 }
-            }
+            };
+            map.entry(kind)
+                .or_default()
+                .entry(name)
+                .or_default()
+                .push(acl);
         }
         index
     }
@@ -66,17 +72,19 @@ impl AclIndex {
         resource_type: AclResourceType,
         name: &'a str,
     ) -> impl Iterator<Item = &'a AclBinding> + 'a {
+        let literal = self.literal.get(&resource_type);
         let literal = [name, "*"]
             .into_iter()
-            .filter_map(move |n| self.literal.get(&(resource_type, n.to_string())))
+            .filter_map(move |n| literal?.get(n))
             .flatten();
+        let prefixed = self.prefixed.get(&resource_type);
         let prefixed = self
             .prefix_lengths
             .get(&resource_type)
             .into_iter()
             .flatten()
             .filter_map(move |length| name.get(..*length))
-            .filter_map(move |prefix| self.prefixed.get(&(resource_type, prefix.to_string())))
+            .filter_map(move |prefix| prefixed?.get(prefix))
             .flatten();
         literal.chain(prefixed).map(|acl| &**acl)
     }
@@ -135,12 +143,10 @@ impl AclIndex {
         if config.super_users.iter().any(|u| u == principal) {
             return true;
         }
-        let of_type: Vec<&AclBinding> = self
-            .literal
-            .iter()
-            .chain(&self.prefixed)
-            .filter(|((t, _), _)| *t == resource_type)
-            .flat_map(|(_, acls)| acls.iter().map(|a| &**a))
+        let of_type: Vec<&AclBinding> = [&self.literal, &self.prefixed]
+            .into_iter()
+            .filter_map(|map| map.get(&resource_type))
+            .flat_map(|by_name| by_name.values().flatten().map(|a| &**a))
             .collect();
         if of_type.is_empty() {
             return config.allow_if_no_acl;
