@@ -11,6 +11,18 @@ use weir_client::{
     StartFrom,
 };
 
+/// The SASL login of every connection the CLI makes, if any (`--sasl-*`).
+static LOGIN: std::sync::OnceLock<weir_client::SaslCredentials> = std::sync::OnceLock::new();
+
+pub fn log_in_with(credentials: weir_client::SaslCredentials) {
+    let _ = LOGIN.set(credentials);
+}
+
+/// A client of `brokers`, logged in when the CLI was given credentials.
+async fn connect(brokers: &str) -> weir_client::ClientResult<Client> {
+    Client::connect_with(brokers, LOGIN.get().cloned()).await
+}
+
 #[derive(Debug, Args)]
 pub struct Brokers {
     /// Brokers to connect to, HOST:PORT[,...].
@@ -344,7 +356,7 @@ fn key_value(pair: &str) -> anyhow::Result<(String, String)> {
 }
 
 pub async fn topic(brokers: String, command: TopicCommand) -> anyhow::Result<()> {
-    let client = Client::connect(&brokers).await?;
+    let client = connect(&brokers).await?;
     let mut out = std::io::stdout().lock();
     match command {
         TopicCommand::Create {
@@ -445,7 +457,7 @@ fn ids(nodes: &[i32]) -> String {
 }
 
 pub async fn cluster(brokers: String, command: ClusterCommand) -> anyhow::Result<()> {
-    let client = Client::connect(&brokers).await?;
+    let client = connect(&brokers).await?;
     let mut out = std::io::stdout().lock();
     match command {
         ClusterCommand::Status => {
@@ -503,7 +515,7 @@ pub async fn cluster(brokers: String, command: ClusterCommand) -> anyhow::Result
 }
 
 pub async fn partition(brokers: String, command: PartitionCommand) -> anyhow::Result<()> {
-    let client = Client::connect(&brokers).await?;
+    let client = connect(&brokers).await?;
     match command {
         PartitionCommand::Move {
             topic,
@@ -576,7 +588,7 @@ pub async fn produce(
     args: ProduceArgs,
     lines: Vec<String>,
 ) -> anyhow::Result<u64> {
-    let client = Client::connect(&brokers).await?;
+    let client = connect(&brokers).await?;
     let acks = match args.acks {
         AcksArg::None => Acks::None,
         AcksArg::Leader => Acks::Leader,
@@ -665,7 +677,7 @@ fn start_from(from: &str) -> anyhow::Result<StartFrom> {
 }
 
 pub async fn consume(brokers: String, args: ConsumeArgs) -> anyhow::Result<()> {
-    let client = Client::connect(&brokers).await?;
+    let client = connect(&brokers).await?;
     let config = ConsumerConfig {
         group: args.group.clone(),
         start: start_from(&args.from)?,
@@ -748,7 +760,7 @@ pub async fn user(brokers: String, command: UserCommand) -> anyhow::Result<()> {
         ScramMechanism::from_name(name)
             .with_context(|| format!("unknown mechanism {name}: SCRAM-SHA-256 or SCRAM-SHA-512"))
     };
-    let client = Client::connect(&brokers).await?;
+    let client = connect(&brokers).await?;
     let mut out = std::io::stdout().lock();
     let check = |results: Vec<(String, weir_client::ClientResult<()>)>| -> anyhow::Result<()> {
         for (user, result) in results {
@@ -820,7 +832,7 @@ pub async fn user(brokers: String, command: UserCommand) -> anyhow::Result<()> {
 }
 
 pub async fn quota(brokers: String, command: QuotaCommand) -> anyhow::Result<()> {
-    let client = Client::connect(&brokers).await?;
+    let client = connect(&brokers).await?;
     let mut out = std::io::stdout().lock();
     match command {
         QuotaCommand::Alter {
@@ -961,7 +973,7 @@ fn write_acl(out: &mut impl Write, acl: &weir_client::Acl) -> std::io::Result<()
 const ACL_HEADER: &str = "resource\tname\tpattern\tprincipal\thost\toperation\tpermission";
 
 pub async fn acl(brokers: String, command: AclCommand) -> anyhow::Result<()> {
-    let client = Client::connect(&brokers).await?;
+    let client = connect(&brokers).await?;
     let mut out = std::io::stdout().lock();
     match command {
         AclCommand::Create {
@@ -1019,7 +1031,7 @@ pub async fn acl(brokers: String, command: AclCommand) -> anyhow::Result<()> {
 }
 
 pub async fn group(brokers: String, command: GroupCommand) -> anyhow::Result<()> {
-    let client = Client::connect(&brokers).await?;
+    let client = connect(&brokers).await?;
     let mut out = std::io::stdout().lock();
     match command {
         GroupCommand::List => {

@@ -510,8 +510,8 @@ impl BrokerConfig {
                     listener.protocol
                 );
                 anyhow::ensure!(
-                    kind == ListenerKind::Kafka || !listener.protocol.sasl(),
-                    "{} listener {listener}: SASL is served on Kafka listeners only",
+                    kind != ListenerKind::Http || !listener.protocol.sasl(),
+                    "{} listener {listener}: SASL is served on Kafka and native listeners",
                     kind.name()
                 );
             }

@@ -81,6 +81,9 @@ pub enum BrokerError {
     NotCoordinator(String),
     #[error("timed out: {0}")]
     TimedOut(String),
+    /// SASL refused the credentials or the mechanism.
+    #[error("{0}")]
+    AuthenticationFailed(String),
     /// The ACLs do not allow the request (or this part of it).
     #[error("{principal} is not allowed {} on {} {name}", operation.name(), resource_type.name())]
     Unauthorized {
@@ -123,6 +126,7 @@ impl BrokerError {
             BrokerError::Starting => ErrorCode::LeaderNotAvailable,
             BrokerError::Kafka { code, .. } => native_of_kafka(*code),
             BrokerError::Unauthorized { .. } => ErrorCode::AuthorizationFailed,
+            BrokerError::AuthenticationFailed(_) => ErrorCode::AuthenticationFailed,
             BrokerError::InvalidRecords { .. } => ErrorCode::InvalidRequest,
             BrokerError::NotLeader { .. } | BrokerError::NotCoordinator(_) => ErrorCode::NotLeader,
             BrokerError::LeaderNotAvailable { .. } => ErrorCode::LeaderNotAvailable,

@@ -19,6 +19,14 @@ use weir_broker::config::{BrokerConfig, FlagOverrides};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log in to a SASL native listener with this mechanism (PLAIN, SCRAM-SHA-256,
+    /// SCRAM-SHA-512); the password comes from --sasl-password or WEIR_SASL_PASSWORD.
+    #[arg(long, global = true, requires = "sasl_username")]
+    sasl_mechanism: Option<String>,
+    #[arg(long, global = true)]
+    sasl_username: Option<String>,
+    #[arg(long, global = true)]
+    sasl_password: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,7 +139,21 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if let (Some(mechanism), Some(username)) = (cli.sasl_mechanism, cli.sasl_username) {
+        let password = match cli.sasl_password {
+            Some(password) => password,
+            None => std::env::var("WEIR_SASL_PASSWORD").map_err(|_| {
+                anyhow::anyhow!("--sasl-mechanism needs --sasl-password or WEIR_SASL_PASSWORD")
+            })?,
+        };
+        cli::log_in_with(weir_client::SaslCredentials {
+            mechanism,
+            username,
+            password,
+        });
+    }
+    match cli.command {
         Command::Serve {
             data_dir,
             node_id,

@@ -29,6 +29,7 @@ pub const APIS: &[&str] = &[
     "describe_acls",
     "delete_acls",
     "alter_client_quotas",
+    "sasl",
     "describe_client_quotas",
     "kafka_produce",
     "kafka_fetch",

@@ -106,6 +106,77 @@ fn acls_hold_real_clients_to_what_they_are_allowed() {
     assert!(status.success(), "acls.py failed");
 }
 
+/// The native protocol logs in with the same SCRAM credentials: the CLI on a SASL native
+/// listener is refused without them or with a wrong password, and with them it is the
+/// user it logged in as (the authorizer shows it: alice, with no ACLs, sees no topics;
+/// admin, a super user, sees them).
+#[test]
+fn native_clients_log_in_with_sasl() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_with_env(
+        env!("CARGO_BIN_EXE_weir"),
+        dir.path(),
+        1,
+        &[],
+        &[
+            (
+                "WEIR_NATIVE_LISTENERS",
+                "[\"SASL_PLAINTEXT://127.0.0.1:0\"]",
+            ),
+            ("WEIR_AUTHORIZER_ENABLED", "true"),
+            ("WEIR_SUPER_USERS", "[\"User:admin\", \"User:ANONYMOUS\"]"),
+            ("WEIR_SASL_FAILED_AUTHENTICATION_DELAY_MS", "10"),
+        ],
+    )
+    .unwrap();
+    for user in ["alice", "admin"] {
+        let password = format!("{user}-pw");
+        broker
+            .cli_ok(&["user", "create", user, "--password", &password], None)
+            .unwrap();
+    }
+    broker.cli_ok(&["topic", "create", "ledger"], None).unwrap();
+    let sasl = broker.extra_listener("native+SASL_PLAINTEXT").unwrap();
+    let weir = |login: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["topic", "list", "--brokers", &sasl])
+            .args(login)
+            .env("WEIR_LOG", "warn")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), stdout, stderr)
+    };
+    let (ok, _, stderr) = weir(&[]);
+    assert!(!ok, "served without logging in");
+    assert!(stderr.contains("authenticate first"), "{stderr}");
+    let login = |mechanism: &'static str, user: &'static str, password: &'static str| {
+        [
+            "--sasl-mechanism",
+            mechanism,
+            "--sasl-username",
+            user,
+            "--sasl-password",
+            password,
+        ]
+    };
+    let (ok, _, stderr) = weir(&login("SCRAM-SHA-512", "alice", "wrong"));
+    assert!(!ok, "a wrong password was let in");
+    assert!(stderr.contains("AuthenticationFailed"), "{stderr}");
+    let (ok, listed, stderr) = weir(&login("SCRAM-SHA-512", "alice", "alice-pw"));
+    assert!(ok, "{stderr}");
+    assert!(
+        !listed.contains("ledger"),
+        "alice may not describe ledger: {listed}"
+    );
+    for mechanism in ["SCRAM-SHA-256", "PLAIN"] {
+        let (ok, listed, stderr) = weir(&login(mechanism, "admin", "admin-pw"));
+        assert!(ok, "{mechanism}: {stderr}");
+        assert!(listed.contains("ledger"), "{mechanism}: {listed}");
+    }
+}
+
 // ---- before authentication -------------------------------------------------------
 
 /// A connection that never authenticates is closed once its time is up, one that is in

@@ -251,6 +251,102 @@ struct Routes {
     internal_partitions: RefCell<HashMap<String, i32>>,
     /// Produce calls route and write in the order they were made.
     send_gate: Rc<ArrivalGate>,
+    /// Credentials every connection authenticates with, after its handshake.
+    sasl: Option<SaslCredentials>,
+}
+
+/// A SASL login (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512), for a broker's SASL native
+/// listener.
+#[derive(Clone, Default)]
+pub struct SaslCredentials {
+    pub mechanism: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for SaslCredentials {
+    /// Never the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaslCredentials")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Logs in on `connection` with `credentials`: SaslHandshake, then SaslAuthenticate
+/// until the broker says done. The mechanism's messages are rsasl's.
+async fn authenticate(connection: &Connection, credentials: &SaslCredentials) -> ClientResult<()> {
+    use rsasl::prelude::{Mechname, SASLClient, SASLConfig};
+    let invalid = |e: &dyn std::fmt::Display| ClientError::Invalid(format!("SASL: {e}"));
+    let mechanism = credentials.mechanism.clone();
+    let frame = call_on(
+        connection,
+        RequestBody::SaslHandshakeRequest,
+        |b| {
+            let mechanism = b.create_string(&mechanism);
+            let args = schema::SaslHandshakeRequestArgs {
+                mechanism: Some(mechanism),
+            };
+            schema::SaslHandshakeRequest::create(b, &args).as_union_value()
+        },
+        vec![],
+    )
+    .await?;
+    frame.checked()?;
+    let config = SASLConfig::with_credentials(
+        None,
+        credentials.username.clone(),
+        credentials.password.clone(),
+    )
+    .map_err(|e| invalid(&e))?;
+    let name = Mechname::parse(credentials.mechanism.as_bytes()).map_err(|e| invalid(&e))?;
+    let mut session = SASLClient::new(config)
+        .start_suggested(&[name])
+        .map_err(|e| invalid(&e))?;
+    let mut out = Vec::new();
+    let mut state = session.step(None, &mut out).map_err(|e| invalid(&e))?;
+    loop {
+        let message = std::mem::take(&mut out);
+        let frame = call_on(
+            connection,
+            RequestBody::SaslAuthenticateRequest,
+            |b| {
+                let auth_bytes = b.create_vector(&message);
+                let args = schema::SaslAuthenticateRequestArgs {
+                    auth_bytes: Some(auth_bytes),
+                };
+                schema::SaslAuthenticateRequest::create(b, &args).as_union_value()
+            },
+            vec![],
+        )
+        .await?;
+        let response = frame.checked()?;
+        let body = response
+            .body_as_sasl_authenticate_response()
+            .ok_or_else(|| ClientError::Invalid("no SASL authenticate body".into()))?;
+        let input = body
+            .auth_bytes()
+            .map(|b| b.bytes().to_vec())
+            .unwrap_or_default();
+        if body.done() {
+            // SCRAM's last message proves the server knew the credential: check it.
+            if state.is_running() {
+                session
+                    .step(Some(&input), &mut out)
+                    .map_err(|e| invalid(&e))?;
+            }
+            return Ok(());
+        }
+        if !state.is_running() {
+            return Err(ClientError::Invalid(
+                "SASL: the broker wants more than the mechanism has".into(),
+            ));
+        }
+        state = session
+            .step(Some(&input), &mut out)
+            .map_err(|e| invalid(&e))?;
+    }
 }
 
 /// How long requests routed to leaders retry through a leader change.
@@ -347,8 +443,18 @@ impl Client {
     /// Connects to the first reachable address of `brokers` (comma-separated HOST:PORT)
     /// and shakes hands.
     pub async fn connect(brokers: &str) -> ClientResult<Client> {
+        Client::connect_with(brokers, None).await
+    }
+
+    /// `connect`, every connection then logging in with `sasl` (a SASL native listener's
+    /// clients).
+    pub async fn connect_with(
+        brokers: &str,
+        sasl: Option<SaslCredentials>,
+    ) -> ClientResult<Client> {
         let routes = Rc::new(Routes {
             bootstrap_addresses: brokers.to_string(),
+            sasl,
             ..Routes::default()
         });
         let client = Client { routes };
@@ -372,9 +478,13 @@ impl Client {
         let mut starting = None;
         for address in brokers.split(',').map(str::trim).filter(|a| !a.is_empty()) {
             let shaken = match Connection::connect(address).await {
-                Ok(connection) => handshake(&connection, "weir-client")
-                    .await
-                    .map(|(node, is_starting)| (connection, node, is_starting)),
+                Ok(connection) => match handshake(&connection, "weir-client").await {
+                    Ok((node, is_starting)) => self
+                        .login(&connection)
+                        .await
+                        .map(|()| (connection, node, is_starting)),
+                    Err(error) => Err(error),
+                },
                 Err(error) => Err(error),
             };
             match shaken {
@@ -1334,11 +1444,20 @@ impl Client {
         };
         let connection = Connection::connect(&address).await?;
         handshake(&connection, "weir-client").await?;
+        self.login(&connection).await?;
         self.routes
             .connections
             .borrow_mut()
             .insert(node, connection.clone());
         Ok(connection)
+    }
+
+    /// Authenticates a new connection, when the client has credentials.
+    async fn login(&self, connection: &Connection) -> ClientResult<()> {
+        match &self.routes.sasl {
+            Some(credentials) => authenticate(connection, credentials).await,
+            None => Ok(()),
+        }
     }
 
     /// Learns brokers and leaders from `metadata`.

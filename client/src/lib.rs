@@ -14,7 +14,7 @@ mod txn;
 pub use client::{
     Acl, AclFilter, Client, ClusterBroker, ClusterDescription, CommittedOffset, FetchSpec,
     FetchedPartition, Metadata, OffsetQuery, PartitionMeta, ProduceResult, QuotaAlteration,
-    QuotaTarget, ScramUpsertion, TopicConfigEntry, TopicMeta,
+    QuotaTarget, SaslCredentials, ScramUpsertion, TopicConfigEntry, TopicMeta,
 };
 pub use connection::{Connection, PendingResponse, ResponseFrame};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};

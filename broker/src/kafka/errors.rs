@@ -74,6 +74,7 @@ pub fn code(error: &BrokerError) -> i16 {
             AclResourceType::Cluster => ResponseError::ClusterAuthorizationFailed,
             AclResourceType::TransactionalId => ResponseError::TransactionalIdAuthorizationFailed,
         },
+        BrokerError::AuthenticationFailed(_) => ResponseError::SaslAuthenticationFailed,
         BrokerError::Internal(_) => ResponseError::UnknownServerError,
     };
     kafka.code()

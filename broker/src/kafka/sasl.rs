@@ -221,7 +221,14 @@ async fn step(shard: &Rc<Shard>, session: &Session, input: Bytes, raw_framing: b
             Outcome::Done(Bytes::from(out))
         }
         Step::Failed(reason) => {
-            authentication_failed(shard, session, mechanism, &reason);
+            let client = &session.client_host;
+            crate::security::sasl::authentication_failed(
+                shard,
+                &session.listener,
+                client,
+                mechanism,
+                &reason,
+            );
             let delay = shard.config.sasl_failed_authentication_delay_ms;
             glommio::timer::sleep(Duration::from_millis(delay)).await;
             Outcome::Failed(format!(
@@ -229,40 +236,4 @@ async fn step(shard: &Rc<Shard>, session: &Session, input: Bytes, raw_framing: b
             ))
         }
     }
-}
-
-/// The most authentication failures one shard logs per second; the rest are counted (in
-/// `weir_authentication_failures_total`, and in the next line logged).
-const FAILURES_LOGGED_PER_SECOND: u32 = 5;
-
-thread_local! {
-    /// This shard's current second of failure logging: when it began, lines logged in it,
-    /// lines held back.
-    static FAILURE_LOG: std::cell::Cell<(std::time::Instant, u32, u64)> =
-        std::cell::Cell::new((std::time::Instant::now(), 0, 0));
-}
-
-fn authentication_failed(shard: &Shard, session: &Session, mechanism: &str, reason: &str) {
-    crate::metrics::ShardMetrics::add(&shard.metrics.authentication_failures, 1);
-    FAILURE_LOG.with(|log| {
-        let (mut since, mut logged, mut held_back) = log.get();
-        if since.elapsed() >= Duration::from_secs(1) {
-            (since, logged) = (std::time::Instant::now(), 0);
-        }
-        if logged < FAILURES_LOGGED_PER_SECOND {
-            tracing::warn!(
-                listener = %session.listener,
-                client = %session.client_host,
-                mechanism,
-                reason,
-                held_back,
-                "authentication failed"
-            );
-            logged += 1;
-            held_back = 0;
-        } else {
-            held_back += 1;
-        }
-        log.set((since, logged, held_back));
-    });
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use futures_lite::io::{AsyncReadExt, ReadHalf};
 use glommio::channels::local_channel::LocalSender;
+use weir_wire::native::schema;
 use weir_wire::native::{self, FRAME_PREFIX_BYTES};
 
 use super::handlers;
@@ -18,7 +19,10 @@ use crate::shard::Shard;
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
 pub async fn serve_connection(shard: Rc<Shard>, accepted: Accepted) {
-    let session = Rc::new(handlers::Session::new(accepted.caller()));
+    let session = Rc::new(handlers::Session::new(
+        accepted.caller(),
+        accepted.listener.clone(),
+    ));
     let read = move |shard, reader, responses| read_requests(shard, reader, responses, session);
     if let Err((reason, peer)) = net::run_connection(shard, accepted.stream, read).await {
         tracing::debug!(%peer, %reason, "closing connection");
@@ -70,6 +74,34 @@ async fn read_requests(
                 return Err(error.to_string());
             }
         };
+        // Before authentication only the body type is looked at: the decoders see nothing
+        // else an unauthenticated peer sends.
+        let body = request.body_type();
+        if !session.authenticated() && !handlers::allowed_before_authentication(body) {
+            send_fatal(responses, "authenticate first (SaslHandshake)").await;
+            return Err(format!(
+                "request {body:?} before authentication on {}",
+                session.listener
+            ));
+        }
+        if matches!(
+            body,
+            schema::RequestBody::SaslHandshakeRequest
+                | schema::RequestBody::SaslAuthenticateRequest
+        ) {
+            let (parts, close) = handlers::sasl(shard, &session, request).await;
+            shard.metrics.record("sasl", started.elapsed(), close);
+            drop(memory);
+            let out = Outgoing {
+                parts,
+                permit: None,
+                close_after: close,
+            };
+            if responses.send(ready(out)).await.is_err() || close {
+                return Err("authentication failed".into());
+            }
+            continue;
+        }
         shard.request_started();
         let reply = handlers::dispatch(shard, request, frame, &session).await;
         let (shard, responses) = (shard.clone(), responses.clone());

@@ -16,8 +16,11 @@ use super::codec::{self, NativeRequest, ResponseWriter, error_fields};
 use crate::error::{BrokerError, BrokerResult};
 use crate::ops::{self, Appended, FetchPartition, FetchResults, StartedProduce};
 use crate::router::{MemberClaim, PartitionStatus, ShardCall, TopicPartition};
-use crate::security::Caller;
+use std::cell::RefCell;
+
 use crate::security::quotas::QuotaKind;
+use crate::security::sasl::{Exchange, Step};
+use crate::security::{Caller, Listener};
 use crate::shard::Shard;
 use crate::topic::{ConfigChange, ConfigSource};
 use weir_replication::AclOperation;
@@ -52,26 +55,177 @@ fn error_reply(api: &'static str, request_id: u64, error: &BrokerError) -> Reply
 /// throttle.
 #[derive(Debug)]
 pub struct Session {
-    pub caller: Caller,
-    pub client_id: std::cell::RefCell<String>,
+    caller: RefCell<Rc<Caller>>,
+    pub listener: Rc<Listener>,
+    pub client_id: RefCell<String>,
     pub mute: crate::net::Mute,
+    auth: RefCell<Auth>,
+}
+
+/// Where a connection to a SASL listener is in authenticating.
+#[derive(Debug)]
+enum Auth {
+    Waiting,
+    Exchanging(Box<Exchange>),
+    Done,
 }
 
 impl Session {
-    pub fn new(caller: Caller) -> Session {
+    pub fn new(caller: Caller, listener: Rc<Listener>) -> Session {
+        let auth = if listener.protocol.sasl() {
+            Auth::Waiting
+        } else {
+            Auth::Done
+        };
         Session {
-            caller,
+            caller: RefCell::new(Rc::new(caller)),
+            listener,
             client_id: Default::default(),
             mute: Default::default(),
+            auth: RefCell::new(auth),
         }
+    }
+
+    pub fn caller(&self) -> Rc<Caller> {
+        self.caller.borrow().clone()
+    }
+
+    pub fn authenticated(&self) -> bool {
+        matches!(*self.auth.borrow(), Auth::Done)
     }
 
     /// Counts usage against the connection's client quota, holding it off if over.
     fn throttle(&self, shard: &Shard, kind: QuotaKind, amount: u64) {
         let client_id = self.client_id.borrow();
         self.mute
-            .hold(shard.throttle(kind, &self.caller, &client_id, amount));
+            .hold(shard.throttle(kind, &self.caller(), &client_id, amount));
     }
+}
+
+/// What a connection may send before it has authenticated: anything else closes it.
+pub fn allowed_before_authentication(body: schema::RequestBody) -> bool {
+    use schema::RequestBody as B;
+    matches!(
+        body,
+        B::HandshakeRequest | B::SaslHandshakeRequest | B::SaslAuthenticateRequest
+    )
+}
+
+/// A SaslHandshake or SaslAuthenticate request, answered in line (the next frame is read
+/// only after it): the response, and whether the connection must then close (a refused
+/// mechanism or credentials, after `sasl_failed_authentication_delay_ms`).
+pub async fn sasl(
+    shard: &Rc<Shard>,
+    session: &Session,
+    request: schema::Request<'_>,
+) -> (Vec<Bytes>, bool) {
+    let request_id = request.request_id();
+    let refused = |error: BrokerError, close: bool| {
+        (
+            ResponseWriter::new().finish(request_id, Some(&error), None),
+            close,
+        )
+    };
+    if let Some(handshake) = request.body_as_sasl_handshake_request() {
+        if !matches!(*session.auth.borrow(), Auth::Waiting) {
+            let why = "SaslHandshake: not a SASL listener, or past the handshake";
+            return refused(BrokerError::InvalidRequest(why.into()), true);
+        }
+        let enabled = &shard.config.sasl_enabled_mechanisms;
+        let mechanism = handshake.mechanism();
+        let mut w = ResponseWriter::new();
+        let offered: Vec<_> = enabled.iter().map(|m| w.string(m)).collect();
+        let offered = w.builder.create_vector(&offered);
+        let error = match Exchange::start(mechanism, enabled, shard.image()) {
+            Some(exchange) => {
+                *session.auth.borrow_mut() = Auth::Exchanging(Box::new(exchange));
+                None
+            }
+            None => Some(BrokerError::AuthenticationFailed(format!(
+                "mechanism {mechanism} is not offered"
+            ))),
+        };
+        let args = schema::SaslHandshakeResponseArgs {
+            mechanisms: Some(offered),
+        };
+        let body = schema::SaslHandshakeResponse::create(&mut w.builder, &args).as_union_value();
+        let close = error.is_some();
+        let parts = w.finish(
+            request_id,
+            error.as_ref(),
+            Some((schema::ResponseBody::SaslHandshakeResponse, body)),
+        );
+        return (parts, close);
+    }
+    let Some(authenticate) = request.body_as_sasl_authenticate_request() else {
+        return refused(
+            BrokerError::InvalidRequest("not a SASL request".into()),
+            true,
+        );
+    };
+    let exchange = match std::mem::replace(&mut *session.auth.borrow_mut(), Auth::Waiting) {
+        Auth::Exchanging(exchange) => exchange,
+        other => {
+            *session.auth.borrow_mut() = other;
+            let why = "SaslAuthenticate outside a SASL exchange";
+            return refused(BrokerError::InvalidRequest(why.into()), true);
+        }
+    };
+    let input = authenticate
+        .auth_bytes()
+        .map(|b| b.bytes().to_vec())
+        .unwrap_or_default();
+    let mechanism = exchange.mechanism();
+    // Key derivations take milliseconds: off the shard.
+    let (exchange, step) = glommio::executor()
+        .spawn_blocking(move || {
+            let mut exchange = exchange;
+            let step = exchange.step(&input);
+            (exchange, step)
+        })
+        .await;
+    let (out, done) = match step {
+        Step::Continue(out) => {
+            *session.auth.borrow_mut() = Auth::Exchanging(exchange);
+            (out, false)
+        }
+        Step::Done(out, principal) => {
+            tracing::debug!(%principal, mechanism, "authenticated (native)");
+            let host = session.caller().host.clone();
+            *session.caller.borrow_mut() = Rc::new(Caller::new(principal, host));
+            *session.auth.borrow_mut() = Auth::Done;
+            (out, true)
+        }
+        Step::Failed(reason) => {
+            let client = session.caller().host.clone();
+            crate::security::sasl::authentication_failed(
+                shard,
+                &session.listener,
+                &client,
+                mechanism,
+                &reason,
+            );
+            let delay = shard.config.sasl_failed_authentication_delay_ms;
+            glommio::timer::sleep(Duration::from_millis(delay)).await;
+            let error = BrokerError::AuthenticationFailed(format!(
+                "authentication with SASL mechanism {mechanism} failed: invalid credentials"
+            ));
+            return refused(error, true);
+        }
+    };
+    let mut w = ResponseWriter::new();
+    let auth_bytes = w.builder.create_vector(&out);
+    let args = schema::SaslAuthenticateResponseArgs {
+        auth_bytes: Some(auth_bytes),
+        done,
+    };
+    let body = schema::SaslAuthenticateResponse::create(&mut w.builder, &args).as_union_value();
+    let parts = w.finish(
+        request_id,
+        None,
+        Some((schema::ResponseBody::SaslAuthenticateResponse, body)),
+    );
+    (parts, false)
 }
 
 pub async fn dispatch(
@@ -80,7 +234,8 @@ pub async fn dispatch(
     payload: BytesMut,
     session: &Rc<Session>,
 ) -> ReplyFuture {
-    let caller = &session.caller;
+    let caller = session.caller();
+    let caller = &*caller;
     let payload_bytes = payload.len() as u64;
     let request_id = request.request_id();
     let request = match codec::decode(&request, payload) {
@@ -128,7 +283,7 @@ pub async fn dispatch(
     let session = session.clone();
     let fetch = matches!(request, NativeRequest::Fetch { .. });
     Box::pin(async move {
-        let result = handle(&shard, request_id, request, &session.caller).await;
+        let result = handle(&shard, request_id, request, &session.caller()).await;
         if fetch && let Ok(parts) = &result {
             let bytes = parts.iter().map(Bytes::len).sum::<usize>() as u64;
             session.throttle(&shard, QuotaKind::Fetch, bytes);

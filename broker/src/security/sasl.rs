@@ -162,6 +162,50 @@ impl Credentials {
     }
 }
 
+/// The most authentication failures one shard logs per second; the rest are counted (in
+/// `weir_authentication_failures_total`, and in the next line logged).
+const FAILURES_LOGGED_PER_SECOND: u32 = 5;
+
+thread_local! {
+    /// This shard's current second of failure logging: when it began, lines logged in it,
+    /// lines held back.
+    static FAILURE_LOG: std::cell::Cell<(std::time::Instant, u32, u64)> =
+        std::cell::Cell::new((std::time::Instant::now(), 0, 0));
+}
+
+/// Counts a refused authentication (on either protocol) and logs it, at most
+/// `FAILURES_LOGGED_PER_SECOND` a second on a shard.
+pub fn authentication_failed(
+    shard: &crate::shard::Shard,
+    listener: &super::Listener,
+    client: &str,
+    mechanism: &str,
+    reason: &str,
+) {
+    crate::metrics::ShardMetrics::add(&shard.metrics.authentication_failures, 1);
+    FAILURE_LOG.with(|log| {
+        let (mut since, mut logged, mut held_back) = log.get();
+        if since.elapsed() >= std::time::Duration::from_secs(1) {
+            (since, logged) = (std::time::Instant::now(), 0);
+        }
+        if logged < FAILURES_LOGGED_PER_SECOND {
+            tracing::warn!(
+                %listener,
+                client,
+                mechanism,
+                reason,
+                held_back,
+                "authentication failed"
+            );
+            logged += 1;
+            held_back = 0;
+        } else {
+            held_back += 1;
+        }
+        log.set((since, logged, held_back));
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,10 +13,10 @@ pub mod protocol {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 38;
+pub const ENUM_MAX_ERROR_CODE: i16 = 39;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 39] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 40] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::InvalidRequest,
@@ -56,6 +56,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 39] = [
   ErrorCode::CoordinatorNotAvailable,
   ErrorCode::OperationNotAttempted,
   ErrorCode::AuthorizationFailed,
+  ErrorCode::AuthenticationFailed,
 ];
 
 /// Errors, in every response. 0 is success.
@@ -127,9 +128,11 @@ impl ErrorCode {
   pub const OperationNotAttempted: Self = Self(37);
   /// The broker's ACLs do not allow the principal this (`error_message` says what).
   pub const AuthorizationFailed: Self = Self(38);
+  /// SASL refused the credentials (or the mechanism); the connection closes.
+  pub const AuthenticationFailed: Self = Self(39);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 38;
+  pub const ENUM_MAX: i16 = 39;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -170,6 +173,7 @@ impl ErrorCode {
     Self::CoordinatorNotAvailable,
     Self::OperationNotAttempted,
     Self::AuthorizationFailed,
+    Self::AuthenticationFailed,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -213,6 +217,7 @@ impl ErrorCode {
       Self::CoordinatorNotAvailable => Some("CoordinatorNotAvailable"),
       Self::OperationNotAttempted => Some("OperationNotAttempted"),
       Self::AuthorizationFailed => Some("AuthorizationFailed"),
+      Self::AuthenticationFailed => Some("AuthenticationFailed"),
       _ => None,
     }
   }
@@ -632,10 +637,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ConfigSource {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 29;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 31;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 30] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 32] = [
   RequestBody::NONE,
   RequestBody::HandshakeRequest,
   RequestBody::MetadataRequest,
@@ -666,6 +671,8 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 30] = [
   RequestBody::DeleteAclsRequest,
   RequestBody::AlterClientQuotasRequest,
   RequestBody::DescribeClientQuotasRequest,
+  RequestBody::SaslHandshakeRequest,
+  RequestBody::SaslAuthenticateRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -703,9 +710,11 @@ impl RequestBody {
   pub const DeleteAclsRequest: Self = Self(27);
   pub const AlterClientQuotasRequest: Self = Self(28);
   pub const DescribeClientQuotasRequest: Self = Self(29);
+  pub const SaslHandshakeRequest: Self = Self(30);
+  pub const SaslAuthenticateRequest: Self = Self(31);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 29;
+  pub const ENUM_MAX: u8 = 31;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeRequest,
@@ -737,6 +746,8 @@ impl RequestBody {
     Self::DeleteAclsRequest,
     Self::AlterClientQuotasRequest,
     Self::DescribeClientQuotasRequest,
+    Self::SaslHandshakeRequest,
+    Self::SaslAuthenticateRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -771,6 +782,8 @@ impl RequestBody {
       Self::DeleteAclsRequest => Some("DeleteAclsRequest"),
       Self::AlterClientQuotasRequest => Some("AlterClientQuotasRequest"),
       Self::DescribeClientQuotasRequest => Some("DescribeClientQuotasRequest"),
+      Self::SaslHandshakeRequest => Some("SaslHandshakeRequest"),
+      Self::SaslAuthenticateRequest => Some("SaslAuthenticateRequest"),
       _ => None,
     }
   }
@@ -830,10 +843,10 @@ pub struct RequestBodyUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 29;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 31;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 30] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 32] = [
   ResponseBody::NONE,
   ResponseBody::HandshakeResponse,
   ResponseBody::MetadataResponse,
@@ -864,6 +877,8 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 30] = [
   ResponseBody::DeleteAclsResponse,
   ResponseBody::AlterClientQuotasResponse,
   ResponseBody::DescribeClientQuotasResponse,
+  ResponseBody::SaslHandshakeResponse,
+  ResponseBody::SaslAuthenticateResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -901,9 +916,11 @@ impl ResponseBody {
   pub const DeleteAclsResponse: Self = Self(27);
   pub const AlterClientQuotasResponse: Self = Self(28);
   pub const DescribeClientQuotasResponse: Self = Self(29);
+  pub const SaslHandshakeResponse: Self = Self(30);
+  pub const SaslAuthenticateResponse: Self = Self(31);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 29;
+  pub const ENUM_MAX: u8 = 31;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeResponse,
@@ -935,6 +952,8 @@ impl ResponseBody {
     Self::DeleteAclsResponse,
     Self::AlterClientQuotasResponse,
     Self::DescribeClientQuotasResponse,
+    Self::SaslHandshakeResponse,
+    Self::SaslAuthenticateResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -969,6 +988,8 @@ impl ResponseBody {
       Self::DeleteAclsResponse => Some("DeleteAclsResponse"),
       Self::AlterClientQuotasResponse => Some("AlterClientQuotasResponse"),
       Self::DescribeClientQuotasResponse => Some("DescribeClientQuotasResponse"),
+      Self::SaslHandshakeResponse => Some("SaslHandshakeResponse"),
+      Self::SaslAuthenticateResponse => Some("SaslAuthenticateResponse"),
       _ => None,
     }
   }
@@ -13680,6 +13701,416 @@ impl ::core::fmt::Debug for DescribeClientQuotasResponse<'_> {
       ds.finish()
   }
 }
+pub enum SaslHandshakeRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// On a SASL native listener, the first request after the handshake: the mechanism
+/// (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512). Until the exchange succeeds, nothing but the
+/// handshake and these two requests is served; anything else closes the connection.
+pub struct SaslHandshakeRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SaslHandshakeRequest<'a> {
+  type Inner = SaslHandshakeRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SaslHandshakeRequest<'a> {
+  pub const VT_MECHANISM: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SaslHandshakeRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SaslHandshakeRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SaslHandshakeRequest<'bldr>> {
+    let mut builder = SaslHandshakeRequestBuilder::new(_fbb);
+    if let Some(x) = args.mechanism { builder.add_mechanism(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn mechanism(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(SaslHandshakeRequest::VT_MECHANISM, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SaslHandshakeRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("mechanism", Self::VT_MECHANISM, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SaslHandshakeRequestArgs<'a> {
+    pub mechanism: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for SaslHandshakeRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SaslHandshakeRequestArgs {
+      mechanism: None, // required field
+    }
+  }
+}
+
+pub struct SaslHandshakeRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SaslHandshakeRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_mechanism(&mut self, mechanism: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SaslHandshakeRequest::VT_MECHANISM, mechanism);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SaslHandshakeRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SaslHandshakeRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SaslHandshakeRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, SaslHandshakeRequest::VT_MECHANISM,"mechanism");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SaslHandshakeRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SaslHandshakeRequest");
+      ds.field("mechanism", &self.mechanism());
+      ds.finish()
+  }
+}
+pub enum SaslHandshakeResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The mechanisms the listener offers (with `AuthenticationFailed` in the envelope when
+/// the one asked for is not among them).
+pub struct SaslHandshakeResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SaslHandshakeResponse<'a> {
+  type Inner = SaslHandshakeResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SaslHandshakeResponse<'a> {
+  pub const VT_MECHANISMS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SaslHandshakeResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SaslHandshakeResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SaslHandshakeResponse<'bldr>> {
+    let mut builder = SaslHandshakeResponseBuilder::new(_fbb);
+    if let Some(x) = args.mechanisms { builder.add_mechanisms(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn mechanisms(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(SaslHandshakeResponse::VT_MECHANISMS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SaslHandshakeResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("mechanisms", Self::VT_MECHANISMS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SaslHandshakeResponseArgs<'a> {
+    pub mechanisms: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for SaslHandshakeResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SaslHandshakeResponseArgs {
+      mechanisms: None,
+    }
+  }
+}
+
+pub struct SaslHandshakeResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SaslHandshakeResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_mechanisms(&mut self, mechanisms: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SaslHandshakeResponse::VT_MECHANISMS, mechanisms);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SaslHandshakeResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SaslHandshakeResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SaslHandshakeResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SaslHandshakeResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SaslHandshakeResponse");
+      ds.field("mechanisms", &self.mechanisms());
+      ds.finish()
+  }
+}
+pub enum SaslAuthenticateRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The mechanism's next client message (RFC 4616, RFC 5802), as Kafka's
+/// SaslAuthenticate carries it.
+pub struct SaslAuthenticateRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SaslAuthenticateRequest<'a> {
+  type Inner = SaslAuthenticateRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SaslAuthenticateRequest<'a> {
+  pub const VT_AUTH_BYTES: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SaslAuthenticateRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SaslAuthenticateRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SaslAuthenticateRequest<'bldr>> {
+    let mut builder = SaslAuthenticateRequestBuilder::new(_fbb);
+    if let Some(x) = args.auth_bytes { builder.add_auth_bytes(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn auth_bytes(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(SaslAuthenticateRequest::VT_AUTH_BYTES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SaslAuthenticateRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("auth_bytes", Self::VT_AUTH_BYTES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SaslAuthenticateRequestArgs<'a> {
+    pub auth_bytes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for SaslAuthenticateRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SaslAuthenticateRequestArgs {
+      auth_bytes: None,
+    }
+  }
+}
+
+pub struct SaslAuthenticateRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SaslAuthenticateRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_auth_bytes(&mut self, auth_bytes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SaslAuthenticateRequest::VT_AUTH_BYTES, auth_bytes);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SaslAuthenticateRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SaslAuthenticateRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SaslAuthenticateRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SaslAuthenticateRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SaslAuthenticateRequest");
+      ds.field("auth_bytes", &self.auth_bytes());
+      ds.finish()
+  }
+}
+pub enum SaslAuthenticateResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The server's next message; `done` once authenticated.
+pub struct SaslAuthenticateResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SaslAuthenticateResponse<'a> {
+  type Inner = SaslAuthenticateResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SaslAuthenticateResponse<'a> {
+  pub const VT_AUTH_BYTES: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DONE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SaslAuthenticateResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SaslAuthenticateResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SaslAuthenticateResponse<'bldr>> {
+    let mut builder = SaslAuthenticateResponseBuilder::new(_fbb);
+    if let Some(x) = args.auth_bytes { builder.add_auth_bytes(x); }
+    builder.add_done(args.done);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn auth_bytes(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(SaslAuthenticateResponse::VT_AUTH_BYTES, None)}
+  }
+  #[inline]
+  pub fn done(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(SaslAuthenticateResponse::VT_DONE, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SaslAuthenticateResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("auth_bytes", Self::VT_AUTH_BYTES, false)?
+     .visit_field::<bool>("done", Self::VT_DONE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SaslAuthenticateResponseArgs<'a> {
+    pub auth_bytes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub done: bool,
+}
+impl<'a> Default for SaslAuthenticateResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SaslAuthenticateResponseArgs {
+      auth_bytes: None,
+      done: false,
+    }
+  }
+}
+
+pub struct SaslAuthenticateResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SaslAuthenticateResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_auth_bytes(&mut self, auth_bytes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SaslAuthenticateResponse::VT_AUTH_BYTES, auth_bytes);
+  }
+  #[inline]
+  pub fn add_done(&mut self, done: bool) {
+    self.fbb_.push_slot::<bool>(SaslAuthenticateResponse::VT_DONE, done, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SaslAuthenticateResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SaslAuthenticateResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SaslAuthenticateResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SaslAuthenticateResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SaslAuthenticateResponse");
+      ds.field("auth_bytes", &self.auth_bytes());
+      ds.field("done", &self.done());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -14145,6 +14576,34 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_sasl_handshake_request(&self) -> Option<SaslHandshakeRequest<'a>> {
+    if self.body_type() == RequestBody::SaslHandshakeRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { SaslHandshakeRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_sasl_authenticate_request(&self) -> Option<SaslAuthenticateRequest<'a>> {
+    if self.body_type() == RequestBody::SaslAuthenticateRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { SaslAuthenticateRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -14185,6 +14644,8 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           RequestBody::DeleteAclsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteAclsRequest>>("RequestBody::DeleteAclsRequest", pos),
           RequestBody::AlterClientQuotasRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterClientQuotasRequest>>("RequestBody::AlterClientQuotasRequest", pos),
           RequestBody::DescribeClientQuotasRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeClientQuotasRequest>>("RequestBody::DescribeClientQuotasRequest", pos),
+          RequestBody::SaslHandshakeRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SaslHandshakeRequest>>("RequestBody::SaslHandshakeRequest", pos),
+          RequestBody::SaslAuthenticateRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SaslAuthenticateRequest>>("RequestBody::SaslAuthenticateRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -14445,6 +14906,20 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         RequestBody::DescribeClientQuotasRequest => {
           if let Some(x) = self.body_as_describe_client_quotas_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::SaslHandshakeRequest => {
+          if let Some(x) = self.body_as_sasl_handshake_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::SaslAuthenticateRequest => {
+          if let Some(x) = self.body_as_sasl_authenticate_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -14970,6 +15445,36 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_sasl_handshake_response(&self) -> Option<SaslHandshakeResponse<'a>> {
+    if self.body_type() == ResponseBody::SaslHandshakeResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SaslHandshakeResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_sasl_authenticate_response(&self) -> Option<SaslAuthenticateResponse<'a>> {
+    if self.body_type() == ResponseBody::SaslAuthenticateResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SaslAuthenticateResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -15012,6 +15517,8 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           ResponseBody::DeleteAclsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteAclsResponse>>("ResponseBody::DeleteAclsResponse", pos),
           ResponseBody::AlterClientQuotasResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterClientQuotasResponse>>("ResponseBody::AlterClientQuotasResponse", pos),
           ResponseBody::DescribeClientQuotasResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeClientQuotasResponse>>("ResponseBody::DescribeClientQuotasResponse", pos),
+          ResponseBody::SaslHandshakeResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SaslHandshakeResponse>>("ResponseBody::SaslHandshakeResponse", pos),
+          ResponseBody::SaslAuthenticateResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SaslAuthenticateResponse>>("ResponseBody::SaslAuthenticateResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -15285,6 +15792,20 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         ResponseBody::DescribeClientQuotasResponse => {
           if let Some(x) = self.body_as_describe_client_quotas_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::SaslHandshakeResponse => {
+          if let Some(x) = self.body_as_sasl_handshake_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::SaslAuthenticateResponse => {
+          if let Some(x) = self.body_as_sasl_authenticate_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
