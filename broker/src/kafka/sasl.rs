@@ -201,13 +201,7 @@ async fn step(shard: &Rc<Shard>, session: &Session, input: Bytes, raw_framing: b
         }
     };
     let mechanism = exchange.mechanism();
-    let (exchange, step) = glommio::executor()
-        .spawn_blocking(move || {
-            let mut exchange = exchange;
-            let step = exchange.step(&input);
-            (exchange, step)
-        })
-        .await;
+    let (exchange, step) = exchange.step_off_shard(input.to_vec()).await;
     match step {
         Step::Continue(out) => {
             *session.state.borrow_mut() = State::Exchanging { exchange, raw };

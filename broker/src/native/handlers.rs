@@ -176,14 +176,7 @@ pub async fn sasl(
         .map(|b| b.bytes().to_vec())
         .unwrap_or_default();
     let mechanism = exchange.mechanism();
-    // Key derivations take milliseconds: off the shard.
-    let (exchange, step) = glommio::executor()
-        .spawn_blocking(move || {
-            let mut exchange = exchange;
-            let step = exchange.step(&input);
-            (exchange, step)
-        })
-        .await;
+    let (exchange, step) = exchange.step_off_shard(input).await;
     let (out, done) = match step {
         Step::Continue(out) => {
             *session.auth.borrow_mut() = Auth::Exchanging(exchange);

@@ -68,6 +68,18 @@ impl Exchange {
         self.mechanism
     }
 
+    /// `step` on glommio's blocking pool: key derivations take milliseconds, too long
+    /// for the shard.
+    pub async fn step_off_shard(self: Box<Exchange>, input: Vec<u8>) -> (Box<Exchange>, Step) {
+        glommio::executor()
+            .spawn_blocking(move || {
+                let mut exchange = self;
+                let step = exchange.step(&input);
+                (exchange, step)
+            })
+            .await
+    }
+
     /// Takes the client's next message. Runs key derivations (PLAIN hashes the password
     /// as many times as the credential says), so call it off the shard.
     pub fn step(&mut self, input: &[u8]) -> Step {
