@@ -56,7 +56,12 @@ pub async fn start(
         .as_ref()
         .err()
         .map(|error| (errors::code(error), error.to_string()));
-    let transactional_id = body.transactional_id.as_ref().map(|id| id.to_string());
+    // Only the authorizer reads the transactional id: copied out of the frame only then.
+    let transactional_id = body
+        .transactional_id
+        .as_ref()
+        .filter(|_| shard.authorizer.enabled())
+        .map(|id| id.to_string());
     // Where each partition's records lie in the frame; then the request (and with it
     // every other reference to the frame) is dropped, so the frame can be cut up.
     let base = frame.as_ptr() as usize;
