@@ -424,6 +424,19 @@ struct FetchedOffset {
     error: i16,
 }
 
+impl FetchedOffset {
+    /// No committed offset to answer with: none there (`error` 0), or an error.
+    fn none(partition: i32, error: i16) -> FetchedOffset {
+        FetchedOffset {
+            partition,
+            offset: -1,
+            leader_epoch: -1,
+            metadata: String::new(),
+            error,
+        }
+    }
+}
+
 /// Each partition's committed offset, metadata and error. With `require_stable`
 /// (KIP-447), a partition with offsets of an open transaction pending gets
 /// UNSTABLE_OFFSET_COMMIT, which clients retry: its committed offset is about to change.
@@ -450,45 +463,24 @@ async fn fetch_group_offsets(
         .map_err(|e| coordinator_error(&e))?;
     let found = |topic: &str, partition: i32| {
         if !described(topic) {
-            return FetchedOffset {
-                partition,
-                offset: -1,
-                leader_epoch: -1,
-                metadata: String::new(),
-                error: ResponseError::TopicAuthorizationFailed.code(),
-            };
+            return FetchedOffset::none(partition, ResponseError::TopicAuthorizationFailed.code());
         }
         if unstable
             .iter()
             .any(|u| u.topic == topic && u.partition == partition)
         {
-            return FetchedOffset {
-                partition,
-                offset: -1,
-                leader_epoch: -1,
-                metadata: String::new(),
-                error: ResponseError::UnstableOffsetCommit.code(),
-            };
+            return FetchedOffset::none(partition, ResponseError::UnstableOffsetCommit.code());
         }
         committed
             .iter()
             .find(|c| c.partition.topic == topic && c.partition.partition == partition)
-            .map_or(
-                FetchedOffset {
-                    partition,
-                    offset: -1,
-                    leader_epoch: -1,
-                    metadata: String::new(),
-                    error: 0,
-                },
-                |c| FetchedOffset {
-                    partition,
-                    offset: c.offset,
-                    leader_epoch: c.leader_epoch,
-                    metadata: c.metadata.clone(),
-                    error: 0,
-                },
-            )
+            .map_or(FetchedOffset::none(partition, 0), |c| FetchedOffset {
+                partition,
+                offset: c.offset,
+                leader_epoch: c.leader_epoch,
+                metadata: c.metadata.clone(),
+                error: 0,
+            })
     };
     Ok(match wanted {
         Some(topics) => topics
@@ -578,7 +570,7 @@ pub async fn offset_fetch(
         });
         let require_stable = version >= 7 && request.require_stable;
         let asked: Option<Vec<(String, Vec<i32>)>> = wanted.clone();
-        match fetch_group_offsets(
+        let topics = match fetch_group_offsets(
             shard,
             caller,
             request.group_id.to_string(),
@@ -587,62 +579,54 @@ pub async fn offset_fetch(
         )
         .await
         {
-            Ok(topics) => {
-                response.topics = topics
-                    .into_iter()
-                    .map(|(name, offsets)| {
-                        OffsetFetchResponseTopic::default()
-                            .with_name(TopicName(str_bytes(&name)))
-                            .with_partitions(
-                                offsets
-                                    .into_iter()
-                                    .map(|f| {
-                                        failed |= f.error != 0;
-                                        let partition = OffsetFetchResponsePartition::default()
-                                            .with_partition_index(f.partition)
-                                            .with_committed_offset(f.offset)
-                                            .with_metadata(Some(str_bytes(&f.metadata)))
-                                            .with_error_code(f.error);
-                                        if version >= 5 {
-                                            partition.with_committed_leader_epoch(f.leader_epoch)
-                                        } else {
-                                            partition
-                                        }
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect();
-            }
+            Ok(topics) => topics,
             Err(error) => {
                 failed = true;
                 if version >= 2 {
                     response.error_code = error;
+                    Vec::new()
                 } else {
                     // Versions 0 and 1 have no request-wide error: each partition asked
                     // for carries it, as Kafka answers.
-                    response.topics = asked
+                    asked
                         .unwrap_or_default()
                         .into_iter()
                         .map(|(name, partitions)| {
-                            OffsetFetchResponseTopic::default()
-                                .with_name(TopicName(str_bytes(&name)))
-                                .with_partitions(
-                                    partitions
-                                        .into_iter()
-                                        .map(|p| {
-                                            OffsetFetchResponsePartition::default()
-                                                .with_partition_index(p)
-                                                .with_committed_offset(-1)
-                                                .with_error_code(error)
-                                        })
-                                        .collect(),
-                                )
+                            let offsets = partitions
+                                .into_iter()
+                                .map(|p| FetchedOffset::none(p, error))
+                                .collect();
+                            (name, offsets)
                         })
-                        .collect();
+                        .collect()
                 }
             }
-        }
+        };
+        response.topics = topics
+            .into_iter()
+            .map(|(name, offsets)| {
+                OffsetFetchResponseTopic::default()
+                    .with_name(TopicName(str_bytes(&name)))
+                    .with_partitions(
+                        offsets
+                            .into_iter()
+                            .map(|f| {
+                                failed |= f.error != 0;
+                                let partition = OffsetFetchResponsePartition::default()
+                                    .with_partition_index(f.partition)
+                                    .with_committed_offset(f.offset)
+                                    .with_metadata(Some(str_bytes(&f.metadata)))
+                                    .with_error_code(f.error);
+                                if version >= 5 {
+                                    partition.with_committed_leader_epoch(f.leader_epoch)
+                                } else {
+                                    partition
+                                }
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
     }
     (ResponseKind::OffsetFetch(response), failed)
 }

@@ -529,7 +529,7 @@ async fn handle(
         }
         NativeRequest::CreateAcls { acls } => {
             let results = crate::security::acl::create(shard, caller, acls).await;
-            Ok(acl_results(request_id, results))
+            Ok(acl_results(request_id, &results))
         }
         NativeRequest::DescribeAcls { filter } => {
             shard
@@ -562,18 +562,7 @@ async fn handle(
 
 fn quota_results(request_id: u64, results: &[BrokerResult<()>]) -> Vec<Bytes> {
     let mut w = ResponseWriter::new();
-    let results: Vec<_> = results
-        .iter()
-        .map(|result| {
-            let (error, error_message) = error_fields(&mut w, result.as_ref().err());
-            let args = schema::QuotaResultArgs {
-                error,
-                error_message,
-            };
-            schema::QuotaResult::create(&mut w.builder, &args)
-        })
-        .collect();
-    let results = w.builder.create_vector(&results);
+    let results = item_results(&mut w, results);
     let args = schema::AlterClientQuotasResponseArgs {
         results: Some(results),
     };
@@ -583,6 +572,25 @@ fn quota_results(request_id: u64, results: &[BrokerResult<()>]) -> Vec<Bytes> {
         None,
         Some((schema::ResponseBody::AlterClientQuotasResponse, body)),
     )
+}
+
+/// Each item's outcome, in order (`ItemResult`).
+fn item_results(
+    w: &mut ResponseWriter,
+    results: &[BrokerResult<()>],
+) -> WIPOffset<Vector<'static, ForwardsUOffset<schema::ItemResult<'static>>>> {
+    let results: Vec<_> = results
+        .iter()
+        .map(|result| {
+            let (error, error_message) = error_fields(w, result.as_ref().err());
+            let args = schema::ItemResultArgs {
+                error,
+                error_message,
+            };
+            schema::ItemResult::create(&mut w.builder, &args)
+        })
+        .collect();
+    w.builder.create_vector(&results)
 }
 
 fn describe_client_quotas_response(
@@ -658,20 +666,9 @@ fn acl_binding<'a>(
     schema::AclBinding::create(b, &args)
 }
 
-fn acl_results(request_id: u64, results: Vec<BrokerResult<()>>) -> Vec<Bytes> {
+fn acl_results(request_id: u64, results: &[BrokerResult<()>]) -> Vec<Bytes> {
     let mut w = ResponseWriter::new();
-    let results: Vec<_> = results
-        .iter()
-        .map(|result| {
-            let (error, error_message) = error_fields(&mut w, result.as_ref().err());
-            let args = schema::AclResultArgs {
-                error,
-                error_message,
-            };
-            schema::AclResult::create(&mut w.builder, &args)
-        })
-        .collect();
-    let results = w.builder.create_vector(&results);
+    let results = item_results(&mut w, results);
     let args = schema::CreateAclsResponseArgs {
         results: Some(results),
     };

@@ -11930,35 +11930,36 @@ impl ::core::fmt::Debug for CreateAclsRequest<'_> {
       ds.finish()
   }
 }
-pub enum AclResultOffset {}
+pub enum ItemResultOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-pub struct AclResult<'a> {
+/// One item's outcome, in a response with one per item of its request.
+pub struct ItemResult<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
 
-impl<'a> ::flatbuffers::Follow<'a> for AclResult<'a> {
-  type Inner = AclResult<'a>;
+impl<'a> ::flatbuffers::Follow<'a> for ItemResult<'a> {
+  type Inner = ItemResult<'a>;
   #[inline]
   unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
     Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
   }
 }
 
-impl<'a> AclResult<'a> {
+impl<'a> ItemResult<'a> {
   pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
   pub const VT_ERROR_MESSAGE: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    AclResult { _tab: table }
+    ItemResult { _tab: table }
   }
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args AclResultArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<AclResult<'bldr>> {
-    let mut builder = AclResultBuilder::new(_fbb);
+    args: &'args ItemResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ItemResult<'bldr>> {
+    let mut builder = ItemResultBuilder::new(_fbb);
     if let Some(x) = args.error_message { builder.add_error_message(x); }
     builder.add_error(args.error);
     builder.finish()
@@ -11970,18 +11971,18 @@ impl<'a> AclResult<'a> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ErrorCode>(AclResult::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+    unsafe { self._tab.get::<ErrorCode>(ItemResult::VT_ERROR, Some(ErrorCode::None)).unwrap()}
   }
   #[inline]
   pub fn error_message(&self) -> Option<&'a str> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AclResult::VT_ERROR_MESSAGE, None)}
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ItemResult::VT_ERROR_MESSAGE, None)}
   }
 }
 
-impl ::flatbuffers::Verifiable for AclResult<'_> {
+impl ::flatbuffers::Verifiable for ItemResult<'_> {
   #[inline]
   fn run_verifier(
     v: &mut ::flatbuffers::Verifier, pos: usize
@@ -11993,51 +11994,51 @@ impl ::flatbuffers::Verifiable for AclResult<'_> {
     Ok(())
   }
 }
-pub struct AclResultArgs<'a> {
+pub struct ItemResultArgs<'a> {
     pub error: ErrorCode,
     pub error_message: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
-impl<'a> Default for AclResultArgs<'a> {
+impl<'a> Default for ItemResultArgs<'a> {
   #[inline]
   fn default() -> Self {
-    AclResultArgs {
+    ItemResultArgs {
       error: ErrorCode::None,
       error_message: None,
     }
   }
 }
 
-pub struct AclResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+pub struct ItemResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
   fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
   start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
 }
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AclResultBuilder<'a, 'b, A> {
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ItemResultBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_error(&mut self, error: ErrorCode) {
-    self.fbb_.push_slot::<ErrorCode>(AclResult::VT_ERROR, error, ErrorCode::None);
+    self.fbb_.push_slot::<ErrorCode>(ItemResult::VT_ERROR, error, ErrorCode::None);
   }
   #[inline]
   pub fn add_error_message(&mut self, error_message: ::flatbuffers::WIPOffset<&'b  str>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AclResult::VT_ERROR_MESSAGE, error_message);
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ItemResult::VT_ERROR_MESSAGE, error_message);
   }
   #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AclResultBuilder<'a, 'b, A> {
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ItemResultBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
-    AclResultBuilder {
+    ItemResultBuilder {
       fbb_: _fbb,
       start_: start,
     }
   }
   #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<AclResult<'a>> {
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ItemResult<'a>> {
     let o = self.fbb_.end_table(self.start_);
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }
 
-impl ::core::fmt::Debug for AclResult<'_> {
+impl ::core::fmt::Debug for ItemResult<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("AclResult");
+    let mut ds = f.debug_struct("ItemResult");
       ds.field("error", &self.error());
       ds.field("error_message", &self.error_message());
       ds.finish()
@@ -12078,11 +12079,11 @@ impl<'a> CreateAclsResponse<'a> {
 
 
   #[inline]
-  pub fn results(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclResult<'a>>>> {
+  pub fn results(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ItemResult<'a>>>> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclResult>>>>(CreateAclsResponse::VT_RESULTS, None)}
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ItemResult>>>>(CreateAclsResponse::VT_RESULTS, None)}
   }
 }
 
@@ -12092,13 +12093,13 @@ impl ::flatbuffers::Verifiable for CreateAclsResponse<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<AclResult>>>>("results", Self::VT_RESULTS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ItemResult>>>>("results", Self::VT_RESULTS, false)?
      .finish();
     Ok(())
   }
 }
 pub struct CreateAclsResponseArgs<'a> {
-    pub results: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AclResult<'a>>>>>,
+    pub results: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ItemResult<'a>>>>>,
 }
 impl<'a> Default for CreateAclsResponseArgs<'a> {
   #[inline]
@@ -12115,7 +12116,7 @@ pub struct CreateAclsResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + '
 }
 impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CreateAclsResponseBuilder<'a, 'b, A> {
   #[inline]
-  pub fn add_results(&mut self, results: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<AclResult<'b >>>>) {
+  pub fn add_results(&mut self, results: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ItemResult<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CreateAclsResponse::VT_RESULTS, results);
   }
   #[inline]
@@ -13167,119 +13168,6 @@ impl ::core::fmt::Debug for AlterClientQuotasRequest<'_> {
       ds.finish()
   }
 }
-pub enum QuotaResultOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct QuotaResult<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for QuotaResult<'a> {
-  type Inner = QuotaResult<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> QuotaResult<'a> {
-  pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
-  pub const VT_ERROR_MESSAGE: ::flatbuffers::VOffsetT = 6;
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    QuotaResult { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args QuotaResultArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<QuotaResult<'bldr>> {
-    let mut builder = QuotaResultBuilder::new(_fbb);
-    if let Some(x) = args.error_message { builder.add_error_message(x); }
-    builder.add_error(args.error);
-    builder.finish()
-  }
-
-
-  #[inline]
-  pub fn error(&self) -> ErrorCode {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<ErrorCode>(QuotaResult::VT_ERROR, Some(ErrorCode::None)).unwrap()}
-  }
-  #[inline]
-  pub fn error_message(&self) -> Option<&'a str> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(QuotaResult::VT_ERROR_MESSAGE, None)}
-  }
-}
-
-impl ::flatbuffers::Verifiable for QuotaResult<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct QuotaResultArgs<'a> {
-    pub error: ErrorCode,
-    pub error_message: Option<::flatbuffers::WIPOffset<&'a str>>,
-}
-impl<'a> Default for QuotaResultArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    QuotaResultArgs {
-      error: ErrorCode::None,
-      error_message: None,
-    }
-  }
-}
-
-pub struct QuotaResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> QuotaResultBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_error(&mut self, error: ErrorCode) {
-    self.fbb_.push_slot::<ErrorCode>(QuotaResult::VT_ERROR, error, ErrorCode::None);
-  }
-  #[inline]
-  pub fn add_error_message(&mut self, error_message: ::flatbuffers::WIPOffset<&'b  str>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(QuotaResult::VT_ERROR_MESSAGE, error_message);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> QuotaResultBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    QuotaResultBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<QuotaResult<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
-
-impl ::core::fmt::Debug for QuotaResult<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("QuotaResult");
-      ds.field("error", &self.error());
-      ds.field("error_message", &self.error_message());
-      ds.finish()
-  }
-}
 pub enum AlterClientQuotasResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -13315,11 +13203,11 @@ impl<'a> AlterClientQuotasResponse<'a> {
 
 
   #[inline]
-  pub fn results(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaResult<'a>>>> {
+  pub fn results(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ItemResult<'a>>>> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaResult>>>>(AlterClientQuotasResponse::VT_RESULTS, None)}
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ItemResult>>>>(AlterClientQuotasResponse::VT_RESULTS, None)}
   }
 }
 
@@ -13329,13 +13217,13 @@ impl ::flatbuffers::Verifiable for AlterClientQuotasResponse<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<QuotaResult>>>>("results", Self::VT_RESULTS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ItemResult>>>>("results", Self::VT_RESULTS, false)?
      .finish();
     Ok(())
   }
 }
 pub struct AlterClientQuotasResponseArgs<'a> {
-    pub results: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<QuotaResult<'a>>>>>,
+    pub results: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ItemResult<'a>>>>>,
 }
 impl<'a> Default for AlterClientQuotasResponseArgs<'a> {
   #[inline]
@@ -13352,7 +13240,7 @@ pub struct AlterClientQuotasResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Alloca
 }
 impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterClientQuotasResponseBuilder<'a, 'b, A> {
   #[inline]
-  pub fn add_results(&mut self, results: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<QuotaResult<'b >>>>) {
+  pub fn add_results(&mut self, results: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ItemResult<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterClientQuotasResponse::VT_RESULTS, results);
   }
   #[inline]
