@@ -13,8 +13,9 @@ use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 
 use crate::config::BrokerConfig;
 use crate::router::{self, Envelope, Router};
+use crate::security::SharedSecurity;
 use crate::security::limits::ConnectionLimits;
-use crate::security::tls::TlsServer;
+use crate::security::tls::{PeerTls, TlsServer};
 use crate::security::{Listener, ListenerKind};
 use crate::shard::Shard;
 
@@ -43,8 +44,38 @@ struct Access {
     limits: Arc<ConnectionLimits>,
     /// The native listeners carry the brokers' own traffic too: counted, never refused.
     unlimited: Arc<ConnectionLimits>,
-    /// Client quotas' usage, counted across the shards.
-    quotas: Arc<crate::security::quotas::QuotaManager>,
+    /// Quotas' usage and how to dial other brokers, for the shards themselves.
+    shared: SharedSecurity,
+}
+
+/// How this broker dials the other brokers of its cluster. With the authorizer on, they
+/// take it for what its certificate's subject says: that must be a super user, or its
+/// requests would be refused everywhere (better said now than as a cluster that never
+/// forms).
+fn inter_broker_tls(config: &BrokerConfig, tls: Option<&TlsServer>) -> anyhow::Result<PeerTls> {
+    if config.cluster.len() <= 1 {
+        return Ok(PeerTls::default());
+    }
+    let listeners = config.listeners()?;
+    let ca_file = Some(std::path::Path::new(&config.tls_client_ca_file))
+        .filter(|_| !config.tls_client_ca_file.is_empty());
+    let peer_tls = PeerTls::new(
+        tls,
+        ca_file,
+        listeners[0].protocol.tls(),
+        listeners[1].protocol.tls(),
+    )?;
+    if config.authorizer_enabled
+        && let Some(tls) = tls
+    {
+        let principal = tls.principal().unwrap_or_default();
+        anyhow::ensure!(
+            config.super_users.contains(&principal),
+            "authorizer_enabled in a cluster: this broker's certificate makes it {principal:?} \
+             to the others, which is not among super_users"
+        );
+    }
+    Ok(peer_tls)
 }
 
 /// Runs the broker until SIGTERM or SIGINT, then stops it gracefully.
@@ -77,6 +108,7 @@ pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
         Some(settings) => Some(Arc::new(TlsServer::new(&settings).context("TLS")?)),
         None => None,
     };
+    let peer_tls = inter_broker_tls(&config, tls.as_deref())?;
     let shards = config.shard_count();
     let lifecycle = Arc::new(Lifecycle::default());
     lifecycle.controller.store(-1, Ordering::Release);
@@ -124,7 +156,10 @@ pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
             tls: tls.clone(),
             limits: limits.clone(),
             unlimited: unlimited.clone(),
-            quotas: quotas.clone(),
+            shared: SharedSecurity {
+                quotas: quotas.clone(),
+                peer_tls: peer_tls.clone(),
+            },
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("weir-shard-{id}"))
@@ -195,7 +230,7 @@ async fn run_shard(
         router.clone(),
         lifecycle.shutdown.clone(),
         lifecycle.controller.clone(),
-        access.quotas.clone(),
+        access.shared.clone(),
     )?;
     let executor = glommio::executor();
     let requests = executor.create_task_queue(

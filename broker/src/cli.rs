@@ -11,16 +11,16 @@ use weir_client::{
     StartFrom,
 };
 
-/// The SASL login of every connection the CLI makes, if any (`--sasl-*`).
-static LOGIN: std::sync::OnceLock<weir_client::SaslCredentials> = std::sync::OnceLock::new();
+/// How every connection the CLI makes is secured (`--tls-*`, `--sasl-*`).
+static SECURITY: std::sync::OnceLock<weir_client::Security> = std::sync::OnceLock::new();
 
-pub fn log_in_with(credentials: weir_client::SaslCredentials) {
-    let _ = LOGIN.set(credentials);
+pub fn secure_with(security: weir_client::Security) {
+    let _ = SECURITY.set(security);
 }
 
-/// A client of `brokers`, logged in when the CLI was given credentials.
+/// A client of `brokers`, over TLS and logged in when the CLI was told to.
 async fn connect(brokers: &str) -> weir_client::ClientResult<Client> {
-    Client::connect_with(brokers, LOGIN.get().cloned()).await
+    Client::connect_with(brokers, SECURITY.get().cloned().unwrap_or_default()).await
 }
 
 #[derive(Debug, Args)]

@@ -69,6 +69,10 @@ pub struct BrokerConfig {
     /// The security protocol of `kafka_listen`: PLAINTEXT, SSL, SASL_PLAINTEXT or
     /// SASL_SSL.
     pub kafka_listen_protocol: String,
+    /// The security protocol of `native_listen`, likewise. In a cluster, brokers reach
+    /// each other on `native_listen` and `kafka_listen`: PLAINTEXT, or SSL with each
+    /// broker's certificate as its client certificate.
+    pub native_listen_protocol: String,
     /// More Kafka listeners, as `PROTOCOL://HOST:PORT`, one per protocol.
     pub kafka_listeners: Vec<String>,
     /// More native listeners (`PLAINTEXT://` or `SSL://HOST:PORT`).
@@ -225,6 +229,7 @@ impl Default for BrokerConfig {
             kafka_listen: SocketAddr::from(([0, 0, 0, 0], 9092)),
             http_listen: SocketAddr::from(([0, 0, 0, 0], 9644)),
             kafka_listen_protocol: "PLAINTEXT".into(),
+            native_listen_protocol: "PLAINTEXT".into(),
             kafka_listeners: Vec::new(),
             native_listeners: Vec::new(),
             http_listeners: Vec::new(),
@@ -516,16 +521,9 @@ impl BrokerConfig {
                 );
             }
         }
-        anyhow::ensure!(
-            self.cluster.len() <= 1 || self.kafka_listen_protocol.eq_ignore_ascii_case("PLAINTEXT"),
-            "in a cluster, kafka_listen carries transaction markers between brokers and stays \
-             PLAINTEXT: serve secured Kafka listeners with kafka_listeners"
-        );
-        anyhow::ensure!(
-            self.cluster.len() <= 1 || !self.authorizer_enabled,
-            "authorizer_enabled is for a single broker for now: brokers reach each other \
-             unauthenticated, so their own requests could not be told from a client's"
-        );
+        if self.cluster.len() > 1 {
+            self.validate_inter_broker(&listeners)?;
+        }
         for user in &self.super_users {
             anyhow::ensure!(
                 user.strip_prefix("User:")
@@ -552,6 +550,42 @@ impl BrokerConfig {
         Ok(())
     }
 
+    /// Brokers dial each other's `native_listen` (Raft, controller calls, replication)
+    /// and `kafka_listen` (transaction markers) as their own listeners are, so these are
+    /// PLAINTEXT or SSL (a broker has no SASL login of its own). Over SSL a broker
+    /// presents its certificate, and checks the other's against `tls_client_ca_file`.
+    /// The authorizer needs brokers known for brokers: SSL both ways, with client
+    /// certificates required (each broker's principal a super user: checked at start).
+    fn validate_inter_broker(&self, listeners: &[Listener]) -> anyhow::Result<()> {
+        let between: Vec<&Listener> = listeners[..2].iter().collect();
+        for listener in &between {
+            anyhow::ensure!(
+                matches!(
+                    listener.protocol,
+                    SecurityProtocol::Plaintext | SecurityProtocol::Ssl
+                ),
+                "in a cluster, brokers reach each other on {} {}: it is PLAINTEXT or SSL \
+                 (serve SASL with extra listeners)",
+                listener.kind.name(),
+                listener.address
+            );
+        }
+        let tls_between = between.iter().any(|l| l.protocol.tls());
+        anyhow::ensure!(
+            !tls_between || !self.tls_client_ca_file.is_empty(),
+            "brokers dialling each other over SSL check each other's certificates: set \
+             tls_client_ca_file"
+        );
+        anyhow::ensure!(
+            !self.authorizer_enabled
+                || (between.iter().all(|l| l.protocol.tls()) && self.tls_client_auth == "required"),
+            "authorizer_enabled in a cluster: brokers must know each other for brokers, so \
+             native_listen_protocol and kafka_listen_protocol are SSL and tls_client_auth \
+             is required (each broker's certificate subject a super user)"
+        );
+        Ok(())
+    }
+
     /// How requests are authorized: `None` when the authorizer is off.
     pub fn authorizer_config(&self) -> Option<crate::security::acl::AuthorizerConfig> {
         self.authorizer_enabled
@@ -569,10 +603,19 @@ impl BrokerConfig {
                 self.kafka_listen_protocol
             )
         })?;
+        let native_protocol =
+            SecurityProtocol::parse(&self.native_listen_protocol).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "native_listen_protocol {:?}: expected PLAINTEXT, SSL, SASL_PLAINTEXT or \
+                     SASL_SSL",
+                    self.native_listen_protocol
+                )
+            })?;
+        // The first two are what brokers dial each other on (`validate_inter_broker`).
         let mut listeners = vec![
             Listener {
                 kind: ListenerKind::Native,
-                protocol: SecurityProtocol::Plaintext,
+                protocol: native_protocol,
                 address: self.native_listen,
             },
             Listener {
@@ -867,10 +910,10 @@ mod tests {
         assert_eq!(config.storage_config().compaction_map_bytes, 8 << 20);
     }
 
-    /// The authorizer reads `super_users` and `allow_everyone_if_no_acl_found`, and is
-    /// refused in a cluster (brokers' own requests would be anonymous).
+    /// The authorizer reads `super_users` and `allow_everyone_if_no_acl_found`; in a
+    /// cluster it needs brokers to reach each other over mutual TLS.
     #[test]
-    fn the_authorizer_is_configured_and_single_broker() {
+    fn the_authorizer_is_configured_and_brokers_authenticated() {
         let config = load(None, &[], FlagOverrides::default()).unwrap();
         assert!(config.authorizer_config().is_none());
         let env = [
@@ -888,8 +931,55 @@ mod tests {
             cluster: Some(vec!["127.0.0.1:9192".into(), "127.0.0.1:9193".into()]),
             ..FlagOverrides::default()
         };
-        let error = load(None, &env[..1], cluster).unwrap_err().to_string();
+        let error = load(None, &env[..1], cluster.clone())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("authorizer_enabled"), "{error}");
+        let tls = [
+            ("WEIR_TLS_CERT_FILE", "broker.pem"),
+            ("WEIR_TLS_KEY_FILE", "broker.key"),
+            ("WEIR_TLS_CLIENT_CA_FILE", "ca.pem"),
+        ];
+        let mutual = [
+            ("WEIR_NATIVE_LISTEN_PROTOCOL", "SSL"),
+            ("WEIR_KAFKA_LISTEN_PROTOCOL", "SSL"),
+            ("WEIR_TLS_CLIENT_AUTH", "required"),
+        ];
+        let secured: Vec<_> = env[..1]
+            .iter()
+            .chain(&tls)
+            .chain(&mutual)
+            .copied()
+            .collect();
+        load(None, &secured, cluster.clone()).unwrap();
+        // Without client certificates, or with one plaintext way between brokers.
+        for left_out in ["WEIR_TLS_CLIENT_AUTH", "WEIR_KAFKA_LISTEN_PROTOCOL"] {
+            let partly: Vec<_> = secured
+                .iter()
+                .filter(|(k, _)| *k != left_out)
+                .copied()
+                .collect();
+            let error = load(None, &partly, cluster.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("authorizer_enabled"), "{left_out}: {error}");
+        }
+        // Brokers dial each other with no SASL login of their own.
+        let sasl: Vec<_> = tls
+            .iter()
+            .copied()
+            .chain([("WEIR_NATIVE_LISTEN_PROTOCOL", "SASL_SSL")])
+            .collect();
+        let error = load(None, &sasl, cluster.clone()).unwrap_err().to_string();
+        assert!(error.contains("PLAINTEXT or SSL"), "{error}");
+        // Over SSL they check each other's certificates: against which CAs?
+        let no_ca: Vec<_> = secured[..3]
+            .iter()
+            .copied()
+            .chain([("WEIR_NATIVE_LISTEN_PROTOCOL", "SSL")])
+            .collect();
+        let error = load(None, &no_ca[1..], cluster).unwrap_err().to_string();
+        assert!(error.contains("tls_client_ca_file"), "{error}");
     }
 
     #[test]

@@ -115,8 +115,8 @@ async fn position(log: &Log, replication: &Replication) -> Option<FetchPosition>
 async fn connect(shard: &Shard, leader: NodeId) -> Option<Rc<Connection>> {
     let image = shard.image();
     let address = crate::metadata::native_address(image.broker(leader)?);
-    match crate::cluster::peers::with_timeout(CONNECT_TIMEOUT, Connection::connect(&address)).await
-    {
+    let opened = Connection::open(&address, shard.peer_tls.native.as_deref());
+    match crate::cluster::peers::with_timeout(CONNECT_TIMEOUT, opened).await {
         Some(Ok(connection)) => Some(connection),
         Some(Err(error)) => {
             tracing::debug!(leader, %address, %error, "cannot reach the leader");

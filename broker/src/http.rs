@@ -33,7 +33,7 @@ pub async fn serve(
                         let stream = match tls {
                             None => Stream::Plain(stream),
                             Some(tls) => match tls.accept(stream).await {
-                                Ok((stream, _)) => Stream::Tls(Box::new(stream)),
+                                Ok((stream, _)) => stream,
                                 Err(error) => return Some(Err(error)),
                             },
                         };

@@ -27,6 +27,16 @@ struct Cli {
     sasl_username: Option<String>,
     #[arg(long, global = true)]
     sasl_password: Option<String>,
+    /// Connect over TLS, trusting the CAs of this PEM file (a broker's TLS native
+    /// listener).
+    #[arg(long, global = true)]
+    tls_ca_file: Option<PathBuf>,
+    /// Present this certificate chain (PEM) to the broker (mutual TLS; its subject is
+    /// the principal); with --tls-key-file.
+    #[arg(long, global = true, requires_all = ["tls_key_file", "tls_ca_file"])]
+    tls_cert_file: Option<PathBuf>,
+    #[arg(long, global = true, requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +150,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let mut security = weir_client::Security::default();
     if let (Some(mechanism), Some(username)) = (cli.sasl_mechanism, cli.sasl_username) {
         let password = match cli.sasl_password {
             Some(password) => password,
@@ -147,12 +158,21 @@ fn main() -> anyhow::Result<()> {
                 anyhow::anyhow!("--sasl-mechanism needs --sasl-password or WEIR_SASL_PASSWORD")
             })?,
         };
-        cli::log_in_with(weir_client::SaslCredentials {
+        security.sasl = Some(weir_client::SaslCredentials {
             mechanism,
             username,
             password,
         });
     }
+    if let Some(ca_file) = &cli.tls_ca_file {
+        let identity = cli
+            .tls_cert_file
+            .as_deref()
+            .zip(cli.tls_key_file.as_deref());
+        let tls = weir_client::TlsClient::from_files(ca_file, identity)?;
+        security.tls = Some(std::sync::Arc::new(tls));
+    }
+    cli::secure_with(security);
     match cli.command {
         Command::Serve {
             data_dir,

@@ -7,15 +7,14 @@
 //! has been written.
 
 use std::future::Future;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures_lite::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::{Semaphore, StaticPermit};
@@ -26,74 +25,7 @@ use crate::security::tls::TlsServer;
 use crate::security::{Caller, Listener, Principal};
 use crate::shard::Shard;
 
-/// A connection's byte stream: the socket itself, or TLS over it.
-#[derive(Debug)]
-pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<futures_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl Stream {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(stream) => stream,
-            Stream::Tls(stream) => stream.get_ref().0,
-        }
-    }
-
-    pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.tcp().peer_addr().map_err(std::io::Error::from)
-    }
-
-    /// The socket, for vectored sends that skip the stream (plaintext only: TLS must
-    /// see every byte).
-    fn plain_fd(&self) -> Option<RawFd> {
-        match self {
-            Stream::Plain(stream) => Some(stream.as_raw_fd()),
-            Stream::Tls(_) => None,
-        }
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(stream) => Pin::new(stream).poll_close(cx),
-            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_close(cx),
-        }
-    }
-}
+pub use weir_client::io::Stream;
 
 /// A response ready to be written, holding its request's memory until then.
 #[derive(Debug)]
@@ -225,7 +157,7 @@ pub async fn serve_listener<F, Fut>(
                 }),
                 Some(tls) => match tls.accept(stream).await {
                     Ok((stream, principal)) => Some(Accepted {
-                        stream: Stream::Tls(Box::new(stream)),
+                        stream,
                         principal,
                         listener,
                     }),
@@ -328,10 +260,7 @@ fn spawn_writer(
         while let Some(queued) = queue.recv().await {
             let Some(out) = queued.await else { continue };
             let bytes: usize = out.parts.iter().map(Bytes::len).sum();
-            let written = match fd {
-                Some(fd) => weir_client::io::write_parts(&mut writer, fd, &out.parts).await,
-                None => write_through(&mut writer, &out.parts).await,
-            };
+            let written = weir_client::io::write_frame(&mut writer, fd, &out.parts).await;
             if let Err(error) = written {
                 tracing::debug!(%error, "writing a response failed");
                 break;
@@ -344,15 +273,6 @@ fn spawn_writer(
         }
         let _ = writer.close().await;
     })
-}
-
-/// Writes `parts` through the stream (TLS encrypts them into records as they go), then
-/// flushes: a response is on its way once this returns.
-async fn write_through(writer: &mut WriteHalf<Stream>, parts: &[Bytes]) -> std::io::Result<()> {
-    for part in parts {
-        writer.write_all(part).await?;
-    }
-    writer.flush().await
 }
 
 /// A request's share of the shard's memory budget and its connection's in-flight slot.

@@ -87,6 +87,8 @@ pub struct Shard {
     pub authorizer: crate::security::acl::Authorizer,
     /// Client quotas' usage, shared with the other shards.
     pub quotas: Arc<crate::security::quotas::QuotaManager>,
+    /// How this broker dials the others (replication, Raft, transaction markers).
+    pub peer_tls: crate::security::tls::PeerTls,
     /// Whether this broker is registered and unfenced in `metadata` (it leads only then).
     active: Cell<bool>,
     /// Set once `is_ready` first holds.
@@ -140,7 +142,7 @@ impl Shard {
         router: Rc<Router>,
         shutdown: Arc<AtomicBool>,
         controller: Arc<std::sync::atomic::AtomicI32>,
-        quotas: Arc<crate::security::quotas::QuotaManager>,
+        shared: crate::security::SharedSecurity,
     ) -> anyhow::Result<Rc<Shard>> {
         let limits = GroupLimits {
             min_session_timeout_ms: config.group_min_session_timeout_ms,
@@ -170,7 +172,8 @@ impl Shard {
             producer_ids: Cell::new((0, 0)),
             metadata: RefCell::new(Arc::new(MetadataImage::default())),
             authorizer,
-            quotas,
+            quotas: shared.quotas,
+            peer_tls: shared.peer_tls,
             active: Cell::new(false),
             ready: Cell::new(false),
             metadata_changed: Event::new(),
@@ -1206,7 +1209,12 @@ impl Shard {
         queue: glommio::TaskQueueHandle,
     ) -> BrokerResult<()> {
         assert_eq!(self.id, 0, "the cluster runs on shard 0");
-        let cluster = Cluster::open(self.config.clone(), self.storage.clone()).await?;
+        let cluster = Cluster::open(
+            self.config.clone(),
+            self.storage.clone(),
+            self.peer_tls.native.clone(),
+        )
+        .await?;
         *self.cluster.borrow_mut() = Some(cluster.clone());
         let spawn = |task: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>| {
             glommio::spawn_local_into(task, queue)

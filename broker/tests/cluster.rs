@@ -6,10 +6,12 @@
 //! unknown value, no offset going backwards, and the test finds every replica identical
 //! to the leader below the high watermark once the faults healed.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use weir_tests::certs::{DnType, TestCa, local_hosts};
 use weir_tests::cluster::{Cluster, Network, read_replica};
 use weir_tests::{python, repo};
 
@@ -546,6 +548,18 @@ fn transactions_span_brokers_and_survive_a_leader_kill() {
     let dir = test_dir();
     let mut cluster =
         Cluster::start(env!("CARGO_BIN_EXE_weir"), dir.path(), 3, false, &[]).unwrap();
+    spanning_transactions_survive_a_leader_kill(&mut cluster, dir.path(), &[]);
+    cluster.stop_all().unwrap();
+}
+
+/// Creates `tx-spanning` (6 partitions, RF=3) once the cluster can, then runs
+/// `transactions.py spanning` (its clients given `client_args`): phase 1, a kill -9 and
+/// restart of partition 0's leader, phase 2, and the check of both.
+fn spanning_transactions_survive_a_leader_kill(
+    cluster: &mut Cluster,
+    dir: &Path,
+    client_args: &[String],
+) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while let Err(error) = cluster.cli(&[
         "topic",
@@ -564,18 +578,162 @@ fn transactions_span_brokers_and_survive_a_leader_kill() {
             .arg(repo().join("tests/kafka_clients/transactions.py"))
             .args(["spanning", "--bootstrap", &cluster.kafka_bootstrap()])
             .args(["--phase", phase])
+            .args(client_args)
             .arg("--work-dir")
-            .arg(dir.path())
+            .arg(dir)
             .status()
             .unwrap();
         assert!(status.success(), "transactions.py spanning --phase {phase}");
     };
-    phase(&cluster, "1");
-    let (victim, _) = leader_of_partition_0(&cluster, "tx-spanning").expect("a leader");
+    phase(cluster, "1");
+    let (victim, _) = leader_of_partition_0(cluster, "tx-spanning").expect("a leader");
     cluster.kill9(victim);
     std::thread::sleep(Duration::from_secs(2));
     cluster.restart_and_wait(victim).unwrap();
-    phase(&cluster, "2");
-    phase(&cluster, "0");
+    phase(cluster, "2");
+    phase(cluster, "0");
+}
+
+/// Brokers that reach each other over mutual TLS with the authorizer on: each presents
+/// its certificate (CN=weir-broker, a super user) on the others' SSL native and Kafka
+/// listeners, and checks theirs against the cluster's CA. The cluster forms (Raft and
+/// controller calls over TLS), an RF=3 topic takes acks=all writes (replica fetches over
+/// TLS), transactions span brokers (WriteTxnMarkers over Kafka SSL, CLUSTER_ACTION
+/// checked) and survive their leader's kill -9. Clients are held to their certificates:
+/// none is refused at the handshake, `reader`'s, with no ACL, sees no topic and may not
+/// write until an ACL lets it.
+#[test]
+fn a_cluster_over_mutual_tls_replicates_and_authorizes() {
+    let dir = test_dir();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let ca = TestCa::new(&certs, "weir cluster CA");
+    ca.leaf(
+        "broker",
+        &[(DnType::CommonName, "weir-broker")],
+        local_hosts(),
+    );
+    for user in ["admin", "reader"] {
+        ca.leaf(user, &[(DnType::CommonName, user)], vec![]);
+    }
+    let (broker_pem, broker_key, ca_pem) = (
+        ca.path("broker.pem"),
+        ca.path("broker.key"),
+        ca.path("ca.pem"),
+    );
+    let env = [
+        ("WEIR_NATIVE_LISTEN_PROTOCOL", "SSL"),
+        ("WEIR_KAFKA_LISTEN_PROTOCOL", "SSL"),
+        ("WEIR_TLS_CERT_FILE", broker_pem.as_str()),
+        ("WEIR_TLS_KEY_FILE", broker_key.as_str()),
+        ("WEIR_TLS_CLIENT_CA_FILE", ca_pem.as_str()),
+        ("WEIR_TLS_CLIENT_AUTH", "required"),
+        ("WEIR_AUTHORIZER_ENABLED", "true"),
+        (
+            "WEIR_SUPER_USERS",
+            "[\"User:CN=weir-broker\", \"User:CN=admin\"]",
+        ),
+    ];
+    let mut cluster =
+        Cluster::start(env!("CARGO_BIN_EXE_weir"), dir.path(), 3, false, &env).unwrap();
+    let identity = |user: &str| {
+        vec![
+            "--tls-ca-file".to_string(),
+            ca.path("ca.pem"),
+            "--tls-cert-file".to_string(),
+            ca.path(&format!("{user}.pem")),
+            "--tls-key-file".to_string(),
+            ca.path(&format!("{user}.key")),
+        ]
+    };
+    cluster.client_args = identity("admin");
+    let ssl = [
+        ("--ssl-ca", "ca.pem"),
+        ("--ssl-cert", "admin.pem"),
+        ("--ssl-key", "admin.key"),
+    ]
+    .map(|(flag, file)| [flag.to_string(), ca.path(file)]);
+    spanning_transactions_survive_a_leader_kill(&mut cluster, dir.path(), &ssl.concat());
+
+    let weir = |client_args: &[String], args: &[&str], input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .args(["--brokers", &cluster.native_bootstrap()])
+            .args(client_args)
+            .env("WEIR_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), stdout, stderr)
+    };
+    let no_certificate = ["--tls-ca-file".to_string(), ca.path("ca.pem")];
+    let (ok, _, stderr) = weir(&no_certificate, &["topic", "list"], "");
+    assert!(!ok, "served a client without a certificate");
+    assert!(stderr.contains("CertificateRequired"), "{stderr}");
+    let reader = identity("reader");
+    let (ok, listed, stderr) = weir(&reader, &["topic", "list"], "");
+    assert!(ok, "{stderr}");
+    assert!(!listed.contains("tx-spanning"), "reader sees {listed}");
+    let produce = ["produce", "tx-spanning"];
+    let (ok, _, stderr) = weir(&reader, &produce, "refused\n");
+    assert!(!ok, "reader wrote without an ACL");
+    assert!(stderr.contains("AuthorizationFailed"), "{stderr}");
+    cluster
+        .cli(&[
+            "acl",
+            "create",
+            "--topic",
+            "tx-spanning",
+            "--principal",
+            "User:CN=reader",
+            "--operation",
+            "write,describe",
+        ])
+        .unwrap();
+    // Every broker applies the ACL from the metadata log; until then, refusals.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, _, stderr) = weir(&reader, &produce, "allowed\n");
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reader still refused: {stderr}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     cluster.stop_all().unwrap();
+    // A broker whose certificate is no super user would be refused by every other: it
+    // says so and does not start.
+    let output = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--node-id", "0", "--cores", "1"])
+        .args(["--cluster", "127.0.0.1:1,127.0.0.1:2"])
+        .args([
+            "--native-listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("lone"))
+        .envs(
+            env.iter()
+                .filter(|(k, _)| *k != "WEIR_SUPER_USERS")
+                .copied(),
+        )
+        .env("WEIR_SUPER_USERS", "[\"User:CN=admin\"]")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started: {stderr}");
+    assert!(stderr.contains("User:CN=weir-broker"), "{stderr}");
 }

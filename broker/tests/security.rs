@@ -15,48 +15,27 @@ use std::process::Command;
 use std::time::Duration;
 
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
 use weir_tests::broker::BrokerProcess;
+use weir_tests::certs::{DnType, TestCa, local_hosts};
 use weir_tests::{python, repo};
-
-fn name(pairs: &[(DnType, &str)]) -> DistinguishedName {
-    let mut name = DistinguishedName::new();
-    for (kind, value) in pairs {
-        name.push(kind.clone(), *value);
-    }
-    name
-}
 
 /// A test CA and what it signs, as PEM files in `dir`: `ca.pem`; the broker's
 /// `server.pem`/`server.key` and a second pair for the reload (`server2.*`); a client
 /// certificate `client.pem`/`client.key` (CN=writer,O=weir); and `stranger.*`, a client
 /// certificate from a CA nobody trusts.
 fn write_certificates(dir: &Path) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca.distinguished_name = name(&[(DnType::CommonName, "weir test CA")]);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-    let leaf = |file: &str, subject: &[(DnType, &str)], sans: Vec<String>| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(sans).unwrap();
-        params.distinguished_name = name(subject);
-        let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
-        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
-    };
-    let hosts = || vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    leaf("server", &[(DnType::CommonName, "weir broker")], hosts());
-    leaf(
+    let ca = TestCa::new(dir, "weir test CA");
+    ca.leaf(
+        "server",
+        &[(DnType::CommonName, "weir broker")],
+        local_hosts(),
+    );
+    ca.leaf(
         "server2",
         &[(DnType::CommonName, "weir broker renewed")],
-        hosts(),
+        local_hosts(),
     );
-    leaf(
+    ca.leaf(
         "client",
         &[
             (DnType::OrganizationName, "weir"),
@@ -64,12 +43,20 @@ fn write_certificates(dir: &Path) {
         ],
         vec![],
     );
-    let stranger_key = KeyPair::generate().unwrap();
-    let mut stranger = CertificateParams::new(Vec::<String>::new()).unwrap();
-    stranger.distinguished_name = name(&[(DnType::CommonName, "stranger")]);
-    let stranger = stranger.self_signed(&stranger_key).unwrap();
-    std::fs::write(dir.join("stranger.pem"), stranger.pem()).unwrap();
-    std::fs::write(dir.join("stranger.key"), stranger_key.serialize_pem()).unwrap();
+    let strangers = dir.join("strangers");
+    std::fs::create_dir(&strangers).unwrap();
+    TestCa::new(&strangers, "nobody's CA").leaf(
+        "stranger",
+        &[(DnType::CommonName, "stranger")],
+        vec![],
+    );
+    for suffix in ["pem", "key"] {
+        std::fs::rename(
+            strangers.join(format!("stranger.{suffix}")),
+            dir.join(format!("stranger.{suffix}")),
+        )
+        .unwrap();
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use weir_wire::native::PROTOCOL_VERSION;
@@ -11,6 +12,7 @@ use weir_wire::native::schema::{self, Acks, ConfigSource, ErrorCode, OffsetSpec,
 use crate::connection::{Connection, PendingResponse, ResponseFrame};
 use crate::error::{ClientError, ClientResult};
 use crate::gate::ArrivalGate;
+use crate::tls::TlsClient;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionMeta {
@@ -251,8 +253,16 @@ struct Routes {
     internal_partitions: RefCell<HashMap<String, i32>>,
     /// Produce calls route and write in the order they were made.
     send_gate: Rc<ArrivalGate>,
-    /// Credentials every connection authenticates with, after its handshake.
-    sasl: Option<SaslCredentials>,
+    /// How every connection is secured.
+    security: Security,
+}
+
+/// How a client's connections are secured: TLS (to a broker's TLS native listener) and
+/// a SASL login after the handshake (to a SASL one); both for SASL_SSL.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub tls: Option<Arc<TlsClient>>,
+    pub sasl: Option<SaslCredentials>,
 }
 
 /// A SASL login (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512), for a broker's SASL native
@@ -443,18 +453,14 @@ impl Client {
     /// Connects to the first reachable address of `brokers` (comma-separated HOST:PORT)
     /// and shakes hands.
     pub async fn connect(brokers: &str) -> ClientResult<Client> {
-        Client::connect_with(brokers, None).await
+        Client::connect_with(brokers, Security::default()).await
     }
 
-    /// `connect`, every connection then logging in with `sasl` (a SASL native listener's
-    /// clients).
-    pub async fn connect_with(
-        brokers: &str,
-        sasl: Option<SaslCredentials>,
-    ) -> ClientResult<Client> {
+    /// `connect`, every connection secured as `security` says.
+    pub async fn connect_with(brokers: &str, security: Security) -> ClientResult<Client> {
         let routes = Rc::new(Routes {
             bootstrap_addresses: brokers.to_string(),
-            sasl,
+            security,
             ..Routes::default()
         });
         let client = Client { routes };
@@ -477,7 +483,7 @@ impl Client {
         let mut last_error = ClientError::Invalid(format!("no broker address in {brokers:?}"));
         let mut starting = None;
         for address in brokers.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            let shaken = match Connection::connect(address).await {
+            let shaken = match self.open(address).await {
                 Ok(connection) => match handshake(&connection, "weir-client").await {
                     Ok((node, is_starting)) => self
                         .login(&connection)
@@ -1442,7 +1448,7 @@ impl Client {
         let Some(address) = address else {
             return self.bootstrap().await;
         };
-        let connection = Connection::connect(&address).await?;
+        let connection = self.open(&address).await?;
         handshake(&connection, "weir-client").await?;
         self.login(&connection).await?;
         self.routes
@@ -1452,9 +1458,13 @@ impl Client {
         Ok(connection)
     }
 
+    async fn open(&self, address: &str) -> ClientResult<Rc<Connection>> {
+        Connection::open(address, self.routes.security.tls.as_deref()).await
+    }
+
     /// Authenticates a new connection, when the client has credentials.
     async fn login(&self, connection: &Connection) -> ClientResult<()> {
-        match &self.routes.sasl {
+        match &self.routes.security.sasl {
             Some(credentials) => authenticate(connection, credentials).await,
             None => Ok(()),
         }

@@ -3,7 +3,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
@@ -16,6 +15,8 @@ use weir_wire::native::{self, FRAME_PREFIX_BYTES};
 
 use crate::error::{ClientError, ClientResult};
 use crate::gate::ArrivalGate;
+use crate::io::Stream;
+use crate::tls::TlsClient;
 
 /// The largest response frame accepted: responses are bounded by what was asked for.
 pub const RESPONSE_FRAME_BYTES_MAX: usize = 1 << 30;
@@ -61,10 +62,11 @@ type Waiters = Rc<RefCell<HashMap<u64, LocalSender<ClientResult<ResponseFrame>>>
 pub struct Connection {
     address: String,
     /// The write half, taken by the request whose turn at `write_gate` it is.
-    writer: RefCell<Option<WriteHalf<TcpStream>>>,
+    writer: RefCell<Option<WriteHalf<Stream>>>,
     /// Requests are written in the order they were made (`ArrivalGate`: strictly FIFO).
     write_gate: Rc<ArrivalGate>,
-    fd: std::os::fd::RawFd,
+    /// The socket, for vectored sends, on a plaintext connection.
+    fd: Option<std::os::fd::RawFd>,
     waiters: Waiters,
     next_id: Cell<u64>,
     failure: Rc<RefCell<Option<String>>>,
@@ -73,14 +75,24 @@ pub struct Connection {
 
 impl Connection {
     pub async fn connect(address: &str) -> ClientResult<Rc<Connection>> {
+        Connection::open(address, None).await
+    }
+
+    /// A connection to `address`, over TLS with `tls`'s trust and identity when given.
+    pub async fn open(address: &str, tls: Option<&TlsClient>) -> ClientResult<Rc<Connection>> {
+        let failed = |source: std::io::Error| ClientError::Connect {
+            address: address.to_string(),
+            source,
+        };
         let stream = TcpStream::connect(address)
             .await
-            .map_err(|e| ClientError::Connect {
-                address: address.to_string(),
-                source: e.into(),
-            })?;
+            .map_err(|e| failed(e.into()))?;
         let _ = stream.set_nodelay(true);
-        let fd = stream.as_raw_fd();
+        let stream = match tls {
+            None => Stream::Plain(stream),
+            Some(tls) => tls.handshake(stream, address).await.map_err(failed)?,
+        };
+        let fd = stream.plain_fd();
         let (reader, writer) = futures_lite::io::split(stream);
         let waiters: Waiters = Rc::new(RefCell::new(HashMap::new()));
         let failure = Rc::new(RefCell::new(None));
@@ -182,7 +194,7 @@ impl Connection {
             self.waiters.borrow_mut().remove(&id);
             return Err(ClientError::ConnectionLost(reason.into()));
         };
-        let written = crate::io::write_parts(&mut writer, self.fd, &parts).await;
+        let written = crate::io::write_frame(&mut writer, self.fd, &parts).await;
         *self.writer.borrow_mut() = Some(writer);
         drop(turn);
         if let Err(error) = written {
@@ -220,7 +232,7 @@ impl PendingResponse {
 }
 
 /// Reads response frames and hands each to its waiter. Returns why it stopped.
-async fn read_responses(mut reader: ReadHalf<TcpStream>, waiters: &Waiters) -> String {
+async fn read_responses(mut reader: ReadHalf<Stream>, waiters: &Waiters) -> String {
     loop {
         let mut prefix = [0u8; FRAME_PREFIX_BYTES];
         if let Err(error) = reader.read_exact(&mut prefix).await {

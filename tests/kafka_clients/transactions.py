@@ -10,7 +10,7 @@
         the same transactional.id fences the old one (its late writes are refused) and
         the transaction is aborted; an open transaction survives a broker kill -9, and
         one past transaction.timeout.ms is aborted by the broker.
-    transactions.py spanning --bootstrap ADDRESSES --phase N
+    transactions.py spanning --bootstrap ADDRESSES --phase N [--ssl-ca F --ssl-cert F --ssl-key F]
         Against a running cluster (broker/tests/cluster.rs): 30 transactions over the 6
         partitions of topic `tx-spanning`, led by several brokers, so the coordinator
         writes markers to other brokers (WriteTxnMarkers); every fifth is aborted. Each
@@ -52,6 +52,10 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 PARTITION_EOF = -191  # librdkafka's _PARTITION_EOF
 
+# Settings every client of `spanning` adds: SSL with a client certificate when the
+# cluster's Kafka listeners serve it (--ssl-ca, --ssl-cert, --ssl-key).
+SECURITY = {}
+
 
 def create(bootstrap, name, partitions):
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -63,6 +67,7 @@ def read_all(bootstrap, topic, isolation, group, timeout=60):
     """Every message of the topic from the beginning to its end (as the isolation level
     sees it): a list of (partition, offset, key, value)."""
     consumer = Consumer({
+        **SECURITY,
         "bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
         "isolation.level": isolation, "enable.partition.eof": True,
         "enable.auto.commit": False,
@@ -98,7 +103,7 @@ def committed(bootstrap, group, topic, partitions):
 
 
 def producer(bootstrap, transactional_id, **extra):
-    config = {"bootstrap.servers": bootstrap, "transactional.id": transactional_id,
+    config = {**SECURITY, "bootstrap.servers": bootstrap, "transactional.id": transactional_id,
               "linger.ms": 5}
     config.update(extra)
     return Producer(config)
@@ -467,7 +472,14 @@ def main():
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--phase", type=int, default=1)
     parser.add_argument("--kills", type=int, default=50)
+    parser.add_argument("--ssl-ca")
+    parser.add_argument("--ssl-cert")
+    parser.add_argument("--ssl-key")
     args = parser.parse_args()
+    if args.ssl_ca:
+        SECURITY.update({"security.protocol": "SSL", "ssl.ca.location": args.ssl_ca,
+                         "ssl.certificate.location": args.ssl_cert,
+                         "ssl.key.location": args.ssl_key})
     if args.command == "transform":
         transform(args)
         return

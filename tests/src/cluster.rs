@@ -200,6 +200,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub network: Option<Network>,
     env: Vec<(String, String)>,
+    /// What `cli` adds to every command (how the CLI reaches secured brokers).
+    pub client_args: Vec<String>,
 }
 
 /// Ports the OS says are free now (on `ip`), for brokers that must know each other's
@@ -281,6 +283,7 @@ impl Cluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            client_args: Vec::new(),
         };
         let announced: Vec<_> = (0..count)
             .map(|id| cluster.spawn(id))
@@ -462,11 +465,12 @@ impl Cluster {
         Ok(())
     }
 
-    /// Runs `weir ARGS --brokers <every native address>`.
+    /// Runs `weir ARGS --brokers <every native address>` (and `client_args`).
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = Command::new(&self.binary)
             .args(args)
             .args(["--brokers", &self.native_bootstrap()])
+            .args(&self.client_args)
             .env("WEIR_LOG", "warn")
             .output()?;
         if !output.status.success() {

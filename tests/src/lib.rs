@@ -3,6 +3,7 @@
 /// Real `weir serve` processes (shared with the benchmarks).
 pub use weir_bench::process as broker;
 
+pub mod certs;
 pub mod cluster;
 pub mod compaction;
 

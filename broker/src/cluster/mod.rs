@@ -91,6 +91,7 @@ impl Cluster {
     pub async fn open(
         config: Arc<BrokerConfig>,
         storage: Rc<ShardStorage>,
+        tls: Option<Arc<weir_client::TlsClient>>,
     ) -> BrokerResult<Rc<Cluster>> {
         let voters = config
             .voters()
@@ -127,7 +128,7 @@ impl Cluster {
         Ok(Rc::new(Cluster {
             node: config.node_id,
             incarnation,
-            peers: Peers::new(config.node_id, addresses),
+            peers: Peers::new(config.node_id, addresses, tls),
             config,
             quorum: RefCell::new(quorum),
             store: RefCell::new(Some(store)),

@@ -9,12 +9,13 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use event_listener::Event;
 use flatbuffers::FlatBufferBuilder;
-use weir_client::Connection;
+use weir_client::{Connection, TlsClient};
 use weir_replication::eraftpb::Message;
 use weir_replication::{ControllerAnswer, ControllerError, ControllerRequest, NodeId, quorum};
 use weir_wire::native::schema;
@@ -49,16 +50,23 @@ pub struct Peers {
     calls: RefCell<BTreeMap<NodeId, Rc<Connection>>>,
     /// Peers a message could not be delivered to, for raft-rs to hear about.
     unreachable: RefCell<BTreeSet<NodeId>>,
+    /// TLS to the peers' native listeners, when they serve it.
+    tls: Option<Arc<TlsClient>>,
 }
 
 impl Peers {
-    pub fn new(node: NodeId, addresses: BTreeMap<NodeId, String>) -> Rc<Peers> {
+    pub fn new(
+        node: NodeId,
+        addresses: BTreeMap<NodeId, String>,
+        tls: Option<Arc<TlsClient>>,
+    ) -> Rc<Peers> {
         Rc::new(Peers {
             node,
             addresses: RefCell::new(addresses),
             links: RefCell::new(BTreeMap::new()),
             calls: RefCell::new(BTreeMap::new()),
             unreachable: RefCell::new(BTreeSet::new()),
+            tls,
         })
     }
 
@@ -162,7 +170,8 @@ impl Peers {
 
     async fn connect(&self, node: NodeId) -> Option<Rc<Connection>> {
         let address = self.address(node)?;
-        match with_timeout(CONNECT_TIMEOUT, Connection::connect(&address)).await {
+        let opened = Connection::open(&address, self.tls.as_deref());
+        match with_timeout(CONNECT_TIMEOUT, opened).await {
             Some(Ok(connection)) => Some(connection),
             Some(Err(error)) => {
                 tracing::debug!(peer = node, %address, %error, "cannot reach peer");

@@ -16,6 +16,9 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+use weir_client::TlsClient;
+use weir_client::io::Stream;
+
 use crate::error::{BrokerError, BrokerResult};
 use crate::router::TopicPartition;
 
@@ -30,6 +33,7 @@ const RESPONSE_BYTES_MAX: usize = 16 << 20;
 /// partition's Kafka error code (0: written).
 pub async fn write_txn_markers(
     address: &str,
+    tls: Option<&TlsClient>,
     producer: (i64, i16),
     commit: bool,
     coordinator_epoch: i32,
@@ -82,13 +86,21 @@ pub async fn write_txn_markers(
         let size = (frame.len() - 4) as i32;
         frame[..4].copy_from_slice(&size.to_be_bytes());
 
-        let mut stream = glommio::net::TcpStream::connect(address)
+        let stream = glommio::net::TcpStream::connect(address)
             .await
             .map_err(|e| failed("connecting", &e))?;
+        let mut stream = match tls {
+            None => Stream::Plain(stream),
+            Some(tls) => tls
+                .handshake(stream, address)
+                .await
+                .map_err(|e| failed("TLS", &e))?,
+        };
         stream
             .write_all(&frame)
             .await
             .map_err(|e| failed("sending", &e))?;
+        stream.flush().await.map_err(|e| failed("sending", &e))?;
         let mut size = [0u8; 4];
         stream
             .read_exact(&mut size)
@@ -111,6 +123,9 @@ pub async fn write_txn_markers(
         if body.has_remaining() {
             return Err(failed("decoding", &"bytes after the response"));
         }
+        // A TLS stream says it is closing (close_notify), or the broker takes the end
+        // for a truncation.
+        let _ = stream.close().await;
         let ResponseKind::WriteTxnMarkers(response) = response else {
             return Err(failed("decoding", &"another response"));
         };

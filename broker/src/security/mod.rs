@@ -211,6 +211,14 @@ pub fn may_manage_security(
     })
 }
 
+/// What every shard's security shares with the others': the client quotas' usage, and
+/// how this broker dials the other brokers.
+#[derive(Debug, Clone)]
+pub struct SharedSecurity {
+    pub quotas: std::sync::Arc<quotas::QuotaManager>,
+    pub peer_tls: tls::PeerTls,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

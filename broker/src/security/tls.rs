@@ -9,11 +9,15 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use futures_rustls::TlsAcceptor;
 use glommio::net::TcpStream;
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+
+use weir_client::TlsClient;
+use weir_client::io::Stream;
 
 use super::Principal;
 
@@ -107,10 +111,7 @@ impl TlsServer {
 
     /// Runs the server side of a handshake; the principal is the client certificate's
     /// subject, or anonymous without one.
-    pub async fn accept(
-        &self,
-        stream: TcpStream,
-    ) -> std::io::Result<(futures_rustls::server::TlsStream<TcpStream>, Principal)> {
+    pub async fn accept(&self, stream: TcpStream) -> std::io::Result<(Stream, Principal)> {
         let handshake = self.acceptor.accept(stream);
         let stream = futures_lite::future::or(handshake, async {
             glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
@@ -127,13 +128,65 @@ impl TlsServer {
             .and_then(|chain| chain.first())
             .and_then(|cert| subject_name(cert))
             .map_or_else(Principal::anonymous, Principal::user);
-        Ok((stream, principal))
+        Ok((Stream::Tls(Box::new(stream.into())), principal))
+    }
+
+    /// What this broker dials other brokers with: their certificates checked against
+    /// the CAs of `ca_file`, and this broker's own certificate presented (reloaded with
+    /// it), so that they know it for a broker by its subject.
+    pub fn peer_client(&self, ca_file: &Path) -> anyhow::Result<TlsClient> {
+        TlsClient::with_resolver(
+            weir_client::tls::provider(),
+            ca_file,
+            self.certificate.clone(),
+        )
+        .context("the TLS client brokers dial each other with")
+    }
+
+    /// The principal this broker's certificate makes it on other brokers' listeners.
+    pub fn principal(&self) -> Option<String> {
+        let current = self.certificate.current.read().ok()?;
+        let subject = subject_name(current.key.end_entity_cert().ok()?)?;
+        Some(Principal::user(subject).to_string())
     }
 
     /// Reloads the certificate if its files changed; keeps the old one (and says so) if
     /// the new files do not load.
     pub fn reload_if_changed(&self) {
         self.certificate.reload_if_changed();
+    }
+}
+
+/// How this broker dials the others on each protocol: over TLS with its own
+/// certificate (the listeners brokers reach each other on are SSL), or in plaintext.
+#[derive(Debug, Clone, Default)]
+pub struct PeerTls {
+    pub native: Option<Arc<TlsClient>>,
+    pub kafka: Option<Arc<TlsClient>>,
+}
+
+impl PeerTls {
+    /// For a broker whose `native_listen` and `kafka_listen` are served as `native` and
+    /// `kafka` (the other brokers' are served alike).
+    pub fn new(
+        server: Option<&TlsServer>,
+        ca_file: Option<&Path>,
+        native: bool,
+        kafka: bool,
+    ) -> anyhow::Result<PeerTls> {
+        if !native && !kafka {
+            return Ok(PeerTls::default());
+        }
+        let (Some(server), Some(ca_file)) = (server, ca_file) else {
+            anyhow::bail!(
+                "brokers dial each other over SSL: set tls_cert_file and tls_client_ca_file"
+            );
+        };
+        let client = Arc::new(server.peer_client(ca_file)?);
+        Ok(PeerTls {
+            native: native.then(|| client.clone()),
+            kafka: kafka.then_some(client),
+        })
     }
 }
 
@@ -177,12 +230,7 @@ fn escape_rdn_value(value: &str) -> String {
 }
 
 fn read_certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("reading certificates from {}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing certificates in {}", path.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
-    Ok(certs)
+    Ok(weir_client::tls::read_certificates(path)?)
 }
 
 /// The server certificate, reloaded when its files change (checked by
@@ -252,9 +300,30 @@ impl ReloadingCertificate {
     }
 }
 
+impl ReloadingCertificate {
+    fn key(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|current| current.key.clone())
+    }
+}
+
 impl ResolvesServerCert for ReloadingCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current.read().ok().map(|current| current.key.clone())
+        self.key()
+    }
+}
+
+/// The same certificate, presented when this broker dials another.
+impl ResolvesClientCert for ReloadingCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.key()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 

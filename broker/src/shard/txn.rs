@@ -635,6 +635,7 @@ impl Shard {
                 let producer = (entry.producer_id, entry.producer_epoch);
                 match crate::kafka::peer::write_txn_markers(
                     &address,
+                    self.peer_tls.kafka.as_deref(),
                     producer,
                     commit,
                     coordinator_epoch,
