@@ -139,6 +139,29 @@ fn each_kind_of_bad_kafka_request_gets_an_error_or_a_closed_connection() {
     assert_closed(&mut stream, "huge array count");
     assert_serving(&address);
 
+    // An acks=0 produce that is refused (no such topic) has no response to say so: the
+    // connection is closed, as Kafka's broker does, so the client notices.
+    let topic = kafka_protocol::messages::produce_request::TopicProduceData::default()
+        .with_name(kafka_protocol::messages::TopicName(StrBytes::from_static_str(
+            "no-such-topic",
+        )))
+        .with_partition_data(vec![
+            kafka_protocol::messages::produce_request::PartitionProduceData::default(),
+        ]);
+    let mut body = BytesMut::new();
+    kafka_protocol::messages::ProduceRequest::default()
+        .with_acks(0)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![topic])
+        .encode(&mut body, 9)
+        .unwrap();
+    let mut stream = connect(&address);
+    stream
+        .write_all(&frame(ApiKey::Produce, 9, 2, &body))
+        .unwrap();
+    assert_closed(&mut stream, "a refused acks=0 produce");
+    assert_serving(&address);
+
     // A size prefix over the frame limit, a negative one, and one shorter than a header.
     for prefix in [i32::MAX, -5, 3] {
         let mut stream = connect(&address);

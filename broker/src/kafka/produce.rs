@@ -83,9 +83,6 @@ pub async fn start(
         }
     }
     if let Some((code, message)) = refuse_all {
-        if matches!(acks, Ok(Acks::None)) {
-            return Box::pin(std::future::ready(None));
-        }
         let results = located
             .into_iter()
             .map(|(tp, _)| {
@@ -109,7 +106,19 @@ pub async fn start(
     let started = ops::start_produce(shard, producer, batches, acks).await;
     Box::pin(async move {
         let results = ops::finish_produce(started).await;
-        (acks != Acks::None).then(|| respond(&header, results, throttle))
+        if acks != Acks::None {
+            return Some(respond(&header, results, throttle));
+        }
+        // Nothing answers acks=0, so a refusal closes the connection, as Kafka's broker
+        // does: the client sees its writes failing instead of vanishing.
+        results.iter().any(|(_, result)| result.is_err()).then(|| {
+            tracing::debug!("an acks=0 produce was refused; closing the connection");
+            Reply {
+                parts: Vec::new(),
+                failed: true,
+                close_after: true,
+            }
+        })
     })
 }
 
