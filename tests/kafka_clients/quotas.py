@@ -14,7 +14,9 @@ librdkafka (confluent-kafka):
   its delivery latency is measured with and without `bulk` next to it, and none of it
   is throttled;
 - `bulk-reader` consumes a topic larger than its quota allows in the span: it reads at
-  about its quota.
+  about its quota;
+- `weir produce` over a native produce quota is throttled and loses nothing;
+- `chatty`, with a request quota, hears throttle_time_ms in its Metadata responses.
 
 The test asserts only what cannot depend on the machine's speed (throttling happens,
 the rates stay far below the unthrottled ones, `steady` is never throttled); the figures
@@ -239,6 +241,20 @@ def main():
         assert count == 3 * QUOTA // 1000, count
         log(f"native: weir produce over its quota throttled {throttled:.0f} times, "
             f"{count} records arrived")
+
+        # A request quota throttles every request, and every response that has the field
+        # says so in throttle_time_ms (librdkafka's throttle_cb hears it from Metadata).
+        from confluent_kafka.admin import AdminClient
+        broker.cli("quota", "alter", "--client-id", "chatty", "--set", "request_rate=20")
+        heard = []
+        admin = AdminClient({"bootstrap.servers": bootstrap, "client.id": "chatty",
+                             "throttle_cb": lambda event: heard.append(event.throttle_time)})
+        for _ in range(60):
+            admin.list_topics(timeout=30)
+            admin.poll(0)
+        admin.poll(1)
+        assert any(t > 0 for t in heard), f"no throttle_time_ms heard: {heard}"
+        log(f"request quota: {len(heard)} Metadata responses told chatty to back off")
     finally:
         stop_process(broker.process)
     if args.report:

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -127,7 +128,7 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, session: &Rc<Session>
         let listener = &*session.listener;
         let caller = &*caller;
         let version = header.request_api_version;
-        let (body, failed) = match request.body {
+        let (mut body, failed) = match request.body {
             RequestKind::FindCoordinator(body) => {
                 groups::find_coordinator(&shard, caller, listener, version, body)
             }
@@ -227,8 +228,64 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, session: &Rc<Session>
                 );
             }
         };
+        set_throttle(&mut body, requests_throttle);
         (name, Some(reply(&header, api, &body, failed)))
     })
+}
+
+/// Tells the client how long its request quota holds it off (KIP-219: it sends this
+/// broker nothing more until then), in every response that has `throttle_time_ms`
+/// (versions without the field leave it out when encoding). Produce and Fetch add their
+/// byte quotas' throttle themselves.
+fn set_throttle(body: &mut ResponseKind, throttle: Duration) {
+    let ms = i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX);
+    if ms == 0 {
+        return;
+    }
+    macro_rules! throttled {
+        ($($kind:ident),* $(,)?) => {
+            match body {
+                $(ResponseKind::$kind(response) => response.throttle_time_ms = ms,)*
+                _ => {}
+            }
+        };
+    }
+    throttled!(
+        FindCoordinator,
+        JoinGroup,
+        SyncGroup,
+        Heartbeat,
+        LeaveGroup,
+        OffsetCommit,
+        OffsetFetch,
+        ListGroups,
+        DescribeGroups,
+        DeleteGroups,
+        OffsetDelete,
+        InitProducerId,
+        AddPartitionsToTxn,
+        AddOffsetsToTxn,
+        EndTxn,
+        TxnOffsetCommit,
+        DescribeConfigs,
+        AlterConfigs,
+        IncrementalAlterConfigs,
+        CreatePartitions,
+        DeleteRecords,
+        DescribeCluster,
+        CreateAcls,
+        DescribeAcls,
+        DeleteAcls,
+        DescribeUserScramCredentials,
+        AlterUserScramCredentials,
+        DescribeClientQuotas,
+        AlterClientQuotas,
+        ApiVersions,
+        Metadata,
+        CreateTopics,
+        DeleteTopics,
+        ListOffsets,
+    );
 }
 
 fn api_versions(error: i16) -> ApiVersionsResponse {
