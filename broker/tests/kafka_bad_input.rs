@@ -142,9 +142,9 @@ fn each_kind_of_bad_kafka_request_gets_an_error_or_a_closed_connection() {
     // An acks=0 produce that is refused (no such topic) has no response to say so: the
     // connection is closed, as Kafka's broker does, so the client notices.
     let topic = kafka_protocol::messages::produce_request::TopicProduceData::default()
-        .with_name(kafka_protocol::messages::TopicName(StrBytes::from_static_str(
-            "no-such-topic",
-        )))
+        .with_name(kafka_protocol::messages::TopicName(
+            StrBytes::from_static_str("no-such-topic"),
+        ))
         .with_partition_data(vec![
             kafka_protocol::messages::produce_request::PartitionProduceData::default(),
         ]);
