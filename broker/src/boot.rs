@@ -56,12 +56,10 @@ fn inter_broker_tls(config: &BrokerConfig, tls: Option<&TlsServer>) -> anyhow::R
     if config.cluster.len() <= 1 {
         return Ok(PeerTls::default());
     }
+    // The first two listeners are the ones brokers dial (`BrokerConfig::listeners`).
     let listeners = config.listeners()?;
-    let ca_file = Some(std::path::Path::new(&config.tls_client_ca_file))
-        .filter(|_| !config.tls_client_ca_file.is_empty());
     let peer_tls = PeerTls::new(
         tls,
-        ca_file,
         listeners[0].protocol.tls(),
         listeners[1].protocol.tls(),
     )?;

@@ -557,8 +557,8 @@ impl BrokerConfig {
     /// The authorizer needs brokers known for brokers: SSL both ways, with client
     /// certificates required (each broker's principal a super user: checked at start).
     fn validate_inter_broker(&self, listeners: &[Listener]) -> anyhow::Result<()> {
-        let between: Vec<&Listener> = listeners[..2].iter().collect();
-        for listener in &between {
+        let between = &listeners[..2];
+        for listener in between {
             anyhow::ensure!(
                 matches!(
                     listener.protocol,

@@ -483,17 +483,7 @@ impl Client {
         let mut last_error = ClientError::Invalid(format!("no broker address in {brokers:?}"));
         let mut starting = None;
         for address in brokers.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            let shaken = match self.open(address).await {
-                Ok(connection) => match handshake(&connection, "weir-client").await {
-                    Ok((node, is_starting)) => self
-                        .login(&connection)
-                        .await
-                        .map(|()| (connection, node, is_starting)),
-                    Err(error) => Err(error),
-                },
-                Err(error) => Err(error),
-            };
-            match shaken {
+            match self.open(address).await {
                 Ok((connection, node, false)) => {
                     return Ok(self.use_bootstrap(connection, node, false));
                 }
@@ -1448,9 +1438,7 @@ impl Client {
         let Some(address) = address else {
             return self.bootstrap().await;
         };
-        let connection = self.open(&address).await?;
-        handshake(&connection, "weir-client").await?;
-        self.login(&connection).await?;
+        let (connection, _, _) = self.open(&address).await?;
         self.routes
             .connections
             .borrow_mut()
@@ -1458,16 +1446,16 @@ impl Client {
         Ok(connection)
     }
 
-    async fn open(&self, address: &str) -> ClientResult<Rc<Connection>> {
-        Connection::open(address, self.routes.security.tls.as_deref()).await
-    }
-
-    /// Authenticates a new connection, when the client has credentials.
-    async fn login(&self, connection: &Connection) -> ClientResult<()> {
-        match &self.routes.security.sasl {
-            Some(credentials) => authenticate(connection, credentials).await,
-            None => Ok(()),
+    /// A new connection to `address`, secured as the client is (TLS, then a SASL login
+    /// after the handshake): it, and the node id and starting flag of its handshake.
+    async fn open(&self, address: &str) -> ClientResult<(Rc<Connection>, i32, bool)> {
+        let security = &self.routes.security;
+        let connection = Connection::open(address, security.tls.as_deref()).await?;
+        let (node, starting) = handshake(&connection, "weir-client").await?;
+        if let Some(credentials) = &security.sasl {
+            authenticate(&connection, credentials).await?;
         }
+        Ok((connection, node, starting))
     }
 
     /// Learns brokers and leaders from `metadata`.

@@ -9,7 +9,6 @@ use bytes::{Bytes, BytesMut};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 use futures_lite::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use glommio::channels::local_channel::{self, LocalSender};
-use glommio::net::TcpStream;
 use weir_wire::native::schema;
 use weir_wire::native::{self, FRAME_PREFIX_BYTES};
 
@@ -80,18 +79,13 @@ impl Connection {
 
     /// A connection to `address`, over TLS with `tls`'s trust and identity when given.
     pub async fn open(address: &str, tls: Option<&TlsClient>) -> ClientResult<Rc<Connection>> {
-        let failed = |source: std::io::Error| ClientError::Connect {
-            address: address.to_string(),
-            source,
-        };
-        let stream = TcpStream::connect(address)
-            .await
-            .map_err(|e| failed(e.into()))?;
-        let _ = stream.set_nodelay(true);
-        let stream = match tls {
-            None => Stream::Plain(stream),
-            Some(tls) => tls.handshake(stream, address).await.map_err(failed)?,
-        };
+        let stream =
+            crate::tls::dial(address, tls)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    address: address.to_string(),
+                    source,
+                })?;
         let fd = stream.plain_fd();
         let (reader, writer) = futures_lite::io::split(stream);
         let waiters: Waiters = Rc::new(RefCell::new(HashMap::new()));

@@ -105,6 +105,17 @@ impl TlsClient {
     }
 }
 
+/// A stream to the broker at `address`: TCP (without Nagle: requests are whole frames),
+/// then TLS over it when `tls` is given.
+pub async fn dial(address: &str, tls: Option<&TlsClient>) -> std::io::Result<Stream> {
+    let stream = TcpStream::connect(address).await?;
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => Ok(Stream::Plain(stream)),
+        Some(tls) => tls.handshake(stream, address).await,
+    }
+}
+
 fn builder(
     provider: &Arc<rustls::crypto::CryptoProvider>,
     ca_file: &Path,

@@ -17,7 +17,6 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use weir_client::TlsClient;
-use weir_client::io::Stream;
 
 use crate::error::{BrokerError, BrokerResult};
 use crate::router::TopicPartition;
@@ -86,16 +85,9 @@ pub async fn write_txn_markers(
         let size = (frame.len() - 4) as i32;
         frame[..4].copy_from_slice(&size.to_be_bytes());
 
-        let stream = glommio::net::TcpStream::connect(address)
+        let mut stream = weir_client::tls::dial(address, tls)
             .await
             .map_err(|e| failed("connecting", &e))?;
-        let mut stream = match tls {
-            None => Stream::Plain(stream),
-            Some(tls) => tls
-                .handshake(stream, address)
-                .await
-                .map_err(|e| failed("TLS", &e))?,
-        };
         stream
             .write_all(&frame)
             .await

@@ -57,6 +57,8 @@ pub struct TlsSettings {
 pub struct TlsServer {
     acceptor: TlsAcceptor,
     certificate: Arc<ReloadingCertificate>,
+    /// The CAs client certificates chain to, which other brokers' certificates do too.
+    client_ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for TlsServer {
@@ -106,6 +108,7 @@ impl TlsServer {
         Ok(TlsServer {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             certificate,
+            client_ca_file: settings.client_ca_file.clone(),
         })
     }
 
@@ -132,9 +135,13 @@ impl TlsServer {
     }
 
     /// What this broker dials other brokers with: their certificates checked against
-    /// the CAs of `ca_file`, and this broker's own certificate presented (reloaded with
+    /// `tls_client_ca_file`, and this broker's own certificate presented (reloaded with
     /// it), so that they know it for a broker by its subject.
-    pub fn peer_client(&self, ca_file: &Path) -> anyhow::Result<TlsClient> {
+    pub fn peer_client(&self) -> anyhow::Result<TlsClient> {
+        let ca_file = self.client_ca_file.as_deref().context(
+            "brokers dial each other over SSL and check each other's certificates: set \
+             tls_client_ca_file",
+        )?;
         TlsClient::with_resolver(
             weir_client::tls::provider(),
             ca_file,
@@ -145,8 +152,8 @@ impl TlsServer {
 
     /// The principal this broker's certificate makes it on other brokers' listeners.
     pub fn principal(&self) -> Option<String> {
-        let current = self.certificate.current.read().ok()?;
-        let subject = subject_name(current.key.end_entity_cert().ok()?)?;
+        let key = self.certificate.key()?;
+        let subject = subject_name(key.end_entity_cert().ok()?)?;
         Some(Principal::user(subject).to_string())
     }
 
@@ -166,23 +173,14 @@ pub struct PeerTls {
 }
 
 impl PeerTls {
-    /// For a broker whose `native_listen` and `kafka_listen` are served as `native` and
-    /// `kafka` (the other brokers' are served alike).
-    pub fn new(
-        server: Option<&TlsServer>,
-        ca_file: Option<&Path>,
-        native: bool,
-        kafka: bool,
-    ) -> anyhow::Result<PeerTls> {
+    /// For a broker whose `native_listen` and `kafka_listen` are SSL as `native` and
+    /// `kafka` say (the other brokers' are served alike).
+    pub fn new(server: Option<&TlsServer>, native: bool, kafka: bool) -> anyhow::Result<PeerTls> {
         if !native && !kafka {
             return Ok(PeerTls::default());
         }
-        let (Some(server), Some(ca_file)) = (server, ca_file) else {
-            anyhow::bail!(
-                "brokers dial each other over SSL: set tls_cert_file and tls_client_ca_file"
-            );
-        };
-        let client = Arc::new(server.peer_client(ca_file)?);
+        let server = server.context("brokers dial each other over SSL: set tls_cert_file")?;
+        let client = Arc::new(server.peer_client()?);
         Ok(PeerTls {
             native: native.then(|| client.clone()),
             kafka: kafka.then_some(client),
@@ -272,6 +270,10 @@ impl ReloadingCertificate {
         })
     }
 
+    fn key(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|current| current.key.clone())
+    }
+
     fn reload_if_changed(&self) {
         let modified = (modified(&self.cert_file), modified(&self.key_file));
         let changed = self
@@ -297,12 +299,6 @@ impl ReloadingCertificate {
                 }
             }
         }
-    }
-}
-
-impl ReloadingCertificate {
-    fn key(&self) -> Option<Arc<CertifiedKey>> {
-        self.current.read().ok().map(|current| current.key.clone())
     }
 }
 
