@@ -185,15 +185,44 @@ impl<'a> SyncSampler<'a> {
 /// message's latency runs from its arrival to the end of the sync that covered it, so
 /// the device's stalls under sustained load count as they do for a broker. This is the
 /// floor for a durable produce at that rate.
+///
+/// With `overwrite`, 256 MiB of the file are written first and the stream goes round them,
+/// writing over blocks the file already has (as a log reusing a deleted segment's file
+/// does): no fdatasync then writes file metadata, it only flushes the device.
 pub fn measure_durable_stream(
     dir: &Path,
     rate_mb_s: f64,
     message_bytes: usize,
     duration: Duration,
+    overwrite: bool,
 ) -> anyhow::Result<Percentiles> {
     on_scratch_file(dir, ".weir-limits-stream", |file| async move {
-        durable_stream(&file, rate_mb_s, message_bytes, duration).await
+        let wrap_at = if overwrite {
+            prewrite(&file, OVERWRITTEN_BYTES).await?;
+            OVERWRITTEN_BYTES
+        } else {
+            u64::MAX
+        };
+        durable_stream(&file, rate_mb_s, message_bytes, duration, wrap_at).await
     })
+}
+
+const OVERWRITTEN_BYTES: u64 = 256 << 20;
+
+/// Writes `bytes` of the file, syncs it, and lets the device settle.
+async fn prewrite(file: &DmaFile, bytes: u64) -> anyhow::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let mut position = 0;
+    while position < bytes {
+        let mut buffer = file.alloc_dma_buffer(CHUNK);
+        buffer.as_bytes_mut().fill(0);
+        file.write_at(buffer, position).await.map_err(io)?;
+        position += CHUNK as u64;
+    }
+    file.fdatasync().await.map_err(io)?;
+    // The device may still be taking it in; its stalls would be the stream's.
+    glommio::timer::sleep(Duration::from_secs(2)).await;
+    Ok(())
 }
 
 async fn durable_stream(
@@ -201,6 +230,7 @@ async fn durable_stream(
     rate_mb_s: f64,
     message_bytes: usize,
     duration: Duration,
+    wrap_at: u64,
 ) -> anyhow::Result<Percentiles> {
     /// The first second is not counted.
     const WARMUP_NS: u64 = 1_000_000_000;
@@ -222,6 +252,9 @@ async fn durable_stream(
         }
         let upto = arrived.min(taken + per_write);
         let bytes = ((upto - taken) as usize * message_bytes).div_ceil(4096) * 4096;
+        if position + bytes as u64 > wrap_at {
+            position = 0;
+        }
         let mut buffer = file.alloc_dma_buffer(bytes);
         buffer.as_bytes_mut().fill(7);
         file.write_at(buffer, position).await.map_err(io)?;

@@ -87,6 +87,9 @@ pub struct Limits {
     /// The ideal durable stream of 1 KiB messages at 200 MB/s on this device
     /// (`weir_bench::limits::measure_durable_stream`): the floor for durable produce latency.
     pub ideal_durable_stream_us: Percentiles,
+    /// The same stream writing over a file's existing blocks: the floor for a log whose
+    /// segments reuse deleted segments' files.
+    pub ideal_durable_overwrite_us: Percentiles,
 }
 
 /// The rate of the durable open-loop scenario, and of its ideal-stream limit.
@@ -97,13 +100,15 @@ pub fn measure_limits(dir: &Path) -> anyhow::Result<Limits> {
     // The ideal stream goes first: after the bandwidth tests the device is still flushing
     // a gigabyte, and its stalls then would be the bandwidth test's, not the stream's.
     let duration = std::time::Duration::from_secs(6);
-    let ideal = limits::measure_durable_stream(dir, DURABLE_RATE_MB_S, 1024, duration)?;
+    let ideal = limits::measure_durable_stream(dir, DURABLE_RATE_MB_S, 1024, duration, false)?;
+    let overwrite = limits::measure_durable_stream(dir, DURABLE_RATE_MB_S, 1024, duration, true)?;
     let disk = limits::measure_disk(dir, DiskOptions::default())?;
     let network = limits::measure_network(NetworkOptions::default())?;
     Ok(Limits {
         disk,
         network,
         ideal_durable_stream_us: ideal,
+        ideal_durable_overwrite_us: overwrite,
     })
 }
 
@@ -138,7 +143,8 @@ fn limits_table(limits: &Limits) -> String {
         "O_DIRECT sequential write   {:>10.1} MB/s\nO_DIRECT sequential read    {:>10.1} MB/s\n\
          16 KiB write+fdatasync      p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us\n\
          loopback TCP, one stream    {:>10.1} MB/s\nloopback round trip         p50 {:.1} us  p99 {:.1} us\n\
-         ideal durable stream        p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us (1 KiB at 200 MB/s)\n",
+         ideal durable stream        p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us (1 KiB at 200 MB/s)\n\
+         ... writing over old blocks p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us\n",
         d.direct_write_mb_s,
         d.direct_read_mb_s,
         d.fdatasync_us.p50,
@@ -149,7 +155,10 @@ fn limits_table(limits: &Limits) -> String {
         n.loopback_rtt_us.p99,
         limits.ideal_durable_stream_us.p50,
         limits.ideal_durable_stream_us.p99,
-        limits.ideal_durable_stream_us.p999
+        limits.ideal_durable_stream_us.p999,
+        limits.ideal_durable_overwrite_us.p50,
+        limits.ideal_durable_overwrite_us.p99,
+        limits.ideal_durable_overwrite_us.p999
     )
 }
 
@@ -262,6 +271,13 @@ const END_TO_END_P99: FigureSpec = (
     "ideal_durable_stream_us.p99",
 );
 
+const OFFERED_RATE: FigureSpec = (
+    "produce MB/s",
+    "MB/s",
+    |r| r.throughput_mb_s,
+    "offered_rate_mb_s",
+);
+
 /// Max produce, over either protocol: its throughput against loopback TCP.
 const MAX_PRODUCE_FIGURES: &[FigureSpec] = &[(
     "produce MB/s",
@@ -277,12 +293,7 @@ const SCENARIOS: &[Scenario] = &[
         reads_stored: false,
         protocol: Protocol::Native,
         figures: &[
-            (
-                "produce MB/s",
-                "MB/s",
-                |r| r.throughput_mb_s,
-                "offered_rate_mb_s",
-            ),
+            OFFERED_RATE,
             PRODUCE_ACK_P50,
             PRODUCE_ACK_P99,
             (
@@ -290,6 +301,46 @@ const SCENARIOS: &[Scenario] = &[
                 "us",
                 |r| r.produce_latency_us.p999,
                 "ideal_durable_stream_us.p999",
+            ),
+        ],
+    },
+    Scenario {
+        name: "durable produce in steady state, open loop 200 MB/s (as above; 64 MiB segments, retention.bytes 256 MiB: retention deletes as fast as the stream writes, and each new segment reuses a deleted one's file)",
+        config: |b, n| Config {
+            // Retention starts deleting after ~320 MB (1.6 s); from then on every roll
+            // finds a spare file. The warmup covers that.
+            warmup_s: 4.0,
+            topic: format!("durable-steady-{n}"),
+            topic_configs: vec![
+                "segment.bytes=67108864".into(),
+                "retention.bytes=268435456".into(),
+            ],
+            // Retention deletes what a read-back would verify; every acknowledgement is
+            // still checked against what was sent.
+            no_read_back: true,
+            ..durable_open_loop(b, n)
+        },
+        reads_stored: false,
+        protocol: Protocol::Native,
+        figures: &[
+            OFFERED_RATE,
+            (
+                "produce ack p50",
+                "us",
+                |r| r.produce_latency_us.p50,
+                "ideal_durable_overwrite_us.p50",
+            ),
+            (
+                "produce ack p99",
+                "us",
+                |r| r.produce_latency_us.p99,
+                "ideal_durable_overwrite_us.p99",
+            ),
+            (
+                "produce ack p99.9",
+                "us",
+                |r| r.produce_latency_us.p999,
+                "ideal_durable_overwrite_us.p999",
             ),
         ],
     },
@@ -419,6 +470,9 @@ fn limit_value(limits: &Limits, name: &str) -> f64 {
         "ideal_durable_stream_us.p50" => limits.ideal_durable_stream_us.p50,
         "ideal_durable_stream_us.p99" => limits.ideal_durable_stream_us.p99,
         "ideal_durable_stream_us.p999" => limits.ideal_durable_stream_us.p999,
+        "ideal_durable_overwrite_us.p50" => limits.ideal_durable_overwrite_us.p50,
+        "ideal_durable_overwrite_us.p99" => limits.ideal_durable_overwrite_us.p99,
+        "ideal_durable_overwrite_us.p999" => limits.ideal_durable_overwrite_us.p999,
         _ => f64::NAN,
     }
 }

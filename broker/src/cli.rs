@@ -549,12 +549,15 @@ pub fn log(command: LogCommand) -> anyhow::Result<()> {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let mut at = 0;
+        let (mut at, mut next_offset) = (0, i64::MIN);
         while let Ok(header) = weir_wire::BatchHeader::parse(&bytes[at.min(bytes.len())..]) {
             let total = header.total_bytes();
-            if at + total > bytes.len() {
+            // An active segment in a recycled file is followed by an older segment's
+            // batches, whose offsets go back: the data ends there, as recovery sees it.
+            if at + total > bytes.len() || header.base_offset < next_offset {
                 break;
             }
+            next_offset = header.next_offset();
             writeln!(
                 out,
                 "{name}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:08x}",

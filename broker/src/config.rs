@@ -184,6 +184,8 @@ pub struct BrokerConfig {
     pub log_index_interval_bytes: u32,
     pub log_batch_bytes_max: u32,
     pub log_preallocate: bool,
+    /// Reuse the file of a segment retention deletes as the log's next segment.
+    pub log_recycle_segments: bool,
     /// `delete`, `compact` or `compact,delete`.
     pub log_cleanup_policy: String,
     pub log_cleaner_delete_retention_ms: u64,
@@ -282,6 +284,7 @@ impl Default for BrokerConfig {
             log_index_interval_bytes: log.index_interval_bytes,
             log_batch_bytes_max: log.batch_bytes_max,
             log_preallocate: log.preallocate,
+            log_recycle_segments: log.recycle_segments,
             log_cleanup_policy: log.cleanup.to_string(),
             log_cleaner_delete_retention_ms: log.delete_retention_ms,
             log_cleaner_min_compaction_lag_ms: log.min_compaction_lag_ms,
@@ -798,6 +801,7 @@ impl BrokerConfig {
         let mut defaults = TopicConfig {
             log: LogConfig {
                 preallocate: self.log_preallocate,
+                recycle_segments: self.log_recycle_segments,
                 ..LogConfig::default()
             },
             ..TopicConfig::default()

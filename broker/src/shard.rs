@@ -1659,7 +1659,7 @@ impl Shard {
     }
 
     /// Background work, every `tick_ms`: write-behind and interval syncs; retention every
-    /// `retention_check_ms`. Returns when shutdown begins.
+    /// `retention_check_ms`, and after each roll. Returns when shutdown begins.
     pub async fn run_background(self: Rc<Self>) {
         let tick = Duration::from_millis(self.config.tick_ms);
         let retention_every = Duration::from_millis(self.config.retention_check_ms);
@@ -1684,12 +1684,17 @@ impl Shard {
                     tracing::error!(log = %log.dir().display(), %error, "background write failed");
                 }
             }
-            if last_retention.elapsed() >= retention_every {
+            let retention_due = last_retention.elapsed() >= retention_every;
+            if retention_due {
                 last_retention = Instant::now();
-                for log in &logs {
-                    if let Err(error) = log.apply_retention(crate::metadata::now_ms()).await {
-                        tracing::error!(log = %log.dir().display(), %error, "retention failed");
-                    }
+            }
+            // A log that rolled gets its retention at once too: the segment it deletes
+            // then becomes the spare file its next roll reuses.
+            for log in &logs {
+                if (retention_due || log.rolled_since_retention())
+                    && let Err(error) = log.apply_retention(crate::metadata::now_ms()).await
+                {
+                    tracing::error!(log = %log.dir().display(), %error, "retention failed");
                 }
             }
         }

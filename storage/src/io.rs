@@ -303,9 +303,7 @@ pub(crate) async fn write_file_atomically(
     file.close()
         .await
         .map_err(|e| io_error("closing", &temporary, e))?;
-    glommio::io::rename(&temporary, &path)
-        .await
-        .map_err(|e| io_error("renaming", &temporary, e))?;
+    rename(&temporary, &path).await?;
     match durability {
         Durability::Synced => sync_dir(dir).await,
         Durability::Lazy => Ok(()),
@@ -339,6 +337,12 @@ pub(crate) async fn read_small_file(path: &Path, bytes_max: usize) -> Result<Opt
         .await
         .map_err(|e| io_error("closing", path, e))?;
     Ok(Some(contents.to_vec()))
+}
+
+pub(crate) async fn rename(from: &Path, to: &Path) -> Result<()> {
+    glommio::io::rename(from, to)
+        .await
+        .map_err(|e| io_error("renaming", from, e))
 }
 
 /// Removes a file; one that is already gone is not an error (removal is retried after a

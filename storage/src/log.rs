@@ -31,7 +31,10 @@ use crate::config::{FlushPolicy, LogConfig, PAGE_BYTES};
 use crate::epoch::LeaderEpochCache;
 use crate::io::{self, Durability, SegmentFile};
 use crate::scan::{self, ScanEnd};
-use crate::segment::{self, ActiveSegment, LOG_EXTENSION, OpenSegment, SealedSegment};
+use crate::segment::{
+    self, ActiveSegment, LOG_EXTENSION, OpenSegment, RECYCLED_EXTENSION, SealedSegment,
+    SpareSegment,
+};
 use crate::shard::ShardStorage;
 use crate::{Result, StorageError};
 
@@ -153,6 +156,11 @@ struct LogState {
     /// since it was opened, counting this one; the offset it cut the log to, `i64::MIN`
     /// for a reset, which removes everything).
     cuts: VecDeque<(u64, i64)>,
+    /// A deleted segment's file kept to become the next active segment.
+    spare: Option<SpareSegment>,
+    /// A segment was rolled since retention last ran: run it soon, so that the segment it
+    /// deletes is there as the spare for the next roll.
+    rolled_since_retention: bool,
 }
 
 /// Counters of the I/O a log did since it was opened.
@@ -258,7 +266,7 @@ impl Log {
         let metadata = load_or_create_metadata(dir, identity).await?;
         compact::recover_compaction(dir).await?;
         let first_dirty_offset = compact::load_cleaner_checkpoint(dir).await?;
-        let bases = list_segments(dir, metadata.log_start_offset).await?;
+        let (bases, spare) = list_segments(dir, metadata.log_start_offset, &config).await?;
         let mut epochs = load_epochs(dir).await?;
         let mut sealed = Vec::with_capacity(bases.len());
         for base in bases.iter().take(bases.len().saturating_sub(1)) {
@@ -322,6 +330,8 @@ impl Log {
                 sealing: Vec::new(),
                 first_dirty_offset,
                 cuts: VecDeque::new(),
+                spare,
+                rolled_since_retention: false,
             }),
         });
         for segment in log
@@ -1061,9 +1071,10 @@ impl Log {
         // writing its index files happens in the background, so appends to the new segment
         // do not wait for those syncs. A crash before that finishes leaves an index-less
         // segment ending in zeros, which recovery finishes sealing.
-        let old = self.state.borrow().active.clone();
+        let mut old = self.state.borrow().active.clone();
+        old.cut_recycled_tail().await?;
         let sealed = old.sealed_view();
-        let fresh = ActiveSegment::create(&self.dir, old.next_offset, &self.config()).await?;
+        let fresh = self.new_active_segment(old.next_offset).await?;
         io::sync_dir(&self.dir).await?;
         self.shard.opened_segment(&sealed.open);
         let (dir, failure) = (self.dir.clone(), self.seal_failure.clone());
@@ -1080,7 +1091,33 @@ impl Log {
         state.roll_requested = false;
         state.readahead = None;
         state.stats.rolls += 1;
+        state.rolled_since_retention = true;
         Ok(())
+    }
+
+    /// The empty segment based at `base_offset` to append to next: the spare file when
+    /// there is one it can be, else a new file. The caller syncs the directory.
+    async fn new_active_segment(&self, base_offset: i64) -> Result<ActiveSegment> {
+        let spare = self.state.borrow_mut().spare.take();
+        if let Some(spare) = spare {
+            if self.config().recycle_segments && spare.usable_for(base_offset) {
+                return ActiveSegment::adopt(&self.dir, base_offset, spare).await;
+            }
+            if base_offset < spare.stale_below || !self.config().recycle_segments {
+                // It would never be usable: the log restarted below it.
+                io::remove_file(&spare.path).await?;
+            } else {
+                // Readers of the segment it was still hold it: keep it for the next roll.
+                self.state.borrow_mut().spare = Some(spare);
+            }
+        }
+        ActiveSegment::create(&self.dir, base_offset, &self.config()).await
+    }
+
+    /// Whether a segment was rolled since retention last ran (the shard then runs it
+    /// without waiting for its periodic check).
+    pub fn rolled_since_retention(&self) -> bool {
+        self.state.borrow().rolled_since_retention
     }
 
     /// Waits for background seals; operations that delete, cut or close segments need
@@ -1478,7 +1515,7 @@ impl Log {
         }
         // Segments that begin at or after the offset go entirely; the one before it
         // becomes the active segment again, cut at the first batch reaching the offset.
-        let (doomed, target) = {
+        let (doomed, target, active_data_bytes) = {
             let state = self.state.borrow();
             let bases: Vec<i64> = state
                 .sealed
@@ -1487,11 +1524,21 @@ impl Log {
                 .chain([state.active.base_offset])
                 .collect();
             let keep = bases.partition_point(|base| *base < offset);
-            (bases[keep..].to_vec(), bases[keep - 1])
+            let target = bases[keep - 1];
+            let active = &state.active;
+            (
+                bases[keep..].to_vec(),
+                target,
+                (target == active.base_offset).then_some(active.data_bytes),
+            )
         };
         let path = io::segment_path(&self.dir, target, LOG_EXTENSION);
         let file = io::open_segment(&path).await?;
-        let size = io::file_size(&file, &path).await?;
+        // The active segment's file may be a recycled one, longer than its data.
+        let size = match active_data_bytes {
+            Some(bytes) => bytes,
+            None => io::file_size(&file, &path).await?,
+        };
         let scan = scan::scan_segment(
             &file,
             &path,
@@ -1561,7 +1608,7 @@ impl Log {
         for base in bases {
             segment::remove_segment_files(&self.dir, base).await?;
         }
-        let active = ActiveSegment::create(&self.dir, offset, &self.config()).await?;
+        let active = self.new_active_segment(offset).await?;
         io::sync_dir(&self.dir).await?;
         {
             let mut state = self.state.borrow_mut();
@@ -1588,9 +1635,17 @@ impl Log {
 
     /// Deletes the oldest sealed segments: those wholly before the log start, and with
     /// `retention_now_ms`, those the retention settings no longer keep.
+    ///
+    /// Appends go on meanwhile: only the layout lock is held, and the I/O lock only while
+    /// the epoch checkpoint is rewritten (its writes are serialized with the syncs').
     async fn delete_old_segments(&self, retention_now_ms: Option<i64>) -> Result<usize> {
         let _layout = self.lock_layout().await?;
-        let _permit = self.lock().await?;
+        self.delete_old_segments_locked(retention_now_ms).await
+    }
+
+    /// [`Log::delete_old_segments`] for a caller holding the layout lock.
+    async fn delete_old_segments_locked(&self, retention_now_ms: Option<i64>) -> Result<usize> {
+        self.state.borrow_mut().rolled_since_retention = false;
         self.await_seals().await?;
         let doomed = {
             let state = self.state.borrow();
@@ -1610,11 +1665,53 @@ impl Log {
         };
         self.move_log_start(new_start).await?;
         let removed: Vec<SealedSegment> = self.state.borrow_mut().sealed.drain(..doomed).collect();
-        for segment in &removed {
-            segment::remove_segment_files(&self.dir, segment.base_offset).await?;
+        let recycle = self.config().recycle_segments && self.state.borrow().spare.is_none();
+        // The newest of them is the one to keep: the largest, and its file is the least
+        // likely still held by a reader.
+        let keep = removed
+            .iter()
+            .rposition(|s| s.size_bytes > 0)
+            .filter(|_| recycle);
+        for (at, segment) in removed.iter().enumerate() {
+            if Some(at) == keep {
+                self.recycle(segment).await?;
+            } else {
+                segment::remove_segment_files(&self.dir, segment.base_offset).await?;
+            }
         }
         io::sync_dir(&self.dir).await?;
         Ok(removed.len())
+    }
+
+    /// Turns a segment that left the log into the spare. The caller syncs the directory.
+    async fn recycle(&self, segment: &SealedSegment) -> Result<()> {
+        // No open may start or be in progress once its file is renamed away: a reader
+        // opening it by name would find something else (the same care as compaction's).
+        segment.life.mark_replaced();
+        segment.life.opens_finished().await;
+        segment.open.borrow_mut().take();
+        let readers = segment.life.file_in_use();
+        {
+            // The window's bytes are in memory already; only its hold on the file goes.
+            let mut state = self.state.borrow_mut();
+            let file = readers.upgrade();
+            let windowed = state
+                .readahead
+                .as_ref()
+                .is_some_and(|w| file.as_ref().is_some_and(|f| Rc::ptr_eq(&w.file, f)));
+            if windowed {
+                state.readahead = None;
+            }
+        }
+        let path = SpareSegment::path_for(&self.dir, segment.next_offset);
+        segment::remove_index_files(&self.dir, segment.base_offset).await?;
+        io::rename(&segment.path, &path).await?;
+        self.state.borrow_mut().spare = Some(SpareSegment {
+            path,
+            stale_below: segment.next_offset,
+            readers,
+        });
+        Ok(())
     }
 
     fn segments_to_delete(&self, state: &LogState, retention_now_ms: Option<i64>) -> usize {
@@ -1672,14 +1769,13 @@ impl Log {
                 });
             }
         }
-        {
-            let _permit = self.lock().await?;
-            self.move_log_start(offset).await?;
-        }
-        self.delete_old_segments(None).await.map(|_| ())
+        let _layout = self.lock_layout().await?;
+        self.move_log_start(offset).await?;
+        self.delete_old_segments_locked(None).await.map(|_| ())
     }
 
-    /// Persists a new log start offset, then forgets what lies before it.
+    /// Persists a new log start offset, then forgets what lies before it. The caller holds
+    /// the layout lock (which every other writer of the partition metadata holds too).
     async fn move_log_start(&self, offset: i64) -> Result<()> {
         let mut metadata = self.state.borrow().metadata.clone();
         if offset <= metadata.log_start_offset {
@@ -1702,7 +1798,11 @@ impl Log {
             }
         }
         self.shard.cache.borrow_mut().remove_before(self.id, offset);
-        self.write_epochs_if_dirty().await
+        if self.state.borrow().epochs_dirty {
+            let _permit = self.lock().await?;
+            self.write_epochs_if_dirty().await?;
+        }
+        Ok(())
     }
 
     /// Scans every segment completely, checking every batch's length, CRC and offsets.
@@ -1920,15 +2020,36 @@ async fn load_epochs(dir: &Path) -> Result<LeaderEpochCache> {
 /// The base offsets of the directory's segments, oldest first, after removing what an
 /// interrupted operation left: temporary files, index files without a segment, and
 /// segments wholly before the log start offset.
-async fn list_segments(dir: &Path, log_start_offset: i64) -> Result<Vec<i64>> {
+/// The base offsets of the log's segments, oldest first, and its spare segment file.
+/// Leftovers of interrupted work go, and so do spares beyond the one kept.
+async fn list_segments(
+    dir: &Path,
+    log_start_offset: i64,
+    config: &LogConfig,
+) -> Result<(Vec<i64>, Option<SpareSegment>)> {
     let entries = io::dir_entries(dir)?;
     let mut bases = Vec::new();
     let mut leftovers = Vec::new();
+    let mut spare: Option<SpareSegment> = None;
     for (name, path) in &entries {
         if name.ends_with(".tmp") {
             leftovers.push(path.clone());
         } else if let Some(base) = parse_segment_name(name, LOG_EXTENSION) {
             bases.push(base);
+        } else if let Some(stale_below) = parse_segment_name(name, RECYCLED_EXTENSION) {
+            let found = SpareSegment {
+                path: path.clone(),
+                stale_below,
+                readers: std::rc::Weak::new(),
+            };
+            let keep_found = config.recycle_segments
+                && spare.as_ref().is_none_or(|s| s.stale_below < stale_below);
+            let dropped = if keep_found {
+                spare.replace(found)
+            } else {
+                Some(found)
+            };
+            leftovers.extend(dropped.map(|s| s.path));
         }
     }
     bases.sort_unstable();
@@ -1955,7 +2076,7 @@ async fn list_segments(dir: &Path, log_start_offset: i64) -> Result<Vec<i64>> {
     if below_start > 0 || !leftovers.is_empty() {
         io::sync_dir(dir).await?;
     }
-    Ok(bases)
+    Ok((bases, spare))
 }
 
 fn parse_segment_name(name: &str, extension: &str) -> Option<i64> {

@@ -21,6 +21,9 @@ use crate::{Result, StorageError};
 pub(crate) const LOG_EXTENSION: &str = "log";
 pub(crate) const INDEX_EXTENSION: &str = "index";
 pub(crate) const TIME_INDEX_EXTENSION: &str = "timeindex";
+/// A deleted segment's file kept for reuse: `<offset, 20 digits>.recycled`, named for the
+/// offset its batches end before.
+pub(crate) const RECYCLED_EXTENSION: &str = "recycled";
 
 /// The segment being appended to. Its indexes live in memory only.
 #[derive(Debug, Clone)]
@@ -42,6 +45,40 @@ pub(crate) struct ActiveSegment {
     /// The offset after the last batch written to the file.
     pub next_offset: i64,
     pub created_at: Instant,
+    /// Whether the file is a recycled one: past `data_bytes` it holds an older segment's
+    /// batches, not zeros, so it must be cut to its data before it is sealed.
+    pub recycled: bool,
+}
+
+/// A sealed segment's file that left the log (retention) and waits to become the next
+/// active segment. Writing over blocks a file already has changes no file metadata, so an
+/// fdatasync is one device flush, not also a write of the inode's metadata blocks (a journal
+/// commit on an ext4 with a journal; this machine's has none): measured here it
+/// halves write+fdatasync latency (docs/BENCHMARKS.md).
+///
+/// The old batches left behind the new data must never be taken for new ones after a
+/// crash. They all have offsets below `stale_below`, and the file is only reused for a
+/// segment based at or after it: recovery's scan rejects a batch whose base offset does
+/// not follow the one before, so it stops at the first old batch.
+#[derive(Debug)]
+pub(crate) struct SpareSegment {
+    pub path: PathBuf,
+    pub stale_below: i64,
+    /// The file as readers that picked the old segment may still hold it (a read in
+    /// flight, the read-ahead window): reusing it while they do would change bytes under
+    /// their reads.
+    pub readers: std::rc::Weak<SegmentFile>,
+}
+
+impl SpareSegment {
+    pub fn path_for(dir: &Path, stale_below: i64) -> PathBuf {
+        io::segment_path(dir, stale_below, RECYCLED_EXTENSION)
+    }
+
+    /// Whether the file can become the segment based at `base_offset` now.
+    pub fn usable_for(&self, base_offset: i64) -> bool {
+        base_offset >= self.stale_below && self.readers.upgrade().is_none()
+    }
 }
 
 /// A segment that no longer changes. Its file and offset index are opened on demand and
@@ -68,9 +105,22 @@ pub(crate) struct SegmentLife {
     replaced: Cell<bool>,
     opening: Cell<u32>,
     opened: Event,
+    /// The file as last opened: alive while any reader holds it, open slot or not.
+    file: RefCell<std::rc::Weak<SegmentFile>>,
 }
 
 impl SegmentLife {
+    pub fn holding(file: &Rc<SegmentFile>) -> Rc<SegmentLife> {
+        let life = SegmentLife::default();
+        *life.file.borrow_mut() = Rc::downgrade(file);
+        Rc::new(life)
+    }
+
+    /// The segment's file for as long as anyone holds it open.
+    pub fn file_in_use(&self) -> std::rc::Weak<SegmentFile> {
+        self.file.borrow().clone()
+    }
+
     pub fn mark_replaced(&self) {
         self.replaced.set(true);
     }
@@ -129,7 +179,25 @@ impl ActiveSegment {
         let file = io::create_segment(&path, preallocate).await?;
         // Index files left by an earlier segment of the same name must never be trusted.
         remove_index_files(dir, base_offset).await?;
+        Ok(ActiveSegment::empty(base_offset, path, file))
+    }
+
+    /// Makes a spare segment's file the empty segment based at `base_offset` (which the
+    /// spare must be usable for). The caller syncs the directory.
+    pub async fn adopt(dir: &Path, base_offset: i64, spare: SpareSegment) -> Result<ActiveSegment> {
+        debug_assert!(spare.usable_for(base_offset));
+        let path = io::segment_path(dir, base_offset, LOG_EXTENSION);
+        remove_index_files(dir, base_offset).await?;
+        io::rename(&spare.path, &path).await?;
+        let file = io::open_segment(&path).await?;
         Ok(ActiveSegment {
+            recycled: true,
+            ..ActiveSegment::empty(base_offset, path, file)
+        })
+    }
+
+    fn empty(base_offset: i64, path: PathBuf, file: SegmentFile) -> ActiveSegment {
+        ActiveSegment {
             base_offset,
             path,
             file: Rc::new(file),
@@ -140,7 +208,19 @@ impl ActiveSegment {
             index: SegmentIndex::new(),
             next_offset: base_offset,
             created_at: Instant::now(),
-        })
+            recycled: false,
+        }
+    }
+
+    /// Cuts a recycled file to its data, durably: a crash after the next segment exists
+    /// must not find this one, sealed, followed by an older segment's batches.
+    pub async fn cut_recycled_tail(&mut self) -> Result<()> {
+        if self.recycled {
+            io::truncate(&self.file, &self.path, self.data_bytes).await?;
+            io::fdatasync(&self.file, &self.path).await?;
+            self.recycled = false;
+        }
+        Ok(())
     }
 
     /// Opens the last segment of a log. After a clean close its index files describe it
@@ -204,6 +284,7 @@ impl ActiveSegment {
             index,
             next_offset,
             created_at: Instant::now(),
+            recycled: false,
         };
         Ok((segment, scan))
     }
@@ -228,7 +309,7 @@ impl ActiveSegment {
             size_bytes: self.data_bytes,
             path: self.path.clone(),
             open: Rc::new(RefCell::new(Some(Rc::new(open)))),
-            life: Rc::default(),
+            life: SegmentLife::holding(&self.file),
         }
     }
 
@@ -313,6 +394,10 @@ impl SealedSegment {
                 )
             }
         };
+        let life = match &open {
+            Some(open) => SegmentLife::holding(&open.file),
+            None => Rc::default(),
+        };
         Ok(SealedSegment {
             base_offset,
             next_offset,
@@ -320,7 +405,7 @@ impl SealedSegment {
             size_bytes,
             path,
             open: Rc::new(RefCell::new(open)),
-            life: Rc::default(),
+            life,
         })
     }
 
@@ -354,6 +439,7 @@ impl SealedSegment {
             }
         };
         let open = Rc::new(open);
+        *self.life.file.borrow_mut() = Rc::downgrade(&open.file);
         *self.open.borrow_mut() = Some(open.clone());
         Ok((open, true))
     }

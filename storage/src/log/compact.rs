@@ -42,7 +42,7 @@ use crate::index::SegmentIndex;
 use crate::io::{self, Durability, SegmentFile};
 use crate::offset_map::OffsetMap;
 use crate::scan::Window;
-use crate::segment::{self, LOG_EXTENSION, OpenSegment, SealedSegment};
+use crate::segment::{self, LOG_EXTENSION, OpenSegment, SealedSegment, SegmentLife};
 use crate::{Result, StorageError};
 
 pub(super) const CLEANER_CHECKPOINT_FILE: &str = "cleaner-offset-checkpoint";
@@ -431,9 +431,7 @@ impl Log {
         };
         let base = cleaned.base_offset;
         let swap_path = self.dir.join(swap_name(base, end));
-        glommio::io::rename(&cleaned.path, &swap_path)
-            .await
-            .map_err(|e| io_error("renaming", &cleaned.path, e))?;
+        io::rename(&cleaned.path, &swap_path).await?;
         io::sync_dir(&self.dir).await?;
         // Committed: from here a crash ends with the new segment (recovery finishes it).
         let replacement = SealedSegment {
@@ -446,7 +444,7 @@ impl Log {
                 file: cleaned.file.clone(),
                 index: cleaned.index.clone(),
             })))),
-            life: Rc::default(),
+            life: SegmentLife::holding(&cleaned.file),
         };
         {
             let mut state = self.state.borrow_mut();
@@ -520,18 +518,6 @@ pub(super) async fn load_cleaner_checkpoint(dir: &std::path::Path) -> Result<i64
         .unwrap_or(0))
 }
 
-fn io_error(
-    operation: &'static str,
-    path: &std::path::Path,
-    error: glommio::GlommioError<()>,
-) -> StorageError {
-    StorageError::Io {
-        operation,
-        path: path.to_path_buf(),
-        source: error.into(),
-    }
-}
-
 fn swap_name(base: i64, end: i64) -> String {
     format!("{base:020}.{end:020}.{SWAP_EXTENSION}")
 }
@@ -586,9 +572,7 @@ async fn replace_with_swap(dir: &std::path::Path, base: i64, end: i64) -> Result
     segment::remove_index_files(dir, base).await?;
     let swap_path = dir.join(swap_name(base, end));
     let log_path = io::segment_path(dir, base, LOG_EXTENSION);
-    glommio::io::rename(&swap_path, &log_path)
-        .await
-        .map_err(|e| io_error("renaming", &swap_path, e))?;
+    io::rename(&swap_path, &log_path).await?;
     io::sync_dir(dir).await
 }
 

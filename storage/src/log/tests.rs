@@ -401,6 +401,121 @@ fn retention_deletes_whole_old_segments_by_size_time_and_start_offset() {
     });
 }
 
+fn spare_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".recycled"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn file_len(dir: &Path, base: i64) -> u64 {
+    std::fs::metadata(dir.join(format!("{base:020}.log")))
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn a_segment_retention_deletes_becomes_the_next_one_and_its_old_batches_never_return() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            retention_bytes: Some(100 * 1024),
+            ..small_config()
+        };
+        let log = open(dir.path(), config, 0).await;
+        // Batches of exactly a page: the new data then ends where an old batch begins, with
+        // no zero padding between them, and only offsets tell them apart.
+        let value_bytes = (3900..4096)
+            .find(|v| batch(0, 1, *v, 0).len() == 4096)
+            .unwrap();
+        let mut seed = 0;
+        let mut append = async |log: &Rc<Log>, count: u64| {
+            for _ in 0..count {
+                let page = batch(seed % 10, 1, value_bytes, 10_000 + seed as i64);
+                assert_eq!(page.len(), 4096);
+                log.append(page, 0).await.unwrap();
+                seed += 1;
+            }
+        };
+        append(&log, 90).await;
+        assert!(log.rolled_since_retention());
+        assert!(log.apply_retention(0).await.unwrap() >= 2);
+        assert!(!log.rolled_since_retention());
+        let spares = spare_files(dir.path());
+        assert_eq!(spares.len(), 1, "one spare is kept: {spares:?}");
+        let stale_below: i64 = spares[0].trim_end_matches(".recycled").parse().unwrap();
+        assert!(stale_below <= log.log_start_offset());
+
+        // The next roll reuses it: the new active segment's file is longer than its data.
+        log.roll().await.unwrap();
+        assert!(spare_files(dir.path()).is_empty());
+        let active = *log.segment_base_offsets().last().unwrap();
+        assert!(file_len(dir.path(), active) > 50 * 1024);
+        append(&log, 3).await;
+        let expected = read_all(&log, log.log_start_offset()).await;
+        let end = log.log_end_offset();
+        drop(log); // a crash: behind the new batches lie the old segment's
+
+        let log = open(dir.path(), config, 0).await;
+        assert_eq!(
+            log.log_end_offset(),
+            end,
+            "recovery stops at the old batches"
+        );
+        assert_eq!(read_all(&log, log.log_start_offset()).await, expected);
+        log.verify().await.unwrap();
+        let data = log.size_bytes();
+
+        // Again, with a roll of the recycled segment before the crash: the sealed segment
+        // must be cut to its data at once.
+        append(&log, 60).await;
+        log.apply_retention(0).await.unwrap();
+        assert_eq!(spare_files(dir.path()).len(), 1);
+        log.roll().await.unwrap();
+        append(&log, 2).await;
+        log.roll().await.unwrap();
+        let sealed = log.segment_base_offsets();
+        let recycled = sealed[sealed.len() - 2];
+        assert_eq!(
+            file_len(dir.path(), recycled),
+            2 * 4096,
+            "cut to its two batches"
+        );
+        // And a truncation inside a recycled active segment.
+        log.apply_retention(0).await.unwrap();
+        log.roll().await.unwrap();
+        append(&log, 4).await;
+        let cut = log.log_end_offset() - 4;
+        log.truncate_to(cut).await.unwrap();
+        append(&log, 1).await;
+        let expected = read_all(&log, log.log_start_offset()).await;
+        let end = log.log_end_offset();
+        drop(log);
+        let log = open(dir.path(), config, 0).await;
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(read_all(&log, log.log_start_offset()).await, expected);
+        assert!(data > 0);
+        log.verify().await.unwrap();
+
+        // Off, the spare goes at the next open and retention deletes files again.
+        log.apply_retention(0).await.unwrap();
+        log.close().await.unwrap();
+        let off = LogConfig {
+            recycle_segments: false,
+            ..config
+        };
+        let log = open(dir.path(), off, 0).await;
+        assert!(spare_files(dir.path()).is_empty());
+        append(&log, 60).await;
+        log.apply_retention(0).await.unwrap();
+        assert!(spare_files(dir.path()).is_empty());
+        log.close().await.unwrap();
+    });
+}
+
 #[test]
 fn truncation_cuts_at_batch_boundaries_in_active_and_sealed_segments() {
     run(|| async {
