@@ -248,8 +248,15 @@ where
     result.map_err(|reason| (reason, peer))
 }
 
+/// Responses one send may carry, and their bytes: past these a response's memory permit
+/// would wait on the ones sent with it.
+const COALESCED_RESPONSES_MAX: usize = 32;
+const COALESCED_BYTES_MAX: usize = 1 << 20;
+
 /// Writes queued responses in queue order until the queue closes or a response asks
-/// for the connection to close.
+/// for the connection to close. Responses that are ready behind the one at hand go out
+/// in the same send: one sync answers several produce requests of a connection at once,
+/// and a `sendmsg` over loopback costs about as much as the broker's work on a request.
 fn spawn_writer(
     shard: Rc<Shard>,
     mut writer: WriteHalf<Stream>,
@@ -257,17 +264,49 @@ fn spawn_writer(
     queue: LocalReceiver<Queued>,
 ) -> glommio::Task<()> {
     glommio::spawn_local(async move {
-        while let Some(queued) = queue.recv().await {
-            let Some(out) = queued.await else { continue };
-            let bytes: usize = out.parts.iter().map(Bytes::len).sum();
-            let written = weir_client::io::write_frame(&mut writer, fd, &out.parts).await;
+        let mut next: Option<Queued> = None;
+        loop {
+            let queued = match next.take() {
+                Some(queued) => queued,
+                None => match queue.recv().await {
+                    Some(queued) => queued,
+                    None => break,
+                },
+            };
+            let Some(first) = queued.await else { continue };
+            let mut bytes: usize = first.parts.iter().map(Bytes::len).sum();
+            let mut sent = vec![first];
+            while sent.len() < COALESCED_RESPONSES_MAX
+                && bytes < COALESCED_BYTES_MAX
+                && !sent.last().is_some_and(|out| out.close_after)
+            {
+                let Some(Some(mut queued)) = futures_lite::future::poll_once(queue.recv()).await
+                else {
+                    break;
+                };
+                match futures_lite::future::poll_once(&mut queued).await {
+                    Some(Some(out)) => {
+                        bytes += out.parts.iter().map(Bytes::len).sum::<usize>();
+                        sent.push(out);
+                    }
+                    Some(None) => {}
+                    None => {
+                        next = Some(queued);
+                        break;
+                    }
+                }
+            }
+            let parts: Vec<Bytes> = sent
+                .iter()
+                .flat_map(|out| out.parts.iter().cloned())
+                .collect();
+            let written = weir_client::io::write_frame(&mut writer, fd, &parts).await;
             if let Err(error) = written {
                 tracing::debug!(%error, "writing a response failed");
                 break;
             }
             ShardMetrics::add(&shard.metrics.bytes_out, bytes as u64);
-            drop(out.permit);
-            if out.close_after {
+            if sent.iter().any(|out| out.close_after) {
                 break;
             }
         }
