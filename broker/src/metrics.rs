@@ -236,6 +236,28 @@ pub struct ShardMetricsSnapshot {
     pub group_offsets: Vec<(String, TopicPartition, i64)>,
 }
 
+/// Upper bounds of the request latency histogram's buckets, in seconds: from a tenth of
+/// a millisecond (a request answered from memory) doubling past the 2 ms a durable
+/// produce should stay under, to the 10 s beyond which only long polls go.
+const LATENCY_BUCKETS_SECONDS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
+    1.0, 2.5, 10.0,
+];
+
+/// Cumulative counts per bucket bound (`le`), ending with `+Inf`: the Prometheus histogram
+/// of what the HDR histogram recorded, so that shards and brokers can be aggregated.
+fn latency_buckets(latency_ns: &Histogram<u64>) -> Vec<(String, u64)> {
+    let mut buckets: Vec<(String, u64)> = LATENCY_BUCKETS_SECONDS
+        .iter()
+        .map(|&le| {
+            let below = latency_ns.count_between(0, (le * 1e9) as u64);
+            (le.to_string(), below)
+        })
+        .collect();
+    buckets.push(("+Inf".into(), latency_ns.len()));
+    buckets
+}
+
 /// Prometheus text exposition of every shard's snapshot.
 pub fn render(snapshots: &[ShardMetricsSnapshot]) -> String {
     let mut out = String::new();
@@ -268,35 +290,35 @@ pub fn render(snapshots: &[ShardMetricsSnapshot]) -> String {
         "Requests answered with an error.",
         &mut per_api(|a| a.errors as f64).into_iter(),
     );
-    let mut latency = Vec::new();
+    let mut buckets = Vec::new();
+    let mut quantiles = Vec::new();
     for s in snapshots {
         for a in s.apis.iter().filter(|a| a.requests > 0) {
-            for quantile in [0.5, 0.9, 0.99, 0.999] {
-                let seconds = a.latency_ns.value_at_quantile(quantile) as f64 / 1e9;
-                latency.push((
-                    format!(
-                        "{{shard=\"{}\",api=\"{}\",quantile=\"{quantile}\"}}",
-                        s.shard, a.api
-                    ),
-                    seconds,
-                ));
+            let labels = format!("shard=\"{}\",api=\"{}\"", s.shard, a.api);
+            for (le, count) in latency_buckets(&a.latency_ns) {
+                buckets.push((format!("_bucket{{{labels},le=\"{le}\"}}"), count as f64));
             }
             let sum = a.latency_ns.mean() * a.latency_ns.len() as f64 / 1e9;
-            latency.push((
-                format!("_sum{{shard=\"{}\",api=\"{}\"}}", s.shard, a.api),
-                sum,
-            ));
-            latency.push((
-                format!("_count{{shard=\"{}\",api=\"{}\"}}", s.shard, a.api),
-                a.latency_ns.len() as f64,
-            ));
+            buckets.push((format!("_sum{{{labels}}}"), sum));
+            let count = a.latency_ns.len() as f64;
+            buckets.push((format!("_count{{{labels}}}"), count));
+            for quantile in [0.5, 0.9, 0.99, 0.999] {
+                let seconds = a.latency_ns.value_at_quantile(quantile) as f64 / 1e9;
+                quantiles.push((format!("{{{labels},quantile=\"{quantile}\"}}"), seconds));
+            }
         }
     }
     family(
         "weir_request_latency_seconds",
-        "summary",
+        "histogram",
         "Request latency, from a whole frame read to its response queued.",
-        &mut latency.into_iter(),
+        &mut buckets.into_iter(),
+    );
+    family(
+        "weir_request_latency_quantile_seconds",
+        "gauge",
+        "Request latency at a quantile, over every request since the broker started.",
+        &mut quantiles.into_iter(),
     );
     let per_shard = |f: fn(&ShardMetricsSnapshot) -> u64| {
         snapshots
@@ -482,4 +504,62 @@ pub fn render(snapshots: &[ShardMetricsSnapshot]) -> String {
         &mut per_partition(|p| p.size_bytes as f64).into_iter(),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value_of(text: &str, series: &str) -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        line[series.len() + 1..].parse().unwrap()
+    }
+
+    #[test]
+    fn request_latency_is_a_cumulative_histogram_per_shard_and_api() {
+        let metrics = ShardMetrics::default();
+        for us in [50, 300, 300, 1_500, 3_000, 20_000_000] {
+            metrics.record("produce", Duration::from_micros(us), false);
+        }
+        metrics.record("fetch", Duration::from_micros(700), false);
+        let text = render(&[metrics.snapshot(3, 0, BTreeMap::new())]);
+        assert!(text.contains("# TYPE weir_request_latency_seconds histogram"));
+        let produce = |le: &str| {
+            let series = format!(
+                "weir_request_latency_seconds_bucket{{shard=\"3\",api=\"produce\",le=\"{le}\"}}"
+            );
+            value_of(&text, &series)
+        };
+        assert_eq!(produce("0.0001"), 1.0);
+        assert_eq!(produce("0.0005"), 3.0);
+        assert_eq!(produce("0.001"), 3.0);
+        assert_eq!(produce("0.002"), 4.0);
+        assert_eq!(produce("0.004"), 5.0);
+        assert_eq!(produce("10"), 5.0);
+        assert_eq!(produce("+Inf"), 6.0);
+        let count = "weir_request_latency_seconds_count{shard=\"3\",api=\"produce\"}";
+        assert_eq!(value_of(&text, count), 6.0);
+        let sum = value_of(
+            &text,
+            "weir_request_latency_seconds_sum{shard=\"3\",api=\"produce\"}",
+        );
+        assert!((sum - 20.005).abs() < 0.3, "sum {sum}");
+        let fetch = "weir_request_latency_seconds_bucket{shard=\"3\",api=\"fetch\",le=\"0.001\"}";
+        assert_eq!(value_of(&text, fetch), 1.0);
+        let p50 = value_of(
+            &text,
+            "weir_request_latency_quantile_seconds{shard=\"3\",api=\"produce\",quantile=\"0.5\"}",
+        );
+        assert!((0.000_29..0.000_31).contains(&p50), "p50 {p50}");
+        // Bounds only grow, and every bucket holds what the one below it holds.
+        let counts: Vec<f64> = LATENCY_BUCKETS_SECONDS
+            .iter()
+            .map(|le| produce(&le.to_string()))
+            .collect();
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]));
+        assert!(LATENCY_BUCKETS_SECONDS.windows(2).all(|w| w[0] < w[1]));
+    }
 }
