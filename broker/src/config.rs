@@ -132,9 +132,13 @@ pub struct BrokerConfig {
     pub cpus: Vec<usize>,
     /// The largest frame a client may send (Kafka's `socket.request.max.bytes`).
     pub frame_bytes_max: usize,
-    /// Bytes of requests a shard holds at once; beyond it, the shard stops reading
-    /// sockets until responses are written (backpressure).
+    /// Bytes of requests and fetch responses a shard holds at once; beyond it, the shard
+    /// stops reading sockets until responses are written (backpressure).
     pub shard_memory_bytes: usize,
+    /// The most record bytes one fetch response carries, whatever the client asks
+    /// (Kafka's broker-side `fetch.max.bytes`); a response reserves this much of the
+    /// shard's memory while it reads.
+    pub fetch_bytes_max: usize,
     /// Requests one connection may have in flight.
     pub connection_requests_max: usize,
     /// Connections one shard accepts at once.
@@ -260,6 +264,7 @@ impl Default for BrokerConfig {
             cpus: Vec::new(),
             frame_bytes_max: 100 << 20,
             shard_memory_bytes: 512 << 20,
+            fetch_bytes_max: 55 << 20,
             connection_requests_max: 1024,
             shard_connections_max: 10_000,
             cache_bytes: ShardStorageConfig::default().cache_bytes,
@@ -390,6 +395,15 @@ impl BrokerConfig {
         anyhow::ensure!(
             self.shard_memory_bytes >= self.frame_bytes_max,
             "shard_memory_bytes ({}) must hold at least one frame of frame_bytes_max ({})",
+            self.shard_memory_bytes,
+            self.frame_bytes_max
+        );
+        anyhow::ensure!(
+            self.fetch_bytes_max >= 1024
+                && self.shard_memory_bytes >= self.frame_bytes_max + self.fetch_bytes_max,
+            "fetch_bytes_max ({}) must be at least 1024, and shard_memory_bytes ({}) must hold \
+             a frame of frame_bytes_max ({}) and a fetch response of fetch_bytes_max",
+            self.fetch_bytes_max,
             self.shard_memory_bytes,
             self.frame_bytes_max
         );

@@ -27,11 +27,13 @@ use crate::shard::Shard;
 
 pub use weir_client::io::Stream;
 
-/// A response ready to be written, holding its request's memory until then.
+/// A response ready to be written, holding its request's memory (and what a fetch read
+/// for it) until then.
 #[derive(Debug)]
 pub struct Outgoing {
     pub parts: Vec<Bytes>,
     pub permit: Option<StaticPermit>,
+    pub read: Option<ResponseMemory>,
     pub close_after: bool,
 }
 
@@ -361,6 +363,67 @@ impl Drop for MemoryHold {
         metrics
             .memory_in_use
             .set(metrics.memory_in_use.get().saturating_sub(self.bytes));
+    }
+}
+
+/// The shard's memory a fetch response holds for the record bytes it read: reserved
+/// before reading (so reads wait while the budget is spent, and what they allocate is
+/// bounded first), cut to what was read, and returned when the response is written.
+#[derive(Debug)]
+pub struct ResponseMemory {
+    shard: Rc<Shard>,
+    bytes: u64,
+}
+
+impl ResponseMemory {
+    /// Waits for `bytes` of the shard's budget.
+    pub async fn reserve(shard: &Rc<Shard>, bytes: u64) -> Result<ResponseMemory, String> {
+        shard
+            .memory
+            .acquire(bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        ShardMetrics::add(&shard.metrics.memory_in_use, bytes);
+        Ok(ResponseMemory {
+            shard: shard.clone(),
+            bytes,
+        })
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Keeps `bytes` (when it holds more) and returns the rest to the budget.
+    pub fn shrink_to(&mut self, bytes: u64) {
+        if bytes < self.bytes {
+            self.release(self.bytes - bytes);
+            self.bytes = bytes;
+        }
+    }
+
+    /// Holds `bytes` (when it holds less) if the budget has them now: for reads that
+    /// went past their reservation, which are already made.
+    pub fn try_grow_to(&mut self, bytes: u64) {
+        let more = bytes.saturating_sub(self.bytes);
+        if more > 0 && self.shard.memory.try_acquire(more).unwrap_or(false) {
+            ShardMetrics::add(&self.shard.metrics.memory_in_use, more);
+            self.bytes = bytes;
+        }
+    }
+
+    fn release(&self, bytes: u64) {
+        self.shard.memory.signal(bytes);
+        let metrics = &self.shard.metrics;
+        metrics
+            .memory_in_use
+            .set(metrics.memory_in_use.get().saturating_sub(bytes));
+    }
+}
+
+impl Drop for ResponseMemory {
+    fn drop(&mut self) {
+        self.release(self.bytes);
     }
 }
 

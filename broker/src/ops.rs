@@ -16,6 +16,7 @@ use weir_wire::native::schema::{Acks, OffsetSpec};
 use crate::error::{BrokerError, BrokerResult};
 use crate::group::GroupState;
 use crate::metadata::OFFSETS_TOPIC;
+use crate::net::ResponseMemory;
 use crate::offsets;
 use crate::router::{
     Committed, Fetched, GroupAnswer, GroupCall, MemberClaim, OffsetCommit, PartitionStatus,
@@ -26,6 +27,7 @@ use crate::shard::Shard;
 use crate::topic;
 use crate::txn::coordinator::TXN_TOPIC;
 use weir_replication::{AclOperation, AclResourceType};
+use weir_storage::ReadLimit;
 
 /// The longest a fetch may wait for data, whatever it asks for.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -223,24 +225,38 @@ pub struct FetchPartition {
 /// Each partition's batches and status, or its error.
 pub type FetchResults = Vec<(TopicPartition, BrokerResult<Fetched>)>;
 
-/// Reads each partition at its owner; if fewer than `min_bytes` came back, waits for any
-/// of them to get new data (or `max_wait`) and reads again.
+/// What a fetch read: each partition's answer, and the shard memory its batches hold
+/// until the response is written (none when nothing was read).
+#[derive(Debug)]
+pub struct FetchRead {
+    pub results: FetchResults,
+    pub memory: Option<ResponseMemory>,
+}
+
+/// Reads each partition at its owner, within `max_bytes` for the whole response (and the
+/// broker's `fetch_bytes_max`); if fewer than `min_bytes` came back, waits for any of
+/// them to get new data (or `max_wait`) and reads again.
 /// Under `read_committed` only what is below each partition's last stable offset is read,
 /// with the aborted transactions among it.
 pub async fn fetch(
     shard: &Rc<Shard>,
     caller: &Caller,
     max_wait: Duration,
-    min_bytes: i32,
+    (min_bytes, max_bytes): (i32, i32),
     partitions: &[FetchPartition],
     read_committed: bool,
-) -> FetchResults {
+) -> FetchRead {
+    let limits = FetchLimits {
+        max_wait,
+        min_bytes: min_bytes.max(0) as usize,
+        max_bytes: (max_bytes.max(0) as usize).min(shard.config.fetch_bytes_max),
+    };
     // Partitions the caller may not read are answered at once and left out of the wait
     // (which an error would otherwise end early, every time).
     let may_read =
         |p: &FetchPartition| may_topic(shard, caller, AclOperation::Read, &p.partition.topic);
     if !shard.authorizer.enabled() || partitions.iter().all(|p| may_read(p).is_ok()) {
-        return fetch_allowed(shard, max_wait, min_bytes, partitions, read_committed).await;
+        return fetch_allowed(shard, limits, partitions, read_committed).await;
     }
     let refused: Vec<Option<BrokerError>> = partitions.iter().map(|p| may_read(p).err()).collect();
     let allowed: Vec<FetchPartition> = partitions
@@ -250,14 +266,16 @@ pub async fn fetch(
         .map(|(p, _)| p.clone())
         .collect();
     // Nothing to read: the refusals are the whole answer, now.
-    let mut read = if allowed.is_empty() {
-        Vec::new().into_iter()
+    let FetchRead { results, memory } = if allowed.is_empty() {
+        FetchRead {
+            results: Vec::new(),
+            memory: None,
+        }
     } else {
-        fetch_allowed(shard, max_wait, min_bytes, &allowed, read_committed)
-            .await
-            .into_iter()
+        fetch_allowed(shard, limits, &allowed, read_committed).await
     };
-    partitions
+    let mut read = results.into_iter();
+    let results = partitions
         .iter()
         .zip(refused)
         .map(|(p, refusal)| match refusal {
@@ -267,34 +285,68 @@ pub async fn fetch(
                 (p.partition.clone(), Err(missing))
             }),
         })
-        .collect()
+        .collect();
+    FetchRead { results, memory }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FetchLimits {
+    max_wait: Duration,
+    min_bytes: usize,
+    /// For the whole response.
+    max_bytes: usize,
 }
 
 async fn fetch_allowed(
     shard: &Rc<Shard>,
-    max_wait: Duration,
-    min_bytes: i32,
+    limits: FetchLimits,
     partitions: &[FetchPartition],
     read_committed: bool,
-) -> FetchResults {
-    let deadline = Instant::now() + max_wait.min(FETCH_WAIT_MAX);
+) -> FetchRead {
+    let deadline = Instant::now() + limits.max_wait.min(FETCH_WAIT_MAX);
     loop {
-        let results = read_partitions(shard, partitions, read_committed).await;
+        // Held while reading, cut to what was read, and let go while waiting: a long
+        // poll holds no memory.
+        let mut memory = match ResponseMemory::reserve(shard, limits.max_bytes as u64).await {
+            Ok(memory) => memory,
+            Err(reason) => {
+                let results = partitions
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.partition.clone(),
+                            Err(BrokerError::Internal(reason.clone())),
+                        )
+                    })
+                    .collect();
+                return FetchRead {
+                    results,
+                    memory: None,
+                };
+            }
+        };
+        let mut results =
+            read_partitions(shard, partitions, limits.max_bytes, read_committed).await;
+        limit_response_bytes(&mut results, limits.max_bytes);
         let total: usize = results
             .iter()
             .filter_map(|(_, r)| r.as_ref().ok())
             .flat_map(|f| &f.batches)
             .map(Bytes::len)
             .sum();
+        memory.shrink_to(total as u64);
+        // Only a first batch larger than the whole limit reads past it (bounded by the
+        // topic's max.message.bytes); it is counted when the budget has room.
+        memory.try_grow_to(total as u64);
         let any_error = results.iter().any(|(_, r)| r.is_err());
         let remaining = deadline.checked_duration_since(Instant::now());
-        if total >= min_bytes.max(0) as usize
-            || any_error
-            || remaining.is_none()
-            || shard.shutting_down()
-        {
-            return results;
+        if total >= limits.min_bytes || any_error || remaining.is_none() || shard.shutting_down() {
+            return FetchRead {
+                results,
+                memory: Some(memory),
+            };
         }
+        drop(memory);
         let watched: Vec<(TopicPartition, i64)> = partitions
             .iter()
             .map(|p| (p.partition.clone(), p.offset))
@@ -307,33 +359,152 @@ async fn fetch_allowed(
     }
 }
 
+/// Reads each partition at its owner within `limit` bytes for all of them.
+///
+/// Partitions are read in waves, a wave's reads all at once, their limits (each its
+/// partition's own, cut to what is left) adding up to at most what is left of `limit`,
+/// so that what a fetch of many partitions allocates stays within its limit (reading
+/// every partition up to its own limit at once would not). Reads return whole batches
+/// and never more than their limit, except the first partition read, whose first batch
+/// comes whole however large, so a consumer whose limit is below a batch progresses (as
+/// in Kafka); partitions left no room are read for their status alone. Were nothing
+/// read while some partition held a batch too large for its share, that partition is
+/// read again as the first.
 async fn read_partitions(
     shard: &Rc<Shard>,
     partitions: &[FetchPartition],
+    limit: usize,
     read_committed: bool,
 ) -> FetchResults {
-    let wanted: HashMap<TopicPartition, (i64, i32)> = partitions
-        .iter()
-        .map(|p| (p.partition.clone(), (p.offset, p.max_bytes)))
-        .collect();
-    fan_out(
-        shard,
-        partitions.iter().map(|p| p.partition.clone()).collect(),
-        |partition| {
-            let (offset, max_bytes) = wanted.get(&partition).copied().unwrap_or((0, 0));
-            ShardCall::Fetch {
-                partition,
-                offset,
-                max_bytes: max_bytes.max(0) as usize,
-                read_committed,
+    let read = |wave| read_wave(shard, partitions, wave, read_committed);
+    read_in_waves(partitions, limit, read_committed, read).await
+}
+
+async fn read_in_waves<Wave, Read>(
+    partitions: &[FetchPartition],
+    limit: usize,
+    read_committed: bool,
+    read: Read,
+) -> FetchResults
+where
+    Read: Fn(Vec<(usize, ReadLimit)>) -> Wave,
+    Wave: Future<Output = Vec<BrokerResult<Fetched>>>,
+{
+    let mut results: Vec<Option<BrokerResult<Fetched>>> = partitions.iter().map(|_| None).collect();
+    let mut left = limit;
+    let mut next = 0;
+    let mut read_any = false;
+    while next < partitions.len() {
+        let wave = fetch_wave(partitions, next, left, !read_any && next == 0);
+        next += wave.len();
+        let indexes: Vec<usize> = wave.iter().map(|(index, _)| *index).collect();
+        for (index, result) in indexes.into_iter().zip(read(wave).await) {
+            let bytes = fetched_bytes(&result);
+            read_any |= bytes > 0;
+            left = left.saturating_sub(bytes);
+            results[index] = Some(result);
+        }
+    }
+    if !read_any {
+        let too_large = results.iter().zip(partitions).position(|(result, p)| {
+            matches!(result, Some(Ok(f)) if f.batches.is_empty() && p.offset < readable_end(f, read_committed))
+        });
+        if let Some(index) = too_large {
+            let own = partitions[index].max_bytes.max(0) as usize;
+            let wave = vec![(index, ReadLimit::at_least_one(own.min(limit)))];
+            if let Some(result) = read(wave).await.pop() {
+                results[index] = Some(result);
             }
-        },
-        |answer| match answer {
-            ShardAnswer::Fetch(result) => result,
-            other => Err(unexpected(other)),
-        },
-    )
-    .await
+        }
+    }
+    partitions
+        .iter()
+        .zip(results)
+        .map(|(p, result)| {
+            let missing = || Err(BrokerError::Internal("a fetch result is missing".into()));
+            (p.partition.clone(), result.unwrap_or_else(missing))
+        })
+        .collect()
+}
+
+/// The partitions from `from` on that one wave reads, with their read limits: while
+/// their limits leave some of `left`; once nothing is left, all the rest, for their
+/// status.
+fn fetch_wave(
+    partitions: &[FetchPartition],
+    from: usize,
+    left: usize,
+    first: bool,
+) -> Vec<(usize, ReadLimit)> {
+    let mut wave = Vec::new();
+    let mut claimed = 0usize;
+    for (index, p) in partitions.iter().enumerate().skip(from) {
+        if left > 0 && claimed >= left {
+            break;
+        }
+        let own = p.max_bytes.max(0) as usize;
+        let max_bytes = own.min(left - claimed);
+        let at_least_one = first && wave.is_empty() && left > 0;
+        claimed += max_bytes;
+        wave.push((
+            index,
+            ReadLimit {
+                max_bytes,
+                at_least_one,
+            },
+        ));
+    }
+    wave
+}
+
+async fn read_wave(
+    shard: &Rc<Shard>,
+    partitions: &[FetchPartition],
+    wave: Vec<(usize, ReadLimit)>,
+    read_committed: bool,
+) -> Vec<BrokerResult<Fetched>> {
+    let mut results = Vec::with_capacity(wave.len());
+    let mut pending = Vec::with_capacity(wave.len());
+    for (index, limit) in wave {
+        let p = &partitions[index];
+        let call = ShardCall::Fetch {
+            partition: p.partition.clone(),
+            offset: p.offset,
+            limit,
+            read_committed,
+        };
+        let started = match shard.owner(&p.partition) {
+            Ok(owner) => shard.router.start(shard, owner, call).await,
+            Err(error) => Err(error),
+        };
+        pending.push(started);
+    }
+    for started in pending {
+        let result = match started {
+            Ok(pending) => pending.wait().await.and_then(|answer| match answer {
+                ShardAnswer::Fetch(result) => result,
+                other => Err(unexpected(other)),
+            }),
+            Err(error) => Err(error),
+        };
+        results.push(result);
+    }
+    results
+}
+
+fn fetched_bytes(result: &BrokerResult<Fetched>) -> usize {
+    result
+        .as_ref()
+        .map_or(0, |f| f.batches.iter().map(Bytes::len).sum())
+}
+
+/// Where what a consumer may read of the partition ends.
+fn readable_end(fetched: &Fetched, read_committed: bool) -> i64 {
+    if read_committed {
+        fetched.status.last_stable_offset
+    } else {
+        fetched.status.high_watermark
+    }
 }
 
 /// What data counts for a wait: below the log end (a follower's), the high watermark, or
@@ -462,8 +633,8 @@ pub async fn replica_fetch(
 /// Trims fetched batches to a response's byte limit. The limit is soft: the first
 /// partition with data is always included whole, so a consumer makes progress; a later
 /// partition that does not fit gets no batches.
-pub fn limit_response_bytes(results: &mut FetchResults, max_bytes: i32) {
-    let mut budget = max_bytes.max(0) as usize;
+fn limit_response_bytes(results: &mut FetchResults, max_bytes: usize) {
+    let mut budget = max_bytes;
     let mut first = true;
     for (_, result) in results.iter_mut() {
         let Ok(Fetched { batches, .. }) = result else {
@@ -1120,4 +1291,108 @@ fn all_refused<T>(items: Vec<T>, error: &BrokerError) -> Vec<(T, BrokerResult<()
         .into_iter()
         .map(|item| (item, Err(error.same())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::PartitionStatus;
+    use quickcheck::{Arbitrary, Gen, quickcheck};
+
+    /// A partition of the model: the sizes of the batches readable from the fetch
+    /// offset (one offset each), and the fetch's limit for the partition.
+    #[derive(Debug, Clone)]
+    struct ModelPartition {
+        batches: Vec<usize>,
+        max_bytes: i32,
+    }
+
+    impl Arbitrary for ModelPartition {
+        fn arbitrary(g: &mut Gen) -> ModelPartition {
+            let count = usize::arbitrary(g) % 5;
+            ModelPartition {
+                batches: (0..count).map(|_| usize::arbitrary(g) % 64 + 1).collect(),
+                max_bytes: i32::arbitrary(g).rem_euclid(129),
+            }
+        }
+    }
+
+    /// What a partition's owner answers: whole batches within the read limit.
+    fn read_model(model: &ModelPartition, limit: ReadLimit) -> Fetched {
+        let mut batches = Vec::new();
+        let mut taken = 0;
+        for &size in &model.batches {
+            if !limit.fits(taken, !batches.is_empty(), size) {
+                break;
+            }
+            taken += size;
+            batches.push(Bytes::from(vec![0u8; size]));
+        }
+        let end = model.batches.len() as i64;
+        Fetched {
+            batches,
+            status: PartitionStatus {
+                log_start_offset: 0,
+                high_watermark: end,
+                last_stable_offset: end,
+                log_end_offset: end,
+                size_bytes: 0,
+            },
+            aborted: Vec::new(),
+        }
+    }
+
+    quickcheck! {
+        /// A fetch reads at most its limit plus one batch, whatever each partition's own
+        /// limit; it answers for every partition; and it returns data whenever any
+        /// partition has some (no consumer stalls behind a batch larger than its limit).
+        fn fetch_reads_within_its_limit_and_always_progresses(
+            models: Vec<ModelPartition>,
+            limit: u8
+        ) -> bool {
+            let limit = usize::from(limit);
+            let partitions: Vec<FetchPartition> = models
+                .iter()
+                .enumerate()
+                .map(|(i, m)| FetchPartition {
+                    partition: TopicPartition {
+                        topic: "t".into(),
+                        partition: i as i32,
+                    },
+                    offset: 0,
+                    max_bytes: m.max_bytes,
+                })
+                .collect();
+            let read_bytes = std::cell::Cell::new(0usize);
+            let read = |wave: Vec<(usize, ReadLimit)>| {
+                let answers: Vec<BrokerResult<Fetched>> = wave
+                    .into_iter()
+                    .map(|(index, limit)| {
+                        let fetched = read_model(&models[index], limit);
+                        let bytes: usize = fetched.batches.iter().map(Bytes::len).sum();
+                        read_bytes.set(read_bytes.get() + bytes);
+                        Ok(fetched)
+                    })
+                    .collect();
+                std::future::ready(answers)
+            };
+            let results = futures_lite::future::block_on(read_in_waves(&partitions, limit, false, read));
+            let largest_batch = models.iter().flat_map(|m| m.batches.iter()).max().copied().unwrap_or(0);
+            let mut any = false;
+            for ((tp, result), (p, model)) in results.iter().zip(partitions.iter().zip(&models)) {
+                let Ok(fetched) = result else { return false };
+                if *tp != p.partition {
+                    return false;
+                }
+                // Each partition's part is its log from the offset, whole batches.
+                let sizes: Vec<usize> = fetched.batches.iter().map(Bytes::len).collect();
+                if !model.batches.starts_with(&sizes) {
+                    return false;
+                }
+                any |= !sizes.is_empty();
+            }
+            let data_anywhere = models.iter().any(|m| !m.batches.is_empty());
+            read_bytes.get() <= limit + largest_batch && any == data_anywhere
+        }
+    }
 }

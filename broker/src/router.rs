@@ -57,7 +57,7 @@ pub enum ShardCall {
     Fetch {
         partition: TopicPartition,
         offset: i64,
-        max_bytes: usize,
+        limit: weir_storage::ReadLimit,
         /// Up to the last stable offset, with the aborted transactions of what is read.
         read_committed: bool,
     },

@@ -437,12 +437,9 @@ impl Shard {
             ShardCall::Fetch {
                 partition,
                 offset,
-                max_bytes,
+                limit,
                 read_committed,
-            } => ShardAnswer::Fetch(
-                self.fetch(&partition, offset, max_bytes, read_committed)
-                    .await,
-            ),
+            } => ShardAnswer::Fetch(self.fetch(&partition, offset, limit, read_committed).await),
             ShardCall::Watch {
                 partitions,
                 timeout,
@@ -845,13 +842,15 @@ impl Shard {
         &self,
         partition: &TopicPartition,
         offset: i64,
-        max_bytes: usize,
+        limit: weir_storage::ReadLimit,
         read_committed: bool,
     ) -> BrokerResult<crate::router::Fetched> {
         let (log, _) = self.leader_log(partition)?;
         if !read_committed {
             let status = self.partition_status(partition, &log);
-            let batches = log.read(offset, max_bytes, status.high_watermark).await?;
+            let batches = log
+                .read_within(offset, limit, status.high_watermark)
+                .await?;
             return Ok(crate::router::Fetched {
                 batches,
                 status,
@@ -861,7 +860,7 @@ impl Shard {
         let txns = self.partition_txns(partition, &log).await?;
         let status = self.partition_status(partition, &log);
         let batches = log
-            .read(offset, max_bytes, status.last_stable_offset)
+            .read_within(offset, limit, status.last_stable_offset)
             .await?;
         let end = match batches.last() {
             Some(last) => weir_wire::BatchHeader::parse(last)?.next_offset(),

@@ -15,6 +15,38 @@ use bytes::Bytes;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LogId(pub u64);
 
+/// How much a read may return. Whole batches up to `max_bytes`, except that with
+/// `at_least_one` the first batch comes whole however large, so a reader whose limit is
+/// below a batch still progresses (Kafka's rule for the first partition of a fetch).
+/// Without it, a read returns nothing rather than more than `max_bytes`: what bounds a
+/// fetch of many partitions by its response limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimit {
+    pub max_bytes: usize,
+    pub at_least_one: bool,
+}
+
+impl ReadLimit {
+    pub fn at_least_one(max_bytes: usize) -> ReadLimit {
+        ReadLimit {
+            max_bytes,
+            at_least_one: true,
+        }
+    }
+
+    pub fn at_most(max_bytes: usize) -> ReadLimit {
+        ReadLimit {
+            max_bytes,
+            at_least_one: false,
+        }
+    }
+
+    /// Whether a batch of `bytes` may follow `taken` bytes (`any` batches) already read.
+    pub fn fits(self, taken: usize, any: bool, bytes: usize) -> bool {
+        (self.at_least_one && !any) || taken + bytes <= self.max_bytes
+    }
+}
+
 #[derive(Debug, Clone)]
 struct CachedBatch {
     base_offset: i64,
@@ -118,10 +150,9 @@ impl BatchCache {
         }
     }
 
-    /// Whole batches from the one holding `offset`, stopping before `max_offset` and after
-    /// `max_bytes` (at least one batch is returned when one is there, so a reader always
-    /// progresses).
-    pub fn read(&self, log: LogId, offset: i64, max_bytes: usize, max_offset: i64) -> CacheRead {
+    /// Whole batches from the one holding `offset`, stopping before `max_offset` and
+    /// within `limit`.
+    pub fn read(&self, log: LogId, offset: i64, limit: ReadLimit, max_offset: i64) -> CacheRead {
         let Some(batches) = self.logs.get(&log) else {
             return CacheRead::Miss;
         };
@@ -133,7 +164,7 @@ impl BatchCache {
         let mut found = Vec::new();
         let mut total = 0usize;
         for batch in batches.range(start..) {
-            let fits = found.is_empty() || total + batch.bytes.len() <= max_bytes;
+            let fits = limit.fits(total, !found.is_empty(), batch.bytes.len());
             if batch.next_offset > max_offset || !fits {
                 break;
             }
@@ -184,10 +215,25 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Insert { log: u8, records: u8, size: u8 },
-        Truncate { log: u8, back: u8 },
-        RemoveBefore { log: u8, forward: u8 },
-        Read { log: u8, back: u8, max_bytes: u8 },
+        Insert {
+            log: u8,
+            records: u8,
+            size: u8,
+        },
+        Truncate {
+            log: u8,
+            back: u8,
+        },
+        RemoveBefore {
+            log: u8,
+            forward: u8,
+        },
+        Read {
+            log: u8,
+            back: u8,
+            max_bytes: u8,
+            at_least_one: bool,
+        },
     }
 
     impl quickcheck::Arbitrary for Op {
@@ -206,6 +252,7 @@ mod tests {
                     log,
                     back: u8::arbitrary(g) % 16,
                     max_bytes: u8::arbitrary(g),
+                    at_least_one: bool::arbitrary(g),
                 },
                 _ => Op::Insert {
                     log,
@@ -248,13 +295,22 @@ mod tests {
                         cache.remove_before(LogId(u64::from(log)), offset);
                         batches.retain(|b| b.1 > offset);
                     }
-                    Op::Read { log, back, max_bytes } => {
+                    Op::Read {
+                        log,
+                        back,
+                        max_bytes,
+                        at_least_one,
+                    } => {
                         let batches = model.entry(log).or_default();
                         let end = batches.last().map_or(0, |b| b.1);
                         let offset = (end - i64::from(back)).max(0);
                         let max_bytes = usize::from(max_bytes);
+                        let limit = ReadLimit {
+                            max_bytes,
+                            at_least_one,
+                        };
                         if let CacheRead::Hit(found) =
-                            cache.read(LogId(u64::from(log)), offset, max_bytes, i64::MAX)
+                            cache.read(LogId(u64::from(log)), offset, limit, i64::MAX)
                         {
                             let start = batches.iter().position(|b| b.1 > offset);
                             let expected: Vec<Bytes> = start
@@ -264,13 +320,14 @@ mod tests {
                             if found.len() > expected.len() || found[..] != expected[..found.len()] {
                                 return false;
                             }
+                            // Over the limit only with one batch, and only if allowed.
                             let total: usize = found.iter().map(Bytes::len).sum();
-                            if found.len() > 1 && total > max_bytes {
+                            if total > max_bytes && (found.len() > 1 || !at_least_one) {
                                 return false;
                             }
                             // It stops early only for the byte limit.
                             if found.len() < expected.len()
-                                && (found.is_empty() || total + expected[found.len()].len() <= max_bytes)
+                                && limit.fits(total, !found.is_empty(), expected[found.len()].len())
                             {
                                 return false;
                             }

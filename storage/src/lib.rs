@@ -23,7 +23,7 @@ mod scan;
 mod segment;
 mod shard;
 
-pub use cache::LogId;
+pub use cache::{LogId, ReadLimit};
 pub use checkpoint::{PartitionMetadata, read_checked_file, write_checked_file};
 pub use config::{
     CleanupPolicy, FlushPolicy, LogConfig, PAGE_BYTES, SEGMENT_BYTES_MAX, ShardStorageConfig,

@@ -25,7 +25,7 @@ use weir_wire::RecordIter;
 use weir_wire::batch::{self, BatchHeader, LOG_OVERHEAD_BYTES};
 
 pub use self::compact::{CompactionCandidate, CompactionStats};
-use crate::cache::{CacheRead, LogId};
+use crate::cache::{CacheRead, LogId, ReadLimit};
 use crate::checkpoint::{self, CHECKPOINT_BYTES_MAX, PartitionMetadata};
 use crate::config::{FlushPolicy, LogConfig, PAGE_BYTES};
 use crate::epoch::LeaderEpochCache;
@@ -1158,9 +1158,21 @@ impl Log {
     /// batch when there is one) and stopping before any batch that reaches `max_offset`
     /// (a high watermark). Recent batches come from the shard cache without a copy.
     pub async fn read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<Vec<Bytes>> {
+        self.read_within(offset, ReadLimit::at_least_one(max_bytes), max_offset)
+            .await
+    }
+
+    /// As `read`, within `limit`: without `at_least_one`, nothing rather than more than
+    /// its bytes, so what a read allocates is bounded before it reads.
+    pub async fn read_within(
+        &self,
+        offset: i64,
+        limit: ReadLimit,
+        max_offset: i64,
+    ) -> Result<Vec<Bytes>> {
         let mut attempts = 0;
         loop {
-            match self.read_once(offset, max_bytes, max_offset).await {
+            match self.read_once(offset, limit, max_offset).await {
                 // The segment picked was replaced by compaction while it was being opened:
                 // pick again (the replacement holds the same offsets).
                 Err(StorageError::SegmentReplaced { .. }) if attempts < REPLACED_RETRIES => {
@@ -1174,10 +1186,10 @@ impl Log {
     async fn read_once(
         &self,
         offset: i64,
-        max_bytes: usize,
+        limit: ReadLimit,
         max_offset: i64,
     ) -> Result<Vec<Bytes>> {
-        let source = self.read_source(offset, max_bytes, max_offset)?;
+        let source = self.read_source(offset, limit, max_offset)?;
         match source {
             ReadSource::Memory(batches) => Ok(batches),
             ReadSource::Segment {
@@ -1192,7 +1204,7 @@ impl Log {
                     position,
                     readable_bytes,
                     offset,
-                    max_bytes,
+                    limit,
                     max_offset,
                 )
                 .await
@@ -1201,15 +1213,13 @@ impl Log {
                 let open = self.open_sealed(&segment).await?;
                 let position = open.index.position_for(segment.base_offset, offset);
                 let (path, size) = (&segment.path, segment.size_bytes);
-                self.read_segment(
-                    &open.file, path, position, size, offset, max_bytes, max_offset,
-                )
-                .await
+                self.read_segment(&open.file, path, position, size, offset, limit, max_offset)
+                    .await
             }
         }
     }
 
-    fn read_source(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<ReadSource> {
+    fn read_source(&self, offset: i64, limit: ReadLimit, max_offset: i64) -> Result<ReadSource> {
         let state = self.state.borrow();
         if state.closed {
             return Err(StorageError::Closed {
@@ -1224,14 +1234,15 @@ impl Log {
                 log_end_offset: state.next_offset,
             });
         }
-        if offset >= max_offset.min(state.next_offset) {
+        // Nothing after the limit, or no room (a read for the offset check alone).
+        if offset >= max_offset.min(state.next_offset) || limit == ReadLimit::at_most(0) {
             return Ok(ReadSource::Memory(Vec::new()));
         }
         if let CacheRead::Hit(batches) = self
             .shard
             .cache
             .borrow()
-            .read(self.id, offset, max_bytes, max_offset)
+            .read(self.id, offset, limit, max_offset)
         {
             return Ok(ReadSource::Memory(batches));
         }
@@ -1239,7 +1250,7 @@ impl Log {
             return Ok(ReadSource::Memory(read_pending(
                 &state.pending,
                 offset,
-                max_bytes,
+                limit,
                 max_offset,
             )));
         }
@@ -1289,7 +1300,7 @@ impl Log {
         mut position: u64,
         readable_bytes: u64,
         offset: i64,
-        max_bytes: usize,
+        limit: ReadLimit,
         max_offset: i64,
     ) -> Result<Vec<Bytes>> {
         let mut window = self.take_readahead(file, position);
@@ -1323,7 +1334,7 @@ impl Log {
                 ));
             }
             let total = total as usize;
-            if !found.is_empty() && found_bytes + total > max_bytes {
+            if !limit.fits(found_bytes, !found.is_empty(), total) {
                 break;
             }
             let bytes = self
@@ -1913,14 +1924,14 @@ impl LogState {
 fn read_pending(
     pending: &VecDeque<PendingBatch>,
     offset: i64,
-    max_bytes: usize,
+    limit: ReadLimit,
     max_offset: i64,
 ) -> Vec<Bytes> {
     let start = pending.partition_point(|p| p.header.next_offset() <= offset);
     let mut found: Vec<Bytes> = Vec::new();
     let mut total = 0;
     for batch in pending.range(start..) {
-        let fits = found.is_empty() || total + batch.bytes.len() <= max_bytes;
+        let fits = limit.fits(total, !found.is_empty(), batch.bytes.len());
         if batch.header.next_offset() > max_offset || !fits {
             break;
         }

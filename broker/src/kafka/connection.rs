@@ -149,6 +149,7 @@ async fn read_requests(
             let out = response.map(|response| Outgoing {
                 parts: response.parts,
                 permit: memory.take_permit(),
+                read: response.memory,
                 close_after: response.close_after,
             });
             drop(memory);
@@ -169,6 +170,7 @@ async fn send_now(
     let out = Outgoing {
         parts,
         permit: None,
+        read: None,
         close_after,
     };
     responses

@@ -125,17 +125,9 @@ pub async fn fetch(
     }
     let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
     let read_committed = request.isolation_level == topics::READ_COMMITTED;
-    let mut results = ops::fetch(
-        shard,
-        caller,
-        wait,
-        request.min_bytes,
-        &wanted,
-        read_committed,
-    )
-    .await;
-    ops::limit_response_bytes(&mut results, request.max_bytes);
-    let mut results: Vec<Option<_>> = results.into_iter().map(|(_, r)| Some(r)).collect();
+    let limits = (request.min_bytes, request.max_bytes);
+    let read = ops::fetch(shard, caller, wait, limits, &wanted, read_committed).await;
+    let mut results: Vec<Option<_>> = read.results.into_iter().map(|(_, r)| Some(r)).collect();
     let mut records = Vec::new();
     let mut failed = false;
     let responses = slots
@@ -218,6 +210,7 @@ pub async fn fetch(
             parts,
             failed,
             close_after: false,
+            memory: read.memory,
         },
         Err(error) => {
             tracing::error!(%error, version, "encoding a fetch response failed");
@@ -225,6 +218,7 @@ pub async fn fetch(
                 parts: Vec::new(),
                 failed: true,
                 close_after: true,
+                memory: None,
             }
         }
     }

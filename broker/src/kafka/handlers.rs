@@ -18,6 +18,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::codec::{self, Request};
 use super::sasl::Session;
 use super::{admin, fetch, groups, produce, topics, txn, versions};
+use crate::net::ResponseMemory;
 use crate::security::quotas::QuotaKind;
 use crate::shard::Shard;
 
@@ -26,6 +27,8 @@ pub struct Reply {
     pub parts: Vec<Bytes>,
     pub failed: bool,
     pub close_after: bool,
+    /// What a fetch read, held until the response is written.
+    pub memory: Option<ResponseMemory>,
 }
 
 /// Finishes a request: its API name and its response (none for acks=0 produce).
@@ -91,6 +94,7 @@ pub fn reply(header: &RequestHeader, api: ApiKey, body: &ResponseKind, failed: b
             parts: vec![frame.freeze()],
             failed,
             close_after: false,
+            memory: None,
         },
         Err(error) => {
             tracing::error!(?api, version = header.request_api_version, %error, "encoding a Kafka response failed");
@@ -98,6 +102,7 @@ pub fn reply(header: &RequestHeader, api: ApiKey, body: &ResponseKind, failed: b
                 parts: Vec::new(),
                 failed: true,
                 close_after: true,
+                memory: None,
             }
         }
     }
@@ -224,6 +229,7 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, session: &Rc<Session>
                         parts: Vec::new(),
                         failed: true,
                         close_after: true,
+                        memory: None,
                     }),
                 );
             }

@@ -117,6 +117,7 @@ pub async fn start(
                 parts: Vec::new(),
                 failed: true,
                 close_after: true,
+                memory: None,
             }
         })
     })

@@ -95,6 +95,7 @@ async fn read_requests(
             let out = Outgoing {
                 parts,
                 permit: None,
+                read: None,
                 close_after: close,
             };
             if responses.send(ready(out)).await.is_err() || close {
@@ -113,6 +114,7 @@ async fn read_requests(
                 let out = Outgoing {
                     parts: response.parts,
                     permit: memory.take_permit(),
+                    read: response.memory,
                     close_after: false,
                 };
                 let _ = responses.send(ready(out)).await;
@@ -134,6 +136,7 @@ async fn send_fatal(responses: &LocalSender<Queued>, message: &str) {
     let out = Outgoing {
         parts,
         permit: None,
+        read: None,
         close_after: true,
     };
     let _ = responses.send(ready(out)).await;

@@ -14,6 +14,7 @@ use weir_wire::native::schema::{self, Acks, ErrorCode, OffsetSpec};
 
 use super::codec::{self, NativeRequest, ResponseWriter, error_fields};
 use crate::error::{BrokerError, BrokerResult};
+use crate::net::ResponseMemory;
 use crate::ops::{self, Appended, FetchPartition, FetchResults, StartedProduce};
 use crate::router::{MemberClaim, PartitionStatus, ShardCall, TopicPartition};
 use std::cell::RefCell;
@@ -29,6 +30,8 @@ use weir_replication::AclOperation;
 pub struct Reply {
     pub parts: Vec<Bytes>,
     pub failed: bool,
+    /// What a fetch read, held until the response is written.
+    pub memory: Option<ResponseMemory>,
 }
 
 /// Finishes a request: its API name and its response (none for acks=none produce).
@@ -47,6 +50,7 @@ fn error_reply(api: &'static str, request_id: u64, error: &BrokerError) -> Reply
         Some(Reply {
             parts,
             failed: true,
+            memory: None,
         }),
     )))
 }
@@ -274,21 +278,47 @@ pub async fn dispatch(
     }
     let shard = shard.clone();
     let session = session.clone();
-    let fetch = matches!(request, NativeRequest::Fetch { .. });
     Box::pin(async move {
-        let result = handle(&shard, request_id, request, &session.caller()).await;
-        if fetch && let Ok(parts) = &result {
-            let bytes = parts.iter().map(Bytes::len).sum::<usize>() as u64;
-            session.throttle(&shard, QuotaKind::Fetch, bytes);
-        }
+        let caller = session.caller();
+        let result = match request {
+            // A fetch's response holds the memory of what it read until it is written.
+            NativeRequest::Fetch {
+                max_wait_ms,
+                min_bytes,
+                max_bytes,
+                partitions,
+                read_committed,
+            } => {
+                let limits = (max_wait_ms, min_bytes, max_bytes);
+                let read = fetch(
+                    &shard,
+                    &caller,
+                    request_id,
+                    limits,
+                    partitions,
+                    read_committed,
+                );
+                let read = read.await;
+                if let Ok((parts, _)) = &read {
+                    let bytes = parts.iter().map(Bytes::len).sum::<usize>() as u64;
+                    session.throttle(&shard, QuotaKind::Fetch, bytes);
+                }
+                read
+            }
+            request => handle(&shard, request_id, request, &caller)
+                .await
+                .map(|parts| (parts, None)),
+        };
         let reply = match result {
-            Ok(parts) => Reply {
+            Ok((parts, memory)) => Reply {
                 parts,
                 failed: false,
+                memory,
             },
             Err(error) => Reply {
                 parts: ResponseWriter::new().finish(request_id, Some(&error), None),
                 failed: true,
+                memory: None,
             },
         };
         (api, Some(reply))
@@ -354,24 +384,10 @@ async fn handle(
             )
             .await
         }
-        NativeRequest::Fetch {
-            max_wait_ms,
-            min_bytes,
-            max_bytes,
-            partitions,
-            read_committed,
-        } => {
-            let limits = (max_wait_ms, min_bytes, max_bytes);
-            fetch(
-                shard,
-                caller,
-                request_id,
-                limits,
-                partitions,
-                read_committed,
-            )
-            .await
-        }
+        // Answered by `dispatch`, which keeps the memory of what it read.
+        NativeRequest::Fetch { .. } => Err(BrokerError::Internal(
+            "a fetch reached the handler of other requests".into(),
+        )),
         NativeRequest::ListOffsets {
             partitions,
             read_committed,
@@ -1093,6 +1109,7 @@ async fn finish_produce(request_id: u64, acks: Acks, started: StartedProduce) ->
             Some((schema::ResponseBody::ProduceResponse, body.as_union_value())),
         ),
         failed,
+        memory: None,
     })
 }
 
@@ -1301,7 +1318,7 @@ async fn fetch(
     (max_wait_ms, min_bytes, max_bytes): (i32, i32, i32),
     partitions: Vec<(TopicPartition, i64, i32)>,
     read_committed: bool,
-) -> BrokerResult<Vec<Bytes>> {
+) -> BrokerResult<(Vec<Bytes>, Option<ResponseMemory>)> {
     let wait = Duration::from_millis(u64::try_from(max_wait_ms).unwrap_or(0));
     let partitions: Vec<FetchPartition> = partitions
         .into_iter()
@@ -1311,9 +1328,9 @@ async fn fetch(
             max_bytes,
         })
         .collect();
-    let mut results = ops::fetch(shard, caller, wait, min_bytes, &partitions, read_committed).await;
-    ops::limit_response_bytes(&mut results, max_bytes);
-    Ok(fetch_response(request_id, results))
+    let limits = (min_bytes, max_bytes);
+    let read = ops::fetch(shard, caller, wait, limits, &partitions, read_committed).await;
+    Ok((fetch_response(request_id, read.results), read.memory))
 }
 
 fn fetch_response(request_id: u64, results: FetchResults) -> Vec<Bytes> {
