@@ -143,6 +143,15 @@ fn reads_respect_limits_and_range() {
         }
         let one = log.read(0, 1, i64::MAX).await.unwrap();
         assert_eq!(one.len(), 1, "at least one batch even over the byte limit");
+        let size = one[0].len();
+        // From disk (no cache here), within a limit that is never exceeded.
+        let at_most = |bytes| log.read_within(0, ReadLimit::at_most(bytes), i64::MAX);
+        assert!(
+            at_most(size - 1).await.unwrap().is_empty(),
+            "never over the limit"
+        );
+        assert_eq!(at_most(2 * size + 1).await.unwrap().len(), 2);
+        assert!(at_most(0).await.unwrap().is_empty());
         let below_watermark = log.read(0, usize::MAX, 6).await.unwrap();
         assert_eq!(
             below_watermark.len(),
