@@ -23,7 +23,7 @@ use crate::router::{
     Pending, ShardAnswer, ShardCall, TopicPartition,
 };
 use crate::security::Caller;
-use crate::shard::Shard;
+use crate::shard::{ReplicaFetched, Shard};
 use crate::topic;
 use crate::txn::coordinator::TXN_TOPIC;
 use weir_replication::{AclOperation, AclResourceType};
@@ -159,28 +159,12 @@ pub async fn fan_out<T>(
     call: impl Fn(TopicPartition) -> ShardCall,
     answer: impl Fn(ShardAnswer) -> BrokerResult<T>,
 ) -> Vec<(TopicPartition, BrokerResult<T>)> {
-    let mut pending = Vec::with_capacity(partitions.len());
-    for partition in partitions {
-        let started = match shard.owner(&partition) {
-            Ok(owner) => {
-                shard
-                    .router
-                    .start(shard, owner, call(partition.clone()))
-                    .await
-            }
-            Err(error) => Err(error),
-        };
-        pending.push((partition, started));
-    }
-    let mut results = Vec::with_capacity(pending.len());
-    for (partition, started) in pending {
-        let result = match started {
-            Ok(pending) => pending.wait().await.and_then(&answer),
-            Err(error) => Err(error),
-        };
-        results.push((partition, result));
-    }
-    results
+    let calls = partitions
+        .iter()
+        .map(|p| (p.clone(), call(p.clone())))
+        .collect();
+    let results = call_each(shard, calls, answer).await;
+    partitions.into_iter().zip(results).collect()
 }
 
 /// The partitions of `names` that exist, in order.
@@ -376,73 +360,81 @@ async fn read_partitions(
     limit: usize,
     read_committed: bool,
 ) -> FetchResults {
+    let reads: Vec<(i64, usize)> = partitions
+        .iter()
+        .map(|p| (p.offset, p.max_bytes.max(0) as usize))
+        .collect();
     let read = |wave| read_wave(shard, partitions, wave, read_committed);
-    read_in_waves(partitions, limit, read_committed, read).await
+    let withheld =
+        |f: &Fetched, offset: i64| f.batches.is_empty() && offset < readable_end(f, read_committed);
+    let results = read_in_waves(&reads, limit, read, |f| batches_bytes(&f.batches), withheld).await;
+    partitions
+        .iter()
+        .map(|p| p.partition.clone())
+        .zip(results)
+        .collect()
 }
 
-async fn read_in_waves<Wave, Read>(
-    partitions: &[FetchPartition],
+/// Reads partitions (`reads`: each one's offset and own limit) in waves within `limit`
+/// for all of them, through `read`, which reads a wave's partitions at once, each within
+/// its `ReadLimit`; answers in the order of `reads`. `bytes` is what an answer carries;
+/// `withheld` whether it left out data at the offset (a first batch that did not fit).
+async fn read_in_waves<T, Wave, Read>(
+    reads: &[(i64, usize)],
     limit: usize,
-    read_committed: bool,
     read: Read,
-) -> FetchResults
+    bytes: impl Fn(&T) -> usize,
+    withheld: impl Fn(&T, i64) -> bool,
+) -> Vec<BrokerResult<T>>
 where
     Read: Fn(Vec<(usize, ReadLimit)>) -> Wave,
-    Wave: Future<Output = Vec<BrokerResult<Fetched>>>,
+    Wave: Future<Output = Vec<BrokerResult<T>>>,
 {
-    let mut results: Vec<Option<BrokerResult<Fetched>>> = partitions.iter().map(|_| None).collect();
+    let mut results: Vec<Option<BrokerResult<T>>> = reads.iter().map(|_| None).collect();
+    let own: Vec<usize> = reads.iter().map(|(_, own)| *own).collect();
     let mut left = limit;
     let mut next = 0;
     let mut read_any = false;
-    while next < partitions.len() {
-        let wave = fetch_wave(partitions, next, left, !read_any && next == 0);
+    while next < reads.len() {
+        let wave = fetch_wave(&own, next, left, !read_any && next == 0);
         next += wave.len();
         let indexes: Vec<usize> = wave.iter().map(|(index, _)| *index).collect();
         for (index, result) in indexes.into_iter().zip(read(wave).await) {
-            let bytes = fetched_bytes(&result);
-            read_any |= bytes > 0;
-            left = left.saturating_sub(bytes);
+            let carried = result.as_ref().map_or(0, &bytes);
+            read_any |= carried > 0;
+            left = left.saturating_sub(carried);
             results[index] = Some(result);
         }
     }
     if !read_any {
-        let too_large = results.iter().zip(partitions).position(|(result, p)| {
-            matches!(result, Some(Ok(f)) if f.batches.is_empty() && p.offset < readable_end(f, read_committed))
-        });
+        let too_large = results.iter().zip(reads).position(
+            |(result, (offset, _))| matches!(result, Some(Ok(answer)) if withheld(answer, *offset)),
+        );
         if let Some(index) = too_large {
-            let own = partitions[index].max_bytes.max(0) as usize;
-            let wave = vec![(index, ReadLimit::at_least_one(own.min(limit)))];
+            let wave = vec![(index, ReadLimit::at_least_one(own[index].min(limit)))];
             if let Some(result) = read(wave).await.pop() {
                 results[index] = Some(result);
             }
         }
     }
-    partitions
-        .iter()
-        .zip(results)
-        .map(|(p, result)| {
-            let missing = || Err(BrokerError::Internal("a fetch result is missing".into()));
-            (p.partition.clone(), result.unwrap_or_else(missing))
+    results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| Err(BrokerError::Internal("a fetch result is missing".into())))
         })
         .collect()
 }
 
-/// The partitions from `from` on that one wave reads, with their read limits: while
-/// their limits leave some of `left`; once nothing is left, all the rest, for their
-/// status.
-fn fetch_wave(
-    partitions: &[FetchPartition],
-    from: usize,
-    left: usize,
-    first: bool,
-) -> Vec<(usize, ReadLimit)> {
+/// The partitions from `from` on that one wave reads (`own`: each one's own limit), with
+/// their read limits: while their limits leave some of `left`; once nothing is left, all
+/// the rest, for their status.
+fn fetch_wave(own: &[usize], from: usize, left: usize, first: bool) -> Vec<(usize, ReadLimit)> {
     let mut wave = Vec::new();
     let mut claimed = 0usize;
-    for (index, p) in partitions.iter().enumerate().skip(from) {
+    for (index, &own) in own.iter().enumerate().skip(from) {
         if left > 0 && claimed >= left {
             break;
         }
-        let own = p.max_bytes.max(0) as usize;
         let max_bytes = own.min(left - claimed);
         let at_least_one = first && wave.is_empty() && left > 0;
         claimed += max_bytes;
@@ -463,28 +455,44 @@ async fn read_wave(
     wave: Vec<(usize, ReadLimit)>,
     read_committed: bool,
 ) -> Vec<BrokerResult<Fetched>> {
-    let mut results = Vec::with_capacity(wave.len());
-    let mut pending = Vec::with_capacity(wave.len());
-    for (index, limit) in wave {
-        let p = &partitions[index];
-        let call = ShardCall::Fetch {
-            partition: p.partition.clone(),
-            offset: p.offset,
-            limit,
-            read_committed,
-        };
-        let started = match shard.owner(&p.partition) {
+    let calls = wave
+        .into_iter()
+        .map(|(index, limit)| {
+            let p = &partitions[index];
+            let call = ShardCall::Fetch {
+                partition: p.partition.clone(),
+                offset: p.offset,
+                limit,
+                read_committed,
+            };
+            (p.partition.clone(), call)
+        })
+        .collect();
+    call_each(shard, calls, |answer| match answer {
+        ShardAnswer::Fetch(result) => result,
+        other => Err(unexpected(other)),
+    })
+    .await
+}
+
+/// Starts every call at its partition's owner, then waits for each answer, in order.
+async fn call_each<T>(
+    shard: &Rc<Shard>,
+    calls: Vec<(TopicPartition, ShardCall)>,
+    answer: impl Fn(ShardAnswer) -> BrokerResult<T>,
+) -> Vec<BrokerResult<T>> {
+    let mut pending = Vec::with_capacity(calls.len());
+    for (partition, call) in calls {
+        let started = match shard.owner(&partition) {
             Ok(owner) => shard.router.start(shard, owner, call).await,
             Err(error) => Err(error),
         };
         pending.push(started);
     }
+    let mut results = Vec::with_capacity(pending.len());
     for started in pending {
         let result = match started {
-            Ok(pending) => pending.wait().await.and_then(|answer| match answer {
-                ShardAnswer::Fetch(result) => result,
-                other => Err(unexpected(other)),
-            }),
+            Ok(pending) => pending.wait().await.and_then(&answer),
             Err(error) => Err(error),
         };
         results.push(result);
@@ -492,10 +500,8 @@ async fn read_wave(
     results
 }
 
-fn fetched_bytes(result: &BrokerResult<Fetched>) -> usize {
-    result
-        .as_ref()
-        .map_or(0, |f| f.batches.iter().map(Bytes::len).sum())
+fn batches_bytes(batches: &[Bytes]) -> usize {
+    batches.iter().map(Bytes::len).sum()
 }
 
 /// Where what a consumer may read of the partition ends.
@@ -555,12 +561,23 @@ async fn wait_for_data(
 }
 
 /// Each partition's answer to a follower's fetch.
-pub type ReplicaFetchResults = Vec<(TopicPartition, BrokerResult<crate::shard::ReplicaFetched>)>;
+pub type ReplicaFetchResults = Vec<(TopicPartition, BrokerResult<ReplicaFetched>)>;
+
+/// What a follower's fetch read, and the shard memory its batches hold until the
+/// response is written.
+#[derive(Debug)]
+pub struct ReplicaFetchRead {
+    pub results: ReplicaFetchResults,
+    pub memory: Option<ResponseMemory>,
+}
 
 /// A follower's fetch: each partition at its owner (which moves the high watermark with
-/// the follower's offset at once); if nothing came back and nothing needs the follower's
-/// attention (a divergence, an error), waits for an append to any of them, up to `wait`,
-/// and reads again.
+/// the follower's offset at once), read in waves within `max_bytes` (at most the
+/// broker's `fetch_bytes_max`) and the memory it reserves as a consumer's fetch is; if
+/// nothing came back and nothing needs the follower's attention (a divergence, an
+/// error), waits for an append to any of them, up to `wait`, and reads again. Every
+/// partition is asked each round, those the limit leaves no room for with a limit of
+/// nothing, so each follower position still moves its high watermark.
 pub async fn replica_fetch(
     shard: &Rc<Shard>,
     replica: i32,
@@ -568,56 +585,78 @@ pub async fn replica_fetch(
     min_bytes: i32,
     max_bytes: i32,
     partitions: &[(TopicPartition, weir_replication::FetchPosition, i32)],
-) -> ReplicaFetchResults {
+) -> ReplicaFetchRead {
     let deadline = Instant::now() + wait.min(FETCH_WAIT_MAX);
+    let limit = (max_bytes.max(1) as usize).min(shard.config.fetch_bytes_max);
+    let reads: Vec<(i64, usize)> = partitions
+        .iter()
+        .map(|(_, position, bytes)| (position.fetch_offset, (*bytes).max(0) as usize))
+        .collect();
     loop {
-        let positions: HashMap<TopicPartition, (weir_replication::FetchPosition, i32)> = partitions
-            .iter()
-            .map(|(tp, position, bytes)| (tp.clone(), (*position, *bytes)))
-            .collect();
-        let budget = max_bytes.max(1) as usize;
-        let mut results = fan_out(
-            shard,
-            partitions.iter().map(|(tp, _, _)| tp.clone()).collect(),
-            |partition| {
-                let (position, bytes) = positions[&partition];
-                ShardCall::ReplicaFetch {
-                    partition,
-                    replica,
-                    position,
-                    max_bytes: (bytes.max(0) as usize).min(budget),
-                }
-            },
-            |answer| match answer {
+        let mut memory = match ResponseMemory::reserve(shard, limit as u64).await {
+            Ok(memory) => memory,
+            Err(reason) => {
+                let results = partitions
+                    .iter()
+                    .map(|(tp, _, _)| (tp.clone(), Err(BrokerError::Internal(reason.clone()))))
+                    .collect();
+                return ReplicaFetchRead {
+                    results,
+                    memory: None,
+                };
+            }
+        };
+        let read = |wave: Vec<(usize, ReadLimit)>| {
+            let calls: Vec<(TopicPartition, ShardCall)> = wave
+                .into_iter()
+                .map(|(index, limit)| {
+                    let (partition, position, _) = &partitions[index];
+                    let call = ShardCall::ReplicaFetch {
+                        partition: partition.clone(),
+                        replica,
+                        position: *position,
+                        limit,
+                    };
+                    (partition.clone(), call)
+                })
+                .collect();
+            call_each(shard, calls, |answer| match answer {
                 ShardAnswer::ReplicaFetch(result) => result,
                 other => Err(unexpected(other)),
-            },
-        )
-        .await;
-        let mut total = 0usize;
-        let mut attention = false;
-        for (_, result) in &mut results {
-            match result {
-                Ok(fetched) => {
-                    attention |= fetched.diverging.is_some();
-                    let bytes: usize = fetched.batches.iter().map(Bytes::len).sum();
-                    if total > 0 && total + bytes > budget {
-                        // The response's limit: this partition waits for the next round.
-                        fetched.batches.clear();
-                    }
-                    total += fetched.batches.iter().map(Bytes::len).sum::<usize>();
-                }
-                Err(_) => attention = true,
-            }
-        }
+            })
+        };
+        let withheld = |f: &ReplicaFetched, offset: i64| {
+            f.batches.is_empty() && f.diverging.is_none() && offset < f.log_end_offset
+        };
+        let results =
+            read_in_waves(&reads, limit, read, |f| batches_bytes(&f.batches), withheld).await;
+        let results: ReplicaFetchResults = partitions
+            .iter()
+            .map(|(tp, _, _)| tp.clone())
+            .zip(results)
+            .collect();
+        let total: usize = results
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .map(|f| batches_bytes(&f.batches))
+            .sum();
+        memory.shrink_to(total as u64);
+        memory.try_grow_to(total as u64);
+        let attention = results
+            .iter()
+            .any(|(_, r)| r.as_ref().map_or(true, |f| f.diverging.is_some()));
         let remaining = deadline.checked_duration_since(Instant::now());
         if total >= min_bytes.max(1) as usize
             || attention
             || remaining.is_none()
             || shard.shutting_down()
         {
-            return results;
+            return ReplicaFetchRead {
+                results,
+                memory: Some(memory),
+            };
         }
+        drop(memory);
         let watched = partitions
             .iter()
             .map(|(tp, position, _)| (tp.clone(), position.fetch_offset))
@@ -1376,7 +1415,17 @@ mod tests {
                     .collect();
                 std::future::ready(answers)
             };
-            let results = futures_lite::future::block_on(read_in_waves(&partitions, limit, false, read));
+            let reads: Vec<(i64, usize)> = models.iter().map(|m| (0, m.max_bytes as usize)).collect();
+            let bytes = |f: &Fetched| batches_bytes(&f.batches);
+            let withheld = |f: &Fetched, offset: i64| {
+                f.batches.is_empty() && offset < readable_end(f, false)
+            };
+            let results = futures_lite::future::block_on(read_in_waves(&reads, limit, read, bytes, withheld));
+            let results: Vec<(TopicPartition, BrokerResult<Fetched>)> = partitions
+                .iter()
+                .map(|p| p.partition.clone())
+                .zip(results)
+                .collect();
             let largest_batch = models.iter().flat_map(|m| m.batches.iter()).max().copied().unwrap_or(0);
             let mut any = false;
             for ((tp, result), (p, model)) in results.iter().zip(partitions.iter().zip(&models)) {

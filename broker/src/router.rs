@@ -75,7 +75,7 @@ pub enum ShardCall {
         partition: TopicPartition,
         replica: NodeId,
         position: FetchPosition,
-        max_bytes: usize,
+        limit: weir_storage::ReadLimit,
     },
     ListOffsets {
         partition: TopicPartition,

@@ -454,9 +454,9 @@ impl Shard {
                 partition,
                 replica,
                 position,
-                max_bytes,
+                limit,
             } => ShardAnswer::ReplicaFetch(
-                self.replica_fetch(&partition, replica, position, max_bytes)
+                self.replica_fetch(&partition, replica, position, limit)
                     .await,
             ),
             ShardCall::ListOffsets {
@@ -882,7 +882,7 @@ impl Shard {
         partition: &TopicPartition,
         replica: NodeId,
         position: FetchPosition,
-        max_bytes: usize,
+        limit: weir_storage::ReadLimit,
     ) -> BrokerResult<ReplicaFetched> {
         let log = self.log(partition)?;
         let replication = self.replication(partition)?;
@@ -905,7 +905,7 @@ impl Shard {
             }
             FetchAnswer::Read => {
                 let read = log
-                    .read(position.fetch_offset, max_bytes, log.log_end_offset())
+                    .read_within(position.fetch_offset, limit, log.log_end_offset())
                     .await;
                 fetched.batches = match read {
                     Ok(batches) => batches,

@@ -305,6 +305,18 @@ pub async fn dispatch(
                 }
                 read
             }
+            NativeRequest::ReplicaFetch {
+                replica,
+                max_wait_ms,
+                min_bytes,
+                max_bytes,
+                partitions,
+            } => {
+                let wait = Duration::from_millis(max_wait_ms.max(0) as u64);
+                let limits = (min_bytes, max_bytes);
+                let request = (request_id, replica, wait, limits);
+                replica_fetch(&shard, &caller, request, &partitions).await
+            }
             request => handle(&shard, request_id, request, &caller)
                 .await
                 .map(|parts| (parts, None)),
@@ -331,12 +343,11 @@ async fn handle(
     request: NativeRequest,
     caller: &Caller,
 ) -> BrokerResult<Vec<Bytes>> {
-    // Brokers' own requests (the handshake, which brokers send too, is anyone's).
+    // Brokers' own requests (the handshake, which brokers send too, is anyone's; a
+    // follower's fetch is checked where `dispatch` answers it).
     if matches!(
         request,
-        NativeRequest::RaftMessages { .. }
-            | NativeRequest::ControllerCall { .. }
-            | NativeRequest::ReplicaFetch { .. }
+        NativeRequest::RaftMessages { .. } | NativeRequest::ControllerCall { .. }
     ) {
         shard
             .authorizer
@@ -384,10 +395,10 @@ async fn handle(
             )
             .await
         }
-        // Answered by `dispatch`, which keeps the memory of what it read.
-        NativeRequest::Fetch { .. } => Err(BrokerError::Internal(
-            "a fetch reached the handler of other requests".into(),
-        )),
+        // Answered by `dispatch`, which keeps the memory of what they read.
+        NativeRequest::Fetch { .. } | NativeRequest::ReplicaFetch { .. } => Err(
+            BrokerError::Internal("a fetch reached the handler of other requests".into()),
+        ),
         NativeRequest::ListOffsets {
             partitions,
             read_committed,
@@ -444,18 +455,6 @@ async fn handle(
         }
         NativeRequest::ControllerCall { request } => {
             controller_call(shard, request_id, request).await
-        }
-        NativeRequest::ReplicaFetch {
-            replica,
-            max_wait_ms,
-            min_bytes,
-            max_bytes,
-            partitions,
-        } => {
-            let wait = Duration::from_millis(max_wait_ms.max(0) as u64);
-            let results =
-                ops::replica_fetch(shard, replica, wait, min_bytes, max_bytes, &partitions).await;
-            Ok(replica_fetch_response(request_id, results))
         }
         NativeRequest::InitProducer {
             transactional_id,
@@ -971,6 +970,24 @@ async fn controller_call(
             schema::ResponseBody::ControllerCallResponse,
             body.as_union_value(),
         )),
+    ))
+}
+
+/// A follower's fetch (brokers only): `request` is the request id, the follower, the
+/// longest wait, min and max bytes. Answers with what it read and the memory that holds.
+async fn replica_fetch(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    (request_id, replica, wait, (min_bytes, max_bytes)): (u64, i32, Duration, (i32, i32)),
+    partitions: &[(TopicPartition, weir_replication::FetchPosition, i32)],
+) -> BrokerResult<(Vec<Bytes>, Option<ResponseMemory>)> {
+    shard
+        .authorizer
+        .check_cluster(caller, AclOperation::ClusterAction)?;
+    let read = ops::replica_fetch(shard, replica, wait, min_bytes, max_bytes, partitions).await;
+    Ok((
+        replica_fetch_response(request_id, read.results),
+        read.memory,
     ))
 }
 
