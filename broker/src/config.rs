@@ -147,6 +147,8 @@ pub struct BrokerConfig {
     pub cache_bytes: u64,
     /// Sealed segments each shard keeps open.
     pub open_segments_max: usize,
+    /// Logs of each shard that keep a read-ahead window between reads.
+    pub readahead_windows_max: usize,
     /// Partitions of a topic created without a count.
     pub default_partitions: i32,
     /// Whether a Kafka client's metadata request for a missing topic creates it (Kafka's
@@ -269,6 +271,7 @@ impl Default for BrokerConfig {
             shard_connections_max: 10_000,
             cache_bytes: ShardStorageConfig::default().cache_bytes,
             open_segments_max: ShardStorageConfig::default().open_segments_max,
+            readahead_windows_max: ShardStorageConfig::default().readahead_windows_max,
             default_partitions: 1,
             auto_create_topics_enable: true,
             auto_create_topics_partitions: 4,
@@ -832,6 +835,7 @@ impl BrokerConfig {
         ShardStorageConfig {
             cache_bytes: self.cache_bytes,
             open_segments_max: self.open_segments_max,
+            readahead_windows_max: self.readahead_windows_max,
             compaction_map_bytes: self.log_cleaner_dedupe_buffer_size,
         }
     }

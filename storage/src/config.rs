@@ -262,6 +262,9 @@ pub struct ShardStorageConfig {
     pub cache_bytes: u64,
     /// Sealed segments kept open (file and loaded index) at once on the shard.
     pub open_segments_max: usize,
+    /// Logs of the shard that keep a read-ahead window (`LogConfig::readahead_bytes`, and
+    /// its segment file open) between reads; beyond it a read lets its window go.
+    pub readahead_windows_max: usize,
     /// Memory for compaction's key-to-latest-offset map (Kafka
     /// `log.cleaner.dedupe.buffer.size`); the shard compacts one log at a time with it.
     pub compaction_map_bytes: u64,
@@ -272,6 +275,7 @@ impl Default for ShardStorageConfig {
         ShardStorageConfig {
             cache_bytes: 256 << 20,
             open_segments_max: 256,
+            readahead_windows_max: 64,
             compaction_map_bytes: 32 << 20,
         }
     }

@@ -119,6 +119,8 @@ struct ReadAhead {
     file: Rc<SegmentFile>,
     start: u64,
     bytes: Bytes,
+    /// Its place among the shard's kept windows, once a read left it to the log.
+    hold: Option<crate::shard::WindowHold>,
 }
 
 #[derive(Debug)]
@@ -1351,8 +1353,15 @@ impl Log {
             }
             position += total as u64;
         }
-        if let Some(window) = window {
-            self.state.borrow_mut().readahead = Some(window);
+        // Kept for the next sequential read while the shard has room for another window:
+        // each holds `readahead_bytes` and its segment file open.
+        if let Some(mut window) = window {
+            if window.hold.is_none() {
+                window.hold = self.shard.hold_readahead();
+            }
+            if window.hold.is_some() {
+                self.state.borrow_mut().readahead = Some(window);
+            }
         }
         Ok(found)
     }
@@ -1392,10 +1401,12 @@ impl Log {
                     reason,
                 });
             }
+            // A window it replaces gives up its hold (a new one is taken when kept).
             *window = Some(ReadAhead {
                 file: file.clone(),
                 start: position,
                 bytes,
+                hold: None,
             });
         }
         let Some(w) = window.as_ref() else {

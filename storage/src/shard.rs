@@ -20,6 +20,18 @@ pub struct ShardStorage {
     /// index; readers holding them finish with their own references.
     open_segments: RefCell<VecDeque<Weak<OpenSlot>>>,
     next_log_id: Cell<u64>,
+    /// Read-ahead windows logs keep now (`readahead_windows_max`).
+    readahead_windows: Rc<Cell<usize>>,
+}
+
+/// One of the shard's read-ahead windows, counted while a log keeps it.
+#[derive(Debug)]
+pub(crate) struct WindowHold(Rc<Cell<usize>>);
+
+impl Drop for WindowHold {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }
 
 impl ShardStorage {
@@ -28,6 +40,7 @@ impl ShardStorage {
             cache: RefCell::new(BatchCache::new(config.cache_bytes)),
             open_segments: RefCell::new(VecDeque::new()),
             next_log_id: Cell::new(0),
+            readahead_windows: Rc::new(Cell::new(0)),
             config,
         })
     }
@@ -39,6 +52,20 @@ impl ShardStorage {
     /// Bytes the batch cache holds now.
     pub fn cache_bytes(&self) -> u64 {
         self.cache.borrow().used_bytes()
+    }
+
+    /// Read-ahead windows the shard's logs keep now.
+    pub fn readahead_windows(&self) -> usize {
+        self.readahead_windows.get()
+    }
+
+    /// A hold on one more kept read-ahead window, if the shard has room for it.
+    pub(crate) fn hold_readahead(&self) -> Option<WindowHold> {
+        let held = self.readahead_windows.get();
+        (held < self.config.readahead_windows_max).then(|| {
+            self.readahead_windows.set(held + 1);
+            WindowHold(self.readahead_windows.clone())
+        })
     }
 
     pub(crate) fn allocate_log_id(&self) -> LogId {

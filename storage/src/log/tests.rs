@@ -237,6 +237,45 @@ fn clean_close_and_crash_both_keep_every_durable_batch() {
 }
 
 #[test]
+fn logs_keep_read_ahead_windows_only_within_the_shards_budget() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = ShardStorage::new(ShardStorageConfig {
+            cache_bytes: 0,
+            readahead_windows_max: 2,
+            ..ShardStorageConfig::default()
+        });
+        let mut logs = Vec::new();
+        for i in 0..4 {
+            let path = dir.path().join(format!("log-{i}"));
+            let log = Log::open(&path, &identity(), small_config(), shard.clone())
+                .await
+                .unwrap();
+            for seed in 0..8 {
+                log.append(batch(seed, 1, 500, 0), 0).await.unwrap();
+            }
+            logs.push(log);
+        }
+        for log in &logs {
+            assert_eq!(read_all(log, 0).await.len(), 8, "every batch, from disk");
+        }
+        assert_eq!(shard.readahead_windows(), 2, "two logs keep their windows");
+        // A log that lets its window go (here, closing) makes room for another.
+        logs.remove(0).close().await.unwrap();
+        for log in &logs {
+            assert_eq!(read_all(log, 0).await.len(), 8);
+        }
+        assert!(shard.readahead_windows() <= 2);
+        drop(logs);
+        assert_eq!(
+            shard.readahead_windows(),
+            0,
+            "dropped logs give their windows back"
+        );
+    });
+}
+
+#[test]
 fn concurrent_appenders_share_syncs() {
     run(|| async {
         let dir = tempfile::tempdir().unwrap();
