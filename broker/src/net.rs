@@ -32,8 +32,8 @@ pub use weir_client::io::Stream;
 #[derive(Debug)]
 pub struct Outgoing {
     pub parts: Vec<Bytes>,
-    pub permit: Option<StaticPermit>,
-    pub read: Option<ResponseMemory>,
+    pub permit: Option<MemoryPermit>,
+    pub read: Option<MemoryPermit>,
     pub close_after: bool,
 }
 
@@ -317,13 +317,11 @@ fn spawn_writer(
 }
 
 /// A request's share of the shard's memory budget and its connection's in-flight slot.
-/// The budget permit moves into the response (`take_permit`) and returns when the
-/// response is written; the slot and the accounting return on drop.
+/// The budget's share moves into the response (`take_permit`) and returns when the
+/// response is written; the slot returns on drop.
 #[derive(Debug)]
 pub struct MemoryHold {
-    shard: Rc<Shard>,
-    bytes: u64,
-    permit: Option<StaticPermit>,
+    permit: Option<MemoryPermit>,
     _slot: StaticPermit,
 }
 
@@ -334,78 +332,56 @@ impl MemoryHold {
         slots: &Rc<Semaphore>,
         bytes: u64,
     ) -> Result<MemoryHold, String> {
-        let permit = shard
-            .memory
-            .acquire_static_permit(bytes)
-            .await
-            .map_err(|e| e.to_string())?;
+        let permit = MemoryPermit::reserve(shard, bytes).await?;
         let slot = slots
             .acquire_static_permit(1)
             .await
             .map_err(|e| e.to_string())?;
-        ShardMetrics::add(&shard.metrics.memory_in_use, bytes);
         Ok(MemoryHold {
-            shard: shard.clone(),
-            bytes,
             permit: Some(permit),
             _slot: slot,
         })
     }
 
-    pub fn take_permit(&mut self) -> Option<StaticPermit> {
+    pub fn take_permit(&mut self) -> Option<MemoryPermit> {
         self.permit.take()
     }
 }
 
-impl Drop for MemoryHold {
-    fn drop(&mut self) {
-        let metrics = &self.shard.metrics;
-        metrics
-            .memory_in_use
-            .set(metrics.memory_in_use.get().saturating_sub(self.bytes));
-    }
-}
-
-/// The shard's memory a fetch response holds for the record bytes it read: reserved
-/// before reading (so reads wait while the budget is spent, and what they allocate is
-/// bounded first), cut to what was read, and returned when the response is written.
+/// Bytes of the shard's memory budget, counted in `weir_shard_memory_bytes`, returned
+/// when dropped: a request's frame, or the record bytes a fetch read (reserved before
+/// reading, so reads wait while the budget is spent and what they allocate is bounded
+/// first, then cut to what was read). Responses hold theirs until they are written.
 #[derive(Debug)]
-pub struct ResponseMemory {
+pub struct MemoryPermit {
     shard: Rc<Shard>,
     bytes: u64,
 }
 
-impl ResponseMemory {
+impl MemoryPermit {
     /// Waits for `bytes` of the shard's budget.
-    pub async fn reserve(shard: &Rc<Shard>, bytes: u64) -> Result<ResponseMemory, String> {
+    pub async fn reserve(shard: &Rc<Shard>, bytes: u64) -> Result<MemoryPermit, String> {
         shard
             .memory
             .acquire(bytes)
             .await
             .map_err(|e| e.to_string())?;
         ShardMetrics::add(&shard.metrics.memory_in_use, bytes);
-        Ok(ResponseMemory {
+        Ok(MemoryPermit {
             shard: shard.clone(),
             bytes,
         })
     }
 
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    /// Keeps `bytes` (when it holds more) and returns the rest to the budget.
-    pub fn shrink_to(&mut self, bytes: u64) {
+    /// Holds `bytes`, what a read made of the reservation: the rest returns to the
+    /// budget; bytes past it (a first batch larger than the whole limit, read already)
+    /// are held too when the budget has them now.
+    pub fn settle(&mut self, bytes: u64) {
         if bytes < self.bytes {
             self.release(self.bytes - bytes);
             self.bytes = bytes;
         }
-    }
-
-    /// Holds `bytes` (when it holds less) if the budget has them now: for reads that
-    /// went past their reservation, which are already made.
-    pub fn try_grow_to(&mut self, bytes: u64) {
-        let more = bytes.saturating_sub(self.bytes);
+        let more = bytes - self.bytes;
         if more > 0 && self.shard.memory.try_acquire(more).unwrap_or(false) {
             ShardMetrics::add(&self.shard.metrics.memory_in_use, more);
             self.bytes = bytes;
@@ -421,7 +397,7 @@ impl ResponseMemory {
     }
 }
 
-impl Drop for ResponseMemory {
+impl Drop for MemoryPermit {
     fn drop(&mut self) {
         self.release(self.bytes);
     }

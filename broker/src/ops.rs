@@ -16,7 +16,7 @@ use weir_wire::native::schema::{Acks, OffsetSpec};
 use crate::error::{BrokerError, BrokerResult};
 use crate::group::GroupState;
 use crate::metadata::OFFSETS_TOPIC;
-use crate::net::ResponseMemory;
+use crate::net::MemoryPermit;
 use crate::offsets;
 use crate::router::{
     Committed, Fetched, GroupAnswer, GroupCall, MemberClaim, OffsetCommit, PartitionStatus,
@@ -214,7 +214,7 @@ pub type FetchResults = Vec<(TopicPartition, BrokerResult<Fetched>)>;
 #[derive(Debug)]
 pub struct FetchRead {
     pub results: FetchResults,
-    pub memory: Option<ResponseMemory>,
+    pub memory: Option<MemoryPermit>,
 }
 
 /// Reads each partition at its owner, within `max_bytes` for the whole response (and the
@@ -291,18 +291,10 @@ async fn fetch_allowed(
     loop {
         // Held while reading, cut to what was read, and let go while waiting: a long
         // poll holds no memory.
-        let mut memory = match ResponseMemory::reserve(shard, limits.max_bytes as u64).await {
+        let tps = partitions.iter().map(|p| &p.partition);
+        let mut memory = match reserve_fetch(shard, limits.max_bytes, tps).await {
             Ok(memory) => memory,
-            Err(reason) => {
-                let results = partitions
-                    .iter()
-                    .map(|p| {
-                        (
-                            p.partition.clone(),
-                            Err(BrokerError::Internal(reason.clone())),
-                        )
-                    })
-                    .collect();
+            Err(results) => {
                 return FetchRead {
                     results,
                     memory: None,
@@ -318,10 +310,9 @@ async fn fetch_allowed(
             .flat_map(|f| &f.batches)
             .map(Bytes::len)
             .sum();
-        memory.shrink_to(total as u64);
         // Only a first batch larger than the whole limit reads past it (bounded by the
-        // topic's max.message.bytes); it is counted when the budget has room.
-        memory.try_grow_to(total as u64);
+        // topic's max.message.bytes).
+        memory.settle(total as u64);
         let any_error = results.iter().any(|(_, r)| r.is_err());
         let remaining = deadline.checked_duration_since(Instant::now());
         if total >= limits.min_bytes || any_error || remaining.is_none() || shard.shutting_down() {
@@ -341,6 +332,22 @@ async fn fetch_allowed(
         };
         wait_for_data(shard, watched, remaining.unwrap_or_default(), wait).await;
     }
+}
+
+/// Reserves a fetch's limit of the shard's memory; when the budget cannot be had (the
+/// shard is stopping), the answer for every partition is why.
+async fn reserve_fetch<'a, T>(
+    shard: &Rc<Shard>,
+    limit: usize,
+    partitions: impl Iterator<Item = &'a TopicPartition>,
+) -> Result<MemoryPermit, Vec<(TopicPartition, BrokerResult<T>)>> {
+    MemoryPermit::reserve(shard, limit as u64)
+        .await
+        .map_err(|reason| {
+            partitions
+                .map(|tp| (tp.clone(), Err(BrokerError::Internal(reason.clone()))))
+                .collect()
+        })
 }
 
 /// Reads each partition at its owner within `limit` bytes for all of them.
@@ -568,7 +575,7 @@ pub type ReplicaFetchResults = Vec<(TopicPartition, BrokerResult<ReplicaFetched>
 #[derive(Debug)]
 pub struct ReplicaFetchRead {
     pub results: ReplicaFetchResults,
-    pub memory: Option<ResponseMemory>,
+    pub memory: Option<MemoryPermit>,
 }
 
 /// A follower's fetch: each partition at its owner (which moves the high watermark with
@@ -593,13 +600,10 @@ pub async fn replica_fetch(
         .map(|(_, position, bytes)| (position.fetch_offset, (*bytes).max(0) as usize))
         .collect();
     loop {
-        let mut memory = match ResponseMemory::reserve(shard, limit as u64).await {
+        let tps = partitions.iter().map(|(tp, _, _)| tp);
+        let mut memory = match reserve_fetch(shard, limit, tps).await {
             Ok(memory) => memory,
-            Err(reason) => {
-                let results = partitions
-                    .iter()
-                    .map(|(tp, _, _)| (tp.clone(), Err(BrokerError::Internal(reason.clone()))))
-                    .collect();
+            Err(results) => {
                 return ReplicaFetchRead {
                     results,
                     memory: None,
@@ -640,8 +644,7 @@ pub async fn replica_fetch(
             .filter_map(|(_, r)| r.as_ref().ok())
             .map(|f| batches_bytes(&f.batches))
             .sum();
-        memory.shrink_to(total as u64);
-        memory.try_grow_to(total as u64);
+        memory.settle(total as u64);
         let attention = results
             .iter()
             .any(|(_, r)| r.as_ref().map_or(true, |f| f.diverging.is_some()));

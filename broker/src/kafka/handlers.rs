@@ -18,7 +18,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::codec::{self, Request};
 use super::sasl::Session;
 use super::{admin, fetch, groups, produce, topics, txn, versions};
-use crate::net::ResponseMemory;
+use crate::net::MemoryPermit;
 use crate::security::quotas::QuotaKind;
 use crate::shard::Shard;
 
@@ -28,7 +28,7 @@ pub struct Reply {
     pub failed: bool,
     pub close_after: bool,
     /// What a fetch read, held until the response is written.
-    pub memory: Option<ResponseMemory>,
+    pub memory: Option<MemoryPermit>,
 }
 
 /// Finishes a request: its API name and its response (none for acks=0 produce).

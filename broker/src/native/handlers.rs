@@ -14,7 +14,7 @@ use weir_wire::native::schema::{self, Acks, ErrorCode, OffsetSpec};
 
 use super::codec::{self, NativeRequest, ResponseWriter, error_fields};
 use crate::error::{BrokerError, BrokerResult};
-use crate::net::ResponseMemory;
+use crate::net::MemoryPermit;
 use crate::ops::{self, Appended, FetchPartition, FetchResults, StartedProduce};
 use crate::router::{MemberClaim, PartitionStatus, ShardCall, TopicPartition};
 use std::cell::RefCell;
@@ -31,7 +31,7 @@ pub struct Reply {
     pub parts: Vec<Bytes>,
     pub failed: bool,
     /// What a fetch read, held until the response is written.
-    pub memory: Option<ResponseMemory>,
+    pub memory: Option<MemoryPermit>,
 }
 
 /// Finishes a request: its API name and its response (none for acks=none produce).
@@ -980,7 +980,7 @@ async fn replica_fetch(
     caller: &Caller,
     (request_id, replica, wait, (min_bytes, max_bytes)): (u64, i32, Duration, (i32, i32)),
     partitions: &[(TopicPartition, weir_replication::FetchPosition, i32)],
-) -> BrokerResult<(Vec<Bytes>, Option<ResponseMemory>)> {
+) -> BrokerResult<(Vec<Bytes>, Option<MemoryPermit>)> {
     shard
         .authorizer
         .check_cluster(caller, AclOperation::ClusterAction)?;
@@ -1335,7 +1335,7 @@ async fn fetch(
     (max_wait_ms, min_bytes, max_bytes): (i32, i32, i32),
     partitions: Vec<(TopicPartition, i64, i32)>,
     read_committed: bool,
-) -> BrokerResult<(Vec<Bytes>, Option<ResponseMemory>)> {
+) -> BrokerResult<(Vec<Bytes>, Option<MemoryPermit>)> {
     let wait = Duration::from_millis(u64::try_from(max_wait_ms).unwrap_or(0));
     let partitions: Vec<FetchPartition> = partitions
         .into_iter()
