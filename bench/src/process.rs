@@ -253,17 +253,23 @@ impl BrokerProcess {
 
     /// GETs a path of the HTTP endpoint; returns (status line, body).
     pub fn http_get(&self, path: &str) -> anyhow::Result<(String, String)> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&self.http)?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: weir\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, body) = response.split_once("\r\n\r\n").context("no HTTP head")?;
-        Ok((
-            head.lines().next().unwrap_or_default().to_string(),
-            body.to_string(),
-        ))
+        http_get(&self.http, path)
     }
+}
+
+/// GET `path` from a broker's plain HTTP listener at `address`: the status line and the
+/// body.
+pub fn http_get(address: &str, path: &str) -> anyhow::Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: weir\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("no HTTP head")?;
+    Ok((
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    ))
 }
 
 impl Drop for BrokerProcess {

@@ -258,7 +258,27 @@ fn acknowledged_writes_survive_leaders_killed_one_after_another() {
     replicas_converge(&cluster, &out, Duration::from_secs(30));
     let describe = cluster.cli(&["topic", "describe", TOPIC]).unwrap();
     println!("{describe}");
+    // Traffic between brokers has its own lines in /metrics: leaders serve followers'
+    // fetches, and the controller quorum exchanges Raft messages.
+    for api in ["replica_fetch", "raft_messages"] {
+        let served: u64 = cluster
+            .nodes
+            .iter()
+            .map(|node| requests_served(&node.http, api))
+            .sum();
+        assert!(served > 0, "no {api} requests counted in /metrics");
+    }
     cluster.stop_all().unwrap();
+}
+
+/// `weir_requests_total` of `api` over a broker's shards.
+fn requests_served(http: &str, api: &str) -> u64 {
+    let (status, body) = weir_bench::process::http_get(http, "/metrics").unwrap();
+    assert!(status.contains("200"), "{status}");
+    body.lines()
+        .filter(|l| l.starts_with("weir_requests_total{") && l.contains(&format!("api=\"{api}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// A broker added to a running cluster (a node id outside `--cluster`: it joins the
