@@ -275,8 +275,9 @@ fn acknowledged_writes_survive_leaders_killed_one_after_another() {
 fn requests_served(http: &str, api: &str) -> u64 {
     let (status, body) = weir_bench::process::http_get(http, "/metrics").unwrap();
     assert!(status.contains("200"), "{status}");
+    let label = format!("api=\"{api}\"");
     body.lines()
-        .filter(|l| l.starts_with("weir_requests_total{") && l.contains(&format!("api=\"{api}\"")))
+        .filter(|l| l.starts_with("weir_requests_total{") && l.contains(&label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
