@@ -114,16 +114,68 @@ pub struct TopicConfig {
     pub compression: CompressionType,
     /// Whose timestamps batches carry (Kafka `message.timestamp.type`, `CreateTime`).
     pub timestamp_type: TimestampType,
+    /// Kafka's `flush.messages` and `flush.ms` as set, so that DescribeConfigs reports
+    /// them back. The flush policy the log runs (`log.flush`) always follows from them
+    /// (`flush_policy_of`); `flush.policy`, weir's own name for it, sets both.
+    pub flush_messages: u64,
+    pub flush_ms: u64,
+}
+
+/// Kafka's `Long.MAX_VALUE`, its default of `flush.messages` and `flush.ms`: no flush by
+/// that trigger.
+const FLUSH_NEVER: u64 = i64::MAX as u64;
+
+/// What Kafka's two flush triggers ask of weir. Kafka syncs once `flush.messages`
+/// records are unflushed (inside the append, before the producer is answered) or once the
+/// oldest is `flush.ms` old (in the background). weir syncs by the batch, not by the
+/// record, so any count below Kafka's "never" syncs every batch: as durable as asked or
+/// more, never less. `flush.ms` 0 means at once, which is every batch too.
+fn flush_policy_of(messages: u64, ms: u64) -> FlushPolicy {
+    if messages < FLUSH_NEVER || ms == 0 {
+        FlushPolicy::EveryBatch
+    } else if ms < FLUSH_NEVER {
+        FlushPolicy::Interval { interval_ms: ms }
+    } else {
+        FlushPolicy::Never
+    }
+}
+
+/// The `flush.messages` and `flush.ms` that mean `policy`.
+fn kafka_flush_of(policy: FlushPolicy) -> (u64, u64) {
+    match policy {
+        FlushPolicy::EveryBatch => (1, FLUSH_NEVER),
+        FlushPolicy::Interval { interval_ms } => (FLUSH_NEVER, interval_ms),
+        FlushPolicy::Never => (FLUSH_NEVER, FLUSH_NEVER),
+    }
+}
+
+impl TopicConfig {
+    fn set_flush_policy(&mut self, policy: FlushPolicy) {
+        // Kafka values that already mean the policy are kept as the user gave them.
+        if flush_policy_of(self.flush_messages, self.flush_ms) != policy {
+            (self.flush_messages, self.flush_ms) = kafka_flush_of(policy);
+        }
+        self.log.flush = policy;
+    }
+
+    fn set_kafka_flush(&mut self, messages: u64, ms: u64) {
+        (self.flush_messages, self.flush_ms) = (messages, ms);
+        self.log.flush = flush_policy_of(messages, ms);
+    }
 }
 
 impl Default for TopicConfig {
     /// Kafka's defaults, and storage's where weir has settings of its own.
     fn default() -> TopicConfig {
+        let log = LogConfig::default();
+        let (flush_messages, flush_ms) = kafka_flush_of(log.flush);
         TopicConfig {
-            log: LogConfig::default(),
+            log,
             min_insync_replicas: 1,
             compression: CompressionType::Producer,
             timestamp_type: TimestampType::CreateTime,
+            flush_messages,
+            flush_ms,
         }
     }
 }
@@ -281,13 +333,40 @@ pub const TOPIC_CONFIG_KEYS: &[TopicConfigKey] = &[
         get: |c| c.log.delete_retention_ms.to_string(),
     },
     TopicConfigKey {
+        name: "flush.messages",
+        broker_name: "log.flush.interval.messages",
+        config_type: ConfigType::Long,
+        documentation: "Kafka's sync after this many records; weir syncs every batch for \
+            any count below 9223372036854775807 (never), so 1 is every-batch",
+        allowed: "a count, at least 1 (9223372036854775807: never by count)",
+        set: |c, v| {
+            c.set_kafka_flush(long_u64(v, 1)?, c.flush_ms);
+            Ok(())
+        },
+        get: |c| c.flush_messages.to_string(),
+    },
+    TopicConfigKey {
+        name: "flush.ms",
+        broker_name: "log.flush.interval.ms",
+        config_type: ConfigType::Long,
+        documentation: "Kafka's sync at most this long after a write: interval(MS) unless \
+            flush.messages already syncs every batch; 0 is every batch",
+        allowed: "milliseconds, at least 0 (9223372036854775807: never by time)",
+        set: |c, v| {
+            c.set_kafka_flush(c.flush_messages, long_u64(v, 0)?);
+            Ok(())
+        },
+        get: |c| c.flush_ms.to_string(),
+    },
+    TopicConfigKey {
         name: "flush.policy",
         broker_name: "log.flush.policy",
         config_type: ConfigType::String,
-        documentation: "when appended batches are made durable with fdatasync (weir's own)",
+        documentation: "when appended batches are made durable with fdatasync (weir's own \
+            name for what flush.messages and flush.ms set)",
         allowed: "every-batch, interval(MS) with MS > 0, or never",
         set: |c, v| {
-            c.log.flush = v.parse::<FlushPolicy>().map_err(|_| NOT_ALLOWED)?;
+            c.set_flush_policy(v.parse::<FlushPolicy>().map_err(|_| NOT_ALLOWED)?);
             Ok(())
         },
         get: |c| c.log.flush.to_string(),
@@ -491,7 +570,39 @@ pub fn topic_config(
         set_config(&mut config, name, value)?;
     }
     check(&config)?;
+    check_flush_overrides(defaults, overrides, &config)?;
     Ok(config)
+}
+
+/// `flush.policy` beside `flush.messages` or `flush.ms` must say the same thing (as all
+/// three do when DescribeConfigs' values are set back); otherwise which one wins would
+/// depend on the order they are applied in.
+fn check_flush_overrides(
+    defaults: &TopicConfig,
+    overrides: &BTreeMap<String, String>,
+    config: &TopicConfig,
+) -> Result<(), String> {
+    let Some(policy) = overrides.get("flush.policy") else {
+        return Ok(());
+    };
+    let kafka_keys = &FLUSH_KEYS[..2];
+    if !kafka_keys.iter().any(|name| overrides.contains_key(*name)) {
+        return Ok(());
+    }
+    let mut kafka = *defaults;
+    for &name in kafka_keys {
+        if let Some(value) = overrides.get(name) {
+            set_config(&mut kafka, name, value)?;
+        }
+    }
+    if kafka.log.flush == config.log.flush {
+        return Ok(());
+    }
+    Err(format!(
+        "flush.policy {policy} disagrees with flush.messages {} and flush.ms {}, which mean \
+         {}: set either flush.policy or flush.messages and flush.ms",
+        kafka.flush_messages, kafka.flush_ms, kafka.log.flush
+    ))
 }
 
 /// The log settings of a topic (its `topic_config`'s), checking every override.
@@ -500,6 +611,18 @@ pub fn log_config(
     overrides: &BTreeMap<String, String>,
 ) -> Result<LogConfig, String> {
     topic_config(defaults, overrides).map(|config| config.log)
+}
+
+/// The three names of the flush policy: setting one sets what the others report.
+const FLUSH_KEYS: [&str; 3] = ["flush.messages", "flush.ms", "flush.policy"];
+
+/// Whether the topic sets `key`'s value, itself or through a name that shares it.
+fn is_overridden(key: &TopicConfigKey, overrides: &BTreeMap<String, String>) -> bool {
+    if FLUSH_KEYS.contains(&key.name) {
+        FLUSH_KEYS.iter().any(|name| overrides.contains_key(*name))
+    } else {
+        overrides.contains_key(key.name)
+    }
 }
 
 /// One config of a topic as DescribeConfigs reports it.
@@ -535,7 +658,7 @@ pub fn describe(
             let broker = key.value(defaults);
             let default = key.value(&built_in);
             let mut synonyms = Vec::with_capacity(3);
-            if overrides.contains_key(key.name) {
+            if is_overridden(key, overrides) {
                 synonyms.push(Synonym {
                     name: key.name,
                     value: value.clone(),
@@ -750,6 +873,13 @@ mod tests {
             ("delete.retention.ms", "0", |c| {
                 c.log.delete_retention_ms == 0
             }),
+            ("flush.messages", "1", |c| {
+                c.log.flush == FlushPolicy::EveryBatch
+            }),
+            ("flush.messages", "9223372036854775807", |c| {
+                c.log.flush == FlushPolicy::Never
+            }),
+            ("flush.ms", "0", |c| c.log.flush == FlushPolicy::EveryBatch),
             ("flush.policy", "never", |c| {
                 c.log.flush == FlushPolicy::Never
             }),
@@ -823,6 +953,13 @@ mod tests {
             (&[("compression.type", "none")], "gzip or producer"),
             (&[("delete.retention.ms", "-1")], "Value must be at least 0"),
             (&[("flush.policy", "always")], "every-batch, interval(MS)"),
+            (&[("flush.messages", "0")], "Value must be at least 1"),
+            (&[("flush.ms", "-1")], "Value must be at least 0"),
+            (
+                &[("flush.policy", "never"), ("flush.ms", "100")],
+                "flush.policy never disagrees with flush.messages 1 and flush.ms 100, \
+                 which mean every-batch",
+            ),
             (&[("index.interval.bytes", "0")], "Value must be at least 1"),
             (
                 &[("max.compaction.lag.ms", "0")],
@@ -882,6 +1019,80 @@ mod tests {
                 assert!(error.starts_with(&prefix), "{error}");
             }
         }
+    }
+
+    /// Kafka's two flush triggers decide weir's flush policy together, whichever level
+    /// sets each; flush.policy sets both, and beside them must agree with them.
+    #[test]
+    fn kafka_flush_settings_decide_the_flush_policy() {
+        const NEVER: &str = "9223372036854775807";
+        let mut kafka_defaults = TopicConfig::default();
+        set_config(&mut kafka_defaults, "flush.policy", "never").unwrap();
+        type Case<'a> = (&'a TopicConfig, &'a [(&'a str, &'a str)], FlushPolicy);
+        let cases: &[Case] = &[
+            // weir's default syncs every batch: flush.messages 1.
+            (&TopicConfig::default(), &[], FlushPolicy::EveryBatch),
+            (
+                &TopicConfig::default(),
+                &[("flush.ms", "1000")],
+                FlushPolicy::EveryBatch,
+            ),
+            (
+                &TopicConfig::default(),
+                &[("flush.messages", NEVER), ("flush.ms", "1000")],
+                FlushPolicy::Interval { interval_ms: 1000 },
+            ),
+            // A broker with Kafka's defaults (never): flush.ms alone is an interval.
+            (
+                &kafka_defaults,
+                &[("flush.ms", "1000")],
+                FlushPolicy::Interval { interval_ms: 1000 },
+            ),
+            (
+                &kafka_defaults,
+                &[("flush.messages", "10000")],
+                FlushPolicy::EveryBatch,
+            ),
+            (
+                &kafka_defaults,
+                &[("flush.ms", "0")],
+                FlushPolicy::EveryBatch,
+            ),
+            (&kafka_defaults, &[("flush.ms", NEVER)], FlushPolicy::Never),
+            // Agreeing names together; the Kafka values are kept as given.
+            (
+                &TopicConfig::default(),
+                &[("flush.policy", "every-batch"), ("flush.messages", "500")],
+                FlushPolicy::EveryBatch,
+            ),
+            (
+                &kafka_defaults,
+                &[("flush.policy", "interval(20)"), ("flush.ms", "20")],
+                FlushPolicy::Interval { interval_ms: 20 },
+            ),
+        ];
+        for (defaults, overrides, policy) in cases {
+            let config = topic_config(defaults, &map(overrides))
+                .unwrap_or_else(|e| panic!("{overrides:?}: {e}"));
+            assert_eq!(config.log.flush, *policy, "{overrides:?}");
+            for (name, value) in *overrides {
+                assert_eq!(&config_key(name).unwrap().value(&config), value, "{name}");
+            }
+        }
+        // Each of the three names reports the topic as its source when any is set.
+        let described = describe(&kafka_defaults, &map(&[("flush.ms", "20")])).unwrap();
+        for name in FLUSH_KEYS {
+            let config = described.iter().find(|c| c.key.name == name).unwrap();
+            assert_eq!(config.source, ConfigSource::Topic, "{name}");
+        }
+        // flush.policy prints as the Kafka pair it sets.
+        let config =
+            topic_config(&kafka_defaults, &map(&[("flush.policy", "interval(20)")])).unwrap();
+        let value = |name| config_key(name).unwrap().value(&config);
+        assert_eq!(
+            (value("flush.messages"), value("flush.ms")),
+            (NEVER.into(), "20".into())
+        );
     }
 
     /// A value's source is the topic where it overrides, the broker where the broker's

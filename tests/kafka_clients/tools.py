@@ -237,6 +237,22 @@ def configs(broker, work_dir):
     expect(describe(), "delete.retention.ms", changed_value, BROKER)
     log("configs: AlterConfigs replaced, IncrementalAlterConfigs SET/DELETE/APPEND/SUBTRACT: OK")
 
+    # Kafka's flush.messages and flush.ms decide weir's flush policy together.
+    NEVER = str(2**63 - 1)
+    expect(describe(), "flush.messages", "1", DEFAULT)
+    incremental(("flush.messages", NEVER, SET), ("flush.ms", "250", SET)).result(30)
+    described = describe()
+    expect(described, "flush.policy", "interval(250)", TOPIC)
+    expect(described, "flush.ms", "250", TOPIC)
+    expect(described, "flush.messages", NEVER, TOPIC)
+    incremental(("flush.messages", None, DELETE)).result(30)
+    expect(describe(), "flush.policy", "every-batch", TOPIC)
+    message = refused(incremental(("flush.policy", "never", SET)), "flush.policy beside flush.ms")
+    assert "disagrees" in message, message
+    incremental(("flush.ms", None, DELETE)).result(30)
+    expect(describe(), "flush.policy", "every-batch", DEFAULT)
+    log("configs: flush.messages and flush.ms set the flush policy: OK")
+
     # Invalid values: refused with INVALID_CONFIG and a message saying what is allowed,
     # by each of the three requests, and nothing changes.
     before = {name: entry.value for name, entry in describe().items()}
@@ -253,6 +269,7 @@ def configs(broker, work_dir):
         ("delete.retention.ms", "-1", "at least 0"),
         ("segment.bytes", "1000", "max.message.bytes"),
         ("flush.policy", "always", "every-batch, interval(MS)"),
+        ("flush.ms", "-1", "at least 0"),
         ("no.such.config", "1", "Unknown topic config name"),
     ]
     for name, value, allowed in invalid:
