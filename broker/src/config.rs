@@ -111,6 +111,9 @@ pub struct BrokerConfig {
     pub sasl_max_receive_bytes: usize,
     /// How long a connection to a SASL listener has to authenticate before it is closed.
     pub sasl_authentication_timeout_ms: u64,
+    /// The longest a SASL session lasts before the client must authenticate again on its
+    /// connection (Kafka's `connections.max.reauth.ms`; 0: sessions do not end).
+    pub connections_max_reauth_ms: u64,
     /// Kafka client connections open at once on this broker (0: no limit; Kafka's
     /// `max.connections`). Native listeners carry the brokers' own traffic: not limited.
     pub max_connections: usize,
@@ -257,6 +260,7 @@ impl Default for BrokerConfig {
             sasl_failed_authentication_delay_ms: 100,
             sasl_max_receive_bytes: 512 << 10,
             sasl_authentication_timeout_ms: 10_000,
+            connections_max_reauth_ms: 0,
             max_connections: 0,
             max_connections_per_ip: 0,
             max_connections_per_ip_overrides: Vec::new(),

@@ -22,9 +22,28 @@ fn allow_list() -> Vec<String> {
         .collect()
 }
 
+/// How the runner picks subtests.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// `-Q`: the quick subtests only, as most of the allow-list is run.
+    Quick,
+    /// Every subtest, for tests made only of slow ones.
+    Full,
+}
+
 /// Runs librdkafka's test-runner on `tests` against `bootstrap` and fails the test
 /// unless each of them ran and passed (the log is kept in `dir` then).
 fn run_suite(dir: tempfile::TempDir, bootstrap: &str, tests: &[String]) {
+    run_suite_with(
+        dir,
+        &format!("bootstrap.servers={bootstrap}\n"),
+        tests,
+        Mode::Quick,
+    );
+}
+
+/// `run_suite` with the client configuration `conf` (test.conf lines) and `mode`.
+fn run_suite_with(dir: tempfile::TempDir, conf: &str, tests: &[String], mode: Mode) {
     let tests_dir = repo().join("target/librdkafka/src/tests");
     let runner = tests_dir.join("test-runner");
     assert!(
@@ -32,12 +51,17 @@ fn run_suite(dir: tempfile::TempDir, bootstrap: &str, tests: &[String]) {
         "{} is missing: run ./scripts/install-test-deps (./scripts/test does)",
         runner.display()
     );
-    let conf = dir.path().join("test.conf");
-    std::fs::write(&conf, format!("bootstrap.servers={bootstrap}\n")).unwrap();
+    let conf_path = dir.path().join("test.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let conf = conf_path;
     let numbers: Vec<&str> = tests.iter().map(|t| &t[..4]).collect();
+    let mut args = vec!["-p1", "-E"];
+    if mode == Mode::Quick {
+        args.push("-Q");
+    }
     let output = Command::new(&runner)
         .current_dir(&tests_dir)
-        .args(["-p1", "-Q", "-E"])
+        .args(args)
         .env("LD_LIBRARY_PATH", "../src:../src-cpp")
         .env("RDKAFKA_TEST_CONF", &conf)
         .env("TEST_KAFKA_VERSION", "3.9.0")
@@ -108,6 +132,72 @@ fn librdkafka_transactions_test_passes_against_a_cluster() {
     let bootstrap = cluster.kafka_bootstrap();
     run_suite(dir, &bootstrap, &["0103_transactions".to_string()]);
     cluster.stop_all().unwrap();
+}
+
+/// librdkafka's SASL tests, against a 3-broker cluster (0142 creates its topic with
+/// replication factor 3) with a SASL_PLAINTEXT Kafka listener beside the plaintext one
+/// the brokers use among themselves. 0135 logs in with PLAIN and with SCRAM-SHA-256 and
+/// changes its credentials at run time. 0142 re-authenticates (KIP-368) under a 3 s
+/// session lifetime (`connections_max_reauth_ms`, which it reads from DescribeConfigs)
+/// while it consumes, produces and runs transactions, and must see a re-authentication
+/// with wrong credentials fail; its subtests are all slow ones, so it runs without `-Q`.
+#[test]
+fn librdkafka_sasl_tests_pass_against_a_cluster() {
+    const USER: &str = "librdkafka";
+    const PASSWORD: &str = "sasl-suite-password";
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = weir_tests::cluster::Cluster::start(
+        env!("CARGO_BIN_EXE_weir"),
+        &dir.path().join("cluster"),
+        3,
+        false,
+        &[
+            ("WEIR_KAFKA_LISTENERS", "[\"SASL_PLAINTEXT://127.0.0.1:0\"]"),
+            ("WEIR_CONNECTIONS_MAX_REAUTH_MS", "3000"),
+        ],
+    )
+    .unwrap();
+    cluster
+        .cli(&["user", "create", "--password", PASSWORD, USER])
+        .unwrap();
+    // Every broker must know the user before a client logs in to it.
+    for node in &cluster.nodes {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let listed = cluster.cli_at(&node.native, &["user", "list"]);
+            if listed.as_deref().is_ok_and(|out| out.contains(USER)) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "broker {} never listed {USER}: {listed:?}",
+                node.id
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    let bootstrap = cluster.listener_bootstrap("kafka+SASL_PLAINTEXT").unwrap();
+    let conf = |mechanism: &str| {
+        format!(
+            "bootstrap.servers={bootstrap}\nsecurity.protocol=SASL_PLAINTEXT\n\
+             sasl.mechanism={mechanism}\nsasl.username={USER}\nsasl.password={PASSWORD}\n"
+        )
+    };
+    for mechanism in ["PLAIN", "SCRAM-SHA-256"] {
+        run_suite_with(
+            tempfile::tempdir().unwrap(),
+            &conf(mechanism),
+            &["0135_sasl_credentials".to_string()],
+            Mode::Quick,
+        );
+    }
+    run_suite_with(
+        dir,
+        &conf("SCRAM-SHA-512"),
+        &["0142_reauthentication".to_string()],
+        Mode::Full,
+    );
+    drop(cluster);
 }
 
 /// Whether `test`'s PASSED line is in the runner's log with a non-zero run time: the

@@ -487,3 +487,129 @@ fn only_super_users_change_credentials() {
     let listed = broker.cli(&["user", "list"], None).unwrap();
     assert!(!String::from_utf8_lossy(&listed.stdout).contains("mallory"));
 }
+
+// ---- re-authentication (KIP-368) ---------------------------------------------------
+
+/// Reads one response frame; returns its body after the correlation id, or `None` when
+/// the broker closed the connection instead.
+fn response(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).ok()?;
+    let size = i32::from_be_bytes(size);
+    assert!((4..1 << 20).contains(&size), "response size {size}");
+    let mut body = vec![0u8; size as usize];
+    stream.read_exact(&mut body).ok()?;
+    Some(body.split_off(4))
+}
+
+/// What SaslAuthenticate v0/v1 answered: the error code, and (v1) the session lifetime.
+struct Authenticated {
+    error_code: i16,
+    session_lifetime_ms: Option<i64>,
+}
+
+/// SaslHandshake v1 for PLAIN, then one SaslAuthenticate of `version` (0 or 1: both
+/// non-flexible) as `user`. `None` when the broker closed the connection unanswered.
+fn log_in_plain(
+    stream: &mut TcpStream,
+    version: i16,
+    user: &str,
+    password: &str,
+) -> Option<Authenticated> {
+    let mechanism = b"PLAIN";
+    let mut handshake = (mechanism.len() as i16).to_be_bytes().to_vec();
+    handshake.extend_from_slice(mechanism);
+    stream.write_all(&frame(17, 1, &handshake)).ok()?;
+    let answer = response(stream)?;
+    assert_eq!(i16::from_be_bytes([answer[0], answer[1]]), 0, "handshake");
+    let token = format!("\0{user}\0{password}");
+    let mut authenticate = (token.len() as i32).to_be_bytes().to_vec();
+    authenticate.extend_from_slice(token.as_bytes());
+    stream.write_all(&frame(36, version, &authenticate)).ok()?;
+    let answer = response(stream)?;
+    let error_code = i16::from_be_bytes([answer[0], answer[1]]);
+    // error_message (nullable string), auth_bytes (bytes), then v1's session lifetime.
+    let message_len = i16::from_be_bytes([answer[2], answer[3]]).max(0) as usize;
+    let at = 4 + message_len;
+    let auth_len = i32::from_be_bytes(answer[at..at + 4].try_into().unwrap()) as usize;
+    let at = at + 4 + auth_len;
+    let session_lifetime_ms =
+        (version >= 1).then(|| i64::from_be_bytes(answer[at..at + 8].try_into().unwrap()));
+    Some(Authenticated {
+        error_code,
+        session_lifetime_ms,
+    })
+}
+
+/// Metadata v0 for no topics in particular: `Some` when answered.
+fn metadata(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    stream.write_all(&frame(3, 0, &0i32.to_be_bytes())).ok()?;
+    response(stream)
+}
+
+/// With `connections_max_reauth_ms`, a session ends: a client told the lifetime (v1) that
+/// does not authenticate again is closed on at its next request, one that does keeps its
+/// connection, as the same user only; a v0 client is neither told nor cut off.
+#[test]
+fn sessions_end_unless_the_client_authenticates_again() {
+    const LIFETIME_MS: u64 = 700;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_with_env(
+        env!("CARGO_BIN_EXE_weir"),
+        dir.path(),
+        1,
+        &[],
+        &[
+            ("WEIR_KAFKA_LISTEN_PROTOCOL", "SASL_PLAINTEXT"),
+            ("WEIR_CONNECTIONS_MAX_REAUTH_MS", &LIFETIME_MS.to_string()),
+            ("WEIR_SASL_FAILED_AUTHENTICATION_DELAY_MS", "10"),
+        ],
+    )
+    .unwrap();
+    for (user, password) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
+        let out = broker
+            .cli(&["user", "create", user, "--password", password], None)
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let logged_in = |version| {
+        let mut stream = connect(&broker.kafka);
+        let answer = log_in_plain(&mut stream, version, "alice", "alice-pw").unwrap();
+        assert_eq!(answer.error_code, 0);
+        (stream, answer)
+    };
+    let (mut lapsing, answer) = logged_in(1);
+    assert_eq!(answer.session_lifetime_ms, Some(LIFETIME_MS as i64));
+    let (mut renewing, _) = logged_in(1);
+    let (mut old_client, _) = logged_in(0);
+    let (mut impostor, _) = logged_in(1);
+    assert!(metadata(&mut lapsing).is_some());
+
+    // Past half the lifetime: renew one session, try to become bob on another.
+    std::thread::sleep(Duration::from_millis(LIFETIME_MS / 2 + 100));
+    let renewed = log_in_plain(&mut renewing, 1, "alice", "alice-pw").unwrap();
+    assert_eq!(renewed.error_code, 0);
+    assert_eq!(renewed.session_lifetime_ms, Some(LIFETIME_MS as i64));
+    let changed = log_in_plain(&mut impostor, 1, "bob", "bob-pw").unwrap();
+    assert_eq!(changed.error_code, 58, "SASL_AUTHENTICATION_FAILED");
+    assert!(
+        closed_unanswered(&mut impostor),
+        "a changed principal kept its connection"
+    );
+
+    // Past the first lifetime, within the renewed one.
+    std::thread::sleep(Duration::from_millis(LIFETIME_MS / 2 + 100));
+    assert!(
+        metadata(&mut lapsing).is_none(),
+        "a session that ended was served"
+    );
+    assert!(
+        metadata(&mut renewing).is_some(),
+        "a renewed session was cut off"
+    );
+    assert!(
+        metadata(&mut old_client).is_some(),
+        "a v0 client was cut off"
+    );
+    assert!(serving(&broker.kafka));
+}

@@ -177,6 +177,9 @@ pub struct Node {
     pub native: String,
     pub kafka: String,
     pub http: String,
+    /// Every address the broker announced when it last started, by name
+    /// (`kafka+SASL_PLAINTEXT`, ...): extra listeners on port 0 get theirs then.
+    pub announced: Vec<(String, String)>,
     args: Vec<String>,
     namespace: Option<String>,
     child: Option<Child>,
@@ -249,6 +252,7 @@ impl Cluster {
                 native: format!("{host}:{native}"),
                 kafka: format!("{host}:{kafka}"),
                 http: format!("{host}:{http}"),
+                announced: Vec::new(),
                 args: Vec::new(),
                 namespace: network.as_ref().map(|n| n.namespace(id)),
                 child: None,
@@ -289,7 +293,7 @@ impl Cluster {
             .map(|id| cluster.spawn(id))
             .collect::<anyhow::Result<_>>()?;
         for (id, lines) in announced.into_iter().enumerate() {
-            wait_announced(id, &lines)?;
+            cluster.nodes[id].announced = wait_announced(id, &lines)?;
         }
         Ok(cluster)
     }
@@ -330,13 +334,14 @@ impl Cluster {
             native,
             kafka,
             http,
+            announced: Vec::new(),
             args,
             namespace: None,
             child: None,
             paused: false,
         });
         let lines = self.spawn(id)?;
-        wait_announced(id, &lines)?;
+        self.nodes[id].announced = wait_announced(id, &lines)?;
         Ok(id)
     }
 
@@ -387,6 +392,23 @@ impl Cluster {
         addresses.join(",")
     }
 
+    /// Every broker's address on the listener it announced as `name`
+    /// (`kafka+SASL_PLAINTEXT`), comma-separated.
+    pub fn listener_bootstrap(&self, name: &str) -> anyhow::Result<String> {
+        let addresses: Vec<&str> = self
+            .nodes
+            .iter()
+            .map(|node| {
+                node.announced
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+                    .with_context(|| format!("broker {} announced no {name} listener", node.id))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(addresses.join(","))
+    }
+
     pub fn native_bootstrap(&self) -> String {
         let addresses: Vec<&str> = self.nodes.iter().map(|n| n.native.as_str()).collect();
         addresses.join(",")
@@ -413,7 +435,8 @@ impl Cluster {
     /// Restarts and waits for the announcement.
     pub fn restart_and_wait(&mut self, id: usize) -> anyhow::Result<()> {
         let lines = self.restart(id)?;
-        wait_announced(id, &lines)
+        self.nodes[id].announced = wait_announced(id, &lines)?;
+        Ok(())
     }
 
     fn signal(&mut self, id: usize, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
@@ -467,9 +490,14 @@ impl Cluster {
 
     /// Runs `weir ARGS --brokers <every native address>` (and `client_args`).
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.cli_at(&self.native_bootstrap(), args)
+    }
+
+    /// `cli` against the brokers `brokers` (native addresses) only.
+    pub fn cli_at(&self, brokers: &str, args: &[&str]) -> anyhow::Result<String> {
         let output = Command::new(&self.binary)
             .args(args)
-            .args(["--brokers", &self.native_bootstrap()])
+            .args(["--brokers", brokers])
             .args(&self.client_args)
             .env("WEIR_LOG", "warn")
             .output()?;
@@ -494,7 +522,11 @@ impl Drop for Cluster {
     }
 }
 
-fn wait_announced(id: usize, lines: &mpsc::Receiver<String>) -> anyhow::Result<()> {
+/// Waits for broker `id`'s announcement; returns the addresses it names.
+fn wait_announced(
+    id: usize,
+    lines: &mpsc::Receiver<String>,
+) -> anyhow::Result<Vec<(String, String)>> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -502,7 +534,11 @@ fn wait_announced(id: usize, lines: &mpsc::Receiver<String>) -> anyhow::Result<(
             .recv_timeout(left)
             .with_context(|| format!("broker {id} did not announce itself"))?;
         if line.starts_with("weir serving") {
-            return Ok(());
+            return Ok(line
+                .split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect());
         }
     }
 }

@@ -122,6 +122,11 @@ fn broker_configs(
             config.log_cleaner_dedupe_buffer_size.to_string(),
             TYPE_LONG,
         ),
+        (
+            "connections.max.reauth.ms",
+            config.connections_max_reauth_ms.to_string(),
+            TYPE_LONG,
+        ),
     ];
     let topic_defaults = topic::TOPIC_CONFIG_KEYS.iter().map(|key| {
         (

@@ -25,7 +25,13 @@ pub async fn serve_connection(shard: Rc<Shard>, accepted: Accepted) {
     let caller = accepted.caller();
     // Kafka reports a group member's host as `/address`.
     let client_host: Rc<str> = format!("/{}", caller.host).into();
-    let session = Rc::new(Session::new(accepted.listener, caller, client_host));
+    let authentication_timeout = Duration::from_millis(shard.config.sasl_authentication_timeout_ms);
+    let session = Rc::new(Session::new(
+        accepted.listener,
+        caller,
+        client_host,
+        authentication_timeout,
+    ));
     let reader_session = session.clone();
     let read =
         move |shard, reader, responses| read_requests(shard, reader, responses, reader_session);
@@ -48,16 +54,14 @@ async fn read_requests(
     let slots = Rc::new(glommio::sync::Semaphore::new(
         shard.config.connection_requests_max as u64,
     ));
-    let authentication_deadline =
-        Instant::now() + Duration::from_millis(shard.config.sasl_authentication_timeout_ms);
     loop {
         if shard.shutting_down() {
             return Err("shutting down".into());
         }
         session.mute.wait(shard).await;
         let mut prefix = [0u8; SIZE_PREFIX_BYTES];
-        // Until it has authenticated, a connection is on the clock.
-        let deadline = (!session.authenticated()).then_some(authentication_deadline);
+        // Until it has authenticated (again), a connection is on the clock.
+        let deadline = (!session.authenticated()).then(|| session.authentication_deadline());
         match before(deadline, read_full(&mut reader, &mut prefix)).await? {
             0 => return Ok(()),
             SIZE_PREFIX_BYTES => {}
@@ -100,6 +104,13 @@ async fn read_requests(
         if !authenticated && !sasl::allowed_before_authentication(api_key) {
             return Err(format!(
                 "API key {api_key} before authentication on {}",
+                session.listener
+            ));
+        }
+        if session.expired(started) && !sasl::reauthenticates(api_key) {
+            return Err(format!(
+                "API key {api_key} after the session ended without re-authentication \
+                 (connections_max_reauth_ms) on {}",
                 session.listener
             ));
         }

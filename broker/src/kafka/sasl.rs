@@ -1,10 +1,17 @@
 //! A Kafka connection's authentication: SaslHandshake picks a mechanism, SaslAuthenticate
 //! carries its messages (KIP-152), and until the exchange succeeds nothing but
 //! ApiVersions and these two is even decoded (`allowed_before_authentication`).
+//!
+//! Re-authentication (KIP-368): with `connections_max_reauth_ms` set, a client that
+//! authenticated with SaslAuthenticate v1 or later is told its session's lifetime and
+//! must authenticate again on the same connection, as the same principal with the same
+//! mechanism, before the session ends; a connection used for anything else after that is
+//! closed. So a removed user or changed password locks a client out within that time,
+//! not only when it reconnects.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -25,8 +32,13 @@ enum State {
     Waiting,
     /// Between SaslHandshake and the exchange's end. `raw`: the handshake was version 0,
     /// so the exchange's messages come as bare size-prefixed tokens, not SaslAuthenticate
-    /// requests.
-    Exchanging { exchange: Box<Exchange>, raw: bool },
+    /// requests. `reauthenticating`: the connection had authenticated before, and the
+    /// exchange must end in the same principal.
+    Exchanging {
+        exchange: Box<Exchange>,
+        raw: bool,
+        reauthenticating: bool,
+    },
     /// Authenticated, or on a listener without SASL.
     Done,
 }
@@ -41,10 +53,21 @@ pub struct Session {
     state: RefCell<State>,
     /// A client quota's throttle.
     pub mute: crate::net::Mute,
+    /// When the exchange in progress (or the first) must have ended.
+    authentication_deadline: Cell<Instant>,
+    /// The mechanism the connection authenticated with: a re-authentication must use it.
+    mechanism: Cell<Option<&'static str>>,
+    /// When the session ends unless the client authenticates again (KIP-368).
+    session_end: Cell<Option<Instant>>,
 }
 
 impl Session {
-    pub fn new(listener: Rc<Listener>, caller: Caller, client_host: Rc<str>) -> Session {
+    pub fn new(
+        listener: Rc<Listener>,
+        caller: Caller,
+        client_host: Rc<str>,
+        authentication_timeout: Duration,
+    ) -> Session {
         let state = if listener.protocol.sasl() {
             State::Waiting
         } else {
@@ -56,11 +79,27 @@ impl Session {
             caller: RefCell::new(Rc::new(caller)),
             mute: crate::net::Mute::default(),
             state: RefCell::new(state),
+            authentication_deadline: Cell::new(Instant::now() + authentication_timeout),
+            mechanism: Cell::new(None),
+            session_end: Cell::new(None),
         }
     }
 
+    /// Whether requests other than ApiVersions and the SASL exchange are served: not
+    /// before the first authentication, nor during a re-authentication.
     pub fn authenticated(&self) -> bool {
         matches!(*self.state.borrow(), State::Done)
+    }
+
+    /// When the exchange in progress must have ended.
+    pub fn authentication_deadline(&self) -> Instant {
+        self.authentication_deadline.get()
+    }
+
+    /// Whether the session has ended without the client authenticating again: then any
+    /// request but SaslHandshake and SaslAuthenticate closes the connection.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.session_end.get().is_some_and(|end| now >= end)
     }
 
     pub fn principal(&self) -> Principal {
@@ -89,6 +128,13 @@ pub fn allowed_before_authentication(api_key: i16) -> bool {
     .any(|api| *api as i16 == api_key)
 }
 
+/// What a connection whose session ended may still send: the re-authentication.
+pub fn reauthenticates(api_key: i16) -> bool {
+    [ApiKey::SaslHandshake, ApiKey::SaslAuthenticate]
+        .iter()
+        .any(|api| *api as i16 == api_key)
+}
+
 /// Answers SaslHandshake and SaslAuthenticate. A failed exchange is answered after
 /// `sasl_failed_authentication_delay_ms` (so guessing is slow) and closes the connection.
 pub async fn handle(shard: &Rc<Shard>, session: &Session, request: Request) -> Reply {
@@ -96,12 +142,14 @@ pub async fn handle(shard: &Rc<Shard>, session: &Session, request: Request) -> R
     let version = header.request_api_version;
     let (body, close) = match request.body {
         RequestKind::SaslHandshake(body) => {
-            let response = handshake(shard, session, body.mechanism.as_str(), version == 0);
+            let response = handshake(shard, session, body.mechanism.as_str(), version);
             // As Kafka does: a refused handshake is answered, then the connection closes.
             let refused = matches!(&response, ResponseKind::SaslHandshake(r) if r.error_code != 0);
             (response, refused)
         }
-        RequestKind::SaslAuthenticate(body) => authenticate(shard, session, body.auth_bytes).await,
+        RequestKind::SaslAuthenticate(body) => {
+            authenticate(shard, session, body.auth_bytes, version).await
+        }
         _ => unreachable_request(),
     };
     let failed = close;
@@ -121,32 +169,71 @@ fn unreachable_request() -> (ResponseKind, bool) {
     )
 }
 
-fn handshake(shard: &Rc<Shard>, session: &Session, mechanism: &str, raw: bool) -> ResponseKind {
+fn handshake(shard: &Rc<Shard>, session: &Session, mechanism: &str, version: i16) -> ResponseKind {
     let enabled = &shard.config.sasl_enabled_mechanisms;
     let mechanisms = enabled.iter().map(|m| str_bytes(m)).collect();
     let response = SaslHandshakeResponse::default().with_mechanisms(mechanisms);
     let mut state = session.state.borrow_mut();
-    let code = match *state {
-        State::Waiting => match Exchange::start(mechanism, enabled, shard.image()) {
-            Some(exchange) => {
-                *state = State::Exchanging {
-                    exchange: Box::new(exchange),
-                    raw,
-                };
-                0
+    let reauthenticating = match *state {
+        State::Waiting => false,
+        // Re-authentication (KIP-368) needs SaslAuthenticate framing (handshake v1+) and
+        // a SASL listener, and must keep the mechanism.
+        State::Done if session.listener.protocol.sasl() && version >= 1 => {
+            if session.mechanism.get() != Some(mechanism) {
+                return ResponseKind::SaslHandshake(
+                    response.with_error_code(ResponseError::UnsupportedSaslMechanism.code()),
+                );
             }
-            None => ResponseError::UnsupportedSaslMechanism.code(),
-        },
+            true
+        }
         // A second handshake, or one on a listener without SASL.
-        State::Exchanging { .. } | State::Done => ResponseError::IllegalSaslState.code(),
+        State::Exchanging { .. } | State::Done => {
+            return ResponseKind::SaslHandshake(
+                response.with_error_code(ResponseError::IllegalSaslState.code()),
+            );
+        }
     };
-    ResponseKind::SaslHandshake(response.with_error_code(code))
+    let Some(exchange) = Exchange::start(mechanism, enabled, shard.image()) else {
+        return ResponseKind::SaslHandshake(
+            response.with_error_code(ResponseError::UnsupportedSaslMechanism.code()),
+        );
+    };
+    *state = State::Exchanging {
+        exchange: Box::new(exchange),
+        raw: version == 0,
+        reauthenticating,
+    };
+    if reauthenticating {
+        let timeout = Duration::from_millis(shard.config.sasl_authentication_timeout_ms);
+        session
+            .authentication_deadline
+            .set(Instant::now() + timeout);
+    }
+    ResponseKind::SaslHandshake(response.with_error_code(0))
 }
 
-async fn authenticate(shard: &Rc<Shard>, session: &Session, input: Bytes) -> (ResponseKind, bool) {
+async fn authenticate(
+    shard: &Rc<Shard>,
+    session: &Session,
+    input: Bytes,
+    version: i16,
+) -> (ResponseKind, bool) {
     let response = SaslAuthenticateResponse::default();
     let (response, close) = match step(shard, session, input, false).await {
-        Outcome::Continue(out) | Outcome::Done(out) => (response.with_auth_bytes(out), false),
+        Outcome::Continue(out) => (response.with_auth_bytes(out), false),
+        Outcome::Done(out) => {
+            // Clients that cannot re-authenticate (v0) are not told a lifetime, and their
+            // sessions do not end, as in Kafka.
+            let reauth_ms = shard.config.connections_max_reauth_ms;
+            let lifetime_ms = if version >= 1 { reauth_ms } else { 0 };
+            session.session_end.set(
+                (lifetime_ms > 0).then(|| Instant::now() + Duration::from_millis(lifetime_ms)),
+            );
+            let response = response
+                .with_auth_bytes(out)
+                .with_session_lifetime_ms(lifetime_ms as i64);
+            (response, false)
+        }
         Outcome::Refused(message) => (
             response
                 .with_error_code(ResponseError::IllegalSaslState.code())
@@ -187,47 +274,71 @@ enum Outcome {
 /// A failure is answered only after `sasl_failed_authentication_delay_ms`, so guessing
 /// passwords is slow.
 async fn step(shard: &Rc<Shard>, session: &Session, input: Bytes, raw_framing: bool) -> Outcome {
-    let (exchange, raw) = match std::mem::replace(&mut *session.state.borrow_mut(), State::Waiting)
-    {
-        State::Exchanging { exchange, raw } if raw == raw_framing => (exchange, raw),
-        other => {
-            let done = matches!(other, State::Done);
-            *session.state.borrow_mut() = other;
-            return Outcome::Refused(if done {
-                "already authenticated"
-            } else {
-                "SaslAuthenticate outside a SASL exchange"
-            });
-        }
-    };
+    let (exchange, raw, reauthenticating) =
+        match std::mem::replace(&mut *session.state.borrow_mut(), State::Waiting) {
+            State::Exchanging {
+                exchange,
+                raw,
+                reauthenticating,
+            } if raw == raw_framing => (exchange, raw, reauthenticating),
+            other => {
+                let done = matches!(other, State::Done);
+                *session.state.borrow_mut() = other;
+                return Outcome::Refused(if done {
+                    "already authenticated"
+                } else {
+                    "SaslAuthenticate outside a SASL exchange"
+                });
+            }
+        };
     let mechanism = exchange.mechanism();
     let (exchange, step) = exchange.step_off_shard(input.to_vec()).await;
     match step {
         Step::Continue(out) => {
-            *session.state.borrow_mut() = State::Exchanging { exchange, raw };
+            *session.state.borrow_mut() = State::Exchanging {
+                exchange,
+                raw,
+                reauthenticating,
+            };
             Outcome::Continue(Bytes::from(out))
         }
+        Step::Done(_, principal) if reauthenticating && principal != session.principal() => {
+            // As Kafka: the connection's identity never changes under its requests.
+            let message = format!(
+                "Cannot change principals during re-authentication from {} to {principal}",
+                session.principal()
+            );
+            fail(shard, session, mechanism, &message).await;
+            Outcome::Failed(message)
+        }
         Step::Done(out, principal) => {
-            tracing::debug!(%principal, mechanism, "authenticated");
-            let host = session.caller.borrow().host.clone();
-            *session.caller.borrow_mut() = Rc::new(Caller::new(principal, host));
+            tracing::debug!(%principal, mechanism, reauthenticating, "authenticated");
+            if !reauthenticating {
+                let host = session.caller.borrow().host.clone();
+                *session.caller.borrow_mut() = Rc::new(Caller::new(principal, host));
+                session.mechanism.set(Some(mechanism));
+            }
             *session.state.borrow_mut() = State::Done;
             Outcome::Done(Bytes::from(out))
         }
         Step::Failed(reason) => {
-            let client = &session.client_host;
-            crate::security::sasl::authentication_failed(
-                shard,
-                &session.listener,
-                client,
-                mechanism,
-                &reason,
-            );
-            let delay = shard.config.sasl_failed_authentication_delay_ms;
-            glommio::timer::sleep(Duration::from_millis(delay)).await;
+            fail(shard, session, mechanism, &reason).await;
             Outcome::Failed(format!(
                 "Authentication failed during authentication due to invalid credentials with SASL mechanism {mechanism}"
             ))
         }
     }
+}
+
+/// Logs and counts a failed exchange, then waits `sasl_failed_authentication_delay_ms`.
+async fn fail(shard: &Rc<Shard>, session: &Session, mechanism: &str, reason: &str) {
+    crate::security::sasl::authentication_failed(
+        shard,
+        &session.listener,
+        &session.client_host,
+        mechanism,
+        reason,
+    );
+    let delay = shard.config.sasl_failed_authentication_delay_ms;
+    glommio::timer::sleep(Duration::from_millis(delay)).await;
 }
