@@ -101,7 +101,14 @@ impl KafkaClient {
             .with_request_api_version(version)
             .with_correlation_id(correlation)
             .with_client_id(Some(s("loadgen")));
-        let mut frame = BytesMut::with_capacity(256);
+        // Sized up front: a produce request carries its batches, and growing the buffer
+        // while they are encoded copied each batch about three times (perf: memmove
+        // was 29% of loadgen's CPU in Kafka mode at full speed).
+        let body_bytes = match &body {
+            RequestKind::Produce(request) => request.compute_size(version)?,
+            _ => 0,
+        };
+        let mut frame = BytesMut::with_capacity(256 + body_bytes);
         frame.extend_from_slice(&[0; 4]);
         header.encode(&mut frame, api.request_header_version(version))?;
         body.encode(&mut frame, version)?;
