@@ -528,8 +528,11 @@ impl Producer {
             }
             inner.changed.notify(usize::MAX);
         }
+        // A batch's buffer is sized for a full batch (or the one record larger than that),
+        // as Kafka's producer takes batch.size from its pool.
+        let capacity = inner.config.batch_bytes.max(estimate);
         let batch = state.open.entry(key).or_insert_with(|| OpenBatch {
-            builder: BatchBuilder::new(timestamp),
+            builder: BatchBuilder::with_capacity(timestamp, capacity),
             waiters: Vec::new(),
             opened: Instant::now(),
         });

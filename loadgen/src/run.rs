@@ -743,7 +743,13 @@ async fn produce(
                 idem.in_transaction.insert(partition);
             }
             let batch = open.entry(partition).or_insert_with(|| {
-                let mut builder = BatchBuilder::new(wall_ms(epoch_wall_ms, intended));
+                // A batch is sent once it reaches batch_bytes: room for that and one more
+                // message (with its record framing) never regrows the buffer.
+                let largest = config.message_bytes_max.unwrap_or(config.message_bytes);
+                let mut builder = BatchBuilder::with_capacity(
+                    wall_ms(epoch_wall_ms, intended),
+                    config.batch_bytes + largest + 64,
+                );
                 builder.compression(compression);
                 OpenBatch {
                     builder,

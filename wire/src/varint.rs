@@ -1,5 +1,7 @@
 //! Zig-zag variable-length integers, as the Kafka record format (and protobuf) encode them.
 
+use bytes::BufMut;
+
 use crate::WireError;
 
 /// The longest encoding of a 32-bit varint: ceil(32 / 7) bytes.
@@ -44,12 +46,12 @@ fn decode_unsigned(
 }
 
 /// Appends the zig-zag encoding of `value` to `out`.
-pub fn encode_varint(value: i32, out: &mut Vec<u8>) {
+pub fn encode_varint(value: i32, out: &mut impl BufMut) {
     encode_unsigned(((value << 1) ^ (value >> 31)) as u32 as u64, out);
 }
 
 /// Appends the zig-zag encoding of `value` to `out`.
-pub fn encode_varlong(value: i64, out: &mut Vec<u8>) {
+pub fn encode_varlong(value: i64, out: &mut impl BufMut) {
     encode_unsigned(((value << 1) ^ (value >> 63)) as u64, out);
 }
 
@@ -58,12 +60,17 @@ pub fn varint_len(value: i32) -> usize {
     unsigned_len(((value << 1) ^ (value >> 31)) as u32 as u64)
 }
 
-fn encode_unsigned(mut value: u64, out: &mut Vec<u8>) {
+/// The number of bytes [`encode_varlong`] writes for `value`.
+pub fn varlong_len(value: i64) -> usize {
+    unsigned_len(((value << 1) ^ (value >> 63)) as u64)
+}
+
+fn encode_unsigned(mut value: u64, out: &mut impl BufMut) {
     while value >= 0x80 {
-        out.push((value as u8) | 0x80);
+        out.put_u8((value as u8) | 0x80);
         value >>= 7;
     }
-    out.push(value as u8);
+    out.put_u8(value as u8);
 }
 
 fn unsigned_len(value: u64) -> usize {
