@@ -209,6 +209,9 @@ pub struct BrokerConfig {
     /// Memory of each shard's compaction map (Kafka's `log.cleaner.dedupe.buffer.size`,
     /// which is for all cleaner threads; weir's is per shard).
     pub log_cleaner_dedupe_buffer_size: u64,
+    /// The most bytes a second each shard's compaction reads and writes (Kafka's
+    /// `log.cleaner.io.max.bytes.per.second`, for all cleaner threads); 0: no limit.
+    pub log_cleaner_io_max_bytes_per_second: u64,
 }
 
 /// The least memory a shard's compaction map may have (Kafka's cleaner refuses less than
@@ -306,6 +309,8 @@ impl Default for BrokerConfig {
             compression_type: topic.compression.to_string(),
             log_message_timestamp_type: topic::timestamp_type_name(topic.timestamp_type).into(),
             log_cleaner_dedupe_buffer_size: ShardStorageConfig::default().compaction_map_bytes,
+            log_cleaner_io_max_bytes_per_second: ShardStorageConfig::default()
+                .compaction_io_bytes_per_second,
         }
     }
 }
@@ -841,6 +846,7 @@ impl BrokerConfig {
             open_segments_max: self.open_segments_max,
             readahead_windows_max: self.readahead_windows_max,
             compaction_map_bytes: self.log_cleaner_dedupe_buffer_size,
+            compaction_io_bytes_per_second: self.log_cleaner_io_max_bytes_per_second,
         }
     }
 

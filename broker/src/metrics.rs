@@ -118,6 +118,8 @@ pub struct CompactionTotals {
     pub records_removed: u64,
     /// The longest synchronous step of any pass, in microseconds.
     pub longest_step_us: u64,
+    /// Time passes waited for `log_cleaner_io_max_bytes_per_second`, in microseconds.
+    pub throttled_us: u64,
 }
 
 impl Default for ShardMetrics {
@@ -174,6 +176,7 @@ impl ShardMetrics {
         totals.bytes_written += stats.bytes_written;
         totals.records_removed += stats.records_removed;
         totals.longest_step_us = totals.longest_step_us.max(stats.longest_step_us);
+        totals.throttled_us += stats.throttled_us;
         self.compaction.set(totals);
     }
 
@@ -374,18 +377,23 @@ pub fn render(snapshots: &[ShardMetricsSnapshot]) -> String {
         "Records compaction removed (superseded, expired tombstones, no key).",
         &mut per_shard(|s| s.compaction.records_removed).into_iter(),
     );
+    // Microseconds counted, seconds reported.
+    let per_shard_seconds = |f: fn(&ShardMetricsSnapshot) -> u64| {
+        per_shard(f)
+            .into_iter()
+            .map(|(labels, us)| (labels, us / 1e6))
+    };
+    family(
+        "weir_compaction_throttled_seconds_total",
+        "counter",
+        "Time compaction waited for log_cleaner_io_max_bytes_per_second.",
+        &mut per_shard_seconds(|s| s.compaction.throttled_us),
+    );
     family(
         "weir_compaction_longest_step_seconds",
         "gauge",
         "The longest compaction ran on the shard without yielding (one batch's work; passes yield every 200 us otherwise).",
-        &mut snapshots
-            .iter()
-            .map(|s| {
-                let seconds = s.compaction.longest_step_us as f64 / 1e6;
-                (format!("{{shard=\"{}\"}}", s.shard), seconds)
-            })
-            .collect::<Vec<_>>()
-            .into_iter(),
+        &mut per_shard_seconds(|s| s.compaction.longest_step_us),
     );
     family(
         "weir_connections",

@@ -268,6 +268,9 @@ pub struct ShardStorageConfig {
     /// Memory for compaction's key-to-latest-offset map (Kafka
     /// `log.cleaner.dedupe.buffer.size`); the shard compacts one log at a time with it.
     pub compaction_map_bytes: u64,
+    /// The most bytes a second compaction reads and writes on the shard (Kafka
+    /// `log.cleaner.io.max.bytes.per.second`); 0 is no limit, as Kafka's default.
+    pub compaction_io_bytes_per_second: u64,
 }
 
 impl Default for ShardStorageConfig {
@@ -277,6 +280,7 @@ impl Default for ShardStorageConfig {
             open_segments_max: 256,
             readahead_windows_max: 64,
             compaction_map_bytes: 32 << 20,
+            compaction_io_bytes_per_second: 0,
         }
     }
 }

@@ -22,6 +22,7 @@ mod offset_map;
 mod scan;
 mod segment;
 mod shard;
+mod throttle;
 
 pub use cache::{LogId, ReadLimit};
 pub use checkpoint::{PartitionMetadata, read_checked_file, write_checked_file};

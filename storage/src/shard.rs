@@ -11,6 +11,7 @@ use std::rc::{Rc, Weak};
 use crate::cache::{BatchCache, LogId};
 use crate::config::ShardStorageConfig;
 use crate::segment::OpenSlot;
+use crate::throttle::IoThrottle;
 
 #[derive(Debug)]
 pub struct ShardStorage {
@@ -22,6 +23,8 @@ pub struct ShardStorage {
     next_log_id: Cell<u64>,
     /// Read-ahead windows logs keep now (`readahead_windows_max`).
     readahead_windows: Rc<Cell<usize>>,
+    /// Compaction's I/O rate limit, shared by the shard's logs (one compacts at a time).
+    pub(crate) compaction_io: IoThrottle,
 }
 
 /// One of the shard's read-ahead windows, counted while a log keeps it.
@@ -41,6 +44,7 @@ impl ShardStorage {
             open_segments: RefCell::new(VecDeque::new()),
             next_log_id: Cell::new(0),
             readahead_windows: Rc::new(Cell::new(0)),
+            compaction_io: IoThrottle::new(config.compaction_io_bytes_per_second),
             config,
         })
     }

@@ -25,8 +25,9 @@
 //! transactions: they are dropped, and never enter the map.
 //!
 //! Record bytes are read and written in the background task queue, yielding the shard
-//! every [`SLICE`]; the log's I/O lock (appends, syncs) is never taken, and the layout
-//! lock (retention, truncation) only for the renames of a swap.
+//! every [`SLICE`] and keeping to the shard's compaction I/O limit, if it has one
+//! (`compaction_io_bytes_per_second`); the log's I/O lock (appends, syncs) is never
+//! taken, and the layout lock (retention, truncation) only for the renames of a swap.
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -92,6 +93,8 @@ pub struct CompactionStats {
     pub end_offset: i64,
     /// The longest the pass ran on the shard without yielding, in microseconds.
     pub longest_step_us: u64,
+    /// How long the pass waited for the shard's compaction I/O limit, in microseconds.
+    pub throttled_us: u64,
 }
 
 /// Yields the shard once a slice of work is used up, and keeps the longest synchronous
@@ -220,6 +223,22 @@ impl Log {
         map_bytes: u64,
         aborted: &dyn Fn(&BatchHeader) -> bool,
     ) -> Result<CompactionStats> {
+        let waited_before = self.shard.compaction_io.waited();
+        let mut stats = self
+            .compact_pass(now_ms, stable_offset, map_bytes, aborted)
+            .await?;
+        let waited = self.shard.compaction_io.waited() - waited_before;
+        stats.throttled_us = waited.as_micros() as u64;
+        Ok(stats)
+    }
+
+    async fn compact_pass(
+        &self,
+        now_ms: i64,
+        stable_offset: i64,
+        map_bytes: u64,
+        aborted: &dyn Fn(&BatchHeader) -> bool,
+    ) -> Result<CompactionStats> {
         let config = self.config();
         let mut stats = CompactionStats::default();
         if !config.cleanup.compact {
@@ -260,6 +279,7 @@ impl Log {
             {
                 position += bytes.len() as u64;
                 stats.bytes_read += bytes.len() as u64;
+                self.shard.compaction_io.pace(bytes.len() as u64).await;
                 if header.next_offset() <= first_dirty
                     || header.attributes.is_control()
                     || aborted(&header)
@@ -375,6 +395,7 @@ impl Log {
             .await?
         {
             position += bytes.len() as u64;
+            self.shard.compaction_io.pace(bytes.len() as u64).await;
             let began = Instant::now();
             let kept = match filter.apply(&header, &bytes) {
                 Kept::All => Some(bytes),
@@ -390,6 +411,7 @@ impl Log {
             slice.step_done(began);
             if let Some(batch) = kept {
                 out.push(&batch, config.index_interval_bytes).await?;
+                self.shard.compaction_io.pace(batch.len() as u64).await;
             }
             slice.check().await;
         }

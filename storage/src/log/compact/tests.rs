@@ -125,9 +125,15 @@ fn config() -> LogConfig {
 }
 
 async fn open(dir: &std::path::Path) -> Rc<Log> {
+    open_limited(dir, 0).await
+}
+
+/// `open`, on a shard whose compaction I/O is limited to `bytes_per_second` (0: none).
+async fn open_limited(dir: &std::path::Path, bytes_per_second: u64) -> Rc<Log> {
     let shard = ShardStorage::new(ShardStorageConfig {
         cache_bytes: 0,
         open_segments_max: 3,
+        compaction_io_bytes_per_second: bytes_per_second,
         ..ShardStorageConfig::default()
     });
     let identity = LogIdentity {
@@ -378,6 +384,41 @@ fn tombstones_are_kept_until_they_expire() {
             3
         );
         assert_eq!(log.log_start_offset(), 0);
+    });
+}
+
+/// A pass under an I/O rate limit waits for it and ends with the same log as one without.
+#[test]
+fn a_rate_limited_pass_waits_and_keeps_the_same_records() {
+    run(|| async {
+        let (free_dir, limited_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let free = open_limited(free_dir.path(), 0).await;
+        // ~100 KB read twice (the map, then the rewrite): about 0.2 s at 1 MB/s.
+        let limited = open_limited(limited_dir.path(), 1_000_000).await;
+        let mut throttled = Vec::new();
+        for log in [&free, &limited] {
+            for i in 0..100u8 {
+                let value = vec![i; 1000];
+                log.append(keyed(&[i % 10], Some(&value), 1000), 0)
+                    .await
+                    .unwrap();
+            }
+            log.roll().await.unwrap();
+            let stats = log.compact(2000, i64::MAX, 1 << 20).await.unwrap();
+            throttled.push(stats.throttled_us);
+        }
+        let records = |log| async move {
+            read_records(log)
+                .await
+                .into_iter()
+                .map(|(offset, w)| (offset, w.key, w.value))
+                .collect::<Vec<_>>()
+        };
+        let kept = records(&free).await;
+        assert_eq!(kept.len(), 10, "one record per key");
+        assert_eq!(kept, records(&limited).await);
+        assert_eq!(throttled[0], 0, "no limit, no wait");
+        assert!(throttled[1] > 0, "the limited pass never waited");
     });
 }
 
