@@ -74,8 +74,34 @@ pub struct PairedRuns {
     /// CPUs to pin the broker's shard to (comma-separated); default CPU 0.
     #[arg(long)]
     broker_cpus: Option<String>,
+    /// A setting for the brokers under test, as the environment variable that sets it
+    /// (`WEIR_LOG_CLEANER_IO_MAX_BYTES_PER_SECOND=24000000`; repeatable; docs/CONFIG.md).
+    #[arg(long = "broker-env", value_parser = parse_broker_env)]
+    broker_env: Vec<(String, String)>,
     #[arg(long)]
     json: bool,
+}
+
+/// `KEY=VALUE` for `--broker-env`; the broker itself checks the key and the value.
+fn parse_broker_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if key.starts_with("WEIR_") => Ok((key.into(), value.into())),
+        _ => Err(format!(
+            "{text:?}: expected WEIR_SETTING=VALUE (a broker setting, docs/CONFIG.md)"
+        )),
+    }
+}
+
+/// `extra` and then the settings given with `--broker-env`, as `start_with_env` takes them.
+fn broker_env<'a>(
+    extra: &[(&'a str, &'a str)],
+    given: &'a [(String, String)],
+) -> Vec<(&'a str, &'a str)> {
+    extra
+        .iter()
+        .copied()
+        .chain(given.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -611,9 +637,11 @@ fn gateway(args: PairedRuns) -> anyhow::Result<()> {
         data_dir,
         runs,
         broker_cpus,
+        broker_env: given_env,
         json,
     } = args;
-    let (limits, broker) = limits_and_broker(&data_dir, 1, broker_cpus)?;
+    let (limits, broker) =
+        limits_and_broker_with_env(&data_dir, 1, broker_cpus, &broker_env(&[], &given_env))?;
     let mut figures = Vec::new();
     for scenario in GATEWAY_SCENARIOS {
         let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
@@ -706,9 +734,11 @@ fn exactly_once(args: PairedRuns) -> anyhow::Result<()> {
         data_dir,
         runs,
         broker_cpus,
+        broker_env: given_env,
         json,
     } = args;
-    let (limits, broker) = limits_and_broker(&data_dir, 1, broker_cpus)?;
+    let (limits, broker) =
+        limits_and_broker_with_env(&data_dir, 1, broker_cpus, &broker_env(&[], &given_env))?;
     // Each mode over both protocols: the Kafka gateway, and the native protocol.
     let modes: Vec<(String, Protocol, bool, Option<u64>)> = [Protocol::Kafka, Protocol::Native]
         .into_iter()
@@ -913,6 +943,7 @@ fn compaction(args: PairedRuns) -> anyhow::Result<()> {
         data_dir,
         runs,
         broker_cpus,
+        broker_env: given_env,
         json,
     } = args;
     let (limits, broker) = limits_and_broker_with_env(
@@ -920,7 +951,7 @@ fn compaction(args: PairedRuns) -> anyhow::Result<()> {
         1,
         broker_cpus,
         // A round a second (Kafka's default wait is 15 s): compaction runs all the time.
-        &[("WEIR_LOG_CLEANER_BACKOFF_MS", "1000")],
+        &broker_env(&[("WEIR_LOG_CLEANER_BACKOFF_MS", "1000")], &given_env),
     )?;
     let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
     let mut compacted_mb = Vec::new();
@@ -1075,6 +1106,7 @@ fn replication(args: PairedRuns) -> anyhow::Result<()> {
         data_dir,
         runs,
         broker_cpus,
+        broker_env: given_env,
         json,
     } = args;
     let limits = fresh_limits(&data_dir)?;
@@ -1084,9 +1116,13 @@ fn replication(args: PairedRuns) -> anyhow::Result<()> {
         .unwrap_or_default();
     // Three single-shard brokers on two cores: pinned round robin over the CPUs given.
     let brokers = BrokerProcess::start_cluster(&binary, &data_dir, 3, 1, |node| {
-        cpus.get(node % cpus.len().max(1))
-            .map(|cpu| vec![("WEIR_CPUS".to_string(), format!("[{cpu}]"))])
-            .unwrap_or_default()
+        let pinned = cpus
+            .get(node % cpus.len().max(1))
+            .map(|cpu| ("WEIR_CPUS".to_string(), format!("[{cpu}]")));
+        pinned
+            .into_iter()
+            .chain(given_env.iter().cloned())
+            .collect()
     })?;
     let bootstrap = brokers[0].native.clone();
     let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
