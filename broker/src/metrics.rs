@@ -113,12 +113,14 @@ pub struct ShardMetrics {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CompactionTotals {
     pub passes: u64,
+    /// Counted by storage as compaction reads, not per pass (`Shard` fills it in).
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub records_removed: u64,
     /// The longest synchronous step of any pass, in microseconds.
     pub longest_step_us: u64,
-    /// Time passes waited for `log_cleaner_io_max_bytes_per_second`, in microseconds.
+    /// Time compaction waited for `log_cleaner_io_max_bytes_per_second`, in
+    /// microseconds: counted by storage as it waits, like `bytes_read`.
     pub throttled_us: u64,
 }
 
@@ -172,11 +174,9 @@ impl ShardMetrics {
     pub fn record_compaction(&self, stats: &weir_storage::CompactionStats) {
         let mut totals = self.compaction.get();
         totals.passes += 1;
-        totals.bytes_read += stats.bytes_read;
         totals.bytes_written += stats.bytes_written;
         totals.records_removed += stats.records_removed;
         totals.longest_step_us = totals.longest_step_us.max(stats.longest_step_us);
-        totals.throttled_us += stats.throttled_us;
         self.compaction.set(totals);
     }
 

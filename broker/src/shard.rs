@@ -595,6 +595,10 @@ impl Shard {
                 let mut snapshot =
                     self.metrics
                         .snapshot(self.id, self.storage.cache_bytes(), partitions);
+                // As storage counts them: a pass under the I/O limit reads for seconds.
+                snapshot.compaction.bytes_read = self.storage.compaction_bytes_read();
+                snapshot.compaction.throttled_us =
+                    self.storage.compaction_throttled().as_micros() as u64;
                 let stores = self.led_offsets_stores();
                 snapshot.group_offsets = stores.iter().flat_map(|s| s.borrow().all()).collect();
                 ShardAnswer::Metrics(Box::new(snapshot))

@@ -25,6 +25,9 @@ pub struct ShardStorage {
     readahead_windows: Rc<Cell<usize>>,
     /// Compaction's I/O rate limit, shared by the shard's logs (one compacts at a time).
     pub(crate) compaction_io: IoThrottle,
+    /// Bytes compaction has read, counted as it reads (a pass's stats come at its end,
+    /// and a pass under the I/O limit can take many seconds).
+    pub(crate) compaction_read: Cell<u64>,
 }
 
 /// One of the shard's read-ahead windows, counted while a log keeps it.
@@ -45,6 +48,7 @@ impl ShardStorage {
             next_log_id: Cell::new(0),
             readahead_windows: Rc::new(Cell::new(0)),
             compaction_io: IoThrottle::new(config.compaction_io_bytes_per_second),
+            compaction_read: Cell::new(0),
             config,
         })
     }
@@ -56,6 +60,16 @@ impl ShardStorage {
     /// Bytes the batch cache holds now.
     pub fn cache_bytes(&self) -> u64 {
         self.cache.borrow().used_bytes()
+    }
+
+    /// Bytes compaction has read from segments on this shard, so far.
+    pub fn compaction_bytes_read(&self) -> u64 {
+        self.compaction_read.get()
+    }
+
+    /// How long compaction has waited for its I/O limit on this shard, so far.
+    pub fn compaction_throttled(&self) -> std::time::Duration {
+        self.compaction_io.waited()
     }
 
     /// Read-ahead windows the shard's logs keep now.

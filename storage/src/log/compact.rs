@@ -279,6 +279,8 @@ impl Log {
             {
                 position += bytes.len() as u64;
                 stats.bytes_read += bytes.len() as u64;
+                let read = &self.shard.compaction_read;
+                read.set(read.get() + bytes.len() as u64);
                 self.shard.compaction_io.pace(bytes.len() as u64).await;
                 if header.next_offset() <= first_dirty
                     || header.attributes.is_control()
