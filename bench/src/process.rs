@@ -153,11 +153,7 @@ impl BrokerProcess {
                 .map(str::to_string)
                 .with_context(|| format!("no {name} in {line:?}"))
         };
-        self.announced = line
-            .split_whitespace()
-            .filter_map(|w| w.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        self.announced = announced_addresses(&line);
         self.native = field("native=")?;
         self.kafka = field("kafka=")?;
         self.http = field("http=")?;
@@ -255,6 +251,14 @@ impl BrokerProcess {
     pub fn http_get(&self, path: &str) -> anyhow::Result<(String, String)> {
         http_get(&self.http, path)
     }
+}
+
+/// The `name=address` pairs of a broker's `weir serving ...` line.
+pub fn announced_addresses(line: &str) -> Vec<(String, String)> {
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// GET `path` from a broker's plain HTTP listener at `address`: the status line and the

@@ -534,11 +534,7 @@ fn wait_announced(
             .recv_timeout(left)
             .with_context(|| format!("broker {id} did not announce itself"))?;
         if line.starts_with("weir serving") {
-            return Ok(line
-                .split_whitespace()
-                .filter_map(|w| w.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect());
+            return Ok(crate::broker::announced_addresses(&line));
         }
     }
 }

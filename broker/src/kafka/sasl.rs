@@ -53,6 +53,8 @@ pub struct Session {
     state: RefCell<State>,
     /// A client quota's throttle.
     pub mute: crate::net::Mute,
+    /// How long an exchange may take (`sasl_authentication_timeout_ms`).
+    authentication_timeout: Duration,
     /// When the exchange in progress (or the first) must have ended.
     authentication_deadline: Cell<Instant>,
     /// The mechanism the connection authenticated with: a re-authentication must use it.
@@ -79,6 +81,7 @@ impl Session {
             caller: RefCell::new(Rc::new(caller)),
             mute: crate::net::Mute::default(),
             state: RefCell::new(state),
+            authentication_timeout,
             authentication_deadline: Cell::new(Instant::now() + authentication_timeout),
             mechanism: Cell::new(None),
             session_end: Cell::new(None),
@@ -119,13 +122,7 @@ impl Session {
 
 /// What an unauthenticated connection may send: anything else closes it undecoded.
 pub fn allowed_before_authentication(api_key: i16) -> bool {
-    [
-        ApiKey::ApiVersions,
-        ApiKey::SaslHandshake,
-        ApiKey::SaslAuthenticate,
-    ]
-    .iter()
-    .any(|api| *api as i16 == api_key)
+    api_key == ApiKey::ApiVersions as i16 || reauthenticates(api_key)
 }
 
 /// What a connection whose session ended may still send: the re-authentication.
@@ -204,10 +201,8 @@ fn handshake(shard: &Rc<Shard>, session: &Session, mechanism: &str, version: i16
         reauthenticating,
     };
     if reauthenticating {
-        let timeout = Duration::from_millis(shard.config.sasl_authentication_timeout_ms);
-        session
-            .authentication_deadline
-            .set(Instant::now() + timeout);
+        let deadline = Instant::now() + session.authentication_timeout;
+        session.authentication_deadline.set(deadline);
     }
     ResponseKind::SaslHandshake(response.with_error_code(0))
 }

@@ -93,8 +93,6 @@ pub struct CompactionStats {
     pub end_offset: i64,
     /// The longest the pass ran on the shard without yielding, in microseconds.
     pub longest_step_us: u64,
-    /// How long the pass waited for the shard's compaction I/O limit, in microseconds.
-    pub throttled_us: u64,
 }
 
 /// Yields the shard once a slice of work is used up, and keeps the longest synchronous
@@ -217,22 +215,6 @@ impl Log {
     /// not enter the map, so an aborted record never shadows the committed value of its
     /// key (read_committed consumers would find the key gone).
     pub async fn compact_transactional(
-        &self,
-        now_ms: i64,
-        stable_offset: i64,
-        map_bytes: u64,
-        aborted: &dyn Fn(&BatchHeader) -> bool,
-    ) -> Result<CompactionStats> {
-        let waited_before = self.shard.compaction_io.waited();
-        let mut stats = self
-            .compact_pass(now_ms, stable_offset, map_bytes, aborted)
-            .await?;
-        let waited = self.shard.compaction_io.waited() - waited_before;
-        stats.throttled_us = waited.as_micros() as u64;
-        Ok(stats)
-    }
-
-    async fn compact_pass(
         &self,
         now_ms: i64,
         stable_offset: i64,
