@@ -7,5 +7,6 @@
 pub mod limits;
 pub mod percentiles;
 pub mod process;
+pub mod steal;
 
 pub use percentiles::Percentiles;

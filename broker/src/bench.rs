@@ -12,6 +12,7 @@ use serde::Serialize;
 use weir_bench::Percentiles;
 use weir_bench::limits::{self, DiskLimits, DiskOptions, NetworkLimits, NetworkOptions};
 use weir_bench::process::BrokerProcess;
+use weir_bench::steal::CpuTimes;
 use weir_loadgen::{AcksArg, Config, Protocol, Report};
 
 #[derive(Debug, Subcommand)]
@@ -548,7 +549,7 @@ fn compare(
     broker_cpus: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let (limits, broker) = limits_and_broker(root, cores, broker_cpus)?;
+    let (limits, broker) = limits_and_broker(root, cores, broker_cpus.clone())?;
     let mut figures = Vec::new();
     for scenario in SCENARIOS {
         if scenario.reads_stored {
@@ -566,7 +567,9 @@ fn compare(
             let mut config = (scenario.config)(address, n);
             config.protocol = scenario.protocol;
             let topic = config.topic.clone();
+            let meter = StealMeter::start(broker_cpus.as_deref());
             let report = weir_loadgen::run(config)?;
+            eprintln!("  CPU steal {:.1}%", meter.percent());
             // Runs write gigabytes: delete each run's topic so the suite fits the disk.
             if !scenario.reads_stored {
                 delete_topic(&broker.native, &topic)?;
@@ -640,8 +643,12 @@ fn gateway(args: PairedRuns) -> anyhow::Result<()> {
         broker_env: given_env,
         json,
     } = args;
-    let (limits, broker) =
-        limits_and_broker_with_env(&data_dir, 1, broker_cpus, &broker_env(&[], &given_env))?;
+    let (limits, broker) = limits_and_broker_with_env(
+        &data_dir,
+        1,
+        broker_cpus.clone(),
+        &broker_env(&[], &given_env),
+    )?;
     let mut figures = Vec::new();
     for scenario in GATEWAY_SCENARIOS {
         let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
@@ -658,7 +665,9 @@ fn gateway(args: PairedRuns) -> anyhow::Result<()> {
                 config.protocol = protocol;
                 config.topic = format!("{}-{protocol:?}", config.topic);
                 let topic = config.topic.clone();
+                let meter = StealMeter::start(broker_cpus.as_deref());
                 let report = weir_loadgen::run(config)?;
+                eprintln!("  CPU steal {:.1}%", meter.percent());
                 delete_topic(&broker.native, &topic)?;
                 anyhow::ensure!(
                     report.ok,
@@ -692,12 +701,7 @@ fn gateway(args: PairedRuns) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         for f in &figures {
-            let runs = |v: &[f64]| {
-                v.iter()
-                    .map(|x| format!("{x:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+            let runs = |v: &[f64]| joined(v, 0);
             println!(
                 "{}\n  {:<18} native {:>8.1} {} [{}]  kafka {:>8.1} {} [{}]  kafka/native {:.3}  (kafka/{} {:.3})",
                 f.scenario,
@@ -737,8 +741,12 @@ fn exactly_once(args: PairedRuns) -> anyhow::Result<()> {
         broker_env: given_env,
         json,
     } = args;
-    let (limits, broker) =
-        limits_and_broker_with_env(&data_dir, 1, broker_cpus, &broker_env(&[], &given_env))?;
+    let (limits, broker) = limits_and_broker_with_env(
+        &data_dir,
+        1,
+        broker_cpus.clone(),
+        &broker_env(&[], &given_env),
+    )?;
     // Each mode over both protocols: the Kafka gateway, and the native protocol.
     let modes: Vec<(String, Protocol, bool, Option<u64>)> = [Protocol::Kafka, Protocol::Native]
         .into_iter()
@@ -884,14 +892,18 @@ fn paired_figures(
         .collect()
 }
 
+/// Values as a comma-separated list, with `decimals` digits after the point.
+fn joined(values: &[f64], decimals: usize) -> String {
+    values
+        .iter()
+        .map(|x| format!("{x:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The human table of a paired comparison, modes named `labels` (measured, baseline).
 fn paired_table(figures: &[PairedFigure], labels: [&str; 2]) -> String {
-    let runs = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{x:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let runs = |v: &[f64]| joined(v, 0);
     let [measured, baseline] = labels;
     figures
         .iter()
@@ -949,11 +961,12 @@ fn compaction(args: PairedRuns) -> anyhow::Result<()> {
     let (limits, broker) = limits_and_broker_with_env(
         &data_dir,
         1,
-        broker_cpus,
+        broker_cpus.clone(),
         // A round a second (Kafka's default wait is 15 s): compaction runs all the time.
         &broker_env(&[("WEIR_LOG_CLEANER_BACKOFF_MS", "1000")], &given_env),
     )?;
     let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
+    let mut steal: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut compacted_mb = Vec::new();
     for n in 0..runs {
         // Alternate which mode goes first, so that drift in the device's mood cancels.
@@ -978,15 +991,16 @@ fn compaction(args: PairedRuns) -> anyhow::Result<()> {
             let churn_topic = churn_config.topic.clone();
             let churn = std::thread::spawn(move || weir_loadgen::run(churn_config));
             std::thread::sleep(std::time::Duration::from_secs(3));
-            let compaction_read = || -> anyhow::Result<f64> {
-                Ok(metric_samples(&broker, "weir_compaction_bytes_read_total")?
-                    .iter()
-                    .sum())
-            };
-            let read_before = compaction_read()?;
+            const READ: &str = "weir_compaction_bytes_read_total";
+            const FROM_CACHE: &str = "weir_compaction_cache_read_bytes_total";
+            let read_before = metric_sum(&broker, READ)?;
+            let from_cache_before = metric_sum(&broker, FROM_CACHE)?;
             let topic = config.topic.clone();
+            let meter = StealMeter::start(broker_cpus.as_deref());
             let report = weir_loadgen::run(config)?;
-            let read = compaction_read()? - read_before;
+            let stolen = meter.percent();
+            let read = metric_sum(&broker, READ)? - read_before;
+            let cached = metric_sum(&broker, FROM_CACHE)? - from_cache_before;
             let churned = churn
                 .join()
                 .map_err(|_| anyhow::anyhow!("the churn producer panicked"))??;
@@ -999,12 +1013,14 @@ fn compaction(args: PairedRuns) -> anyhow::Result<()> {
                 churned.table()
             );
             eprintln!(
-                "  produce ack p99 {:.0} us, end to end p99 {:.0} us; compaction read {:.1} MB meanwhile ({:.0} s)",
+                "  produce ack p99 {:.0} us, end to end p99 {:.0} us; compaction read {:.1} MB meanwhile ({:.1} from the cache; {:.0} s); CPU steal {stolen:.1}%",
                 report.produce_latency_us.p99,
                 report.end_to_end_latency_us.p99,
                 read / 1e6,
+                cached / 1e6,
                 run_started.elapsed().as_secs_f64()
             );
+            steal[slot].push(stolen);
             if compacted {
                 anyhow::ensure!(read > 0.0, "compaction did not run during the measurement");
                 compacted_mb.push(read / 1e6);
@@ -1012,34 +1028,86 @@ fn compaction(args: PairedRuns) -> anyhow::Result<()> {
             reports[slot].push(report);
         }
     }
-    let longest_step_us = metric_samples(&broker, "weir_compaction_longest_step_seconds")?
-        .into_iter()
-        .fold(0.0, f64::max)
-        * 1e6;
+    let longest = |family| -> anyhow::Result<f64> {
+        Ok(metric_samples(&broker, family)?
+            .into_iter()
+            .fold(0.0, f64::max)
+            * 1e6)
+    };
+    let longest_step_us = longest("weir_compaction_longest_step_seconds")?;
+    let longest_step_cpu_us = longest("weir_compaction_longest_step_cpu_seconds")?;
     let figures = paired_figures(COMPACTION_FIGURES, &reports, &limits);
     if json {
         let value = serde_json::json!({
             "limits": limits,
             "compaction_read_mb_per_run": compacted_mb,
             "compaction_longest_step_us": longest_step_us,
+            "compaction_longest_step_cpu_us": longest_step_cpu_us,
+            "steal_percent_runs": { "with": steal[0], "without": steal[1] },
             "figures": figures,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!("{COMPACTION_SCENARIO}");
         println!(
-            "  compaction read per measured run (MB): {:?}; its longest step without yielding {longest_step_us:.0} us",
+            "  compaction read per measured run (MB): {:?}; its longest step without yielding {longest_step_us:.0} us ({longest_step_cpu_us:.0} us of the shard's CPU time)",
             compacted_mb
                 .iter()
                 .map(|m| format!("{m:.1}"))
                 .collect::<Vec<_>>()
         );
+        print!("{}", steal_line(&steal, ["with", "without"]));
         print!("{}", paired_table(&figures, ["with", "without"]));
     }
     Ok(())
 }
 
-/// Bytes compaction has read on every shard, from the broker's `/metrics`.
+/// Steal on the brokers' CPUs over one run (`weir_bench::steal`): on a VM, host
+/// contention that stalls a shard with nothing in the guest to show for it.
+struct StealMeter {
+    cpus: Vec<usize>,
+    start: Option<CpuTimes>,
+}
+
+impl StealMeter {
+    /// `broker_cpus` as given to the bench (`1` or `0,1`); every CPU when not pinned.
+    fn start(broker_cpus: Option<&str>) -> StealMeter {
+        let cpus = broker_cpus
+            .into_iter()
+            .flat_map(|c| c.split(','))
+            .filter_map(|c| c.trim().parse().ok())
+            .collect();
+        StealMeter {
+            cpus,
+            start: CpuTimes::now().ok(),
+        }
+    }
+
+    /// Percent of the CPUs' time stolen since the start; NaN when `/proc/stat` was not
+    /// readable.
+    fn percent(&self) -> f64 {
+        let now = CpuTimes::now().ok();
+        match (&self.start, now) {
+            (Some(start), Some(now)) => now.steal_percent_since(start, &self.cpus),
+            _ => None,
+        }
+        .unwrap_or(f64::NAN)
+    }
+}
+
+/// Each mode's steal per run, as `paired_table` labels them.
+fn steal_line(steal: &[Vec<f64>; 2], labels: [&str; 2]) -> String {
+    let runs = |v: &[f64]| joined(v, 1);
+    format!(
+        "  CPU steal on the brokers' CPUs per run (%): {} [{}]  {} [{}]\n",
+        labels[0],
+        runs(&steal[0]),
+        labels[1],
+        runs(&steal[1])
+    )
+}
+
+/// Every shard's sample of a metric family, from the broker's `/metrics`.
 fn metric_samples(broker: &BrokerProcess, family: &str) -> anyhow::Result<Vec<f64>> {
     let (_, text) = broker.http_get("/metrics")?;
     let prefix = format!("{family}{{");
@@ -1048,6 +1116,11 @@ fn metric_samples(broker: &BrokerProcess, family: &str) -> anyhow::Result<Vec<f6
         .filter(|line| line.starts_with(&prefix))
         .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
         .collect())
+}
+
+/// A counter family's total over the broker's shards.
+fn metric_sum(broker: &BrokerProcess, family: &str) -> anyhow::Result<f64> {
+    Ok(metric_samples(broker, family)?.iter().sum())
 }
 
 fn delete_topic(brokers: &str, topic: &str) -> anyhow::Result<()> {
@@ -1112,6 +1185,7 @@ fn replication(args: PairedRuns) -> anyhow::Result<()> {
     let limits = fresh_limits(&data_dir)?;
     let binary = std::env::current_exe().context("locating the weir binary")?;
     let cpus: Vec<String> = broker_cpus
+        .as_ref()
         .map(|c| c.split(',').map(str::to_string).collect())
         .unwrap_or_default();
     // Three single-shard brokers on two cores: pinned round robin over the CPUs given.
@@ -1126,6 +1200,7 @@ fn replication(args: PairedRuns) -> anyhow::Result<()> {
     })?;
     let bootstrap = brokers[0].native.clone();
     let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
+    let mut steal: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for n in 0..runs {
         let order = if n % 2 == 0 { [3, 1] } else { [1, 3] };
         for rf in order {
@@ -1159,14 +1234,17 @@ fn replication(args: PairedRuns) -> anyhow::Result<()> {
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
             std::thread::sleep(std::time::Duration::from_secs(1));
+            let meter = StealMeter::start(broker_cpus.as_deref());
             let report = weir_loadgen::run(Config {
                 topic: topic.clone(),
                 ..config
             })?;
+            let stolen = meter.percent();
+            steal[slot].push(stolen);
             delete_topic(&bootstrap, &topic)?;
             anyhow::ensure!(report.ok, "verification failed\n{}", report.table());
             eprintln!(
-                "  produce ack p99 {:.0} us, end to end p99 {:.0} us, {:.1} MB/s",
+                "  produce ack p99 {:.0} us, end to end p99 {:.0} us, {:.1} MB/s; CPU steal {stolen:.1}%",
                 report.produce_latency_us.p99,
                 report.end_to_end_latency_us.p99,
                 report.throughput_mb_s
@@ -1176,10 +1254,15 @@ fn replication(args: PairedRuns) -> anyhow::Result<()> {
     }
     let figures = paired_figures(REPLICATION_FIGURES, &reports, &limits);
     if json {
-        let value = serde_json::json!({ "limits": limits, "figures": figures });
+        let value = serde_json::json!({
+            "limits": limits,
+            "steal_percent_runs": { "rf3": steal[0], "rf1": steal[1] },
+            "figures": figures,
+        });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!("{REPLICATION_SCENARIO}");
+        print!("{}", steal_line(&steal, ["RF=3", "RF=1"]));
         print!("{}", paired_table(&figures, ["RF=3", "RF=1"]));
     }
     Ok(())

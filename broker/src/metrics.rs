@@ -115,10 +115,14 @@ pub struct CompactionTotals {
     pub passes: u64,
     /// Counted by storage as compaction reads, not per pass (`Shard` fills it in).
     pub bytes_read: u64,
+    /// Of `bytes_read`, what the batch cache served (no device read).
+    pub bytes_read_from_cache: u64,
     pub bytes_written: u64,
     pub records_removed: u64,
-    /// The longest synchronous step of any pass, in microseconds.
+    /// The longest synchronous step of any pass, in microseconds of wall time, and of
+    /// the shard thread's CPU time.
     pub longest_step_us: u64,
+    pub longest_step_cpu_us: u64,
     /// Time compaction waited for `log_cleaner_io_max_bytes_per_second`, in
     /// microseconds: counted by storage as it waits, like `bytes_read`.
     pub throttled_us: u64,
@@ -177,6 +181,7 @@ impl ShardMetrics {
         totals.bytes_written += stats.bytes_written;
         totals.records_removed += stats.records_removed;
         totals.longest_step_us = totals.longest_step_us.max(stats.longest_step_us);
+        totals.longest_step_cpu_us = totals.longest_step_cpu_us.max(stats.longest_step_cpu_us);
         self.compaction.set(totals);
     }
 
@@ -362,8 +367,14 @@ pub fn render(snapshots: &[ShardMetricsSnapshot]) -> String {
     family(
         "weir_compaction_bytes_read_total",
         "counter",
-        "Bytes compaction read from segments.",
+        "Bytes of batches compaction read, from segments or the batch cache.",
         &mut per_shard(|s| s.compaction.bytes_read).into_iter(),
+    );
+    family(
+        "weir_compaction_cache_read_bytes_total",
+        "counter",
+        "Bytes compaction read from the batch cache instead of segment files.",
+        &mut per_shard(|s| s.compaction.bytes_read_from_cache).into_iter(),
     );
     family(
         "weir_compaction_bytes_written_total",
@@ -394,6 +405,12 @@ pub fn render(snapshots: &[ShardMetricsSnapshot]) -> String {
         "gauge",
         "The longest compaction ran on the shard without yielding (one batch's work; passes yield every 200 us otherwise).",
         &mut per_shard_seconds(|s| s.compaction.longest_step_us),
+    );
+    family(
+        "weir_compaction_longest_step_cpu_seconds",
+        "gauge",
+        "The same step in the shard thread's CPU time: what compaction itself kept the shard, without time the host or other threads took its CPU.",
+        &mut per_shard_seconds(|s| s.compaction.longest_step_cpu_us),
     );
     family(
         "weir_connections",

@@ -134,6 +134,55 @@ impl CallHandler for Shard {
     }
 }
 
+/// What a deleted partition's directory is renamed to before its files are removed. No
+/// partition's directory has such a name (theirs end in the partition's number), so a
+/// partition created again meanwhile gets a fresh directory, and a broker starting finds
+/// the removals a crash interrupted ([`remove_deleted_dirs`]).
+const DELETED_DIR_SUFFIX: &str = ".deleted";
+
+fn deleted_dir_name(dir: &std::path::Path) -> std::path::PathBuf {
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let mut name = dir.as_os_str().to_owned();
+    name.push(format!(".{unique}{DELETED_DIR_SUFFIX}"));
+    name.into()
+}
+
+/// Removes a directory tree on glommio's blocking pool: on ext4 mounted with `discard`
+/// each unlink took 0.5-1.3 ms here, and a deleted topic's thousand segment files would
+/// have held the shard (and every partition on it) for a second.
+async fn remove_off_shard(dir: std::path::PathBuf) -> BrokerResult<()> {
+    glommio::executor()
+        .spawn_blocking(move || {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| BrokerError::Internal(format!("deleting {}: {e}", dir.display())))
+        })
+        .await
+}
+
+/// Finishes the removals of deleted partitions' directories that a crash or kill
+/// interrupted.
+pub async fn remove_deleted_dirs(data_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        let deleted = entry
+            .file_name()
+            .to_string_lossy()
+            .ends_with(DELETED_DIR_SUFFIX);
+        if !(is_dir && deleted) {
+            continue;
+        }
+        if let Err(error) = remove_off_shard(entry.path()).await {
+            tracing::warn!(%error, "a deleted partition's files stay");
+        }
+    }
+}
+
 impl Shard {
     pub fn new(
         id: usize,
@@ -597,6 +646,8 @@ impl Shard {
                         .snapshot(self.id, self.storage.cache_bytes(), partitions);
                 // As storage counts them: a pass under the I/O limit reads for seconds.
                 snapshot.compaction.bytes_read = self.storage.compaction_bytes_read();
+                snapshot.compaction.bytes_read_from_cache =
+                    self.storage.compaction_bytes_read_from_cache();
                 snapshot.compaction.throttled_us =
                     self.storage.compaction_throttled().as_micros() as u64;
                 let stores = self.led_offsets_stores();
@@ -1655,8 +1706,10 @@ impl Shard {
         }
         if delete {
             let dir = self.partition_dir(partition);
-            std::fs::remove_dir_all(&dir)
+            let doomed = deleted_dir_name(&dir);
+            std::fs::rename(&dir, &doomed)
                 .map_err(|e| BrokerError::Internal(format!("deleting {}: {e}", dir.display())))?;
+            remove_off_shard(doomed).await?;
         }
         Ok(())
     }
@@ -1818,8 +1871,10 @@ impl Shard {
                         self.metrics.record_compaction(&stats);
                         tracing::debug!(%partition, ?stats, "compacted");
                     }
-                    // The partition was deleted or moved meanwhile.
+                    // The partition was deleted or moved meanwhile (a file the pass was
+                    // about to open may be gone already).
                     Err(weir_storage::StorageError::Closed { .. }) => {}
+                    Err(_) if log.is_closed() => {}
                     Err(error) => {
                         tracing::warn!(%partition, %error, "compaction failed; retrying later");
                     }

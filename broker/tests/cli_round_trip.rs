@@ -5,6 +5,7 @@
 //! at creation are described, and an invalid one is refused. `weir topic alter-config`
 //! overrides and deletes configs (kept across a restart), `weir topic describe` shows
 //! every config with its source, and bad changes are refused whole, with what is allowed.
+//! A deleted topic leaves no files, and a deletion a crash cut short is finished at start.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -184,7 +185,20 @@ fn cli_round_trip_with_keys_timestamps_and_groups() {
             )
             .expect("first half"),
     );
+    // A deleted partition's directory whose removal a crash cut short goes at the next
+    // start.
+    let interrupted = dir.path().join("gone-0.1764000000000000000.deleted");
+    std::fs::create_dir(&interrupted).unwrap();
+    std::fs::write(interrupted.join("00000000000000000000.log"), b"old").unwrap();
     broker.restart().expect("restart");
+    let removed_by = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while interrupted.exists() && std::time::Instant::now() < removed_by {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !interrupted.exists(),
+        "the interrupted deletion was not finished"
+    );
     let rest = parse(
         &broker
             .cli_ok(
@@ -265,7 +279,12 @@ fn cli_round_trip_with_keys_timestamps_and_groups() {
     broker
         .cli_ok(&["topic", "delete", "events"], None)
         .expect("delete");
-    assert!(!dir.path().join("events-0").exists());
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("events-"))
+        .collect();
+    assert!(left.is_empty(), "the deleted topic's files stay: {left:?}");
     let status = broker.terminate().expect("terminate");
     assert!(status.success(), "SIGTERM exits cleanly: {status}");
 }

@@ -174,6 +174,16 @@ impl BatchCache {
         CacheRead::Hit(found)
     }
 
+    /// The cached batch of `log` whose base offset is `offset`, if there is one.
+    pub fn batch_based_at(&self, log: LogId, offset: i64) -> Option<Bytes> {
+        let batches = self.logs.get(&log)?;
+        let at = batches.partition_point(|b| b.base_offset < offset);
+        batches
+            .get(at)
+            .filter(|b| b.base_offset == offset)
+            .map(|b| b.bytes.clone())
+    }
+
     /// Drops a log's batches that hold any offset at or after `offset`.
     pub fn truncate(&mut self, log: LogId, offset: i64) {
         let Some(batches) = self.logs.get_mut(&log) else {
@@ -309,6 +319,12 @@ mod tests {
                             max_bytes,
                             at_least_one,
                         };
+                        // A batch found by its base offset is the log's batch there.
+                        if let Some(bytes) = cache.batch_based_at(LogId(u64::from(log)), offset)
+                            && !batches.iter().any(|b| b.0 == offset && b.2 == bytes)
+                        {
+                            return false;
+                        }
                         if let CacheRead::Hit(found) =
                             cache.read(LogId(u64::from(log)), offset, limit, i64::MAX)
                         {

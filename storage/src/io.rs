@@ -382,3 +382,52 @@ pub(crate) fn dir_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 pub(crate) fn segment_path(dir: &Path, base_offset: i64, extension: &str) -> PathBuf {
     dir.join(format!("{base_offset:020}.{extension}"))
 }
+
+/// The calling thread's CPU time so far (`CLOCK_THREAD_CPUTIME_ID`, the scheduler's
+/// runtime of the thread: not its sleeps, nor the time other threads ran on its CPU).
+/// Zero if the clock fails.
+#[allow(unsafe_code)]
+pub(crate) fn thread_cpu_time() -> std::time::Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec for the call's duration, and the clock
+    // id is a constant the kernel knows; nothing else is read or written.
+    let done = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if done != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(
+        now.tv_sec.max(0) as u64,
+        now.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+#[cfg(test)]
+mod cpu_time_tests {
+    use super::thread_cpu_time;
+
+    /// The clock counts this thread's work and not its sleep.
+    #[test]
+    fn thread_cpu_time_counts_work_not_sleep() {
+        let before_sleep = thread_cpu_time();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let slept = thread_cpu_time() - before_sleep;
+        let began = std::time::Instant::now();
+        let mut sum = 0u64;
+        while began.elapsed() < std::time::Duration::from_millis(50) {
+            sum = sum.wrapping_add(std::hint::black_box(1));
+        }
+        std::hint::black_box(sum);
+        let worked = thread_cpu_time() - before_sleep - slept;
+        assert!(
+            worked > slept,
+            "working {worked:?} counted no more than sleeping {slept:?}"
+        );
+        assert!(
+            slept < std::time::Duration::from_millis(25),
+            "a sleep counted {slept:?}"
+        );
+    }
+}

@@ -1860,6 +1860,11 @@ impl Log {
         Ok(batches)
     }
 
+    /// Whether [`Log::close`] has run: every later call answers `Closed`.
+    pub fn is_closed(&self) -> bool {
+        self.state.borrow().closed
+    }
+
     /// Writes and syncs everything, then leaves the files so the next open needs no
     /// recovery scan. Every later call on this log answers `Closed`.
     pub async fn close(&self) -> Result<()> {

@@ -28,6 +28,8 @@ pub struct ShardStorage {
     /// Bytes compaction has read, counted as it reads (a pass's stats come at its end,
     /// and a pass under the I/O limit can take many seconds).
     pub(crate) compaction_read: Cell<u64>,
+    /// Of those, bytes taken from the batch cache instead of segment files.
+    pub(crate) compaction_cache_read: Cell<u64>,
 }
 
 /// One of the shard's read-ahead windows, counted while a log keeps it.
@@ -49,6 +51,7 @@ impl ShardStorage {
             readahead_windows: Rc::new(Cell::new(0)),
             compaction_io: IoThrottle::new(config.compaction_io_bytes_per_second),
             compaction_read: Cell::new(0),
+            compaction_cache_read: Cell::new(0),
             config,
         })
     }
@@ -62,9 +65,15 @@ impl ShardStorage {
         self.cache.borrow().used_bytes()
     }
 
-    /// Bytes compaction has read from segments on this shard, so far.
+    /// Bytes of batches compaction has read on this shard (from segments or the cache),
+    /// so far.
     pub fn compaction_bytes_read(&self) -> u64 {
         self.compaction_read.get()
+    }
+
+    /// Of [`ShardStorage::compaction_bytes_read`], the bytes the batch cache served.
+    pub fn compaction_bytes_read_from_cache(&self) -> u64 {
+        self.compaction_cache_read.get()
     }
 
     /// How long compaction has waited for its I/O limit on this shard, so far.

@@ -16,7 +16,9 @@ use weir_wire::batch::{self, Compression};
 use weir_wire::record::{self, RecordIter};
 
 use super::swap_name;
-use crate::{CleanupPolicy, Log, LogConfig, LogIdentity, ShardStorage, ShardStorageConfig};
+use crate::{
+    CleanupPolicy, Log, LogConfig, LogIdentity, ShardStorage, ShardStorageConfig, StorageError,
+};
 
 const KEYS: u8 = 12;
 const DELETE_RETENTION_MS: i64 = 500;
@@ -124,14 +126,23 @@ fn config() -> LogConfig {
     }
 }
 
+/// A compacted log on a shard whose batch cache holds about two segments: passes take
+/// the newest batches from the cache and the rest from files, as on a busy broker.
 async fn open(dir: &std::path::Path) -> Rc<Log> {
-    open_limited(dir, 0).await
+    open_on(dir, CACHE_BYTES, 0).await
 }
 
-/// `open`, on a shard whose compaction I/O is limited to `bytes_per_second` (0: none).
+const CACHE_BYTES: u64 = 16 * 1024;
+
+/// A log on a shard without a batch cache (every pass reads files), whose compaction
+/// I/O is limited to `bytes_per_second` (0: none).
 async fn open_limited(dir: &std::path::Path, bytes_per_second: u64) -> Rc<Log> {
+    open_on(dir, 0, bytes_per_second).await
+}
+
+async fn open_on(dir: &std::path::Path, cache_bytes: u64, bytes_per_second: u64) -> Rc<Log> {
     let shard = ShardStorage::new(ShardStorageConfig {
-        cache_bytes: 0,
+        cache_bytes,
         open_segments_max: 3,
         compaction_io_bytes_per_second: bytes_per_second,
         ..ShardStorageConfig::default()
@@ -284,6 +295,10 @@ async fn check_case(case: Case) -> Result<(), String> {
                     .compact(now, stable, 1 << 20)
                     .await
                     .map_err(|e| e.to_string())?;
+                FROM_CACHE.fetch_add(
+                    stats.bytes_read_from_cache,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 let active_base = *log.segment_base_offsets().last().unwrap();
                 if stats.end_offset == active_base {
                     compacted_below = active_base;
@@ -321,12 +336,19 @@ async fn check_case(case: Case) -> Result<(), String> {
     agrees(&log, &model, now, compacted_below).await
 }
 
+/// Bytes the model cases' passes took from the batch cache.
+static FROM_CACHE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 #[test]
 fn compaction_agrees_with_model() {
     QuickCheck::new()
         .tests(60)
         .max_tests(200)
         .quickcheck(check as fn(Case) -> bool);
+    assert!(
+        FROM_CACHE.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "no pass took a batch from the cache: the cases test files only"
+    );
 }
 
 /// A batch of one keyed record (`None`: a tombstone) at `ts`.
@@ -387,6 +409,26 @@ fn tombstones_are_kept_until_they_expire() {
     });
 }
 
+/// Every record the log holds: offset, key and value.
+async fn kept_records(log: &Rc<Log>) -> Vec<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> {
+    read_records(log)
+        .await
+        .into_iter()
+        .map(|(offset, w)| (offset, w.key, w.value))
+        .collect()
+}
+
+/// 100 updates of 1,000 bytes over 10 keys (~100 KB), in a sealed segment.
+async fn append_updates_and_roll(log: &Rc<Log>) {
+    for i in 0..100u8 {
+        let value = vec![i; 1000];
+        log.append(keyed(&[i % 10], Some(&value), 1000), 0)
+            .await
+            .unwrap();
+    }
+    log.roll().await.unwrap();
+}
+
 /// A pass under an I/O rate limit waits for it and ends with the same log as one without.
 #[test]
 fn a_rate_limited_pass_waits_and_keeps_the_same_records() {
@@ -396,25 +438,12 @@ fn a_rate_limited_pass_waits_and_keeps_the_same_records() {
         // ~100 KB read twice (the map, then the rewrite): about 0.2 s at 1 MB/s.
         let limited = open_limited(limited_dir.path(), 1_000_000).await;
         for log in [&free, &limited] {
-            for i in 0..100u8 {
-                let value = vec![i; 1000];
-                log.append(keyed(&[i % 10], Some(&value), 1000), 0)
-                    .await
-                    .unwrap();
-            }
-            log.roll().await.unwrap();
+            append_updates_and_roll(log).await;
             log.compact(2000, i64::MAX, 1 << 20).await.unwrap();
         }
-        let records = |log| async move {
-            read_records(log)
-                .await
-                .into_iter()
-                .map(|(offset, w)| (offset, w.key, w.value))
-                .collect::<Vec<_>>()
-        };
-        let kept = records(&free).await;
+        let kept = kept_records(&free).await;
         assert_eq!(kept.len(), 10, "one record per key");
-        assert_eq!(kept, records(&limited).await);
+        assert_eq!(kept, kept_records(&limited).await);
         assert_eq!(
             free.shard.compaction_throttled(),
             std::time::Duration::ZERO,
@@ -424,6 +453,65 @@ fn a_rate_limited_pass_waits_and_keeps_the_same_records() {
             limited.shard.compaction_throttled() > std::time::Duration::ZERO,
             "the limited pass never waited"
         );
+    });
+}
+
+/// A pass takes the batches the shard's cache still holds from it, not from the files
+/// (so not under the I/O limit), and ends with the same records as a pass that reads
+/// every file.
+#[test]
+fn recent_batches_come_from_the_cache() {
+    run(|| async {
+        let (cached_dir, files_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let cached = open_on(cached_dir.path(), 1 << 20, 0).await;
+        let files = open_limited(files_dir.path(), 0).await;
+        for log in [&cached, &files] {
+            append_updates_and_roll(log).await;
+            log.compact(2000, i64::MAX, 1 << 20).await.unwrap();
+            // A second round over what the first pass left, now in a file only.
+            append_updates_and_roll(log).await;
+            log.compact(2000, i64::MAX, 1 << 20).await.unwrap();
+        }
+        let kept = kept_records(&files).await;
+        assert_eq!(kept.len(), 10, "one record per key");
+        assert_eq!(kept, kept_records(&cached).await);
+        let (read, from_cache) = (
+            cached.shard.compaction_bytes_read(),
+            cached.shard.compaction_bytes_read_from_cache(),
+        );
+        assert!(from_cache > 0, "nothing came from the cache");
+        assert!(
+            from_cache < read,
+            "the second pass's cleaned segment is not cached: {from_cache} of {read} bytes"
+        );
+        assert_eq!(files.shard.compaction_bytes_read_from_cache(), 0);
+    });
+}
+
+/// Closing a log (its partition deleted) stops a pass that is waiting for the I/O limit
+/// at its next batch, instead of reading on for seconds files that are going away.
+#[test]
+fn closing_the_log_stops_a_rate_limited_pass() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        // ~200 KB read and written at 100 KB/s: two seconds unless it stops.
+        let log = open_limited(dir.path(), 100_000).await;
+        append_updates_and_roll(&log).await;
+        let pass = glommio::spawn_local({
+            let log = log.clone();
+            async move { log.compact(2000, i64::MAX, 1 << 20).await }
+        });
+        glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        log.close().await.unwrap();
+        let ended = pass.await;
+        assert!(
+            matches!(ended, Err(StorageError::Closed { .. })),
+            "the pass ended {ended:?}"
+        );
+        // Without the stop, the map alone reads the whole segment (~100 KB) before the
+        // rewrite sees the log closed; 100 ms at the limit is ~10 KB.
+        let read = log.shard.compaction_bytes_read();
+        assert!(read < 50_000, "the pass read {read} bytes of a closed log");
     });
 }
 
