@@ -283,13 +283,7 @@ async fn start(
         .map_err(glommio_error)?
         .detach();
     if shard.id == 0 {
-        let data_dir = config.data_dir.clone();
-        glommio::spawn_local_into(
-            async move { crate::shard::remove_deleted_dirs(&data_dir).await },
-            background,
-        )
-        .map_err(glommio_error)?
-        .detach();
+        crate::shard::remove_deleted_dirs(&config.data_dir, &shard.storage);
         shard
             .start_cluster(requests)
             .await

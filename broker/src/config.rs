@@ -212,6 +212,13 @@ pub struct BrokerConfig {
     /// The most bytes a second each shard's compaction reads and writes (Kafka's
     /// `log.cleaner.io.max.bytes.per.second`, for all cleaner threads); 0: no limit.
     pub log_cleaner_io_max_bytes_per_second: u64,
+    /// The most bytes a second each shard frees of deleted segment files (retention,
+    /// compaction, deleted topics); 0: as fast as the disk frees them. The files leave
+    /// their names at once.
+    pub delete_max_bytes_per_second: u64,
+    /// Past this many bytes of deleted files waiting on a shard, it frees them as fast as
+    /// the disk does.
+    pub delete_backlog_max_bytes: u64,
 }
 
 /// The least memory a shard's compaction map may have (Kafka's cleaner refuses less than
@@ -311,6 +318,8 @@ impl Default for BrokerConfig {
             log_cleaner_dedupe_buffer_size: ShardStorageConfig::default().compaction_map_bytes,
             log_cleaner_io_max_bytes_per_second: ShardStorageConfig::default()
                 .compaction_io_bytes_per_second,
+            delete_max_bytes_per_second: ShardStorageConfig::default().delete_bytes_per_second,
+            delete_backlog_max_bytes: ShardStorageConfig::default().delete_backlog_bytes_max,
         }
     }
 }
@@ -847,6 +856,8 @@ impl BrokerConfig {
             readahead_windows_max: self.readahead_windows_max,
             compaction_map_bytes: self.log_cleaner_dedupe_buffer_size,
             compaction_io_bytes_per_second: self.log_cleaner_io_max_bytes_per_second,
+            delete_bytes_per_second: self.delete_max_bytes_per_second,
+            delete_backlog_bytes_max: self.delete_backlog_max_bytes,
         }
     }
 

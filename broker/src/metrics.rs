@@ -220,6 +220,8 @@ impl ShardMetrics {
             memory_in_use: self.memory_in_use.get(),
             compaction: self.compaction.get(),
             cache_bytes,
+            delete_backlog_bytes: 0,
+            deleted_bytes_freed: 0,
             partitions,
             group_offsets: Vec::new(),
         }
@@ -251,6 +253,9 @@ pub struct ShardMetricsSnapshot {
     pub memory_in_use: u64,
     pub compaction: CompactionTotals,
     pub cache_bytes: u64,
+    /// Bytes of deleted files the shard has yet to free, and has freed.
+    pub delete_backlog_bytes: u64,
+    pub deleted_bytes_freed: u64,
     pub partitions: BTreeMap<TopicPartition, PartitionStatus>,
     /// Committed offsets of the groups whose offsets this shard keeps.
     pub group_offsets: Vec<(String, TopicPartition, i64)>,
@@ -465,6 +470,18 @@ pub fn render(snapshots: &[ShardMetricsSnapshot]) -> String {
         "gauge",
         "Bytes in the shard's batch cache.",
         &mut per_shard(|s| s.cache_bytes).into_iter(),
+    );
+    family(
+        "weir_delete_backlog_bytes",
+        "gauge",
+        "Bytes of deleted segment files the shard has yet to free (delete_max_bytes_per_second).",
+        &mut per_shard(|s| s.delete_backlog_bytes).into_iter(),
+    );
+    family(
+        "weir_deleted_freed_bytes_total",
+        "counter",
+        "Bytes of deleted segment files the shard has freed.",
+        &mut per_shard(|s| s.deleted_bytes_freed).into_iter(),
     );
     let per_partition = |f: fn(&PartitionStatus) -> f64| {
         snapshots

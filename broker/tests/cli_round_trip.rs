@@ -191,14 +191,8 @@ fn cli_round_trip_with_keys_timestamps_and_groups() {
     std::fs::create_dir(&interrupted).unwrap();
     std::fs::write(interrupted.join("00000000000000000000.log"), b"old").unwrap();
     broker.restart().expect("restart");
-    let removed_by = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while interrupted.exists() && std::time::Instant::now() < removed_by {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(
-        !interrupted.exists(),
-        "the interrupted deletion was not finished"
-    );
+    let gone = wait_until(|| !interrupted.exists());
+    assert!(gone, "the interrupted deletion was not finished");
     let rest = parse(
         &broker
             .cli_ok(
@@ -279,14 +273,35 @@ fn cli_round_trip_with_keys_timestamps_and_groups() {
     broker
         .cli_ok(&["topic", "delete", "events"], None)
         .expect("delete");
-    let left: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("events-"))
-        .collect();
-    assert!(left.is_empty(), "the deleted topic's files stay: {left:?}");
+    // The directory leaves its name at once; its files are freed at the delete rate.
+    let left = || -> Vec<String> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("events-"))
+            .collect()
+    };
+    assert!(
+        left().iter().all(|name| name.ends_with(".deleted")),
+        "{:?}",
+        left()
+    );
+    assert!(
+        wait_until(|| left().is_empty()),
+        "the deleted topic's files stay: {:?}",
+        left()
+    );
     let status = broker.terminate().expect("terminate");
     assert!(status.success(), "SIGTERM exits cleanly: {status}");
+}
+
+/// Whether `done` holds within 30 s.
+fn wait_until(done: impl Fn() -> bool) -> bool {
+    let by = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() && std::time::Instant::now() < by {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    done()
 }
 
 /// `weir topic describe`'s config lines: key to (value, source).

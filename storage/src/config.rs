@@ -271,6 +271,13 @@ pub struct ShardStorageConfig {
     /// The most bytes a second compaction reads and writes on the shard (Kafka
     /// `log.cleaner.io.max.bytes.per.second`); 0 is no limit, as Kafka's default.
     pub compaction_io_bytes_per_second: u64,
+    /// The most bytes a second the shard frees of files its logs deleted (retention,
+    /// compaction, deleted partitions); 0 frees them as fast as the disk does. A deleted
+    /// file leaves its name at once; only its blocks wait.
+    pub delete_bytes_per_second: u64,
+    /// Past this many bytes waiting to be freed, the shard frees as fast as the disk does:
+    /// disk space comes before smooth latency.
+    pub delete_backlog_bytes_max: u64,
 }
 
 impl Default for ShardStorageConfig {
@@ -281,6 +288,8 @@ impl Default for ShardStorageConfig {
             readahead_windows_max: 64,
             compaction_map_bytes: 32 << 20,
             compaction_io_bytes_per_second: 0,
+            delete_bytes_per_second: 64 << 20,
+            delete_backlog_bytes_max: 8 << 30,
         }
     }
 }

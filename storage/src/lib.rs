@@ -23,6 +23,7 @@ mod scan;
 mod segment;
 mod shard;
 mod throttle;
+mod trash;
 
 pub use cache::{LogId, ReadLimit};
 pub use checkpoint::{PartitionMetadata, read_checked_file, write_checked_file};

@@ -36,6 +36,7 @@ use crate::segment::{
     SpareSegment,
 };
 use crate::shard::ShardStorage;
+use crate::trash::Trash;
 use crate::{Result, StorageError};
 
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
@@ -266,9 +267,10 @@ impl Log {
         })?;
         io::ensure_dir(dir).await?;
         let metadata = load_or_create_metadata(dir, identity).await?;
-        compact::recover_compaction(dir).await?;
+        compact::recover_compaction(dir, &shard.trash).await?;
         let first_dirty_offset = compact::load_cleaner_checkpoint(dir).await?;
-        let (bases, spare) = list_segments(dir, metadata.log_start_offset, &config).await?;
+        let (bases, spare) =
+            list_segments(dir, metadata.log_start_offset, &config, &shard.trash).await?;
         let mut epochs = load_epochs(dir).await?;
         let mut sealed = Vec::with_capacity(bases.len());
         for base in bases.iter().take(bases.len().saturating_sub(1)) {
@@ -1107,7 +1109,8 @@ impl Log {
             }
             if base_offset < spare.stale_below || !self.config().recycle_segments {
                 // It would never be usable: the log restarted below it.
-                io::remove_file(&spare.path).await?;
+                let held_by = vec![spare.readers.clone()];
+                self.shard.trash.discard(&spare.path, held_by).await?;
             } else {
                 // Readers of the segment it was still hold it: keep it for the next roll.
                 self.state.borrow_mut().spare = Some(spare);
@@ -1586,9 +1589,9 @@ impl Log {
         io::fdatasync(&file, &path).await?;
         drop(file);
         for base in &doomed {
-            segment::remove_segment_files(&self.dir, *base).await?;
+            self.discard_segment(*base).await?;
         }
-        segment::remove_index_files(&self.dir, target).await?;
+        segment::discard_index_files(&self.dir, target, &self.shard.trash).await?;
         io::sync_dir(&self.dir).await?;
         let (active, _) = ActiveSegment::recover(&self.dir, target, &self.config()).await?;
         let new_end = active.next_offset;
@@ -1628,7 +1631,7 @@ impl Log {
         )
         .await?;
         for base in bases {
-            segment::remove_segment_files(&self.dir, base).await?;
+            self.discard_segment(base).await?;
         }
         let active = self.new_active_segment(offset).await?;
         io::sync_dir(&self.dir).await?;
@@ -1698,7 +1701,14 @@ impl Log {
             if Some(at) == keep {
                 self.recycle(segment).await?;
             } else {
-                segment::remove_segment_files(&self.dir, segment.base_offset).await?;
+                let held_by = vec![segment.life.file_in_use()];
+                segment::discard_segment_files(
+                    &self.dir,
+                    segment.base_offset,
+                    &self.shard.trash,
+                    held_by,
+                )
+                .await?;
             }
         }
         io::sync_dir(&self.dir).await?;
@@ -1726,7 +1736,7 @@ impl Log {
             }
         }
         let path = SpareSegment::path_for(&self.dir, segment.next_offset);
-        segment::remove_index_files(&self.dir, segment.base_offset).await?;
+        segment::discard_index_files(&self.dir, segment.base_offset, &self.shard.trash).await?;
         io::rename(&segment.path, &path).await?;
         self.state.borrow_mut().spare = Some(SpareSegment {
             path,
@@ -1734,6 +1744,22 @@ impl Log {
             readers,
         });
         Ok(())
+    }
+
+    /// Deletes the files of the segment based at `base` (sealed or active) into the
+    /// shard's trash, freed once no reader holds them.
+    async fn discard_segment(&self, base: i64) -> Result<()> {
+        let held_by = {
+            let state = self.state.borrow();
+            let active =
+                (state.active.base_offset == base).then(|| Rc::downgrade(&state.active.file));
+            let sealed = state.sealed.iter().filter(|s| s.base_offset == base);
+            active
+                .into_iter()
+                .chain(sealed.map(|s| s.life.file_in_use()))
+                .collect()
+        };
+        segment::discard_segment_files(&self.dir, base, &self.shard.trash, held_by).await
     }
 
     fn segments_to_delete(&self, state: &LogState, retention_now_ms: Option<i64>) -> usize {
@@ -2053,13 +2079,17 @@ async fn list_segments(
     dir: &Path,
     log_start_offset: i64,
     config: &LogConfig,
+    trash: &Rc<Trash>,
 ) -> Result<(Vec<i64>, Option<SpareSegment>)> {
     let entries = io::dir_entries(dir)?;
     let mut bases = Vec::new();
     let mut leftovers = Vec::new();
     let mut spare: Option<SpareSegment> = None;
     for (name, path) in &entries {
-        if name.ends_with(".tmp") {
+        if Trash::is_trash_name(name) {
+            // Deleted before a restart, not yet freed.
+            trash.adopt(path.clone(), Vec::new());
+        } else if name.ends_with(".tmp") {
             leftovers.push(path.clone());
         } else if let Some(base) = parse_segment_name(name, LOG_EXTENSION) {
             bases.push(base);
@@ -2095,10 +2125,10 @@ async fn list_segments(
         .take_while(|pair| pair[1] <= log_start_offset)
         .count();
     for base in bases.drain(..below_start) {
-        segment::remove_segment_files(dir, base).await?;
+        segment::discard_segment_files(dir, base, trash, Vec::new()).await?;
     }
     for path in &leftovers {
-        io::remove_file(path).await?;
+        trash.discard(path, Vec::new()).await?;
     }
     if below_start > 0 || !leftovers.is_empty() {
         io::sync_dir(dir).await?;

@@ -16,6 +16,7 @@ use crate::config::LogConfig;
 use crate::index::{self, IndexFileHeader, IndexKind, SegmentIndex};
 use crate::io::{self, Durability, SegmentFile};
 use crate::scan::{self, Scan, ScanEnd, ScanSettings};
+use crate::trash::Trash;
 use crate::{Result, StorageError};
 
 pub(crate) const LOG_EXTENSION: &str = "log";
@@ -587,10 +588,30 @@ pub(crate) async fn remove_index_files(dir: &Path, base_offset: i64) -> Result<(
     Ok(())
 }
 
-/// Removes every file of a segment.
-pub(crate) async fn remove_segment_files(dir: &Path, base_offset: i64) -> Result<()> {
-    io::remove_file(&io::segment_path(dir, base_offset, LOG_EXTENSION)).await?;
-    remove_index_files(dir, base_offset).await
+/// Deletes a segment's index files into the shard's trash.
+pub(crate) async fn discard_index_files(
+    dir: &Path,
+    base_offset: i64,
+    trash: &Rc<Trash>,
+) -> Result<()> {
+    for extension in [INDEX_EXTENSION, TIME_INDEX_EXTENSION] {
+        let path = io::segment_path(dir, base_offset, extension);
+        trash.discard(&path, Vec::new()).await?;
+    }
+    Ok(())
+}
+
+/// Deletes every file of a segment into the shard's trash; its blocks are freed once no
+/// reader holds any of `held_by`.
+pub(crate) async fn discard_segment_files(
+    dir: &Path,
+    base_offset: i64,
+    trash: &Rc<Trash>,
+    held_by: Vec<std::rc::Weak<SegmentFile>>,
+) -> Result<()> {
+    let path = io::segment_path(dir, base_offset, LOG_EXTENSION);
+    trash.discard(&path, held_by).await?;
+    discard_index_files(dir, base_offset, trash).await
 }
 
 /// The bytes of the last, partly filled page before `data_bytes`.

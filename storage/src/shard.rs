@@ -12,6 +12,7 @@ use crate::cache::{BatchCache, LogId};
 use crate::config::ShardStorageConfig;
 use crate::segment::OpenSlot;
 use crate::throttle::IoThrottle;
+use crate::trash::Trash;
 
 #[derive(Debug)]
 pub struct ShardStorage {
@@ -30,6 +31,8 @@ pub struct ShardStorage {
     pub(crate) compaction_read: Cell<u64>,
     /// Of those, bytes taken from the batch cache instead of segment files.
     pub(crate) compaction_cache_read: Cell<u64>,
+    /// Files the shard's logs deleted, their blocks freed at a bounded rate.
+    pub(crate) trash: Rc<Trash>,
 }
 
 /// One of the shard's read-ahead windows, counted while a log keeps it.
@@ -52,6 +55,10 @@ impl ShardStorage {
             compaction_io: IoThrottle::new(config.compaction_io_bytes_per_second),
             compaction_read: Cell::new(0),
             compaction_cache_read: Cell::new(0),
+            trash: Trash::new(
+                config.delete_bytes_per_second,
+                config.delete_backlog_bytes_max,
+            ),
             config,
         })
     }
@@ -79,6 +86,27 @@ impl ShardStorage {
     /// How long compaction has waited for its I/O limit on this shard, so far.
     pub fn compaction_throttled(&self) -> std::time::Duration {
         self.compaction_io.waited()
+    }
+
+    /// Bytes of deleted files the shard has yet to free.
+    pub fn delete_backlog_bytes(&self) -> u64 {
+        self.trash.backlog_bytes()
+    }
+
+    /// Bytes of deleted files the shard has freed, so far.
+    pub fn deleted_bytes_freed(&self) -> u64 {
+        self.trash.freed_bytes()
+    }
+
+    /// Frees the files of `dir`, a deleted partition's directory already renamed to a name
+    /// no log uses, at the shard's delete rate, and then the directory itself.
+    pub fn free_dir(&self, dir: std::path::PathBuf) {
+        self.trash.adopt_dir(dir);
+    }
+
+    /// Returns once every file deleted so far is freed.
+    pub async fn deletions_freed(&self) {
+        self.trash.drained().await;
     }
 
     /// Read-ahead windows the shard's logs keep now.

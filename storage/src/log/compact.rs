@@ -30,7 +30,7 @@
 //! taken, and the layout lock (retention, truncation) only for the renames of a swap.
 
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -44,6 +44,7 @@ use crate::io::{self, Durability, SegmentFile};
 use crate::offset_map::OffsetMap;
 use crate::scan::Window;
 use crate::segment::{self, LOG_EXTENSION, OpenSegment, SealedSegment, SegmentLife};
+use crate::trash::Trash;
 use crate::{Result, StorageError};
 
 pub(super) const CLEANER_CHECKPOINT_FILE: &str = "cleaner-offset-checkpoint";
@@ -554,7 +555,8 @@ impl Log {
             })
         };
         let Some(at) = at else {
-            io::remove_file(&cleaned.path).await?;
+            let held_by = vec![Rc::downgrade(&cleaned.file)];
+            self.shard.trash.discard(&cleaned.path, held_by).await?;
             return Ok(false);
         };
         let base = cleaned.base_offset;
@@ -589,7 +591,8 @@ impl Log {
         for old in group {
             old.life.opens_finished().await;
         }
-        let result = finish_swap(&self.dir, base, end, &cleaned).await;
+        let held_by: Vec<_> = group.iter().map(|old| old.life.file_in_use()).collect();
+        let result = finish_swap(&self.dir, base, end, &cleaned, &self.shard.trash, held_by).await;
         if let Err(error) = &result {
             self.state
                 .borrow_mut()
@@ -670,8 +673,10 @@ async fn finish_swap(
     base: i64,
     end: i64,
     cleaned: &CleanedSegment,
+    trash: &Rc<Trash>,
+    held_by: Vec<Weak<SegmentFile>>,
 ) -> Result<()> {
-    replace_with_swap(dir, base, end).await?;
+    replace_with_swap(dir, base, end, trash, held_by).await?;
     // Index files are CRC-checked and matched to the segment's size: one lost in a crash
     // is rebuilt by a scan, so they are not synced (each sync is an ext4 journal commit
     // that appends waiting on their own fdatasync would queue behind).
@@ -686,18 +691,27 @@ async fn finish_swap(
     .await
 }
 
-/// Deletes the segments in `(base, end)` and `base`'s index files, then renames the swap
-/// file over `<base>.log`.
-async fn replace_with_swap(dir: &std::path::Path, base: i64, end: i64) -> Result<()> {
+/// Deletes the segments in `[base, end)` into the trash (freed once no reader holds any
+/// of `held_by`), then renames the swap file to `<base>.log`.
+async fn replace_with_swap(
+    dir: &std::path::Path,
+    base: i64,
+    end: i64,
+    trash: &Rc<Trash>,
+    held_by: Vec<Weak<SegmentFile>>,
+) -> Result<()> {
     let doomed: Vec<i64> = io::dir_entries(dir)?
         .iter()
         .filter_map(|(name, _)| super::parse_segment_name(name, LOG_EXTENSION))
         .filter(|segment| *segment > base && *segment < end)
         .collect();
     for segment in doomed {
-        segment::remove_segment_files(dir, segment).await?;
+        segment::discard_segment_files(dir, segment, trash, held_by.clone()).await?;
     }
-    segment::remove_index_files(dir, base).await?;
+    // Renaming the swap file over `<base>.log` would free the old file's blocks at once;
+    // moved into the trash first, they go at its pace. A crash between the two leaves no
+    // `<base>.log` but the swap file, which recovery renames.
+    segment::discard_segment_files(dir, base, trash, held_by).await?;
     let swap_path = dir.join(swap_name(base, end));
     let log_path = io::segment_path(dir, base, LOG_EXTENSION);
     io::rename(&swap_path, &log_path).await?;
@@ -706,7 +720,7 @@ async fn replace_with_swap(dir: &std::path::Path, base: i64, end: i64) -> Result
 
 /// Recovery: removes unfinished cleaned files and finishes committed swaps. Returns
 /// whether it changed anything.
-pub(super) async fn recover_compaction(dir: &std::path::Path) -> Result<bool> {
+pub(super) async fn recover_compaction(dir: &std::path::Path, trash: &Rc<Trash>) -> Result<bool> {
     let mut cleaned = Vec::new();
     let mut swaps = Vec::new();
     for (name, path) in io::dir_entries(dir)? {
@@ -718,12 +732,12 @@ pub(super) async fn recover_compaction(dir: &std::path::Path) -> Result<bool> {
     }
     for path in &cleaned {
         tracing::warn!(file = %path.display(), "removing the output of an interrupted compaction");
-        io::remove_file(path).await?;
+        trash.discard(path, Vec::new()).await?;
     }
     swaps.sort_unstable();
     for (base, end) in &swaps {
         tracing::warn!(log = %dir.display(), base, end, "finishing a compaction swap interrupted by a crash");
-        replace_with_swap(dir, *base, *end).await?;
+        replace_with_swap(dir, *base, *end, trash, Vec::new()).await?;
     }
     if !cleaned.is_empty() {
         io::sync_dir(dir).await?;

@@ -450,19 +450,69 @@ fn retention_deletes_whole_old_segments_by_size_time_and_start_offset() {
 }
 
 fn spare_files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".recycled"))
-        .collect();
-    names.sort();
-    names
+    names_ending(dir, ".recycled")
 }
 
 fn file_len(dir: &Path, base: i64) -> u64 {
     std::fs::metadata(dir.join(format!("{base:020}.log")))
         .unwrap()
         .len()
+}
+
+fn names_ending(dir: &Path, suffix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(suffix))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Retention's deleted segments leave their names at once and their blocks through the
+/// shard's trash; trash a crash left behind is freed by the next open.
+#[test]
+fn deleted_segments_go_through_the_trash_and_leftovers_go_at_open() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            retention_bytes: Some(100 * 1024),
+            recycle_segments: false,
+            ..small_config()
+        };
+        let storage = shard(0);
+        let log = Log::open(dir.path(), &identity(), config, storage.clone())
+            .await
+            .unwrap();
+        for seed in 0..60 {
+            log.append(batch(seed, 1, 4000, 10_000 + seed as i64), 0)
+                .await
+                .unwrap();
+        }
+        let before = names_ending(dir.path(), ".log");
+        let deleted = log.apply_retention(0).await.unwrap();
+        assert!(deleted >= 1);
+        let after = names_ending(dir.path(), ".log");
+        assert_eq!(after.len(), before.len() - deleted, "{after:?}");
+        storage.deletions_freed().await;
+        assert!(names_ending(dir.path(), ".deleted").is_empty());
+        assert!(storage.deleted_bytes_freed() >= deleted as u64 * 60 * 1024);
+        assert_eq!(storage.delete_backlog_bytes(), 0);
+        let expected = read_all(&log, log.log_start_offset()).await;
+        drop(log);
+
+        // A crash after the rename into the trash, before the blocks were freed.
+        let leftover = dir.path().join("00000000000000000000.log.17.deleted");
+        std::fs::write(&leftover, vec![1u8; 200_000]).unwrap();
+        let storage = shard(0);
+        let log = Log::open(dir.path(), &identity(), config, storage.clone())
+            .await
+            .unwrap();
+        assert_eq!(read_all(&log, log.log_start_offset()).await, expected);
+        storage.deletions_freed().await;
+        assert!(!leftover.exists());
+        assert_eq!(storage.deleted_bytes_freed(), 200_000);
+    });
 }
 
 #[test]
