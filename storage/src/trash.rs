@@ -109,22 +109,14 @@ impl Trash {
         let mut name = path.as_os_str().to_owned();
         name.push(format!(".{unique}.{TRASH_EXTENSION}"));
         let trashed = PathBuf::from(name);
-        match glommio::io::rename(path, &trashed).await {
-            Ok(()) => {}
-            Err(error) => {
-                let error: std::io::Error = error.into();
-                if error.kind() == std::io::ErrorKind::NotFound {
-                    return Ok(());
-                }
-                return Err(StorageError::Io {
-                    operation: "renaming into the trash",
-                    path: path.to_path_buf(),
-                    source: error,
-                });
+        match io::rename(path, &trashed).await {
+            Err(error) if is_missing(&error) => Ok(()),
+            Err(error) => Err(error),
+            Ok(()) => {
+                self.adopt(trashed, held_by);
+                Ok(())
             }
         }
-        self.adopt(trashed, held_by);
-        Ok(())
     }
 
     /// Frees a file already given a trash name (a leftover found after a restart).
@@ -239,11 +231,7 @@ impl Trash {
         .await;
         let (mut file, mut len) = match opened {
             Ok(opened) => opened,
-            Err(StorageError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                return Ok(());
-            }
+            Err(error) if is_missing(&error) => return Ok(()),
             Err(error) => return Err(error),
         };
         while len > 0 {
@@ -262,14 +250,16 @@ impl Trash {
         drop(file);
         let owned = path.to_path_buf();
         match off_shard(path, move || std::fs::remove_file(&owned)).await {
-            Err(StorageError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Ok(())
-            }
+            Err(error) if is_missing(&error) => Ok(()),
             other => other,
         }
     }
+}
+
+/// Whether the file was already gone: removal is retried after a crash, and a deleted
+/// partition's directory may have taken a queued file with it.
+fn is_missing(error: &StorageError) -> bool {
+    matches!(error, StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// Runs `op`, an operation on `path`, on glommio's blocking pool.
