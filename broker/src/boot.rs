@@ -81,9 +81,15 @@ pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     config.data_dir = std::fs::canonicalize(&config.data_dir)?;
-    config.native_listen = claim_port(config.native_listen).context("native listener")?;
-    config.kafka_listen = claim_port(config.kafka_listen).context("Kafka listener")?;
-    config.http_listen = claim_port(config.http_listen).context("http listener")?;
+    // Held until the broker stops.
+    let mut claims = PortClaims::default();
+    config.native_listen = claims
+        .claim(config.native_listen)
+        .context("native listener")?;
+    config.kafka_listen = claims
+        .claim(config.kafka_listen)
+        .context("Kafka listener")?;
+    config.http_listen = claims.claim(config.http_listen).context("http listener")?;
     for extra in [
         &mut config.kafka_listeners,
         &mut config.native_listeners,
@@ -94,7 +100,9 @@ pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
             let address = address
                 .parse()
                 .with_context(|| format!("listener {text}"))?;
-            let claimed = claim_port(address).with_context(|| format!("listener {text}"))?;
+            let claimed = claims
+                .claim(address)
+                .with_context(|| format!("listener {text}"))?;
             *text = format!("{protocol}://{claimed}");
         }
     }
@@ -177,6 +185,7 @@ pub fn serve(mut config: BrokerConfig) -> anyhow::Result<()> {
             failure.get_or_insert(error.context(format!("shard {id}")));
         }
     }
+    drop(claims);
     failure.map_or(Ok(()), Err)
 }
 
@@ -184,25 +193,51 @@ fn glommio_error<T>(error: glommio::GlommioError<T>) -> anyhow::Error {
     anyhow::anyhow!(std::io::Error::from(error))
 }
 
-/// Resolves port 0 to a free port and checks that no other process listens on the
-/// address: every shard then binds it with SO_REUSEPORT, which would otherwise let a
-/// second broker share the port silently.
+/// The listeners' ports, held from boot until the broker stops.
 ///
-/// A port a broker just stopped using can stay busy for a moment: the kernel tears down
-/// the stopped process's io_uring instance (and releases the listeners its pending
-/// accepts hold) after the process has exited. So a busy port is retried for a while.
-fn claim_port(address: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let deadline = Instant::now() + PORT_WAIT;
-    loop {
-        match StdListener::bind(address) {
-            Ok(probe) => return Ok(probe.local_addr()?),
-            Err(error)
-                if error.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(error) => {
-                return Err(error).with_context(|| format!("{address} is not available"));
+/// Every shard binds a listener with SO_REUSEPORT, which would let a second broker bind
+/// the same port the same way and share it silently, each getting some of the
+/// connections. So each port is first probed without SO_REUSEPORT (which fails if anyone
+/// holds it) and then held by a guard: a socket bound with SO_REUSEPORT alone, never
+/// listening. The shards' listeners bind beside it; another broker's probe does not (its
+/// SO_REUSEADDR does not excuse a socket without it), nor does an ephemeral port pick.
+/// The guard covers the time until the shards listen, which for the Kafka listeners is
+/// after the metadata is in, seconds on a busy machine.
+#[derive(Debug, Default)]
+struct PortClaims {
+    guards: Vec<socket2::Socket>,
+}
+
+impl PortClaims {
+    /// Resolves port 0 to a free port, checks that no other process holds the address,
+    /// and holds it.
+    ///
+    /// A port a broker just stopped using can stay busy for a moment: the kernel tears
+    /// down the stopped process's io_uring instance (and releases the listeners its
+    /// pending accepts hold) after the process has exited. So a busy port is retried for
+    /// a while.
+    fn claim(&mut self, address: SocketAddr) -> anyhow::Result<SocketAddr> {
+        let deadline = Instant::now() + PORT_WAIT;
+        loop {
+            // Between the probe's close and the guard's bind, only a bind of this exact
+            // port could slip in: ephemeral ports are picked at random.
+            let claimed = StdListener::bind(address)
+                .and_then(|probe| probe.local_addr())
+                .and_then(|address| Ok((address, crate::net::reuse_port_socket(address, false)?)));
+            match claimed {
+                Ok((address, guard)) => {
+                    self.guards.push(guard);
+                    return Ok(address);
+                }
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::AddrInUse
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(error) => {
+                    return Err(error).with_context(|| format!("{address} is not available"));
+                }
             }
         }
     }
@@ -400,4 +435,27 @@ async fn stop(shard: &Rc<Shard>, lifecycle: &Lifecycle, count: usize) {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
     shard.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claimed_port_is_held_from_boot_against_other_brokers() {
+        let mut claims = PortClaims::default();
+        let address = claims.claim("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(address.port(), 0);
+        // Before any shard listens, another broker's probe finds the port taken...
+        let probe = StdListener::bind(address).unwrap_err();
+        assert_eq!(probe.kind(), std::io::ErrorKind::AddrInUse);
+        // ...while the shards' listeners bind beside the guard and serve.
+        let shards: Vec<_> = (0..2)
+            .map(|_| crate::net::shared_listener(address).unwrap())
+            .collect();
+        std::net::TcpStream::connect(address).unwrap();
+        drop(shards);
+        drop(claims);
+        StdListener::bind(address).unwrap();
+    }
 }

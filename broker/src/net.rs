@@ -46,23 +46,37 @@ pub type Queued = Pin<Box<dyn Future<Output = Option<Outgoing>>>>;
 /// while connections it closed linger in TIME_WAIT (glommio's own `bind` sets only the
 /// first, and Linux then refuses the port for a minute after, say, an HTTP scrape).
 pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
     use std::os::fd::{FromRawFd, IntoRawFd};
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&SockAddr::from(address))?;
-    socket.listen(1024)?;
-    let fd = socket.into_raw_fd();
+    let fd = shared_listener(address)?.into_raw_fd();
     // SAFETY: `fd` is a bound, listening TCP socket that nothing else owns: `into_raw_fd`
     // gave up the only handle to it, and the listener takes ownership.
     #[allow(unsafe_code)]
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     Ok(listener)
+}
+
+/// The socket `bind` serves on.
+pub fn shared_listener(address: std::net::SocketAddr) -> std::io::Result<socket2::Socket> {
+    let socket = reuse_port_socket(address, true)?;
+    socket.listen(1024)?;
+    Ok(socket)
+}
+
+/// A TCP socket bound to `address` with SO_REUSEPORT, and SO_REUSEADDR if asked.
+pub fn reuse_port_socket(
+    address: std::net::SocketAddr,
+    reuse_address: bool,
+) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(reuse_address)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&SockAddr::from(address))?;
+    Ok(socket)
 }
 
 /// A connection accepted (and, on a TLS listener, through its handshake).

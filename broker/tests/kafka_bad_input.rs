@@ -73,7 +73,14 @@ fn assert_closed(stream: &mut TcpStream, what: &str) {
 fn assert_serving(address: &str) {
     let mut stream = connect(address);
     stream.write_all(&api_versions_frame(3)).unwrap();
-    let mut response = read_frame(&mut stream).expect("ApiVersions answered");
+    let started = std::time::Instant::now();
+    let mut response = read_frame(&mut stream).unwrap_or_else(|| {
+        panic!(
+            "ApiVersions on a fresh connection to {address} not answered: closed or timed out \
+             after {:?}",
+            started.elapsed()
+        )
+    });
     ResponseHeader::decode(&mut response, 0).unwrap();
     let decoded = ApiVersionsResponse::decode(&mut response, 3).unwrap();
     assert_eq!(decoded.error_code, 0);
