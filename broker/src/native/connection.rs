@@ -17,6 +17,8 @@ use crate::shard::Shard;
 
 /// Bytes read from a socket at once when frames are small.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Below this much room left in the buffer, a read goes into a fresh one instead.
+const READ_BYTES_MIN: usize = 4 << 10;
 
 pub async fn serve_connection(shard: Rc<Shard>, accepted: Accepted) {
     let session = Rc::new(handlers::Session::new(
@@ -37,10 +39,7 @@ async fn read_requests(
     session: Rc<handlers::Session>,
 ) -> Result<(), String> {
     let (shard, responses) = (&shard, &responses);
-    let mut frames = FrameReader {
-        reader,
-        buffer: BytesMut::with_capacity(READ_CHUNK_BYTES),
-    };
+    let mut frames = FrameReader::new(reader);
     let slots = Rc::new(glommio::sync::Semaphore::new(
         shard.config.connection_requests_max as u64,
     ));
@@ -142,34 +141,48 @@ async fn send_fatal(responses: &LocalSender<Queued>, message: &str) {
     let _ = responses.send(ready(out)).await;
 }
 
+/// Reads frames off a socket into shared buffers, cutting each frame out without a copy.
+///
+/// The buffer's whole length is initialized memory (reads need a `&mut [u8]`), of which
+/// the first `filled` bytes hold data read and not yet cut out. A frame cut off the front
+/// leaves the rest of the buffer initialized for the next reads, so memory is zeroed
+/// once, when a buffer is allocated, not again for every read.
 struct FrameReader {
     reader: ReadHalf<Stream>,
     buffer: BytesMut,
+    filled: usize,
 }
 
 impl FrameReader {
+    fn new(reader: ReadHalf<Stream>) -> FrameReader {
+        FrameReader {
+            reader,
+            buffer: BytesMut::zeroed(READ_CHUNK_BYTES),
+            filled: 0,
+        }
+    }
+
     /// Makes sure `len` bytes are buffered. `Ok(false)`: the peer closed first.
     async fn fill(&mut self, len: usize) -> Result<bool, String> {
-        while self.buffer.len() < len {
-            let start = self.buffer.len();
-            let want = (len - start).max(READ_CHUNK_BYTES);
-            self.buffer.resize(start + want, 0);
+        while self.filled < len {
+            let room = self.buffer.len() - self.filled;
+            if room < (len - self.filled).max(READ_BYTES_MIN) {
+                // The frames cut out of the old buffer keep it alive as long as they are
+                // held; what was read of the next frame moves to a fresh one.
+                let size = self.filled + (len - self.filled).max(READ_CHUNK_BYTES);
+                let mut fresh = BytesMut::zeroed(size);
+                fresh[..self.filled].copy_from_slice(&self.buffer[..self.filled]);
+                self.buffer = fresh;
+            }
             let read = self
                 .reader
-                .read(&mut self.buffer[start..])
+                .read(&mut self.buffer[self.filled..])
                 .await
-                .map_err(|e| e.to_string());
-            let read = match read {
-                Ok(read) => read,
-                Err(error) => {
-                    self.buffer.truncate(start);
-                    return Err(error);
-                }
-            };
-            self.buffer.truncate(start + read);
+                .map_err(|e| e.to_string())?;
             if read == 0 {
                 return Ok(false);
             }
+            self.filled += read;
         }
         Ok(true)
     }
@@ -177,7 +190,7 @@ impl FrameReader {
     /// The next frame's prefix, or `None` when the peer closed between frames.
     async fn prefix(&mut self) -> Result<Option<[u8; FRAME_PREFIX_BYTES]>, String> {
         if !self.fill(FRAME_PREFIX_BYTES).await? {
-            return if self.buffer.is_empty() {
+            return if self.filled == 0 {
                 Ok(None)
             } else {
                 Err("connection closed inside a frame".into())
@@ -194,6 +207,7 @@ impl FrameReader {
             return Ok(None);
         }
         let _prefix = self.buffer.split_to(FRAME_PREFIX_BYTES);
+        self.filled -= FRAME_PREFIX_BYTES + len;
         Ok(Some(self.buffer.split_to(len)))
     }
 }
